@@ -1,0 +1,66 @@
+/* amdim common: status codes, error-message buffers and progress reporting.
+ *
+ * Every library function in amdim returns an int status: 0 (AMDIM_OK) on
+ * success or a negative AMDIM_E_* code. Handles keep a detailed message that
+ * explains the last failure; amdim_strerror() only names the code. */
+#ifndef AMDIM_COMMON_H
+#define AMDIM_COMMON_H
+
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+
+enum {
+    AMDIM_OK = 0,
+    AMDIM_E_INVALID = -1,     /* bad argument or option value */
+    AMDIM_E_NOMEM = -2,       /* allocation failed */
+    AMDIM_E_IO = -3,          /* a system call failed (message has errno text) */
+    AMDIM_E_CORRUPT = -4,     /* data is damaged: bad header, failed decode */
+    AMDIM_E_TRUNCATED = -5,   /* data ends early */
+    AMDIM_E_UNSUPPORTED = -6, /* well-formed but not something we handle */
+    AMDIM_E_TOO_LARGE = -7,   /* exceeds a configured limit */
+    AMDIM_E_EXISTS = -8,      /* refusing to overwrite */
+    AMDIM_E_NOT_FOUND = -9,   /* named thing does not exist */
+    AMDIM_E_LMDB = -10,       /* LMDB reported an error (message has mdb_strerror) */
+    AMDIM_E_VERSION = -11,    /* on-disk format version we do not read */
+    AMDIM_E_CANCELLED = -12,  /* stopped by a signal or a caller's request */
+    AMDIM_E_EMPTY = -13,      /* input has no data at all */
+};
+
+/* Short, static name of a status code ("corrupt data", ...). Never NULL. */
+const char *amdim_strerror(int status);
+
+/* Formats a message into buf (always NUL-terminated, truncated to fit) and
+ * returns status, so error paths read `return amdim_fail(buf, n, AMDIM_E_IO, ...)`. */
+int amdim_fail(char *buf, size_t n, int status, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+
+/* Monotonic clock in seconds. */
+double amdim_now(void);
+
+/* Number of online CPUs (at least 1). */
+int amdim_cpu_count(void);
+
+/* Progress reporting for long commands. On a terminal it redraws one line
+ * (`label: done/total  rate/s  ETA`); otherwise it prints a plain line every
+ * `interval` seconds. Writes to the FILE given at init (normally stderr). */
+typedef struct {
+    void *stream;      /* FILE * */
+    const char *label; /* e.g. "amdim-pack" */
+    const char *unit;  /* e.g. "images" */
+    int is_tty;
+    double interval;   /* seconds between plain lines */
+    double start, last;
+    int drawn;         /* a terminal line is on screen */
+} amdim_progress;
+
+void amdim_progress_init(amdim_progress *p, void *stream, const char *label,
+                         const char *unit, double interval);
+/* Reports `done` of `total` (total 0 = unknown). Cheap to call often. */
+void amdim_progress_update(amdim_progress *p, uint64_t done, uint64_t total);
+/* Clears the terminal line if one is drawn (call before printing other lines). */
+void amdim_progress_clear(amdim_progress *p);
+/* Prints the final line with the overall rate. */
+void amdim_progress_finish(amdim_progress *p, uint64_t done);
+
+#endif

@@ -1,0 +1,104 @@
+/* amdim image: decoding, encoding and PIL-compatible resampling of 8-bit images.
+ *
+ * Used by the packer (verify, convert, shrink) and by the augmentation
+ * library (decode, crop+resize). Pixels are interleaved uint8 (HWC). */
+#ifndef AMDIM_IMAGE_H
+#define AMDIM_IMAGE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "amdim_common.h"
+
+/* Container formats recognised by their magic bytes. */
+typedef enum {
+    AMDIM_FORMAT_UNKNOWN = 0,
+    AMDIM_FORMAT_JPEG,
+    AMDIM_FORMAT_PNG,
+    AMDIM_FORMAT_GIF,
+    AMDIM_FORMAT_BMP,
+    AMDIM_FORMAT_TIFF,
+    AMDIM_FORMAT_WEBP,
+    AMDIM_FORMAT_PNM,
+} amdim_image_format;
+
+/* Identifies the container by its first bytes; never reads past len. */
+amdim_image_format amdim_image_sniff(const uint8_t *data, size_t len);
+/* "JPEG", "PNG", ...; "unknown" for AMDIM_FORMAT_UNKNOWN. */
+const char *amdim_image_format_name(amdim_image_format f);
+
+/* An owned, growable interleaved image buffer. Zero-initialise before use. */
+typedef struct {
+    uint8_t *pixels; /* (height, width, channels) uint8 */
+    int width, height, channels;
+    size_t capacity; /* bytes allocated */
+} amdim_image;
+
+/* Makes room for w*h*c bytes and sets the shape. AMDIM_E_NOMEM on failure. */
+int amdim_image_reserve(amdim_image *img, int width, int height, int channels);
+void amdim_image_free(amdim_image *img);
+
+/* What a decode found out about its source. */
+typedef struct {
+    amdim_image_format format;
+    int src_channels;   /* 1 grey, 3 colour, 4 CMYK/YCCK or RGBA */
+    int is_cmyk;        /* JPEG in CMYK or YCCK (converted to RGB) */
+    int adobe_inverted; /* CMYK stored inverted (Adobe APP14 marker present) */
+    int warning;        /* decoded completely, but the decoder warned */
+    char warning_text[160];
+} amdim_decode_info;
+
+/* A decoder/encoder handle: TurboJPEG instances plus scratch memory. One per
+ * thread; not thread-safe. */
+typedef struct amdim_codec amdim_codec;
+
+int amdim_codec_create(amdim_codec **out);
+void amdim_codec_destroy(amdim_codec *codec); /* accepts NULL */
+/* Detailed message for the last failure, "function(): detail". */
+const char *amdim_codec_error(const amdim_codec *codec);
+
+/* Reads only the header: size and channel count of a JPEG or PNG.
+ * Returns 0, AMDIM_E_CORRUPT, AMDIM_E_TRUNCATED, AMDIM_E_EMPTY or AMDIM_E_UNSUPPORTED. */
+int amdim_codec_probe(amdim_codec *codec, const uint8_t *data, size_t len,
+                      amdim_image_format *format, int *width, int *height, int *channels);
+
+/* Fully decodes a JPEG or PNG to RGB (channels = 3) into `out`, which is grown
+ * as needed. Greyscale is replicated; CMYK/YCCK JPEGs are converted the way PIL
+ * does (inverted when an Adobe marker says so); PNG alpha is dropped.
+ * Images with more than max_pixels pixels are rejected before decoding
+ * (0 = no limit). A decode that completes with a recoverable decoder warning
+ * succeeds with info->warning set, except a premature end of data, which is
+ * AMDIM_E_TRUNCATED.
+ * Returns 0, AMDIM_E_EMPTY, AMDIM_E_CORRUPT, AMDIM_E_TRUNCATED,
+ * AMDIM_E_UNSUPPORTED, AMDIM_E_TOO_LARGE or AMDIM_E_NOMEM; the codec's error
+ * message says why. `info` may be NULL. */
+int amdim_codec_decode_rgb(amdim_codec *codec, const uint8_t *data, size_t len,
+                           uint64_t max_pixels, amdim_image *out, amdim_decode_info *info);
+
+/* Encodes interleaved RGB (channels 3) or grey (channels 1) pixels as a
+ * baseline JPEG with 4:2:0 chroma subsampling (grey: single component).
+ * *jpeg points into the codec's buffer, valid until the next call on it. */
+int amdim_codec_encode_jpeg(amdim_codec *codec, const uint8_t *pixels, int width, int height,
+                            int channels, int quality, const uint8_t **jpeg, size_t *len);
+
+/* Resampling ------------------------------------------------------------- */
+
+/* Crops the integer rectangle (x0, y0, cw, ch) out of src and resizes it to
+ * (dw, dh) with PIL's bicubic filter (a = -0.5), exactly as
+ * `img.crop((x0, y0, x0+cw, y0+ch)).resize((dw, dh), Image.BICUBIC)` does in
+ * Pillow: the filter support widens by the scale factor when shrinking
+ * (antialiasing), weights are 22-bit fixed point, the horizontal pass runs
+ * first and is rounded to uint8 before the vertical pass. The rectangle must
+ * lie inside src. `dst` holds dw*dh*channels bytes; `scratch` is grown as needed.
+ * Returns 0, AMDIM_E_INVALID or AMDIM_E_NOMEM. */
+typedef struct {
+    void *mem;
+    size_t capacity;
+} amdim_scratch;
+void amdim_scratch_free(amdim_scratch *s);
+
+int amdim_resize_bicubic(const uint8_t *src, int sw, int sh, int channels,
+                         int x0, int y0, int cw, int ch,
+                         uint8_t *dst, int dw, int dh, amdim_scratch *scratch);
+
+#endif

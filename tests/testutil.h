@@ -1,0 +1,61 @@
+/* Small helpers shared by the test programs: checks, temporary
+ * directories, fixture writers and running the command-line tools. */
+#ifndef AMDIM_TESTUTIL_H
+#define AMDIM_TESTUTIL_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+
+#define TEST_SKIP 77
+
+extern int test_failures;
+
+#define CHECK(cond, ...)                                                        \
+    do {                                                                        \
+        if (!(cond)) {                                                          \
+            fprintf(stderr, "%s:%d: check failed: %s: ", __FILE__, __LINE__, #cond); \
+            fprintf(stderr, __VA_ARGS__);                                       \
+            fprintf(stderr, "\n");                                              \
+            test_failures++;                                                    \
+        }                                                                       \
+    } while (0)
+
+/* Like CHECK but stops the test program. */
+#define REQUIRE(cond, ...)                                                      \
+    do {                                                                        \
+        if (!(cond)) {                                                          \
+            fprintf(stderr, "%s:%d: requirement failed: %s: ", __FILE__, __LINE__, #cond); \
+            fprintf(stderr, __VA_ARGS__);                                       \
+            fprintf(stderr, "\n");                                              \
+            exit(1);                                                            \
+        }                                                                       \
+    } while (0)
+
+/* Prints "<name>: N checks failed" or "<name>: ok" and returns the exit code. */
+int test_finish(const char *name);
+
+/* Creates a fresh directory under $TMPDIR (or /tmp); removed by test_cleanup. */
+const char *test_tmpdir(void);
+void test_cleanup(void);
+/* Returns "<tmpdir>/<rel>" in a static rotating buffer. */
+const char *test_path(const char *rel);
+void test_mkdirs(const char *path);
+void test_write_file(const char *path, const void *data, size_t len);
+/* Reads a whole file (malloc'd, NUL-terminated); NULL if missing. */
+char *test_read_file(const char *path, size_t *len);
+int test_exists(const char *path);
+
+/* A deterministic test pattern: smooth gradients plus a little texture. */
+void test_pattern(uint8_t *rgb, int w, int h, int channels, unsigned seed);
+/* Writes a JPEG of the given pixels (channels 1 or 3; 4 = CMYK bytes). */
+void test_write_jpeg(const char *path, const uint8_t *px, int w, int h, int channels, int quality);
+/* Encodes a JPEG into a malloc'd buffer. */
+uint8_t *test_encode_jpeg(const uint8_t *px, int w, int h, int channels, int quality, size_t *len);
+void test_write_png(const char *path, const uint8_t *rgb, int w, int h);
+
+/* Runs argv[0] with stdout and stderr captured into malloc'd strings.
+ * Returns the raw wait status. */
+int test_run(char *const argv[], char **out, char **err);
+
+#endif
