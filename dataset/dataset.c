@@ -1,5 +1,4 @@
 /* Record format and the read-only dataset handle. */
-#define _GNU_SOURCE
 #include "amdim_dataset.h"
 
 #include <errno.h>

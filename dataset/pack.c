@@ -1,7 +1,6 @@
 /* The packer: a pool of threads verifies and converts items window by
  * window while the calling thread writes the previous window to LMDB in
  * source order, so the output does not depend on the thread count. */
-#define _GNU_SOURCE
 #include "amdim_pack.h"
 
 #include <dirent.h>

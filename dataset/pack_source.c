@@ -1,5 +1,4 @@
 /* Enumerating the items of each source format, and reading raw items. */
-#define _GNU_SOURCE
 #include "pack_source.h"
 
 #include <ctype.h>
@@ -118,16 +117,18 @@ static int set_class_names(pack_source *src, strvec *names)
     return AMDIM_OK;
 }
 
-/* Loads class names from `path` if it exists; silently keeps none otherwise. */
-static int maybe_class_names(pack_source *src, const char *dir, const char *file)
+/* Loads the dataset's own class-name file from its directory if it is there
+ * and names exactly `expected` classes; keeps none otherwise. */
+static int maybe_class_names(pack_source *src, const char *dir, const char *file, int32_t expected)
 {
     char path[4096];
     snprintf(path, sizeof path, "%s/%s", dir, file);
+    src->nclasses = expected;
     if (access(path, R_OK) != 0)
         return AMDIM_OK;
     strvec sv = {0};
     int st = read_lines(src, path, &sv);
-    if (st == AMDIM_OK)
+    if (st == AMDIM_OK && (int32_t)sv.n == expected)
         set_class_names(src, &sv);
     strvec_free(&sv);
     return st;
@@ -370,7 +371,8 @@ static int open_cifar(pack_source *src, const amdim_pack_options *opt, int hundr
         snprintf(path, sizeof path, "%s/%s.bin", opt->src, opt->split);
         st = add_raw_file(src, path, 0, rec, 1);
         if (st == AMDIM_OK)
-            st = maybe_class_names(src, opt->src, opt->cifar100_coarse ? "coarse_label_names.txt" : "fine_label_names.txt");
+            st = maybe_class_names(src, opt->src, opt->cifar100_coarse ? "coarse_label_names.txt" : "fine_label_names.txt",
+                                   opt->cifar100_coarse ? 20 : 100);
     } else {
         char path[4096];
         if (strcmp(opt->split, "test") == 0) {
@@ -386,7 +388,7 @@ static int open_cifar(pack_source *src, const amdim_pack_options *opt, int hundr
             return FAIL(AMDIM_E_INVALID, "cifar10 directory sources have splits train and test, not %s (or give one .bin file)", opt->split);
         }
         if (st == AMDIM_OK)
-            st = maybe_class_names(src, opt->src, "batches.meta.txt");
+            st = maybe_class_names(src, opt->src, "batches.meta.txt", 10);
     }
     if (st == AMDIM_OK && src->nclasses == 0)
         src->nclasses = hundred ? (opt->cifar100_coarse ? 20 : 100) : 10;
@@ -546,7 +548,7 @@ static int open_stl10(pack_source *src, const amdim_pack_options *opt)
                 return FAIL(AMDIM_E_CORRUPT, "%s: label %u of image %zu is outside 1..10", ypath, lab[i], i);
     }
     if (is_dir(opt->src))
-        st = maybe_class_names(src, opt->src, "class_names.txt");
+        st = maybe_class_names(src, opt->src, "class_names.txt", 10);
     return st;
 }
 

@@ -137,14 +137,28 @@ static int jpeg_has_adobe_marker(const uint8_t *d, size_t n)
     return 0;
 }
 
+/* libjpeg-turbo 2.1 leaves a decompressor that failed mid-header in a state
+ * where the next tjDecompressHeader3() "succeeds" without setting the size
+ * (the previous image's size comes back). A failed handle is therefore
+ * replaced before it is used again. */
+static int jpeg_fail(amdim_codec *c, const char *fn)
+{
+    const char *msg = tjGetErrorStr2(c->dec);
+    int st = amdim_fail(c->err, sizeof c->err, jpeg_status_from_message(msg), "%s(): %s", fn, msg);
+    tjhandle fresh = tjInitDecompress();
+    if (fresh) {
+        tjDestroy(c->dec);
+        c->dec = fresh;
+    }
+    return st;
+}
+
 static int jpeg_probe(amdim_codec *c, const uint8_t *d, size_t n, int *w, int *h, int *subsamp,
                       int *cs)
 {
-    if (tjDecompressHeader3(c->dec, d, (unsigned long)n, w, h, subsamp, cs) != 0) {
-        const char *msg = tjGetErrorStr2(c->dec);
-        return amdim_fail(c->err, sizeof c->err, jpeg_status_from_message(msg),
-                          "tjDecompressHeader3(): %s", msg);
-    }
+    *w = *h = 0;
+    if (tjDecompressHeader3(c->dec, d, (unsigned long)n, w, h, subsamp, cs) != 0)
+        return jpeg_fail(c, "tjDecompressHeader3");
     if (*w <= 0 || *h <= 0)
         return amdim_fail(c->err, sizeof c->err, AMDIM_E_CORRUPT,
                           "tjDecompressHeader3(): image has size %dx%d", *w, *h);
@@ -193,9 +207,12 @@ int amdim_codec_probe(amdim_codec *c, const uint8_t *d, size_t n, amdim_image_fo
         png_image_free(&pi);
         return AMDIM_OK;
     }
+    if (f == AMDIM_FORMAT_UNKNOWN)
+        return amdim_fail(c->err, sizeof c->err, AMDIM_E_UNSUPPORTED,
+                          "probe(): not an image file (starts with %02x %02x %02x %02x)", d[0],
+                          n > 1 ? d[1] : 0, n > 2 ? d[2] : 0, n > 3 ? d[3] : 0);
     return amdim_fail(c->err, sizeof c->err, AMDIM_E_UNSUPPORTED,
-                      "probe(): %s data is not supported (JPEG and PNG are)",
-                      f == AMDIM_FORMAT_UNKNOWN ? "unrecognised" : amdim_image_format_name(f));
+                      "probe(): %s images are not supported (JPEG and PNG are)", amdim_image_format_name(f));
 }
 
 static int check_pixel_limit(amdim_codec *c, int w, int h, uint64_t max_pixels)
@@ -246,11 +263,8 @@ static int decode_jpeg(amdim_codec *c, const uint8_t *d, size_t n, uint64_t max_
      * vector; TJFLAG_LIMITSCANS rejects them. */
     if (tjDecompress2(c->dec, d, (unsigned long)n, dst, w, 0, h, pf, TJFLAG_LIMITSCANS) != 0) {
         const char *msg = tjGetErrorStr2(c->dec);
-        if (tjGetErrorCode(c->dec) != TJERR_WARNING)
-            return amdim_fail(c->err, sizeof c->err, jpeg_status_from_message(msg),
-                              "tjDecompress2(): %s", msg);
-        if (jpeg_status_from_message(msg) == AMDIM_E_TRUNCATED)
-            return amdim_fail(c->err, sizeof c->err, AMDIM_E_TRUNCATED, "tjDecompress2(): %s", msg);
+        if (tjGetErrorCode(c->dec) != TJERR_WARNING || jpeg_status_from_message(msg) == AMDIM_E_TRUNCATED)
+            return jpeg_fail(c, "tjDecompress2");
         info->warning = 1;
         snprintf(info->warning_text, sizeof info->warning_text, "tjDecompress2(): %s", msg);
     }

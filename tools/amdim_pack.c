@@ -1,6 +1,5 @@
 /* amdim-pack: converts a dataset into (one split of) an amdim LMDB file.
  * Parses arguments and prints; the work is in dataset/amdim_pack.h. */
-#define _GNU_SOURCE
 #include <errno.h>
 #include <getopt.h>
 #include <limits.h>
