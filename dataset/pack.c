@@ -166,19 +166,42 @@ static int slot_record(slot *s, const amdim_record *rec)
     return st;
 }
 
+/* Per-channel sums of values and squares, exact in integers (so the
+ * dataset statistics do not depend on the thread count). The interleaved
+ * bytes are summed in blocks of 48 (a multiple of the channel count and of
+ * the vector width) into per-position 32-bit lanes that the compiler can
+ * vectorise; lanes are folded into 64-bit channel totals before they could
+ * overflow. */
+#define STAT_BLOCK 48
+#define STAT_FLUSH 4096 /* blocks; 4096 * 255^2 < 2^32 */
 static void slot_stats(slot *s, const uint8_t *px, size_t npix, int channels)
 {
+    size_t n = npix * (size_t)channels;
+    uint64_t sum[3] = {0}, sq[3] = {0};
+    size_t i = 0;
+    while (n - i >= STAT_BLOCK) {
+        uint32_t a[STAT_BLOCK] = {0}, b[STAT_BLOCK] = {0};
+        for (size_t blk = 0; blk < STAT_FLUSH && n - i >= STAT_BLOCK; blk++, i += STAT_BLOCK)
+            for (int j = 0; j < STAT_BLOCK; j++) {
+                uint32_t v = px[i + (size_t)j];
+                a[j] += v;
+                b[j] += v * v;
+            }
+        for (int j = 0; j < STAT_BLOCK; j++) {
+            sum[j % channels] += a[j];
+            sq[j % channels] += b[j];
+        }
+    }
+    for (; i < n; i++) { /* the tail, which starts on a pixel boundary */
+        uint64_t v = px[i];
+        sum[i % (size_t)channels] += v;
+        sq[i % (size_t)channels] += v * v;
+    }
     s->has_stats = 1;
     s->npix = npix;
     for (int c = 0; c < channels; c++) {
-        uint64_t a = 0, b = 0;
-        for (size_t i = 0; i < npix; i++) {
-            uint64_t v = px[i * (size_t)channels + c];
-            a += v;
-            b += v * v;
-        }
-        s->sum[c] = a;
-        s->sumsq[c] = b;
+        s->sum[c] = sum[c];
+        s->sumsq[c] = sq[c];
     }
 }
 
