@@ -220,7 +220,8 @@ int amdim_dataset_open(amdim_dataset **out, const char *path, char *err, size_t 
         }
     }
     mdb_cursor_close(cur);
-    qsort(ds->splits, (size_t)ds->nsplits, sizeof *ds->splits, split_cmp);
+    if (ds->nsplits)
+        qsort(ds->splits, (size_t)ds->nsplits, sizeof *ds->splits, split_cmp);
     *out = ds;
     return AMDIM_OK;
 fail:

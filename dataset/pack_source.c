@@ -206,7 +206,8 @@ static int files_in_dir(pack_source *src, const char *dir, int32_t label)
     }
     free(ents);
     /* Python sorts str by code point, which is byte order for UTF-8. */
-    qsort(names.v, names.n, sizeof *names.v, cmp_str);
+    if (names.n)
+        qsort(names.v, names.n, sizeof *names.v, cmp_str);
     for (size_t i = 0; st == AMDIM_OK && i < names.n; i++) {
         int len = snprintf(path, sizeof path, "%s/%s", dir, names.v[i]);
         st = arena_add(src, path, (size_t)len, label);
@@ -234,7 +235,8 @@ static int open_imagefolder(pack_source *src, const amdim_pack_options *opt)
         free(ents[i]);
     }
     free(ents);
-    qsort(classes.v, classes.n, sizeof *classes.v, cmp_str);
+    if (classes.n)
+        qsort(classes.v, classes.n, sizeof *classes.v, cmp_str);
     if (st == AMDIM_OK && classes.n == 0)
         st = FAIL(AMDIM_E_EMPTY, "%s has no class sub-directories (imagefolder wants SRC/<class>/<image>)", opt->src);
     for (size_t c = 0; st == AMDIM_OK && c < classes.n; c++) {

@@ -106,12 +106,13 @@ int amdim_resize_bicubic(const uint8_t *src, int sw, int sh, int channels, int x
     int kmax = kh > kv ? kh : kv;
     /* Scratch layout: weights and bounds of both passes, a float row for
      * the weight computation, then the intermediate image. */
-    size_t off_kv = (size_t)dw * kh * sizeof(int32_t);
-    size_t off_bh = off_kv + (size_t)dh * kv * sizeof(int32_t);
-    size_t off_bv = off_bh + (size_t)dw * 2 * sizeof(int);
-    size_t off_tmp = off_bv + (size_t)dh * 2 * sizeof(int);
-    size_t off_img = off_tmp + (size_t)(kmax + 8) * sizeof(double);
-    off_img = (off_img + 63) & ~(size_t)63;
+#define ALIGN64(x) (((x) + 63) & ~(size_t)63)
+    size_t off_kv = ALIGN64((size_t)dw * kh * sizeof(int32_t));
+    size_t off_bh = off_kv + ALIGN64((size_t)dh * kv * sizeof(int32_t));
+    size_t off_bv = off_bh + ALIGN64((size_t)dw * 2 * sizeof(int));
+    size_t off_tmp = off_bv + ALIGN64((size_t)dh * 2 * sizeof(int));
+    size_t off_img = off_tmp + ALIGN64((size_t)(kmax + 8) * sizeof(double));
+#undef ALIGN64
     /* The horizontal pass produces only the rows the vertical pass reads. */
     size_t img_bytes = (size_t)dw * ch * C;
     uint8_t *mem = scratch_get(scratch, off_img + img_bytes);

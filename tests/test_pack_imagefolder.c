@@ -109,13 +109,24 @@ static amdim_pack_options base_options(events *ev)
 {
     amdim_pack_options o = {0};
     o.format = AMDIM_PACK_IMAGEFOLDER;
-    o.src = strdup(test_path("src"));
+    static char src[4096];
+    snprintf(src, sizeof src, "%s", test_path("src"));
+    o.src = src;
     o.split = "train";
     o.threads = 2;
     o.max_pixels = 150 * 150;
     o.on_event = on_event;
     o.ctx = ev;
     return o;
+}
+
+static const char *keep(const char *path)
+{
+    static char bufs[4][4096];
+    static int k;
+    char *b = bufs[k++ % 4];
+    snprintf(b, sizeof bufs[0], "%s", path);
+    return b;
 }
 
 int main(void)
@@ -125,7 +136,7 @@ int main(void)
 
     events ev = {0};
     amdim_pack_options o = base_options(&ev);
-    o.out = strdup(test_path("out.lmdb"));
+    o.out = keep(test_path("out.lmdb"));
     amdim_pack_summary sum;
     char err[2048];
     int st = amdim_pack_run(&o, &sum, err, sizeof err);
@@ -215,7 +226,7 @@ int main(void)
 
     /* --max-side: the 64x48 images become 32x24; --quality re-encodes all. */
     ev = (events){0};
-    o.out = strdup(test_path("small.lmdb"));
+    o.out = keep(test_path("small.lmdb"));
     o.max_side = 32;
     o.quality = 80;
     REQUIRE(amdim_pack_run(&o, &sum, err, sizeof err) == 0, "pack max-side: %s", err);
@@ -233,7 +244,7 @@ int main(void)
     /* --no-verify keeps the truncated file (header parses) but still
      * rejects what the header shows is bad. */
     ev = (events){0};
-    o.out = strdup(test_path("noverify.lmdb"));
+    o.out = keep(test_path("noverify.lmdb"));
     o.max_side = 0;
     o.quality = 0;
     o.no_verify = 1;
