@@ -1,0 +1,224 @@
+/* The augmenter handle: decode once, flip once, two views. */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "amdim_augment.h"
+
+struct amdim_augmenter {
+    amdim_augment_config cfg;
+    amdim_codec *codec;
+    amdim_image decoded; /* the record as RGB */
+    amdim_image padded;  /* translate preset: zero-padded to the output size */
+    amdim_image flipped;
+    amdim_image resized; /* test transform */
+    amdim_scratch scratch;
+    char err[512];
+};
+
+int amdim_augmenter_create(amdim_augmenter **out, const amdim_augment_config *cfg)
+{
+    *out = NULL;
+    char why[256];
+    int st = amdim_augment_config_check(cfg, why, sizeof why);
+    if (st)
+        return st;
+    amdim_augmenter *a = calloc(1, sizeof *a);
+    if (!a)
+        return AMDIM_E_NOMEM;
+    a->cfg = *cfg;
+    if ((st = amdim_codec_create(&a->codec))) {
+        free(a);
+        return st;
+    }
+    *out = a;
+    return AMDIM_OK;
+}
+
+void amdim_augmenter_destroy(amdim_augmenter *a)
+{
+    if (!a)
+        return;
+    amdim_codec_destroy(a->codec);
+    amdim_image_free(&a->decoded);
+    amdim_image_free(&a->padded);
+    amdim_image_free(&a->flipped);
+    amdim_image_free(&a->resized);
+    amdim_scratch_free(&a->scratch);
+    free(a);
+}
+
+const char *amdim_augmenter_error(const amdim_augmenter *a) { return a ? a->err : "no augmenter"; }
+
+const amdim_augment_config *amdim_augmenter_config(const amdim_augmenter *a) { return &a->cfg; }
+
+#define AFAIL(st, ...) amdim_fail(a->err, sizeof a->err, (st), __VA_ARGS__)
+
+int amdim_augment_decode(amdim_augmenter *a, const amdim_record *rec, const amdim_image **img)
+{
+    int st;
+    if (rec->encoding == AMDIM_ENCODING_JPEG) {
+        if ((st = amdim_codec_decode_rgb(a->codec, rec->payload, rec->payload_size, 0, &a->decoded, NULL)))
+            return AFAIL(st, "%s", amdim_codec_error(a->codec));
+        if ((uint32_t)a->decoded.width != rec->width || (uint32_t)a->decoded.height != rec->height)
+            return AFAIL(AMDIM_E_CORRUPT, "JPEG is %dx%d but its record says %ux%u", a->decoded.width,
+                         a->decoded.height, rec->width, rec->height);
+    } else if (rec->encoding == AMDIM_ENCODING_RAW) {
+        if (amdim_image_reserve(&a->decoded, (int)rec->width, (int)rec->height, 3))
+            return AFAIL(AMDIM_E_NOMEM, "out of memory");
+        size_t npix = (size_t)rec->width * rec->height;
+        if ((uint64_t)npix * rec->channels != rec->payload_size)
+            return AFAIL(AMDIM_E_CORRUPT, "raw record of %ux%ux%u has %u bytes", rec->width, rec->height,
+                         rec->channels, rec->payload_size);
+        if (rec->channels == 3) {
+            memcpy(a->decoded.pixels, rec->payload, npix * 3);
+        } else {
+            for (size_t i = 0; i < npix; i++)
+                memset(a->decoded.pixels + 3 * i, rec->payload[i], 3);
+        }
+    } else {
+        return AFAIL(AMDIM_E_UNSUPPORTED, "record encoding %u", rec->encoding);
+    }
+    const amdim_image *src = &a->decoded;
+    if (a->cfg.crop_mode == AMDIM_CROP_TRANSLATE && (src->width != a->cfg.size || src->height != a->cfg.size)) {
+        int s = a->cfg.size;
+        if (src->width > s || src->height > s)
+            return AFAIL(AMDIM_E_INVALID, "the %s preset makes %dx%d views without resizing, but the image is %dx%d",
+                         a->cfg.name, s, s, src->width, src->height);
+        if (amdim_image_reserve(&a->padded, s, s, 3))
+            return AFAIL(AMDIM_E_NOMEM, "out of memory");
+        memset(a->padded.pixels, 0, (size_t)s * s * 3);
+        int ox = (s - src->width) / 2, oy = (s - src->height) / 2;
+        for (int y = 0; y < src->height; y++)
+            memcpy(a->padded.pixels + ((size_t)(oy + y) * s + ox) * 3, src->pixels + (size_t)y * src->width * 3,
+                   (size_t)src->width * 3);
+        src = &a->padded;
+    }
+    *img = src;
+    return AMDIM_OK;
+}
+
+static int make_flipped(amdim_augmenter *a, const amdim_image *src, const amdim_image **out)
+{
+    if (amdim_image_reserve(&a->flipped, src->width, src->height, 3))
+        return AFAIL(AMDIM_E_NOMEM, "out of memory");
+    memcpy(a->flipped.pixels, src->pixels, (size_t)src->width * src->height * 3);
+    amdim_flip_horizontal(a->flipped.pixels, src->width, src->height);
+    *out = &a->flipped;
+    return AMDIM_OK;
+}
+
+/* One view of an already flipped (or not) source. */
+static int view_of(amdim_augmenter *a, const amdim_image *src, const amdim_view_params *vp, uint8_t *out)
+{
+    const amdim_augment_config *c = &a->cfg;
+    const int s = c->size;
+    const size_t npix = (size_t)s * s;
+    if (c->crop_mode == AMDIM_CROP_RESIZED) {
+        int st = amdim_resize_bicubic(src->pixels, src->width, src->height, 3, vp->x, vp->y, vp->w, vp->h,
+                                      out, s, s, &a->scratch);
+        if (st)
+            return AFAIL(st, "crop (%d, %d, %dx%d) does not fit the %dx%d image", vp->x, vp->y, vp->w, vp->h,
+                         src->width, src->height);
+    } else {
+        if (src->width != s || src->height != s)
+            return AFAIL(AMDIM_E_INVALID, "translate view of a %dx%d image, want %dx%d", src->width, src->height, s, s);
+        if (vp->dx || vp->dy)
+            amdim_translate_reflect(src->pixels, s, s, vp->dx, vp->dy, out);
+        else
+            memcpy(out, src->pixels, npix * 3);
+    }
+    if (vp->jitter) {
+        for (int k = 0; k < 4; k++) {
+            switch (vp->order[k]) {
+            case AMDIM_JIT_BRIGHTNESS:
+                if (c->brightness > 0)
+                    amdim_adjust_brightness(out, npix, vp->brightness);
+                break;
+            case AMDIM_JIT_CONTRAST:
+                if (c->contrast > 0)
+                    amdim_adjust_contrast(out, npix, vp->contrast);
+                break;
+            case AMDIM_JIT_SATURATION:
+                if (c->saturation > 0)
+                    amdim_adjust_saturation(out, npix, vp->saturation);
+                break;
+            case AMDIM_JIT_HUE:
+                if (c->hue > 0)
+                    amdim_adjust_hue(out, npix, vp->hue);
+                break;
+            default:
+                return AFAIL(AMDIM_E_INVALID, "bad jitter step %u", vp->order[k]);
+            }
+        }
+    }
+    if (vp->grey)
+        amdim_to_grey(out, npix);
+    return AMDIM_OK;
+}
+
+int amdim_augment_view(amdim_augmenter *a, const amdim_image *src, int flip, const amdim_view_params *vp,
+                       uint8_t *out)
+{
+    int st;
+    if (flip && (st = make_flipped(a, src, &src)))
+        return st;
+    return view_of(a, src, vp, out);
+}
+
+int amdim_augment_pair(amdim_augmenter *a, const amdim_record *rec, uint64_t seed, uint64_t epoch,
+                       uint64_t index, uint8_t *view1, uint8_t *view2, amdim_pair_params *params)
+{
+    const amdim_image *src;
+    int st = amdim_augment_decode(a, rec, &src);
+    if (st)
+        return st;
+    amdim_rng rng;
+    amdim_rng_init(&rng, seed, epoch, index);
+    amdim_pair_params local, *p = params ? params : &local;
+    amdim_augment_draw(&a->cfg, src->width, src->height, &rng, p);
+    if (p->flip && (st = make_flipped(a, src, &src)))
+        return st;
+    if ((st = view_of(a, src, &p->view[0], view1)))
+        return st;
+    return view_of(a, src, &p->view[1], view2);
+}
+
+int amdim_augment_test_view(amdim_augmenter *a, const amdim_record *rec, uint8_t *out)
+{
+    const amdim_image *src;
+    int st = amdim_augment_decode(a, rec, &src);
+    if (st)
+        return st;
+    const int s = a->cfg.size;
+    if (a->cfg.crop_mode == AMDIM_CROP_TRANSLATE || a->cfg.test_resize == 0) {
+        if (src->width != s || src->height != s)
+            return AFAIL(AMDIM_E_INVALID, "the %s preset has no test resize, but the image is %dx%d, not %dx%d",
+                         a->cfg.name, src->width, src->height, s, s);
+        memcpy(out, src->pixels, (size_t)s * s * 3);
+        return AMDIM_OK;
+    }
+    /* torchvision Resize(int): short side to test_resize, long side
+     * int(test_resize * long / short); then CenterCrop with round(). */
+    int w = src->width, h = src->height, r = a->cfg.test_resize, ow, oh;
+    if (w <= h) {
+        ow = r;
+        oh = (int)((double)r * h / w);
+    } else {
+        oh = r;
+        ow = (int)((double)r * w / h);
+    }
+    const amdim_image *img = src;
+    if (ow != w || oh != h) {
+        if (amdim_image_reserve(&a->resized, ow, oh, 3))
+            return AFAIL(AMDIM_E_NOMEM, "out of memory");
+        if ((st = amdim_resize_bicubic(src->pixels, w, h, 3, 0, 0, w, h, a->resized.pixels, ow, oh, &a->scratch)))
+            return AFAIL(st, "resize failed");
+        img = &a->resized;
+    }
+    int top = (int)nearbyint((oh - s) / 2.0), left = (int)nearbyint((ow - s) / 2.0);
+    for (int y = 0; y < s; y++)
+        memcpy(out + (size_t)y * s * 3, img->pixels + ((size_t)(top + y) * ow + left) * 3, (size_t)s * 3);
+    return AMDIM_OK;
+}
