@@ -25,6 +25,8 @@ enum {
     AMDIM_E_VERSION = -11,    /* on-disk format version we do not read */
     AMDIM_E_CANCELLED = -12,  /* stopped by a signal or a caller's request */
     AMDIM_E_EMPTY = -13,      /* input has no data at all */
+    AMDIM_E_WORKER = -14,     /* a loader process failed or died (message names it) */
+    AMDIM_E_PROTOCOL = -15,   /* the other end of a pipe or socket broke the protocol */
 };
 
 /* Short, static name of a status code ("corrupt data", ...). Never NULL. */

@@ -21,6 +21,8 @@ const char *amdim_strerror(int status)
     case AMDIM_E_VERSION: return "unsupported format version";
     case AMDIM_E_CANCELLED: return "cancelled";
     case AMDIM_E_EMPTY: return "empty";
+    case AMDIM_E_WORKER: return "loader worker failed";
+    case AMDIM_E_PROTOCOL: return "protocol error";
     default: return "unknown status";
     }
 }

@@ -115,6 +115,14 @@ int amdim_dataset_get(amdim_dataset *ds, const char *split, uint64_t index, amdi
 int amdim_dataset_locate(amdim_dataset *ds, const char *split, uint64_t index,
                          const void **value, size_t *len, uint64_t *file_offset);
 
+/* Byte offset (from the start of the file) and length of every record of a
+ * split, in index order, for readers that fetch values with their own I/O.
+ * Checks that keys are dense (0..records-1) and values lie inside the file.
+ * *offsets and *lengths are malloc'd (caller frees). Returns 0,
+ * AMDIM_E_NOT_FOUND, AMDIM_E_CORRUPT (naming the record) or AMDIM_E_NOMEM. */
+int amdim_dataset_index(amdim_dataset *ds, const char *split, uint64_t **offsets, uint32_t **lengths,
+                        uint64_t *count);
+
 /* Split names are 1..32 of [A-Za-z0-9_-] and not "meta". */
 int amdim_split_name_valid(const char *name);
 

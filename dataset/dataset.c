@@ -8,6 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/sysmacros.h>
 
 static void put_u16(uint8_t *p, uint16_t v) { p[0] = (uint8_t)v; p[1] = (uint8_t)(v >> 8); }
 static void put_u32(uint8_t *p, uint32_t v)
@@ -137,6 +138,29 @@ static int lmdb_fail(amdim_dataset *ds, const char *what, int rc)
                       mdb_strerror(rc), ds->path);
 }
 
+/* LMDB does not expose where it mapped the file (me_mapaddr is only set
+ * with MDB_FIXEDMAP), and file offsets of values are what the loader needs:
+ * find our mapping of this inode in /proc/self/maps. NULL if not found. */
+static const uint8_t *find_map_base(const struct stat *sb)
+{
+    FILE *f = fopen("/proc/self/maps", "r");
+    if (!f)
+        return NULL;
+    char line[4096];
+    const uint8_t *base = NULL;
+    while (!base && fgets(line, sizeof line, f)) {
+        unsigned long long start, end, offset, inode;
+        unsigned dmaj, dmin;
+        char perms[8];
+        if (sscanf(line, "%llx-%llx %7s %llx %x:%x %llu", &start, &end, perms, &offset, &dmaj, &dmin, &inode) != 7)
+            continue;
+        if (inode == (unsigned long long)sb->st_ino && dmaj == major(sb->st_dev) && dmin == minor(sb->st_dev))
+            base = (const uint8_t *)(uintptr_t)(start - offset);
+    }
+    fclose(f);
+    return base;
+}
+
 static int split_cmp(const void *a, const void *b)
 {
     return strcmp(((const split_entry *)a)->name, ((const split_entry *)b)->name);
@@ -171,9 +195,7 @@ int amdim_dataset_open(amdim_dataset **out, const char *path, char *err, size_t 
                         "%s is not a readable LMDB file: mdb_env_open(): %s", path, mdb_strerror(rc));
         goto fail;
     }
-    MDB_envinfo info;
-    mdb_env_info(ds->env, &info);
-    ds->map_base = info.me_mapaddr;
+    ds->map_base = find_map_base(&sb);
     if ((rc = mdb_txn_begin(ds->env, NULL, MDB_RDONLY, &ds->txn))) {
         st = lmdb_fail(ds, "mdb_txn_begin", rc);
         goto fail;
@@ -416,5 +438,75 @@ int amdim_dataset_get(amdim_dataset *ds, const char *split, uint64_t index, amdi
     if (st)
         return amdim_fail(ds->err, sizeof ds->err, st, "%s: split %s record %llu: %s", ds->path,
                           split, (unsigned long long)index, why);
+    return AMDIM_OK;
+}
+
+int amdim_dataset_index(amdim_dataset *ds, const char *split, uint64_t **offsets, uint32_t **lengths,
+                        uint64_t *count)
+{
+    *offsets = NULL;
+    *lengths = NULL;
+    *count = 0;
+    amdim_split_info info;
+    int st = amdim_dataset_split_info(ds, split, &info);
+    if (st)
+        return st;
+    MDB_dbi dbi;
+    if ((st = split_dbi(ds, split, &dbi)))
+        return st;
+    struct stat sb;
+    if (stat(ds->path, &sb) != 0)
+        return amdim_fail(ds->err, sizeof ds->err, AMDIM_E_IO, "stat %s: %s", ds->path, strerror(errno));
+    if (!ds->map_base)
+        return amdim_fail(ds->err, sizeof ds->err, AMDIM_E_IO, "%s: cannot find where LMDB mapped the file", ds->path);
+    uint64_t *off = malloc((info.records ? info.records : 1) * sizeof *off);
+    uint32_t *len = malloc((info.records ? info.records : 1) * sizeof *len);
+    if (!off || !len) {
+        free(off);
+        free(len);
+        return amdim_fail(ds->err, sizeof ds->err, AMDIM_E_NOMEM, "out of memory for the index of %llu records",
+                          (unsigned long long)info.records);
+    }
+    MDB_cursor *cur;
+    int rc = mdb_cursor_open(ds->txn, dbi, &cur);
+    if (rc) {
+        free(off);
+        free(len);
+        return lmdb_fail(ds, "mdb_cursor_open", rc);
+    }
+    MDB_val k, v;
+    uint64_t i = 0;
+    st = AMDIM_OK;
+    for (rc = mdb_cursor_get(cur, &k, &v, MDB_FIRST); rc == 0 && st == AMDIM_OK;
+         rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT), i++) {
+        uint64_t key = 0;
+        if (k.mv_size == 8)
+            for (int b = 0; b < 8; b++)
+                key = key << 8 | ((const uint8_t *)k.mv_data)[b];
+        uint64_t o = (uint64_t)((const uint8_t *)v.mv_data - ds->map_base);
+        if (k.mv_size != 8 || key != i || i >= info.records)
+            st = amdim_fail(ds->err, sizeof ds->err, AMDIM_E_CORRUPT, "%s: split %s: record %llu has key %llu (keys must be 0..%llu)",
+                            ds->path, split, (unsigned long long)i, (unsigned long long)key,
+                            (unsigned long long)info.records - 1);
+        else if (v.mv_size > UINT32_MAX || o + v.mv_size > (uint64_t)sb.st_size)
+            st = amdim_fail(ds->err, sizeof ds->err, AMDIM_E_CORRUPT, "%s: split %s: record %llu lies outside the file",
+                            ds->path, split, (unsigned long long)i);
+        else {
+            off[i] = o;
+            len[i] = (uint32_t)v.mv_size;
+        }
+    }
+    mdb_cursor_close(cur);
+    if (st == AMDIM_OK && i != info.records)
+        st = amdim_fail(ds->err, sizeof ds->err, AMDIM_E_CORRUPT, "%s: split %s holds %llu records, its meta says %llu",
+                        ds->path, split, (unsigned long long)i, (unsigned long long)info.records);
+    if (st) {
+        free(off);
+        free(len);
+        return st;
+    }
+    *offsets = off;
+    *lengths = len;
+    *count = i;
     return AMDIM_OK;
 }

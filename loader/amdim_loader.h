@@ -1,0 +1,126 @@
+/* amdim loader: `amdim-load DATA.lmdb | CONSUMER`.
+ *
+ * The producer side (amdim_load_run, used by the amdim-load command) starts
+ * N worker processes. Each owns one shared-memory ring (shm/amdim_ring.h),
+ * reads its records with io_uring (pread if io_uring is unavailable),
+ * makes both augmented views and publishes whole batches. Batch b of an
+ * epoch holds positions [b*B, (b+1)*B) of that epoch's seeded permutation
+ * and is made by worker b % N, so batches - their samples and pixels - do
+ * not depend on the number of workers.
+ *
+ * The pipe (the loader's stdout) carries only text control lines:
+ *   AMDIM-LOAD v=1 pid=.. socket=.. preset=.. size=.. batch=.. workers=..
+ *              records=.. classes=.. batches=.. drop_last=.. seed=..
+ *              epochs=.. start_epoch=.. start_batch=.. split=..
+ *   EPOCH <e> produced               all batches of epoch e are in the rings
+ *   RESPAWN worker=<w> signal=<s> epoch=<e> batch=<b>
+ *   ERROR worker=<w> epoch=<e> batch=<b> <message>
+ *   END batches=<n> pairs=<n>
+ * The consumer connects to the abstract Unix socket named in the handshake
+ * (its uid must match), sends "START [seed=S] [epoch=E] [batch=B]
+ * [epochs=N]\n", and receives "OK ..." plus the rings' memfds (SCM_RIGHTS),
+ * or "ERR <reason>". Nothing is created in the file system or /dev/shm.
+ *
+ * The consumer side is the small API at the end of this header. */
+#ifndef AMDIM_LOADER_H
+#define AMDIM_LOADER_H
+
+#include <signal.h>
+#include <stdint.h>
+
+#include "amdim_augment.h"
+#include "amdim_common.h"
+
+#define AMDIM_LOAD_PROTOCOL_VERSION 1
+
+/* ---- producer ----------------------------------------------------------- */
+
+typedef struct {
+    const char *path;     /* DATA.lmdb */
+    const char *split;    /* default "train" */
+    const char *preset;   /* NULL: implied by the data (see amdim_loader_preset_for) */
+    int workers;          /* >= 1 */
+    int batch;            /* >= 1 */
+    int slots;            /* ring slots per worker, >= 2 */
+    int queue_depth;      /* io_uring reads in flight per worker */
+    int64_t epochs;       /* default number of epochs (the consumer may change it) */
+    uint64_t seed;        /* default seed (the consumer may change it) */
+    int keep_last;        /* keep the final partial batch */
+    int respawn;          /* how many times a dead worker may be replaced */
+    int no_uring;         /* force pread */
+    double progress_interval; /* seconds between stderr reports; 0 = 10 */
+    int out_fd;           /* control pipe (normally 1) */
+    volatile sig_atomic_t *cancel;
+} amdim_load_options;
+
+/* Runs the loader until every epoch is produced, the consumer goes away,
+ * or *cancel is set. Progress and errors go to stderr. Returns 0 when all
+ * batches were produced, or a negative status with the reason in err. */
+int amdim_load_run(const amdim_load_options *opt, char *err, size_t errlen);
+
+/* The preset a split implies: raw images up to 32x32 -> "cifar", raw
+ * 96x96 -> "stl10", anything else -> "imagenet". */
+const char *amdim_loader_preset_for(int encoding, uint32_t width, uint32_t height);
+
+/* Epoch order: the permutation of [0, records) used for epoch `epoch`
+ * (Philox-seeded Fisher-Yates). perm has `records` entries. */
+void amdim_loader_epoch_order(uint64_t seed, uint64_t epoch, uint64_t records, uint64_t *perm);
+
+/* ---- consumer ----------------------------------------------------------- */
+
+typedef struct {
+    char preset[16];
+    char split[40];
+    uint32_t size, batch, workers;
+    uint64_t records, batches_per_epoch;
+    int32_t classes;
+    int drop_last;
+    uint64_t seed;
+    uint64_t start_epoch, start_batch, epochs; /* as agreed at START */
+    int loader_pid;
+} amdim_loader_info;
+
+/* What the consumer asks for; -1 (or has_seed 0) keeps the loader's value. */
+typedef struct {
+    int has_seed;
+    uint64_t seed;
+    int64_t start_epoch, start_batch, epochs;
+} amdim_loader_request;
+
+typedef struct {
+    uint64_t epoch, index;  /* batch `index` of epoch `epoch` */
+    uint32_t count;         /* samples (the batch size unless keep_last) */
+    int last_in_epoch;
+    const int32_t *labels;  /* [count] */
+    const uint64_t *records;/* [count] record indices in the split */
+    const uint8_t *view1;   /* (count, size, size, 3) uint8 */
+    const uint8_t *view2;
+    uint32_t ring;          /* which ring holds it */
+} amdim_batch;
+
+typedef struct amdim_loader amdim_loader;
+
+/* Reads the handshake from fd (normally 0), connects, sends the request
+ * and maps the rings. Returns 0 or a status with the reason in err. */
+int amdim_loader_attach(amdim_loader **out, int fd, const amdim_loader_request *req, char *err,
+                        size_t errlen);
+const amdim_loader_info *amdim_loader_get_info(const amdim_loader *l);
+
+/* Next batch in (epoch, index) order, borrowed until amdim_loader_release.
+ * Returns 0, 1 when every requested epoch has been delivered, or
+ * AMDIM_E_WORKER (a worker died or failed: the message names it, its
+ * signal or error, and the batch it held), AMDIM_E_PROTOCOL (the loader
+ * vanished) or AMDIM_E_CORRUPT (a slot header does not match). */
+int amdim_loader_next(amdim_loader *l, amdim_batch *b);
+void amdim_loader_release(amdim_loader *l, amdim_batch *b);
+/* Seconds spent inside amdim_loader_next waiting for data so far. */
+double amdim_loader_wait_seconds(const amdim_loader *l);
+/* Memory of ring i (for cudaHostRegister): base and size. */
+void amdim_loader_ring_memory(const amdim_loader *l, uint32_t i, void **base, size_t *bytes);
+/* The record indices batch (epoch, index) must hold, recomputed from the
+ * seed; out has room for `batch` entries; returns the count. */
+uint32_t amdim_loader_expected_records(amdim_loader *l, uint64_t epoch, uint64_t index, uint64_t *out);
+const char *amdim_loader_error(const amdim_loader *l);
+void amdim_loader_close(amdim_loader *l); /* accepts NULL */
+
+#endif

@@ -1,0 +1,354 @@
+/* The consumer side of the loader protocol: handshake, ring mapping and
+ * batches in order, with liveness from the control pipe and the rings. */
+#include <errno.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include "amdim_loader.h"
+#include "amdim_ring.h"
+#include "loader_internal.h"
+
+struct amdim_loader {
+    int ctl_fd, sock;
+    amdim_loader_info info;
+    amdim_ring *rings;
+    uint64_t epoch, index; /* next batch to deliver */
+    int holding;
+    int ended, pipe_closed;
+    char ctl_buf[4096];
+    size_t ctl_len;
+    char last_error[1024];
+    double wait_seconds;
+    uint64_t *perm;
+    uint64_t perm_epoch;
+    char err[1024];
+};
+
+#define CFAIL(st, ...) amdim_fail(l->err, sizeof l->err, (st), __VA_ARGS__)
+
+/* Reads what the pipe has (non-blocking) and handles complete lines. */
+static void read_control(amdim_loader *l, int wait_ms)
+{
+    if (l->pipe_closed)
+        return;
+    struct pollfd p = {l->ctl_fd, POLLIN, 0};
+    if (poll(&p, 1, wait_ms) <= 0)
+        return;
+    ssize_t r = read(l->ctl_fd, l->ctl_buf + l->ctl_len, sizeof l->ctl_buf - 1 - l->ctl_len);
+    if (r <= 0) {
+        if (r == 0 || (errno != EINTR && errno != EAGAIN))
+            l->pipe_closed = 1;
+        return;
+    }
+    l->ctl_len += (size_t)r;
+    l->ctl_buf[l->ctl_len] = 0;
+    char *line = l->ctl_buf, *nl;
+    while ((nl = strchr(line, '\n'))) {
+        *nl = 0;
+        if (strncmp(line, "ERROR ", 6) == 0)
+            snprintf(l->last_error, sizeof l->last_error, "%s", line + 6);
+        else if (strncmp(line, "END", 3) == 0)
+            l->ended = 1;
+        line = nl + 1;
+    }
+    l->ctl_len = strlen(line);
+    memmove(l->ctl_buf, line, l->ctl_len + 1);
+    if (l->ctl_len == sizeof l->ctl_buf - 1) /* a line longer than the buffer: drop it */
+        l->ctl_len = 0;
+}
+
+static int read_line(amdim_loader *l, int fd, char *buf, size_t n, double timeout, const char *what)
+{
+    size_t got = 0;
+    double deadline = amdim_now() + timeout;
+    while (got < n - 1) {
+        struct pollfd p = {fd, POLLIN, 0};
+        int pr = poll(&p, 1, 100);
+        if (pr > 0) {
+            ssize_t r = read(fd, buf + got, 1); /* byte by byte: nothing after the line is consumed */
+            if (r <= 0)
+                return CFAIL(AMDIM_E_PROTOCOL, "%s: the loader closed the connection%s", what,
+                             got ? "" : " (is the input really amdim-load?)");
+            if (buf[got] == '\n') {
+                buf[got] = 0;
+                return AMDIM_OK;
+            }
+            got++;
+        }
+        if (amdim_now() > deadline)
+            return CFAIL(AMDIM_E_PROTOCOL, "%s: nothing within %.0f s", what, timeout);
+    }
+    return CFAIL(AMDIM_E_PROTOCOL, "%s: line too long", what);
+}
+
+int amdim_loader_attach(amdim_loader **out, int fd, const amdim_loader_request *req, char *err, size_t errlen)
+{
+    *out = NULL;
+    amdim_loader *l = calloc(1, sizeof *l);
+    if (!l)
+        return amdim_fail(err, errlen, AMDIM_E_NOMEM, "out of memory");
+    l->ctl_fd = fd;
+    l->sock = -1;
+    l->perm_epoch = UINT64_MAX;
+    int st;
+    char line[1024], v[128];
+    /* The loader may still be opening a large dataset: wait a while. */
+    if ((st = read_line(l, fd, line, sizeof line, 600, "reading the handshake")))
+        goto fail;
+    if (strncmp(line, "AMDIM-LOAD ", 11) != 0) {
+        st = CFAIL(AMDIM_E_PROTOCOL, "standard input is not amdim-load's control pipe (it starts with '%.20s')", line);
+        goto fail;
+    }
+    if (!loader_kv(line, "v", v, sizeof v) || atoi(v) != AMDIM_LOAD_PROTOCOL_VERSION) {
+        st = CFAIL(AMDIM_E_VERSION, "amdim-load speaks protocol version %s, this consumer %d", v, AMDIM_LOAD_PROTOCOL_VERSION);
+        goto fail;
+    }
+    amdim_loader_info *in = &l->info;
+    char sockname[108] = "";
+    int ok = loader_kv(line, "socket", sockname, sizeof sockname);
+    ok &= loader_kv(line, "preset", in->preset, sizeof in->preset);
+    ok &= loader_kv(line, "split", in->split, sizeof in->split);
+#define NUM(key, field)                                        \
+    do {                                                       \
+        ok &= loader_kv(line, key, v, sizeof v);               \
+        field = (__typeof__(field))strtoll(v, NULL, 10);       \
+    } while (0)
+    NUM("pid", in->loader_pid);
+    NUM("size", in->size);
+    NUM("batch", in->batch);
+    NUM("workers", in->workers);
+    NUM("records", in->records);
+    NUM("classes", in->classes);
+    NUM("batches", in->batches_per_epoch);
+    NUM("drop_last", in->drop_last);
+#undef NUM
+    if (!ok || !in->size || !in->batch || !in->workers || !in->batches_per_epoch || in->workers > 253) {
+        st = CFAIL(AMDIM_E_PROTOCOL, "incomplete handshake: %s", line);
+        goto fail;
+    }
+    /* Connect and ask. */
+    l->sock = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    struct sockaddr_un addr = {.sun_family = AF_UNIX};
+    size_t sl = strlen(sockname);
+    if (sl + 1 >= sizeof addr.sun_path) {
+        st = CFAIL(AMDIM_E_PROTOCOL, "socket name too long");
+        goto fail;
+    }
+    memcpy(addr.sun_path + 1, sockname, sl);
+    if (l->sock < 0 || connect(l->sock, (struct sockaddr *)&addr, (socklen_t)(offsetof(struct sockaddr_un, sun_path) + 1 + sl)) != 0) {
+        st = CFAIL(AMDIM_E_PROTOCOL, "cannot connect to amdim-load (pid %d): %s", in->loader_pid, strerror(errno));
+        goto fail;
+    }
+    char start[256];
+    int n = snprintf(start, sizeof start, "START");
+    if (req && req->has_seed)
+        n += snprintf(start + n, sizeof start - (size_t)n, " seed=%llu", (unsigned long long)req->seed);
+    if (req && req->start_epoch >= 0)
+        n += snprintf(start + n, sizeof start - (size_t)n, " epoch=%lld", (long long)req->start_epoch);
+    if (req && req->start_batch >= 0)
+        n += snprintf(start + n, sizeof start - (size_t)n, " batch=%lld", (long long)req->start_batch);
+    if (req && req->epochs > 0)
+        n += snprintf(start + n, sizeof start - (size_t)n, " epochs=%lld", (long long)req->epochs);
+    start[n++] = '\n';
+    if (write(l->sock, start, (size_t)n) != n) {
+        st = CFAIL(AMDIM_E_PROTOCOL, "cannot send START: %s", strerror(errno));
+        goto fail;
+    }
+    /* The answer comes with the rings' file descriptors. */
+    char reply[512];
+    union {
+        char buf[CMSG_SPACE(sizeof(int) * 253)];
+        struct cmsghdr align;
+    } u;
+    struct iovec iov = {reply, sizeof reply - 1};
+    struct msghdr msg = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = u.buf, .msg_controllen = sizeof u.buf};
+    struct pollfd pp = {l->sock, POLLIN, 0};
+    if (poll(&pp, 1, 30000) <= 0) {
+        st = CFAIL(AMDIM_E_PROTOCOL, "amdim-load did not answer START");
+        goto fail;
+    }
+    ssize_t r = recvmsg(l->sock, &msg, MSG_CMSG_CLOEXEC);
+    if (r <= 0) {
+        st = CFAIL(AMDIM_E_PROTOCOL, "amdim-load closed the connection after START");
+        goto fail;
+    }
+    reply[r] = 0;
+    int fds[253], nfds = 0;
+    for (struct cmsghdr *cm = CMSG_FIRSTHDR(&msg); cm; cm = CMSG_NXTHDR(&msg, cm))
+        if (cm->cmsg_level == SOL_SOCKET && cm->cmsg_type == SCM_RIGHTS) {
+            nfds = (int)((cm->cmsg_len - CMSG_LEN(0)) / sizeof(int));
+            memcpy(fds, CMSG_DATA(cm), (size_t)nfds * sizeof(int));
+        }
+    if (strncmp(reply, "OK ", 3) != 0) {
+        for (int i = 0; i < nfds; i++)
+            close(fds[i]);
+        reply[strcspn(reply, "\n")] = 0;
+        st = CFAIL(AMDIM_E_PROTOCOL, "amdim-load refused the request: %s", reply);
+        goto fail;
+    }
+    if (nfds != (int)in->workers || (msg.msg_flags & MSG_CTRUNC)) {
+        for (int i = 0; i < nfds; i++)
+            close(fds[i]);
+        st = CFAIL(AMDIM_E_PROTOCOL, "expected %u ring descriptors, received %d", in->workers, nfds);
+        goto fail;
+    }
+    ok = 1;
+    ok &= loader_kv(reply, "seed", v, sizeof v);
+    in->seed = strtoull(v, NULL, 10);
+    ok &= loader_kv(reply, "epoch", v, sizeof v);
+    in->start_epoch = strtoull(v, NULL, 10);
+    ok &= loader_kv(reply, "batch", v, sizeof v);
+    in->start_batch = strtoull(v, NULL, 10);
+    ok &= loader_kv(reply, "epochs", v, sizeof v);
+    in->epochs = strtoull(v, NULL, 10);
+    l->rings = calloc(in->workers, sizeof *l->rings);
+    if (!ok || !l->rings) {
+        for (int i = 0; i < nfds; i++)
+            close(fds[i]);
+        st = CFAIL(AMDIM_E_PROTOCOL, "bad OK line: %s", reply);
+        goto fail;
+    }
+    for (uint32_t w = 0; w < in->workers; w++)
+        l->rings[w].fd = -1;
+    for (uint32_t w = 0; w < in->workers; w++) {
+        char why[512];
+        if ((st = amdim_ring_attach(&l->rings[w], fds[w], why, sizeof why))) {
+            for (uint32_t k = w + 1; k < in->workers; k++)
+                close(fds[k]);
+            CFAIL(st, "ring %u from amdim-load: %s", w, why);
+            goto fail;
+        }
+        const amdim_ring_header *h = l->rings[w].hdr;
+        if (h->batch != in->batch || h->height != in->size || h->width != in->size || h->channels != 3 ||
+            h->ring_id != w || h->ring_count != in->workers) {
+            for (uint32_t k = w + 1; k < in->workers; k++)
+                close(fds[k]);
+            st = CFAIL(AMDIM_E_CORRUPT, "ring %u does not match the handshake (batch %u, %ux%u, id %u of %u)", w,
+                       h->batch, h->width, h->height, h->ring_id, h->ring_count);
+            goto fail;
+        }
+    }
+    l->perm = malloc((in->records ? in->records : 1) * sizeof *l->perm);
+    if (!l->perm) {
+        st = CFAIL(AMDIM_E_NOMEM, "out of memory");
+        goto fail;
+    }
+    l->epoch = in->start_epoch;
+    l->index = in->start_batch;
+    fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK);
+    *out = l;
+    return AMDIM_OK;
+fail:
+    snprintf(err, errlen, "%s", l->err);
+    amdim_loader_close(l);
+    return st;
+}
+
+const amdim_loader_info *amdim_loader_get_info(const amdim_loader *l) { return &l->info; }
+
+int amdim_loader_next(amdim_loader *l, amdim_batch *b)
+{
+    const amdim_loader_info *in = &l->info;
+    if (l->holding)
+        return CFAIL(AMDIM_E_INVALID, "release the previous batch first");
+    if (l->epoch >= in->start_epoch + in->epochs)
+        return 1;
+    uint32_t w = (uint32_t)(l->index % in->workers);
+    amdim_ring *ring = &l->rings[w];
+    amdim_slot s;
+    double t0 = amdim_now();
+    int quiet_ticks = 0;
+    for (;;) {
+        int rc = amdim_ring_next(ring, &s, 100);
+        if (rc == 0)
+            break;
+        read_control(l, 0);
+        if (rc == 2) {
+            l->wait_seconds += amdim_now() - t0;
+            const char *why = ring->hdr->error[0] ? ring->hdr->error : l->last_error;
+            return CFAIL(AMDIM_E_WORKER, "epoch %llu batch %llu never arrived: %s", (unsigned long long)l->epoch,
+                         (unsigned long long)l->index, why[0] ? why : "its worker stopped");
+        }
+        /* Loader gone without a word (SIGKILL): its workers die with it. */
+        if (l->pipe_closed && !l->ended && ++quiet_ticks >= 5) {
+            l->wait_seconds += amdim_now() - t0;
+            return CFAIL(AMDIM_E_PROTOCOL, "amdim-load (pid %d) exited before epoch %llu batch %llu was made%s%s",
+                         in->loader_pid, (unsigned long long)l->epoch, (unsigned long long)l->index,
+                         l->last_error[0] ? ": " : "", l->last_error);
+        }
+    }
+    l->wait_seconds += amdim_now() - t0;
+    const amdim_slot_header *h = s.header;
+    uint32_t want = loader_batch_count(in->records, in->batch, l->index);
+    if (h->magic != AMDIM_SLOT_MAGIC || h->epoch != l->epoch || h->batch_index != l->index || h->count != want ||
+        h->ring_id != w)
+        return CFAIL(AMDIM_E_CORRUPT, "ring %u holds epoch %llu batch %llu (%u samples) where epoch %llu batch %llu (%u) was due",
+                     w, (unsigned long long)h->epoch, (unsigned long long)h->batch_index, h->count,
+                     (unsigned long long)l->epoch, (unsigned long long)l->index, want);
+    b->epoch = l->epoch;
+    b->index = l->index;
+    b->count = h->count;
+    b->last_in_epoch = l->index + 1 == in->batches_per_epoch;
+    b->labels = s.labels;
+    b->records = s.indices;
+    b->view1 = s.view1;
+    b->view2 = s.view2;
+    b->ring = w;
+    l->holding = 1;
+    return 0;
+}
+
+void amdim_loader_release(amdim_loader *l, amdim_batch *b)
+{
+    if (!l->holding)
+        return;
+    amdim_ring_release(&l->rings[b->ring]);
+    l->holding = 0;
+    if (++l->index == l->info.batches_per_epoch) {
+        l->index = 0;
+        l->epoch++;
+    }
+}
+
+double amdim_loader_wait_seconds(const amdim_loader *l) { return l->wait_seconds; }
+
+void amdim_loader_ring_memory(const amdim_loader *l, uint32_t i, void **base, size_t *bytes)
+{
+    *base = l->rings[i].base;
+    *bytes = l->rings[i].bytes;
+}
+
+uint32_t amdim_loader_expected_records(amdim_loader *l, uint64_t epoch, uint64_t index, uint64_t *out)
+{
+    const amdim_loader_info *in = &l->info;
+    if (l->perm_epoch != epoch) {
+        amdim_loader_epoch_order(in->seed, epoch, in->records, l->perm);
+        l->perm_epoch = epoch;
+    }
+    uint32_t n = loader_batch_count(in->records, in->batch, index);
+    memcpy(out, l->perm + index * in->batch, n * sizeof *out);
+    return n;
+}
+
+const char *amdim_loader_error(const amdim_loader *l) { return l ? l->err : "no loader"; }
+
+void amdim_loader_close(amdim_loader *l)
+{
+    if (!l)
+        return;
+    if (l->rings)
+        for (uint32_t w = 0; w < l->info.workers; w++)
+            if (l->rings[w].base)
+                amdim_ring_close(&l->rings[w]);
+    if (l->sock >= 0)
+        close(l->sock);
+    free(l->rings);
+    free(l->perm);
+    free(l);
+}

@@ -1,0 +1,32 @@
+/* Private to the loader: batch dealing and control-line helpers shared by
+ * the producer and the consumer. */
+#ifndef AMDIM_LOADER_INTERNAL_H
+#define AMDIM_LOADER_INTERNAL_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+/* Batches per epoch for `records` samples in batches of `batch`. */
+static inline uint64_t loader_batches(uint64_t records, uint32_t batch, int keep_last)
+{
+    return keep_last ? (records + batch - 1) / batch : records / batch;
+}
+
+/* Samples in batch b (the last one may be partial with keep_last). */
+static inline uint32_t loader_batch_count(uint64_t records, uint32_t batch, uint64_t b)
+{
+    uint64_t left = records - b * batch;
+    return left < batch ? (uint32_t)left : batch;
+}
+
+/* The k-th batch (k = 0, 1, ...) made by worker w of W, for a run that
+ * starts at (e0, b0) and covers `epochs` epochs of nb batches. Returns 1
+ * with *e, *b set, or 0 if the worker has no k-th batch. */
+int loader_worker_batch(uint64_t e0, uint64_t b0, uint64_t epochs, uint64_t nb, uint32_t W, uint32_t w,
+                        uint64_t k, uint64_t *e, uint64_t *b);
+
+/* Value of `key=` in a control line (up to the next space), copied into buf.
+ * Returns 1 if found. */
+int loader_kv(const char *line, const char *key, char *buf, size_t n);
+
+#endif

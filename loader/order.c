@@ -1,0 +1,75 @@
+/* Epoch permutations and the dealing of batches to workers. */
+#include <stdio.h>
+#include <string.h>
+
+#include "amdim_loader.h"
+#include "loader_internal.h"
+
+void amdim_loader_epoch_order(uint64_t seed, uint64_t epoch, uint64_t records, uint64_t *perm)
+{
+    /* The permutation's stream uses index UINT64_MAX, which no record has,
+     * so it never coincides with a sample's augmentation stream. */
+    amdim_rng rng;
+    amdim_rng_init(&rng, seed, epoch, UINT64_MAX);
+    for (uint64_t i = 0; i < records; i++)
+        perm[i] = i;
+    for (uint64_t i = records; i > 1; i--) {
+        uint64_t j;
+        if (i - 1 <= INT32_MAX) {
+            j = (uint64_t)amdim_rng_int(&rng, 0, (int)(i - 1));
+        } else { /* more than 2^31 records: 64-bit draw (tiny bias is irrelevant at this size) */
+            uint64_t x = (uint64_t)amdim_rng_u32(&rng) << 32 | amdim_rng_u32(&rng);
+            j = x % i;
+        }
+        uint64_t t = perm[i - 1];
+        perm[i - 1] = perm[j];
+        perm[j] = t;
+    }
+}
+
+const char *amdim_loader_preset_for(int encoding, uint32_t width, uint32_t height)
+{
+    if (encoding == 0 && width && width <= 32 && height && height <= 32)
+        return "cifar";
+    if (encoding == 0 && width == 96 && height == 96)
+        return "stl10";
+    return "imagenet";
+}
+
+int loader_worker_batch(uint64_t e0, uint64_t b0, uint64_t epochs, uint64_t nb, uint32_t W, uint32_t w,
+                        uint64_t k, uint64_t *e, uint64_t *b)
+{
+    for (uint64_t ep = e0; ep < e0 + epochs; ep++) {
+        uint64_t first = ep == e0 ? b0 : 0;
+        uint64_t start = first + (w + W - first % W) % W; /* first b >= first with b % W == w */
+        if (start >= nb)
+            continue;
+        uint64_t count = (nb - start + W - 1) / W;
+        if (k < count) {
+            *e = ep;
+            *b = start + k * W;
+            return 1;
+        }
+        k -= count;
+    }
+    return 0;
+}
+
+int loader_kv(const char *line, const char *key, char *buf, size_t n)
+{
+    size_t kl = strlen(key);
+    const char *p = line;
+    while ((p = strstr(p, key)) != NULL) {
+        if ((p == line || p[-1] == ' ') && p[kl] == '=') {
+            p += kl + 1;
+            size_t m = strcspn(p, " \n");
+            if (m >= n)
+                m = n - 1;
+            memcpy(buf, p, m);
+            buf[m] = 0;
+            return 1;
+        }
+        p += kl;
+    }
+    return 0;
+}

@@ -1,0 +1,130 @@
+/* amdim-load: loader processes feeding a consumer through shared memory.
+ * Parses arguments; the work is in loader/amdim_loader.h. */
+#include <errno.h>
+#include <getopt.h>
+#include <limits.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "amdim_loader.h"
+
+static const char *usage_text =
+    "Usage: amdim-load [options] DATA.lmdb | CONSUMER\n"
+    "\n"
+    "Starts worker processes that read records of one split, make AMDIM's two\n"
+    "augmented views of every image and hand whole batches to CONSUMER (e.g.\n"
+    "amdim-train, amdim-peek) through shared memory. Standard output carries\n"
+    "only the control protocol, so it must be a pipe.\n"
+    "\n"
+    "Options:\n"
+    "  -s, --split NAME        split to read (default: train)\n"
+    "  -w, --workers N         worker processes (default: cores - 1, at least 1)\n"
+    "  -b, --batch B           pairs per batch (default: 200)\n"
+    "  -e, --epochs E          epochs (default: 1; the consumer may ask otherwise)\n"
+    "      --seed S            seed of the order and the augmentations (default: 0)\n"
+    "  -p, --preset NAME       imagenet (128 px), stl10 (64 px) or cifar (32 px);\n"
+    "                          default: implied by the data\n"
+    "      --slots N           batches each worker may have ready (default: 3)\n"
+    "      --queue-depth Q     reads in flight per worker (default: 16)\n"
+    "      --keep-last         keep the final partial batch of each epoch\n"
+    "      --respawn N         replace a dead worker up to N times (default: 0)\n"
+    "      --no-uring          read with pread instead of io_uring\n"
+    "      --progress-interval S  seconds between progress lines (default: 10)\n"
+    "  -h, --help              show this help\n";
+
+static volatile sig_atomic_t g_cancel;
+static void on_signal(int sig)
+{
+    (void)sig;
+    g_cancel = 1;
+}
+
+static int usage_error(const char *msg, const char *arg)
+{
+    fprintf(stderr, "amdim-load: ");
+    fprintf(stderr, msg, arg);
+    fprintf(stderr, "\nTry 'amdim-load --help'.\n");
+    return 2;
+}
+
+static int num(const char *name, const char *s, long long lo, long long hi, long long *out)
+{
+    char *end;
+    errno = 0;
+    long long v = strtoll(s, &end, 10);
+    if (errno || *end || end == s || v < lo || v > hi) {
+        fprintf(stderr, "amdim-load: %s must be an integer in %lld..%lld, got '%s'\nTry 'amdim-load --help'.\n", name,
+                lo, hi, s);
+        return -1;
+    }
+    *out = v;
+    return 0;
+}
+
+int main(int argc, char **argv)
+{
+    enum { OPT_SEED = 256, OPT_SLOTS, OPT_QD, OPT_KEEP, OPT_RESPAWN, OPT_NOURING, OPT_INTERVAL };
+    static const struct option longopts[] = {
+        {"split", required_argument, NULL, 's'},     {"workers", required_argument, NULL, 'w'},
+        {"batch", required_argument, NULL, 'b'},     {"epochs", required_argument, NULL, 'e'},
+        {"seed", required_argument, NULL, OPT_SEED}, {"preset", required_argument, NULL, 'p'},
+        {"slots", required_argument, NULL, OPT_SLOTS}, {"queue-depth", required_argument, NULL, OPT_QD},
+        {"keep-last", no_argument, NULL, OPT_KEEP},  {"respawn", required_argument, NULL, OPT_RESPAWN},
+        {"no-uring", no_argument, NULL, OPT_NOURING}, {"progress-interval", required_argument, NULL, OPT_INTERVAL},
+        {"help", no_argument, NULL, 'h'},            {NULL, 0, NULL, 0}};
+    int cores = amdim_cpu_count();
+    amdim_load_options o = {.split = "train", .workers = cores > 1 ? cores - 1 : 1, .batch = 200, .slots = 3,
+                            .queue_depth = 16, .epochs = 1, .out_fd = 1};
+    long long v;
+    int c;
+    while ((c = getopt_long(argc, argv, "s:w:b:e:p:h", longopts, NULL)) != -1) {
+        switch (c) {
+        case 's': o.split = optarg; break;
+        case 'w': if (num("--workers", optarg, 1, 253, &v)) return 2; o.workers = (int)v; break;
+        case 'b': if (num("--batch", optarg, 1, 1 << 20, &v)) return 2; o.batch = (int)v; break;
+        case 'e': if (num("--epochs", optarg, 1, 1000000, &v)) return 2; o.epochs = v; break;
+        case OPT_SEED: if (num("--seed", optarg, 0, LLONG_MAX, &v)) return 2; o.seed = (uint64_t)v; break;
+        case 'p':
+            if (strcmp(optarg, "imagenet") && strcmp(optarg, "stl10") && strcmp(optarg, "cifar"))
+                return usage_error("unknown preset '%s' (imagenet, stl10, cifar)", optarg);
+            o.preset = optarg;
+            break;
+        case OPT_SLOTS: if (num("--slots", optarg, 2, 1024, &v)) return 2; o.slots = (int)v; break;
+        case OPT_QD: if (num("--queue-depth", optarg, 1, 256, &v)) return 2; o.queue_depth = (int)v; break;
+        case OPT_KEEP: o.keep_last = 1; break;
+        case OPT_RESPAWN: if (num("--respawn", optarg, 0, 1000000, &v)) return 2; o.respawn = (int)v; break;
+        case OPT_NOURING: o.no_uring = 1; break;
+        case OPT_INTERVAL: {
+            char *end;
+            o.progress_interval = strtod(optarg, &end);
+            if (*end || !(o.progress_interval > 0))
+                return usage_error("--progress-interval must be a positive number of seconds, got '%s'", optarg);
+            break;
+        }
+        case 'h': fputs(usage_text, stdout); return 0;
+        default: fprintf(stderr, "Try 'amdim-load --help'.\n"); return 2;
+        }
+    }
+    if (argc - optind != 1)
+        return usage_error("expected one DATA.lmdb argument%s", "");
+    o.path = argv[optind];
+    if (isatty(1))
+        return usage_error("standard output is a terminal; pipe amdim-load into a consumer, e.g. "
+                           "'amdim-load %s | amdim-peek'", o.path);
+    struct sigaction sa = {0};
+    sa.sa_handler = on_signal;
+    sigaction(SIGINT, &sa, NULL);
+    sigaction(SIGTERM, &sa, NULL);
+    signal(SIGPIPE, SIG_IGN);
+    o.cancel = &g_cancel;
+    char err[2048];
+    int st = amdim_load_run(&o, err, sizeof err);
+    if (st) {
+        fprintf(stderr, "amdim-load: loading failed: %s (%s)\n", amdim_strerror(st), err);
+        return st == AMDIM_E_CANCELLED ? 130 : 1;
+    }
+    return 0;
+}
