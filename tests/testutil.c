@@ -8,6 +8,7 @@
 #include <string.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
+#include <time.h>
 #include <turbojpeg.h>
 #include <unistd.h>
 
@@ -205,4 +206,99 @@ int test_run(char *const argv[], char **out, char **err)
     unlink(po);
     unlink(pe);
     return status;
+}
+
+static int pipeline_n;
+
+void test_pipeline_start(test_pipeline *p, char *const load_argv[], char *const peek_argv[])
+{
+    memset(p, 0, sizeof *p);
+    int k = pipeline_n++;
+    snprintf(p->load_err, sizeof p->load_err, "%s/pipe%d.load.err", test_tmpdir(), k);
+    snprintf(p->peek_out, sizeof p->peek_out, "%s/pipe%d.peek.out", test_tmpdir(), k);
+    snprintf(p->peek_err, sizeof p->peek_err, "%s/pipe%d.peek.err", test_tmpdir(), k);
+    int fds[2];
+    REQUIRE(pipe(fds) == 0, "pipe");
+    p->load_pid = fork();
+    REQUIRE(p->load_pid >= 0, "fork");
+    if (p->load_pid == 0) {
+        setpgid(0, 0);
+        dup2(fds[1], 1);
+        int e = open(p->load_err, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+        dup2(e, 2);
+        close(fds[0]);
+        close(fds[1]);
+        execv(load_argv[0], load_argv);
+        _exit(127);
+    }
+    setpgid(p->load_pid, p->load_pid);
+    p->pgid = p->load_pid;
+    p->peek_pid = fork();
+    REQUIRE(p->peek_pid >= 0, "fork");
+    if (p->peek_pid == 0) {
+        setpgid(0, p->pgid);
+        dup2(fds[0], 0);
+        int o = open(p->peek_out, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+        int e = open(p->peek_err, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+        dup2(o, 1);
+        dup2(e, 2);
+        close(fds[0]);
+        close(fds[1]);
+        execv(peek_argv[0], peek_argv);
+        _exit(127);
+    }
+    setpgid(p->peek_pid, p->pgid);
+    close(fds[0]);
+    close(fds[1]);
+}
+
+double test_pipeline_wait(test_pipeline *p)
+{
+    struct timespec a, b;
+    clock_gettime(CLOCK_MONOTONIC, &a);
+    while (waitpid(p->load_pid, &p->load_status, 0) < 0 && errno == EINTR) {
+    }
+    while (waitpid(p->peek_pid, &p->peek_status, 0) < 0 && errno == EINTR) {
+    }
+    clock_gettime(CLOCK_MONOTONIC, &b);
+    return (double)(b.tv_sec - a.tv_sec) + 1e-9 * (double)(b.tv_nsec - a.tv_nsec);
+}
+
+int test_pipeline_worker_pid(test_pipeline *p, int w)
+{
+    char want[64];
+    snprintf(want, sizeof want, "worker %d pid ", w);
+    for (int i = 0; i < 1000; i++) {
+        char *s = test_read_file(p->load_err, NULL);
+        const char *q = s ? strstr(s, want) : NULL;
+        int pid = q ? atoi(q + strlen(want)) : -1;
+        free(s);
+        if (pid > 0)
+            return pid;
+        usleep(10000);
+    }
+    return -1;
+}
+
+const char *test_file_value(const char *path, const char *key)
+{
+    static char buf[256];
+    char *s = test_read_file(path, NULL);
+    if (!s)
+        return NULL;
+    char want[128];
+    snprintf(want, sizeof want, "%s: ", key);
+    const char *q = strstr(s, want);
+    if (q && (q == s || q[-1] == '\n')) {
+        q += strlen(want);
+        size_t n = strcspn(q, "\n");
+        if (n >= sizeof buf)
+            n = sizeof buf - 1;
+        memcpy(buf, q, n);
+        buf[n] = 0;
+        free(s);
+        return buf;
+    }
+    free(s);
+    return NULL;
 }

@@ -59,3 +59,20 @@ void test_write_png(const char *path, const uint8_t *rgb, int w, int h);
 int test_run(char *const argv[], char **out, char **err);
 
 #endif
+
+/* `load_argv | peek_argv` with both processes in a new process group;
+ * outputs go to files under the test directory. */
+typedef struct {
+    int load_pid, peek_pid, pgid;
+    char load_err[512], peek_out[512], peek_err[512];
+    int load_status, peek_status;
+} test_pipeline;
+
+void test_pipeline_start(test_pipeline *p, char *const load_argv[], char *const peek_argv[]);
+/* Waits for both; returns seconds waited. */
+double test_pipeline_wait(test_pipeline *p);
+/* Pid of loader worker w, read from the loader's stderr ("worker w pid N");
+ * waits up to 10 s for it. -1 if it never appears. */
+int test_pipeline_worker_pid(test_pipeline *p, int w);
+/* Value of "key: " in a captured file, or NULL (static buffer). */
+const char *test_file_value(const char *path, const char *key);
