@@ -436,7 +436,15 @@ static int supervise(loader *L)
             break;
         }
         if (n > 0 && ((p[0].revents & (POLLHUP | POLLRDHUP | POLLERR)) || (p[1].revents & (POLLERR | POLLHUP)))) {
-            st = 1; /* consumer gone */
+            /* Consumer gone. If a worker failed first (the consumer may have
+             * read its failure from the ring before we reaped it), say so. */
+            st = 1;
+            for (uint32_t w = 0; w < L->W; w++)
+                if (atomic_load(&L->rings[w].hdr->producer_state) == AMDIM_PRODUCER_FAILED) {
+                    fprintf(stderr, "amdim-load: worker %u: %s\n", w, L->rings[w].hdr->error);
+                    st = LFAIL(AMDIM_E_WORKER, "worker %u: %s", w, L->rings[w].hdr->error);
+                    break;
+                }
             break;
         }
         if (n > 0 && (p[0].revents & POLLIN)) { /* nothing is expected after START: drain it */

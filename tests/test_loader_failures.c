@@ -1,0 +1,245 @@
+/* What goes wrong in a pipeline, and how it must look: a SIGKILLed worker
+ * is reported within a second with its signal and the batch it held (and
+ * with --respawn replaced, nothing lost or duplicated); a killed consumer
+ * stops every loader process; a killed loader is reported by the consumer;
+ * Ctrl-C stops everything; a corrupted record fails with its index named;
+ * /dev/shm is left as it was; bad usage is refused.
+ * Arguments: amdim-load and amdim-peek binaries. */
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "amdim_dataset.h"
+#include "loader_fixtures.h"
+
+static const char *load_bin, *peek_bin;
+
+static int count_dev_shm(void)
+{
+    DIR *d = opendir("/dev/shm");
+    if (!d)
+        return 0;
+    int n = 0;
+    struct dirent *e;
+    while ((e = readdir(d)))
+        n += e->d_name[0] != '.';
+    closedir(d);
+    return n;
+}
+
+static int gone(int pid)
+{
+    for (int i = 0; i < 300; i++) {
+        char path[64];
+        snprintf(path, sizeof path, "/proc/%d/stat", pid);
+        char *s = test_read_file(path, NULL);
+        /* gone, or a zombie waiting for init to reap it */
+        int dead = !s || (strchr(s, ')') && strchr(s, ')')[2] == 'Z');
+        free(s);
+        if (dead)
+            return 1;
+        usleep(10000);
+    }
+    return 0;
+}
+
+static void start(test_pipeline *p, const char *data, const char *const le[], const char *const pe[])
+{
+    char *la[32], *pa[32];
+    int n = 0;
+    la[n++] = (char *)load_bin;
+    for (int i = 0; le && le[i]; i++)
+        la[n++] = (char *)le[i];
+    la[n++] = (char *)data;
+    la[n] = NULL;
+    n = 0;
+    pa[n++] = (char *)peek_bin;
+    for (int i = 0; pe && pe[i]; i++)
+        pa[n++] = (char *)pe[i];
+    pa[n] = NULL;
+    test_pipeline_start(p, la, pa);
+}
+
+static int code(int status) { return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status); }
+
+int main(int argc, char **argv)
+{
+    REQUIRE(argc == 3, "usage: test_loader_failures AMDIM-LOAD AMDIM-PEEK");
+    load_bin = argv[1];
+    peek_bin = argv[2];
+    char raw[4200];
+    snprintf(raw, sizeof raw, "%s", test_path("raw.lmdb"));
+    fixture_raw(raw, 100);
+    int shm_before = count_dev_shm();
+    /* 10 batches per epoch, 8 epochs, 25 ms per batch: about 2 s. */
+    const char *slow_load[] = {"--workers", "3", "--batch", "10", "--epochs", "8", "--seed", "3", "--slots", "2", NULL};
+    const char *slow_peek[] = {"--delay-ms", "25", NULL};
+
+    /* Reference digest of the undisturbed run. */
+    test_pipeline p;
+    const char *fast_peek[] = {NULL};
+    start(&p, raw, slow_load, fast_peek);
+    test_pipeline_wait(&p);
+    CHECK(code(p.peek_status) == 0 && code(p.load_status) == 0, "reference run failed");
+    char ref_digest[64] = "";
+    const char *v = test_file_value(p.peek_out, "digest");
+    snprintf(ref_digest, sizeof ref_digest, "%s", v ? v : "?");
+
+    /* 1. SIGKILL of a worker: reported within a second, naming it. */
+    start(&p, raw, slow_load, slow_peek);
+    int wpid = test_pipeline_worker_pid(&p, 1);
+    REQUIRE(wpid > 0, "no worker pid in the loader's output");
+    usleep(400000);
+    double t0 = amdim_now();
+    kill(wpid, SIGKILL);
+    while (waitpid(p.peek_pid, &p.peek_status, 0) < 0 && errno == EINTR) {
+    }
+    double dt = amdim_now() - t0;
+    waitpid(p.load_pid, &p.load_status, 0);
+    char *perr = test_read_file(p.peek_err, NULL), *lerr = test_read_file(p.load_err, NULL);
+    CHECK(code(p.peek_status) == 1, "peek exit %d after a worker was killed", code(p.peek_status));
+    CHECK(dt < 1.5, "the consumer took %.2f s to report the dead worker (it had slots to drain first)", dt);
+    CHECK(perr && strstr(perr, "worker 1") && strstr(perr, "signal 9") && strstr(perr, "batch"),
+          "peek's report does not name the worker, signal and batch: %s", perr);
+    CHECK(code(p.load_status) == 1 && lerr && strstr(lerr, "killed by signal 9"), "loader exit %d: %s", code(p.load_status), lerr);
+    free(perr);
+    free(lerr);
+
+    /* 2. With --respawn: the same batches, nothing lost or duplicated. */
+    const char *respawn_load[] = {"--workers", "3", "--batch", "10", "--epochs", "8", "--seed", "3", "--slots", "2",
+                                  "--respawn", "2", NULL};
+    start(&p, raw, respawn_load, slow_peek);
+    wpid = test_pipeline_worker_pid(&p, 2);
+    REQUIRE(wpid > 0, "no worker pid");
+    usleep(400000);
+    kill(wpid, SIGKILL);
+    test_pipeline_wait(&p);
+    lerr = test_read_file(p.load_err, NULL);
+    CHECK(code(p.peek_status) == 0 && code(p.load_status) == 0, "respawn run: peek %d load %d: %s", code(p.peek_status),
+          code(p.load_status), lerr);
+    CHECK(lerr && strstr(lerr, "respawning"), "no respawn reported: %s", lerr);
+    v = test_file_value(p.peek_out, "duplicates");
+    CHECK(v && strcmp(v, "0") == 0, "duplicates %s", v);
+    v = test_file_value(p.peek_out, "missing");
+    CHECK(v && strcmp(v, "0") == 0, "missing %s", v);
+    v = test_file_value(p.peek_out, "digest");
+    CHECK(v && strcmp(v, ref_digest) == 0, "respawned run's digest %s differs from %s", v, ref_digest);
+    free(lerr);
+
+    /* 3. SIGKILL of the consumer: every loader process exits promptly. */
+    start(&p, raw, slow_load, slow_peek);
+    int w0 = test_pipeline_worker_pid(&p, 0), w2 = test_pipeline_worker_pid(&p, 2);
+    usleep(300000);
+    kill(p.peek_pid, SIGKILL);
+    t0 = amdim_now();
+    waitpid(p.load_pid, &p.load_status, 0);
+    dt = amdim_now() - t0;
+    waitpid(p.peek_pid, &p.peek_status, 0);
+    CHECK(dt < 2.0, "the loader took %.2f s to notice its consumer died", dt);
+    CHECK(gone(w0) && gone(w2), "workers outlived a killed consumer");
+
+    /* 4. SIGKILL of the loader: the consumer reports it; workers die too. */
+    start(&p, raw, slow_load, slow_peek);
+    w0 = test_pipeline_worker_pid(&p, 0);
+    usleep(300000);
+    kill(p.load_pid, SIGKILL);
+    t0 = amdim_now();
+    waitpid(p.peek_pid, &p.peek_status, 0);
+    dt = amdim_now() - t0;
+    waitpid(p.load_pid, &p.load_status, 0);
+    perr = test_read_file(p.peek_err, NULL);
+    CHECK(code(p.peek_status) == 1 && perr && (strstr(perr, "exited before") || strstr(perr, "never arrived")),
+          "killed loader: peek %d: %s", code(p.peek_status), perr);
+    CHECK(dt < 3.0, "the consumer took %.2f s to notice", dt);
+    CHECK(gone(w0), "a worker outlived its killed loader");
+    free(perr);
+
+    /* 5. Ctrl-C on the pipeline stops all of it. */
+    start(&p, raw, slow_load, slow_peek);
+    w0 = test_pipeline_worker_pid(&p, 0);
+    usleep(300000);
+    kill(-p.pgid, SIGINT);
+    t0 = amdim_now();
+    test_pipeline_wait(&p);
+    CHECK(amdim_now() - t0 < 2.0, "Ctrl-C took %.2f s", amdim_now() - t0);
+    CHECK(gone(w0), "a worker survived Ctrl-C");
+    CHECK(count_dev_shm() == shm_before, "/dev/shm has %d entries, had %d", count_dev_shm(), shm_before);
+
+    /* 6. A corrupted record: the error names it. */
+    char bad[4200];
+    snprintf(bad, sizeof bad, "%s", test_path("bad.lmdb"));
+    fixture_raw(bad, 100);
+    char err[512];
+    amdim_dataset *ds;
+    REQUIRE(amdim_dataset_open(&ds, bad, err, sizeof err) == 0, "%s", err);
+    const void *val;
+    size_t len;
+    uint64_t off;
+    REQUIRE(amdim_dataset_locate(ds, "train", 37, &val, &len, &off) == 0, "locate");
+    amdim_dataset_close(ds);
+    int fd = open(bad, O_WRONLY);
+    REQUIRE(fd >= 0 && pwrite(fd, "XXXX", 4, (off_t)off) == 4, "corrupting the file");
+    close(fd);
+    const char *all[] = {"--workers", "2", "--batch", "10", NULL};
+    start(&p, bad, all, fast_peek);
+    test_pipeline_wait(&p);
+    perr = test_read_file(p.peek_err, NULL);
+    lerr = test_read_file(p.load_err, NULL);
+    CHECK(code(p.peek_status) == 1 && perr && strstr(perr, "record 37") && strstr(perr, "bad record magic"),
+          "corrupt record not named by the consumer: %s", perr);
+    CHECK(code(p.load_status) == 1 && lerr && strstr(lerr, "record 37"), "corrupt record not named by the loader: %s", lerr);
+    free(perr);
+    free(lerr);
+
+    /* 7. Usage: bad flags, missing data, preset mismatch, a terminal. */
+    char *out, *e2;
+    char *a1[] = {(char *)load_bin, "--workers", "0", raw, NULL};
+    int st = test_run(a1, &out, &e2);
+    CHECK(code(st) == 2 && strstr(e2, "--workers"), "--workers 0: %d %s", code(st), e2);
+    free(out), free(e2);
+    const char *nope[] = {NULL};
+    start(&p, test_path("nope.lmdb"), nope, nope);
+    test_pipeline_wait(&p);
+    lerr = test_read_file(p.load_err, NULL);
+    CHECK(code(p.load_status) == 1 && lerr && strstr(lerr, "nope.lmdb"), "missing data: %s", lerr);
+    free(lerr);
+    const char *big[] = {"--preset", "cifar", NULL};
+    char jpg[4200];
+    snprintf(jpg, sizeof jpg, "%s", test_path("jpeg.lmdb"));
+    fixture_jpeg(jpg, 6);
+    start(&p, jpg, big, nope);
+    test_pipeline_wait(&p);
+    lerr = test_read_file(p.load_err, NULL);
+    CHECK(code(p.load_status) == 1 && lerr && strstr(lerr, "without resizing"), "preset mismatch: %s", lerr);
+    free(lerr);
+    int master = posix_openpt(O_RDWR | O_NOCTTY);
+    if (master >= 0 && grantpt(master) == 0 && unlockpt(master) == 0) {
+        int pid = fork();
+        if (pid == 0) {
+            int slave = open(ptsname(master), O_RDWR | O_NOCTTY);
+            dup2(slave, 1);
+            int dn = open("/dev/null", O_WRONLY);
+            dup2(dn, 2);
+            execl(load_bin, load_bin, raw, (char *)NULL);
+            _exit(127);
+        }
+        waitpid(pid, &st, 0);
+        CHECK(code(st) == 2, "amdim-load wrote to a terminal (exit %d)", code(st));
+        close(master);
+    }
+    /* A consumer fed something else says so. */
+    char *sh[] = {"/bin/sh", "-c", NULL, NULL};
+    char cmd[4400];
+    snprintf(cmd, sizeof cmd, "echo hello | %s", peek_bin);
+    sh[2] = cmd;
+    st = test_run(sh, &out, &e2);
+    CHECK(code(st) == 1 && strstr(e2, "not amdim-load's control pipe"), "peek on junk: %d %s", code(st), e2);
+    free(out), free(e2);
+    CHECK(count_dev_shm() == shm_before, "/dev/shm changed");
+    return test_finish("test_loader_failures");
+}
