@@ -439,6 +439,18 @@ static int supervise(loader *L)
             /* Consumer gone. If a worker failed first (the consumer may have
              * read its failure from the ring before we reaped it), say so. */
             st = 1;
+            int finished = 1;
+            for (uint32_t w = 0; w < L->W; w++)
+                finished &= atomic_load(&L->rings[w].hdr->producer_state) == AMDIM_PRODUCER_FINISHED;
+            if (finished) { /* everything was produced; the consumer simply finished first */
+                st = AMDIM_OK;
+                for (uint32_t w = 0; w < L->W; w++)
+                    if (L->state[w] == 0) {
+                        waitpid(L->pids[w], NULL, 0);
+                        L->state[w] = 1;
+                    }
+                break;
+            }
             for (uint32_t w = 0; w < L->W; w++)
                 if (atomic_load(&L->rings[w].hdr->producer_state) == AMDIM_PRODUCER_FAILED) {
                     fprintf(stderr, "amdim-load: worker %u: %s\n", w, L->rings[w].hdr->error);
@@ -504,6 +516,12 @@ static int supervise(loader *L)
             if (!complete)
                 break;
             ctl_write(opt->out_fd, "EPOCH %llu produced", (unsigned long long)epoch_marked);
+            uint64_t pairs = 0;
+            for (uint32_t w = 0; w < L->W; w++)
+                pairs += atomic_load(&L->stats[w].pairs);
+            double el = amdim_now() - t_start;
+            fprintf(stderr, "amdim-load: epoch %llu produced: %llu pairs so far, %.0f pairs/s overall\n",
+                    (unsigned long long)epoch_marked, (unsigned long long)pairs, el > 0 ? pairs / el : 0.0);
             epoch_marked++;
         }
         double now = amdim_now();

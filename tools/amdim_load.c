@@ -7,6 +7,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "amdim_loader.h"
@@ -111,9 +112,12 @@ int main(int argc, char **argv)
     if (argc - optind != 1)
         return usage_error("expected one DATA.lmdb argument%s", "");
     o.path = argv[optind];
+    struct stat sb;
     if (isatty(1))
         return usage_error("standard output is a terminal; pipe amdim-load into a consumer, e.g. "
                            "'amdim-load %s | amdim-peek'", o.path);
+    if (fstat(1, &sb) != 0 || !(S_ISFIFO(sb.st_mode) || S_ISSOCK(sb.st_mode)))
+        return usage_error("standard output must be a pipe to a consumer, e.g. 'amdim-load %s | amdim-peek'", o.path);
     struct sigaction sa = {0};
     sa.sa_handler = on_signal;
     sigaction(SIGINT, &sa, NULL);
