@@ -8,6 +8,7 @@ packages=(
   libturbojpeg0-dev libjpeg62-turbo-dev   # JPEG decode/encode (libjpeg-turbo)
   liblmdb-dev lmdb-utils                  # the dataset file
   liburing-dev                            # loader reads
+  libopenblas-dev                         # CPU trainer GEMMs
   libpng-dev zlib1g-dev                   # PNG inputs/outputs, gzipped IDX
   dataset-fashion-mnist                   # the demo's real dataset
 )

@@ -18,7 +18,7 @@ class RefWriter:
         self.items = []
 
     def add(self, name, array):
-        a = np.ascontiguousarray(array)
+        a = np.array(array, order="C")  # keeps 0-d arrays 0-d (ascontiguousarray would not)
         if a.dtype not in DTYPES:
             raise TypeError(f"{name}: unsupported dtype {a.dtype}")
         if any(n == name for n, _ in self.items):

@@ -1,0 +1,104 @@
+/* amdim trainer: the AMDIM model on the CPU - encoder (32/64/128 px),
+ * projection heads, NCE (and Deep InfoMax JSD/DV) objective, the two online
+ * classifiers, Adam. This is the reference the CUDA path is tested against.
+ *
+ * Parameters carry the names of the authors' PyTorch release
+ * (encoder.module.layer_list.0.conv.weight, ...), in their state_dict order,
+ * with PyTorch's shapes and NCHW weight layout. */
+#ifndef AMDIM_TRAINER_H
+#define AMDIM_TRAINER_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "amdim_common.h"
+
+typedef enum { AMDIM_OBJECTIVE_NCE = 0, AMDIM_OBJECTIVE_JSD = 1, AMDIM_OBJECTIVE_DV = 2 } amdim_objective;
+
+typedef struct {
+    int encoder_size;        /* 32, 64 or 128 */
+    int ndf, n_rkhs, n_depth;
+    int use_bn;              /* BatchNorm inside residual units and heads */
+    int n_classes;           /* online classifiers (<= 4096) */
+    int mlp_hidden;          /* 1024 */
+    float tclip;             /* 20 */
+    int objective;           /* amdim_objective */
+    /* Adam with L2 weight decay, linear warm-up, step decay at epochs */
+    float lr, beta1, beta2, eps, weight_decay;
+    int warmup;              /* updates */
+    float lr_decay;          /* 0.2 */
+    int milestones[8], n_milestones;
+    float mean[3], std[3];   /* input normalisation, 0..1 scale */
+    uint64_t seed;           /* initialisation and per-step draws */
+} amdim_model_config;
+
+/* SPEC defaults for an encoder size: CIFAR-small-like ndf 128, n_rkhs 1024,
+ * depth 10 at 32 px, 192/1536/8 otherwise; lr 2e-4, betas (0.8, 0.999),
+ * eps 1e-8, wd 1e-5, warm-up 500, decay 0.2 at [250, 280]. */
+void amdim_model_config_default(amdim_model_config *c, int encoder_size);
+/* Returns 0 or AMDIM_E_INVALID with the reason. */
+int amdim_model_config_check(const amdim_model_config *c, char *err, size_t n);
+
+typedef struct amdim_model amdim_model;
+
+int amdim_model_create(amdim_model **out, const amdim_model_config *cfg, char *err, size_t errlen);
+void amdim_model_destroy(amdim_model *m); /* accepts NULL */
+const amdim_model_config *amdim_model_get_config(const amdim_model *m);
+const char *amdim_model_error(const amdim_model *m);
+
+typedef struct {
+    double nce_1t5, nce_1t7, nce_5t5, reg, cls_mlp, cls_lin, total;
+    int correct_mlp, correct_lin, labelled; /* over both views */
+} amdim_step_stats;
+
+/* One training step on a batch of view pairs, uint8 (batch, size, size, 3)
+ * each, normalised inside with the config's mean/std; labels -1 =
+ * unlabelled. Draws the 5x5 source locations and dropout masks from the
+ * (seed, step) stream, runs forward and backward, and applies Adam with
+ * the learning rate for `epoch`. */
+int amdim_model_train_step(amdim_model *m, const uint8_t *view1, const uint8_t *view2, const int32_t *labels,
+                           int batch, int epoch, amdim_step_stats *stats);
+
+/* The pieces of a step, for tests: forward + backward (gradients are
+ * zeroed first) from normalised float inputs in NCHW, with given source
+ * locations (src5[0..B) for view 1 -> view 2, [B..2B) the other way) and
+ * dropout masks (2B x n_rkhs and 2B x mlp_hidden, 0/1). */
+int amdim_model_forward_backward(amdim_model *m, const float *x1, const float *x2, const int32_t *labels, int batch,
+                                 const int32_t *src5, const float *mask_in, const float *mask_hidden,
+                                 amdim_step_stats *stats);
+/* Adam update with the scheduled learning rate for `epoch`; counts updates. */
+void amdim_model_adam_step(amdim_model *m, int epoch);
+/* Learning rate the next update would use. */
+float amdim_model_learning_rate(const amdim_model *m, int epoch);
+uint64_t amdim_model_updates(const amdim_model *m);
+
+/* Outputs of the last forward, in NCHW: which = 1, 5 or 7; view 0 or 1.
+ * r1 is (B, n_rkhs, 1, 1), r5 (B, n_rkhs, 5, 5), r7 (B, n_rkhs, 7, 7). */
+int amdim_model_output(const amdim_model *m, int view, int which, float *out);
+/* Logits of the last forward (2B rows): head 0 = MLP, 1 = linear. */
+const float *amdim_model_logits(const amdim_model *m, int head);
+
+/* Evaluation: r1 features (B, n_rkhs) of uint8 NHWC images with BatchNorm
+ * in eval mode, and the classifiers' logits (B, n_classes) each (either may
+ * be NULL). */
+int amdim_model_evaluate(amdim_model *m, const uint8_t *images, int batch, float *features, float *logits_mlp,
+                         float *logits_lin);
+
+/* Parameters and buffers in state_dict order. */
+typedef struct {
+    const char *name;
+    int ndim, shape[4];
+    size_t size;
+    float *data;  /* values (num_batches_tracked is stored as a float count) */
+    float *grad;  /* NULL for buffers */
+    float *adam_m, *adam_v;
+    int buffer;   /* running statistics, num_batches_tracked */
+    int used;     /* receives gradients (BatchNorm tensors are kept but unused where use_bn = 0) */
+} amdim_param;
+
+int amdim_model_param_count(const amdim_model *m);
+void amdim_model_param(const amdim_model *m, int i, amdim_param *p);
+/* Index of the named parameter, or -1. */
+int amdim_model_find(const amdim_model *m, const char *name);
+
+#endif

@@ -1,0 +1,117 @@
+/* The AMDIM objective for one (source, target) direction. */
+#include "nce.h"
+
+#include <cblas.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "amdim_trainer.h"
+
+void nce_scratch_free(nce_scratch *s)
+{
+    free(s->buf);
+    s->buf = NULL;
+    s->cap = 0;
+}
+
+static double softplus(double x) { return x > 0 ? x + log1p(exp(-x)) : log1p(exp(x)); }
+static double sigmoid(double x) { return 1.0 / (1.0 + exp(-x)); }
+
+double nce_direction(const float *srcT, const float *tgt, int C, int B, int L, float tclip, int objective, float wloss,
+                     float wreg, double *reg_out, float *dsrcT, float *dtgt, nce_scratch *s)
+{
+    size_t BL = (size_t)B * L, n = (size_t)B * BL;
+    if (2 * n > s->cap) {
+        free(s->buf);
+        s->buf = malloc(2 * n * sizeof(float));
+        s->cap = s->buf ? 2 * n : 0;
+    }
+    float *S = s->buf, *dS = s->buf + n;
+    float scale = 1.0f / sqrtf((float)C);
+    /* S (B, B*L) = src^T tgt / sqrt(C) */
+    cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, B, (int)BL, C, scale, srcT, B, tgt, (int)BL, 0.0f, S,
+                (int)BL);
+    double reg = 0;
+    for (size_t k = 0; k < n; k++)
+        reg += (double)S[k] * S[k];
+    reg = 0.05 * reg / (double)n;
+    /* dreg/ds, then clip in place: S holds t from here on. */
+    for (size_t k = 0; k < n; k++) {
+        dS[k] = (float)(wreg * 0.05 * 2.0 * S[k] / (double)n);
+        S[k] = tclip * tanhf(S[k] / tclip);
+    }
+    double loss = 0;
+    for (int i = 0; i < B; i++) {
+        float *t = S + (size_t)i * BL, *g = dS + (size_t)i * BL;
+        const float *pos = t + (size_t)i * L;
+        if (objective == AMDIM_OBJECTIVE_NCE) {
+            double M = -1e30;
+            for (size_t k = 0; k < BL; k++)
+                if (k / L != (size_t)i && t[k] > M)
+                    M = t[k];
+            double negsum = 0;
+            for (size_t k = 0; k < BL; k++)
+                if (k / L != (size_t)i)
+                    negsum += exp(t[k] - M);
+            double inv_sum = 0; /* sum over positives of 1 / (e^(p-M) + negsum) */
+            for (int l = 0; l < L; l++) {
+                double ep = exp(pos[l] - M), den = ep + negsum;
+                loss += -(pos[l] - M - log(den));
+                inv_sum += 1.0 / den;
+                /* d/dpos = -(1 - ep/den) / (B L) */
+                double d = -(1.0 - ep / den) / (double)BL * wloss;
+                double tt = pos[l] / tclip;
+                g[(size_t)i * L + l] += (float)(d * (1.0 - tt * tt));
+            }
+            for (size_t k = 0; k < BL; k++) {
+                if (k / L == (size_t)i)
+                    continue;
+                double d = exp(t[k] - M) * inv_sum / (double)BL * wloss;
+                double tt = t[k] / tclip;
+                g[k] += (float)(d * (1.0 - tt * tt));
+            }
+        } else if (objective == AMDIM_OBJECTIVE_JSD) {
+            double npos = (double)BL, nneg = (double)B * (B - 1) * L;
+            for (size_t k = 0; k < BL; k++) {
+                double x = t[k], d;
+                if (k / L == (size_t)i) {
+                    loss -= (log(2.0) - softplus(-x)) / npos;
+                    d = -sigmoid(-x) / npos;
+                } else {
+                    loss += (softplus(-x) + x - log(2.0)) / nneg;
+                    d = sigmoid(x) / nneg;
+                }
+                double tt = x / tclip;
+                g[k] += (float)(wloss * d * (1.0 - tt * tt));
+            }
+        } else { /* DV */
+            double M = -1e30, sum = 0, count = (double)(B - 1) * L;
+            for (size_t k = 0; k < BL; k++)
+                if (k / L != (size_t)i && t[k] > M)
+                    M = t[k];
+            for (size_t k = 0; k < BL; k++)
+                if (k / L != (size_t)i)
+                    sum += exp(t[k] - M);
+            double lse = M + log(sum), mpos = 0;
+            for (int l = 0; l < L; l++)
+                mpos += pos[l];
+            mpos /= L;
+            loss += (lse - log(count) - mpos) / B;
+            for (size_t k = 0; k < BL; k++) {
+                double d = k / L == (size_t)i ? -1.0 / L / B : exp(t[k] - lse) / B;
+                double tt = t[k] / tclip;
+                g[k] += (float)(wloss * d * (1.0 - tt * tt));
+            }
+        }
+    }
+    if (objective == AMDIM_OBJECTIVE_NCE)
+        loss /= (double)BL;
+    /* back through the scores */
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, C, B, (int)BL, scale, tgt, (int)BL, dS, (int)BL, 1.0f, dsrcT,
+                B);
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, C, (int)BL, B, scale, srcT, B, dS, (int)BL, 1.0f, dtgt,
+                (int)BL);
+    *reg_out = reg;
+    return loss;
+}

@@ -1,0 +1,28 @@
+/* Private to the trainer: one direction of the AMDIM objective. */
+#ifndef AMDIM_TRAINER_NCE_H
+#define AMDIM_TRAINER_NCE_H
+
+#include <stddef.h>
+
+typedef struct {
+    float *buf;
+    size_t cap;
+} nce_scratch;
+void nce_scratch_free(nce_scratch *s);
+
+/* Sources srcT (C, B) - column i is image i's source vector - and targets
+ * tgt (C, B*L), L locations per image. Scores s[i][j][l] = <src_i, tgt_jl> /
+ * sqrt(C) in float32; reg = 0.05 * mean(s^2) (before clipping); then
+ * t = tclip * tanh(s / tclip). Image i's own L locations are its positives,
+ * all L locations of every other image its negatives.
+ *   NCE: mean over (i, l) of -log(e^t_iil / (e^t_iil + sum_neg e^t)), with
+ *        the max over the negatives subtracted for stability;
+ *   JSD: mean over negatives of softplus(-t) + t - log 2, minus the mean
+ *        over positives of log 2 - softplus(-t);
+ *   DV:  mean over i of logsumexp_neg(t) - log(#neg) - mean_l t_iil.
+ * Returns the loss and *reg; adds the gradient of (wloss * loss + wreg *
+ * reg) to dsrcT and dtgt. */
+double nce_direction(const float *srcT, const float *tgt, int C, int B, int L, float tclip, int objective, float wloss,
+                     float wreg, double *reg, float *dsrcT, float *dtgt, nce_scratch *s);
+
+#endif

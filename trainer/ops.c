@@ -1,0 +1,398 @@
+/* CPU reference ops (see ops.h). Convolutions go through im2col + BLAS
+ * sgemm on chunks of the batch; everything else is plain loops. */
+#include "ops.h"
+
+#include <cblas.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define IM2COL_MAX_FLOATS (16u << 20) /* 64 MB of columns per chunk */
+
+float *op_scratch_get(op_scratch *s, size_t floats)
+{
+    if (floats > s->cap) {
+        free(s->p);
+        s->p = malloc((floats ? floats : 1) * sizeof(float));
+        s->cap = s->p ? floats : 0;
+    }
+    return s->p;
+}
+
+void op_scratch_free(op_scratch *s)
+{
+    free(s->p);
+    s->p = NULL;
+    s->cap = 0;
+}
+
+/* cols (cin*k*k, nc*ho*wo) for images n0 .. n0+nc-1 of x (cin, n, h, w). */
+static void im2col(const float *x, int cin, int n, int h, int w, int k, int s, int n0, int nc, float *cols)
+{
+    int ho = (h - k) / s + 1, wo = (w - k) / s + 1;
+    size_t plane = (size_t)h * w, ncols = (size_t)nc * ho * wo;
+    for (int c = 0; c < cin; c++)
+        for (int ky = 0; ky < k; ky++)
+            for (int kx = 0; kx < k; kx++) {
+                float *row = cols + ((size_t)(c * k + ky) * k + kx) * ncols;
+                for (int i = 0; i < nc; i++) {
+                    const float *src = x + ((size_t)c * n + n0 + i) * plane;
+                    for (int oy = 0; oy < ho; oy++) {
+                        const float *sr = src + (size_t)(oy * s + ky) * w + kx;
+                        float *dr = row + ((size_t)i * ho + oy) * wo;
+                        for (int ox = 0; ox < wo; ox++)
+                            dr[ox] = sr[ox * s];
+                    }
+                }
+            }
+}
+
+/* dx += scatter of dcols (the adjoint of im2col). */
+static void col2im_add(const float *cols, int cin, int n, int h, int w, int k, int s, int n0, int nc, float *dx)
+{
+    int ho = (h - k) / s + 1, wo = (w - k) / s + 1;
+    size_t plane = (size_t)h * w, ncols = (size_t)nc * ho * wo;
+    for (int c = 0; c < cin; c++)
+        for (int ky = 0; ky < k; ky++)
+            for (int kx = 0; kx < k; kx++) {
+                const float *row = cols + ((size_t)(c * k + ky) * k + kx) * ncols;
+                for (int i = 0; i < nc; i++) {
+                    float *dst = dx + ((size_t)c * n + n0 + i) * plane;
+                    for (int oy = 0; oy < ho; oy++) {
+                        float *dr = dst + (size_t)(oy * s + ky) * w + kx;
+                        const float *sr = row + ((size_t)i * ho + oy) * wo;
+                        for (int ox = 0; ox < wo; ox++)
+                            dr[ox * s] += sr[ox];
+                    }
+                }
+            }
+}
+
+static int chunk_images(int n, size_t K, size_t hwo)
+{
+    size_t per = K * hwo;
+    size_t c = per ? IM2COL_MAX_FLOATS / per : (size_t)n;
+    return c < 1 ? 1 : c > (size_t)n ? n : (int)c;
+}
+
+void conv2d_forward(const float *x, int cin, int n, int h, int w, const float *wt, const float *bias, int cout, int k,
+                    int s, float *y, op_scratch *scr)
+{
+    int ho = (h - k) / s + 1, wo = (w - k) / s + 1;
+    size_t hwo = (size_t)ho * wo, total = (size_t)n * hwo;
+    if (k == 1 && s == 1) {
+        /* (cout, cin) x (cin, n*h*w) */
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, cout, (int)total, cin, 1.0f, wt, cin, x, (int)total,
+                    0.0f, y, (int)total);
+    } else {
+        size_t K = (size_t)cin * k * k;
+        int step = chunk_images(n, K, hwo);
+        float *cols = op_scratch_get(scr, K * (size_t)step * hwo);
+        for (int n0 = 0; n0 < n; n0 += step) {
+            int nc = n - n0 < step ? n - n0 : step;
+            im2col(x, cin, n, h, w, k, s, n0, nc, cols);
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, cout, nc * (int)hwo, (int)K, 1.0f, wt, (int)K, cols,
+                        nc * (int)hwo, 0.0f, y + (size_t)n0 * hwo, (int)total);
+        }
+    }
+    if (bias)
+        for (int c = 0; c < cout; c++) {
+            float *p = y + (size_t)c * total, b = bias[c];
+            for (size_t i = 0; i < total; i++)
+                p[i] += b;
+        }
+}
+
+void conv2d_backward(const float *x, int cin, int n, int h, int w, const float *wt, int cout, int k, int s,
+                     const float *dy, float *dx, float *dw, float *dbias, op_scratch *scr)
+{
+    int ho = (h - k) / s + 1, wo = (w - k) / s + 1;
+    size_t hwo = (size_t)ho * wo, total = (size_t)n * hwo;
+    if (dbias)
+        for (int c = 0; c < cout; c++) {
+            const float *p = dy + (size_t)c * total;
+            double acc = 0;
+            for (size_t i = 0; i < total; i++)
+                acc += p[i];
+            dbias[c] += (float)acc;
+        }
+    if (k == 1 && s == 1) {
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, cout, cin, (int)total, 1.0f, dy, (int)total, x, (int)total,
+                    1.0f, dw, cin);
+        if (dx)
+            cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, cin, (int)total, cout, 1.0f, wt, cin, dy, (int)total,
+                        0.0f, dx, (int)total);
+        return;
+    }
+    size_t K = (size_t)cin * k * k;
+    int step = chunk_images(n, K, hwo);
+    float *cols = op_scratch_get(scr, 2 * K * (size_t)step * hwo);
+    float *dcols = cols + K * (size_t)step * hwo;
+    if (dx)
+        memset(dx, 0, (size_t)cin * n * h * w * sizeof(float));
+    for (int n0 = 0; n0 < n; n0 += step) {
+        int nc = n - n0 < step ? n - n0 : step;
+        int ncol = nc * (int)hwo;
+        im2col(x, cin, n, h, w, k, s, n0, nc, cols);
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, cout, (int)K, ncol, 1.0f, dy + (size_t)n0 * hwo,
+                    (int)total, cols, ncol, 1.0f, dw, (int)K);
+        if (dx) {
+            cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (int)K, ncol, cout, 1.0f, wt, (int)K,
+                        dy + (size_t)n0 * hwo, (int)total, 0.0f, dcols, ncol);
+            col2im_add(dcols, cin, n, h, w, k, s, n0, nc, dx);
+        }
+    }
+}
+
+void reflect_pad_forward(const float *x, int c, int n, int h, int w, int p, float *y)
+{
+    int H = h + 2 * p, W = w + 2 * p;
+    for (size_t plane = 0; plane < (size_t)c * n; plane++) {
+        const float *src = x + plane * h * w;
+        float *dst = y + plane * H * W;
+        for (int yy = 0; yy < H; yy++) {
+            int sy = yy - p;
+            sy = sy < 0 ? -sy : sy >= h ? 2 * (h - 1) - sy : sy;
+            for (int xx = 0; xx < W; xx++) {
+                int sx = xx - p;
+                sx = sx < 0 ? -sx : sx >= w ? 2 * (w - 1) - sx : sx;
+                dst[yy * W + xx] = src[sy * w + sx];
+            }
+        }
+    }
+}
+
+void relu_forward(float *y, size_t count)
+{
+    for (size_t i = 0; i < count; i++)
+        y[i] = y[i] > 0 ? y[i] : 0;
+}
+
+void relu_backward(const float *y, float *dy, size_t count)
+{
+    for (size_t i = 0; i < count; i++)
+        if (!(y[i] > 0))
+            dy[i] = 0;
+}
+
+void avgpool_pad_forward(const float *x, int cin, int n, int h, int w, int k, int s, int cout, float *y)
+{
+    int ho = (h - k) / s + 1, wo = (w - k) / s + 1;
+    float inv = 1.0f / (float)(k * k);
+    for (int c = 0; c < cin; c++)
+        for (int i = 0; i < n; i++) {
+            const float *src = x + ((size_t)c * n + i) * h * w;
+            float *dst = y + ((size_t)c * n + i) * ho * wo;
+            for (int oy = 0; oy < ho; oy++)
+                for (int ox = 0; ox < wo; ox++) {
+                    float acc = 0;
+                    for (int ky = 0; ky < k; ky++)
+                        for (int kx = 0; kx < k; kx++)
+                            acc += src[(oy * s + ky) * w + ox * s + kx];
+                    dst[oy * wo + ox] = acc * inv;
+                }
+        }
+    memset(y + (size_t)cin * n * ho * wo, 0, (size_t)(cout - cin) * n * ho * wo * sizeof(float));
+}
+
+void avgpool_pad_backward(const float *dy, int cin, int n, int h, int w, int k, int s, float *dx)
+{
+    int ho = (h - k) / s + 1, wo = (w - k) / s + 1;
+    float inv = 1.0f / (float)(k * k);
+    for (int c = 0; c < cin; c++)
+        for (int i = 0; i < n; i++) {
+            const float *src = dy + ((size_t)c * n + i) * ho * wo;
+            float *dst = dx + ((size_t)c * n + i) * h * w;
+            for (int oy = 0; oy < ho; oy++)
+                for (int ox = 0; ox < wo; ox++) {
+                    float g = src[oy * wo + ox] * inv;
+                    for (int ky = 0; ky < k; ky++)
+                        for (int kx = 0; kx < k; kx++)
+                            dst[(oy * s + ky) * w + ox * s + kx] += g;
+                }
+        }
+}
+
+#define BN_EPS 1e-5
+#define BN_MOMENTUM 0.1f
+
+void batchnorm_forward_train(const float *x, int c, size_t count, const bn_params *p, float *y, float *mean,
+                             float *inv_std)
+{
+    for (int ch = 0; ch < c; ch++) {
+        const float *xc = x + (size_t)ch * count;
+        double m = 0, v = 0;
+        for (size_t i = 0; i < count; i++)
+            m += xc[i];
+        m /= (double)count;
+        for (size_t i = 0; i < count; i++)
+            v += ((double)xc[i] - m) * ((double)xc[i] - m);
+        double var = v / (double)count;
+        float is = (float)(1.0 / sqrt(var + BN_EPS));
+        mean[ch] = (float)m;
+        inv_std[ch] = is;
+        float g = p->gamma[ch], b = p->beta[ch], mf = (float)m;
+        float *yc = y + (size_t)ch * count;
+        for (size_t i = 0; i < count; i++)
+            yc[i] = (xc[i] - mf) * is * g + b;
+        double unbiased = count > 1 ? v / (double)(count - 1) : var;
+        p->rmean[ch] = (1 - BN_MOMENTUM) * p->rmean[ch] + BN_MOMENTUM * (float)m;
+        p->rvar[ch] = (1 - BN_MOMENTUM) * p->rvar[ch] + BN_MOMENTUM * (float)unbiased;
+    }
+    p->nbt[0] += 1;
+}
+
+void batchnorm_forward_eval(const float *x, int c, size_t count, const bn_params *p, float *y)
+{
+    for (int ch = 0; ch < c; ch++) {
+        float is = (float)(1.0 / sqrt((double)p->rvar[ch] + BN_EPS)), g = p->gamma[ch], b = p->beta[ch],
+              m = p->rmean[ch];
+        const float *xc = x + (size_t)ch * count;
+        float *yc = y + (size_t)ch * count;
+        for (size_t i = 0; i < count; i++)
+            yc[i] = (xc[i] - m) * is * g + b;
+    }
+}
+
+void batchnorm_backward(const float *x, int c, size_t count, const bn_params *p, const float *mean,
+                        const float *inv_std, const float *dy, float *dx)
+{
+    for (int ch = 0; ch < c; ch++) {
+        const float *xc = x + (size_t)ch * count, *dyc = dy + (size_t)ch * count;
+        float m = mean[ch], is = inv_std[ch], g = p->gamma[ch];
+        double sdy = 0, sdyx = 0;
+        for (size_t i = 0; i < count; i++) {
+            double xh = (double)(xc[i] - m) * is;
+            sdy += dyc[i];
+            sdyx += dyc[i] * xh;
+        }
+        p->dgamma[ch] += (float)sdyx;
+        p->dbeta[ch] += (float)sdy;
+        double a = (double)g * is / (double)count;
+        float *dxc = dx + (size_t)ch * count;
+        for (size_t i = 0; i < count; i++) {
+            double xh = (double)(xc[i] - m) * is;
+            dxc[i] = (float)(a * ((double)count * dyc[i] - sdy - xh * sdyx));
+        }
+    }
+}
+
+void linear_forward(const float *x, int n, int in, const float *wt, const float *bias, int out, float *y)
+{
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, out, in, 1.0f, x, in, wt, in, 0.0f, y, out);
+    if (bias)
+        for (int i = 0; i < n; i++)
+            for (int o = 0; o < out; o++)
+                y[(size_t)i * out + o] += bias[o];
+}
+
+void linear_backward(const float *x, int n, int in, const float *wt, int out, const float *dy, float *dx, float *dw,
+                     float *dbias)
+{
+    cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, out, in, n, 1.0f, dy, out, x, in, 1.0f, dw, in);
+    if (dbias)
+        for (int o = 0; o < out; o++) {
+            double acc = 0;
+            for (int i = 0; i < n; i++)
+                acc += dy[(size_t)i * out + o];
+            dbias[o] += (float)acc;
+        }
+    if (dx)
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, n, in, out, 1.0f, dy, out, wt, in, 0.0f, dx, in);
+}
+
+static void transpose(const float *a, int rows, int cols, float *b)
+{
+    for (int r = 0; r < rows; r++)
+        for (int c = 0; c < cols; c++)
+            b[(size_t)c * rows + r] = a[(size_t)r * cols + c];
+}
+
+void batchnorm1d_forward_train(const float *x, int n, int c, const bn_params *p, float *y, float *mean,
+                               float *inv_std, op_scratch *scr)
+{
+    float *t = op_scratch_get(scr, 2 * (size_t)n * c);
+    transpose(x, n, c, t);
+    batchnorm_forward_train(t, c, (size_t)n, p, t + (size_t)n * c, mean, inv_std);
+    transpose(t + (size_t)n * c, c, n, y);
+}
+
+void batchnorm1d_forward_eval(const float *x, int n, int c, const bn_params *p, float *y)
+{
+    for (int i = 0; i < n; i++)
+        for (int ch = 0; ch < c; ch++) {
+            float is = (float)(1.0 / sqrt((double)p->rvar[ch] + BN_EPS));
+            y[(size_t)i * c + ch] = (x[(size_t)i * c + ch] - p->rmean[ch]) * is * p->gamma[ch] + p->beta[ch];
+        }
+}
+
+void batchnorm1d_backward(const float *x, int n, int c, const bn_params *p, const float *mean, const float *inv_std,
+                          const float *dy, float *dx, op_scratch *scr)
+{
+    float *t = op_scratch_get(scr, 3 * (size_t)n * c);
+    float *tdy = t + (size_t)n * c, *tdx = tdy + (size_t)n * c;
+    transpose(x, n, c, t);
+    transpose(dy, n, c, tdy);
+    batchnorm_backward(t, c, (size_t)n, p, mean, inv_std, tdy, tdx);
+    transpose(tdx, c, n, dx);
+}
+
+void dropout_forward(const float *x, const float *mask, float p, size_t count, float *y)
+{
+    float scale = 1.0f / (1.0f - p);
+    for (size_t i = 0; i < count; i++)
+        y[i] = x[i] * mask[i] * scale;
+}
+
+void dropout_backward(const float *dy, const float *mask, float p, size_t count, float *dx)
+{
+    float scale = 1.0f / (1.0f - p);
+    for (size_t i = 0; i < count; i++)
+        dx[i] = dy[i] * mask[i] * scale;
+}
+
+double classifier_loss(const float *logits, int n, int classes, const int32_t *labels, float *dlogits, float scale,
+                       int *correct, int *labelled)
+{
+    int valid = 0, hits = 0;
+    for (int i = 0; i < n; i++)
+        valid += labels[i] >= 0 && labels[i] < classes;
+    double xent = 0, reg = 0;
+    double inv_valid = valid ? 1.0 / valid : 0.0, inv_all = 1.0 / ((double)n * classes);
+    for (int i = 0; i < n; i++) {
+        const float *l = logits + (size_t)i * classes;
+        float *dl = dlogits ? dlogits + (size_t)i * classes : NULL;
+        for (int k = 0; k < classes; k++) {
+            reg += (double)l[k] * l[k];
+            if (dl)
+                dl[k] = (float)(scale * 2e-3 * l[k] * inv_all);
+        }
+        int y = labels[i];
+        if (y < 0 || y >= classes)
+            continue; /* unlabelled */
+        /* softmax cross-entropy on z = 10 tanh(l / 10) */
+        double zmax = -1e30, sum = 0;
+        int best = 0;
+        for (int k = 0; k < classes; k++) {
+            double z = 10.0 * tanh(l[k] / 10.0);
+            zmax = z > zmax ? z : zmax;
+            best = l[k] > l[best] ? k : best;
+        }
+        hits += best == y;
+        for (int k = 0; k < classes; k++)
+            sum += exp(10.0 * tanh(l[k] / 10.0) - zmax);
+        double lse = zmax + log(sum);
+        xent += lse - 10.0 * tanh(l[y] / 10.0);
+        if (dl)
+            for (int k = 0; k < classes; k++) {
+                double t = tanh(l[k] / 10.0);
+                double pk = exp(10.0 * t - lse) - (k == y);
+                dl[k] += (float)(scale * pk * inv_valid * (1 - t * t));
+            }
+    }
+    if (correct)
+        *correct = hits;
+    if (labelled)
+        *labelled = valid;
+    return xent * inv_valid + 1e-3 * reg * inv_all;
+}
