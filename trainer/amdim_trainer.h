@@ -84,6 +84,15 @@ const float *amdim_model_logits(const amdim_model *m, int head);
 int amdim_model_evaluate(amdim_model *m, const uint8_t *images, int batch, float *features, float *logits_mlp,
                          float *logits_lin);
 
+/* Per-stage timing of training steps, for benchmarks (off by default).
+ * Stages: each encoder layer, the two heads, the objective, the probes.
+ * flops: multiply-adds x 2 of one step's forward (both views) and
+ * backward passes of that stage. */
+void amdim_model_profile(amdim_model *m, int on);
+int amdim_model_profile_count(const amdim_model *m);
+void amdim_model_profile_get(const amdim_model *m, int i, const char **name, double *forward_s, double *backward_s,
+                             double *flops_forward, double *flops_backward);
+
 /* Parameters and buffers in state_dict order. */
 typedef struct {
     const char *name;

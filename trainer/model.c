@@ -64,6 +64,10 @@ struct amdim_model {
     op_scratch scr, scr2;
     nce_scratch nce;
     uint64_t updates, steps;
+    /* profiling: stages = layers, 2 heads, objective, classifiers */
+    int profile;
+    double *prof_f, *prof_b, *prof_ff, *prof_fb;
+    char (*prof_name)[96];
     char err[512];
 };
 
@@ -378,6 +382,11 @@ void amdim_model_destroy(amdim_model *m)
     }
     free(m->params);
     free(m->layers);
+    free(m->prof_f);
+    free(m->prof_b);
+    free(m->prof_ff);
+    free(m->prof_fb);
+    free(m->prof_name);
     op_scratch_free(&m->scr);
     op_scratch_free(&m->scr2);
     nce_scratch_free(&m->nce);
@@ -566,6 +575,79 @@ static int ensure_buffers(amdim_model *m, int B)
     return 0;
 }
 
+/* ---- profiling ---------------------------------------------------------- */
+
+static int nstages(const amdim_model *m) { return m->nlayers + 4; }
+
+void amdim_model_profile(amdim_model *m, int on)
+{
+    if (on && !m->prof_f) {
+        int n = nstages(m);
+        m->prof_f = calloc((size_t)n, sizeof(double));
+        m->prof_b = calloc((size_t)n, sizeof(double));
+        m->prof_ff = calloc((size_t)n, sizeof(double));
+        m->prof_fb = calloc((size_t)n, sizeof(double));
+        m->prof_name = calloc((size_t)n, sizeof *m->prof_name);
+        if (!m->prof_f || !m->prof_b || !m->prof_ff || !m->prof_fb || !m->prof_name)
+            return;
+        for (int l = 0; l < m->nlayers; l++) {
+            const layer *L = &m->layers[l];
+            const char *pn = m->params[L->w1 >= 0 ? L->w1 : L->bn.p].name + strlen("encoder.module.");
+            const char *end = strstr(pn, L->type == L_STEM ? ".conv.weight" : L->type == L_RES ? ".conv1.weight" : ".bn.");
+            snprintf(m->prof_name[l], sizeof m->prof_name[l], "%.*s %s %dx%d", (int)(end ? end - pn : 20), pn,
+                     L->type == L_STEM ? "conv" : L->type == L_RES ? "res" : "bn", L->hout, L->hout);
+        }
+        snprintf(m->prof_name[m->nlayers], 96, "rkhs_block_5 head 5x5");
+        snprintf(m->prof_name[m->nlayers + 1], 96, "rkhs_block_7 head 7x7");
+        snprintf(m->prof_name[m->nlayers + 2], 96, "objective (6 directions)");
+        snprintf(m->prof_name[m->nlayers + 3], 96, "online probes");
+    }
+    m->profile = on && m->prof_f;
+}
+
+int amdim_model_profile_count(const amdim_model *m) { return m->prof_f ? nstages(m) : 0; }
+
+void amdim_model_profile_get(const amdim_model *m, int i, const char **name, double *f, double *b, double *ff,
+                             double *fb)
+{
+    *name = m->prof_name[i];
+    *f = m->prof_f[i];
+    *b = m->prof_b[i];
+    *ff = m->prof_ff[i];
+    *fb = m->prof_fb[i];
+}
+
+/* Multiply-add count x 2 of a convolution over the batch. */
+static double conv_flops(int cin, int cout, int k, int ho, int B) { return 2.0 * cin * cout * k * k * (double)ho * ho * B; }
+
+static double layer_flops(const layer *L, int B)
+{
+    if (L->type == L_STEM)
+        return conv_flops(L->cin, L->cout, L->k, L->hout, B);
+    if (L->type == L_RES)
+        return conv_flops(L->cin, L->cout, L->k, L->hout, B) + conv_flops(L->cout, L->cout, 1, L->hout, B);
+    return 0;
+}
+
+static double head_flops(const head *h, int B)
+{
+    return 2 * conv_flops(h->cin, h->cout, 1, h->hw, B) + conv_flops(h->cout, h->cout, 1, h->hw, B);
+}
+
+static void prof_add(amdim_model *m, int stage, int backward, double t0, double flops)
+{
+    if (!m->profile)
+        return;
+    double dt = amdim_now() - t0;
+    if (backward) {
+        m->prof_b[stage] += dt;
+        m->prof_fb[stage] += flops;
+    } else {
+        m->prof_f[stage] += dt;
+        m->prof_ff[stage] += flops;
+    }
+}
+
 /* ---- encoder ------------------------------------------------------------ */
 
 static float *W(amdim_model *m, int i) { return m->params[i].w; }
@@ -712,18 +794,27 @@ static void encoder_forward(amdim_model *m, int v, int B, int train)
 {
     const float *in = m->x[v];
     for (int l = 0; l < m->nlayers; l++) {
+        double t0 = m->profile ? amdim_now() : 0;
         layer_forward(m, &m->layers[l], &m->lc[v][l], in, B, train);
+        prof_add(m, l, 0, t0, layer_flops(&m->layers[l], B));
         in = m->lc[v][l].out;
     }
-    head_forward(m, &m->heads[0], &m->hc[v][0], m->lc[v][m->i5].out, B, train);
-    head_forward(m, &m->heads[1], &m->hc[v][1], m->lc[v][m->i7].out, B, train);
+    for (int h = 0; h < 2; h++) {
+        double t0 = m->profile ? amdim_now() : 0;
+        head_forward(m, &m->heads[h], &m->hc[v][h], m->lc[v][h ? m->i7 : m->i5].out, B, train);
+        prof_add(m, m->nlayers + h, 0, t0, head_flops(&m->heads[h], B));
+    }
 }
 
 static void encoder_backward(amdim_model *m, int v, int B)
 {
     /* Heads first: their input gradients join the encoder's at i5 and i7. */
-    head_backward(m, &m->heads[0], &m->hc[v][0], m->lc[v][m->i5].out, B, m->dr5[v], m->dhead[0]);
-    head_backward(m, &m->heads[1], &m->hc[v][1], m->lc[v][m->i7].out, B, m->dr7[v], m->dhead[1]);
+    for (int h = 0; h < 2; h++) {
+        double t0 = m->profile ? amdim_now() : 0;
+        head_backward(m, &m->heads[h], &m->hc[v][h], m->lc[v][h ? m->i7 : m->i5].out, B, h ? m->dr7[v] : m->dr5[v],
+                      m->dhead[h]);
+        prof_add(m, m->nlayers + h, 1, t0, 2 * head_flops(&m->heads[h], B));
+    }
     float *dy = m->grad_a, *dx = m->grad_b;
     const layer *last = &m->layers[m->nlayers - 1];
     memcpy(dy, m->dr1[v], (size_t)last->cout * B * sizeof(float));
@@ -737,7 +828,9 @@ static void encoder_backward(amdim_model *m, int v, int B)
             for (size_t i = 0; i < outn; i++)
                 dy[i] += m->dhead[1][i];
         const float *x = l ? m->lc[v][l - 1].out : m->x[v];
+        double t0 = m->profile ? amdim_now() : 0;
         layer_backward(m, L, &m->lc[v][l], x, B, dy, l ? dx : NULL);
+        prof_add(m, l, 1, t0, (l ? 2 : 1) * layer_flops(L, B));
         float *t = dy;
         dy = dx;
         dx = t;
@@ -875,7 +968,13 @@ static int step_core(amdim_model *m, int B, const int32_t *labels, const int32_t
     zero_grads(m);
     encoder_forward(m, 0, B, 1);
     encoder_forward(m, 1, B, 1);
+    double t0 = m->profile ? amdim_now() : 0;
     objectives(m, B, src5, st);
+    /* 6 directions; scores: B x B*L x C, backward twice that */
+    double nf = 2.0 * 2.0 * B * B * (25 + 49 + 25) * (double)R;
+    prof_add(m, m->nlayers + 2, 0, t0, nf);
+    if (m->profile)
+        m->prof_fb[m->nlayers + 2] += 2 * nf;
     /* classifiers on r1 of both views, gradient stopped */
     for (int v = 0; v < 2; v++) {
         const float *r1 = m->lc[v][m->nlayers - 1].out;
@@ -888,8 +987,13 @@ static int step_core(amdim_model *m, int B, const int32_t *labels, const int32_t
         return MFAIL(AMDIM_E_NOMEM, "out of memory");
     memcpy(labels2, labels, (size_t)B * sizeof *labels);
     memcpy(labels2 + B, labels, (size_t)B * sizeof *labels);
+    t0 = m->profile ? amdim_now() : 0;
     classifiers_forward(m, 2 * B, mask_in, mask_hidden, 1);
+    double cf = 2.0 * 2 * B * ((double)R * c->mlp_hidden + (double)c->mlp_hidden * c->n_classes + (double)R * c->n_classes);
+    prof_add(m, m->nlayers + 3, 0, t0, cf);
+    t0 = m->profile ? amdim_now() : 0;
     classifiers_backward(m, 2 * B, labels2, mask_hidden, st);
+    prof_add(m, m->nlayers + 3, 1, t0, cf);
     free(labels2);
     encoder_backward(m, 0, B);
     encoder_backward(m, 1, B);
