@@ -71,6 +71,8 @@ void amdim_model_adam_step(amdim_model *m, int epoch);
 /* Learning rate the next update would use. */
 float amdim_model_learning_rate(const amdim_model *m, int epoch);
 uint64_t amdim_model_updates(const amdim_model *m);
+/* Sets the update count (when restoring a checkpoint). */
+void amdim_model_set_updates(amdim_model *m, uint64_t updates);
 
 /* Outputs of the last forward, in NCHW: which = 1, 5 or 7; view 0 or 1.
  * r1 is (B, n_rkhs, 1, 1), r5 (B, n_rkhs, 5, 5), r7 (B, n_rkhs, 7, 7). */
@@ -92,6 +94,18 @@ void amdim_model_profile(amdim_model *m, int on);
 int amdim_model_profile_count(const amdim_model *m);
 void amdim_model_profile_get(const amdim_model *m, int i, const char **name, double *forward_s, double *backward_s,
                              double *flops_forward, double *flops_backward);
+
+/* Evaluation support: a forward pass in training mode over uint8 images
+ * (encoder and probes) that only refreshes the BatchNorm running
+ * statistics, as the authors do before measuring test accuracy. */
+int amdim_model_refresh_bn(amdim_model *m, const uint8_t *images, int batch);
+
+/* The classifier-only phase: re-initialise both probes (and their Adam
+ * state) from `seed`, then train only them on features of the frozen
+ * encoder (BatchNorm in eval mode) with amdim_model_train_probes_step. */
+void amdim_model_reset_probes(amdim_model *m, uint64_t seed);
+int amdim_model_train_probes_step(amdim_model *m, const uint8_t *view1, const uint8_t *view2, const int32_t *labels,
+                                  int batch, int epoch, amdim_step_stats *stats);
 
 /* Parameters and buffers in state_dict order. */
 typedef struct {

@@ -64,6 +64,7 @@ struct amdim_model {
     op_scratch scr, scr2;
     nce_scratch nce;
     uint64_t updates, steps;
+    int probes_only; /* Adam skips the encoder */
     /* profiling: stages = layers, 2 heads, objective, classifiers */
     int profile;
     double *prof_f, *prof_b, *prof_ff, *prof_fb;
@@ -416,6 +417,7 @@ const amdim_model_config *amdim_model_get_config(const amdim_model *m) { return 
 const char *amdim_model_error(const amdim_model *m) { return m ? m->err : "no model"; }
 int amdim_model_param_count(const amdim_model *m) { return m->nparams; }
 uint64_t amdim_model_updates(const amdim_model *m) { return m->updates; }
+void amdim_model_set_updates(amdim_model *m, uint64_t updates) { m->updates = updates; }
 
 void amdim_model_param(const amdim_model *m, int i, amdim_param *out)
 {
@@ -1078,7 +1080,7 @@ void amdim_model_adam_step(amdim_model *m, int epoch)
     float step = (float)(lr / bc1), sbc2 = (float)sqrt(bc2);
     for (int i = 0; i < m->nparams; i++) {
         param *p = &m->params[i];
-        if (p->buffer || !p->used)
+        if (p->buffer || !p->used || (m->probes_only && strncmp(p->name, "evaluator.", 10) != 0))
             continue;
         for (size_t k = 0; k < p->size; k++) {
             float g = p->g[k] + c->weight_decay * p->w[k];
@@ -1143,5 +1145,122 @@ int amdim_model_evaluate(amdim_model *m, const uint8_t *images, int B, float *fe
         if (ll)
             memcpy(ll, m->logits[1], (size_t)B * K * sizeof(float));
     }
+    return AMDIM_OK;
+}
+
+/* ---- evaluation support and the classifier-only phase ------------------- */
+
+static void draw_masks(amdim_model *m, amdim_rng *rng, int n, float *mask_in, float *mask_hid)
+{
+    for (size_t i = 0; i < (size_t)n * m->cfg.n_rkhs; i++)
+        mask_in[i] = amdim_rng_uniform(rng, 0, 1) >= 0.2f;
+    for (size_t i = 0; i < (size_t)n * m->cfg.mlp_hidden; i++)
+        mask_hid[i] = amdim_rng_uniform(rng, 0, 1) >= 0.2f;
+}
+
+int amdim_model_refresh_bn(amdim_model *m, const uint8_t *images, int B)
+{
+    if (B < 2)
+        return MFAIL(AMDIM_E_INVALID, "BatchNorm needs at least 2 images");
+    if (ensure_buffers(m, B))
+        return MFAIL(AMDIM_E_NOMEM, "out of memory for batch %d", B);
+    int R = m->cfg.n_rkhs;
+    normalise_views(m, images, B, m->x[0]);
+    encoder_forward(m, 0, B, 1);
+    const float *r1 = m->lc[0][m->nlayers - 1].out;
+    for (int i = 0; i < B; i++)
+        for (int ch = 0; ch < R; ch++)
+            m->feat[(size_t)i * R + ch] = r1[(size_t)ch * B + i];
+    float *mi = malloc((size_t)B * R * sizeof(float)), *mh = malloc((size_t)B * m->cfg.mlp_hidden * sizeof(float));
+    if (!mi || !mh) {
+        free(mi);
+        free(mh);
+        return MFAIL(AMDIM_E_NOMEM, "out of memory");
+    }
+    amdim_rng rng;
+    amdim_rng_init(&rng, m->cfg.seed, UINT64_MAX - 3, m->steps++);
+    draw_masks(m, &rng, B, mi, mh);
+    classifiers_forward(m, B, mi, mh, 1);
+    free(mi);
+    free(mh);
+    return AMDIM_OK;
+}
+
+void amdim_model_reset_probes(amdim_model *m, uint64_t seed)
+{
+    amdim_rng rng;
+    for (int i = 0; i < m->nparams; i++) {
+        param *p = &m->params[i];
+        if (strncmp(p->name, "evaluator.", 10) != 0)
+            continue;
+        if (p->buffer) {
+            float v = strstr(p->name, "running_var") ? 1.0f : 0.0f;
+            for (size_t k = 0; k < p->size; k++)
+                p->w[k] = v;
+            continue;
+        }
+        memset(p->m, 0, p->size * sizeof(float));
+        memset(p->v, 0, p->size * sizeof(float));
+        if (strstr(p->name, "block_forward.3.")) { /* BatchNorm1d affine */
+            float v = strstr(p->name, ".weight") ? 1.0f : 0.0f;
+            for (size_t k = 0; k < p->size; k++)
+                p->w[k] = v;
+            continue;
+        }
+        amdim_rng_init(&rng, seed, UINT64_MAX - 4, (uint64_t)i);
+        int is_bias = strcmp(strrchr(p->name, '.') + 1, "bias") == 0;
+        size_t fan_in = is_bias ? m->params[i - 1].size / (size_t)m->params[i - 1].shape[0]
+                                : p->size / (size_t)p->shape[0];
+        float bound = 1.0f / sqrtf((float)fan_in);
+        for (size_t k = 0; k < p->size; k++)
+            p->w[k] = amdim_rng_uniform(&rng, -bound, bound);
+    }
+    m->probes_only = 1;
+}
+
+int amdim_model_train_probes_step(amdim_model *m, const uint8_t *view1, const uint8_t *view2, const int32_t *labels,
+                                  int B, int epoch, amdim_step_stats *st)
+{
+    if (B < 2)
+        return MFAIL(AMDIM_E_INVALID, "batch %d: need at least 2 images", B);
+    if (ensure_buffers(m, B))
+        return MFAIL(AMDIM_E_NOMEM, "out of memory for batch %d", B);
+    const amdim_model_config *c = &m->cfg;
+    int R = c->n_rkhs;
+    memset(st, 0, sizeof *st);
+    zero_grads(m);
+    /* frozen encoder: eval mode, both views' features */
+    for (int v = 0; v < 2; v++) {
+        normalise_views(m, v ? view2 : view1, B, m->x[v]);
+        const float *in = m->x[v];
+        for (int l = 0; l < m->nlayers; l++) {
+            layer_forward(m, &m->layers[l], &m->lc[v][l], in, B, 0);
+            in = m->lc[v][l].out;
+        }
+        for (int i = 0; i < B; i++)
+            for (int ch = 0; ch < R; ch++)
+                m->feat[((size_t)v * B + i) * R + ch] = in[(size_t)ch * B + i];
+    }
+    amdim_rng rng;
+    amdim_rng_init(&rng, c->seed, UINT64_MAX - 5, m->updates);
+    float *mi = malloc((size_t)2 * B * R * sizeof(float)), *mh = malloc((size_t)2 * B * c->mlp_hidden * sizeof(float));
+    int32_t *labels2 = malloc((size_t)2 * B * sizeof *labels2);
+    if (!mi || !mh || !labels2) {
+        free(mi);
+        free(mh);
+        free(labels2);
+        return MFAIL(AMDIM_E_NOMEM, "out of memory");
+    }
+    draw_masks(m, &rng, 2 * B, mi, mh);
+    memcpy(labels2, labels, (size_t)B * sizeof *labels);
+    memcpy(labels2 + B, labels, (size_t)B * sizeof *labels);
+    classifiers_forward(m, 2 * B, mi, mh, 1);
+    classifiers_backward(m, 2 * B, labels2, mh, st);
+    st->total = st->cls_mlp + st->cls_lin;
+    free(mi);
+    free(mh);
+    free(labels2);
+    m->probes_only = 1;
+    amdim_model_adam_step(m, epoch);
     return AMDIM_OK;
 }

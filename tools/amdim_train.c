@@ -1,0 +1,157 @@
+/* amdim-train: AMDIM training fed by amdim-load. Parses arguments; the
+ * work is in trainer/amdim_run.h. */
+#include <errno.h>
+#include <getopt.h>
+#include <limits.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "amdim_run.h"
+
+static const char *usage_text =
+    "Usage: amdim-load [loader options] DATA.lmdb | amdim-train --out RUN [options]\n"
+    "       amdim-load DATA.lmdb | amdim-train --resume RUN [--steps S]\n"
+    "       amdim-load LABELLED.lmdb | amdim-train --classifiers --init CKPT --out RUN\n"
+    "\n"
+    "Trains AMDIM on the batches amdim-load makes (it tells the loader the seed\n"
+    "and where to start), logs to stderr and RUN/metrics.jsonl, evaluates the\n"
+    "online probes every epoch, and writes safetensors checkpoints to RUN.\n"
+    "\n"
+    "Run:\n"
+    "  -o, --out RUN           directory of a new run\n"
+    "  -r, --resume RUN        continue the run in RUN from its last checkpoint\n"
+    "      --eval DATA.lmdb    evaluate on this dataset ...\n"
+    "      --eval-split NAME   ... split (default: test)\n"
+    "      --eval-refresh N    batches that refresh BatchNorm statistics first (default 20)\n"
+    "      --device D          auto, cpu or cuda (default auto: cpu in this build)\n"
+    "  -e, --epochs E          epochs (default: what amdim-load was given)\n"
+    "      --steps S           stop after S updates in total\n"
+    "  -b, --batch B           expected batch size (must match amdim-load's)\n"
+    "      --seed S            seed of data order, augmentations and model\n"
+    "      --log-every N       updates between log lines (default 50)\n"
+    "      --checkpoint-every N  updates between checkpoints (default: every epoch)\n"
+    "      --keep K            checkpoints to keep (default 3)\n"
+    "Model (defaults from the encoder size the data implies):\n"
+    "      --ndf N --n-rkhs N --n-depth N --use-bn 0|1 --tclip X\n"
+    "      --objective nce|jsd|dv --lr X --classes N\n"
+    "Classifier phase:\n"
+    "      --classifiers --init CKPT  freeze the encoder in CKPT, re-initialise and train the probes\n"
+    "  -h, --help              show this help\n";
+
+static volatile sig_atomic_t g_cancel;
+static void on_signal(int sig)
+{
+    (void)sig;
+    g_cancel = 1;
+}
+
+static int bad(const char *name, const char *v)
+{
+    fprintf(stderr, "amdim-train: bad value '%s' for %s\nTry 'amdim-train --help'.\n", v, name);
+    return 2;
+}
+
+static int num(const char *name, const char *s, long long lo, long long hi, long long *out)
+{
+    char *end;
+    errno = 0;
+    long long v = strtoll(s, &end, 10);
+    if (errno || *end || end == s || v < lo || v > hi) {
+        fprintf(stderr, "amdim-train: %s must be an integer in %lld..%lld, got '%s'\nTry 'amdim-train --help'.\n", name,
+                lo, hi, s);
+        return -1;
+    }
+    *out = v;
+    return 0;
+}
+
+static int real(const char *s, float *out)
+{
+    char *end;
+    float v = strtof(s, &end);
+    if (*end || end == s || !(v > 0))
+        return -1;
+    *out = v;
+    return 0;
+}
+
+int main(int argc, char **argv)
+{
+    enum { O_EVAL = 256, O_ESPLIT, O_EREF, O_DEVICE, O_STEPS, O_SEED, O_LOG, O_CKPT, O_KEEP, O_NDF, O_RKHS, O_DEPTH,
+           O_BN, O_TCLIP, O_OBJ, O_LR, O_CLASSES, O_CLS, O_INIT };
+    static const struct option longopts[] = {
+        {"out", required_argument, NULL, 'o'},        {"resume", required_argument, NULL, 'r'},
+        {"eval", required_argument, NULL, O_EVAL},    {"eval-split", required_argument, NULL, O_ESPLIT},
+        {"eval-refresh", required_argument, NULL, O_EREF}, {"device", required_argument, NULL, O_DEVICE},
+        {"epochs", required_argument, NULL, 'e'},     {"steps", required_argument, NULL, O_STEPS},
+        {"batch", required_argument, NULL, 'b'},      {"seed", required_argument, NULL, O_SEED},
+        {"log-every", required_argument, NULL, O_LOG}, {"checkpoint-every", required_argument, NULL, O_CKPT},
+        {"keep", required_argument, NULL, O_KEEP},    {"ndf", required_argument, NULL, O_NDF},
+        {"n-rkhs", required_argument, NULL, O_RKHS},  {"n-depth", required_argument, NULL, O_DEPTH},
+        {"use-bn", required_argument, NULL, O_BN},    {"tclip", required_argument, NULL, O_TCLIP},
+        {"objective", required_argument, NULL, O_OBJ}, {"lr", required_argument, NULL, O_LR},
+        {"classes", required_argument, NULL, O_CLASSES}, {"classifiers", no_argument, NULL, O_CLS},
+        {"init", required_argument, NULL, O_INIT},    {"help", no_argument, NULL, 'h'},
+        {NULL, 0, NULL, 0}};
+    amdim_train_options o;
+    amdim_train_options_default(&o);
+    int classifiers = 0, c;
+    long long v;
+    while ((c = getopt_long(argc, argv, "o:r:e:b:h", longopts, NULL)) != -1) {
+        switch (c) {
+        case 'o': o.out_dir = optarg; break;
+        case 'r': o.resume_dir = optarg; break;
+        case O_EVAL: o.eval_path = optarg; break;
+        case O_ESPLIT: o.eval_split = optarg; break;
+        case O_EREF: if (num("--eval-refresh", optarg, 0, 100000, &v)) return 2; o.eval_refresh = (int)v; break;
+        case O_DEVICE: o.device = optarg; break;
+        case 'e': if (num("--epochs", optarg, 1, 1000000, &v)) return 2; o.epochs = v; break;
+        case O_STEPS: if (num("--steps", optarg, 1, LLONG_MAX, &v)) return 2; o.steps = v; break;
+        case 'b': if (num("--batch", optarg, 2, 1 << 20, &v)) return 2; o.batch = (int)v; break;
+        case O_SEED: if (num("--seed", optarg, 0, LLONG_MAX, &v)) return 2; o.has_seed = 1; o.seed = (uint64_t)v; break;
+        case O_LOG: if (num("--log-every", optarg, 1, 1 << 30, &v)) return 2; o.log_every = (int)v; break;
+        case O_CKPT: if (num("--checkpoint-every", optarg, 1, 1 << 30, &v)) return 2; o.ckpt_every = (int)v; break;
+        case O_KEEP: if (num("--keep", optarg, 1, 1000, &v)) return 2; o.keep = (int)v; break;
+        case O_NDF: if (num("--ndf", optarg, 1, 4096, &v)) return 2; o.model.ndf = (int)v; break;
+        case O_RKHS: if (num("--n-rkhs", optarg, 1, 65536, &v)) return 2; o.model.n_rkhs = (int)v; break;
+        case O_DEPTH: if (num("--n-depth", optarg, 1, 100, &v)) return 2; o.model.n_depth = (int)v; break;
+        case O_BN: if (num("--use-bn", optarg, 0, 1, &v)) return 2; o.model.use_bn = (int)v; break;
+        case O_TCLIP: if (real(optarg, &o.model.tclip)) return bad("--tclip", optarg); break;
+        case O_LR: if (real(optarg, &o.model.lr)) return bad("--lr", optarg); break;
+        case O_CLASSES: if (num("--classes", optarg, 1, 4096, &v)) return 2; o.model.n_classes = (int)v; break;
+        case O_OBJ:
+            o.model.objective = strcmp(optarg, "nce") == 0 ? 0 : strcmp(optarg, "jsd") == 0 ? 1 : strcmp(optarg, "dv") == 0 ? 2 : -2;
+            if (o.model.objective == -2)
+                return bad("--objective (nce, jsd, dv)", optarg);
+            break;
+        case O_CLS: classifiers = 1; break;
+        case O_INIT: o.init_path = optarg; break;
+        case 'h': fputs(usage_text, stdout); return 0;
+        default: fprintf(stderr, "Try 'amdim-train --help'.\n"); return 2;
+        }
+    }
+    if (optind != argc)
+        return bad("an argument", argv[optind]);
+    if (!!o.out_dir == !!o.resume_dir) {
+        fprintf(stderr, "amdim-train: give exactly one of --out RUN and --resume RUN\nTry 'amdim-train --help'.\n");
+        return 2;
+    }
+    if (classifiers != (o.init_path != NULL) || (classifiers && o.resume_dir)) {
+        fprintf(stderr, "amdim-train: --classifiers needs --init CHECKPOINT and --out RUN\nTry 'amdim-train --help'.\n");
+        return 2;
+    }
+    struct sigaction sa = {0};
+    sa.sa_handler = on_signal;
+    sigaction(SIGINT, &sa, NULL);
+    sigaction(SIGTERM, &sa, NULL);
+    o.cancel = &g_cancel;
+    char err[2048];
+    int st = amdim_train_run(&o, err, sizeof err);
+    if (st) {
+        fprintf(stderr, "amdim-train: training failed: %s (%s)\n", amdim_strerror(st), err);
+        return st == AMDIM_E_CANCELLED ? 130 : 1;
+    }
+    return 0;
+}

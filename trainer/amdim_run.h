@@ -1,0 +1,59 @@
+/* amdim run: what amdim-train does - a training run fed by amdim-load,
+ * with logging, evaluation, checkpoints and resume, or the classifier-only
+ * phase on a frozen encoder. */
+#ifndef AMDIM_RUN_H
+#define AMDIM_RUN_H
+
+#include <signal.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "amdim_trainer.h"
+
+/* Hyper-parameters the user set; fields left at -1 take the SPEC defaults
+ * for the encoder size the data implies. */
+typedef struct {
+    int ndf, n_rkhs, n_depth, use_bn, n_classes, objective;
+    float tclip, lr;
+} amdim_model_overrides;
+
+typedef struct {
+    const char *out_dir;    /* new run (NULL when resuming) */
+    const char *resume_dir; /* continue this run */
+    const char *eval_path;  /* dataset for evaluation (NULL: none) */
+    const char *eval_split; /* default "test" */
+    int eval_refresh;       /* batches that refresh BatchNorm statistics (default 20) */
+    int eval_batch;         /* default 100 */
+    const char *device;     /* "auto", "cpu" or "cuda" */
+    int64_t epochs;         /* -1: the loader's */
+    int64_t steps;          /* -1: no limit (total updates, counted across resumes) */
+    int batch;              /* 0: accept the loader's */
+    amdim_model_overrides model;
+    int has_seed;
+    uint64_t seed;
+    int log_every;          /* updates between log lines (default 50) */
+    int ckpt_every;         /* updates between checkpoints; 0 = every epoch only */
+    int keep;               /* checkpoints kept (default 3) */
+    const char *init_path;  /* classifier-only phase: encoder checkpoint */
+    int in_fd;              /* amdim-load's pipe (normally 0) */
+    volatile sig_atomic_t *cancel;
+} amdim_train_options;
+
+void amdim_train_options_default(amdim_train_options *o);
+
+/* Returns 0 when the run finished (or stopped at its step limit), or a
+ * negative status with the reason in err. */
+int amdim_train_run(const amdim_train_options *o, char *err, size_t n);
+
+typedef struct {
+    double acc_mlp, acc_lin;
+    uint64_t images;
+} amdim_eval_result;
+
+/* Test accuracy of both probes on a split, with the preset's test
+ * transform: `refresh` batches in training mode refresh the BatchNorm
+ * statistics first (as the authors do), then everything in eval mode. */
+int amdim_evaluate_dataset(amdim_model *m, const char *path, const char *split, const char *preset, int refresh,
+                           int batch, amdim_eval_result *r, char *err, size_t n);
+
+#endif
