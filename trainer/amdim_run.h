@@ -56,4 +56,13 @@ typedef struct {
 int amdim_evaluate_dataset(amdim_model *m, const char *path, const char *split, const char *preset, int refresh,
                            int batch, amdim_eval_result *r, char *err, size_t n);
 
+/* r1 features (test transform, eval mode) of every record of a split, in
+ * record order: *features (records x n_rkhs) and *labels are malloc'd. */
+int amdim_embed_dataset(amdim_model *m, const char *path, const char *split, const char *preset, int batch,
+                        float **features, int32_t **labels, uint64_t *records, char *err, size_t n);
+
+/* Writes a NumPy .npy file (format 1.0, C order): dtype "<f4" or "<i4". */
+int amdim_write_npy(const char *path, const char *dtype, const void *data, uint64_t rows, uint64_t cols, int two_d,
+                    char *err, size_t n);
+
 #endif

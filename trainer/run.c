@@ -423,3 +423,100 @@ done:
     amdim_loader_close(l);
     return st;
 }
+
+int amdim_embed_dataset(amdim_model *m, const char *path, const char *split, const char *preset, int batch,
+                        float **features, int32_t **labels, uint64_t *records, char *err, size_t n)
+{
+    *features = NULL;
+    *labels = NULL;
+    *records = 0;
+    amdim_dataset *ds;
+    char why[1024];
+    int st = amdim_dataset_open(&ds, path, why, sizeof why);
+    if (st)
+        return amdim_fail(err, n, st, "%s", why);
+    amdim_split_info info;
+    if ((st = amdim_dataset_split_info(ds, split, &info))) {
+        amdim_fail(err, n, st, "%s", amdim_dataset_error(ds));
+        amdim_dataset_close(ds);
+        return st;
+    }
+    amdim_augment_config ac;
+    amdim_augment_preset(preset, &ac);
+    const amdim_model_config *mc = amdim_model_get_config(m);
+    int R = mc->n_rkhs;
+    amdim_augmenter *aug = NULL;
+    size_t view = (size_t)ac.size * ac.size * 3;
+    float *f = malloc((info.records ? info.records : 1) * (size_t)R * sizeof(float));
+    int32_t *lab = malloc((info.records ? info.records : 1) * sizeof *lab);
+    uint8_t *imgs = malloc(view * (size_t)batch);
+    if (!f || !lab || !imgs || amdim_augmenter_create(&aug, &ac)) {
+        st = amdim_fail(err, n, AMDIM_E_NOMEM, "out of memory for %llu features", (unsigned long long)info.records);
+        goto done;
+    }
+    if (ac.size != mc->encoder_size) {
+        st = amdim_fail(err, n, AMDIM_E_INVALID, "preset %s makes %d px images, the encoder takes %d px", preset, ac.size,
+                        mc->encoder_size);
+        goto done;
+    }
+    for (uint64_t i0 = 0; i0 < info.records && st == AMDIM_OK; i0 += (uint64_t)batch) {
+        int nb = 0;
+        for (uint64_t i = i0; i < info.records && nb < batch; i++, nb++) {
+            amdim_record rec;
+            if ((st = amdim_dataset_get(ds, split, i, &rec)) ||
+                (st = amdim_augment_test_view(aug, &rec, imgs + (size_t)nb * view))) {
+                amdim_fail(err, n, st, "%s split %s record %llu: %s", path, split, (unsigned long long)i,
+                           st == AMDIM_OK ? "" : amdim_augmenter_error(aug));
+                break;
+            }
+            lab[i] = rec.label;
+        }
+        if (st == AMDIM_OK && (st = amdim_model_evaluate(m, imgs, nb, f + i0 * (uint64_t)R, NULL, NULL)))
+            amdim_fail(err, n, st, "%s", amdim_model_error(m));
+    }
+done:
+    free(imgs);
+    amdim_augmenter_destroy(aug);
+    amdim_dataset_close(ds);
+    if (st) {
+        free(f);
+        free(lab);
+        return st;
+    }
+    *features = f;
+    *labels = lab;
+    *records = info.records;
+    return AMDIM_OK;
+}
+
+int amdim_write_npy(const char *path, const char *dtype, const void *data, uint64_t rows, uint64_t cols, int two_d,
+                    char *err, size_t n)
+{
+    char hdr[256];
+    int len = two_d ? snprintf(hdr, sizeof hdr, "{'descr': '%s', 'fortran_order': False, 'shape': (%llu, %llu), }", dtype,
+                               (unsigned long long)rows, (unsigned long long)cols)
+                    : snprintf(hdr, sizeof hdr, "{'descr': '%s', 'fortran_order': False, 'shape': (%llu,), }", dtype,
+                               (unsigned long long)rows);
+    /* magic (6) + version (2) + length (2) + header, padded with spaces to 64 bytes, ending in \n */
+    int total = 10 + len + 1;
+    int pad = (64 - total % 64) % 64;
+    memset(hdr + len, ' ', (size_t)pad);
+    len += pad;
+    hdr[len++] = '\n';
+    char tmp[4200];
+    snprintf(tmp, sizeof tmp, "%s.tmp.%d", path, (int)getpid());
+    FILE *f = fopen(tmp, "wb");
+    if (!f)
+        return amdim_fail(err, n, AMDIM_E_IO, "cannot create %s: %s", tmp, strerror(errno));
+    uint8_t pre[10] = {0x93, 'N', 'U', 'M', 'P', 'Y', 1, 0, (uint8_t)(len & 255), (uint8_t)(len >> 8)};
+    size_t bytes = (size_t)rows * (two_d ? cols : 1) * 4;
+    int ok = fwrite(pre, 1, 10, f) == 10 && fwrite(hdr, 1, (size_t)len, f) == (size_t)len &&
+             fwrite(data, 1, bytes, f) == bytes;
+    ok = (fclose(f) == 0) && ok;
+    if (!ok || rename(tmp, path) != 0) {
+        int e = errno;
+        unlink(tmp);
+        return amdim_fail(err, n, AMDIM_E_IO, "writing %s failed: %s", path, strerror(e));
+    }
+    return AMDIM_OK;
+}
