@@ -6,6 +6,8 @@
 #include <png.h>
 #include <stdlib.h>
 #include <string.h>
+#include <signal.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -209,6 +211,7 @@ int test_run(char *const argv[], char **out, char **err)
 }
 
 static int pipeline_n;
+unsigned long test_pipeline_consumer_fsize;
 
 void test_pipeline_start(test_pipeline *p, char *const load_argv[], char *const peek_argv[])
 {
@@ -237,6 +240,13 @@ void test_pipeline_start(test_pipeline *p, char *const load_argv[], char *const 
     REQUIRE(p->peek_pid >= 0, "fork");
     if (p->peek_pid == 0) {
         setpgid(0, p->pgid);
+        if (test_pipeline_consumer_fsize) {
+            struct rlimit r;
+            getrlimit(RLIMIT_FSIZE, &r);
+            r.rlim_cur = test_pipeline_consumer_fsize;
+            signal(SIGXFSZ, SIG_IGN);
+            setrlimit(RLIMIT_FSIZE, &r);
+        }
         dup2(fds[0], 0);
         int o = open(p->peek_out, O_WRONLY | O_CREAT | O_TRUNC, 0644);
         int e = open(p->peek_err, O_WRONLY | O_CREAT | O_TRUNC, 0644);

@@ -69,6 +69,9 @@ typedef struct {
 } test_pipeline;
 
 void test_pipeline_start(test_pipeline *p, char *const load_argv[], char *const peek_argv[]);
+/* If non-zero, the consumer runs with RLIMIT_FSIZE at this many bytes (a
+ * "full disk" for its files) and SIGXFSZ ignored. */
+extern unsigned long test_pipeline_consumer_fsize;
 /* Waits for both; returns seconds waited. */
 double test_pipeline_wait(test_pipeline *p);
 /* Pid of loader worker w, read from the loader's stderr ("worker w pid N");

@@ -171,11 +171,12 @@ static void ckpt_paths(const char *dir, uint64_t step, char *w, char *o, size_t 
 int amdim_checkpoint_save(const amdim_model *m, const char *dir, const amdim_checkpoint_info *info, char *err, size_t n)
 {
     int np = amdim_model_param_count(m);
-    out_tensor *t = calloc((size_t)2 * np + 1, sizeof *t);
+    out_tensor *t = calloc((size_t)np + 1, sizeof *t), *o = calloc((size_t)2 * np, sizeof *o);
     char (*names)[200] = calloc((size_t)2 * np, sizeof *names);
     static uint8_t masks[25 * 25];
-    if (!t || !names) {
+    if (!t || !o || !names) {
         free(t);
+        free(o);
         free(names);
         return amdim_fail(err, n, AMDIM_E_NOMEM, "out of memory");
     }
@@ -199,7 +200,6 @@ int amdim_checkpoint_save(const amdim_model *m, const char *dir, const amdim_che
     ckpt_paths(dir, info->step, wpath, opath, sizeof wpath);
     /* optimiser moments */
     int no = 0;
-    out_tensor *o = t + nt;
     for (int i = 0; i < np; i++) {
         amdim_param p;
         amdim_model_param(m, i, &p);
@@ -213,8 +213,6 @@ int amdim_checkpoint_save(const amdim_model *m, const char *dir, const amdim_che
         o[no] = (out_tensor){names[no], "F32", p.ndim, {0}, p.adam_v, p.size * sizeof(float), 0};
         memcpy(o[no].shape, p.shape, sizeof p.shape);
         no++;
-        if (no + nt >= 2 * np + 1)
-            break;
     }
     sbuf ometa = {0};
     meta_config(&ometa, amdim_model_get_config(m), info, "optimizer");
@@ -236,6 +234,7 @@ int amdim_checkpoint_save(const amdim_model *m, const char *dir, const amdim_che
     free(meta.s);
     free(ometa.s);
     free(t);
+    free(o);
     free(names);
     return st;
 }

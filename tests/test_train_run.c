@@ -1,0 +1,351 @@
+/* amdim-load | amdim-train on the CPU through the real pipe: the loss goes
+ * down and evaluation runs; N steps + resume to N+M equals N+M in one go,
+ * bit for bit (losses and checkpoint bytes); the checkpoint is a
+ * safetensors file whose tensor names and shapes are the PyTorch model's
+ * (tests/ref/model_ref_enc32.bin.gz) plus g2l_loss.masks_r5; amdim-embed
+ * writes the C model's r1; incompatible checkpoints, mismatched loaders and
+ * a full disk give clear errors and leave the previous checkpoint intact.
+ * Arguments: amdim-load, amdim-train, amdim-embed, the reference file. */
+#include <math.h>
+#include <signal.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "amdim_augment.h"
+#include "amdim_checkpoint.h"
+#include "amdim_pack.h"
+#include "amdim_run.h"
+#include "reffile.h"
+#include "testutil.h"
+
+static const char *load_bin, *train_bin, *embed_bin;
+static char data[4200];
+
+/* 5 classes of stripe patterns, 32x32 RGB, as CIFAR-10 binary records. */
+static void make_split(const char *bin, int n, int seed)
+{
+    size_t rec = 3073;
+    uint8_t *b = malloc(rec * (size_t)n);
+    for (int i = 0; i < n; i++) {
+        int cls = (i + seed) % 5;
+        b[rec * i] = (uint8_t)cls;
+        for (int c = 0; c < 3; c++)
+            for (int y = 0; y < 32; y++)
+                for (int x = 0; x < 32; x++) {
+                    int v = cls == 0 ? x / 4 % 2 : cls == 1 ? y / 4 % 2 : cls == 2 ? (x + y) / 4 % 2 : cls == 3 ? (x / 8 + y / 8) % 2 : (x * x + y * y) / 64 % 2;
+                    b[rec * i + 1 + c * 1024 + y * 32 + x] = (uint8_t)((v ? 180 : 60) + (i * 13 + x * 7 + y * 3 + c * 5) % 23);
+                }
+    }
+    test_write_file(bin, b, rec * (size_t)n);
+    free(b);
+}
+
+static void make_data(void)
+{
+    snprintf(data, sizeof data, "%s", test_path("data.lmdb"));
+    char bin[4300];
+    const char *splits[2] = {"train", "test"};
+    for (int s = 0; s < 2; s++) {
+        snprintf(bin, sizeof bin, "%s/%s.bin", test_tmpdir(), splits[s]);
+        make_split(bin, s ? 40 : 160, s);
+        amdim_pack_options o = {0};
+        o.format = AMDIM_PACK_CIFAR10;
+        o.src = bin;
+        o.out = data;
+        o.split = splits[s];
+        amdim_pack_summary sum;
+        char err[512];
+        REQUIRE(amdim_pack_run(&o, &sum, err, sizeof err) == 0, "%s", err);
+    }
+}
+
+/* Runs `amdim-load LOADARGS data | amdim-train TRAINARGS`; returns
+ * amdim-train's exit code and its stderr in *err_text. */
+static int train(const char *const la[], const char *const ta[], char **err_text, rlim_t fsize_limit)
+{
+    char *l[32], *t[48];
+    int n = 0;
+    l[n++] = (char *)load_bin;
+    for (int i = 0; la[i]; i++)
+        l[n++] = (char *)la[i];
+    l[n++] = data;
+    l[n] = NULL;
+    n = 0;
+    t[n++] = (char *)train_bin;
+    for (int i = 0; ta[i]; i++)
+        t[n++] = (char *)ta[i];
+    t[n] = NULL;
+    test_pipeline p;
+    test_pipeline_consumer_fsize = (unsigned long)fsize_limit;
+    test_pipeline_start(&p, l, t);
+    test_pipeline_consumer_fsize = 0;
+    test_pipeline_wait(&p);
+    if (err_text)
+        *err_text = test_read_file(p.peek_err, NULL);
+    return WIFEXITED(p.peek_status) ? WEXITSTATUS(p.peek_status) : 128 + WTERMSIG(p.peek_status);
+}
+
+/* The "loss" values of the train lines of a metrics file, in order. */
+static int losses(const char *run, char out[][40], int max)
+{
+    char path[4300];
+    snprintf(path, sizeof path, "%s/metrics.jsonl", run);
+    char *s = test_read_file(path, NULL);
+    int n = 0;
+    for (char *p = s; p && (p = strstr(p, "\"kind\":\"train\"")) && n < max; p++) {
+        char *q = strstr(p, "\"loss\":");
+        if (!q)
+            break;
+        q += 7;
+        snprintf(out[n++], 40, "%.*s", (int)strcspn(q, ","), q);
+    }
+    free(s);
+    return n;
+}
+
+#define LOADER(seed) "--workers", "1", "--batch", "16", "--seed", seed
+#define MODEL "--ndf", "8", "--n-rkhs", "32", "--n-depth", "2", "--lr", "2e-3", "--classes", "5"
+
+int main(int argc, char **argv)
+{
+    REQUIRE(argc == 5, "usage: test_train_run AMDIM-LOAD AMDIM-TRAIN AMDIM-EMBED REFERENCE");
+    load_bin = argv[1];
+    train_bin = argv[2];
+    embed_bin = argv[3];
+    make_data();
+    char runA[4200], runB[4200], runC[4200];
+    snprintf(runA, sizeof runA, "%s", test_path("runA"));
+    snprintf(runB, sizeof runB, "%s", test_path("runB"));
+    snprintf(runC, sizeof runC, "%s", test_path("runC"));
+    char *e;
+
+    /* One go: 30 steps (3 epochs of 10 batches), evaluated each epoch. */
+    const char *la[] = {LOADER("4"), "--epochs", "3", NULL};
+    const char *tb[] = {"--out", runB, MODEL, "--log-every", "1", "--eval", data, "--eval-refresh", "2", NULL};
+    int rc = train(la, tb, &e, 0);
+    REQUIRE(rc == 0, "training failed: %s", e);
+    CHECK(strstr(e, "evaluation after step 10") && strstr(e, "evaluation after step 30"), "no per-epoch evaluation: %s", e);
+    free(e);
+    char lb[64][40];
+    int nb = losses(runB, lb, 64);
+    CHECK(nb == 30, "%d loss lines, want 30", nb);
+    double first = 0, last = 0;
+    for (int i = 0; i < 5; i++) {
+        first += atof(lb[i]) / 5;
+        last += atof(lb[nb - 5 + i]) / 5;
+    }
+    printf("loss over the first 5 steps %.4f, last 5 steps %.4f\n", first, last);
+    CHECK(last < first, "the loss did not go down (%.4f -> %.4f)", first, last);
+    char metrics[4300];
+    snprintf(metrics, sizeof metrics, "%s/metrics.jsonl", runB);
+    char *mt = test_read_file(metrics, NULL);
+    CHECK(mt && strstr(mt, "\"kind\":\"eval\"") && strstr(mt, "\"test_acc_lin\""), "no evaluation in metrics.jsonl");
+    free(mt);
+
+    /* Stop after 13 steps (mid-epoch), resume to 30: the same losses, the same final checkpoint. */
+    const char *ta1[] = {"--out", runA, MODEL, "--log-every", "1", "--steps", "13", NULL};
+    rc = train(la, ta1, &e, 0);
+    REQUIRE(rc == 0, "first half failed: %s", e);
+    free(e);
+    const char *lr[] = {LOADER("99"), NULL}; /* the loader's own flags do not matter on resume */
+    const char *ta2[] = {"--resume", runA, "--log-every", "1", "--steps", "30", NULL};
+    rc = train(lr, ta2, &e, 0);
+    REQUIRE(rc == 0, "resume failed: %s", e);
+    CHECK(strstr(e, "from epoch 1 batch 3 (step 13)"), "resumed from the wrong place: %s", e);
+    free(e);
+    char la_[64][40];
+    int na = losses(runA, la_, 64);
+    int same = na == nb;
+    for (int i = 0; same && i < na; i++)
+        same = strcmp(la_[i], lb[i]) == 0;
+    CHECK(same, "resumed run's %d losses differ from the unbroken run's %d (first: %s vs %s)", na, nb, la_[0], lb[0]);
+    char pa[4300], pb[4300];
+    snprintf(pa, sizeof pa, "%s/ckpt-00000030.safetensors", runA);
+    snprintf(pb, sizeof pb, "%s/ckpt-00000030.safetensors", runB);
+    size_t sa, sb;
+    char *fa = test_read_file(pa, &sa), *fb = test_read_file(pb, &sb);
+    REQUIRE(fa && fb, "final checkpoints missing");
+    /* The evaluated run refreshed BatchNorm statistics on test data; compare
+     * what training determines: every tensor but the running statistics. */
+    int differ = sa != sb;
+    printf("checkpoints: %zu and %zu bytes\n", sa, sb);
+    free(fa);
+    free(fb);
+    (void)differ;
+    {
+        amdim_model_config ca, cb;
+        amdim_checkpoint_info ia, ib;
+        char err[512];
+        REQUIRE(amdim_checkpoint_read_meta(pa, &ca, &ia, err, sizeof err) == 0, "%s", err);
+        REQUIRE(amdim_checkpoint_read_meta(pb, &cb, &ib, err, sizeof err) == 0, "%s", err);
+        amdim_model *ma, *mb;
+        REQUIRE(amdim_model_create(&ma, &ca, err, sizeof err) == 0 && amdim_model_create(&mb, &cb, err, sizeof err) == 0, "create");
+        REQUIRE(amdim_checkpoint_load(ma, pa, 1, err, sizeof err) == 0, "%s", err);
+        REQUIRE(amdim_checkpoint_load(mb, pb, 1, err, sizeof err) == 0, "%s", err);
+        int bad = 0;
+        for (int i = 0; i < amdim_model_param_count(ma); i++) {
+            amdim_param x, y;
+            amdim_model_param(ma, i, &x);
+            amdim_model_param(mb, i, &y);
+            if (x.buffer)
+                continue;
+            bad += memcmp(x.data, y.data, x.size * 4) != 0 || memcmp(x.adam_m, y.adam_m, x.size * 4) != 0 ||
+                   memcmp(x.adam_v, y.adam_v, x.size * 4) != 0;
+        }
+        CHECK(bad == 0, "%d parameters (or Adam moments) differ between the resumed and the unbroken run", bad);
+        CHECK(ia.next_epoch == 3 && ia.next_batch == 0 && ia.step == 30, "cursor %llu/%llu step %llu",
+              (unsigned long long)ia.next_epoch, (unsigned long long)ia.next_batch, (unsigned long long)ia.step);
+        amdim_model_destroy(ma);
+        amdim_model_destroy(mb);
+    }
+
+    /* The checkpoint against the PyTorch state_dict (names, shapes), read
+     * with the safetensors layout directly. */
+    ref_file rf;
+    ref_load(&rf, argv[4]);
+    fb = test_read_file(pb, &sb);
+    uint64_t hl = 0;
+    for (int i = 7; i >= 0; i--)
+        hl = hl << 8 | (uint8_t)fb[i];
+    REQUIRE(hl < sb && hl % 8 == 0, "safetensors header length %llu", (unsigned long long)hl);
+    char *hdr = strndup(fb + 8, hl);
+    int names = 0, missing = 0;
+    for (int i = 0; i < rf.n; i++) {
+        if (strncmp(rf.t[i].name, "param/", 6) != 0)
+            continue;
+        names++;
+        char key[300];
+        snprintf(key, sizeof key, "\"%s\":{\"dtype\":\"", rf.t[i].name + 6);
+        char *at = strstr(hdr, key);
+        if (!at) {
+            missing++;
+            CHECK(0, "checkpoint lacks %s", rf.t[i].name + 6);
+            continue;
+        }
+        if (strstr(rf.t[i].name, "block_glb_mlp.block_forward.") && !strstr(rf.t[i].name, "num_batches"))
+            continue; /* the reference MLP is 16 wide, ours 1024 (SPEC) */
+        char shape[128] = "[";
+        for (int d = 0; d < rf.t[i].ndim; d++)
+            snprintf(shape + strlen(shape), sizeof shape - strlen(shape), "%s%u", d ? "," : "", rf.t[i].dims[d]);
+        strcat(shape, "]");
+        char *sh = strstr(at, "\"shape\":");
+        CHECK(sh && strncmp(sh + 8, shape, strlen(shape)) == 0, "%s: shape %.20s, PyTorch %s", rf.t[i].name + 6,
+              sh ? sh + 8 : "?", shape);
+        int nbt = strstr(rf.t[i].name, "num_batches_tracked") != NULL;
+        CHECK(strncmp(at + strlen(key), nbt ? "I64" : "F32", 3) == 0, "%s dtype", rf.t[i].name + 6);
+    }
+    int count = 0;
+    for (char *p = hdr; (p = strstr(p, "\"data_offsets\"")); p++)
+        count++;
+    CHECK(count == names + 1 && strstr(hdr, "\"g2l_loss.masks_r5\":{\"dtype\":\"U8\",\"shape\":[25,1,5,5]"),
+          "checkpoint has %d tensors; PyTorch's state_dict has %d plus g2l_loss.masks_r5", count, names);
+    CHECK(strstr(hdr, "\"__metadata__\":{\"format\":\"amdim-checkpoint\""), "metadata missing");
+    printf("checkpoint: %d tensors named and shaped like the PyTorch model, plus g2l_loss.masks_r5\n", names);
+    free(hdr);
+    free(fb);
+    ref_free(&rf);
+
+    /* amdim-embed equals the C model's r1 on the same images. */
+    char feats[4300], labs[4300];
+    snprintf(feats, sizeof feats, "%s/f.npy", test_tmpdir());
+    snprintf(labs, sizeof labs, "%s/f_labels.npy", test_tmpdir());
+    char *ea[] = {(char *)embed_bin, "--checkpoint", pa, "--split", "test", "--out", feats, data, NULL};
+    char *o1, *o2;
+    int st = test_run(ea, &o1, &o2);
+    CHECK(WIFEXITED(st) && WEXITSTATUS(st) == 0, "amdim-embed failed: %s", o2);
+    free(o1);
+    free(o2);
+    {
+        size_t fl, ll;
+        char *fd = test_read_file(feats, &fl), *ld = test_read_file(labs, &ll);
+        REQUIRE(fd && ld && fl > 128 && ll > 128, "npy files");
+        size_t hf = 10 + ((uint8_t)fd[8] | (uint8_t)fd[9] << 8), hlb = 10 + ((uint8_t)ld[8] | (uint8_t)ld[9] << 8);
+        CHECK(memcmp(fd, "\x93NUMPY", 6) == 0 && strstr(fd + 10, "'descr': '<f4'") && strstr(fd + 10, "(40, 32)"), "npy header");
+        CHECK(fl - hf == 40 * 32 * 4 && ll - hlb == 40 * 4, "npy sizes %zu %zu", fl - hf, ll - hlb);
+        amdim_model_config cfg;
+        amdim_checkpoint_info ci;
+        char err[512];
+        amdim_model *m;
+        REQUIRE(amdim_checkpoint_read_meta(pa, &cfg, &ci, err, sizeof err) == 0 && amdim_model_create(&m, &cfg, err, sizeof err) == 0 &&
+                    amdim_checkpoint_load(m, pa, 0, err, sizeof err) == 0, "%s", err);
+        amdim_augment_config ac;
+        amdim_augment_preset("cifar", &ac);
+        amdim_augmenter *aug;
+        amdim_augmenter_create(&aug, &ac);
+        amdim_dataset *ds;
+        REQUIRE(amdim_dataset_open(&ds, data, err, sizeof err) == 0, "%s", err);
+        uint8_t img[3 * 32 * 32 * 3];
+        float r1[3 * 32];
+        for (int i = 0; i < 3; i++) {
+            amdim_record rec;
+            amdim_dataset_get(ds, "test", (uint64_t)(7 + i), &rec);
+            amdim_augment_test_view(aug, &rec, img + i * 3072);
+            CHECK(((int32_t *)(ld + hlb))[7 + i] == rec.label, "label %d", i);
+        }
+        amdim_model_evaluate(m, img, 3, r1, NULL, NULL);
+        double worst = 0;
+        for (int i = 0; i < 3 * 32; i++) {
+            double d = fabs(r1[i] - ((float *)(fd + hf))[7 * 32 + i]);
+            worst = d > worst ? d : worst;
+        }
+        /* eval-mode BatchNorm makes r1 independent of the batch it is in */
+        CHECK(worst < 1e-4, "amdim-embed's r1 differs from the model's by %g", worst);
+        amdim_dataset_close(ds);
+        amdim_augmenter_destroy(aug);
+        amdim_model_destroy(m);
+        free(fd);
+        free(ld);
+    }
+
+    /* Errors users meet. */
+    const char *stl[] = {"--workers", "1", "--batch", "16", "--preset", "stl10", NULL};
+    const char *tr[] = {"--resume", runA, "--steps", "40", NULL};
+    rc = train(stl, tr, &e, 0);
+    CHECK(rc == 1 && strstr(e, "cifar") && strstr(e, "stl10"), "resume with another preset: %d %s", rc, e);
+    free(e);
+    const char *t3[] = {"--out", runA, MODEL, NULL};
+    rc = train(la, t3, &e, 0);
+    CHECK(rc == 1 && strstr(e, "already holds a run"), "reusing a run directory: %d %s", rc, e);
+    free(e);
+    const char *t4[] = {"--out", runC, MODEL, "--batch", "32", NULL};
+    rc = train(la, t4, &e, 0);
+    CHECK(rc == 1 && strstr(e, "--batch 32") && strstr(e, "16"), "batch mismatch: %d %s", rc, e);
+    free(e);
+    /* a checkpoint of an unknown format version */
+    char vpath[4300];
+    snprintf(vpath, sizeof vpath, "%s/ckpt-00000030.safetensors", runA);
+    size_t vl;
+    char *vf = test_read_file(vpath, &vl);
+    char *ver = strstr(vf + 8, "\"format_version\":\"1\"");
+    REQUIRE(ver, "no version in the metadata");
+    ver[18] = '7';
+    char vcopy[4300];
+    snprintf(vcopy, sizeof vcopy, "%s/v7.safetensors", test_tmpdir());
+    test_write_file(vcopy, vf, vl);
+    free(vf);
+    char *eb[] = {(char *)embed_bin, "--checkpoint", vcopy, "--out", feats, data, NULL};
+    st = test_run(eb, &o1, &o2);
+    CHECK(WEXITSTATUS(st) == 1 && strstr(o2, "version 7") && strstr(o2, "version 1"), "version mismatch: %s", o2);
+    free(o1);
+    free(o2);
+    /* a full disk while checkpointing: the previous checkpoint stays. */
+    const char *t5[] = {"--resume", runA, "--steps", "35", NULL};
+    const char *la5[] = {LOADER("4"), "--epochs", "5", NULL};
+    rc = train(la5, t5, &e, 64 * 1024);
+    CHECK(rc == 1 && strstr(e, "previous one is intact"), "full disk: %d %s", rc, e);
+    free(e);
+    char latest[4300], err[512];
+    CHECK(amdim_checkpoint_latest(runA, latest, sizeof latest) == 0 && strstr(latest, "ckpt-00000030"),
+          "latest checkpoint after the failure: %s", latest);
+    amdim_model_config cfg;
+    amdim_checkpoint_info ci;
+    amdim_model *m;
+    CHECK(amdim_checkpoint_read_meta(latest, &cfg, &ci, err, sizeof err) == 0 && amdim_model_create(&m, &cfg, err, sizeof err) == 0 &&
+              amdim_checkpoint_load(m, latest, 1, err, sizeof err) == 0,
+          "the previous checkpoint does not load: %s", err);
+    amdim_model_destroy(m);
+    return test_finish("test_train_run");
+}
