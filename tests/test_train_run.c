@@ -144,6 +144,22 @@ int main(int argc, char **argv)
     char *mt = test_read_file(metrics, NULL);
     CHECK(mt && strstr(mt, "\"kind\":\"eval\"") && strstr(mt, "\"test_acc_lin\""), "no evaluation in metrics.jsonl");
     free(mt);
+    /* amdim-plot renders it (the binary sits next to amdim-train) */
+    char plot_bin[4300], png[4300];
+    snprintf(plot_bin, sizeof plot_bin, "%s", train_bin);
+    *strrchr(plot_bin, '/') = 0;
+    strcat(plot_bin, "/amdim-plot");
+    snprintf(png, sizeof png, "%s/plot.png", test_tmpdir());
+    char *pl[] = {plot_bin, metrics, png, NULL};
+    char *po, *pe;
+    int ps = test_run(pl, &po, &pe);
+    size_t pngl;
+    char *pngd = test_read_file(png, &pngl);
+    CHECK(WIFEXITED(ps) && WEXITSTATUS(ps) == 0 && pngd && pngl > 1000 && memcmp(pngd, "\x89PNG", 4) == 0,
+          "amdim-plot: %s", pe);
+    free(po);
+    free(pe);
+    free(pngd);
 
     /* Stop after 13 steps (mid-epoch), resume to 30: the same losses, the same final checkpoint. */
     const char *ta1[] = {"--out", runA, MODEL, "--log-every", "1", "--steps", "13", NULL};

@@ -65,4 +65,7 @@ int amdim_embed_dataset(amdim_model *m, const char *path, const char *split, con
 int amdim_write_npy(const char *path, const char *dtype, const void *data, uint64_t rows, uint64_t cols, int two_d,
                     char *err, size_t n);
 
+/* Renders metrics.jsonl as a PNG: losses and probe accuracies over updates. */
+int amdim_plot_metrics(const char *jsonl, const char *png_path, char *err, size_t n);
+
 #endif
