@@ -199,8 +199,8 @@ int main(int argc, char **argv)
         REQUIRE(amdim_checkpoint_read_meta(pb, &cb, &ib, err, sizeof err) == 0, "%s", err);
         amdim_model *ma, *mb;
         REQUIRE(amdim_model_create(&ma, &ca, err, sizeof err) == 0 && amdim_model_create(&mb, &cb, err, sizeof err) == 0, "create");
-        REQUIRE(amdim_checkpoint_load(ma, pa, 1, err, sizeof err) == 0, "%s", err);
-        REQUIRE(amdim_checkpoint_load(mb, pb, 1, err, sizeof err) == 0, "%s", err);
+        REQUIRE(amdim_checkpoint_load(ma, pa, AMDIM_CKPT_OPTIMIZER, err, sizeof err) == 0, "%s", err);
+        REQUIRE(amdim_checkpoint_load(mb, pb, AMDIM_CKPT_OPTIMIZER, err, sizeof err) == 0, "%s", err);
         int bad = 0;
         for (int i = 0; i < amdim_model_param_count(ma); i++) {
             amdim_param x, y;
@@ -359,6 +359,43 @@ int main(int argc, char **argv)
         free(ld);
     }
 
+    /* Classifier phase: frozen encoder, fresh probes trained on labels. */
+    char runD[4200];
+    snprintf(runD, sizeof runD, "%s", test_path("runD"));
+    const char *tcl[] = {"--classifiers", "--init", pb, "--out", runD, "--steps", "12", "--log-every", "4", "--lr", "1e-2",
+                         "--eval", data, NULL};
+    rc = train(la, tcl, &e, 0);
+    CHECK(rc == 0 && strstr(e, "classifier phase") && strstr(e, "test accuracy"), "classifier phase: %d %s", rc, e);
+    free(e);
+    {
+        char pd[4300], err[512];
+        snprintf(pd, sizeof pd, "%s/ckpt-00000012.safetensors", runD);
+        amdim_model_config c1, c2;
+        amdim_checkpoint_info i1, i2;
+        amdim_model *m1, *m2;
+        REQUIRE(amdim_checkpoint_read_meta(pb, &c1, &i1, err, sizeof err) == 0 &&
+                    amdim_checkpoint_read_meta(pd, &c2, &i2, err, sizeof err) == 0 &&
+                    amdim_model_create(&m1, &c1, err, sizeof err) == 0 && amdim_model_create(&m2, &c2, err, sizeof err) == 0 &&
+                    amdim_checkpoint_load(m1, pb, 0, err, sizeof err) == 0 && amdim_checkpoint_load(m2, pd, 0, err, sizeof err) == 0,
+                "classifier checkpoint: %s", err);
+        int enc_changed = 0, probes_changed = 0;
+        CHECK(c2.n_classes == 10, "the probes were not rebuilt for the labelled set's 10 classes");
+        for (int i = 0; i < amdim_model_param_count(m1); i++) {
+            amdim_param x, y;
+            amdim_model_param(m1, i, &x);
+            amdim_model_param(m2, i, &y);
+            int diff = x.size != y.size || memcmp(x.data, y.data, x.size * 4) != 0;
+            if (strncmp(x.name, "encoder.", 8) == 0)
+                enc_changed += diff && !x.buffer;
+            else
+                probes_changed += diff;
+        }
+        CHECK(enc_changed == 0, "the classifier phase changed %d encoder parameters", enc_changed);
+        CHECK(probes_changed > 0, "the classifier phase did not train the probes");
+        amdim_model_destroy(m1);
+        amdim_model_destroy(m2);
+    }
+
     /* Errors users meet. */
     const char *stl[] = {"--workers", "1", "--batch", "16", "--preset", "stl10", NULL};
     const char *tr[] = {"--resume", runA, "--steps", "40", NULL};
@@ -403,7 +440,7 @@ int main(int argc, char **argv)
     amdim_checkpoint_info ci;
     amdim_model *m;
     CHECK(amdim_checkpoint_read_meta(latest, &cfg, &ci, err, sizeof err) == 0 && amdim_model_create(&m, &cfg, err, sizeof err) == 0 &&
-              amdim_checkpoint_load(m, latest, 1, err, sizeof err) == 0,
+              amdim_checkpoint_load(m, latest, AMDIM_CKPT_OPTIMIZER, err, sizeof err) == 0,
           "the previous checkpoint does not load: %s", err);
     amdim_model_destroy(m);
     return test_finish("test_train_run");

@@ -33,6 +33,7 @@ typedef struct {
     int64_t max_steps;    /* -1 if none */
     char preset[16];
     int batch;
+    int probes_only;      /* a classifier-only phase (resumes as one) */
 } amdim_checkpoint_info;
 
 /* Writes ckpt-<step> into dir. On failure (e.g. disk full) nothing of the
@@ -52,9 +53,15 @@ int amdim_checkpoint_latest(const char *dir, char *path, size_t n);
 int amdim_checkpoint_read_meta(const char *path, amdim_model_config *cfg, amdim_checkpoint_info *info, char *err,
                                size_t n);
 
-/* Loads weights and buffers (and, if with_optimizer, the Adam moments and
- * update count from the matching .optim file) into m, whose configuration
- * must match the checkpoint's: a mismatch is AMDIM_E_INVALID naming both. */
-int amdim_checkpoint_load(amdim_model *m, const char *path, int with_optimizer, char *err, size_t n);
+/* Flags for amdim_checkpoint_load. */
+enum {
+    AMDIM_CKPT_OPTIMIZER = 1,    /* also Adam's moments and the update count (.optim file) */
+    AMDIM_CKPT_ENCODER_ONLY = 2, /* only encoder.* tensors: the probes may have another shape */
+};
+
+/* Loads weights and buffers into m, whose configuration must match the
+ * checkpoint's (the probes excepted with AMDIM_CKPT_ENCODER_ONLY): a
+ * mismatch is AMDIM_E_INVALID naming both values. */
+int amdim_checkpoint_load(amdim_model *m, const char *path, int flags, char *err, size_t n);
 
 #endif

@@ -104,6 +104,8 @@ int amdim_model_refresh_bn(amdim_model *m, const uint8_t *images, int batch);
  * state) from `seed`, then train only them on features of the frozen
  * encoder (BatchNorm in eval mode) with amdim_model_train_probes_step. */
 void amdim_model_reset_probes(amdim_model *m, uint64_t seed);
+/* Only the probes train from now on (set by reset_probes; for resuming). */
+void amdim_model_freeze_encoder(amdim_model *m);
 int amdim_model_train_probes_step(amdim_model *m, const uint8_t *view1, const uint8_t *view2, const int32_t *labels,
                                   int batch, int epoch, amdim_step_stats *stats);
 

@@ -56,9 +56,10 @@ static void meta_config(sbuf *b, const amdim_model_config *c, const amdim_checkp
     sb_add(b, "\"__metadata__\":{\"format\":\"%s\",\"format_version\":\"%d\",\"kind\":\"%s\"", AMDIM_CHECKPOINT_FORMAT,
            AMDIM_CHECKPOINT_VERSION, kind);
     sb_add(b, ",\"step\":\"%llu\",\"next_epoch\":\"%llu\",\"next_batch\":\"%llu\",\"seed\":\"%llu\",\"epochs\":\"%lld\","
-              "\"max_steps\":\"%lld\",\"preset\":\"%s\",\"batch\":\"%d\"",
+              "\"max_steps\":\"%lld\",\"preset\":\"%s\",\"batch\":\"%d\",\"phase\":\"%s\"",
            (unsigned long long)in->step, (unsigned long long)in->next_epoch, (unsigned long long)in->next_batch,
-           (unsigned long long)in->seed, (long long)in->epochs, (long long)in->max_steps, in->preset, in->batch);
+           (unsigned long long)in->seed, (long long)in->epochs, (long long)in->max_steps, in->preset, in->batch,
+           in->probes_only ? "classifiers" : "infomax");
     sb_add(b, ",\"encoder_size\":\"%d\",\"ndf\":\"%d\",\"n_rkhs\":\"%d\",\"n_depth\":\"%d\",\"use_bn\":\"%d\","
               "\"n_classes\":\"%d\",\"mlp_hidden\":\"%d\",\"tclip\":\"%.9g\",\"objective\":\"%d\",\"lr\":\"%.9g\","
               "\"beta1\":\"%.9g\",\"beta2\":\"%.9g\",\"eps\":\"%.9g\",\"weight_decay\":\"%.9g\",\"warmup\":\"%d\","
@@ -557,6 +558,7 @@ static int parse_meta(const st_file *f, const char *path, amdim_model_config *c,
     in->max_steps = strtoll(st_meta(f, "max_steps"), NULL, 10);
     snprintf(in->preset, sizeof in->preset, "%s", st_meta(f, "preset"));
     in->batch = I("batch");
+    in->probes_only = st_meta(f, "phase") && strcmp(st_meta(f, "phase"), "classifiers") == 0;
     memset(c, 0, sizeof *c);
     c->encoder_size = I("encoder_size");
     c->ndf = I("ndf");
@@ -602,20 +604,24 @@ int amdim_checkpoint_read_meta(const char *path, amdim_model_config *cfg, amdim_
     return st;
 }
 
-static int same_config(const amdim_model_config *a, const amdim_model_config *b, char *what, size_t n)
+static int same_config(const amdim_model_config *a, const amdim_model_config *b, int encoder_only, char *what, size_t n)
 {
 #define CMP(f)                                                                                   \
     if (a->f != b->f) {                                                                          \
         snprintf(what, n, #f " %g in the checkpoint, %g in this run", (double)a->f, (double)b->f); \
         return 0;                                                                                \
     }
-    CMP(encoder_size) CMP(ndf) CMP(n_rkhs) CMP(n_depth) CMP(use_bn) CMP(n_classes) CMP(mlp_hidden)
+    CMP(encoder_size) CMP(ndf) CMP(n_rkhs) CMP(n_depth) CMP(use_bn)
+    if (!encoder_only) {
+        CMP(n_classes) CMP(mlp_hidden)
+    }
 #undef CMP
     return 1;
 }
 
-int amdim_checkpoint_load(amdim_model *m, const char *path, int with_optimizer, char *err, size_t n)
+int amdim_checkpoint_load(amdim_model *m, const char *path, int flags, char *err, size_t n)
 {
+    int with_optimizer = flags & AMDIM_CKPT_OPTIMIZER, encoder_only = flags & AMDIM_CKPT_ENCODER_ONLY;
     st_file f;
     int st = st_read(&f, path, err, n);
     if (st)
@@ -627,7 +633,7 @@ int amdim_checkpoint_load(amdim_model *m, const char *path, int with_optimizer, 
         return st;
     }
     char what[200];
-    if (!same_config(&cfg, amdim_model_get_config(m), what, sizeof what)) {
+    if (!same_config(&cfg, amdim_model_get_config(m), encoder_only, what, sizeof what)) {
         st_free(&f);
         return amdim_fail(err, n, AMDIM_E_INVALID, "checkpoint %s does not fit this model: %s", path, what);
     }
@@ -635,6 +641,8 @@ int amdim_checkpoint_load(amdim_model *m, const char *path, int with_optimizer, 
     for (int i = 0; i < np && st == AMDIM_OK; i++) {
         amdim_param p;
         amdim_model_param(m, i, &p);
+        if (encoder_only && strncmp(p.name, "encoder.", 8) != 0)
+            continue;
         const in_tensor *t = st_find(&f, p.name);
         int nbt = strstr(p.name, "num_batches_tracked") != NULL;
         size_t want = nbt ? 8 : p.size * 4;

@@ -1218,6 +1218,8 @@ void amdim_model_reset_probes(amdim_model *m, uint64_t seed)
     m->probes_only = 1;
 }
 
+void amdim_model_freeze_encoder(amdim_model *m) { m->probes_only = 1; }
+
 int amdim_model_train_probes_step(amdim_model *m, const uint8_t *view1, const uint8_t *view2, const int32_t *labels,
                                   int B, int epoch, amdim_step_stats *st)
 {

@@ -220,6 +220,7 @@ int amdim_train_run(const amdim_train_options *o, char *err, size_t n)
             return amdim_fail(err, n, AMDIM_E_NOT_FOUND, "%s holds no complete checkpoint to resume from", dir);
         if ((st = amdim_checkpoint_read_meta(ckpt, &cfg, &ci, err, n)))
             return st;
+        probes = ci.probes_only;
         if (ci.epochs > 0 && (int64_t)ci.next_epoch >= ci.epochs)
             return amdim_fail(err, n, AMDIM_E_INVALID, "the run in %s is complete (%lld epochs)", dir, (long long)ci.epochs);
         req.has_seed = 1;
@@ -320,10 +321,13 @@ int amdim_train_run(const amdim_train_options *o, char *err, size_t n)
         amdim_fail(err, n, st, "%s", why);
         goto done;
     }
-    if (resuming && (st = amdim_checkpoint_load(m, ckpt, 1, err, n)))
+    if (resuming && (st = amdim_checkpoint_load(m, ckpt, AMDIM_CKPT_OPTIMIZER, err, n)))
         goto done;
-    if (probes) {
-        if ((st = amdim_checkpoint_load(m, o->init_path, 0, err, n)))
+    ci.probes_only = probes;
+    if (resuming && probes) {
+        amdim_model_freeze_encoder(m);
+    } else if (probes) {
+        if ((st = amdim_checkpoint_load(m, o->init_path, AMDIM_CKPT_ENCODER_ONLY, err, n)))
             goto done;
         amdim_model_reset_probes(m, li->seed);
     }
