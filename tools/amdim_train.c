@@ -27,7 +27,7 @@ static const char *usage_text =
     "      --eval-refresh N    batches that refresh BatchNorm statistics first (default 20)\n"
     "      --device D          auto, cpu or cuda (default auto: cpu in this build)\n"
     "  -e, --epochs E          epochs (default: what amdim-load was given)\n"
-    "      --steps S           stop after S updates in total\n"
+    "      --steps S           stop after S updates in total (0: save the initial model)\n"
     "  -b, --batch B           expected batch size (must match amdim-load's)\n"
     "      --seed S            seed of data order, augmentations and model\n"
     "      --log-every N       updates between log lines (default 50)\n"
@@ -35,7 +35,7 @@ static const char *usage_text =
     "      --keep K            checkpoints to keep (default 3)\n"
     "Model (defaults from the encoder size the data implies):\n"
     "      --ndf N --n-rkhs N --n-depth N --use-bn 0|1 --tclip X\n"
-    "      --objective nce|jsd|dv --lr X --classes N\n"
+    "      --objective nce|jsd|dv --lr X --warmup N --classes N\n"
     "Classifier phase:\n"
     "      --classifiers --init CKPT  freeze the encoder in CKPT, re-initialise and train the probes\n"
     "  -h, --help              show this help\n";
@@ -80,7 +80,7 @@ static int real(const char *s, float *out)
 int main(int argc, char **argv)
 {
     enum { O_EVAL = 256, O_ESPLIT, O_EREF, O_DEVICE, O_STEPS, O_SEED, O_LOG, O_CKPT, O_KEEP, O_NDF, O_RKHS, O_DEPTH,
-           O_BN, O_TCLIP, O_OBJ, O_LR, O_CLASSES, O_CLS, O_INIT };
+           O_BN, O_TCLIP, O_OBJ, O_LR, O_CLASSES, O_CLS, O_INIT, O_WARMUP };
     static const struct option longopts[] = {
         {"out", required_argument, NULL, 'o'},        {"resume", required_argument, NULL, 'r'},
         {"eval", required_argument, NULL, O_EVAL},    {"eval-split", required_argument, NULL, O_ESPLIT},
@@ -93,7 +93,8 @@ int main(int argc, char **argv)
         {"use-bn", required_argument, NULL, O_BN},    {"tclip", required_argument, NULL, O_TCLIP},
         {"objective", required_argument, NULL, O_OBJ}, {"lr", required_argument, NULL, O_LR},
         {"classes", required_argument, NULL, O_CLASSES}, {"classifiers", no_argument, NULL, O_CLS},
-        {"init", required_argument, NULL, O_INIT},    {"help", no_argument, NULL, 'h'},
+        {"init", required_argument, NULL, O_INIT},    {"warmup", required_argument, NULL, O_WARMUP},
+        {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0}};
     amdim_train_options o;
     amdim_train_options_default(&o);
@@ -108,7 +109,8 @@ int main(int argc, char **argv)
         case O_EREF: if (num("--eval-refresh", optarg, 0, 100000, &v)) return 2; o.eval_refresh = (int)v; break;
         case O_DEVICE: o.device = optarg; break;
         case 'e': if (num("--epochs", optarg, 1, 1000000, &v)) return 2; o.epochs = v; break;
-        case O_STEPS: if (num("--steps", optarg, 1, LLONG_MAX, &v)) return 2; o.steps = v; break;
+        case O_STEPS: if (num("--steps", optarg, 0, LLONG_MAX, &v)) return 2; o.steps = v; break;
+        case O_WARMUP: if (num("--warmup", optarg, 0, 1 << 30, &v)) return 2; o.model.warmup = (int)v; break;
         case 'b': if (num("--batch", optarg, 2, 1 << 20, &v)) return 2; o.batch = (int)v; break;
         case O_SEED: if (num("--seed", optarg, 0, LLONG_MAX, &v)) return 2; o.has_seed = 1; o.seed = (uint64_t)v; break;
         case O_LOG: if (num("--log-every", optarg, 1, 1 << 30, &v)) return 2; o.log_every = (int)v; break;

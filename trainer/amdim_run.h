@@ -13,7 +13,7 @@
 /* Hyper-parameters the user set; fields left at -1 take the SPEC defaults
  * for the encoder size the data implies. */
 typedef struct {
-    int ndf, n_rkhs, n_depth, use_bn, n_classes, objective;
+    int ndf, n_rkhs, n_depth, use_bn, n_classes, objective, warmup;
     float tclip, lr;
 } amdim_model_overrides;
 
@@ -26,7 +26,8 @@ typedef struct {
     int eval_batch;         /* default 100 */
     const char *device;     /* "auto", "cpu" or "cuda" */
     int64_t epochs;         /* -1: the loader's */
-    int64_t steps;          /* -1: no limit (total updates, counted across resumes) */
+    int64_t steps;          /* -1: no limit (total updates, counted across resumes);
+                               0: write the initial checkpoint and stop */
     int batch;              /* 0: accept the loader's */
     amdim_model_overrides model;
     int has_seed;
@@ -64,6 +65,13 @@ int amdim_embed_dataset(amdim_model *m, const char *path, const char *split, con
 /* Writes a NumPy .npy file (format 1.0, C order): dtype "<f4" or "<i4". */
 int amdim_write_npy(const char *path, const char *dtype, const void *data, uint64_t rows, uint64_t cols, int two_d,
                     char *err, size_t n);
+
+/* A linear softmax classifier (cross-entropy, Adam) on raw pixels of a
+ * split, scaled to 0..1 and standardised with the training split's
+ * per-channel mean/std, tested on another split: the "raw pixels" baseline.
+ * Rows with label < 0 are ignored. */
+int amdim_raw_pixel_baseline(const char *path, const char *train_split, const char *test_split, int epochs,
+                             uint64_t seed, double *test_acc, char *err, size_t n);
 
 /* Renders metrics.jsonl as a PNG: losses and probe accuracies over updates. */
 int amdim_plot_metrics(const char *jsonl, const char *png_path, char *err, size_t n);
