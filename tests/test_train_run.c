@@ -396,6 +396,21 @@ int main(int argc, char **argv)
         amdim_model_destroy(m2);
     }
 
+    /* --steps 0 saves the initial model; the raw-pixel baseline learns the stripes. */
+    char runE[4200];
+    snprintf(runE, sizeof runE, "%s", test_path("runE"));
+    const char *t0[] = {"--out", runE, MODEL, "--steps", "0", NULL};
+    rc = train(la, t0, &e, 0);
+    char p0[4300];
+    snprintf(p0, sizeof p0, "%s/ckpt-00000000.safetensors", runE);
+    CHECK(rc == 0 && test_exists(p0), "--steps 0: %d %s", rc, e);
+    free(e);
+    double raw_acc = 0;
+    char rerr[512];
+    CHECK(amdim_raw_pixel_baseline(data, "train", "test", 20, 1, &raw_acc, rerr, sizeof rerr) == 0, "baseline: %s", rerr);
+    printf("raw-pixel linear baseline on the stripes: %.3f\n", raw_acc);
+    CHECK(raw_acc > 0.6, "the raw-pixel baseline did not learn: %.3f", raw_acc);
+
     /* Errors users meet. */
     const char *stl[] = {"--workers", "1", "--batch", "16", "--preset", "stl10", NULL};
     const char *tr[] = {"--resume", runA, "--steps", "40", NULL};
