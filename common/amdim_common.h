@@ -43,6 +43,11 @@ double amdim_now(void);
 /* Number of online CPUs (at least 1). */
 int amdim_cpu_count(void);
 
+/* For command-line tools: parses a whole decimal integer in [lo, hi]. On
+ * failure prints "<prog>: <name> must be an integer in lo..hi, got 's'" and
+ * a --help hint to stderr and returns -1; 0 otherwise. */
+int amdim_cli_int(const char *prog, const char *name, const char *s, long long lo, long long hi, long long *out);
+
 /* Progress reporting for long commands. On a terminal it redraws one line
  * (`label: done/total  rate/s  ETA`); otherwise it prints a plain line every
  * `interval` seconds. Writes to the FILE given at init (normally stderr). */

@@ -1,6 +1,8 @@
 #include "amdim_common.h"
 
+#include <errno.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -115,4 +117,18 @@ void amdim_progress_finish(amdim_progress *p, uint64_t done)
     fprintf((FILE *)p->stream, "%s: %llu %s in %.1f s (%.0f %s/s)\n", p->label,
             (unsigned long long)done, p->unit, dt, dt > 0 ? done / dt : 0.0, p->unit);
     fflush((FILE *)p->stream);
+}
+
+int amdim_cli_int(const char *prog, const char *name, const char *s, long long lo, long long hi, long long *out)
+{
+    char *end;
+    errno = 0;
+    long long v = strtoll(s, &end, 10);
+    if (errno || *end || end == s || v < lo || v > hi) {
+        fprintf(stderr, "%s: %s must be an integer in %lld..%lld, got '%s'\nTry '%s --help'.\n", prog, name, lo, hi, s,
+                prog);
+        return -1;
+    }
+    *out = v;
+    return 0;
 }

@@ -51,20 +51,6 @@ static int usage_error(const char *msg, const char *arg)
     return 2;
 }
 
-static int num(const char *name, const char *s, long long lo, long long hi, long long *out)
-{
-    char *end;
-    errno = 0;
-    long long v = strtoll(s, &end, 10);
-    if (errno || *end || end == s || v < lo || v > hi) {
-        fprintf(stderr, "amdim-load: %s must be an integer in %lld..%lld, got '%s'\nTry 'amdim-load --help'.\n", name,
-                lo, hi, s);
-        return -1;
-    }
-    *out = v;
-    return 0;
-}
-
 int main(int argc, char **argv)
 {
     enum { OPT_SEED = 256, OPT_SLOTS, OPT_QD, OPT_KEEP, OPT_RESPAWN, OPT_NOURING, OPT_INTERVAL };
@@ -84,19 +70,19 @@ int main(int argc, char **argv)
     while ((c = getopt_long(argc, argv, "s:w:b:e:p:h", longopts, NULL)) != -1) {
         switch (c) {
         case 's': o.split = optarg; break;
-        case 'w': if (num("--workers", optarg, 1, 253, &v)) return 2; o.workers = (int)v; break;
-        case 'b': if (num("--batch", optarg, 1, 1 << 20, &v)) return 2; o.batch = (int)v; break;
-        case 'e': if (num("--epochs", optarg, 1, 1000000, &v)) return 2; o.epochs = v; break;
-        case OPT_SEED: if (num("--seed", optarg, 0, LLONG_MAX, &v)) return 2; o.seed = (uint64_t)v; break;
+        case 'w': if (amdim_cli_int("amdim-load", "--workers", optarg, 1, 253, &v)) return 2; o.workers = (int)v; break;
+        case 'b': if (amdim_cli_int("amdim-load", "--batch", optarg, 1, 1 << 20, &v)) return 2; o.batch = (int)v; break;
+        case 'e': if (amdim_cli_int("amdim-load", "--epochs", optarg, 1, 1000000, &v)) return 2; o.epochs = v; break;
+        case OPT_SEED: if (amdim_cli_int("amdim-load", "--seed", optarg, 0, LLONG_MAX, &v)) return 2; o.seed = (uint64_t)v; break;
         case 'p':
             if (strcmp(optarg, "imagenet") && strcmp(optarg, "stl10") && strcmp(optarg, "cifar"))
                 return usage_error("unknown preset '%s' (imagenet, stl10, cifar)", optarg);
             o.preset = optarg;
             break;
-        case OPT_SLOTS: if (num("--slots", optarg, 2, 1024, &v)) return 2; o.slots = (int)v; break;
-        case OPT_QD: if (num("--queue-depth", optarg, 1, 256, &v)) return 2; o.queue_depth = (int)v; break;
+        case OPT_SLOTS: if (amdim_cli_int("amdim-load", "--slots", optarg, 2, 1024, &v)) return 2; o.slots = (int)v; break;
+        case OPT_QD: if (amdim_cli_int("amdim-load", "--queue-depth", optarg, 1, 256, &v)) return 2; o.queue_depth = (int)v; break;
         case OPT_KEEP: o.keep_last = 1; break;
-        case OPT_RESPAWN: if (num("--respawn", optarg, 0, 1000000, &v)) return 2; o.respawn = (int)v; break;
+        case OPT_RESPAWN: if (amdim_cli_int("amdim-load", "--respawn", optarg, 0, 1000000, &v)) return 2; o.respawn = (int)v; break;
         case OPT_NOURING: o.no_uring = 1; break;
         case OPT_INTERVAL: {
             char *end;

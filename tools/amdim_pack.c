@@ -65,20 +65,6 @@ static int usage_error(const char *fmt, const char *arg)
     return 2;
 }
 
-static int parse_num(const char *name, const char *s, long long lo, long long hi, long long *out)
-{
-    char *end;
-    errno = 0;
-    long long v = strtoll(s, &end, 10);
-    if (errno || *end || end == s || v < lo || v > hi) {
-        fprintf(stderr, "amdim-pack: %s must be an integer in %lld..%lld, got '%s'\nTry 'amdim-pack --help'.\n",
-                name, lo, hi, s);
-        return -1;
-    }
-    *out = v;
-    return 0;
-}
-
 typedef struct {
     amdim_progress progress;
     int quiet;
@@ -193,23 +179,23 @@ int main(int argc, char **argv)
         case 'c': opt.class_names = optarg; break;
         case OPT_COARSE: opt.cifar100_coarse = 1; break;
         case 'j':
-            if (parse_num("--threads", optarg, 1, 1024, &v))
+            if (amdim_cli_int("amdim-pack", "--threads", optarg, 1, 1024, &v))
                 return 2;
             opt.threads = (int)v;
             break;
         case OPT_MAX_SIDE:
-            if (parse_num("--max-side", optarg, 1, 1 << 20, &v))
+            if (amdim_cli_int("amdim-pack", "--max-side", optarg, 1, 1 << 20, &v))
                 return 2;
             opt.max_side = (int)v;
             break;
         case OPT_QUALITY:
-            if (parse_num("--quality", optarg, 1, 100, &v))
+            if (amdim_cli_int("amdim-pack", "--quality", optarg, 1, 100, &v))
                 return 2;
             opt.quality = (int)v;
             break;
         case OPT_NO_VERIFY: opt.no_verify = 1; break;
         case OPT_MAX_PIXELS:
-            if (parse_num("--max-pixels", optarg, 1, LLONG_MAX, &v))
+            if (amdim_cli_int("amdim-pack", "--max-pixels", optarg, 1, LLONG_MAX, &v))
                 return 2;
             opt.max_pixels = (uint64_t)v;
             break;

@@ -82,20 +82,6 @@ static void sheet_add(sheet *s, const uint8_t *v1, const uint8_t *v2, int label)
     s->n++;
 }
 
-static int num(const char *name, const char *s, long long lo, long long hi, long long *out)
-{
-    char *end;
-    errno = 0;
-    long long v = strtoll(s, &end, 10);
-    if (errno || *end || end == s || v < lo || v > hi) {
-        fprintf(stderr, "amdim-peek: %s must be an integer in %lld..%lld, got '%s'\nTry 'amdim-peek --help'.\n", name, lo,
-                hi, s);
-        return -1;
-    }
-    *out = v;
-    return 0;
-}
-
 int main(int argc, char **argv)
 {
     enum { OPT_BATCHES = 256, OPT_SHEET, OPT_PAIRS, OPT_SEED, OPT_SE, OPT_SB, OPT_EPOCHS, OPT_DELAY };
@@ -112,14 +98,14 @@ int main(int argc, char **argv)
     amdim_loader_request req = {.start_epoch = -1, .start_batch = -1, .epochs = -1};
     while ((c = getopt_long(argc, argv, "vh", longopts, NULL)) != -1) {
         switch (c) {
-        case OPT_BATCHES: if (num("--batches", optarg, 1, LLONG_MAX, &max_batches)) return 2; break;
+        case OPT_BATCHES: if (amdim_cli_int("amdim-peek", "--batches", optarg, 1, LLONG_MAX, &max_batches)) return 2; break;
         case OPT_SHEET: sheet_path = optarg; break;
-        case OPT_PAIRS: if (num("--pairs", optarg, 1, 1024, &pairs_on_sheet)) return 2; break;
-        case OPT_SEED: if (num("--seed", optarg, 0, LLONG_MAX, &v)) return 2; req.has_seed = 1; req.seed = (uint64_t)v; break;
-        case OPT_SE: if (num("--start-epoch", optarg, 0, LLONG_MAX, &v)) return 2; req.start_epoch = v; break;
-        case OPT_SB: if (num("--start-batch", optarg, 0, LLONG_MAX, &v)) return 2; req.start_batch = v; break;
-        case OPT_EPOCHS: if (num("--epochs", optarg, 1, 1000000, &v)) return 2; req.epochs = v; break;
-        case OPT_DELAY: if (num("--delay-ms", optarg, 0, 60000, &delay_ms)) return 2; break;
+        case OPT_PAIRS: if (amdim_cli_int("amdim-peek", "--pairs", optarg, 1, 1024, &pairs_on_sheet)) return 2; break;
+        case OPT_SEED: if (amdim_cli_int("amdim-peek", "--seed", optarg, 0, LLONG_MAX, &v)) return 2; req.has_seed = 1; req.seed = (uint64_t)v; break;
+        case OPT_SE: if (amdim_cli_int("amdim-peek", "--start-epoch", optarg, 0, LLONG_MAX, &v)) return 2; req.start_epoch = v; break;
+        case OPT_SB: if (amdim_cli_int("amdim-peek", "--start-batch", optarg, 0, LLONG_MAX, &v)) return 2; req.start_batch = v; break;
+        case OPT_EPOCHS: if (amdim_cli_int("amdim-peek", "--epochs", optarg, 1, 1000000, &v)) return 2; req.epochs = v; break;
+        case OPT_DELAY: if (amdim_cli_int("amdim-peek", "--delay-ms", optarg, 0, 60000, &delay_ms)) return 2; break;
         case 'v': verbose = 1; break;
         case 'h': fputs(usage_text, stdout); return 0;
         default: fprintf(stderr, "Try 'amdim-peek --help'.\n"); return 2;

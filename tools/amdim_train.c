@@ -53,20 +53,6 @@ static int bad(const char *name, const char *v)
     return 2;
 }
 
-static int num(const char *name, const char *s, long long lo, long long hi, long long *out)
-{
-    char *end;
-    errno = 0;
-    long long v = strtoll(s, &end, 10);
-    if (errno || *end || end == s || v < lo || v > hi) {
-        fprintf(stderr, "amdim-train: %s must be an integer in %lld..%lld, got '%s'\nTry 'amdim-train --help'.\n", name,
-                lo, hi, s);
-        return -1;
-    }
-    *out = v;
-    return 0;
-}
-
 static int real(const char *s, float *out)
 {
     char *end;
@@ -106,23 +92,23 @@ int main(int argc, char **argv)
         case 'r': o.resume_dir = optarg; break;
         case O_EVAL: o.eval_path = optarg; break;
         case O_ESPLIT: o.eval_split = optarg; break;
-        case O_EREF: if (num("--eval-refresh", optarg, 0, 100000, &v)) return 2; o.eval_refresh = (int)v; break;
+        case O_EREF: if (amdim_cli_int("amdim-train", "--eval-refresh", optarg, 0, 100000, &v)) return 2; o.eval_refresh = (int)v; break;
         case O_DEVICE: o.device = optarg; break;
-        case 'e': if (num("--epochs", optarg, 1, 1000000, &v)) return 2; o.epochs = v; break;
-        case O_STEPS: if (num("--steps", optarg, 0, LLONG_MAX, &v)) return 2; o.steps = v; break;
-        case O_WARMUP: if (num("--warmup", optarg, 0, 1 << 30, &v)) return 2; o.model.warmup = (int)v; break;
-        case 'b': if (num("--batch", optarg, 2, 1 << 20, &v)) return 2; o.batch = (int)v; break;
-        case O_SEED: if (num("--seed", optarg, 0, LLONG_MAX, &v)) return 2; o.has_seed = 1; o.seed = (uint64_t)v; break;
-        case O_LOG: if (num("--log-every", optarg, 1, 1 << 30, &v)) return 2; o.log_every = (int)v; break;
-        case O_CKPT: if (num("--checkpoint-every", optarg, 1, 1 << 30, &v)) return 2; o.ckpt_every = (int)v; break;
-        case O_KEEP: if (num("--keep", optarg, 1, 1000, &v)) return 2; o.keep = (int)v; break;
-        case O_NDF: if (num("--ndf", optarg, 1, 4096, &v)) return 2; o.model.ndf = (int)v; break;
-        case O_RKHS: if (num("--n-rkhs", optarg, 1, 65536, &v)) return 2; o.model.n_rkhs = (int)v; break;
-        case O_DEPTH: if (num("--n-depth", optarg, 1, 100, &v)) return 2; o.model.n_depth = (int)v; break;
-        case O_BN: if (num("--use-bn", optarg, 0, 1, &v)) return 2; o.model.use_bn = (int)v; break;
+        case 'e': if (amdim_cli_int("amdim-train", "--epochs", optarg, 1, 1000000, &v)) return 2; o.epochs = v; break;
+        case O_STEPS: if (amdim_cli_int("amdim-train", "--steps", optarg, 0, LLONG_MAX, &v)) return 2; o.steps = v; break;
+        case O_WARMUP: if (amdim_cli_int("amdim-train", "--warmup", optarg, 0, 1 << 30, &v)) return 2; o.model.warmup = (int)v; break;
+        case 'b': if (amdim_cli_int("amdim-train", "--batch", optarg, 2, 1 << 20, &v)) return 2; o.batch = (int)v; break;
+        case O_SEED: if (amdim_cli_int("amdim-train", "--seed", optarg, 0, LLONG_MAX, &v)) return 2; o.has_seed = 1; o.seed = (uint64_t)v; break;
+        case O_LOG: if (amdim_cli_int("amdim-train", "--log-every", optarg, 1, 1 << 30, &v)) return 2; o.log_every = (int)v; break;
+        case O_CKPT: if (amdim_cli_int("amdim-train", "--checkpoint-every", optarg, 1, 1 << 30, &v)) return 2; o.ckpt_every = (int)v; break;
+        case O_KEEP: if (amdim_cli_int("amdim-train", "--keep", optarg, 1, 1000, &v)) return 2; o.keep = (int)v; break;
+        case O_NDF: if (amdim_cli_int("amdim-train", "--ndf", optarg, 1, 4096, &v)) return 2; o.model.ndf = (int)v; break;
+        case O_RKHS: if (amdim_cli_int("amdim-train", "--n-rkhs", optarg, 1, 65536, &v)) return 2; o.model.n_rkhs = (int)v; break;
+        case O_DEPTH: if (amdim_cli_int("amdim-train", "--n-depth", optarg, 1, 100, &v)) return 2; o.model.n_depth = (int)v; break;
+        case O_BN: if (amdim_cli_int("amdim-train", "--use-bn", optarg, 0, 1, &v)) return 2; o.model.use_bn = (int)v; break;
         case O_TCLIP: if (real(optarg, &o.model.tclip)) return bad("--tclip", optarg); break;
         case O_LR: if (real(optarg, &o.model.lr)) return bad("--lr", optarg); break;
-        case O_CLASSES: if (num("--classes", optarg, 1, 4096, &v)) return 2; o.model.n_classes = (int)v; break;
+        case O_CLASSES: if (amdim_cli_int("amdim-train", "--classes", optarg, 1, 4096, &v)) return 2; o.model.n_classes = (int)v; break;
         case O_OBJ:
             o.model.objective = strcmp(optarg, "nce") == 0 ? 0 : strcmp(optarg, "jsd") == 0 ? 1 : strcmp(optarg, "dv") == 0 ? 2 : -2;
             if (o.model.objective == -2)
