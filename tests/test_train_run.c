@@ -425,6 +425,10 @@ int main(int argc, char **argv)
     rc = train(la, t4, &e, 0);
     CHECK(rc == 1 && strstr(e, "--batch 32") && strstr(e, "16"), "batch mismatch: %d %s", rc, e);
     free(e);
+    const char *t6[] = {"--out", runC, MODEL, "--eval", data, "--eval-split", "nope", NULL};
+    rc = train(la, t6, &e, 0);
+    CHECK(rc == 1 && strstr(e, "--eval") && strstr(e, "nope"), "missing eval split: %d %s", rc, e);
+    free(e);
     /* a checkpoint of an unknown format version */
     char vpath[4300];
     snprintf(vpath, sizeof vpath, "%s/ckpt-00000030.safetensors", runA);

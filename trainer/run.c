@@ -319,6 +319,26 @@ int amdim_train_run(const amdim_train_options *o, char *err, size_t n)
         ci.epochs = o->epochs > 0 ? o->epochs : (o->steps >= 0 ? -1 : (int64_t)li->epochs);
         ci.max_steps = o->steps;
     }
+    /* Check the evaluation data now, not after the first epoch. */
+    if (o->eval_path) {
+        amdim_dataset *eds;
+        amdim_split_info einfo;
+        if ((st = amdim_dataset_open(&eds, o->eval_path, why, sizeof why))) {
+            amdim_fail(err, n, st, "--eval: %s", why);
+            goto done;
+        }
+        st = amdim_dataset_split_info(eds, o->eval_split, &einfo);
+        if (st)
+            amdim_fail(err, n, st, "--eval: %s", amdim_dataset_error(eds));
+        else if (strcmp(li->preset, "cifar") == 0 && (einfo.width > li->size || einfo.height > li->size || !einfo.width))
+            st = amdim_fail(err, n, AMDIM_E_INVALID, "--eval split %s holds %ux%u images; the cifar preset takes up to %ux%u",
+                            o->eval_split, einfo.width, einfo.height, li->size, li->size);
+        else if (einfo.classes == 0)
+            st = amdim_fail(err, n, AMDIM_E_INVALID, "--eval split %s of %s is unlabelled", o->eval_split, o->eval_path);
+        amdim_dataset_close(eds);
+        if (st)
+            goto done;
+    }
     snprintf(ci.preset, sizeof ci.preset, "%s", li->preset);
     ci.batch = (int)li->batch;
     if ((st = amdim_model_create(&m, &cfg, why, sizeof why))) {
