@@ -105,6 +105,28 @@ typedef struct amdim_augmenter amdim_augmenter;
 int amdim_augmenter_create(amdim_augmenter **out, const amdim_augment_config *cfg);
 void amdim_augmenter_destroy(amdim_augmenter *a); /* accepts NULL */
 const char *amdim_augmenter_error(const amdim_augmenter *a);
+
+/* SIMD level of the crop, resize and colour steps: amdim_simd_detect() at
+ * creation; AVX2 gives the scalar oracle's bytes. A level the CPU lacks
+ * falls back to scalar. */
+void amdim_augmenter_set_simd(amdim_augmenter *a, amdim_simd level);
+amdim_simd amdim_augmenter_simd(const amdim_augmenter *a);
+
+/* How amdim_augment_pair decodes JPEG records (resized-crop presets). */
+typedef struct {
+    /* 0 (the default): decode the whole image, the oracle. 1: decode only
+     * the rectangle the two crops cover (rows below it are never
+     * entropy-decoded); at full scale the views are the same bytes. */
+    int region;
+    /* With region: bit M (1..7) allows libjpeg-turbo's scaled decode at M/8
+     * when both crops stay at least the output size there; the crops are
+     * then resized from the scaled decode, a close but not byte-identical
+     * approximation (bench_augment reports the difference). 0: full scale. */
+    unsigned scales;
+} amdim_decode_options;
+/* The scales amdim-load uses by default: 1/2 and 1/4 (see bench/RESULTS.md). */
+#define AMDIM_DECODE_SCALES_DEFAULT ((1u << 2) | (1u << 4))
+void amdim_augmenter_set_decode(amdim_augmenter *a, const amdim_decode_options *o);
 const amdim_augment_config *amdim_augmenter_config(const amdim_augmenter *a);
 
 /* Decodes a record into the RGB source image the views are cut from:

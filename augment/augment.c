@@ -5,6 +5,15 @@
 #include <string.h>
 
 #include "amdim_augment.h"
+#include "augment_internal.h"
+
+/* The colour steps, chosen once per augmenter from its SIMD level. */
+typedef struct {
+    void (*brightness)(uint8_t *, size_t, float);
+    void (*contrast)(uint8_t *, size_t, float);
+    void (*saturation)(uint8_t *, size_t, float);
+    void (*grey)(uint8_t *, size_t);
+} colour_ops;
 
 struct amdim_augmenter {
     amdim_augment_config cfg;
@@ -13,9 +22,35 @@ struct amdim_augmenter {
     amdim_image padded;  /* translate preset: zero-padded to the output size */
     amdim_image flipped;
     amdim_image resized; /* test transform */
+    amdim_image region;  /* fast path: the decoded part of a JPEG */
     amdim_scratch scratch;
+    amdim_simd simd;
+    colour_ops ops;
+    amdim_hue_tables hue;
+    amdim_decode_options decode;
     char err[512];
 };
+
+void amdim_augmenter_set_simd(amdim_augmenter *a, amdim_simd level)
+{
+    if (level == AMDIM_SIMD_AVX2 && amdim_simd_detect() != AMDIM_SIMD_AVX2)
+        level = AMDIM_SIMD_SCALAR;
+    a->simd = level;
+    if (level == AMDIM_SIMD_AVX2)
+        a->ops = (colour_ops){amdim_adjust_brightness_avx2, amdim_adjust_contrast_avx2,
+                              amdim_adjust_saturation_avx2, amdim_to_grey_avx2};
+    else
+        a->ops = (colour_ops){amdim_adjust_brightness, amdim_adjust_contrast, amdim_adjust_saturation,
+                              amdim_to_grey};
+}
+
+amdim_simd amdim_augmenter_simd(const amdim_augmenter *a) { return a->simd; }
+
+void amdim_augmenter_set_decode(amdim_augmenter *a, const amdim_decode_options *o)
+{
+    a->decode = *o;
+    a->decode.scales &= 0xFEu; /* M = 1..7; full size is always allowed */
+}
 
 int amdim_augmenter_create(amdim_augmenter **out, const amdim_augment_config *cfg)
 {
@@ -28,6 +63,8 @@ int amdim_augmenter_create(amdim_augmenter **out, const amdim_augment_config *cf
     if (!a)
         return AMDIM_E_NOMEM;
     a->cfg = *cfg;
+    amdim_hue_tables_init(&a->hue);
+    amdim_augmenter_set_simd(a, amdim_simd_detect());
     if ((st = amdim_codec_create(&a->codec))) {
         free(a);
         return st;
@@ -45,6 +82,7 @@ void amdim_augmenter_destroy(amdim_augmenter *a)
     amdim_image_free(&a->padded);
     amdim_image_free(&a->flipped);
     amdim_image_free(&a->resized);
+    amdim_image_free(&a->region);
     amdim_scratch_free(&a->scratch);
     free(a);
 }
@@ -109,6 +147,8 @@ static int make_flipped(amdim_augmenter *a, const amdim_image *src, const amdim_
     return AMDIM_OK;
 }
 
+static int colour_of(amdim_augmenter *a, const amdim_view_params *vp, uint8_t *out);
+
 /* One view of an already flipped (or not) source. */
 static int view_of(amdim_augmenter *a, const amdim_image *src, const amdim_view_params *vp, uint8_t *out)
 {
@@ -116,8 +156,10 @@ static int view_of(amdim_augmenter *a, const amdim_image *src, const amdim_view_
     const int s = c->size;
     const size_t npix = (size_t)s * s;
     if (c->crop_mode == AMDIM_CROP_RESIZED) {
-        int st = amdim_resize_bicubic(src->pixels, src->width, src->height, 3, vp->x, vp->y, vp->w, vp->h,
-                                      out, s, s, &a->scratch);
+        const double box[4] = {vp->x, vp->y, vp->x + vp->w, vp->y + vp->h};
+        const int clip[4] = {vp->x, vp->y, vp->x + vp->w, vp->y + vp->h};
+        int st = amdim_resize_bicubic_box(src->pixels, src->width, src->height, 3, box, clip, out, s, s, a->simd,
+                                          &a->scratch);
         if (st)
             return AFAIL(st, "crop (%d, %d, %dx%d) does not fit the %dx%d image", vp->x, vp->y, vp->w, vp->h,
                          src->width, src->height);
@@ -129,24 +171,36 @@ static int view_of(amdim_augmenter *a, const amdim_image *src, const amdim_view_
         else
             memcpy(out, src->pixels, npix * 3);
     }
+    return colour_of(a, vp, out);
+}
+
+/* Colour jitter and grey, in place on a finished crop. */
+static int colour_of(amdim_augmenter *a, const amdim_view_params *vp, uint8_t *out)
+{
+    const amdim_augment_config *c = &a->cfg;
+    const size_t npix = (size_t)c->size * c->size;
     if (vp->jitter) {
         for (int k = 0; k < 4; k++) {
             switch (vp->order[k]) {
             case AMDIM_JIT_BRIGHTNESS:
                 if (c->brightness > 0)
-                    amdim_adjust_brightness(out, npix, vp->brightness);
+                    a->ops.brightness(out, npix, vp->brightness);
                 break;
             case AMDIM_JIT_CONTRAST:
                 if (c->contrast > 0)
-                    amdim_adjust_contrast(out, npix, vp->contrast);
+                    a->ops.contrast(out, npix, vp->contrast);
                 break;
             case AMDIM_JIT_SATURATION:
                 if (c->saturation > 0)
-                    amdim_adjust_saturation(out, npix, vp->saturation);
+                    a->ops.saturation(out, npix, vp->saturation);
                 break;
             case AMDIM_JIT_HUE:
-                if (c->hue > 0)
-                    amdim_adjust_hue(out, npix, vp->hue);
+                if (c->hue > 0) {
+                    if (a->simd == AMDIM_SIMD_AVX2)
+                        amdim_adjust_hue_avx2(out, npix, vp->hue, &a->hue);
+                    else
+                        amdim_adjust_hue(out, npix, vp->hue);
+                }
                 break;
             default:
                 return AFAIL(AMDIM_E_INVALID, "bad jitter step %u", vp->order[k]);
@@ -154,7 +208,7 @@ static int view_of(amdim_augmenter *a, const amdim_image *src, const amdim_view_
         }
     }
     if (vp->grey)
-        amdim_to_grey(out, npix);
+        a->ops.grey(out, npix);
     return AMDIM_OK;
 }
 
@@ -167,16 +221,97 @@ int amdim_augment_view(amdim_augmenter *a, const amdim_image *src, int flip, con
     return view_of(a, src, vp, out);
 }
 
+/* libjpeg-turbo's scale M/8 for this pair: the smallest allowed one at
+ * which both crops still cover at least the output size. */
+static int decode_scale(const amdim_augmenter *a, const amdim_pair_params *p)
+{
+    const int need = 8 * a->cfg.size;
+    for (int m = 1; m < 8; m++) {
+        if (!((a->decode.scales >> m) & 1))
+            continue;
+        int ok = 1;
+        for (int v = 0; v < 2; v++)
+            ok &= p->view[v].w * m >= need && p->view[v].h * m >= need;
+        if (ok)
+            return m;
+    }
+    return 8;
+}
+
+/* The fast path for JPEG records: one decode of only the rectangle both
+ * crops cover, at a reduced scale when both crops allow it, flipped, then
+ * each crop resized from its box in the decoded part. At scale 8/8 the views
+ * are the oracle's bytes; below, they are the bicubic resize of libjpeg's
+ * scaled decode. Returns 1 (not 0) when the record needs the general path. */
+static int pair_from_region(amdim_augmenter *a, const amdim_record *rec, const amdim_pair_params *p,
+                            uint8_t *view1, uint8_t *view2)
+{
+    const int W = (int)rec->width, H = (int)rec->height, S = a->cfg.size;
+    int ux[2], x0 = W, y0 = H, x1 = 0, y1 = 0;
+    for (int v = 0; v < 2; v++) {
+        const amdim_view_params *vp = &p->view[v];
+        ux[v] = p->flip ? W - vp->x - vp->w : vp->x; /* crop in the unflipped image */
+        x0 = ux[v] < x0 ? ux[v] : x0;
+        y0 = vp->y < y0 ? vp->y : y0;
+        x1 = ux[v] + vp->w > x1 ? ux[v] + vp->w : x1;
+        y1 = vp->y + vp->h > y1 ? vp->y + vp->h : y1;
+    }
+    const int m = decode_scale(a, p);
+    const int rect[4] = {x0, y0, x1 - x0, y1 - y0};
+    amdim_jpeg_region reg;
+    int st = amdim_codec_decode_jpeg_region(a->codec, rec->payload, rec->payload_size, m, rect, &a->region, &reg);
+    if (st == AMDIM_E_UNSUPPORTED)
+        return 1; /* CMYK: the general path converts it */
+    if (st)
+        return AFAIL(st, "%s", amdim_codec_error(a->codec));
+    if (reg.full_width != W || reg.full_height != H)
+        return AFAIL(AMDIM_E_CORRUPT, "JPEG is %dx%d but its record says %dx%d", reg.full_width, reg.full_height, W, H);
+    amdim_image *img = &a->region;
+    const int bw = img->width, bh = img->height;
+    if (p->flip)
+        amdim_flip_horizontal(img->pixels, bw, bh);
+    const double s = m / 8.0;
+    uint8_t *outs[2] = {view1, view2};
+    for (int v = 0; v < 2; v++) {
+        const amdim_view_params *vp = &p->view[v];
+        double ax = ux[v] * s - reg.x0, bx = (ux[v] + vp->w) * s - reg.x0;
+        if (p->flip) {
+            double t = bw - bx;
+            bx = bw - ax;
+            ax = t;
+        }
+        double box[4] = {ax, vp->y * s - reg.y0, bx, (vp->y + vp->h) * s - reg.y0};
+        box[0] = box[0] < 0 ? 0 : box[0];
+        box[1] = box[1] < 0 ? 0 : box[1];
+        box[2] = box[2] > bw ? bw : box[2];
+        box[3] = box[3] > bh ? bh : box[3];
+        int clip[4] = {(int)floor(box[0]), (int)floor(box[1]), (int)ceil(box[2]), (int)ceil(box[3])};
+        if ((st = amdim_resize_bicubic_box(img->pixels, bw, bh, 3, box, clip, outs[v], S, S, a->simd, &a->scratch)))
+            return AFAIL(st, "crop (%d, %d, %dx%d) at scale %d/8 does not fit the decoded %dx%d part", vp->x, vp->y,
+                         vp->w, vp->h, m, bw, bh);
+        if ((st = colour_of(a, vp, outs[v])))
+            return st;
+    }
+    return AMDIM_OK;
+}
+
 int amdim_augment_pair(amdim_augmenter *a, const amdim_record *rec, uint64_t seed, uint64_t epoch,
                        uint64_t index, uint8_t *view1, uint8_t *view2, amdim_pair_params *params)
 {
-    const amdim_image *src;
-    int st = amdim_augment_decode(a, rec, &src);
-    if (st)
-        return st;
     amdim_rng rng;
     amdim_rng_init(&rng, seed, epoch, index);
     amdim_pair_params local, *p = params ? params : &local;
+    int st;
+    if (a->decode.region && rec->encoding == AMDIM_ENCODING_JPEG && a->cfg.crop_mode == AMDIM_CROP_RESIZED &&
+        rec->width > 0 && rec->height > 0) {
+        amdim_augment_draw(&a->cfg, (int)rec->width, (int)rec->height, &rng, p);
+        if ((st = pair_from_region(a, rec, p, view1, view2)) <= 0)
+            return st;
+        amdim_rng_init(&rng, seed, epoch, index);
+    }
+    const amdim_image *src;
+    if ((st = amdim_augment_decode(a, rec, &src)))
+        return st;
     amdim_augment_draw(&a->cfg, src->width, src->height, &rng, p);
     if (p->flip && (st = make_flipped(a, src, &src)))
         return st;

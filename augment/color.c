@@ -7,6 +7,7 @@
 #include <string.h>
 
 #include "amdim_augment.h"
+#include "augment_internal.h"
 
 /* Image.blend(degenerate, image, alpha) for one byte pair. */
 static inline uint8_t blend(int a, int b, float alpha)
@@ -96,6 +97,16 @@ static void hsv_to_rgb(uint8_t h, uint8_t s, uint8_t v, uint8_t *out)
     case 3: out[0] = up, out[1] = uq, out[2] = v; break;
     case 4: out[0] = ut, out[1] = up, out[2] = v; break;
     default: out[0] = v, out[1] = up, out[2] = uq; break;
+    }
+}
+
+void amdim_hue_tables_init(amdim_hue_tables *t)
+{
+    for (int h = 0; h < 256; h++) {
+        int i = (int)floor((float)h * 6.0 / 255.0);
+        t->sector[h] = i % 6;
+        t->frac[h] = (float)h * 6.0 / 255.0 - (float)i;
+        t->sat[h] = ((float)h) / 255.0;
     }
 }
 

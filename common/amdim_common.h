@@ -43,6 +43,17 @@ double amdim_now(void);
 /* Number of online CPUs (at least 1). */
 int amdim_cpu_count(void);
 
+/* SIMD instruction sets the CPU paths choose between at run time. */
+typedef enum { AMDIM_SIMD_SCALAR = 0, AMDIM_SIMD_AVX2 = 1 } amdim_simd;
+
+/* The best level this CPU supports, unless the environment variable
+ * AMDIM_SIMD is "scalar" (forces the plain C oracle) or "avx2" (refused
+ * down to scalar on a CPU without AVX2). Handles call this once when they
+ * are created and keep the answer. */
+amdim_simd amdim_simd_detect(void);
+/* "scalar" or "avx2". */
+const char *amdim_simd_name(amdim_simd level);
+
 /* For command-line tools: parses a whole decimal integer in [lo, hi]. On
  * failure prints "<prog>: <name> must be an integer in lo..hi, got 's'" and
  * a --help hint to stderr and returns -1; 0 otherwise. */

@@ -3,6 +3,7 @@
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -52,6 +53,21 @@ int amdim_cpu_count(void)
     long n = sysconf(_SC_NPROCESSORS_ONLN);
     return n < 1 ? 1 : (int)n;
 }
+
+amdim_simd amdim_simd_detect(void)
+{
+    int have_avx2 = 0;
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_cpu_init();
+    have_avx2 = __builtin_cpu_supports("avx2");
+#endif
+    const char *want = getenv("AMDIM_SIMD");
+    if (want && strcmp(want, "scalar") == 0)
+        return AMDIM_SIMD_SCALAR;
+    return have_avx2 ? AMDIM_SIMD_AVX2 : AMDIM_SIMD_SCALAR;
+}
+
+const char *amdim_simd_name(amdim_simd level) { return level == AMDIM_SIMD_AVX2 ? "avx2" : "scalar"; }
 
 void amdim_progress_init(amdim_progress *p, void *stream, const char *label,
                          const char *unit, double interval)

@@ -75,6 +75,27 @@ int amdim_codec_probe(amdim_codec *codec, const uint8_t *data, size_t len,
 int amdim_codec_decode_rgb(amdim_codec *codec, const uint8_t *data, size_t len,
                            uint64_t max_pixels, amdim_image *out, amdim_decode_info *info);
 
+/* Where a region decode's pixels lie. */
+typedef struct {
+    int scale_num;                   /* decoded at scale_num/8 */
+    int full_width, full_height;     /* the JPEG's size */
+    int scaled_width, scaled_height; /* the whole image at that scale (libjpeg rounds up) */
+    int x0, y0; /* scaled coordinates of out's pixel (0, 0) */
+} amdim_jpeg_region;
+
+/* Decodes to RGB only the part of a JPEG that covers rect = {x, y, w, h}
+ * (full-size pixel coordinates), with libjpeg-turbo's scaled IDCT at
+ * scale_num/8 (1..8). out receives at least the scaled rectangle
+ * [floor(x*s), ceil((x+w)*s)) x [floor(y*s), ceil((y+h)*s)), s = scale_num/8,
+ * widened on the left to an iMCU boundary; reg says where it lies. Rows
+ * below the rectangle are not decoded, so damage there goes unnoticed (the
+ * packer verifies every JPEG with a full decode). Grey is replicated; CMYK
+ * and YCCK are AMDIM_E_UNSUPPORTED (use amdim_codec_decode_rgb).
+ * Returns 0, AMDIM_E_INVALID, AMDIM_E_EMPTY, AMDIM_E_CORRUPT,
+ * AMDIM_E_TRUNCATED, AMDIM_E_UNSUPPORTED or AMDIM_E_NOMEM. */
+int amdim_codec_decode_jpeg_region(amdim_codec *codec, const uint8_t *data, size_t len, int scale_num,
+                                   const int rect[4], amdim_image *out, amdim_jpeg_region *reg);
+
 /* Encodes interleaved RGB (channels 3) or grey (channels 1) pixels as a
  * baseline JPEG with 4:2:0 chroma subsampling (grey: single component).
  * *jpeg points into the codec's buffer, valid until the next call on it. */
@@ -100,5 +121,17 @@ void amdim_scratch_free(amdim_scratch *s);
 int amdim_resize_bicubic(const uint8_t *src, int sw, int sh, int channels,
                          int x0, int y0, int cw, int ch,
                          uint8_t *dst, int dw, int dh, amdim_scratch *scratch);
+
+/* The general form: resizes the box [box[0], box[2]) x [box[1], box[3]) of
+ * src (fractional source coordinates, as Pillow's resize(size, box=...))
+ * to (dw, dh), reading source pixels only inside the integer rectangle
+ * clip = {x0, y0, x1, y1} (the filter window is clamped to it as it is to a
+ * cropped image's edges). The box must lie inside clip, and clip inside
+ * src. With box == clip this is amdim_resize_bicubic. simd selects the
+ * passes (AMDIM_SIMD_AVX2 gives the same bytes as the scalar oracle).
+ * Returns 0, AMDIM_E_INVALID or AMDIM_E_NOMEM. */
+int amdim_resize_bicubic_box(const uint8_t *src, int sw, int sh, int channels, const double box[4],
+                             const int clip[4], uint8_t *dst, int dw, int dh, amdim_simd simd,
+                             amdim_scratch *scratch);
 
 #endif

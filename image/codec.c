@@ -1,6 +1,7 @@
 /* JPEG (libjpeg-turbo's TurboJPEG API) and PNG (libpng's simplified API)
  * decoding, format sniffing and JPEG encoding. */
 #include "amdim_image.h"
+#include "codec_internal.h"
 
 #include <png.h>
 #include <stdio.h>
@@ -14,8 +15,10 @@ struct amdim_codec {
     unsigned long jpeg_cap;
     uint8_t *cmyk;           /* scratch for CMYK decodes */
     size_t cmyk_cap;
-    char err[256];
+    char err[AMDIM_CODEC_ERROR_SIZE];
 };
+
+char *amdim_codec_error_buffer(amdim_codec *c) { return c->err; }
 
 amdim_image_format amdim_image_sniff(const uint8_t *d, size_t n)
 {

@@ -4,12 +4,12 @@
  * whose width grows with the downscale factor, float weights normalised to sum
  * to one and then rounded to 22-bit fixed point. */
 #include "amdim_image.h"
+#include "resample_internal.h"
 
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
-#define PRECISION_BITS (32 - 8 - 2)
 #define BICUBIC_SUPPORT 2.0
 
 void amdim_scratch_free(amdim_scratch *s)
@@ -45,31 +45,33 @@ static double bicubic(double x)
     return 0;
 }
 
-/* Window size for resampling in_size source pixels onto out_size. */
-static int window_size(int in_size, int out_size)
+/* Window size for resampling a span of in_size source pixels onto out_size. */
+static int window_size(double in_size, int out_size)
 {
-    double scale = (double)in_size / out_size;
+    double scale = in_size / out_size;
     double filterscale = scale < 1.0 ? 1.0 : scale;
     return (int)ceil(BICUBIC_SUPPORT * filterscale) * 2 + 1;
 }
 
 /* For each output index: the first source index, the count, and ksize
- * fixed-point weights. Source indices are relative to the crop. */
-static void compute_weights(int in_size, int out_size, int ksize, int *bounds, int32_t *kk,
-                            double *tmp)
+ * fixed-point weights, as Pillow's precompute_coeffs does for the box
+ * [in0, in0 + in_size) with the window clamped to [0, limit). Indices are
+ * relative to the clip origin. */
+static void compute_weights(double in0, double in_size, int limit, int out_size, int ksize,
+                            int *bounds, int32_t *kk, double *tmp)
 {
-    double scale = (double)in_size / out_size;
+    double scale = in_size / out_size;
     double filterscale = scale < 1.0 ? 1.0 : scale;
     double support = BICUBIC_SUPPORT * filterscale;
     double ss = 1.0 / filterscale;
     for (int xx = 0; xx < out_size; xx++) {
-        double center = (xx + 0.5) * scale;
+        double center = in0 + (xx + 0.5) * scale;
         int xmin = (int)(center - support + 0.5);
         if (xmin < 0)
             xmin = 0;
         int xmax = (int)(center + support + 0.5);
-        if (xmax > in_size)
-            xmax = in_size;
+        if (xmax > limit)
+            xmax = limit;
         xmax -= xmin;
         double ww = 0.0;
         for (int x = 0; x < xmax; x++) {
@@ -93,89 +95,157 @@ static inline uint8_t clip8(int32_t v)
     return v < 0 ? 0 : v > 255 ? 255 : (uint8_t)v;
 }
 
+/* ---- the passes: plain C (the oracle); AVX2 versions in resample_avx2.c -- */
+
+static void resample_rows_h(const amdim_resample_pass *p)
+{
+    const int C = p->channels;
+    for (int y = 0; y < p->rows; y++) {
+        const uint8_t *in = p->src + (size_t)y * p->src_stride;
+        uint8_t *out = p->dst + (size_t)y * p->dst_stride;
+        for (int xx = 0; xx < p->out_size; xx++) {
+            int xmin = p->bounds[2 * xx], xn = p->bounds[2 * xx + 1];
+            const int32_t *k = p->kk + (size_t)xx * p->ksize;
+            for (int c = 0; c < C; c++) {
+                int32_t ss = 1 << (PRECISION_BITS - 1);
+                for (int x = 0; x < xn; x++)
+                    ss += in[(size_t)(xmin + x) * C + c] * k[x];
+                out[(size_t)xx * C + c] = clip8(ss);
+            }
+        }
+    }
+}
+
+static void resample_rows_v(const amdim_resample_pass *p)
+{
+    const int n = p->row_bytes;
+    for (int yy = 0; yy < p->out_size; yy++) {
+        int ymin = p->bounds[2 * yy], yn = p->bounds[2 * yy + 1];
+        const int32_t *k = p->kk + (size_t)yy * p->ksize;
+        const uint8_t *in = p->src + (size_t)ymin * p->src_stride;
+        uint8_t *out = p->dst + (size_t)yy * p->dst_stride;
+        for (int xx = 0; xx < n; xx++) {
+            int32_t ss = 1 << (PRECISION_BITS - 1);
+            for (int y = 0; y < yn; y++)
+                ss += in[(size_t)y * p->src_stride + xx] * k[y];
+            out[xx] = clip8(ss);
+        }
+    }
+}
+
 int amdim_resize_bicubic(const uint8_t *src, int sw, int sh, int channels, int x0, int y0, int cw,
                          int ch, uint8_t *dst, int dw, int dh, amdim_scratch *scratch)
 {
-    if (!src || !dst || channels < 1 || channels > 4 || cw <= 0 || ch <= 0 || dw <= 0 ||
-        dh <= 0 || x0 < 0 || y0 < 0 || x0 + cw > sw || y0 + ch > sh)
+    if (cw <= 0 || ch <= 0)
+        return AMDIM_E_INVALID;
+    const double box[4] = {x0, y0, x0 + cw, y0 + ch};
+    const int clip[4] = {x0, y0, x0 + cw, y0 + ch};
+    return amdim_resize_bicubic_box(src, sw, sh, channels, box, clip, dst, dw, dh, AMDIM_SIMD_SCALAR,
+                                    scratch);
+}
+
+int amdim_resize_bicubic_box(const uint8_t *src, int sw, int sh, int channels, const double box[4],
+                             const int clip[4], uint8_t *dst, int dw, int dh, amdim_simd simd,
+                             amdim_scratch *scratch)
+{
+    if (!src || !dst || channels < 1 || channels > 4 || dw <= 0 || dh <= 0 || clip[0] < 0 ||
+        clip[1] < 0 || clip[2] > sw || clip[3] > sh || clip[0] >= clip[2] || clip[1] >= clip[3] ||
+        !(box[0] >= clip[0] && box[1] >= clip[1] && box[2] <= clip[2] && box[3] <= clip[3] &&
+          box[0] < box[2] && box[1] < box[3]))
         return AMDIM_E_INVALID;
     const int C = channels;
     const size_t src_stride = (size_t)sw * C;
-    int need_h = cw != dw, need_v = ch != dh;
-    int kh = window_size(cw, dw), kv = window_size(ch, dh);
+    const int cx = clip[0], cy = clip[1], lw = clip[2] - clip[0], lh = clip[3] - clip[1];
+    const double bx = box[0] - cx, by = box[1] - cy, bw = box[2] - box[0], bh = box[3] - box[1];
+    /* Pillow copies instead of filtering when a box edge is whole and the
+     * span equals the output size. */
+    int need_h = !(bw == dw && bx == floor(bx)), need_v = !(bh == dh && by == floor(by));
+    if (!need_h && !need_v) {
+        const uint8_t *s0 = src + (size_t)(cy + (int)by) * src_stride + (size_t)(cx + (int)bx) * C;
+        for (int y = 0; y < dh; y++)
+            memcpy(dst + (size_t)y * dw * C, s0 + (size_t)y * src_stride, (size_t)dw * C);
+        return AMDIM_OK;
+    }
+    int kh = window_size(bw, dw), kv = window_size(bh, dh);
     int kmax = kh > kv ? kh : kv;
     /* Scratch layout: weights and bounds of both passes, a float row for
-     * the weight computation, then the intermediate image. */
+     * the weight computation, then the intermediate image. The horizontal
+     * pass produces only the rows the vertical pass reads. */
 #define ALIGN64(x) (((x) + 63) & ~(size_t)63)
     size_t off_kv = ALIGN64((size_t)dw * kh * sizeof(int32_t));
     size_t off_bh = off_kv + ALIGN64((size_t)dh * kv * sizeof(int32_t));
     size_t off_bv = off_bh + ALIGN64((size_t)dw * 2 * sizeof(int));
     size_t off_tmp = off_bv + ALIGN64((size_t)dh * 2 * sizeof(int));
     size_t off_img = off_tmp + ALIGN64((size_t)(kmax + 8) * sizeof(double));
+    size_t off_aux = off_img + ALIGN64((size_t)dw * lh * C + 64);
 #undef ALIGN64
-    /* The horizontal pass produces only the rows the vertical pass reads. */
-    size_t img_bytes = (size_t)dw * ch * C;
-    uint8_t *mem = scratch_get(scratch, off_img + img_bytes);
+    size_t aux_bytes = amdim_resample_h_aux_bytes(dw, kh);
+    uint8_t *mem = scratch_get(scratch, off_aux + aux_bytes);
     if (!mem)
         return AMDIM_E_NOMEM;
     int32_t *kk_h = (int32_t *)mem, *kk_v = (int32_t *)(mem + off_kv);
     int *b_h = (int *)(mem + off_bh), *b_v = (int *)(mem + off_bv);
     double *tmp = (double *)(mem + off_tmp);
     uint8_t *mid = mem + off_img;
+    void *aux = mem + off_aux;
+    int avx2 = simd == AMDIM_SIMD_AVX2 && C == 3;
 
-    if (!need_h && !need_v) {
-        for (int y = 0; y < dh; y++)
-            memcpy(dst + (size_t)y * dw * C, src + (size_t)(y0 + y) * src_stride + (size_t)x0 * C,
-                   (size_t)dw * C);
-        return AMDIM_OK;
+    int row_first = 0, row_last = lh;
+    if (need_v) {
+        compute_weights(by, bh, lh, dh, kv, b_v, kk_v, tmp);
+        row_first = b_v[0];
+        row_last = b_v[2 * (dh - 1)] + b_v[2 * (dh - 1) + 1];
+    } else {
+        row_first = (int)by;
+        row_last = row_first + dh;
     }
-    compute_weights(ch, dh, kv, b_v, kk_v, tmp);
-    /* Rows of the crop the vertical pass touches. */
-    int row_first = b_v[0];
-    int row_last = b_v[2 * (dh - 1)] + b_v[2 * (dh - 1) + 1];
-
-    const uint8_t *vin;     /* input of the vertical pass */
+    const uint8_t *vin; /* input of the vertical pass, its row 0 = clip row row_first */
     size_t vin_stride;
-    int vin_row0;           /* crop row held by vin's first row */
     if (need_h) {
-        compute_weights(cw, dw, kh, b_h, kk_h, tmp);
-        for (int y = row_first; y < row_last; y++) {
-            const uint8_t *in = src + (size_t)(y0 + y) * src_stride + (size_t)x0 * C;
-            uint8_t *out = mid + (size_t)(y - row_first) * dw * C;
-            for (int xx = 0; xx < dw; xx++) {
-                int xmin = b_h[2 * xx], xn = b_h[2 * xx + 1];
-                const int32_t *k = kk_h + (size_t)xx * kh;
-                for (int c = 0; c < C; c++) {
-                    int32_t ss = 1 << (PRECISION_BITS - 1);
-                    for (int x = 0; x < xn; x++)
-                        ss += in[(size_t)(xmin + x) * C + c] * k[x];
-                    out[(size_t)xx * C + c] = clip8(ss);
-                }
-            }
-        }
+        compute_weights(bx, bw, lw, dw, kh, b_h, kk_h, tmp);
+        amdim_resample_pass p = {.src = src + (size_t)(cy + row_first) * src_stride + (size_t)cx * C,
+                                 .src_stride = src_stride,
+                                 .src_end = src + (size_t)sh * src_stride,
+                                 .dst = mid,
+                                 .dst_stride = (size_t)dw * C,
+                                 .rows = row_last - row_first,
+                                 .out_size = dw,
+                                 .channels = C,
+                                 .row_bytes = dw * C,
+                                 .ksize = kh,
+                                 .bounds = b_h,
+                                 .kk = kk_h,
+                                 .aux = aux};
+        if (avx2)
+            amdim_resample_h_avx2(&p);
+        else
+            resample_rows_h(&p);
         vin = mid;
         vin_stride = (size_t)dw * C;
-        vin_row0 = row_first;
     } else {
-        vin = src + (size_t)y0 * src_stride + (size_t)x0 * C;
+        vin = src + (size_t)(cy + row_first) * src_stride + (size_t)(cx + (int)bx) * C;
         vin_stride = src_stride;
-        vin_row0 = 0;
     }
     if (!need_v) {
         for (int y = 0; y < dh; y++)
-            memcpy(dst + (size_t)y * dw * C, vin + (size_t)(y - vin_row0) * vin_stride, (size_t)dw * C);
+            memcpy(dst + (size_t)y * dw * C, vin + (size_t)y * vin_stride, (size_t)dw * C);
         return AMDIM_OK;
     }
-    for (int yy = 0; yy < dh; yy++) {
-        int ymin = b_v[2 * yy] - vin_row0, yn = b_v[2 * yy + 1];
-        const int32_t *k = kk_v + (size_t)yy * kv;
-        uint8_t *out = dst + (size_t)yy * dw * C;
-        for (int xx = 0; xx < dw * C; xx++) {
-            int32_t ss = 1 << (PRECISION_BITS - 1);
-            for (int y = 0; y < yn; y++)
-                ss += vin[(size_t)(ymin + y) * vin_stride + xx] * k[y];
-            out[xx] = clip8(ss);
-        }
-    }
+    for (int yy = 0; yy < dh; yy++)
+        b_v[2 * yy] -= row_first;
+    amdim_resample_pass p = {.src = vin,
+                             .src_stride = vin_stride,
+                             .dst = dst,
+                             .dst_stride = (size_t)dw * C,
+                             .out_size = dh,
+                             .channels = C,
+                             .row_bytes = dw * C,
+                             .ksize = kv,
+                             .bounds = b_v,
+                             .kk = kk_v};
+    if (simd == AMDIM_SIMD_AVX2)
+        amdim_resample_v_avx2(&p);
+    else
+        resample_rows_v(&p);
     return AMDIM_OK;
 }
