@@ -151,9 +151,18 @@ static inline int reflect(int i, int n)
 
 void amdim_translate_reflect(const uint8_t *src, int w, int h, int dx, int dy, uint8_t *out)
 {
+    /* Columns whose source x - dx lies inside the image are one copy per row. */
+    int lo = dx > 0 ? dx : 0, hi = dx < 0 ? w + dx : w;
+    if (lo > hi)
+        lo = hi = 0;
     for (int y = 0; y < h; y++) {
         const uint8_t *row = src + (size_t)reflect(y - dy, h) * w * 3;
-        for (int x = 0; x < w; x++)
-            memcpy(out + ((size_t)y * w + x) * 3, row + (size_t)reflect(x - dx, w) * 3, 3);
+        uint8_t *o = out + (size_t)y * w * 3;
+        for (int x = 0; x < lo; x++)
+            memcpy(o + (size_t)x * 3, row + (size_t)reflect(x - dx, w) * 3, 3);
+        if (hi > lo)
+            memcpy(o + (size_t)lo * 3, row + (size_t)(lo - dx) * 3, (size_t)(hi - lo) * 3);
+        for (int x = hi > lo ? hi : lo; x < w; x++)
+            memcpy(o + (size_t)x * 3, row + (size_t)reflect(x - dx, w) * 3, 3);
     }
 }

@@ -8,66 +8,16 @@
  * on raw 32x32 records. Stages are measured as differences between three
  * passes over the same records: decode only; decode + flip + both crops;
  * the full pair (jitter and grey at their preset probabilities). */
-#include <dirent.h>
 #include <getopt.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
 
 #include "amdim_augment.h"
 #include "bench_common.h"
 
-typedef struct {
-    amdim_record *rec;
-    int n;
-} corpus;
-
-static void add_record(corpus *c, amdim_record r)
-{
-    c->rec = realloc(c->rec, (size_t)(c->n + 1) * sizeof *c->rec);
-    c->rec[c->n++] = r;
-}
-
-static void load_dir(corpus *c, const char *dir, amdim_codec *codec)
-{
-    DIR *d = opendir(dir);
-    if (!d)
-        return;
-    struct dirent *e;
-    char path[4096];
-    while ((e = readdir(d))) {
-        if (e->d_name[0] == '.')
-            continue;
-        snprintf(path, sizeof path, "%s/%s", dir, e->d_name);
-        struct stat sb;
-        if (stat(path, &sb) != 0)
-            continue;
-        if (S_ISDIR(sb.st_mode)) {
-            load_dir(c, path, codec);
-            continue;
-        }
-        FILE *f = fopen(path, "rb");
-        if (!f)
-            continue;
-        uint8_t *data = malloc((size_t)sb.st_size);
-        size_t got = fread(data, 1, (size_t)sb.st_size, f);
-        fclose(f);
-        amdim_image_format fmt;
-        int w, h, ch;
-        if (got != (size_t)sb.st_size || amdim_codec_probe(codec, data, got, &fmt, &w, &h, &ch) || fmt != AMDIM_FORMAT_JPEG) {
-            free(data);
-            continue;
-        }
-        amdim_record r = {.label = 0, .aux_label = -1, .width = (uint32_t)w, .height = (uint32_t)h, .channels = 3,
-                          .encoding = AMDIM_ENCODING_JPEG, .payload = data, .payload_size = (uint32_t)got};
-        add_record(c, r);
-    }
-    closedir(d);
-}
-
 /* Runs `mode` passes over the corpus for at least `seconds`; returns seconds per record. */
-static double run(amdim_augmenter *a, const corpus *c, int mode, double seconds, uint8_t *v1, uint8_t *v2)
+static double run(amdim_augmenter *a, const bench_records *c, int mode, double seconds, uint8_t *v1, uint8_t *v2)
 {
     long done = 0;
     double t0 = amdim_now(), t;
@@ -122,9 +72,9 @@ int main(int argc, char **argv)
 
     amdim_codec *codec;
     amdim_codec_create(&codec);
-    corpus jpegs = {0}, raw32 = {0};
+    bench_records jpegs = {0}, raw32 = {0};
     if (dir) {
-        load_dir(&jpegs, dir, codec);
+        bench_load_jpegs(&jpegs, dir, codec);
     } else {
         char tmp[] = "/tmp/amdim-bench-augment-XXXXXX";
         if (!mkdtemp(tmp))
@@ -134,7 +84,7 @@ int main(int argc, char **argv)
         bench_corpus_stats cs;
         if (bench_make_corpus(sub, images, w, h, 90, &cs))
             return fprintf(stderr, "bench_augment: cannot make the corpus\n"), 1;
-        load_dir(&jpegs, sub, codec);
+        bench_load_jpegs(&jpegs, sub, codec);
         char cmd[4300];
         snprintf(cmd, sizeof cmd, "rm -rf '%s'", tmp);
         if (system(cmd) != 0)
@@ -148,7 +98,7 @@ int main(int argc, char **argv)
             px[k] = (uint8_t)(k * 7 + i * 13 + (k / 96) * 3);
         amdim_record r = {.label = 0, .aux_label = -1, .width = 32, .height = 32, .channels = 3,
                           .encoding = AMDIM_ENCODING_RAW, .payload = px, .payload_size = 32 * 32 * 3};
-        add_record(&raw32, r);
+        bench_add_record(&raw32, r);
     }
     uint64_t bytes = 0, px = 0;
     for (int i = 0; i < jpegs.n; i++) {
@@ -173,7 +123,7 @@ int main(int argc, char **argv)
         amdim_augmenter *a, *b;
         amdim_augmenter_create(&a, &cfg);
         amdim_augmenter_create(&b, &plain);
-        const corpus *cp = p == 2 ? &raw32 : &jpegs;
+        const bench_records *cp = p == 2 ? &raw32 : &jpegs;
         uint8_t *v1 = malloc((size_t)cfg.size * cfg.size * 3), *v2 = malloc((size_t)cfg.size * cfg.size * 3);
         run(a, cp, 2, seconds / 4, v1, v2); /* warm-up */
         double t_dec = run(a, cp, 0, seconds, v1, v2);

@@ -1,5 +1,6 @@
 #include "bench_common.h"
 
+#include <dirent.h>
 #include <errno.h>
 #include <math.h>
 #include <stdlib.h>
@@ -113,4 +114,46 @@ int bench_make_corpus(const char *dir, int count, int w, int h, int quality, ben
     free(px);
     st->mean_kb = st->files ? (double)st->bytes / st->files / 1024.0 : 0;
     return rc;
+}
+
+void bench_add_record(bench_records *c, amdim_record r)
+{
+    c->rec = realloc(c->rec, (size_t)(c->n + 1) * sizeof *c->rec);
+    c->rec[c->n++] = r;
+}
+
+void bench_load_jpegs(bench_records *c, const char *dir, amdim_codec *codec)
+{
+    struct dirent **names;
+    int k = scandir(dir, &names, NULL, alphasort);
+    for (int i = 0; i < k; i++) {
+        char path[4096];
+        snprintf(path, sizeof path, "%s/%s", dir, names[i]->d_name);
+        struct stat sb;
+        int skip = names[i]->d_name[0] == '.' || stat(path, &sb) != 0;
+        free(names[i]);
+        if (skip)
+            continue;
+        if (S_ISDIR(sb.st_mode)) {
+            bench_load_jpegs(c, path, codec);
+            continue;
+        }
+        FILE *f = fopen(path, "rb");
+        if (!f)
+            continue;
+        uint8_t *data = malloc((size_t)sb.st_size + 1);
+        size_t got = fread(data, 1, (size_t)sb.st_size, f);
+        fclose(f);
+        amdim_image_format fmt;
+        int w, h, ch;
+        if (got != (size_t)sb.st_size || amdim_codec_probe(codec, data, got, &fmt, &w, &h, &ch) ||
+            fmt != AMDIM_FORMAT_JPEG) {
+            free(data);
+            continue;
+        }
+        amdim_record r = {.label = 0, .aux_label = -1, .width = (uint32_t)w, .height = (uint32_t)h, .channels = 3,
+                          .encoding = AMDIM_ENCODING_JPEG, .payload = data, .payload_size = (uint32_t)got};
+        bench_add_record(c, r);
+    }
+    free(names);
 }

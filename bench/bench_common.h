@@ -22,4 +22,17 @@ typedef struct {
  * sizes near ImageNet's (~110 KB at 500x375). Deterministic. */
 int bench_make_corpus(const char *dir, int count, int w, int h, int quality, bench_corpus_stats *st);
 
+#include "amdim_dataset.h"
+#include "amdim_image.h"
+
+/* Records held in memory. */
+typedef struct {
+    amdim_record *rec;
+    int n;
+} bench_records;
+
+void bench_add_record(bench_records *c, amdim_record r);
+/* Adds every JPEG under dir (recursively, in name order) as a record. */
+void bench_load_jpegs(bench_records *c, const char *dir, amdim_codec *codec);
+
 #endif

@@ -35,6 +35,12 @@
 
 /* ---- producer ----------------------------------------------------------- */
 
+typedef enum {
+    AMDIM_LOAD_DECODE_SCALED = 0, /* region decode at libjpeg's 1/2 or 1/4 scale when both crops allow (default) */
+    AMDIM_LOAD_DECODE_REGION = 1, /* region decode at full scale: the oracle's bytes */
+    AMDIM_LOAD_DECODE_FULL = 2    /* whole-image decode, as torchvision does */
+} amdim_load_decode;
+
 typedef struct {
     const char *path;     /* DATA.lmdb */
     const char *split;    /* default "train" */
@@ -48,6 +54,7 @@ typedef struct {
     int keep_last;        /* keep the final partial batch */
     int respawn;          /* how many times a dead worker may be replaced */
     int no_uring;         /* force pread */
+    int decode;           /* amdim_load_decode: how JPEG records are decoded */
     double progress_interval; /* seconds between stderr reports; 0 = 10 */
     int out_fd;           /* control pipe (normally 1) */
     volatile sig_atomic_t *cancel;
@@ -57,6 +64,14 @@ typedef struct {
  * or *cancel is set. Progress and errors go to stderr. Returns 0 when all
  * batches were produced, or a negative status with the reason in err. */
 int amdim_load_run(const amdim_load_options *opt, char *err, size_t errlen);
+
+/* Measures the whole loader (a consumer in this process drains batches)
+ * for 1..max_workers workers, `seconds` each after a warm-up, stopping at
+ * the first count that reaches `target` pairs/s (0: no target); then the
+ * queue depths 4 and 64 and ring depths 2 and 6 at the chosen count.
+ * Prints the table and a recommendation to stdout. Returns 0, or 1 when a
+ * setting failed (its error is printed). */
+int amdim_load_tune(const amdim_load_options *opt, int max_workers, double seconds, double target);
 
 /* The preset a split implies: raw images up to 32x32 -> "cifar", raw
  * 96x96 -> "stl10", anything else -> "imagenet". */

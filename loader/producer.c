@@ -229,6 +229,9 @@ static void __attribute__((noreturn)) worker_main(loader *L, uint32_t w)
     amdim_augmenter *aug;
     if (amdim_augmenter_create(&aug, &L->aug))
         worker_fail(ring, "cannot create the augmenter");
+    amdim_decode_options dec = {.region = L->opt->decode != AMDIM_LOAD_DECODE_FULL,
+                                .scales = L->opt->decode == AMDIM_LOAD_DECODE_SCALED ? AMDIM_DECODE_SCALES_DEFAULT : 0};
+    amdim_augmenter_set_decode(aug, &dec);
     struct io_uring uring_s, *uring = NULL;
     int qd = L->opt->queue_depth;
     if (L->use_uring) {
@@ -656,11 +659,13 @@ int amdim_load_run(const amdim_load_options *opt, char *err, size_t errlen)
     if ((st = handshake(L)))
         goto done;
     fprintf(stderr, "amdim-load: %s split %s: %llu records, preset %s (%dx%d views), batch %u, %llu batches/epoch%s, "
-                    "%u workers, seed %llu, epochs %llu..%llu from batch %llu, %s reads\n",
+                    "%u workers, seed %llu, epochs %llu..%llu from batch %llu, %s reads, %s decode, %s\n",
             opt->path, split, (unsigned long long)L->records, preset, L->aug.size, L->aug.size, L->B,
             (unsigned long long)L->nb, opt->keep_last ? " (last one partial)" : "", L->W, (unsigned long long)L->seed,
             (unsigned long long)L->e0, (unsigned long long)(L->e0 + L->epochs - 1), (unsigned long long)L->b0,
-            L->use_uring ? "io_uring" : "pread");
+            L->use_uring ? "io_uring" : "pread",
+            opt->decode == AMDIM_LOAD_DECODE_FULL ? "full" : opt->decode == AMDIM_LOAD_DECODE_REGION ? "region" : "scaled",
+            amdim_simd_name(amdim_simd_detect()));
     for (uint32_t w = 0; w < L->W; w++)
         if ((st = spawn(L, w)))
             goto done;

@@ -217,6 +217,22 @@ int main(int argc, char **argv)
     lerr = test_read_file(p.load_err, NULL);
     CHECK(code(p.load_status) == 1 && lerr && strstr(lerr, "without resizing"), "preset mismatch: %s", lerr);
     free(lerr);
+    /* --decode takes one of three names. */
+    char *a2[] = {(char *)load_bin, "--decode", "fast", jpg, NULL};
+    st = test_run(a2, &out, &e2);
+    CHECK(code(st) == 2 && strstr(e2, "--decode"), "--decode fast: %d %s", code(st), e2);
+    free(out), free(e2);
+    /* --tune measures the loader on the data and recommends a setting; a
+     * target of 1 pair/s is met by one worker. */
+    char *a3[] = {(char *)load_bin, "--tune", "--tune-seconds", "0.3", "--batch", "2", "--target", "1", jpg, NULL};
+    st = test_run(a3, &out, &e2);
+    CHECK(code(st) == 0 && strstr(out, "recommendation: --workers 1 ") && strstr(out, "pairs/s"),
+          "--tune: exit %d, out %s, err %s", code(st), out, e2);
+    free(out), free(e2);
+    char *a4[] = {(char *)load_bin, "--target", "5", jpg, NULL};
+    st = test_run(a4, &out, &e2);
+    CHECK(code(st) == 2 && strstr(e2, "--tune"), "--target without --tune: %d %s", code(st), e2);
+    free(out), free(e2);
     int master = posix_openpt(O_RDWR | O_NOCTTY);
     if (master >= 0 && grantpt(master) == 0 && unlockpt(master) == 0) {
         int pid = fork();

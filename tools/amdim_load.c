@@ -33,6 +33,16 @@ static const char *usage_text =
     "      --keep-last         keep the final partial batch of each epoch\n"
     "      --respawn N         replace a dead worker up to N times (default: 0)\n"
     "      --no-uring          read with pread instead of io_uring\n"
+    "      --decode MODE       JPEG decoding: scaled (default: only the part both crops\n"
+    "                          cover, at 1/2 or 1/4 scale when both crops stay at least\n"
+    "                          the view size), region (that part at full scale: the\n"
+    "                          reference bytes) or full (the whole image)\n"
+    "      --tune              measure pairs/s for 1..N workers (and queue and ring\n"
+    "                          depths) on DATA.lmdb, print the table and recommend\n"
+    "                          the smallest setting reaching --target; no consumer\n"
+    "      --target R          pairs/s the trainer needs (with --tune)\n"
+    "      --max-workers N     largest worker count --tune tries (default: cores)\n"
+    "      --tune-seconds S    seconds per --tune measurement (default: 3)\n"
     "      --progress-interval S  seconds between progress lines (default: 10)\n"
     "  -h, --help              show this help\n";
 
@@ -53,7 +63,8 @@ static int usage_error(const char *msg, const char *arg)
 
 int main(int argc, char **argv)
 {
-    enum { OPT_SEED = 256, OPT_SLOTS, OPT_QD, OPT_KEEP, OPT_RESPAWN, OPT_NOURING, OPT_INTERVAL };
+    enum { OPT_SEED = 256, OPT_SLOTS, OPT_QD, OPT_KEEP, OPT_RESPAWN, OPT_NOURING, OPT_INTERVAL, OPT_DECODE,
+           OPT_TUNE, OPT_TARGET, OPT_MAXW, OPT_TUNESEC };
     static const struct option longopts[] = {
         {"split", required_argument, NULL, 's'},     {"workers", required_argument, NULL, 'w'},
         {"batch", required_argument, NULL, 'b'},     {"epochs", required_argument, NULL, 'e'},
@@ -61,12 +72,16 @@ int main(int argc, char **argv)
         {"slots", required_argument, NULL, OPT_SLOTS}, {"queue-depth", required_argument, NULL, OPT_QD},
         {"keep-last", no_argument, NULL, OPT_KEEP},  {"respawn", required_argument, NULL, OPT_RESPAWN},
         {"no-uring", no_argument, NULL, OPT_NOURING}, {"progress-interval", required_argument, NULL, OPT_INTERVAL},
+        {"decode", required_argument, NULL, OPT_DECODE}, {"tune", no_argument, NULL, OPT_TUNE},
+        {"target", required_argument, NULL, OPT_TARGET}, {"max-workers", required_argument, NULL, OPT_MAXW},
+        {"tune-seconds", required_argument, NULL, OPT_TUNESEC},
         {"help", no_argument, NULL, 'h'},            {NULL, 0, NULL, 0}};
     int cores = amdim_cpu_count();
     amdim_load_options o = {.split = "train", .workers = cores > 1 ? cores - 1 : 1, .batch = 200, .slots = 3,
                             .queue_depth = 16, .epochs = 1, .out_fd = 1};
     long long v;
-    int c;
+    int c, tune = 0, max_workers = cores;
+    double target = 0, tune_seconds = 3;
     while ((c = getopt_long(argc, argv, "s:w:b:e:p:h", longopts, NULL)) != -1) {
         switch (c) {
         case 's': o.split = optarg; break;
@@ -91,6 +106,32 @@ int main(int argc, char **argv)
                 return usage_error("--progress-interval must be a positive number of seconds, got '%s'", optarg);
             break;
         }
+        case OPT_DECODE:
+            if (!strcmp(optarg, "scaled"))
+                o.decode = AMDIM_LOAD_DECODE_SCALED;
+            else if (!strcmp(optarg, "region"))
+                o.decode = AMDIM_LOAD_DECODE_REGION;
+            else if (!strcmp(optarg, "full"))
+                o.decode = AMDIM_LOAD_DECODE_FULL;
+            else
+                return usage_error("--decode must be scaled, region or full, got '%s'", optarg);
+            break;
+        case OPT_TUNE: tune = 1; break;
+        case OPT_TARGET: {
+            char *end;
+            target = strtod(optarg, &end);
+            if (*end || !(target > 0))
+                return usage_error("--target must be a positive number of pairs/s, got '%s'", optarg);
+            break;
+        }
+        case OPT_MAXW: if (amdim_cli_int("amdim-load", "--max-workers", optarg, 1, 253, &v)) return 2; max_workers = (int)v; break;
+        case OPT_TUNESEC: {
+            char *end;
+            tune_seconds = strtod(optarg, &end);
+            if (*end || !(tune_seconds > 0))
+                return usage_error("--tune-seconds must be a positive number, got '%s'", optarg);
+            break;
+        }
         case 'h': fputs(usage_text, stdout); return 0;
         default: fprintf(stderr, "Try 'amdim-load --help'.\n"); return 2;
         }
@@ -98,6 +139,10 @@ int main(int argc, char **argv)
     if (argc - optind != 1)
         return usage_error("expected one DATA.lmdb argument%s", "");
     o.path = argv[optind];
+    if (tune)
+        return amdim_load_tune(&o, max_workers, tune_seconds, target);
+    if (target > 0)
+        return usage_error("--target needs --tune%s", "");
     struct stat sb;
     if (isatty(1))
         return usage_error("standard output is a terminal; pipe amdim-load into a consumer, e.g. "
