@@ -90,8 +90,9 @@ void amdim_adjust_contrast_avx2(uint8_t *p, size_t npix, float f)
     for (; i + 8 <= npix; i += 8) {
         __m256i r, g, b;
         load_rgb8(p + 3 * i, &r, &g, &b);
-        acc = _mm256_add_epi64(acc, _mm256_cvtepu32_epi64(_mm256_castsi256_si128(grey8(r, g, b))));
-        acc = _mm256_add_epi64(acc, _mm256_cvtepu32_epi64(_mm256_extracti128_si256(grey8(r, g, b), 1)));
+        __m256i l = grey8(r, g, b);
+        acc = _mm256_add_epi64(acc, _mm256_cvtepu32_epi64(_mm256_castsi256_si128(l)));
+        acc = _mm256_add_epi64(acc, _mm256_cvtepu32_epi64(_mm256_extracti128_si256(l, 1)));
     }
     uint64_t lanes[4];
     _mm256_storeu_si256((__m256i *)lanes, acc);

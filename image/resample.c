@@ -190,7 +190,7 @@ int amdim_resize_bicubic_box(const uint8_t *src, int sw, int sh, int channels, c
     void *aux = mem + off_aux;
     int avx2 = simd == AMDIM_SIMD_AVX2 && C == 3;
 
-    int row_first = 0, row_last = lh;
+    int row_first, row_last;
     if (need_v) {
         compute_weights(by, bh, lh, dh, kv, b_v, kk_v, tmp);
         row_first = b_v[0];

@@ -61,6 +61,20 @@ static int usage_error(const char *msg, const char *arg)
     return 2;
 }
 
+/* A positive number for option `name`; prints the usage error and returns
+ * -1 otherwise. */
+static int positive(const char *name, const char *s, double *out)
+{
+    char *end, msg[160];
+    *out = strtod(s, &end);
+    if (*end || end == s || !(*out > 0)) {
+        snprintf(msg, sizeof msg, "%s must be a positive number, got '%%s'", name);
+        usage_error(msg, s);
+        return -1;
+    }
+    return 0;
+}
+
 int main(int argc, char **argv)
 {
     enum { OPT_SEED = 256, OPT_SLOTS, OPT_QD, OPT_KEEP, OPT_RESPAWN, OPT_NOURING, OPT_INTERVAL, OPT_DECODE,
@@ -99,13 +113,7 @@ int main(int argc, char **argv)
         case OPT_KEEP: o.keep_last = 1; break;
         case OPT_RESPAWN: if (amdim_cli_int("amdim-load", "--respawn", optarg, 0, 1000000, &v)) return 2; o.respawn = (int)v; break;
         case OPT_NOURING: o.no_uring = 1; break;
-        case OPT_INTERVAL: {
-            char *end;
-            o.progress_interval = strtod(optarg, &end);
-            if (*end || !(o.progress_interval > 0))
-                return usage_error("--progress-interval must be a positive number of seconds, got '%s'", optarg);
-            break;
-        }
+        case OPT_INTERVAL: if (positive("--progress-interval", optarg, &o.progress_interval)) return 2; break;
         case OPT_DECODE:
             if (!strcmp(optarg, "scaled"))
                 o.decode = AMDIM_LOAD_DECODE_SCALED;
@@ -117,21 +125,9 @@ int main(int argc, char **argv)
                 return usage_error("--decode must be scaled, region or full, got '%s'", optarg);
             break;
         case OPT_TUNE: tune = 1; break;
-        case OPT_TARGET: {
-            char *end;
-            target = strtod(optarg, &end);
-            if (*end || !(target > 0))
-                return usage_error("--target must be a positive number of pairs/s, got '%s'", optarg);
-            break;
-        }
+        case OPT_TARGET: if (positive("--target", optarg, &target)) return 2; break;
         case OPT_MAXW: if (amdim_cli_int("amdim-load", "--max-workers", optarg, 1, 253, &v)) return 2; max_workers = (int)v; break;
-        case OPT_TUNESEC: {
-            char *end;
-            tune_seconds = strtod(optarg, &end);
-            if (*end || !(tune_seconds > 0))
-                return usage_error("--tune-seconds must be a positive number, got '%s'", optarg);
-            break;
-        }
+        case OPT_TUNESEC: if (positive("--tune-seconds", optarg, &tune_seconds)) return 2; break;
         case 'h': fputs(usage_text, stdout); return 0;
         default: fprintf(stderr, "Try 'amdim-load --help'.\n"); return 2;
         }
