@@ -12,6 +12,7 @@ typedef struct {
     void (*brightness)(uint8_t *, size_t, float);
     void (*contrast)(uint8_t *, size_t, float);
     void (*saturation)(uint8_t *, size_t, float);
+    void (*hue)(uint8_t *, size_t, float);
     void (*grey)(uint8_t *, size_t);
 } colour_ops;
 
@@ -26,7 +27,6 @@ struct amdim_augmenter {
     amdim_scratch scratch;
     amdim_simd simd;
     colour_ops ops;
-    amdim_hue_tables hue;
     amdim_decode_options decode;
     char err[512];
 };
@@ -38,10 +38,10 @@ void amdim_augmenter_set_simd(amdim_augmenter *a, amdim_simd level)
     a->simd = level;
     if (level == AMDIM_SIMD_AVX2)
         a->ops = (colour_ops){amdim_adjust_brightness_avx2, amdim_adjust_contrast_avx2,
-                              amdim_adjust_saturation_avx2, amdim_to_grey_avx2};
+                              amdim_adjust_saturation_avx2, amdim_adjust_hue_avx2, amdim_to_grey_avx2};
     else
         a->ops = (colour_ops){amdim_adjust_brightness, amdim_adjust_contrast, amdim_adjust_saturation,
-                              amdim_to_grey};
+                              amdim_adjust_hue, amdim_to_grey};
 }
 
 amdim_simd amdim_augmenter_simd(const amdim_augmenter *a) { return a->simd; }
@@ -63,7 +63,6 @@ int amdim_augmenter_create(amdim_augmenter **out, const amdim_augment_config *cf
     if (!a)
         return AMDIM_E_NOMEM;
     a->cfg = *cfg;
-    amdim_hue_tables_init(&a->hue);
     amdim_augmenter_set_simd(a, amdim_simd_detect());
     if ((st = amdim_codec_create(&a->codec))) {
         free(a);
@@ -195,12 +194,8 @@ static int colour_of(amdim_augmenter *a, const amdim_view_params *vp, uint8_t *o
                     a->ops.saturation(out, npix, vp->saturation);
                 break;
             case AMDIM_JIT_HUE:
-                if (c->hue > 0) {
-                    if (a->simd == AMDIM_SIMD_AVX2)
-                        amdim_adjust_hue_avx2(out, npix, vp->hue, &a->hue);
-                    else
-                        amdim_adjust_hue(out, npix, vp->hue);
-                }
+                if (c->hue > 0)
+                    a->ops.hue(out, npix, vp->hue);
                 break;
             default:
                 return AFAIL(AMDIM_E_INVALID, "bad jitter step %u", vp->order[k]);

@@ -7,19 +7,25 @@
 #include <stddef.h>
 #include <stdint.h>
 
-/* hsv -> rgb terms per 8-bit level, computed with the oracle's expressions. */
+/* PIL's rgb -> hsv as tables, built once per process from the oracle's
+ * rgb_to_hsv (it depends only on channel differences):
+ *   hue[(2 * m + c) << 16 | cr << 8 | d], where m is the channel that is the
+ *     maximum (0 r, 1 g, 2 b; ties to the earlier), the other two channels
+ *     in r, g, b order are o1 and o2, c is 0 when o1 is the minimum and 1
+ *     otherwise, cr = max - min and d = max - (c ? o1 : o2);
+ *   sat[cr << 8 | max].
+ * Each table has 4 bytes of padding so that 32-bit gathers may read it. */
 typedef struct {
-    int32_t sector[256]; /* floor(h * 6 / 255) % 6 */
-    float frac[256];     /* h * 6 / 255 - floor(...) */
-    float sat[256];      /* s / 255 */
-} amdim_hue_tables;
+    uint8_t hue[(6 << 16) + 4];
+    uint8_t sat[(1 << 16) + 4];
+} amdim_hsv_tables;
 
-void amdim_hue_tables_init(amdim_hue_tables *t);
+const amdim_hsv_tables *amdim_hsv_tables_get(void);
 
 void amdim_adjust_brightness_avx2(uint8_t *rgb, size_t npix, float f);
 void amdim_adjust_contrast_avx2(uint8_t *rgb, size_t npix, float f);
 void amdim_adjust_saturation_avx2(uint8_t *rgb, size_t npix, float f);
-void amdim_adjust_hue_avx2(uint8_t *rgb, size_t npix, float hue, const amdim_hue_tables *t);
+void amdim_adjust_hue_avx2(uint8_t *rgb, size_t npix, float hue);
 void amdim_to_grey_avx2(uint8_t *rgb, size_t npix);
 
 #endif

@@ -4,6 +4,7 @@
  * and the 8-bit HSV round trip of torchvision's adjust_hue. The C
  * expressions keep PIL's float/double mix on purpose. */
 #include <math.h>
+#include <pthread.h>
 #include <string.h>
 
 #include "amdim_augment.h"
@@ -100,14 +101,35 @@ static void hsv_to_rgb(uint8_t h, uint8_t s, uint8_t v, uint8_t *out)
     }
 }
 
-void amdim_hue_tables_init(amdim_hue_tables *t)
+static amdim_hsv_tables hsv_tables;
+
+static void hsv_tables_build(void)
 {
-    for (int h = 0; h < 256; h++) {
-        int i = (int)floor((float)h * 6.0 / 255.0);
-        t->sector[h] = i % 6;
-        t->frac[h] = (float)h * 6.0 / 255.0 - (float)i;
-        t->sat[h] = ((float)h) / 255.0;
-    }
+    static const int others[3][2] = {{1, 2}, {0, 2}, {0, 1}};
+    for (int m = 0; m < 3; m++)
+        for (int c = 0; c < 2; c++)
+            for (int cr = 1; cr < 256; cr++)
+                for (int d = 0; d <= cr; d++) {
+                    uint8_t px[3], h, s, v;
+                    px[m] = (uint8_t)cr;
+                    px[others[m][c]] = 0;                /* the minimum */
+                    px[others[m][1 - c]] = (uint8_t)(cr - d);
+                    rgb_to_hsv(px, &h, &s, &v);
+                    hsv_tables.hue[(2 * m + c) << 16 | cr << 8 | d] = h;
+                }
+    for (int cr = 1; cr < 256; cr++)
+        for (int mx = cr; mx < 256; mx++) {
+            uint8_t px[3] = {(uint8_t)mx, (uint8_t)(mx - cr), (uint8_t)(mx - cr)}, h, s, v;
+            rgb_to_hsv(px, &h, &s, &v);
+            hsv_tables.sat[cr << 8 | mx] = s;
+        }
+}
+
+const amdim_hsv_tables *amdim_hsv_tables_get(void)
+{
+    static pthread_once_t once = PTHREAD_ONCE_INIT;
+    pthread_once(&once, hsv_tables_build);
+    return &hsv_tables;
 }
 
 void amdim_adjust_hue(uint8_t *p, size_t npix, float hue)

@@ -44,6 +44,7 @@ double amdim_now(void);
 int amdim_cpu_count(void);
 
 /* SIMD instruction sets the CPU paths choose between at run time. */
+/* AMDIM_SIMD_AVX2 means AVX2 with FMA (every AVX2 CPU has both). */
 typedef enum { AMDIM_SIMD_SCALAR = 0, AMDIM_SIMD_AVX2 = 1 } amdim_simd;
 
 /* The best level this CPU supports, unless the environment variable

@@ -59,7 +59,7 @@ amdim_simd amdim_simd_detect(void)
     int have_avx2 = 0;
 #if defined(__x86_64__) || defined(__i386__)
     __builtin_cpu_init();
-    have_avx2 = __builtin_cpu_supports("avx2");
+    have_avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
 #endif
     const char *want = getenv("AMDIM_SIMD");
     if (want && strcmp(want, "scalar") == 0)

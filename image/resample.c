@@ -176,10 +176,13 @@ int amdim_resize_bicubic_box(const uint8_t *src, int sw, int sh, int channels, c
     size_t off_bh = off_kv + ALIGN64((size_t)dh * kv * sizeof(int32_t));
     size_t off_bv = off_bh + ALIGN64((size_t)dw * 2 * sizeof(int));
     size_t off_tmp = off_bv + ALIGN64((size_t)dh * 2 * sizeof(int));
+    int avx2 = simd == AMDIM_SIMD_AVX2 && C == 3;
+    /* the AVX2 horizontal pass writes rows padded for its transposition */
+    size_t mid_stride = avx2 ? amdim_resample_mid_stride(dw) : (size_t)dw * C;
     size_t off_img = off_tmp + ALIGN64((size_t)(kmax + 8) * sizeof(double));
-    size_t off_aux = off_img + ALIGN64((size_t)dw * lh * C + 64);
+    size_t off_aux = off_img + ALIGN64(mid_stride * lh + 64);
 #undef ALIGN64
-    size_t aux_bytes = amdim_resample_h_aux_bytes(dw, kh);
+    size_t aux_bytes = avx2 ? amdim_resample_h_aux_bytes(dw, lh, lw) : 0;
     uint8_t *mem = scratch_get(scratch, off_aux + aux_bytes);
     if (!mem)
         return AMDIM_E_NOMEM;
@@ -188,7 +191,6 @@ int amdim_resize_bicubic_box(const uint8_t *src, int sw, int sh, int channels, c
     double *tmp = (double *)(mem + off_tmp);
     uint8_t *mid = mem + off_img;
     void *aux = mem + off_aux;
-    int avx2 = simd == AMDIM_SIMD_AVX2 && C == 3;
 
     int row_first, row_last;
     if (need_v) {
@@ -207,7 +209,7 @@ int amdim_resize_bicubic_box(const uint8_t *src, int sw, int sh, int channels, c
                                  .src_stride = src_stride,
                                  .src_end = src + (size_t)sh * src_stride,
                                  .dst = mid,
-                                 .dst_stride = (size_t)dw * C,
+                                 .dst_stride = mid_stride,
                                  .rows = row_last - row_first,
                                  .out_size = dw,
                                  .channels = C,
@@ -221,7 +223,7 @@ int amdim_resize_bicubic_box(const uint8_t *src, int sw, int sh, int channels, c
         else
             resample_rows_h(&p);
         vin = mid;
-        vin_stride = (size_t)dw * C;
+        vin_stride = mid_stride;
     } else {
         vin = src + (size_t)(cy + row_first) * src_stride + (size_t)(cx + (int)bx) * C;
         vin_stride = src_stride;

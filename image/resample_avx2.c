@@ -6,60 +6,87 @@
 
 #include "resample_internal.h"
 
-size_t amdim_resample_h_aux_bytes(int out_size, int ksize)
+/* The horizontal pass is done as a vertical one: the source block is
+ * transposed (source column x becomes row x), filtered by the vertical
+ * kernel, and the result transposed back. Transposed rows are padded so
+ * that the 4-pixel transposition may write 4 bytes past a row's pixels. */
+static size_t transposed_stride(int pixels) { return ((size_t)pixels * 3 + 4 + 31) & ~(size_t)31; }
+
+size_t amdim_resample_h_aux_bytes(int out_size, int rows, int cols)
 {
-    return (size_t)out_size * (size_t)((ksize + 1) / 2) * 8 * sizeof(int32_t) + 32;
+    return (size_t)(cols + out_size) * transposed_stride(rows) + (size_t)out_size * 2 * sizeof(int) + 64;
 }
 
-/* Eight source bytes at p (two RGB pixels and two spare bytes), without
- * reading past end. */
-static inline __m128i load8(const uint8_t *p, const uint8_t *end)
+size_t amdim_resample_mid_stride(int width) { return transposed_stride(width); }
+
+/* dst row x, pixel y = src row y, pixel x, for w x h RGB pixels. Blocks of
+ * 4 x 4 pixels move as 16-byte vectors: each load reads 4 bytes past the
+ * 12 it uses (done only where src_end allows), each store writes 4 bytes
+ * past its 12 (into the next block, written later, or the row padding). */
+static void transpose_rgb(const uint8_t *src, size_t ss, const uint8_t *src_end, int w, int h, uint8_t *dst,
+                          size_t ds)
 {
-    if (p + 8 <= end)
-        return _mm_loadl_epi64((const __m128i *)p);
-    uint8_t tmp[8] = {0};
-    memcpy(tmp, p, (size_t)(end - p) < 8 ? (size_t)(end - p) : 8);
-    return _mm_loadl_epi64((const __m128i *)tmp);
+    const __m128i expand = _mm_setr_epi8(0, 1, 2, -1, 3, 4, 5, -1, 6, 7, 8, -1, 9, 10, 11, -1);
+    const __m128i squeeze = _mm_setr_epi8(0, 1, 2, 4, 5, 6, 8, 9, 10, 12, 13, 14, -1, -1, -1, -1);
+    int x = 0;
+    for (; x + 4 <= w; x += 4) {
+        const uint8_t *s = src + (size_t)x * 3;
+        uint8_t *d = dst + (size_t)x * ds;
+        int y = 0;
+        for (; y + 4 <= h && s + (size_t)(y + 3) * ss + 16 <= src_end; y += 4) {
+            const uint8_t *r = s + (size_t)y * ss;
+            __m128i a = _mm_shuffle_epi8(_mm_loadu_si128((const __m128i *)r), expand);
+            __m128i b = _mm_shuffle_epi8(_mm_loadu_si128((const __m128i *)(r + ss)), expand);
+            __m128i c = _mm_shuffle_epi8(_mm_loadu_si128((const __m128i *)(r + 2 * ss)), expand);
+            __m128i e = _mm_shuffle_epi8(_mm_loadu_si128((const __m128i *)(r + 3 * ss)), expand);
+            __m128i ab0 = _mm_unpacklo_epi32(a, b), ab1 = _mm_unpackhi_epi32(a, b);
+            __m128i ce0 = _mm_unpacklo_epi32(c, e), ce1 = _mm_unpackhi_epi32(c, e);
+            uint8_t *o = d + (size_t)y * 3;
+            _mm_storeu_si128((__m128i *)o, _mm_shuffle_epi8(_mm_unpacklo_epi64(ab0, ce0), squeeze));
+            _mm_storeu_si128((__m128i *)(o + ds), _mm_shuffle_epi8(_mm_unpackhi_epi64(ab0, ce0), squeeze));
+            _mm_storeu_si128((__m128i *)(o + 2 * ds), _mm_shuffle_epi8(_mm_unpacklo_epi64(ab1, ce1), squeeze));
+            _mm_storeu_si128((__m128i *)(o + 3 * ds), _mm_shuffle_epi8(_mm_unpackhi_epi64(ab1, ce1), squeeze));
+        }
+        for (; y < h; y++)
+            for (int k = 0; k < 4; k++)
+                memcpy(d + (size_t)k * ds + (size_t)y * 3, s + (size_t)y * ss + (size_t)k * 3, 3);
+    }
+    for (; x < w; x++)
+        for (int y = 0; y < h; y++)
+            memcpy(dst + (size_t)x * ds + (size_t)y * 3, src + (size_t)y * ss + (size_t)x * 3, 3);
 }
 
-/* RGB, interleaved: each step multiplies two taps, (R G B 0 R G B 0). */
+/* RGB, interleaved. dst_stride must be amdim_resample_mid_stride(out_size)
+ * or more (the transposition writes into the padding). */
 void amdim_resample_h_avx2(const amdim_resample_pass *p)
 {
-    const int npairs = (p->ksize + 1) / 2;
-    int32_t *wx = (int32_t *)(((uintptr_t)p->aux + 31) & ~(uintptr_t)31);
+    int c0 = p->bounds[0], c1 = 0;
     for (int xx = 0; xx < p->out_size; xx++) {
-        const int32_t *k = p->kk + (size_t)xx * p->ksize;
-        int32_t *w = wx + (size_t)xx * npairs * 8;
-        for (int t = 0; t < npairs; t++) {
-            int32_t k0 = k[2 * t], k1 = 2 * t + 1 < p->ksize ? k[2 * t + 1] : 0;
-            int32_t v[8] = {k0, k0, k0, 0, k1, k1, k1, 0};
-            memcpy(w + 8 * t, v, sizeof v);
-        }
+        int b = p->bounds[2 * xx], e = b + p->bounds[2 * xx + 1];
+        c0 = b < c0 ? b : c0;
+        c1 = e > c1 ? e : c1;
     }
-    const __m128i spread = _mm_setr_epi8(0, 1, 2, -1, 3, 4, 5, -1, -1, -1, -1, -1, -1, -1, -1, -1);
-    const __m128i half = _mm_set1_epi32(1 << (PRECISION_BITS - 1));
-    for (int y = 0; y < p->rows; y++) {
-        const uint8_t *in = p->src + (size_t)y * p->src_stride;
-        uint8_t *out = p->dst + (size_t)y * p->dst_stride;
-        for (int xx = 0; xx < p->out_size; xx++) {
-            const int xmin = p->bounds[2 * xx], xn = p->bounds[2 * xx + 1];
-            const int32_t *w = wx + (size_t)xx * npairs * 8;
-            const uint8_t *s = in + (size_t)xmin * 3;
-            __m256i acc = _mm256_setzero_si256();
-            /* Taps past xn have weight 0, so the pair that straddles the end
-             * reads one pixel more than it uses. */
-            for (int t = 0; t < (xn + 1) / 2; t++) {
-                __m128i px = _mm_shuffle_epi8(load8(s + 6 * t, p->src_end), spread);
-                __m256i v = _mm256_cvtepu8_epi32(px);
-                acc = _mm256_add_epi32(acc, _mm256_mullo_epi32(v, _mm256_load_si256((const __m256i *)(w + 8 * t))));
-            }
-            __m128i sum = _mm_add_epi32(_mm256_castsi256_si128(acc), _mm256_extracti128_si256(acc, 1));
-            sum = _mm_srai_epi32(_mm_add_epi32(sum, half), PRECISION_BITS);
-            sum = _mm_packus_epi16(_mm_packs_epi32(sum, sum), sum);
-            uint32_t rgb = (uint32_t)_mm_cvtsi128_si32(sum);
-            memcpy(out + (size_t)xx * 3, &rgb, 3);
-        }
+    const size_t ts = transposed_stride(p->rows);
+    uint8_t *t = (uint8_t *)(((uintptr_t)p->aux + 31) & ~(uintptr_t)31);
+    uint8_t *mt = t + (size_t)(c1 - c0) * ts;
+    int *bounds = (int *)(mt + (size_t)p->out_size * ts);
+    for (int xx = 0; xx < p->out_size; xx++) {
+        bounds[2 * xx] = p->bounds[2 * xx] - c0;
+        bounds[2 * xx + 1] = p->bounds[2 * xx + 1];
     }
+    transpose_rgb(p->src + (size_t)c0 * 3, p->src_stride, p->src_end, c1 - c0, p->rows, t, ts);
+    amdim_resample_pass v = {.src = t,
+                             .src_stride = ts,
+                             .dst = mt,
+                             .dst_stride = ts,
+                             .out_size = p->out_size,
+                             .channels = 3,
+                             .row_bytes = p->rows * 3,
+                             .ksize = p->ksize,
+                             .bounds = bounds,
+                             .kk = p->kk};
+    amdim_resample_v_avx2(&v);
+    transpose_rgb(mt, ts, mt + (size_t)p->out_size * ts, p->rows, p->out_size, p->dst, p->dst_stride);
 }
 
 /* Any channel count: rows are filtered as flat byte arrays, 16 bytes a step. */

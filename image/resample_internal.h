@@ -22,10 +22,13 @@ typedef struct {
     int ksize;            /* weights per output index */
     const int *bounds;    /* (first, count) per output index, relative to src */
     const int32_t *kk;    /* ksize weights per output index */
-    void *aux;            /* scratch of amdim_resample_h_aux_bytes() */
+    void *aux;            /* AVX2 horizontal pass: amdim_resample_h_aux_bytes() of scratch */
 } amdim_resample_pass;
 
-size_t amdim_resample_h_aux_bytes(int out_size, int ksize);
+/* Scratch bytes the AVX2 horizontal pass needs for rows x cols source pixels. */
+size_t amdim_resample_h_aux_bytes(int out_size, int rows, int cols);
+/* Row stride its output needs: width * 3 plus padding. */
+size_t amdim_resample_mid_stride(int width);
 /* Same bytes as the plain C passes; the horizontal one needs channels == 3. */
 void amdim_resample_h_avx2(const amdim_resample_pass *p);
 void amdim_resample_v_avx2(const amdim_resample_pass *p);
