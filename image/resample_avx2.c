@@ -89,37 +89,84 @@ void amdim_resample_h_avx2(const amdim_resample_pass *p)
     transpose_rgb(mt, ts, mt + (size_t)p->out_size * ts, p->rows, p->out_size, p->dst, p->dst_stride);
 }
 
-/* Any channel count: rows are filtered as flat byte arrays, 16 bytes a step. */
+/* Weights split as w = hi * 2^11 + lo with 0 <= lo < 2^11, so both halves
+ * fit int16 (|w| <= 2^22) and pmaddwd multiplies two taps at once: the sum
+ * of (hi << 11) + lo over taps is exactly the oracle's 32-bit sum. */
+#define SPLIT_BITS 11
+
+/* ((hi << 11) + lo + half) >> 22: the oracle's rounding of its sum */
+static inline __m256i finish(__m256i hi, __m256i lo)
+{
+    const __m256i half = _mm256_set1_epi32(1 << (PRECISION_BITS - 1));
+    return _mm256_srai_epi32(_mm256_add_epi32(_mm256_add_epi32(_mm256_slli_epi32(hi, SPLIT_BITS), lo), half),
+                             PRECISION_BITS);
+}
+
+/* Output bytes [xx, xx + 32) of one output row, taps paired (y, y + 1). */
+static inline __m256i filter32(const uint8_t *const *rows, const int32_t *w_hi, const int32_t *w_lo, int npairs,
+                               int xx)
+{
+    const __m256i zero = _mm256_setzero_si256();
+    __m256i h0 = zero, h1 = zero, h2 = zero, h3 = zero, l0 = zero, l1 = zero, l2 = zero, l3 = zero;
+    for (int t = 0; t < npairs; t++) {
+        __m256i a = _mm256_loadu_si256((const __m256i *)(rows[2 * t] + xx));
+        __m256i b = _mm256_loadu_si256((const __m256i *)(rows[2 * t + 1] + xx));
+        __m256i ab_lo = _mm256_unpacklo_epi8(a, b), ab_hi = _mm256_unpackhi_epi8(a, b);
+        __m256i x0 = _mm256_unpacklo_epi8(ab_lo, zero), x1 = _mm256_unpackhi_epi8(ab_lo, zero);
+        __m256i x2 = _mm256_unpacklo_epi8(ab_hi, zero), x3 = _mm256_unpackhi_epi8(ab_hi, zero);
+        __m256i wh = _mm256_set1_epi32(w_hi[t]), wl = _mm256_set1_epi32(w_lo[t]);
+        h0 = _mm256_add_epi32(h0, _mm256_madd_epi16(x0, wh));
+        h1 = _mm256_add_epi32(h1, _mm256_madd_epi16(x1, wh));
+        h2 = _mm256_add_epi32(h2, _mm256_madd_epi16(x2, wh));
+        h3 = _mm256_add_epi32(h3, _mm256_madd_epi16(x3, wh));
+        l0 = _mm256_add_epi32(l0, _mm256_madd_epi16(x0, wl));
+        l1 = _mm256_add_epi32(l1, _mm256_madd_epi16(x1, wl));
+        l2 = _mm256_add_epi32(l2, _mm256_madd_epi16(x2, wl));
+        l3 = _mm256_add_epi32(l3, _mm256_madd_epi16(x3, wl));
+    }
+    __m256i s0 = finish(h0, l0), s1 = finish(h1, l1), s2 = finish(h2, l2), s3 = finish(h3, l3);
+    return _mm256_packus_epi16(_mm256_packs_epi32(s0, s1), _mm256_packs_epi32(s2, s3));
+}
+
+/* Any channel count: rows are filtered as flat byte arrays, 32 bytes a step
+ * (the last step overlaps the one before when the row is not a multiple of
+ * 32; rows shorter than 32 bytes go byte by byte). */
 void amdim_resample_v_avx2(const amdim_resample_pass *p)
 {
     const int n = p->row_bytes;
-    const __m256i half = _mm256_set1_epi32(1 << (PRECISION_BITS - 1));
+    enum { MAX_PAIRS = 64 };
+    const uint8_t *rows[2 * MAX_PAIRS];
+    int32_t w_hi[MAX_PAIRS], w_lo[MAX_PAIRS];
     for (int yy = 0; yy < p->out_size; yy++) {
         const int ymin = p->bounds[2 * yy], yn = p->bounds[2 * yy + 1];
         const int32_t *k = p->kk + (size_t)yy * p->ksize;
         const uint8_t *in = p->src + (size_t)ymin * p->src_stride;
         uint8_t *out = p->dst + (size_t)yy * p->dst_stride;
-        int xx = 0;
-        for (; xx + 16 <= n; xx += 16) {
-            __m256i a0 = half, a1 = half;
-            for (int y = 0; y < yn; y++) {
-                __m128i b = _mm_loadu_si128((const __m128i *)(in + (size_t)y * p->src_stride + xx));
-                __m256i w = _mm256_set1_epi32(k[y]);
-                a0 = _mm256_add_epi32(a0, _mm256_mullo_epi32(_mm256_cvtepu8_epi32(b), w));
-                a1 = _mm256_add_epi32(a1, _mm256_mullo_epi32(_mm256_cvtepu8_epi32(_mm_srli_si128(b, 8)), w));
+        const int npairs = (yn + 1) / 2;
+        if (n < 32 || npairs > MAX_PAIRS) {
+            for (int xx = 0; xx < n; xx++) {
+                int32_t ss = 1 << (PRECISION_BITS - 1);
+                for (int y = 0; y < yn; y++)
+                    ss += in[(size_t)y * p->src_stride + xx] * k[y];
+                ss >>= PRECISION_BITS;
+                out[xx] = ss < 0 ? 0 : ss > 255 ? 255 : (uint8_t)ss;
             }
-            a0 = _mm256_srai_epi32(a0, PRECISION_BITS);
-            a1 = _mm256_srai_epi32(a1, PRECISION_BITS);
-            __m256i w16 = _mm256_permute4x64_epi64(_mm256_packs_epi32(a0, a1), 0xD8);
-            __m128i b8 = _mm_packus_epi16(_mm256_castsi256_si128(w16), _mm256_extracti128_si256(w16, 1));
-            _mm_storeu_si128((__m128i *)(out + xx), b8);
+            continue;
         }
-        for (; xx < n; xx++) {
-            int32_t ss = 1 << (PRECISION_BITS - 1);
-            for (int y = 0; y < yn; y++)
-                ss += in[(size_t)y * p->src_stride + xx] * k[y];
-            ss >>= PRECISION_BITS;
-            out[xx] = ss < 0 ? 0 : ss > 255 ? 255 : (uint8_t)ss;
+        for (int t = 0; t < npairs; t++) {
+            int y0 = 2 * t, y1 = 2 * t + 1 < yn ? 2 * t + 1 : 2 * t; /* an odd last tap pairs with weight 0 */
+            int32_t k0 = k[y0], k1 = y1 != y0 ? k[y1] : 0;
+            rows[2 * t] = in + (size_t)y0 * p->src_stride;
+            rows[2 * t + 1] = in + (size_t)y1 * p->src_stride;
+            int32_t h0 = k0 >> SPLIT_BITS, h1 = k1 >> SPLIT_BITS;
+            int32_t l0 = k0 & ((1 << SPLIT_BITS) - 1), l1 = k1 & ((1 << SPLIT_BITS) - 1);
+            w_hi[t] = (int32_t)(((uint32_t)h1 << 16) | ((uint32_t)h0 & 0xFFFFu));
+            w_lo[t] = (int32_t)(((uint32_t)l1 << 16) | (uint32_t)l0);
         }
+        int xx = 0;
+        for (; xx + 32 <= n; xx += 32)
+            _mm256_storeu_si256((__m256i *)(out + xx), filter32(rows, w_hi, w_lo, npairs, xx));
+        if (xx < n)
+            _mm256_storeu_si256((__m256i *)(out + n - 32), filter32(rows, w_hi, w_lo, npairs, n - 32));
     }
 }
