@@ -148,8 +148,10 @@ static int make_flipped(amdim_augmenter *a, const amdim_image *src, const amdim_
 
 static int colour_of(amdim_augmenter *a, const amdim_view_params *vp, uint8_t *out);
 
-/* One view of an already flipped (or not) source. */
-static int view_of(amdim_augmenter *a, const amdim_image *src, const amdim_view_params *vp, uint8_t *out)
+/* One view of src, read mirrored when mirror is set (resized crops only;
+ * translate views take an already flipped source). */
+static int view_of(amdim_augmenter *a, const amdim_image *src, int mirror, const amdim_view_params *vp,
+                   uint8_t *out)
 {
     const amdim_augment_config *c = &a->cfg;
     const int s = c->size;
@@ -157,8 +159,8 @@ static int view_of(amdim_augmenter *a, const amdim_image *src, const amdim_view_
     if (c->crop_mode == AMDIM_CROP_RESIZED) {
         const double box[4] = {vp->x, vp->y, vp->x + vp->w, vp->y + vp->h};
         const int clip[4] = {vp->x, vp->y, vp->x + vp->w, vp->y + vp->h};
-        int st = amdim_resize_bicubic_box(src->pixels, src->width, src->height, 3, box, clip, out, s, s, a->simd,
-                                          &a->scratch);
+        int st = amdim_resize_bicubic_box(src->pixels, src->width, src->height, 3, box, clip, mirror, out, s, s,
+                                          a->simd, &a->scratch);
         if (st)
             return AFAIL(st, "crop (%d, %d, %dx%d) does not fit the %dx%d image", vp->x, vp->y, vp->w, vp->h,
                          src->width, src->height);
@@ -210,10 +212,10 @@ static int colour_of(amdim_augmenter *a, const amdim_view_params *vp, uint8_t *o
 int amdim_augment_view(amdim_augmenter *a, const amdim_image *src, int flip, const amdim_view_params *vp,
                        uint8_t *out)
 {
-    int st;
-    if (flip && (st = make_flipped(a, src, &src)))
+    int st, resized = a->cfg.crop_mode == AMDIM_CROP_RESIZED;
+    if (flip && !resized && (st = make_flipped(a, src, &src)))
         return st;
-    return view_of(a, src, vp, out);
+    return view_of(a, src, flip && resized, vp, out);
 }
 
 /* libjpeg-turbo's scale M/8 for this pair: the smallest allowed one at
@@ -234,8 +236,9 @@ static int decode_scale(const amdim_augmenter *a, const amdim_pair_params *p)
 }
 
 /* The fast path for JPEG records: one decode of only the rectangle both
- * crops cover, at a reduced scale when both crops allow it, flipped, then
- * each crop resized from its box in the decoded part. At scale 8/8 the views
+ * crops cover, at a reduced scale when both crops allow it, then
+ * each crop resized from its box in the decoded part (read mirrored when the
+ * pair is flipped). At scale 8/8 the views
  * are the oracle's bytes; below, they are the bicubic resize of libjpeg's
  * scaled decode. Returns 1 (not 0) when the record needs the general path. */
 static int pair_from_region(amdim_augmenter *a, const amdim_record *rec, const amdim_pair_params *p,
@@ -263,8 +266,6 @@ static int pair_from_region(amdim_augmenter *a, const amdim_record *rec, const a
         return AFAIL(AMDIM_E_CORRUPT, "JPEG is %dx%d but its record says %dx%d", reg.full_width, reg.full_height, W, H);
     amdim_image *img = &a->region;
     const int bw = img->width, bh = img->height;
-    if (p->flip)
-        amdim_flip_horizontal(img->pixels, bw, bh);
     const double s = m / 8.0;
     uint8_t *outs[2] = {view1, view2};
     for (int v = 0; v < 2; v++) {
@@ -281,7 +282,8 @@ static int pair_from_region(amdim_augmenter *a, const amdim_record *rec, const a
         box[2] = box[2] > bw ? bw : box[2];
         box[3] = box[3] > bh ? bh : box[3];
         int clip[4] = {(int)floor(box[0]), (int)floor(box[1]), (int)ceil(box[2]), (int)ceil(box[3])};
-        if ((st = amdim_resize_bicubic_box(img->pixels, bw, bh, 3, box, clip, outs[v], S, S, a->simd, &a->scratch)))
+        if ((st = amdim_resize_bicubic_box(img->pixels, bw, bh, 3, box, clip, p->flip, outs[v], S, S, a->simd,
+                                           &a->scratch)))
             return AFAIL(st, "crop (%d, %d, %dx%d) at scale %d/8 does not fit the decoded %dx%d part", vp->x, vp->y,
                          vp->w, vp->h, m, bw, bh);
         if ((st = colour_of(a, vp, outs[v])))
@@ -308,11 +310,12 @@ int amdim_augment_pair(amdim_augmenter *a, const amdim_record *rec, uint64_t see
     if ((st = amdim_augment_decode(a, rec, &src)))
         return st;
     amdim_augment_draw(&a->cfg, src->width, src->height, &rng, p);
-    if (p->flip && (st = make_flipped(a, src, &src)))
+    const int resized = a->cfg.crop_mode == AMDIM_CROP_RESIZED;
+    if (p->flip && !resized && (st = make_flipped(a, src, &src)))
         return st;
-    if ((st = view_of(a, src, &p->view[0], view1)))
+    if ((st = view_of(a, src, p->flip && resized, &p->view[0], view1)))
         return st;
-    return view_of(a, src, &p->view[1], view2);
+    return view_of(a, src, p->flip && resized, &p->view[1], view2);
 }
 
 int amdim_augment_test_view(amdim_augmenter *a, const amdim_record *rec, uint8_t *out)

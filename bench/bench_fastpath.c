@@ -200,7 +200,7 @@ int main(int argc, char **argv)
     };
     const size_t vn = 128 * 128 * 3;
     uint8_t *v1 = malloc(96 * 96 * 3 > vn ? 96 * 96 * 3 : vn), *v2 = malloc(vn > 96 * 96 * 3 ? vn : 96 * 96 * 3);
-    double scalar_rate = 0;
+    double scalar_rate = 0, default_rate = 0;
     for (size_t i = 0; i < sizeof pipes / sizeof pipes[0]; i++) {
         int maxd;
         double meand;
@@ -210,6 +210,8 @@ int main(int argc, char **argv)
         double r = time_pairs(a, &jpegs, seconds, v1, v2);
         if (i == 0)
             scalar_rate = r;
+        if (pipes[i].region && pipes[i].scales == AMDIM_DECODE_SCALES_DEFAULT)
+            default_rate = r;
         ROW(pipes[i].name, r, floor, maxd, meand);
         amdim_augmenter_destroy(a);
     }
@@ -222,8 +224,8 @@ int main(int argc, char **argv)
         int procs;
         if (p && fscanf(p, "torchvision %d %lf", &procs, &r) == 2 && r > 0) {
             ROW("pairs: torchvision/PIL AMDIM transform", r, floor, -1, 0.0);
-            printf("# SIMD default / torchvision: see the ratio of the two rows; scalar oracle / torchvision %.2f\n",
-                   scalar_rate / r);
+            printf("# per core: default pipeline / torchvision %.2fx; scalar oracle / torchvision %.2fx\n",
+                   default_rate / r, scalar_rate / r);
         } else {
             printf("# torchvision pipeline unavailable (python3-torchvision)\n");
         }

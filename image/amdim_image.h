@@ -127,11 +127,13 @@ int amdim_resize_bicubic(const uint8_t *src, int sw, int sh, int channels,
  * to (dw, dh), reading source pixels only inside the integer rectangle
  * clip = {x0, y0, x1, y1} (the filter window is clamped to it as it is to a
  * cropped image's edges). The box must lie inside clip, and clip inside
- * src. With box == clip this is amdim_resize_bicubic. simd selects the
- * passes (AMDIM_SIMD_AVX2 gives the same bytes as the scalar oracle).
+ * src. With box == clip this is amdim_resize_bicubic. With mirror set,
+ * the source is src flipped left-right (box and clip are in its
+ * coordinates), read in place. simd selects the passes (AMDIM_SIMD_AVX2
+ * gives the same bytes as the scalar oracle).
  * Returns 0, AMDIM_E_INVALID or AMDIM_E_NOMEM. */
 int amdim_resize_bicubic_box(const uint8_t *src, int sw, int sh, int channels, const double box[4],
-                             const int clip[4], uint8_t *dst, int dw, int dh, amdim_simd simd,
+                             const int clip[4], int mirror, uint8_t *dst, int dw, int dh, amdim_simd simd,
                              amdim_scratch *scratch);
 
 #endif

@@ -100,6 +100,7 @@ static inline uint8_t clip8(int32_t v)
 static void resample_rows_h(const amdim_resample_pass *p)
 {
     const int C = p->channels;
+    const ptrdiff_t step = p->mirror ? -C : C;
     for (int y = 0; y < p->rows; y++) {
         const uint8_t *in = p->src + (size_t)y * p->src_stride;
         uint8_t *out = p->dst + (size_t)y * p->dst_stride;
@@ -109,7 +110,7 @@ static void resample_rows_h(const amdim_resample_pass *p)
             for (int c = 0; c < C; c++) {
                 int32_t ss = 1 << (PRECISION_BITS - 1);
                 for (int x = 0; x < xn; x++)
-                    ss += in[(size_t)(xmin + x) * C + c] * k[x];
+                    ss += in[(xmin + x) * step + c] * k[x];
                 out[(size_t)xx * C + c] = clip8(ss);
             }
         }
@@ -140,12 +141,23 @@ int amdim_resize_bicubic(const uint8_t *src, int sw, int sh, int channels, int x
         return AMDIM_E_INVALID;
     const double box[4] = {x0, y0, x0 + cw, y0 + ch};
     const int clip[4] = {x0, y0, x0 + cw, y0 + ch};
-    return amdim_resize_bicubic_box(src, sw, sh, channels, box, clip, dst, dw, dh, AMDIM_SIMD_SCALAR,
+    return amdim_resize_bicubic_box(src, sw, sh, channels, box, clip, 0, dst, dw, dh, AMDIM_SIMD_SCALAR,
                                     scratch);
 }
 
+/* n pixels of a source row from column x of the image, mirrored or not. */
+static void copy_pixels(const uint8_t *row, int sw, int C, int x, int n, int mirror, uint8_t *out)
+{
+    if (!mirror) {
+        memcpy(out, row + (size_t)x * C, (size_t)n * C);
+        return;
+    }
+    for (int i = 0; i < n; i++)
+        memcpy(out + (size_t)i * C, row + (size_t)(sw - 1 - x - i) * C, (size_t)C);
+}
+
 int amdim_resize_bicubic_box(const uint8_t *src, int sw, int sh, int channels, const double box[4],
-                             const int clip[4], uint8_t *dst, int dw, int dh, amdim_simd simd,
+                             const int clip[4], int mirror, uint8_t *dst, int dw, int dh, amdim_simd simd,
                              amdim_scratch *scratch)
 {
     if (!src || !dst || channels < 1 || channels > 4 || dw <= 0 || dh <= 0 || clip[0] < 0 ||
@@ -161,9 +173,9 @@ int amdim_resize_bicubic_box(const uint8_t *src, int sw, int sh, int channels, c
      * span equals the output size. */
     int need_h = !(bw == dw && bx == floor(bx)), need_v = !(bh == dh && by == floor(by));
     if (!need_h && !need_v) {
-        const uint8_t *s0 = src + (size_t)(cy + (int)by) * src_stride + (size_t)(cx + (int)bx) * C;
         for (int y = 0; y < dh; y++)
-            memcpy(dst + (size_t)y * dw * C, s0 + (size_t)y * src_stride, (size_t)dw * C);
+            copy_pixels(src + (size_t)(cy + (int)by + y) * src_stride, sw, C, cx + (int)bx, dw, mirror,
+                        dst + (size_t)y * dw * C);
         return AMDIM_OK;
     }
     int kh = window_size(bw, dw), kv = window_size(bh, dh);
@@ -205,7 +217,10 @@ int amdim_resize_bicubic_box(const uint8_t *src, int sw, int sh, int channels, c
     size_t vin_stride;
     if (need_h) {
         compute_weights(bx, bw, lw, dw, kh, b_h, kk_h, tmp);
-        amdim_resample_pass p = {.src = src + (size_t)(cy + row_first) * src_stride + (size_t)cx * C,
+        /* src: clip column 0 of the first row, in the mirrored image if asked */
+        size_t col0 = mirror ? (size_t)(sw - 1 - cx) * C : (size_t)cx * C;
+        amdim_resample_pass p = {.src = src + (size_t)(cy + row_first) * src_stride + col0,
+                                 .mirror = mirror,
                                  .src_stride = src_stride,
                                  .src_end = src + (size_t)sh * src_stride,
                                  .dst = mid,
@@ -222,6 +237,12 @@ int amdim_resize_bicubic_box(const uint8_t *src, int sw, int sh, int channels, c
             amdim_resample_h_avx2(&p);
         else
             resample_rows_h(&p);
+        vin = mid;
+        vin_stride = mid_stride;
+    } else if (mirror) {
+        for (int y = 0; y < row_last - row_first; y++)
+            copy_pixels(src + (size_t)(cy + row_first + y) * src_stride, sw, C, cx + (int)bx, dw, 1,
+                        mid + (size_t)y * mid_stride);
         vin = mid;
         vin_stride = mid_stride;
     } else {

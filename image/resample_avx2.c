@@ -19,18 +19,23 @@ size_t amdim_resample_h_aux_bytes(int out_size, int rows, int cols)
 
 size_t amdim_resample_mid_stride(int width) { return transposed_stride(width); }
 
-/* dst row x, pixel y = src row y, pixel x, for w x h RGB pixels. Blocks of
- * 4 x 4 pixels move as 16-byte vectors: each load reads 4 bytes past the
- * 12 it uses (done only where src_end allows), each store writes 4 bytes
- * past its 12 (into the next block, written later, or the row padding). */
-static void transpose_rgb(const uint8_t *src, size_t ss, const uint8_t *src_end, int w, int h, uint8_t *dst,
-                          size_t ds)
+/* dst row x, pixel y = src row y, pixel x, for w x h RGB pixels, where
+ * pixel x of a src row lies x pixels after its start, or before it when
+ * reverse is set (a mirrored image). Blocks of 4 x 4 pixels move as 16-byte
+ * vectors: each load reads 4 bytes past the 12 it uses (done only where
+ * src_end allows), each store writes 4 bytes past its 12 (into the next
+ * block, written later, or the row padding). */
+static void transpose_rgb(const uint8_t *src, size_t ss, const uint8_t *src_end, int reverse, int w, int h,
+                          uint8_t *dst, size_t ds)
 {
-    const __m128i expand = _mm_setr_epi8(0, 1, 2, -1, 3, 4, 5, -1, 6, 7, 8, -1, 9, 10, 11, -1);
+    const __m128i expand = reverse ? _mm_setr_epi8(9, 10, 11, -1, 6, 7, 8, -1, 3, 4, 5, -1, 0, 1, 2, -1)
+                                   : _mm_setr_epi8(0, 1, 2, -1, 3, 4, 5, -1, 6, 7, 8, -1, 9, 10, 11, -1);
     const __m128i squeeze = _mm_setr_epi8(0, 1, 2, 4, 5, 6, 8, 9, 10, 12, 13, 14, -1, -1, -1, -1);
+    const ptrdiff_t step = reverse ? -3 : 3;
     int x = 0;
     for (; x + 4 <= w; x += 4) {
-        const uint8_t *s = src + (size_t)x * 3;
+        /* the lowest-addressed of the block's 4 source columns */
+        const uint8_t *s = src + (reverse ? -(ptrdiff_t)(x + 3) * 3 : (ptrdiff_t)x * 3);
         uint8_t *d = dst + (size_t)x * ds;
         int y = 0;
         for (; y + 4 <= h && s + (size_t)(y + 3) * ss + 16 <= src_end; y += 4) {
@@ -49,11 +54,11 @@ static void transpose_rgb(const uint8_t *src, size_t ss, const uint8_t *src_end,
         }
         for (; y < h; y++)
             for (int k = 0; k < 4; k++)
-                memcpy(d + (size_t)k * ds + (size_t)y * 3, s + (size_t)y * ss + (size_t)k * 3, 3);
+                memcpy(d + (size_t)k * ds + (size_t)y * 3, src + (size_t)y * ss + (x + k) * step, 3);
     }
     for (; x < w; x++)
         for (int y = 0; y < h; y++)
-            memcpy(dst + (size_t)x * ds + (size_t)y * 3, src + (size_t)y * ss + (size_t)x * 3, 3);
+            memcpy(dst + (size_t)x * ds + (size_t)y * 3, src + (size_t)y * ss + x * step, 3);
 }
 
 /* RGB, interleaved. dst_stride must be amdim_resample_mid_stride(out_size)
@@ -74,7 +79,8 @@ void amdim_resample_h_avx2(const amdim_resample_pass *p)
         bounds[2 * xx] = p->bounds[2 * xx] - c0;
         bounds[2 * xx + 1] = p->bounds[2 * xx + 1];
     }
-    transpose_rgb(p->src + (size_t)c0 * 3, p->src_stride, p->src_end, c1 - c0, p->rows, t, ts);
+    const uint8_t *first = p->src + (p->mirror ? -(ptrdiff_t)c0 * 3 : (ptrdiff_t)c0 * 3);
+    transpose_rgb(first, p->src_stride, p->src_end, p->mirror, c1 - c0, p->rows, t, ts);
     amdim_resample_pass v = {.src = t,
                              .src_stride = ts,
                              .dst = mt,
@@ -86,7 +92,7 @@ void amdim_resample_h_avx2(const amdim_resample_pass *p)
                              .bounds = bounds,
                              .kk = p->kk};
     amdim_resample_v_avx2(&v);
-    transpose_rgb(mt, ts, mt + (size_t)p->out_size * ts, p->rows, p->out_size, p->dst, p->dst_stride);
+    transpose_rgb(mt, ts, mt + (size_t)p->out_size * ts, 0, p->rows, p->out_size, p->dst, p->dst_stride);
 }
 
 /* Weights split as w = hi * 2^11 + lo with 0 <= lo < 2^11, so both halves

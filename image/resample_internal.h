@@ -13,6 +13,7 @@ typedef struct {
     const uint8_t *src;   /* first input row */
     size_t src_stride;
     const uint8_t *src_end; /* one past the last readable source byte */
+    int mirror;           /* horizontal pass: column i of a row is src - i pixels */
     uint8_t *dst;
     size_t dst_stride;
     int rows;             /* horizontal pass: rows to filter */

@@ -132,8 +132,8 @@ static void check_resize(void)
         }
         int clip[4] = {x0, y0, x0 + cw, y0 + ch};
         uint8_t *a = malloc((size_t)dw * dh * C), *b = malloc((size_t)dw * dh * C);
-        int sa = amdim_resize_bicubic_box(src, sw, sh, C, box, clip, a, dw, dh, AMDIM_SIMD_SCALAR, &s1);
-        int sb = amdim_resize_bicubic_box(src, sw, sh, C, box, clip, b, dw, dh, AMDIM_SIMD_AVX2, &s2);
+        int sa = amdim_resize_bicubic_box(src, sw, sh, C, box, clip, 0, a, dw, dh, AMDIM_SIMD_SCALAR, &s1);
+        int sb = amdim_resize_bicubic_box(src, sw, sh, C, box, clip, 0, b, dw, dh, AMDIM_SIMD_AVX2, &s2);
         CHECK(sa == sb, "status %d vs %d", sa, sb);
         if (sa == 0 && sb == 0) {
             size_t nd;
@@ -143,7 +143,23 @@ static void check_resize(void)
                   dh, C, m);
             cases++;
         }
-        free(src), free(a), free(b);
+        /* mirrored reads, scalar and AVX2, against the oracle on a flipped copy */
+        uint8_t *flipped = malloc((size_t)sw * sh * C), *c = malloc((size_t)dw * dh * C);
+        for (int y = 0; y < sh; y++)
+            for (int x = 0; x < sw; x++)
+                memcpy(flipped + ((size_t)y * sw + x) * C, src + ((size_t)y * sw + sw - 1 - x) * C, (size_t)C);
+        if (amdim_resize_bicubic_box(flipped, sw, sh, C, box, clip, 0, a, dw, dh, AMDIM_SIMD_SCALAR, &s1) == 0) {
+            for (int simd = 0; simd < 2; simd++) {
+                int st = amdim_resize_bicubic_box(src, sw, sh, C, box, clip, 1, c, dw, dh,
+                                                  simd ? AMDIM_SIMD_AVX2 : AMDIM_SIMD_SCALAR, simd ? &s2 : &s1);
+                size_t nd;
+                int m = st ? 256 : max_diff(a, c, (size_t)dw * dh * C, &nd);
+                worst = m > worst ? m : worst;
+                CHECK(m == 0, "mirrored %s resize %dx%d crop (%d,%d %dx%d) -> %dx%d C=%d: max diff %d",
+                      simd ? "AVX2" : "scalar", sw, sh, x0, y0, cw, ch, dw, dh, C, m);
+            }
+        }
+        free(src), free(a), free(b), free(flipped), free(c);
     }
     /* The integer-crop entry point is the box one with box == clip. */
     uint8_t src[40 * 30 * 3], a[16 * 16 * 3], b[16 * 16 * 3];
@@ -151,9 +167,9 @@ static void check_resize(void)
     double box[4] = {3, 4, 33, 29};
     int clip[4] = {3, 4, 33, 29};
     amdim_resize_bicubic(src, 40, 30, 3, 3, 4, 30, 25, a, 16, 16, &s1);
-    amdim_resize_bicubic_box(src, 40, 30, 3, box, clip, b, 16, 16, AMDIM_SIMD_AVX2, &s2);
+    amdim_resize_bicubic_box(src, 40, 30, 3, box, clip, 0, b, 16, 16, AMDIM_SIMD_AVX2, &s2);
     CHECK(memcmp(a, b, sizeof a) == 0, "crop entry point differs from the box one");
-    printf("resize: %d random cases, max diff %d\n", cases, worst);
+    printf("resize: %d random cases, plain and mirrored, max diff %d\n", cases, worst);
     amdim_scratch_free(&s1);
     amdim_scratch_free(&s2);
 }
