@@ -169,7 +169,6 @@ void amdim_adjust_hue_avx2(uint8_t *p, size_t npix, float hue)
     const __m256i b255 = _mm256_set1_epi32(255), one_i = _mm256_set1_epi32(1), two_i = _mm256_set1_epi32(2);
     const __m256 one = _mm256_set1_ps(1.0f), c255 = _mm256_set1_ps(255.0f), half = _mm256_set1_ps(0.5f);
     const __m256 tie_band = _mm256_set1_ps(1.0f / 16384);
-    static const int sector_start[6] = {43, 85, 128, 170, 213, 255};
     /* hsv -> rgb picks, per sector i, r = R(i), g = R(i + 4), b = R(i + 8)
      * (mod 6) of R = (v, q, p, p, t, v): sector 0 (v,t,p) 1 (q,v,p) 2 (p,v,t)
      * 3 (p,q,v) 4 (t,p,v) 5 (v,p,q); bytes of w: v 0, q 1, p 2, t 3. */
@@ -206,9 +205,13 @@ void amdim_adjust_hue_avx2(uint8_t *p, size_t npix, float hue)
         /* i = floor(6 h / 255) by comparisons, f = (6 h - 255 i) / 255 and
          * fs = s / 255 by IEEE division: the oracle's values (its double
          * quotients, stored to float, equal these for all 256 levels) */
-        __m256i i6 = _mm256_setzero_si256();
-        for (int k = 0; k < 6; k++) /* h >= 43, 85, 128, 170, 213, 255 */
-            i6 = _mm256_sub_epi32(i6, _mm256_cmpgt_epi32(uh, _mm256_set1_epi32(sector_start[k] - 1)));
+        __m256i i6 = _mm256_add_epi32(_mm256_cmpgt_epi32(uh, _mm256_set1_epi32(42)),
+                                      _mm256_cmpgt_epi32(uh, _mm256_set1_epi32(84)));
+        i6 = _mm256_add_epi32(i6, _mm256_add_epi32(_mm256_cmpgt_epi32(uh, _mm256_set1_epi32(127)),
+                                                   _mm256_cmpgt_epi32(uh, _mm256_set1_epi32(169))));
+        i6 = _mm256_add_epi32(i6, _mm256_add_epi32(_mm256_cmpgt_epi32(uh, _mm256_set1_epi32(212)),
+                                                   _mm256_cmpeq_epi32(uh, b255)));
+        i6 = _mm256_sub_epi32(_mm256_setzero_si256(), i6); /* h >= 43, 85, 128, 170, 213, 255 */
         __m256i j = _mm256_sub_epi32(_mm256_mullo_epi32(uh, _mm256_set1_epi32(6)),
                                      _mm256_mullo_epi32(i6, b255));
         __m256i sector = _mm256_andnot_si256(_mm256_cmpeq_epi32(i6, _mm256_set1_epi32(6)), i6);
