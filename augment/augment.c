@@ -33,10 +33,10 @@ struct amdim_augmenter {
 
 void amdim_augmenter_set_simd(amdim_augmenter *a, amdim_simd level)
 {
-    if (level == AMDIM_SIMD_AVX2 && amdim_simd_detect() != AMDIM_SIMD_AVX2)
-        level = AMDIM_SIMD_SCALAR;
+    if (level > amdim_simd_detect())
+        level = amdim_simd_detect();
     a->simd = level;
-    if (level == AMDIM_SIMD_AVX2)
+    if (level >= AMDIM_SIMD_AVX2)
         a->ops = (colour_ops){amdim_adjust_brightness_avx2, amdim_adjust_contrast_avx2,
                               amdim_adjust_saturation_avx2, amdim_adjust_hue_avx2, amdim_to_grey_avx2};
     else

@@ -43,16 +43,17 @@ double amdim_now(void);
 /* Number of online CPUs (at least 1). */
 int amdim_cpu_count(void);
 
-/* SIMD instruction sets the CPU paths choose between at run time. */
-/* AMDIM_SIMD_AVX2 means AVX2 with FMA (every AVX2 CPU has both). */
-typedef enum { AMDIM_SIMD_SCALAR = 0, AMDIM_SIMD_AVX2 = 1 } amdim_simd;
+/* SIMD instruction sets the CPU paths choose between at run time, each
+ * including the ones below it: AVX2 with FMA (every AVX2 CPU has both);
+ * AVX-512 F/BW/VL with VNNI (Intel Ice Lake and later, AMD Zen 4 and later). */
+typedef enum { AMDIM_SIMD_SCALAR = 0, AMDIM_SIMD_AVX2 = 1, AMDIM_SIMD_AVX512 = 2 } amdim_simd;
 
-/* The best level this CPU supports, unless the environment variable
- * AMDIM_SIMD is "scalar" (forces the plain C oracle) or "avx2" (refused
- * down to scalar on a CPU without AVX2). Handles call this once when they
- * are created and keep the answer. */
+/* The best level this CPU supports, capped by the environment variable
+ * AMDIM_SIMD: "scalar" forces the plain C oracle, "avx2" stops below
+ * AVX-512. Handles call this once when they are created and keep the
+ * answer. */
 amdim_simd amdim_simd_detect(void);
-/* "scalar" or "avx2". */
+/* "scalar", "avx2" or "avx512". */
 const char *amdim_simd_name(amdim_simd level);
 
 /* For command-line tools: parses a whole decimal integer in [lo, hi]. On

@@ -56,18 +56,28 @@ int amdim_cpu_count(void)
 
 amdim_simd amdim_simd_detect(void)
 {
-    int have_avx2 = 0;
+    amdim_simd level = AMDIM_SIMD_SCALAR;
 #if defined(__x86_64__) || defined(__i386__)
     __builtin_cpu_init();
-    have_avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) {
+        level = AMDIM_SIMD_AVX2;
+        if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+            __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512vnni"))
+            level = AMDIM_SIMD_AVX512;
+    }
 #endif
     const char *want = getenv("AMDIM_SIMD");
     if (want && strcmp(want, "scalar") == 0)
         return AMDIM_SIMD_SCALAR;
-    return have_avx2 ? AMDIM_SIMD_AVX2 : AMDIM_SIMD_SCALAR;
+    if (want && strcmp(want, "avx2") == 0 && level > AMDIM_SIMD_AVX2)
+        return AMDIM_SIMD_AVX2;
+    return level;
 }
 
-const char *amdim_simd_name(amdim_simd level) { return level == AMDIM_SIMD_AVX2 ? "avx2" : "scalar"; }
+const char *amdim_simd_name(amdim_simd level)
+{
+    return level == AMDIM_SIMD_AVX512 ? "avx512" : level == AMDIM_SIMD_AVX2 ? "avx2" : "scalar";
+}
 
 void amdim_progress_init(amdim_progress *p, void *stream, const char *label,
                          const char *unit, double interval)

@@ -188,7 +188,7 @@ int amdim_resize_bicubic_box(const uint8_t *src, int sw, int sh, int channels, c
     size_t off_bh = off_kv + ALIGN64((size_t)dh * kv * sizeof(int32_t));
     size_t off_bv = off_bh + ALIGN64((size_t)dw * 2 * sizeof(int));
     size_t off_tmp = off_bv + ALIGN64((size_t)dh * 2 * sizeof(int));
-    int avx2 = simd == AMDIM_SIMD_AVX2 && C == 3;
+    int avx2 = simd >= AMDIM_SIMD_AVX2 && C == 3;
     /* the AVX2 horizontal pass writes rows padded for its transposition */
     size_t mid_stride = avx2 ? amdim_resample_mid_stride(dw) : (size_t)dw * C;
     size_t off_img = off_tmp + ALIGN64((size_t)(kmax + 8) * sizeof(double));
@@ -234,7 +234,7 @@ int amdim_resize_bicubic_box(const uint8_t *src, int sw, int sh, int channels, c
                                  .kk = kk_h,
                                  .aux = aux};
         if (avx2)
-            amdim_resample_h_avx2(&p);
+            amdim_resample_h_avx2(&p, simd == AMDIM_SIMD_AVX512);
         else
             resample_rows_h(&p);
         vin = mid;
@@ -266,7 +266,9 @@ int amdim_resize_bicubic_box(const uint8_t *src, int sw, int sh, int channels, c
                              .ksize = kv,
                              .bounds = b_v,
                              .kk = kk_v};
-    if (simd == AMDIM_SIMD_AVX2)
+    if (simd == AMDIM_SIMD_AVX512)
+        amdim_resample_v_avx512(&p);
+    else if (simd == AMDIM_SIMD_AVX2)
         amdim_resample_v_avx2(&p);
     else
         resample_rows_v(&p);

@@ -63,7 +63,7 @@ static void transpose_rgb(const uint8_t *src, size_t ss, const uint8_t *src_end,
 
 /* RGB, interleaved. dst_stride must be amdim_resample_mid_stride(out_size)
  * or more (the transposition writes into the padding). */
-void amdim_resample_h_avx2(const amdim_resample_pass *p)
+void amdim_resample_h_avx2(const amdim_resample_pass *p, int avx512)
 {
     int c0 = p->bounds[0], c1 = 0;
     for (int xx = 0; xx < p->out_size; xx++) {
@@ -91,20 +91,18 @@ void amdim_resample_h_avx2(const amdim_resample_pass *p)
                              .ksize = p->ksize,
                              .bounds = bounds,
                              .kk = p->kk};
-    amdim_resample_v_avx2(&v);
+    if (avx512)
+        amdim_resample_v_avx512(&v);
+    else
+        amdim_resample_v_avx2(&v);
     transpose_rgb(mt, ts, mt + (size_t)p->out_size * ts, 0, p->rows, p->out_size, p->dst, p->dst_stride);
 }
-
-/* Weights split as w = hi * 2^11 + lo with 0 <= lo < 2^11, so both halves
- * fit int16 (|w| <= 2^22) and pmaddwd multiplies two taps at once: the sum
- * of (hi << 11) + lo over taps is exactly the oracle's 32-bit sum. */
-#define SPLIT_BITS 11
 
 /* ((hi << 11) + lo + half) >> 22: the oracle's rounding of its sum */
 static inline __m256i finish(__m256i hi, __m256i lo)
 {
     const __m256i half = _mm256_set1_epi32(1 << (PRECISION_BITS - 1));
-    return _mm256_srai_epi32(_mm256_add_epi32(_mm256_add_epi32(_mm256_slli_epi32(hi, SPLIT_BITS), lo), half),
+    return _mm256_srai_epi32(_mm256_add_epi32(_mm256_add_epi32(_mm256_slli_epi32(hi, AMDIM_RESAMPLE_SPLIT_BITS), lo), half),
                              PRECISION_BITS);
 }
 
@@ -134,41 +132,57 @@ static inline __m256i filter32(const uint8_t *const *rows, const int32_t *w_hi, 
     return _mm256_packus_epi16(_mm256_packs_epi32(s0, s1), _mm256_packs_epi32(s2, s3));
 }
 
+void amdim_resample_v_row_scalar(const amdim_resample_pass *p, int yy)
+{
+    const int yn = p->bounds[2 * yy + 1];
+    const int32_t *k = p->kk + (size_t)yy * p->ksize;
+    const uint8_t *in = p->src + (size_t)p->bounds[2 * yy] * p->src_stride;
+    uint8_t *out = p->dst + (size_t)yy * p->dst_stride;
+    for (int xx = 0; xx < p->row_bytes; xx++) {
+        int32_t ss = 1 << (PRECISION_BITS - 1);
+        for (int y = 0; y < yn; y++)
+            ss += in[(size_t)y * p->src_stride + xx] * k[y];
+        ss >>= PRECISION_BITS;
+        out[xx] = ss < 0 ? 0 : ss > 255 ? 255 : (uint8_t)ss;
+    }
+}
+
+int amdim_resample_v_taps(const amdim_resample_pass *p, int yy, const uint8_t **rows, int32_t *w_hi, int32_t *w_lo)
+{
+    const int yn = p->bounds[2 * yy + 1];
+    const int32_t *k = p->kk + (size_t)yy * p->ksize;
+    const uint8_t *in = p->src + (size_t)p->bounds[2 * yy] * p->src_stride;
+    const int npairs = (yn + 1) / 2;
+    if (npairs > AMDIM_RESAMPLE_MAX_PAIRS)
+        return -1;
+    for (int t = 0; t < npairs; t++) {
+        int y0 = 2 * t, y1 = 2 * t + 1 < yn ? 2 * t + 1 : 2 * t; /* an odd last tap pairs with weight 0 */
+        int32_t k0 = k[y0], k1 = y1 != y0 ? k[y1] : 0;
+        rows[2 * t] = in + (size_t)y0 * p->src_stride;
+        rows[2 * t + 1] = in + (size_t)y1 * p->src_stride;
+        int32_t h0 = k0 >> AMDIM_RESAMPLE_SPLIT_BITS, h1 = k1 >> AMDIM_RESAMPLE_SPLIT_BITS;
+        int32_t l0 = k0 & ((1 << AMDIM_RESAMPLE_SPLIT_BITS) - 1), l1 = k1 & ((1 << AMDIM_RESAMPLE_SPLIT_BITS) - 1);
+        w_hi[t] = (int32_t)(((uint32_t)h1 << 16) | ((uint32_t)h0 & 0xFFFFu));
+        w_lo[t] = (int32_t)(((uint32_t)l1 << 16) | (uint32_t)l0);
+    }
+    return npairs;
+}
+
 /* Any channel count: rows are filtered as flat byte arrays, 32 bytes a step
  * (the last step overlaps the one before when the row is not a multiple of
  * 32; rows shorter than 32 bytes go byte by byte). */
 void amdim_resample_v_avx2(const amdim_resample_pass *p)
 {
     const int n = p->row_bytes;
-    enum { MAX_PAIRS = 64 };
-    const uint8_t *rows[2 * MAX_PAIRS];
-    int32_t w_hi[MAX_PAIRS], w_lo[MAX_PAIRS];
+    const uint8_t *rows[2 * AMDIM_RESAMPLE_MAX_PAIRS];
+    int32_t w_hi[AMDIM_RESAMPLE_MAX_PAIRS], w_lo[AMDIM_RESAMPLE_MAX_PAIRS];
     for (int yy = 0; yy < p->out_size; yy++) {
-        const int ymin = p->bounds[2 * yy], yn = p->bounds[2 * yy + 1];
-        const int32_t *k = p->kk + (size_t)yy * p->ksize;
-        const uint8_t *in = p->src + (size_t)ymin * p->src_stride;
-        uint8_t *out = p->dst + (size_t)yy * p->dst_stride;
-        const int npairs = (yn + 1) / 2;
-        if (n < 32 || npairs > MAX_PAIRS) {
-            for (int xx = 0; xx < n; xx++) {
-                int32_t ss = 1 << (PRECISION_BITS - 1);
-                for (int y = 0; y < yn; y++)
-                    ss += in[(size_t)y * p->src_stride + xx] * k[y];
-                ss >>= PRECISION_BITS;
-                out[xx] = ss < 0 ? 0 : ss > 255 ? 255 : (uint8_t)ss;
-            }
+        int npairs = amdim_resample_v_taps(p, yy, rows, w_hi, w_lo);
+        if (n < 32 || npairs < 0) {
+            amdim_resample_v_row_scalar(p, yy);
             continue;
         }
-        for (int t = 0; t < npairs; t++) {
-            int y0 = 2 * t, y1 = 2 * t + 1 < yn ? 2 * t + 1 : 2 * t; /* an odd last tap pairs with weight 0 */
-            int32_t k0 = k[y0], k1 = y1 != y0 ? k[y1] : 0;
-            rows[2 * t] = in + (size_t)y0 * p->src_stride;
-            rows[2 * t + 1] = in + (size_t)y1 * p->src_stride;
-            int32_t h0 = k0 >> SPLIT_BITS, h1 = k1 >> SPLIT_BITS;
-            int32_t l0 = k0 & ((1 << SPLIT_BITS) - 1), l1 = k1 & ((1 << SPLIT_BITS) - 1);
-            w_hi[t] = (int32_t)(((uint32_t)h1 << 16) | ((uint32_t)h0 & 0xFFFFu));
-            w_lo[t] = (int32_t)(((uint32_t)l1 << 16) | (uint32_t)l0);
-        }
+        uint8_t *out = p->dst + (size_t)yy * p->dst_stride;
         int xx = 0;
         for (; xx + 32 <= n; xx += 32)
             _mm256_storeu_si256((__m256i *)(out + xx), filter32(rows, w_hi, w_lo, npairs, xx));

@@ -30,8 +30,23 @@ typedef struct {
 size_t amdim_resample_h_aux_bytes(int out_size, int rows, int cols);
 /* Row stride its output needs: width * 3 plus padding. */
 size_t amdim_resample_mid_stride(int width);
-/* Same bytes as the plain C passes; the horizontal one needs channels == 3. */
-void amdim_resample_h_avx2(const amdim_resample_pass *p);
+/* Same bytes as the plain C passes; the horizontal one needs channels == 3
+ * and runs the vertical kernel of AVX-512 when avx512 is set. */
+void amdim_resample_h_avx2(const amdim_resample_pass *p, int avx512);
 void amdim_resample_v_avx2(const amdim_resample_pass *p);
+/* The vertical SIMD kernels split each weight as w = hi * 2^11 + lo with
+ * 0 <= lo < 2^11, so both halves fit int16 (|w| <= 2^22) and one 16-bit
+ * multiply-add takes two taps: the sum of (hi << 11) + lo over the taps is
+ * exactly the oracle's 32-bit sum. For output row yy, amdim_resample_v_taps
+ * fills the taps' source rows in pairs (an odd last tap pairs with weight
+ * 0) and each pair's hi and lo halves as int16 pairs; it returns the number
+ * of pairs, or -1 past AMDIM_RESAMPLE_MAX_PAIRS, where
+ * amdim_resample_v_row_scalar does the row. */
+#define AMDIM_RESAMPLE_SPLIT_BITS 11
+#define AMDIM_RESAMPLE_MAX_PAIRS 64
+int amdim_resample_v_taps(const amdim_resample_pass *p, int yy, const uint8_t **rows, int32_t *w_hi, int32_t *w_lo);
+void amdim_resample_v_row_scalar(const amdim_resample_pass *p, int yy);
+/* The vertical pass with AVX-512 BW/VL/VNNI (resample_avx512.c). */
+void amdim_resample_v_avx512(const amdim_resample_pass *p);
 
 #endif

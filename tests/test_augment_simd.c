@@ -13,6 +13,7 @@
 #include "testutil.h"
 
 static uint32_t lcg = 12345;
+static amdim_simd top_level; /* the best level this CPU has */
 static uint32_t rnd(void)
 {
     lcg = lcg * 1664525u + 1013904223u;
@@ -133,30 +134,31 @@ static void check_resize(void)
         int clip[4] = {x0, y0, x0 + cw, y0 + ch};
         uint8_t *a = malloc((size_t)dw * dh * C), *b = malloc((size_t)dw * dh * C);
         int sa = amdim_resize_bicubic_box(src, sw, sh, C, box, clip, 0, a, dw, dh, AMDIM_SIMD_SCALAR, &s1);
-        int sb = amdim_resize_bicubic_box(src, sw, sh, C, box, clip, 0, b, dw, dh, AMDIM_SIMD_AVX2, &s2);
-        CHECK(sa == sb, "status %d vs %d", sa, sb);
-        if (sa == 0 && sb == 0) {
-            size_t nd;
-            int m = max_diff(a, b, (size_t)dw * dh * C, &nd);
-            worst = m > worst ? m : worst;
-            CHECK(m == 0, "resize %dx%d crop (%d,%d %dx%d) -> %dx%d C=%d: max diff %d", sw, sh, x0, y0, cw, ch, dw,
-                  dh, C, m);
-            cases++;
+        for (amdim_simd lv = AMDIM_SIMD_AVX2; lv <= top_level; lv++) {
+            int sb = amdim_resize_bicubic_box(src, sw, sh, C, box, clip, 0, b, dw, dh, lv, &s2);
+            CHECK(sa == sb, "status %d vs %d", sa, sb);
+            if (sa == 0 && sb == 0) {
+                size_t nd;
+                int m = max_diff(a, b, (size_t)dw * dh * C, &nd);
+                worst = m > worst ? m : worst;
+                CHECK(m == 0, "%s resize %dx%d crop (%d,%d %dx%d) -> %dx%d C=%d: max diff %d", amdim_simd_name(lv),
+                      sw, sh, x0, y0, cw, ch, dw, dh, C, m);
+                cases++;
+            }
         }
-        /* mirrored reads, scalar and AVX2, against the oracle on a flipped copy */
+        /* mirrored reads, at every level, against the oracle on a flipped copy */
         uint8_t *flipped = malloc((size_t)sw * sh * C), *c = malloc((size_t)dw * dh * C);
         for (int y = 0; y < sh; y++)
             for (int x = 0; x < sw; x++)
                 memcpy(flipped + ((size_t)y * sw + x) * C, src + ((size_t)y * sw + sw - 1 - x) * C, (size_t)C);
         if (amdim_resize_bicubic_box(flipped, sw, sh, C, box, clip, 0, a, dw, dh, AMDIM_SIMD_SCALAR, &s1) == 0) {
-            for (int simd = 0; simd < 2; simd++) {
-                int st = amdim_resize_bicubic_box(src, sw, sh, C, box, clip, 1, c, dw, dh,
-                                                  simd ? AMDIM_SIMD_AVX2 : AMDIM_SIMD_SCALAR, simd ? &s2 : &s1);
+            for (amdim_simd lv = AMDIM_SIMD_SCALAR; lv <= top_level; lv++) {
+                int st = amdim_resize_bicubic_box(src, sw, sh, C, box, clip, 1, c, dw, dh, lv, lv ? &s2 : &s1);
                 size_t nd;
                 int m = st ? 256 : max_diff(a, c, (size_t)dw * dh * C, &nd);
                 worst = m > worst ? m : worst;
                 CHECK(m == 0, "mirrored %s resize %dx%d crop (%d,%d %dx%d) -> %dx%d C=%d: max diff %d",
-                      simd ? "AVX2" : "scalar", sw, sh, x0, y0, cw, ch, dw, dh, C, m);
+                      amdim_simd_name(lv), sw, sh, x0, y0, cw, ch, dw, dh, C, m);
             }
         }
         free(src), free(a), free(b), free(flipped), free(c);
@@ -169,7 +171,8 @@ static void check_resize(void)
     amdim_resize_bicubic(src, 40, 30, 3, 3, 4, 30, 25, a, 16, 16, &s1);
     amdim_resize_bicubic_box(src, 40, 30, 3, box, clip, 0, b, 16, 16, AMDIM_SIMD_AVX2, &s2);
     CHECK(memcmp(a, b, sizeof a) == 0, "crop entry point differs from the box one");
-    printf("resize: %d random cases, plain and mirrored, max diff %d\n", cases, worst);
+    printf("resize: %d random cases up to %s, plain and mirrored, max diff %d\n", cases, amdim_simd_name(top_level),
+           worst);
     amdim_scratch_free(&s1);
     amdim_scratch_free(&s2);
 }
@@ -278,8 +281,8 @@ static void check_fast_pair(const char *preset)
         free(jpg);
     }
     double mean = sum_abs / (double)bytes;
-    printf("%s: %d pairs, region decode + SIMD max diff %d from the oracle; scaled decode mean abs diff %.3f levels\n",
-           preset, pairs, worst, mean);
+    printf("%s at %s: %d pairs, region decode + SIMD max diff %d from the oracle; scaled decode mean abs diff %.3f levels\n",
+           preset, amdim_simd_name(amdim_simd_detect()), pairs, worst, mean);
     CHECK(mean < 2.0, "%s: the scaled decode is %.3f levels from the oracle on average", preset, mean);
     free(o1), free(o2), free(f1), free(f2);
     amdim_augmenter_destroy(oracle);
@@ -289,7 +292,8 @@ static void check_fast_pair(const char *preset)
 
 int main(void)
 {
-    if (amdim_simd_detect() != AMDIM_SIMD_AVX2) {
+    top_level = amdim_simd_detect();
+    if (top_level < AMDIM_SIMD_AVX2) {
         printf("no AVX2 on this CPU (or AMDIM_SIMD=scalar): skipping\n");
         return TEST_SKIP;
     }
@@ -299,6 +303,11 @@ int main(void)
     check_region_decode();
     check_fast_pair("imagenet");
     check_fast_pair("stl10");
+    if (top_level > AMDIM_SIMD_AVX2) { /* the augmenters below stop at AVX2 */
+        setenv("AMDIM_SIMD", "avx2", 1);
+        CHECK(amdim_simd_detect() == AMDIM_SIMD_AVX2, "AMDIM_SIMD=avx2 does not stop at AVX2");
+        check_fast_pair("imagenet");
+    }
     setenv("AMDIM_SIMD", "scalar", 1);
     CHECK(amdim_simd_detect() == AMDIM_SIMD_SCALAR, "AMDIM_SIMD=scalar does not force the scalar path");
     amdim_augment_config cfg;
