@@ -107,8 +107,8 @@ void amdim_augmenter_destroy(amdim_augmenter *a); /* accepts NULL */
 const char *amdim_augmenter_error(const amdim_augmenter *a);
 
 /* SIMD level of the crop, resize and colour steps: amdim_simd_detect() at
- * creation; AVX2 gives the scalar oracle's bytes. A level the CPU lacks
- * falls back to scalar. */
+ * creation; every level gives the scalar oracle's bytes. A level above
+ * what amdim_simd_detect() allows is lowered to it. */
 void amdim_augmenter_set_simd(amdim_augmenter *a, amdim_simd level);
 amdim_simd amdim_augmenter_simd(const amdim_augmenter *a);
 
@@ -121,7 +121,7 @@ typedef struct {
     /* With region: bit M (1..7) allows libjpeg-turbo's scaled decode at M/8
      * when both crops stay at least the output size there; the crops are
      * then resized from the scaled decode, a close but not byte-identical
-     * approximation (bench_augment reports the difference). 0: full scale. */
+     * approximation (bench_fastpath reports the difference). 0: full scale. */
     unsigned scales;
 } amdim_decode_options;
 /* The scales amdim-load uses by default: 1/2 and 1/4 (see bench/RESULTS.md). */

@@ -33,9 +33,8 @@ struct amdim_augmenter {
 
 void amdim_augmenter_set_simd(amdim_augmenter *a, amdim_simd level)
 {
-    if (level > amdim_simd_detect())
-        level = amdim_simd_detect();
-    a->simd = level;
+    const amdim_simd best = amdim_simd_detect();
+    a->simd = level = level > best ? best : level;
     if (level >= AMDIM_SIMD_AVX2)
         a->ops = (colour_ops){amdim_adjust_brightness_avx2, amdim_adjust_contrast_avx2,
                               amdim_adjust_saturation_avx2, amdim_adjust_hue_avx2, amdim_to_grey_avx2};
@@ -209,13 +208,19 @@ static int colour_of(amdim_augmenter *a, const amdim_view_params *vp, uint8_t *o
     return AMDIM_OK;
 }
 
+/* How views read a flipped source: resized crops read it mirrored in place
+ * (*mirror), translate views get a flipped copy in *src. */
+static int orient(amdim_augmenter *a, int flip, const amdim_image **src, int *mirror)
+{
+    *mirror = flip && a->cfg.crop_mode == AMDIM_CROP_RESIZED;
+    return flip && !*mirror ? make_flipped(a, *src, src) : AMDIM_OK;
+}
+
 int amdim_augment_view(amdim_augmenter *a, const amdim_image *src, int flip, const amdim_view_params *vp,
                        uint8_t *out)
 {
-    int st, resized = a->cfg.crop_mode == AMDIM_CROP_RESIZED;
-    if (flip && !resized && (st = make_flipped(a, src, &src)))
-        return st;
-    return view_of(a, src, flip && resized, vp, out);
+    int mirror, st = orient(a, flip, &src, &mirror);
+    return st ? st : view_of(a, src, mirror, vp, out);
 }
 
 /* libjpeg-turbo's scale M/8 for this pair: the smallest allowed one at
@@ -236,11 +241,11 @@ static int decode_scale(const amdim_augmenter *a, const amdim_pair_params *p)
 }
 
 /* The fast path for JPEG records: one decode of only the rectangle both
- * crops cover, at a reduced scale when both crops allow it, then
- * each crop resized from its box in the decoded part (read mirrored when the
- * pair is flipped). At scale 8/8 the views
- * are the oracle's bytes; below, they are the bicubic resize of libjpeg's
- * scaled decode. Returns 1 (not 0) when the record needs the general path. */
+ * crops cover, at a reduced scale when both crops allow it, then each crop
+ * resized from its box in the decoded part (read mirrored when the pair is
+ * flipped). At scale 8/8 the views are the oracle's bytes; below, they are
+ * the bicubic resize of libjpeg's scaled decode. Returns 1 (not 0) when the
+ * record needs the general path. */
 static int pair_from_region(amdim_augmenter *a, const amdim_record *rec, const amdim_pair_params *p,
                             uint8_t *view1, uint8_t *view2)
 {
@@ -310,12 +315,10 @@ int amdim_augment_pair(amdim_augmenter *a, const amdim_record *rec, uint64_t see
     if ((st = amdim_augment_decode(a, rec, &src)))
         return st;
     amdim_augment_draw(&a->cfg, src->width, src->height, &rng, p);
-    const int resized = a->cfg.crop_mode == AMDIM_CROP_RESIZED;
-    if (p->flip && !resized && (st = make_flipped(a, src, &src)))
+    int mirror;
+    if ((st = orient(a, p->flip, &src, &mirror)) || (st = view_of(a, src, mirror, &p->view[0], view1)))
         return st;
-    if ((st = view_of(a, src, p->flip && resized, &p->view[0], view1)))
-        return st;
-    return view_of(a, src, p->flip && resized, &p->view[1], view2);
+    return view_of(a, src, mirror, &p->view[1], view2);
 }
 
 int amdim_augment_test_view(amdim_augmenter *a, const amdim_record *rec, uint8_t *out)

@@ -1,5 +1,5 @@
 /* Private to the augment module: the AVX2 colour kernels (color_avx2.c)
- * and the tables the hue kernel reads. Each kernel gives the same bytes as
+ * and the tables the AVX2 hue kernel reads. Each kernel gives the same bytes as
  * its plain C oracle in color.c. */
 #ifndef AMDIM_AUGMENT_INTERNAL_H
 #define AMDIM_AUGMENT_INTERNAL_H

@@ -129,8 +129,8 @@ int amdim_resize_bicubic(const uint8_t *src, int sw, int sh, int channels,
  * cropped image's edges). The box must lie inside clip, and clip inside
  * src. With box == clip this is amdim_resize_bicubic. With mirror set,
  * the source is src flipped left-right (box and clip are in its
- * coordinates), read in place. simd selects the passes (AMDIM_SIMD_AVX2
- * gives the same bytes as the scalar oracle).
+ * coordinates), read in place. simd selects the passes; every level gives
+ * the scalar oracle's bytes.
  * Returns 0, AMDIM_E_INVALID or AMDIM_E_NOMEM. */
 int amdim_resize_bicubic_box(const uint8_t *src, int sw, int sh, int channels, const double box[4],
                              const int clip[4], int mirror, uint8_t *dst, int dw, int dh, amdim_simd simd,
