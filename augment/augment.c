@@ -35,7 +35,10 @@ void amdim_augmenter_set_simd(amdim_augmenter *a, amdim_simd level)
 {
     const amdim_simd best = amdim_simd_detect();
     a->simd = level = level > best ? best : level;
-    if (level >= AMDIM_SIMD_AVX2)
+    if (level >= AMDIM_SIMD_AVX512)
+        a->ops = (colour_ops){amdim_adjust_brightness_avx512, amdim_adjust_contrast_avx512,
+                              amdim_adjust_saturation_avx512, amdim_adjust_hue_avx512, amdim_to_grey_avx512};
+    else if (level == AMDIM_SIMD_AVX2)
         a->ops = (colour_ops){amdim_adjust_brightness_avx2, amdim_adjust_contrast_avx2,
                               amdim_adjust_saturation_avx2, amdim_adjust_hue_avx2, amdim_to_grey_avx2};
     else

@@ -1,6 +1,6 @@
-/* Private to the augment module: the AVX2 colour kernels (color_avx2.c)
- * and the tables the AVX2 hue kernel reads. Each kernel gives the same bytes as
- * its plain C oracle in color.c. */
+/* Private to the augment module: the AVX2 and AVX-512 colour kernels
+ * (color_avx2.c, color_avx512.c) and the tables they read. Each kernel gives
+ * the same bytes as its plain C oracle in color.c. */
 #ifndef AMDIM_AUGMENT_INTERNAL_H
 #define AMDIM_AUGMENT_INTERNAL_H
 
@@ -22,10 +22,20 @@ typedef struct {
 
 const amdim_hsv_tables *amdim_hsv_tables_get(void);
 
+/* table[v] = the oracle's blend of (level, v) at factor f, for every byte:
+ * brightness is level 0, contrast the mean grey level. */
+void amdim_blend_table(uint8_t table[256], int level, float f);
+
 void amdim_adjust_brightness_avx2(uint8_t *rgb, size_t npix, float f);
 void amdim_adjust_contrast_avx2(uint8_t *rgb, size_t npix, float f);
 void amdim_adjust_saturation_avx2(uint8_t *rgb, size_t npix, float f);
 void amdim_adjust_hue_avx2(uint8_t *rgb, size_t npix, float hue);
 void amdim_to_grey_avx2(uint8_t *rgb, size_t npix);
+
+void amdim_adjust_brightness_avx512(uint8_t *rgb, size_t npix, float f);
+void amdim_adjust_contrast_avx512(uint8_t *rgb, size_t npix, float f);
+void amdim_adjust_saturation_avx512(uint8_t *rgb, size_t npix, float f);
+void amdim_adjust_hue_avx512(uint8_t *rgb, size_t npix, float hue);
+void amdim_to_grey_avx512(uint8_t *rgb, size_t npix);
 
 #endif

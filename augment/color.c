@@ -19,6 +19,12 @@ static inline uint8_t blend(int a, int b, float alpha)
     return t <= 0.0f ? 0 : t >= 255.0f ? 255 : (uint8_t)t;
 }
 
+void amdim_blend_table(uint8_t table[256], int level, float f)
+{
+    for (int v = 0; v < 256; v++)
+        table[v] = blend(level, v, f);
+}
+
 void amdim_adjust_brightness(uint8_t *p, size_t npix, float f)
 {
     for (size_t i = 0; i < npix * 3; i++)

@@ -45,7 +45,8 @@ int amdim_cpu_count(void);
 
 /* SIMD instruction sets the CPU paths choose between at run time, each
  * including the ones below it: AVX2 with FMA (every AVX2 CPU has both);
- * AVX-512 F/BW/VL with VNNI (Intel Cascade Lake and later, AMD Zen 4 and later). */
+ * AVX-512 F/BW/VL/DQ with VNNI and VBMI (Intel Ice Lake and later, AMD Zen 4
+ * and later; Skylake-X and Cascade Lake, without VBMI, get AVX2). */
 typedef enum { AMDIM_SIMD_SCALAR = 0, AMDIM_SIMD_AVX2 = 1, AMDIM_SIMD_AVX512 = 2 } amdim_simd;
 
 /* The best level this CPU supports, capped by the environment variable

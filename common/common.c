@@ -62,7 +62,8 @@ amdim_simd amdim_simd_detect(void)
     if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) {
         level = AMDIM_SIMD_AVX2;
         if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-            __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512vnni"))
+            __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq") &&
+            __builtin_cpu_supports("avx512vnni") && __builtin_cpu_supports("avx512vbmi"))
             level = AMDIM_SIMD_AVX512;
     }
 #endif

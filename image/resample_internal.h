@@ -46,7 +46,7 @@ void amdim_resample_v_avx2(const amdim_resample_pass *p);
 #define AMDIM_RESAMPLE_MAX_PAIRS 64
 int amdim_resample_v_taps(const amdim_resample_pass *p, int yy, const uint8_t **rows, int32_t *w_hi, int32_t *w_lo);
 void amdim_resample_v_row_scalar(const amdim_resample_pass *p, int yy);
-/* The vertical pass with AVX-512 BW/VL/VNNI (resample_avx512.c). */
+/* The vertical pass at the AVX-512 level, with VNNI (resample_avx512.c). */
 void amdim_resample_v_avx512(const amdim_resample_pass *p);
 
 #endif

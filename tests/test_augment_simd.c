@@ -1,4 +1,4 @@
-/* The SIMD path against the scalar oracle: every AVX2 colour kernel and
+/* The SIMD path against the scalar oracle: the colour kernels of every level and
  * both resampling passes on random images, sizes with ragged tails and
  * factors across and beyond the presets' ranges; the region decoder at full
  * scale against the full decode; the fast pair path (region decode, SIMD)
@@ -51,9 +51,38 @@ static int max_diff(const uint8_t *a, const uint8_t *b, size_t n, size_t *ndiff)
     return m;
 }
 
-static void check_colour(void)
+/* One level's colour kernels, in the order brightness, contrast,
+ * saturation, hue, grey. */
+typedef struct {
+    amdim_simd level;
+    void (*adjust[4])(uint8_t *, size_t, float);
+    void (*grey)(uint8_t *, size_t);
+} colour_kernels;
+
+static const colour_kernels oracle_kernels = {
+    AMDIM_SIMD_SCALAR, {amdim_adjust_brightness, amdim_adjust_contrast, amdim_adjust_saturation, amdim_adjust_hue},
+    amdim_to_grey};
+static const colour_kernels simd_kernels[] = {
+    {AMDIM_SIMD_AVX2,
+     {amdim_adjust_brightness_avx2, amdim_adjust_contrast_avx2, amdim_adjust_saturation_avx2, amdim_adjust_hue_avx2},
+     amdim_to_grey_avx2},
+    {AMDIM_SIMD_AVX512,
+     {amdim_adjust_brightness_avx512, amdim_adjust_contrast_avx512, amdim_adjust_saturation_avx512,
+      amdim_adjust_hue_avx512},
+     amdim_to_grey_avx512},
+};
+
+static void apply(const colour_kernels *k, int op, uint8_t *p, size_t npix, float f)
 {
-    static const size_t sizes[] = {1, 7, 8, 9, 33, 1024, 128 * 128, 64 * 64 + 5};
+    if (op < 4)
+        k->adjust[op](p, npix, f);
+    else
+        k->grey(p, npix);
+}
+
+static void check_colour(const colour_kernels *k)
+{
+    static const size_t sizes[] = {1, 7, 8, 9, 15, 16, 17, 33, 1024, 128 * 128, 64 * 64 + 5};
     static const float factors[] = {0.0f, 0.05f, 0.6f, 0.8123f, 1.0f, 1.2f, 1.4f, 2.5f};
     static const float hues[] = {-0.5f, -0.25f, -0.1f, -0.01f, 0.0f, 0.003f, 0.07f, 0.1f, 0.3333f, 0.5f};
     int worst[5] = {0};
@@ -68,46 +97,44 @@ static void check_colour(void)
                 float f = op == 3 ? hues[fi] : factors[fi];
                 memcpy(a, src, n);
                 memcpy(b, src, n);
-                switch (op) {
-                case 0: amdim_adjust_brightness(a, npix, f), amdim_adjust_brightness_avx2(b, npix, f); break;
-                case 1: amdim_adjust_contrast(a, npix, f), amdim_adjust_contrast_avx2(b, npix, f); break;
-                case 2: amdim_adjust_saturation(a, npix, f), amdim_adjust_saturation_avx2(b, npix, f); break;
-                case 3: amdim_adjust_hue(a, npix, f), amdim_adjust_hue_avx2(b, npix, f); break;
-                default: amdim_to_grey(a, npix), amdim_to_grey_avx2(b, npix); break;
-                }
+                apply(&oracle_kernels, op, a, npix, f);
+                apply(k, op, b, npix, f);
                 size_t nd;
                 int m = max_diff(a, b, n, &nd);
                 worst[op] = m > worst[op] ? m : worst[op];
                 differing += nd;
                 total += n;
-                CHECK(m == 0, "op %d factor %g on %zu pixels: max diff %d", op, f, npix, m);
+                CHECK(m == 0, "%s op %d factor %g on %zu pixels: max diff %d", amdim_simd_name(k->level), op, f, npix,
+                      m);
             }
         }
         free(src), free(a), free(b);
     }
-    printf("colour kernels: max diff brightness %d contrast %d saturation %d hue %d grey %d; %zu of %zu bytes differ\n",
-           worst[0], worst[1], worst[2], worst[3], worst[4], differing, total);
+    printf("%s colour kernels: max diff brightness %d contrast %d saturation %d hue %d grey %d; %zu of %zu bytes "
+           "differ\n",
+           amdim_simd_name(k->level), worst[0], worst[1], worst[2], worst[3], worst[4], differing, total);
 }
 
 /* Hue over every 24-bit colour: the table-driven rgb -> hsv must cover every
  * case, and the float hsv -> rgb must send each near tie to the oracle. */
-static void check_hue_cube(void)
+static void check_hue_cube(const colour_kernels *k)
 {
     const size_t n = (size_t)1 << 24;
     uint8_t *a = malloc(n * 3), *b = malloc(n * 3);
     REQUIRE(a && b, "out of memory");
     static const float hues[] = {0.1f, -0.37f};
-    for (int k = 0; k < 2; k++) {
+    for (int h = 0; h < 2; h++) {
         for (size_t i = 0; i < n; i++)
             a[3 * i] = (uint8_t)(i >> 16), a[3 * i + 1] = (uint8_t)(i >> 8), a[3 * i + 2] = (uint8_t)i;
         memcpy(b, a, n * 3);
-        amdim_adjust_hue(a, n, hues[k]);
-        amdim_adjust_hue_avx2(b, n, hues[k]);
+        amdim_adjust_hue(a, n, hues[h]);
+        k->adjust[3](b, n, hues[h]);
         size_t ndiff;
         int d = max_diff(a, b, n * 3, &ndiff);
-        CHECK(d == 0, "hue %g over the RGB cube: %zu bytes differ (max %d)", hues[k], ndiff, d);
+        CHECK(d == 0, "%s hue %g over the RGB cube: %zu bytes differ (max %d)", amdim_simd_name(k->level), hues[h],
+              ndiff, d);
     }
-    printf("hue: all 16777216 colours at 2 shifts equal the oracle\n");
+    printf("%s hue: all 16777216 colours at 2 shifts equal the oracle\n", amdim_simd_name(k->level));
     free(a), free(b);
 }
 
@@ -297,8 +324,11 @@ int main(void)
         printf("no AVX2 on this CPU (or AMDIM_SIMD=scalar): skipping\n");
         return TEST_SKIP;
     }
-    check_colour();
-    check_hue_cube();
+    for (size_t k = 0; k < sizeof simd_kernels / sizeof simd_kernels[0]; k++)
+        if (simd_kernels[k].level <= top_level) {
+            check_colour(&simd_kernels[k]);
+            check_hue_cube(&simd_kernels[k]);
+        }
     check_resize();
     check_region_decode();
     check_fast_pair("imagenet");
