@@ -33,6 +33,8 @@ static void *scratch_get(amdim_scratch *s, size_t n)
     return s->mem;
 }
 
+/* Pillow's bicubic kernel, a = -0.5 (the AVX2 version in
+ * amdim_resample_weights_avx2 evaluates the same expressions). */
 static double bicubic(double x)
 {
     const double a = -0.5;
@@ -53,12 +55,8 @@ static int window_size(double in_size, int out_size)
     return (int)ceil(BICUBIC_SUPPORT * filterscale) * 2 + 1;
 }
 
-/* For each output index: the first source index, the count, and ksize
- * fixed-point weights, as Pillow's precompute_coeffs does for the box
- * [in0, in0 + in_size) with the window clamped to [0, limit). Indices are
- * relative to the clip origin. */
-static void compute_weights(double in0, double in_size, int limit, int out_size, int ksize,
-                            int *bounds, int32_t *kk, double *tmp)
+void amdim_resample_weights(double in0, double in_size, int limit, int out_size, int ksize, int *bounds,
+                            int32_t *kk, double *tmp)
 {
     double scale = in_size / out_size;
     double filterscale = scale < 1.0 ? 1.0 : scale;
@@ -180,8 +178,8 @@ int amdim_resize_bicubic_box(const uint8_t *src, int sw, int sh, int channels, c
     }
     int kh = window_size(bw, dw), kv = window_size(bh, dh);
     int kmax = kh > kv ? kh : kv;
-    /* Scratch layout: weights and bounds of both passes, a float row for
-     * the weight computation, then the intermediate image. The horizontal
+    /* Scratch layout: weights and bounds of both passes, 4 rows of doubles
+     * for the weight computation, then the intermediate image. The horizontal
      * pass produces only the rows the vertical pass reads. */
 #define ALIGN64(x) (((x) + 63) & ~(size_t)63)
     size_t off_kv = ALIGN64((size_t)dw * kh * sizeof(int32_t));
@@ -189,9 +187,11 @@ int amdim_resize_bicubic_box(const uint8_t *src, int sw, int sh, int channels, c
     size_t off_bv = off_bh + ALIGN64((size_t)dw * 2 * sizeof(int));
     size_t off_tmp = off_bv + ALIGN64((size_t)dh * 2 * sizeof(int));
     int avx2 = simd >= AMDIM_SIMD_AVX2 && C == 3;
+    void (*weights)(double, double, int, int, int, int *, int32_t *, double *) =
+        simd >= AMDIM_SIMD_AVX2 ? amdim_resample_weights_avx2 : amdim_resample_weights;
     /* the AVX2 horizontal pass writes rows padded for its transposition */
     size_t mid_stride = avx2 ? amdim_resample_mid_stride(dw) : (size_t)dw * C;
-    size_t off_img = off_tmp + ALIGN64((size_t)(kmax + 8) * sizeof(double));
+    size_t off_img = off_tmp + ALIGN64((size_t)(4 * kmax + 8) * sizeof(double));
     size_t off_aux = off_img + ALIGN64(mid_stride * lh + 64);
 #undef ALIGN64
     size_t aux_bytes = avx2 ? amdim_resample_h_aux_bytes(dw, lh, lw) : 0;
@@ -206,7 +206,7 @@ int amdim_resize_bicubic_box(const uint8_t *src, int sw, int sh, int channels, c
 
     int row_first, row_last;
     if (need_v) {
-        compute_weights(by, bh, lh, dh, kv, b_v, kk_v, tmp);
+        weights(by, bh, lh, dh, kv, b_v, kk_v, tmp);
         row_first = b_v[0];
         row_last = b_v[2 * (dh - 1)] + b_v[2 * (dh - 1) + 1];
     } else {
@@ -216,7 +216,7 @@ int amdim_resize_bicubic_box(const uint8_t *src, int sw, int sh, int channels, c
     const uint8_t *vin; /* input of the vertical pass, its row 0 = clip row row_first */
     size_t vin_stride;
     if (need_h) {
-        compute_weights(bx, bw, lw, dw, kh, b_h, kk_h, tmp);
+        weights(bx, bw, lw, dw, kh, b_h, kk_h, tmp);
         /* src: clip column 0 of the first row, in the mirrored image if asked */
         size_t col0 = mirror ? (size_t)(sw - 1 - cx) * C : (size_t)cx * C;
         amdim_resample_pass p = {.src = src + (size_t)(cy + row_first) * src_stride + col0,

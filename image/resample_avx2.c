@@ -1,10 +1,83 @@
-/* AVX2 versions of the two resampling passes. They compute exactly what the
- * plain C passes compute (32-bit products and sums of the same 22-bit
- * weights, the same rounding and clipping), eight lanes at a time. */
+/* AVX2 versions of the two resampling passes and of the weight
+ * computation. They compute exactly what the plain C code computes (32-bit
+ * products and sums of the same 22-bit weights, the same rounding and
+ * clipping; the weights with the same double operations in the same order,
+ * never fused: this file is built without FMA). */
 #include <immintrin.h>
 #include <string.h>
 
 #include "resample_internal.h"
+
+/* bicubic(x) of resample.c for 4 lanes: both polynomial pieces, selected. */
+static inline __m256d bicubic4(__m256d x)
+{
+    const __m256d ax = _mm256_andnot_pd(_mm256_set1_pd(-0.0), x);
+    /* ((a + 2) x - (a + 3)) x x + 1 and (((x - 5) x + 8) x - 4) a, a = -0.5 */
+    __m256d inner = _mm256_sub_pd(_mm256_mul_pd(_mm256_set1_pd(1.5), ax), _mm256_set1_pd(2.5));
+    inner = _mm256_add_pd(_mm256_mul_pd(_mm256_mul_pd(inner, ax), ax), _mm256_set1_pd(1.0));
+    __m256d outer = _mm256_add_pd(_mm256_mul_pd(_mm256_sub_pd(ax, _mm256_set1_pd(5.0)), ax), _mm256_set1_pd(8.0));
+    outer = _mm256_mul_pd(_mm256_sub_pd(_mm256_mul_pd(outer, ax), _mm256_set1_pd(4.0)), _mm256_set1_pd(-0.5));
+    const __m256d lt1 = _mm256_cmp_pd(ax, _mm256_set1_pd(1.0), _CMP_LT_OQ);
+    const __m256d lt2 = _mm256_cmp_pd(ax, _mm256_set1_pd(2.0), _CMP_LT_OQ);
+    return _mm256_and_pd(_mm256_blendv_pd(outer, inner, lt1), lt2);
+}
+
+void amdim_resample_weights_avx2(double in0, double in_size, int limit, int out_size, int ksize, int *bounds,
+                                 int32_t *kk, double *tmp)
+{
+    const double scale = in_size / out_size;
+    const double filterscale = scale < 1.0 ? 1.0 : scale;
+    const double support = 2.0 * filterscale;
+    const __m256d vscale = _mm256_set1_pd(scale), ss = _mm256_set1_pd(1.0 / filterscale);
+    const __m256d half = _mm256_set1_pd(0.5), vsupport = _mm256_set1_pd(support), zero = _mm256_setzero_pd();
+    for (int xx = 0; xx < out_size; xx += 4) {
+        const __m128i lane = _mm_add_epi32(_mm_set1_epi32(xx), _mm_setr_epi32(0, 1, 2, 3));
+        const __m256d center = _mm256_add_pd(_mm256_set1_pd(in0), _mm256_mul_pd(_mm256_add_pd(_mm256_cvtepi32_pd(lane), half), vscale));
+        __m128i xmin = _mm256_cvttpd_epi32(_mm256_add_pd(_mm256_sub_pd(center, vsupport), half));
+        xmin = _mm_max_epi32(xmin, _mm_setzero_si128());
+        __m128i xmax = _mm256_cvttpd_epi32(_mm256_add_pd(_mm256_add_pd(center, vsupport), half));
+        xmax = _mm_sub_epi32(_mm_min_epi32(xmax, _mm_set1_epi32(limit)), xmin);
+        int n[4], lo[4];
+        _mm_storeu_si128((__m128i *)n, xmax);
+        _mm_storeu_si128((__m128i *)lo, xmin);
+        const int lanes = out_size - xx < 4 ? out_size - xx : 4;
+        int most = 0;
+        for (int l = 0; l < lanes; l++) {
+            most = n[l] > most ? n[l] : most;
+            bounds[2 * (xx + l)] = lo[l];
+            bounds[2 * (xx + l) + 1] = n[l];
+        }
+        if (most > ksize)
+            most = ksize;
+        /* tmp[4 x + l] = bicubic(((x + xmin) - center + 0.5) / filterscale) for
+         * x < count, else 0; the sum in x order, as the oracle's */
+        __m256d ww = zero;
+        for (int x = 0; x < most; x++) {
+            const __m128i xi = _mm_set1_epi32(x);
+            const __m256d arg = _mm256_mul_pd(
+                _mm256_add_pd(_mm256_sub_pd(_mm256_cvtepi32_pd(_mm_add_epi32(xi, xmin)), center), half), ss);
+            const __m256d inside = _mm256_castsi256_pd(_mm256_cvtepi32_epi64(_mm_cmpgt_epi32(xmax, xi)));
+            const __m256d t = _mm256_and_pd(bicubic4(arg), inside);
+            _mm256_storeu_pd(tmp + 4 * x, t);
+            ww = _mm256_add_pd(ww, t);
+        }
+        const __m256d ww_zero = _mm256_cmp_pd(ww, zero, _CMP_EQ_OQ);
+        const __m256d divisor = _mm256_blendv_pd(ww, _mm256_set1_pd(1.0), ww_zero);
+        for (int x = 0; x < ksize; x++) {
+            /* (int32)(+-0.5 + w * 2^22) with w = tmp / ww (tmp when ww is 0) */
+            int32_t k[4] = {0, 0, 0, 0};
+            if (x < most) {
+                const __m256d w = _mm256_div_pd(_mm256_loadu_pd(tmp + 4 * x), divisor);
+                const __m256d v = _mm256_mul_pd(w, _mm256_set1_pd((double)(1 << PRECISION_BITS)));
+                const __m256d neg = _mm256_cmp_pd(w, zero, _CMP_LT_OQ);
+                const __m256d r = _mm256_add_pd(_mm256_blendv_pd(half, _mm256_set1_pd(-0.5), neg), v);
+                _mm_storeu_si128((__m128i *)k, _mm256_cvttpd_epi32(r));
+            }
+            for (int l = 0; l < lanes; l++)
+                kk[(size_t)(xx + l) * ksize + x] = k[l];
+        }
+    }
+}
 
 /* The horizontal pass is done as a vertical one: the source block is
  * transposed (source column x becomes row x), filtered by the vertical

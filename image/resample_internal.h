@@ -26,6 +26,17 @@ typedef struct {
     void *aux;            /* AVX2 horizontal pass: amdim_resample_h_aux_bytes() of scratch */
 } amdim_resample_pass;
 
+/* For each output index: the first source index, the count, and ksize
+ * fixed-point weights, as Pillow's precompute_coeffs does for the box
+ * [in0, in0 + in_size) with the window clamped to [0, limit). Indices are
+ * relative to the clip origin. tmp holds 4 * ksize doubles. The AVX2
+ * version does 4 outputs at a time with the same double operations in the
+ * same order, so its weights are the same. */
+void amdim_resample_weights(double in0, double in_size, int limit, int out_size, int ksize, int *bounds,
+                            int32_t *kk, double *tmp);
+void amdim_resample_weights_avx2(double in0, double in_size, int limit, int out_size, int ksize, int *bounds,
+                                 int32_t *kk, double *tmp);
+
 /* Scratch bytes the AVX2 horizontal pass needs for rows x cols source pixels. */
 size_t amdim_resample_h_aux_bytes(int out_size, int rows, int cols);
 /* Row stride its output needs: width * 3 plus padding. */

@@ -10,6 +10,7 @@
 
 #include "amdim_augment.h"
 #include "augment_internal.h"
+#include "resample_internal.h"
 #include "testutil.h"
 
 static uint32_t lcg = 12345;
@@ -136,6 +137,38 @@ static void check_hue_cube(const colour_kernels *k)
     }
     printf("%s hue: all 16777216 colours at 2 shifts equal the oracle\n", amdim_simd_name(k->level));
     free(a), free(b);
+}
+
+/* The AVX2 weight computation against the oracle's, weight for weight, on
+ * random boxes: down- and upscaling, fractional origins, windows clipped at
+ * both ends, output sizes that are not a multiple of 4. */
+static void check_weights(void)
+{
+    enum { MAXK = 2 * 160 + 8, MAXOUT = 200 };
+    static int32_t k1[MAXOUT * MAXK], k2[MAXOUT * MAXK];
+    static int b1[2 * MAXOUT], b2[2 * MAXOUT];
+    static double tmp[4 * MAXK + 8];
+    int cases = 0;
+    for (int t = 0; t < 3000; t++) {
+        int limit = 1 + (int)(rnd() % 600), out = 1 + (int)(rnd() % MAXOUT);
+        double in0 = (rnd() % 1000) / 1000.0 * limit, in_size = (limit - in0) * (0.001 + (rnd() % 1000) / 1000.0);
+        if (in_size <= 0)
+            continue;
+        double scale = in_size / out, fs = scale < 1.0 ? 1.0 : scale;
+        int ksize = (int)ceil(2.0 * fs) * 2 + 1;
+        if (ksize > MAXK)
+            continue;
+        memset(k1, 0x55, sizeof k1);
+        memset(k2, 0x55, sizeof k2);
+        amdim_resample_weights(in0, in_size, limit, out, ksize, b1, k1, tmp);
+        amdim_resample_weights_avx2(in0, in_size, limit, out, ksize, b2, k2, tmp);
+        CHECK(memcmp(b1, b2, sizeof(int) * 2 * out) == 0, "weights: bounds differ (box %.17g + %.17g of %d onto %d)",
+              in0, in_size, limit, out);
+        CHECK(memcmp(k1, k2, sizeof(int32_t) * out * ksize) == 0,
+              "weights: values differ (box %.17g + %.17g of %d onto %d)", in0, in_size, limit, out);
+        cases++;
+    }
+    printf("weights: %d random boxes, AVX2 equal to the oracle\n", cases);
 }
 
 static void check_resize(void)
@@ -329,6 +362,7 @@ int main(void)
             check_colour(&simd_kernels[k]);
             check_hue_cube(&simd_kernels[k]);
         }
+    check_weights();
     check_resize();
     check_region_decode();
     check_fast_pair("imagenet");
