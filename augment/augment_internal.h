@@ -7,17 +7,16 @@
 #include <stddef.h>
 #include <stdint.h>
 
-/* PIL's rgb -> hsv as tables, built once per process from the oracle's
- * rgb_to_hsv (it depends only on channel differences):
+/* PIL's rgb -> hsv hue as a table, built once per process from the
+ * oracle's rgb_to_hsv (it depends only on channel differences):
  *   hue[(2 * m + c) << 16 | cr << 8 | d], where m is the channel that is the
  *     maximum (0 r, 1 g, 2 b; ties to the earlier), the other two channels
  *     in r, g, b order are o1 and o2, c is 0 when o1 is the minimum and 1
- *     otherwise, cr = max - min and d = max - (c ? o1 : o2);
- *   sat[cr << 8 | max].
- * Each table has 4 bytes of padding so that 32-bit gathers may read it. */
+ *     otherwise, cr = max - min and d = max - (c ? o1 : o2).
+ * 4 bytes of padding let 32-bit gathers read it. (The saturation the SIMD
+ * kernels compute: trunc(float(cr / max) * 255) is exact in float.) */
 typedef struct {
     uint8_t hue[(6 << 16) + 4];
-    uint8_t sat[(1 << 16) + 4];
 } amdim_hsv_tables;
 
 const amdim_hsv_tables *amdim_hsv_tables_get(void);

@@ -123,12 +123,6 @@ static void hsv_tables_build(void)
                     rgb_to_hsv(px, &h, &s, &v);
                     hsv_tables.hue[(2 * m + c) << 16 | cr << 8 | d] = h;
                 }
-    for (int cr = 1; cr < 256; cr++)
-        for (int mx = cr; mx < 256; mx++) {
-            uint8_t px[3] = {(uint8_t)mx, (uint8_t)(mx - cr), (uint8_t)(mx - cr)}, h, s, v;
-            rgb_to_hsv(px, &h, &s, &v);
-            hsv_tables.sat[cr << 8 | mx] = s;
-        }
 }
 
 const amdim_hsv_tables *amdim_hsv_tables_get(void)

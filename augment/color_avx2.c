@@ -159,7 +159,8 @@ static inline __m256 near_tie(__m256 z)
     return _mm256_andnot_ps(_mm256_set1_ps(-0.0f), d);
 }
 
-/* rgb -> hsv from the oracle's tables (exact); hsv -> rgb in float with
+/* rgb -> hsv: the hue from the oracle's table, the saturation computed
+ * (both exact); hsv -> rgb in float with
  * FMA, each of p, q, t checked for a near tie, where the oracle redoes
  * the block (0.04 % of blocks over the RGB cube). */
 void amdim_adjust_hue_avx2(uint8_t *p, size_t npix, float hue)
@@ -197,27 +198,24 @@ void amdim_adjust_hue_avx2(uint8_t *p, size_t npix, float hue)
         __m256i d = _mm256_sub_epi32(maxc, sel(o1_min, o2, o1));
         __m256i hidx = _mm256_or_si256(_mm256_slli_epi32(_mm256_add_epi32(_mm256_add_epi32(m, m), c), 16),
                                        _mm256_or_si256(_mm256_slli_epi32(cr, 8), d));
-        __m256i uh = _mm256_and_si256(_mm256_i32gather_epi32((const int *)lut->hue, hidx, 1), b255);
-        __m256i sidx = _mm256_or_si256(_mm256_slli_epi32(cr, 8), maxc);
-        __m256i us = _mm256_and_si256(_mm256_i32gather_epi32((const int *)lut->sat, sidx, 1), b255);
-        /* grey pixels: cr = 0 gives us = 0 (the tables hold 0 there) */
-        uh = _mm256_and_si256(_mm256_add_epi32(uh, _mm256_set1_epi32(shift)), b255);
-        /* i = floor(6 h / 255) by comparisons, f = (6 h - 255 i) / 255 and
+        /* the shifted hue: the gathered byte plus the shift, mod 256 */
+        __m256i uh = _mm256_and_si256(
+            _mm256_add_epi32(_mm256_i32gather_epi32((const int *)lut->hue, hidx, 1), _mm256_set1_epi32(shift)), b255);
+        /* s = trunc(float(cr / max) * 255), exact in float for every
+         * 1 <= cr <= max <= 255 (the RGB-cube test checks all); grey pixels
+         * (cr = 0) give 0 */
+        __m256 v = _mm256_cvtepi32_ps(maxc);
+        __m256i us = _mm256_cvttps_epi32(
+            _mm256_mul_ps(_mm256_div_ps(_mm256_cvtepi32_ps(cr), _mm256_max_ps(v, one)), c255));
+        /* i = floor(6 h / 255) = (193 h) >> 13 for h in 0..255 (16-bit
+         * products suffice); sector i mod 6; f = (6 h - 255 i) / 255 and
          * fs = s / 255 by IEEE division: the oracle's values (its double
          * quotients, stored to float, equal these for all 256 levels) */
-        __m256i i6 = _mm256_add_epi32(_mm256_cmpgt_epi32(uh, _mm256_set1_epi32(42)),
-                                      _mm256_cmpgt_epi32(uh, _mm256_set1_epi32(84)));
-        i6 = _mm256_add_epi32(i6, _mm256_add_epi32(_mm256_cmpgt_epi32(uh, _mm256_set1_epi32(127)),
-                                                   _mm256_cmpgt_epi32(uh, _mm256_set1_epi32(169))));
-        i6 = _mm256_add_epi32(i6, _mm256_add_epi32(_mm256_cmpgt_epi32(uh, _mm256_set1_epi32(212)),
-                                                   _mm256_cmpeq_epi32(uh, b255)));
-        i6 = _mm256_sub_epi32(_mm256_setzero_si256(), i6); /* h >= 43, 85, 128, 170, 213, 255 */
-        __m256i j = _mm256_sub_epi32(_mm256_mullo_epi32(uh, _mm256_set1_epi32(6)),
-                                     _mm256_mullo_epi32(i6, b255));
-        __m256i sector = _mm256_andnot_si256(_mm256_cmpeq_epi32(i6, _mm256_set1_epi32(6)), i6);
+        __m256i i6 = _mm256_srli_epi32(_mm256_mullo_epi16(uh, _mm256_set1_epi32(193)), 13);
+        __m256i j = _mm256_sub_epi32(_mm256_mullo_epi16(uh, _mm256_set1_epi32(6)), _mm256_mullo_epi16(i6, b255));
+        __m256i sector = _mm256_andnot_si256(_mm256_cmpeq_epi32(uh, b255), i6);
         __m256 f = _mm256_div_ps(_mm256_cvtepi32_ps(j), c255);
         __m256 fs = _mm256_div_ps(_mm256_cvtepi32_ps(us), c255);
-        __m256 v = _mm256_cvtepi32_ps(maxc);
         /* v (1 - x) = v - v x with one rounding, for x = fs, fs f (a float
          * product in the oracle too) and fs (1 - f); + 0.5 for rounding */
         __m256 zp = _mm256_add_ps(_mm256_fnmadd_ps(v, fs, v), half);

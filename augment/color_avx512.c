@@ -149,7 +149,19 @@ static inline __mmask16 near_tie16(__m512 z)
 
 static inline __m512i floor16(__m512 z) { return _mm512_cvt_roundps_epi32(z, _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC); }
 
-/* The algorithm of amdim_adjust_hue_avx2, 16 pixels a step. */
+/* The oracle's s = trunc((double)(float)(cr / max) * 255.0) without the
+ * table: the float product q * 255 truncates to the same integer for every
+ * 1 <= cr <= max <= 255 (the exact product never lies just below an integer
+ * the float rounds up to; checked over the RGB cube by the tests). Grey
+ * pixels (cr = 0) give 0. */
+static inline __m512i saturation16(__m512i cr, __m512 maxc)
+{
+    const __m512 q = _mm512_div_ps(_mm512_cvtepi32_ps(cr), _mm512_max_ps(maxc, _mm512_set1_ps(1.0f)));
+    return _mm512_cvttps_epi32(_mm512_mul_ps(q, _mm512_set1_ps(255.0f)));
+}
+
+/* The algorithm of amdim_adjust_hue_avx2, 16 pixels a step, with the
+ * saturation computed (saturation16) rather than read from the table. */
 void amdim_adjust_hue_avx512(uint8_t *p, size_t npix, float hue)
 {
     const int shift = (uint8_t)(int)((double)hue * 255.0);
@@ -192,17 +204,15 @@ void amdim_adjust_hue_avx512(uint8_t *p, size_t npix, float hue)
         const __m512i hidx = _mm512_ternarylogic_epi32(top, cr8, d, 0xFE);
         const __m512i uh = _mm512_and_si512(
             _mm512_add_epi32(_mm512_i32gather_epi32(hidx, (const int *)lut->hue, 1), _mm512_set1_epi32(shift)), b255);
-        const __m512i us = _mm512_and_si512(_mm512_i32gather_epi32(_mm512_or_si512(cr8, maxc), (const int *)lut->sat, 1),
-                                            b255);
-        /* i = floor(6 h / 255) = (193 h) >> 13 for h in 0..255; f = (6 h -
-         * 255 i) / 255 and fs = s / 255 by IEEE division (the oracle's values) */
+        const __m512 v = _mm512_cvtepi32_ps(maxc);
+        const __m512i us = saturation16(cr, v);
+        /* i = floor(6 h / 255), f, fs: as in amdim_adjust_hue_avx2 */
         const __m512i i6 = _mm512_srli_epi32(_mm512_mullo_epi16(uh, _mm512_set1_epi32(193)), 13);
         const __m512i j = _mm512_sub_epi32(_mm512_mullo_epi16(uh, _mm512_set1_epi32(6)),
                                            _mm512_mullo_epi16(i6, b255));
         const __m512i sector = _mm512_mask_mov_epi32(i6, _mm512_cmpeq_epi32_mask(uh, b255), _mm512_setzero_si512());
         const __m512 f = _mm512_div_ps(_mm512_cvtepi32_ps(j), c255);
         const __m512 fs = _mm512_div_ps(_mm512_cvtepi32_ps(us), c255);
-        const __m512 v = _mm512_cvtepi32_ps(maxc);
         const __m512 zp = _mm512_add_ps(_mm512_fnmadd_ps(v, fs, v), half);
         const __m512 zq = _mm512_add_ps(_mm512_fnmadd_ps(v, _mm512_mul_ps(fs, f), v), half);
         const __m512 zt = _mm512_add_ps(_mm512_fnmadd_ps(v, _mm512_mul_ps(fs, _mm512_sub_ps(one, f)), v), half);
