@@ -149,8 +149,8 @@ static inline __mmask16 near_tie16(__m512 z)
 
 static inline __m512i floor16(__m512 z) { return _mm512_cvt_roundps_epi32(z, _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC); }
 
-/* The oracle's s = trunc((double)(float)(cr / max) * 255.0) without the
- * table: the float product q * 255 truncates to the same integer for every
+/* The oracle's s = trunc((double)(float)(cr / max) * 255.0): the float
+ * product q * 255 truncates to the same integer for every
  * 1 <= cr <= max <= 255 (the exact product never lies just below an integer
  * the float rounds up to; checked over the RGB cube by the tests). Grey
  * pixels (cr = 0) give 0. */
@@ -160,8 +160,7 @@ static inline __m512i saturation16(__m512i cr, __m512 maxc)
     return _mm512_cvttps_epi32(_mm512_mul_ps(q, _mm512_set1_ps(255.0f)));
 }
 
-/* The algorithm of amdim_adjust_hue_avx2, 16 pixels a step, with the
- * saturation computed (saturation16) rather than read from the table. */
+/* The algorithm of amdim_adjust_hue_avx2, 16 pixels a step. */
 void amdim_adjust_hue_avx512(uint8_t *p, size_t npix, float hue)
 {
     const int shift = (uint8_t)(int)((double)hue * 255.0);
