@@ -235,25 +235,22 @@ int main(int argc, char **argv)
     }
     /* The headline ratio on a shared, noisy machine: decode-only and the
      * default pipeline alternate in short rounds; the median round ratio. */
+    static const pipeline dflt = {"default", 2, 1, AMDIM_DECODE_SCALES_DEFAULT};
+    amdim_augmenter *dflt_aug = make("imagenet", &dflt);
     {
-        static const pipeline dflt = {"default", 2, 1, AMDIM_DECODE_SCALES_DEFAULT};
-        amdim_augmenter *a = make("imagenet", &dflt);
         enum { ROUNDS = 7 };
         double ratio[ROUNDS];
         for (int k = 0; k < ROUNDS; k++) {
             double d = time_decode(codec, &jpegs, 0, seconds / 3);
-            ratio[k] = time_pairs(a, &jpegs, seconds / 3, v1, v2) / d;
+            ratio[k] = time_pairs(dflt_aug, &jpegs, seconds / 3, v1, v2) / d;
         }
         double lo, hi, med = median(ratio, ROUNDS, &lo, &hi);
         printf("# default pipeline / decode-only, %d alternating rounds of %.1f s: median %.3f (min %.3f, max %.3f)\n",
                ROUNDS, seconds / 3, med, lo, hi);
-        amdim_augmenter_destroy(a);
     }
     if (tv) {
         /* torchvision in 3 rounds, each followed by the default pipeline for
          * as long: the median round ratio */
-        static const pipeline dflt = {"default", 2, 1, AMDIM_DECODE_SCALES_DEFAULT};
-        amdim_augmenter *a = make("imagenet", &dflt);
         char cmd[4400];
         snprintf(cmd, sizeof cmd, "/usr/bin/python3 %s/torchvision_pipeline.py '%s' --procs 1 --seconds %g",
                  AMDIM_BENCH_DIR, corpus_dir, seconds);
@@ -267,7 +264,7 @@ int main(int argc, char **argv)
                 pclose(p);
             if (!got)
                 break;
-            ratio[k] = time_pairs(a, &jpegs, seconds, v1, v2) / tv_rate[k];
+            ratio[k] = time_pairs(dflt_aug, &jpegs, seconds, v1, v2) / tv_rate[k];
         }
         if (k == ROUNDS) {
             ROW("pairs: torchvision/PIL AMDIM transform", tv_rate[0], floor, -1, 0.0);
@@ -280,8 +277,8 @@ int main(int argc, char **argv)
         } else {
             printf("# torchvision pipeline unavailable (python3-torchvision)\n");
         }
-        amdim_augmenter_destroy(a);
     }
+    amdim_augmenter_destroy(dflt_aug);
     /* Raw presets: no decode. */
     static const struct { const char *preset; int side; } raws[] = {{"cifar", 32}, {"stl10", 96}};
     for (int k = 0; k < 2; k++) {

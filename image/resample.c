@@ -115,21 +115,24 @@ static void resample_rows_h(const amdim_resample_pass *p)
     }
 }
 
+void amdim_resample_v_row_scalar(const amdim_resample_pass *p, int yy)
+{
+    const int yn = p->bounds[2 * yy + 1];
+    const int32_t *k = p->kk + (size_t)yy * p->ksize;
+    const uint8_t *in = p->src + (size_t)p->bounds[2 * yy] * p->src_stride;
+    uint8_t *out = p->dst + (size_t)yy * p->dst_stride;
+    for (int xx = 0; xx < p->row_bytes; xx++) {
+        int32_t ss = 1 << (PRECISION_BITS - 1);
+        for (int y = 0; y < yn; y++)
+            ss += in[(size_t)y * p->src_stride + xx] * k[y];
+        out[xx] = clip8(ss);
+    }
+}
+
 static void resample_rows_v(const amdim_resample_pass *p)
 {
-    const int n = p->row_bytes;
-    for (int yy = 0; yy < p->out_size; yy++) {
-        int ymin = p->bounds[2 * yy], yn = p->bounds[2 * yy + 1];
-        const int32_t *k = p->kk + (size_t)yy * p->ksize;
-        const uint8_t *in = p->src + (size_t)ymin * p->src_stride;
-        uint8_t *out = p->dst + (size_t)yy * p->dst_stride;
-        for (int xx = 0; xx < n; xx++) {
-            int32_t ss = 1 << (PRECISION_BITS - 1);
-            for (int y = 0; y < yn; y++)
-                ss += in[(size_t)y * p->src_stride + xx] * k[y];
-            out[xx] = clip8(ss);
-        }
-    }
+    for (int yy = 0; yy < p->out_size; yy++)
+        amdim_resample_v_row_scalar(p, yy);
 }
 
 int amdim_resize_bicubic(const uint8_t *src, int sw, int sh, int channels, int x0, int y0, int cw,

@@ -205,21 +205,6 @@ static inline __m256i filter32(const uint8_t *const *rows, const int32_t *w_hi, 
     return _mm256_packus_epi16(_mm256_packs_epi32(s0, s1), _mm256_packs_epi32(s2, s3));
 }
 
-void amdim_resample_v_row_scalar(const amdim_resample_pass *p, int yy)
-{
-    const int yn = p->bounds[2 * yy + 1];
-    const int32_t *k = p->kk + (size_t)yy * p->ksize;
-    const uint8_t *in = p->src + (size_t)p->bounds[2 * yy] * p->src_stride;
-    uint8_t *out = p->dst + (size_t)yy * p->dst_stride;
-    for (int xx = 0; xx < p->row_bytes; xx++) {
-        int32_t ss = 1 << (PRECISION_BITS - 1);
-        for (int y = 0; y < yn; y++)
-            ss += in[(size_t)y * p->src_stride + xx] * k[y];
-        ss >>= PRECISION_BITS;
-        out[xx] = ss < 0 ? 0 : ss > 255 ? 255 : (uint8_t)ss;
-    }
-}
-
 int amdim_resample_v_taps(const amdim_resample_pass *p, int yy, const uint8_t **rows, int32_t *w_hi, int32_t *w_lo)
 {
     const int yn = p->bounds[2 * yy + 1];

@@ -52,7 +52,8 @@ void amdim_resample_v_avx2(const amdim_resample_pass *p);
  * fills the taps' source rows in pairs (an odd last tap pairs with weight
  * 0) and each pair's hi and lo halves as int16 pairs; it returns the number
  * of pairs, or -1 past AMDIM_RESAMPLE_MAX_PAIRS, where
- * amdim_resample_v_row_scalar does the row. */
+ * amdim_resample_v_row_scalar (the oracle's vertical pass for one row,
+ * resample.c) does the row. */
 #define AMDIM_RESAMPLE_SPLIT_BITS 11
 #define AMDIM_RESAMPLE_MAX_PAIRS 64
 int amdim_resample_v_taps(const amdim_resample_pass *p, int yy, const uint8_t **rows, int32_t *w_hi, int32_t *w_lo);
