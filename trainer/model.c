@@ -269,7 +269,7 @@ static int make_head(amdim_model *m, head *hd, const char *prefix, int cin, int 
     hd->hw = hw;
     char p[200];
     hd->w1 = conv_param(m, prefix, "conv1.weight", n_rkhs, cin, 1);
-    snprintf(p, sizeof p, "%s.bn1.bn", prefix);
+    snprintf(p, sizeof p, "%s.bn_hid.bn", prefix);
     if (hd->w1 < 0 || bn_params_add(m, p, n_rkhs, m->cfg.use_bn, &hd->bn1))
         return -1;
     hd->w2 = conv_param(m, prefix, "conv2.weight", n_rkhs, n_rkhs, 1);
