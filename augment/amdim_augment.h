@@ -19,24 +19,9 @@
 #include "amdim_common.h"
 #include "amdim_dataset.h"
 #include "amdim_image.h"
+#include "amdim_philox.h"
 
-/* ---- random numbers ------------------------------------------------------ */
-
-typedef struct {
-    uint32_t key[2];
-    uint32_t ctr[4];
-    uint32_t out[4];
-    int avail; /* unread words left in out */
-} amdim_rng;
-
-/* Stream for (seed, epoch, index): counter words 0-1 = index, 2 = epoch,
- * 3 = block number within the stream. */
-void amdim_rng_init(amdim_rng *r, uint64_t seed, uint64_t epoch, uint64_t index);
-uint32_t amdim_rng_u32(amdim_rng *r);
-/* Uniform float in [lo, hi) with 24 random bits. */
-float amdim_rng_uniform(amdim_rng *r, float lo, float hi);
-/* Uniform integer in [lo, hi] (inclusive), unbiased. */
-int amdim_rng_int(amdim_rng *r, int lo, int hi);
+/* Random numbers: amdim_rng (common/amdim_philox.h), stream = epoch. */
 
 /* ---- configuration ------------------------------------------------------- */
 

@@ -304,7 +304,7 @@ int amdim_augment_pair(amdim_augmenter *a, const amdim_record *rec, uint64_t see
                        uint64_t index, uint8_t *view1, uint8_t *view2, amdim_pair_params *params)
 {
     amdim_rng rng;
-    amdim_rng_init(&rng, seed, epoch, index);
+    amdim_rng_init(&rng, seed, (uint32_t)epoch, index);
     amdim_pair_params local, *p = params ? params : &local;
     int st;
     if (a->decode.region && rec->encoding == AMDIM_ENCODING_JPEG && a->cfg.crop_mode == AMDIM_CROP_RESIZED &&
@@ -312,7 +312,7 @@ int amdim_augment_pair(amdim_augmenter *a, const amdim_record *rec, uint64_t see
         amdim_augment_draw(&a->cfg, (int)rec->width, (int)rec->height, &rng, p);
         if ((st = pair_from_region(a, rec, p, view1, view2)) <= 0)
             return st;
-        amdim_rng_init(&rng, seed, epoch, index);
+        amdim_rng_init(&rng, seed, (uint32_t)epoch, index);
     }
     const amdim_image *src;
     if ((st = amdim_augment_decode(a, rec, &src)))

@@ -37,6 +37,12 @@ const char *amdim_strerror(int status);
 int amdim_fail(char *buf, size_t n, int status, const char *fmt, ...)
     __attribute__((format(printf, 4, 5)));
 
+/* Invariants that only a bug can break (never input errors, which are
+ * statuses with messages): checked in every build; on failure prints the
+ * expression with its file and line to stderr and aborts. */
+#define AMDIM_ASSERT(e) ((e) ? (void)0 : amdim_assert_fail(#e, __FILE__, __LINE__))
+_Noreturn void amdim_assert_fail(const char *expr, const char *file, int line);
+
 /* Monotonic clock in seconds. */
 double amdim_now(void);
 

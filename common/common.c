@@ -41,6 +41,12 @@ int amdim_fail(char *buf, size_t n, int status, const char *fmt, ...)
     return status;
 }
 
+void amdim_assert_fail(const char *expr, const char *file, int line)
+{
+    fprintf(stderr, "amdim: internal error: assertion %s failed at %s:%d\n", expr, file, line);
+    abort();
+}
+
 double amdim_now(void)
 {
     struct timespec ts;

@@ -10,7 +10,7 @@ void amdim_loader_epoch_order(uint64_t seed, uint64_t epoch, uint64_t records, u
     /* The permutation's stream uses index UINT64_MAX, which no record has,
      * so it never coincides with a sample's augmentation stream. */
     amdim_rng rng;
-    amdim_rng_init(&rng, seed, epoch, UINT64_MAX);
+    amdim_rng_init(&rng, seed, (uint32_t)epoch, UINT64_MAX);
     for (uint64_t i = 0; i < records; i++)
         perm[i] = i;
     for (uint64_t i = records; i > 1; i--) {

@@ -6,8 +6,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "../trainer/nce.h"
-#include "../trainer/ops.h"
+#include "../trainer/cpu/nce.h"
+#include "../trainer/cpu/ops.h"
 #include "amdim_augment.h"
 #include "amdim_trainer.h"
 #include "testutil.h"
@@ -63,13 +63,13 @@ static double dot(const float *g, const float *y, size_t n)
 typedef struct {
     int cin, n, h, cout, k, s, ho;
     float *x, *w, *b, *y, *g;
-    op_scratch scr;
+    cpu_op_scratch scr;
 } conv_ctx;
 
 static double conv_loss(void *p)
 {
     conv_ctx *c = p;
-    conv2d_forward(c->x, c->cin, c->n, c->h, c->h, c->w, c->b, c->cout, c->k, c->s, c->y, &c->scr);
+    cpu_conv2d_forward(c->x, c->cin, c->n, c->h, c->h, c->w, c->b, c->cout, c->k, c->s, c->y, &c->scr);
     return dot(c->g, c->y, (size_t)c->cout * c->n * c->ho * c->ho);
 }
 
@@ -86,7 +86,7 @@ static void test_conv(int cin, int cout, int h, int k, int s, int bias)
         fill(c.b, (size_t)cout, -0.5f, 0.5f);
     fill(c.g, ny, -1, 1);
     conv_loss(&c);
-    conv2d_backward(c.x, cin, c.n, h, h, c.w, cout, k, s, c.g, dx, dw, bias ? db : NULL, &c.scr);
+    cpu_conv2d_backward(c.x, cin, c.n, h, h, c.w, cout, k, s, c.g, dx, dw, bias ? db : NULL, &c.scr);
     char op[64];
     snprintf(op, sizeof op, "conv k%d s%d %d->%d", k, s, cin, cout);
     check(op, "x", conv_loss, &c, c.x, dx, nx, 1e-2f);
@@ -94,7 +94,7 @@ static void test_conv(int cin, int cout, int h, int k, int s, int bias)
     if (bias)
         check(op, "b", conv_loss, &c, c.b, db, (size_t)cout, 1e-2f);
     free(c.x), free(c.w), free(c.b), free(c.y), free(c.g), free(dx), free(dw), free(db);
-    op_scratch_free(&c.scr);
+    cpu_op_scratch_free(&c.scr);
 }
 
 /* ---- avgpool shortcut, relu ---------------------------------------------- */
@@ -106,7 +106,7 @@ typedef struct {
 static double pool_loss(void *p)
 {
     pool_ctx *c = p;
-    avgpool_pad_forward(c->x, c->cin, c->n, c->h, c->h, c->k, c->s, c->cout, c->y);
+    cpu_avgpool_pad_forward(c->x, c->cin, c->n, c->h, c->h, c->k, c->s, c->cout, c->y);
     return dot(c->g, c->y, (size_t)c->cout * c->n * c->ho * c->ho);
 }
 
@@ -119,7 +119,7 @@ static void test_pool(int cin, int cout, int h, int k, int s)
     fill(c.x, nx, -1, 1);
     fill(c.g, ny, -1, 1);
     pool_loss(&c);
-    avgpool_pad_backward(c.g, cin, 2, h, h, k, s, dx);
+    cpu_avgpool_pad_backward(c.g, cin, 2, h, h, k, s, dx);
     check("avgpool+channel pad", "x", pool_loss, &c, c.x, dx, nx, 1e-2f);
     free(c.x), free(c.y), free(c.g), free(dx);
 }
@@ -133,7 +133,7 @@ static double relu_loss(void *p)
 {
     relu_ctx *c = p;
     memcpy(c->y, c->x, c->n * 4);
-    relu_forward(c->y, c->n);
+    cpu_relu_forward(c->y, c->n);
     return dot(c->g, c->y, c->n);
 }
 
@@ -142,17 +142,17 @@ typedef struct {
     int c, n1d;
     size_t count;
     float *x, *y, *g, *mean, *istd, rm[16], rv[16], nbt;
-    bn_params p;
-    op_scratch scr;
+    cpu_bn_params p;
+    cpu_op_scratch scr;
 } bn_ctx;
 
 static double bn_loss(void *p)
 {
     bn_ctx *b = p;
     if (b->n1d)
-        batchnorm1d_forward_train(b->x, (int)b->count, b->c, &b->p, b->y, b->mean, b->istd, &b->scr);
+        cpu_batchnorm1d_forward_train(b->x, (int)b->count, b->c, &b->p, b->y, b->mean, b->istd, &b->scr);
     else
-        batchnorm_forward_train(b->x, b->c, b->count, &b->p, b->y, b->mean, b->istd);
+        cpu_batchnorm_forward_train(b->x, b->c, b->count, &b->p, b->y, b->mean, b->istd);
     return dot(b->g, b->y, (size_t)b->c * b->count);
 }
 
@@ -167,27 +167,27 @@ static void test_bn(int one_d)
     float gamma[5], beta[5], dgamma[5] = {0}, dbeta[5] = {0};
     fill(gamma, 5, 0.5f, 1.5f);
     fill(beta, 5, -0.5f, 0.5f);
-    b.p = (bn_params){gamma, beta, b.rm, b.rv, &b.nbt, dgamma, dbeta};
+    b.p = (cpu_bn_params){gamma, beta, b.rm, b.rv, &b.nbt, dgamma, dbeta};
     fill(b.x, n, -2, 2);
     fill(b.g, n, -1, 1);
     float *dx = malloc(n * 4);
     bn_loss(&b);
     if (one_d)
-        batchnorm1d_backward(b.x, (int)b.count, b.c, &b.p, b.mean, b.istd, b.g, dx, &b.scr);
+        cpu_batchnorm1d_backward(b.x, (int)b.count, b.c, &b.p, b.mean, b.istd, b.g, dx, &b.scr);
     else
-        batchnorm_backward(b.x, b.c, b.count, &b.p, b.mean, b.istd, b.g, dx);
+        cpu_batchnorm_backward(b.x, b.c, b.count, &b.p, b.mean, b.istd, b.g, dx);
     const char *op = one_d ? "batchnorm1d" : "batchnorm2d";
     check(op, "x", bn_loss, &b, b.x, dx, n, 1e-2f);
     check(op, "gamma", bn_loss, &b, gamma, dgamma, 5, 1e-2f);
     check(op, "beta", bn_loss, &b, beta, dbeta, 5, 1e-2f);
     /* running statistics: momentum 0.1, unbiased variance */
     float rm[5] = {0}, rv[5] = {1, 1, 1, 1, 1}, nbt = 0, y2[5 * 18];
-    bn_params q = {gamma, beta, rm, rv, &nbt, dgamma, dbeta};
+    cpu_bn_params q = {gamma, beta, rm, rv, &nbt, dgamma, dbeta};
     float m2[5], s2[5];
     if (one_d)
-        batchnorm1d_forward_train(b.x, (int)b.count, 5, &q, y2, m2, s2, &b.scr);
+        cpu_batchnorm1d_forward_train(b.x, (int)b.count, 5, &q, y2, m2, s2, &b.scr);
     else
-        batchnorm_forward_train(b.x, 5, b.count, &q, y2, m2, s2);
+        cpu_batchnorm_forward_train(b.x, 5, b.count, &q, y2, m2, s2);
     for (int c = 0; c < 5; c++) {
         double mu = 0, var = 0;
         for (size_t i = 0; i < b.count; i++)
@@ -202,7 +202,7 @@ static void test_bn(int one_d)
     }
     CHECK(nbt == 1, "num_batches_tracked %f", nbt);
     free(b.x), free(b.y), free(b.g), free(b.mean), free(b.istd), free(dx);
-    op_scratch_free(&b.scr);
+    cpu_op_scratch_free(&b.scr);
 }
 
 /* ---- linear, dropout, classifier loss ----------------------------------- */
@@ -214,7 +214,7 @@ typedef struct {
 static double lin_loss(void *p)
 {
     lin_ctx *c = p;
-    linear_forward(c->x, c->n, c->in, c->w, c->b, c->out, c->y);
+    cpu_linear_forward(c->x, c->n, c->in, c->w, c->b, c->out, c->y);
     return dot(c->g, c->y, (size_t)c->n * c->out);
 }
 
@@ -227,22 +227,23 @@ typedef struct {
 static double cls_loss(void *p)
 {
     cls_ctx *c = p;
-    return classifier_loss(c->logits, c->n, c->k, c->labels, NULL, 1.0f, NULL, NULL);
+    return cpu_classifier_loss(c->logits, c->n, c->k, c->labels, NULL, 1.0f, NULL, NULL);
 }
 
 /* ---- the objective -------------------------------------------------------- */
 typedef struct {
     int C, B, L, obj;
     float *src, *tgt;
-    nce_scratch s;
+    cpu_nce_scratch s;
 } nce_ctx;
 
 static double nce_loss(void *p)
 {
     nce_ctx *c = p;
     float *ds = calloc((size_t)c->C * c->B, 4), *dt = calloc((size_t)c->C * c->B * c->L, 4);
-    double reg;
-    double l = nce_direction(c->src, c->tgt, c->C, c->B, c->L, 2.5f, c->obj, 0.7f, 0.3f, &reg, ds, dt, &c->s);
+    double reg, l;
+    REQUIRE(cpu_nce_direction(c->src, c->tgt, c->C, c->B, c->L, 2.5f, c->obj, 0.7f, 0.3f, &l, &reg, ds, dt, &c->s) == 0,
+            "nce scratch");
     free(ds);
     free(dt);
     return 0.7 * l + 0.3 * reg;
@@ -257,13 +258,14 @@ static void test_nce(int obj)
     fill(c.src, ns, -2, 2);
     fill(c.tgt, nt, -2, 2);
     float *ds = calloc(ns, 4), *dt = calloc(nt, 4);
-    double reg;
-    nce_direction(c.src, c.tgt, c.C, c.B, c.L, 2.5f, obj, 0.7f, 0.3f, &reg, ds, dt, &c.s);
+    double reg, loss;
+    REQUIRE(cpu_nce_direction(c.src, c.tgt, c.C, c.B, c.L, 2.5f, obj, 0.7f, 0.3f, &loss, &reg, ds, dt, &c.s) == 0,
+            "nce scratch");
     static const char *names[] = {"objective nce", "objective jsd", "objective dv"};
     check(names[obj], "src", nce_loss, &c, c.src, ds, ns, 1e-2f);
     check(names[obj], "tgt", nce_loss, &c, c.tgt, dt, nt, 1e-2f);
     free(c.src), free(c.tgt), free(ds), free(dt);
-    nce_scratch_free(&c.s);
+    cpu_nce_scratch_free(&c.s);
 }
 
 int main(void)
@@ -282,7 +284,7 @@ int main(void)
     float dr[40];
     relu_loss(&r);
     memcpy(dr, r.g, sizeof dr);
-    relu_backward(r.y, dr, 40);
+    cpu_relu_backward(r.y, dr, 40);
     check("relu", "x", relu_loss, &r, r.x, dr, 40, 1e-2f);
     free(r.x), free(r.y), free(r.g);
     test_bn(0);
@@ -291,15 +293,15 @@ int main(void)
     fill(l.x, 24, -1, 1), fill(l.w, 18, -1, 1), fill(l.b, 3, -1, 1), fill(l.g, 12, -1, 1);
     float ldx[24], ldw[18] = {0}, ldb[3] = {0};
     lin_loss(&l);
-    linear_backward(l.x, 4, 6, l.w, 3, l.g, ldx, ldw, ldb);
+    cpu_linear_backward(l.x, 4, 6, l.w, 3, l.g, ldx, ldw, ldb);
     check("linear", "x", lin_loss, &l, l.x, ldx, 24, 1e-2f);
     check("linear", "w", lin_loss, &l, l.w, ldw, 18, 1e-2f);
     check("linear", "b", lin_loss, &l, l.b, ldb, 3, 1e-2f);
     free(l.x), free(l.w), free(l.b), free(l.y), free(l.g);
     /* dropout is linear in x: its backward is the same mask */
     float dx_in[8] = {1, 2, 3, 4, 5, 6, 7, 8}, mask[8] = {1, 0, 1, 1, 0, 1, 1, 1}, dy[8], out[8];
-    dropout_forward(dx_in, mask, 0.2f, 8, out);
-    dropout_backward(dx_in, mask, 0.2f, 8, dy);
+    cpu_dropout_forward(dx_in, mask, 0.2f, 8, out);
+    cpu_dropout_backward(dx_in, mask, 0.2f, 8, dy);
     int ok = 1;
     for (int i = 0; i < 8; i++)
         ok &= fabsf(out[i] - dx_in[i] * mask[i] / 0.8f) < 1e-6f && fabsf(dy[i] - out[i]) < 1e-6f;
@@ -311,7 +313,7 @@ int main(void)
     float dl[20];
     cls_ctx cc = {logits, labels, 4, 5};
     int corr, lab;
-    classifier_loss(logits, 4, 5, labels, dl, 1.0f, &corr, &lab);
+    cpu_classifier_loss(logits, 4, 5, labels, dl, 1.0f, &corr, &lab);
     CHECK(lab == 3, "labelled rows %d", lab);
     check("classifier loss", "logits", cls_loss, &cc, logits, dl, 20, 1e-2f);
     for (int obj = 0; obj < 3; obj++)

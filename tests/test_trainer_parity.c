@@ -90,7 +90,9 @@ int main(int argc, char **argv)
             p.data[k] = t->dtype == REF_I32 ? (float)((const int32_t *)t->data)[k] : ((const float *)t->data)[k];
     }
 
+    REQUIRE(amdim_model_push(m) == 0, "push: %s", amdim_model_error(m));
     amdim_step_stats st;
+    float *logits = malloc((size_t)2 * B * cfg.n_classes * sizeof(float));
     for (int step = 0; step < 3; step++) {
         char name[256];
 #define STEP(leaf) (snprintf(name, sizeof name, "step%d/%s", step, leaf), name)
@@ -123,9 +125,12 @@ int main(int argc, char **argv)
                 snprintf(name, sizeof name, "out/%s", outs[o]);
                 cmp_scaled(outs[o], buf, ref_get(&rf, name, REF_F32), 1e-4);
             }
-            cmp_scaled("logits_mlp", amdim_model_logits(m, 0), ref_get(&rf, "out/logits_mlp", REF_F32), 1e-4);
-            cmp_scaled("logits_lin", amdim_model_logits(m, 1), ref_get(&rf, "out/logits_lin", REF_F32), 1e-4);
+            REQUIRE(amdim_model_logits(m, 0, logits) == 0, "logits");
+            cmp_scaled("logits_mlp", logits, ref_get(&rf, "out/logits_mlp", REF_F32), 1e-4);
+            REQUIRE(amdim_model_logits(m, 1, logits) == 0, "logits");
+            cmp_scaled("logits_lin", logits, ref_get(&rf, "out/logits_lin", REF_F32), 1e-4);
             free(buf);
+            REQUIRE(amdim_model_pull(m) == 0, "pull: %s", amdim_model_error(m));
             for (int i = 0; i < n; i++) {
                 amdim_param p;
                 amdim_model_param(m, i, &p);
@@ -146,8 +151,10 @@ int main(int argc, char **argv)
                 }
             }
         }
-        amdim_model_adam_step(m, 0);
+        REQUIRE(amdim_model_adam_step(m, 0) == 0, "adam: %s", amdim_model_error(m));
     }
+    free(logits);
+    REQUIRE(amdim_model_pull(m) == 0, "pull: %s", amdim_model_error(m));
     /* After 3 Adam steps: first-conv weights and running statistics. */
     for (int i = 0; i < rf.n; i++) {
         if (strncmp(rf.t[i].name, "final/", 6) != 0)

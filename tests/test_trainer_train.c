@@ -91,8 +91,10 @@ static void run(double *losses, double *acc_last)
     REQUIRE(k >= 0, "running mean missing");
     amdim_param p;
     amdim_model_param(m, k, &p);
+    REQUIRE(amdim_model_pull(m) == 0, "pull");
     float before = p.data[0];
     amdim_model_evaluate(m, v2, BATCH, feats, NULL, NULL);
+    REQUIRE(amdim_model_pull(m) == 0, "pull");
     CHECK(p.data[0] == before, "evaluation changed running statistics");
     free(v1);
     free(v2);

@@ -25,7 +25,7 @@ static const char *usage_text =
     "      --eval DATA.lmdb    evaluate on this dataset ...\n"
     "      --eval-split NAME   ... split (default: test)\n"
     "      --eval-refresh N    batches that refresh BatchNorm statistics first (default 20)\n"
-    "      --device D          auto, cpu or cuda (default auto: cpu in this build)\n"
+    "      --device D          auto, cpu or cuda (default auto: cuda when built with it and a GPU is present)\n"
     "  -e, --epochs E          epochs (default: what amdim-load was given)\n"
     "      --steps S           stop after S updates in total (0: save the initial model)\n"
     "  -b, --batch B           expected batch size (must match amdim-load's)\n"
@@ -85,6 +85,7 @@ int main(int argc, char **argv)
     amdim_train_options o;
     amdim_train_options_default(&o);
     int classifiers = 0, c;
+    const char *device = "auto";
     long long v;
     while ((c = getopt_long(argc, argv, "o:r:e:b:h", longopts, NULL)) != -1) {
         switch (c) {
@@ -93,7 +94,7 @@ int main(int argc, char **argv)
         case O_EVAL: o.eval_path = optarg; break;
         case O_ESPLIT: o.eval_split = optarg; break;
         case O_EREF: if (amdim_cli_int("amdim-train", "--eval-refresh", optarg, 0, 100000, &v)) return 2; o.eval_refresh = (int)v; break;
-        case O_DEVICE: o.device = optarg; break;
+        case O_DEVICE: device = optarg; break;
         case 'e': if (amdim_cli_int("amdim-train", "--epochs", optarg, 1, 1000000, &v)) return 2; o.epochs = v; break;
         case O_STEPS: if (amdim_cli_int("amdim-train", "--steps", optarg, 0, LLONG_MAX, &v)) return 2; o.steps = v; break;
         case O_WARMUP: if (amdim_cli_int("amdim-train", "--warmup", optarg, 0, 1 << 30, &v)) return 2; o.model.warmup = (int)v; break;
@@ -130,12 +131,16 @@ int main(int argc, char **argv)
         fprintf(stderr, "amdim-train: --classifiers needs --init CHECKPOINT and --out RUN\nTry 'amdim-train --help'.\n");
         return 2;
     }
+    char err[2048];
+    if (amdim_device_resolve(device, &o.device, err, sizeof err)) {
+        fprintf(stderr, "amdim-train: %s\nTry 'amdim-train --help'.\n", err);
+        return 2;
+    }
     struct sigaction sa = {0};
     sa.sa_handler = on_signal;
     sigaction(SIGINT, &sa, NULL);
     sigaction(SIGTERM, &sa, NULL);
     o.cancel = &g_cancel;
-    char err[2048];
     int st = amdim_train_run(&o, err, sizeof err);
     if (st) {
         fprintf(stderr, "amdim-train: training failed: %s (%s)\n", amdim_strerror(st), err);

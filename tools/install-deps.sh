@@ -11,6 +11,7 @@ packages=(
   libopenblas-dev                         # CPU trainer GEMMs
   libpng-dev zlib1g-dev                   # PNG inputs/outputs, gzipped IDX
   dataset-fashion-mnist                   # the demo's real dataset
+  python3-torch python3-numpy             # reference data, checkpoint check, PyTorch peer bench
 )
 
 missing=()

@@ -38,7 +38,7 @@ typedef struct {
 
 /* Writes ckpt-<step> into dir. On failure (e.g. disk full) nothing of the
  * new checkpoint remains and older ones are untouched. */
-int amdim_checkpoint_save(const amdim_model *m, const char *dir, const amdim_checkpoint_info *info, char *err,
+int amdim_checkpoint_save(amdim_model *m, const char *dir, const amdim_checkpoint_info *info, char *err,
                           size_t n);
 
 /* Keeps the newest `keep` checkpoints in dir, deleting older ones. */
@@ -61,7 +61,9 @@ enum {
 
 /* Loads weights and buffers into m, whose configuration must match the
  * checkpoint's (the probes excepted with AMDIM_CKPT_ENCODER_ONLY): a
- * mismatch is AMDIM_E_INVALID naming both values. */
+ * mismatch is AMDIM_E_INVALID naming both values. Checkpoints that name
+ * the heads' hidden BatchNorm rkhs_block_N.bn1 (before it took the authors'
+ * name bn_hid) load too, with one notice on stderr. */
 int amdim_checkpoint_load(amdim_model *m, const char *path, int flags, char *err, size_t n);
 
 #endif

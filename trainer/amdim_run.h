@@ -24,7 +24,7 @@ typedef struct {
     const char *eval_split; /* default "test" */
     int eval_refresh;       /* batches that refresh BatchNorm statistics (default 20) */
     int eval_batch;         /* default 100 */
-    const char *device;     /* "auto", "cpu" or "cuda" */
+    amdim_device device;    /* from amdim_device_resolve (default: the CPU) */
     int64_t epochs;         /* -1: the loader's */
     int64_t steps;          /* -1: no limit (total updates, counted across resumes);
                                0: write the initial checkpoint and stop */

@@ -1,10 +1,17 @@
-/* amdim trainer: the AMDIM model on the CPU - encoder (32/64/128 px),
- * projection heads, NCE (and Deep InfoMax JSD/DV) objective, the two online
- * classifiers, Adam. This is the reference the CUDA path is tested against.
+/* amdim trainer: the AMDIM model - encoder (32/64/128 px), projection
+ * heads, NCE (and Deep InfoMax JSD/DV) objective, the two online
+ * classifiers, Adam - described once (trainer/arch.h) and run by a
+ * backend: the CPU reference (trainer/cpu/) or CUDA (trainer/cuda/).
  *
  * Parameters carry the names of the authors' PyTorch release
  * (encoder.module.layer_list.0.conv.weight, ...), in their state_dict order,
- * with PyTorch's shapes and NCHW weight layout. */
+ * with PyTorch's shapes and NCHW weight layout.
+ *
+ * The model keeps a host mirror of its state (weights, buffers, gradients,
+ * Adam moments). With the CPU backend the mirror is the state itself; with
+ * CUDA the state lives on the device, amdim_model_pull copies it into the
+ * mirror and amdim_model_push copies the mirror back. amdim_param points
+ * into the mirror. */
 #ifndef AMDIM_TRAINER_H
 #define AMDIM_TRAINER_H
 
@@ -41,8 +48,27 @@ int amdim_model_config_check(const amdim_model_config *c, char *err, size_t n);
 
 typedef struct amdim_model amdim_model;
 
+typedef enum { AMDIM_DEVICE_CPU = 0, AMDIM_DEVICE_CUDA = 1 } amdim_device;
+
+/* The one place a device name becomes a device: "cpu", "cuda", or "auto"
+ * (CUDA when this build has the CUDA backend and a GPU is present, else the
+ * CPU). AMDIM_E_INVALID for another name; AMDIM_E_UNSUPPORTED for "cuda"
+ * in a build without CUDA or on a machine without a usable GPU, with the
+ * reason in err. */
+int amdim_device_resolve(const char *name, amdim_device *out, char *err, size_t n);
+const char *amdim_device_name(amdim_device d);
+
+/* Creates the model on a device, initialised from cfg->seed. */
+int amdim_model_create_on(amdim_model **out, const amdim_model_config *cfg, amdim_device device, char *err,
+                          size_t errlen);
+/* amdim_model_create_on(..., AMDIM_DEVICE_CPU, ...) */
 int amdim_model_create(amdim_model **out, const amdim_model_config *cfg, char *err, size_t errlen);
 void amdim_model_destroy(amdim_model *m); /* accepts NULL */
+amdim_device amdim_model_device(const amdim_model *m);
+/* Host mirror <-> device state (no-ops on the CPU). AMDIM_E_* with the
+ * reason in amdim_model_error. */
+int amdim_model_pull(amdim_model *m);
+int amdim_model_push(amdim_model *m);
 const amdim_model_config *amdim_model_get_config(const amdim_model *m);
 const char *amdim_model_error(const amdim_model *m);
 
@@ -67,7 +93,7 @@ int amdim_model_forward_backward(amdim_model *m, const float *x1, const float *x
                                  const int32_t *src5, const float *mask_in, const float *mask_hidden,
                                  amdim_step_stats *stats);
 /* Adam update with the scheduled learning rate for `epoch`; counts updates. */
-void amdim_model_adam_step(amdim_model *m, int epoch);
+int amdim_model_adam_step(amdim_model *m, int epoch);
 /* Learning rate the next update would use. */
 float amdim_model_learning_rate(const amdim_model *m, int epoch);
 uint64_t amdim_model_updates(const amdim_model *m);
@@ -77,8 +103,9 @@ void amdim_model_set_updates(amdim_model *m, uint64_t updates);
 /* Outputs of the last forward, in NCHW: which = 1, 5 or 7; view 0 or 1.
  * r1 is (B, n_rkhs, 1, 1), r5 (B, n_rkhs, 5, 5), r7 (B, n_rkhs, 7, 7). */
 int amdim_model_output(const amdim_model *m, int view, int which, float *out);
-/* Logits of the last forward (2B rows): head 0 = MLP, 1 = linear. */
-const float *amdim_model_logits(const amdim_model *m, int head);
+/* Copies the logits of the last training forward (2B rows x classes):
+ * head 0 = MLP, 1 = linear. */
+int amdim_model_logits(const amdim_model *m, int head, float *out);
 
 /* Evaluation: r1 features (B, n_rkhs) of uint8 NHWC images with BatchNorm
  * in eval mode, and the classifiers' logits (B, n_classes) each (either may
@@ -103,15 +130,31 @@ int amdim_model_refresh_bn(amdim_model *m, const uint8_t *images, int batch);
 /* The classifier-only phase: re-initialise both probes (and their Adam
  * state) from `seed`, then train only them on features of the frozen
  * encoder (BatchNorm in eval mode) with amdim_model_train_probes_step. */
-void amdim_model_reset_probes(amdim_model *m, uint64_t seed);
+int amdim_model_reset_probes(amdim_model *m, uint64_t seed);
 /* Only the probes train from now on (set by reset_probes; for resuming). */
 void amdim_model_freeze_encoder(amdim_model *m);
 int amdim_model_train_probes_step(amdim_model *m, const uint8_t *view1, const uint8_t *view2, const int32_t *labels,
                                   int batch, int epoch, amdim_step_stats *stats);
 
-/* Parameters and buffers in state_dict order. */
+/* What a tensor is: checkpoints, initialisation and the optimiser go by
+ * this, never by name. */
+typedef enum {
+    AMDIM_ROLE_CONV_WEIGHT,   /* (cout, cin, k, k) */
+    AMDIM_ROLE_LINEAR_WEIGHT, /* (out, in) */
+    AMDIM_ROLE_BIAS,
+    AMDIM_ROLE_BN_WEIGHT,
+    AMDIM_ROLE_BN_BIAS,
+    AMDIM_ROLE_BN_MEAN,       /* running statistics: buffers */
+    AMDIM_ROLE_BN_VAR,
+    AMDIM_ROLE_BN_COUNT,      /* num_batches_tracked: an int64 scalar in checkpoints */
+} amdim_role;
+
+/* Parameters and buffers in state_dict order; pointers into the host
+ * mirror (pull first to read a device's state, push after writing). */
 typedef struct {
     const char *name;
+    amdim_role role;
+    int probe;    /* the online classifiers (evaluator.*) */
     int ndim, shape[4];
     size_t size;
     float *data;  /* values (num_batches_tracked is stored as a float count) */

@@ -169,8 +169,11 @@ static void ckpt_paths(const char *dir, uint64_t step, char *w, char *o, size_t 
     snprintf(o, n, "%s/ckpt-%08llu.optim.safetensors", dir, (unsigned long long)step);
 }
 
-int amdim_checkpoint_save(const amdim_model *m, const char *dir, const amdim_checkpoint_info *info, char *err, size_t n)
+int amdim_checkpoint_save(amdim_model *m, const char *dir, const amdim_checkpoint_info *info, char *err, size_t n)
 {
+    int st = amdim_model_pull(m);
+    if (st)
+        return amdim_fail(err, n, st, "reading the model state: %s", amdim_model_error(m));
     int np = amdim_model_param_count(m);
     out_tensor *t = calloc((size_t)np + 1, sizeof *t), *o = calloc((size_t)2 * np, sizeof *o);
     char (*names)[200] = calloc((size_t)2 * np, sizeof *names);
@@ -186,7 +189,7 @@ int amdim_checkpoint_save(const amdim_model *m, const char *dir, const amdim_che
     for (int i = 0; i < np; i++) {
         amdim_param p;
         amdim_model_param(m, i, &p);
-        int nbt = strstr(p.name, "num_batches_tracked") != NULL;
+        int nbt = p.role == AMDIM_ROLE_BN_COUNT;
         t[nt] = (out_tensor){p.name, nbt ? "I64" : "F32", p.ndim, {0}, p.data, p.size * sizeof(float), nbt};
         memcpy(t[nt].shape, p.shape, sizeof p.shape);
         nt++;
@@ -217,7 +220,7 @@ int amdim_checkpoint_save(const amdim_model *m, const char *dir, const amdim_che
     }
     sbuf ometa = {0};
     meta_config(&ometa, amdim_model_get_config(m), info, "optimizer");
-    int st = meta.oom || ometa.oom ? amdim_fail(err, n, AMDIM_E_NOMEM, "out of memory") : AMDIM_OK;
+    st = meta.oom || ometa.oom ? amdim_fail(err, n, AMDIM_E_NOMEM, "out of memory") : AMDIM_OK;
     if (st == AMDIM_OK)
         st = write_safetensors(opath, o, no, ometa.s, err, n);
     if (st == AMDIM_OK) {
@@ -619,12 +622,33 @@ static int same_config(const amdim_model_config *a, const amdim_model_config *b,
     return 1;
 }
 
+/* Checkpoints written before the heads' hidden BatchNorm took the authors'
+ * name (rkhs_block_N.bn_hid) call it rkhs_block_N.bn1: the tensor under
+ * either name, *legacy set when the old one was used. */
+static const in_tensor *find_tensor(const st_file *f, const char *prefix, const char *name, int *legacy)
+{
+    char full[400];
+    snprintf(full, sizeof full, "%s%s", prefix, name);
+    const in_tensor *t = st_find(f, full);
+    const char *hid = strstr(name, ".bn_hid.");
+    if (t || !hid || !strstr(name, "rkhs_block_"))
+        return t;
+    snprintf(full, sizeof full, "%s%.*s.bn1.%s", prefix, (int)(hid - name), name, hid + strlen(".bn_hid."));
+    t = st_find(f, full);
+    *legacy |= t != NULL;
+    return t;
+}
+
 int amdim_checkpoint_load(amdim_model *m, const char *path, int flags, char *err, size_t n)
 {
     int with_optimizer = flags & AMDIM_CKPT_OPTIMIZER, encoder_only = flags & AMDIM_CKPT_ENCODER_ONLY;
+    int legacy = 0;
     st_file f;
-    int st = st_read(&f, path, err, n);
+    /* the parts not read from the file keep the model's state */
+    int st = amdim_model_pull(m);
     if (st)
+        return amdim_fail(err, n, st, "reading the model state: %s", amdim_model_error(m));
+    if ((st = st_read(&f, path, err, n)))
         return st;
     amdim_model_config cfg;
     amdim_checkpoint_info info;
@@ -641,10 +665,10 @@ int amdim_checkpoint_load(amdim_model *m, const char *path, int flags, char *err
     for (int i = 0; i < np && st == AMDIM_OK; i++) {
         amdim_param p;
         amdim_model_param(m, i, &p);
-        if (encoder_only && strncmp(p.name, "encoder.", 8) != 0)
+        if (encoder_only && p.probe)
             continue;
-        const in_tensor *t = st_find(&f, p.name);
-        int nbt = strstr(p.name, "num_batches_tracked") != NULL;
+        const in_tensor *t = find_tensor(&f, "", p.name, &legacy);
+        int nbt = p.role == AMDIM_ROLE_BN_COUNT;
         size_t want = nbt ? 8 : p.size * 4;
         int shape_ok = t && t->ndim == p.ndim;
         for (int d = 0; shape_ok && d < p.ndim; d++)
@@ -664,8 +688,10 @@ int amdim_checkpoint_load(amdim_model *m, const char *path, int flags, char *err
         }
     }
     st_free(&f);
-    if (st || !with_optimizer)
+    if (st)
         return st;
+    if (!with_optimizer)
+        goto push;
     char opath[4200];
     snprintf(opath, sizeof opath, "%.*s.optim.safetensors", (int)(strlen(path) - strlen(".safetensors")), path);
     if ((st = st_read(&f, opath, err, n)))
@@ -682,18 +708,25 @@ int amdim_checkpoint_load(amdim_model *m, const char *path, int flags, char *err
         if (p.buffer)
             continue;
         for (int k = 0; k < 2 && st == AMDIM_OK; k++) {
-            char name[300];
-            snprintf(name, sizeof name, "%s.%s", k ? "exp_avg_sq" : "exp_avg", p.name);
-            const in_tensor *t = st_find(&f, name);
+            const char *prefix = k ? "exp_avg_sq." : "exp_avg.";
+            const in_tensor *t = find_tensor(&f, prefix, p.name, &legacy);
             if (!t || t->end - t->begin != p.size * 4) {
-                st = amdim_fail(err, n, AMDIM_E_CORRUPT, "%s: tensor %s is missing or of another size", opath, name);
+                st = amdim_fail(err, n, AMDIM_E_CORRUPT, "%s: tensor %s%s is missing or of another size", opath, prefix,
+                                p.name);
                 break;
             }
             memcpy(k ? p.adam_v : p.adam_m, f.file + f.data_off + t->begin, p.size * 4);
         }
     }
     st_free(&f);
-    if (st == AMDIM_OK)
-        amdim_model_set_updates(m, info.step);
-    return st;
+    if (st)
+        return st;
+    amdim_model_set_updates(m, info.step);
+push:
+    if (legacy)
+        fprintf(stderr, "amdim: notice: %s names the heads' hidden BatchNorm rkhs_block_N.bn1 (written before it took "
+                        "the authors' name bn_hid); loaded under the new name, the next checkpoint uses it\n", path);
+    if ((st = amdim_model_push(m)))
+        return amdim_fail(err, n, st, "writing the model state: %s", amdim_model_error(m));
+    return AMDIM_OK;
 }

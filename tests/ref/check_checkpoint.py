@@ -1,7 +1,7 @@
 #!/usr/bin/python3
 """Loads an amdim checkpoint the way a PyTorch user would: reads the
 safetensors file with a minimal reader written from the format's spec,
-builds the AMDIM model of make_model_ref.py (the authors' parameter names)
+builds the AMDIM model of amdim_torch.py (the authors' parameter names)
 plus the authors' g2l_loss.masks_r5 buffer, and calls
 load_state_dict(strict=True). Then compares r1 of the images in a .npy file
 with the features amdim-embed wrote for them.
@@ -23,7 +23,7 @@ except ImportError:
     sys.exit(77)
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import make_model_ref as mm  # noqa: E402
+import amdim_torch as at  # noqa: E402
 
 
 def read_safetensors(path):
@@ -55,7 +55,7 @@ def main():
     torch.set_default_dtype(torch.float32)
     tensors, meta = read_safetensors(sys.argv[1])
     size, ndf, n_rkhs, depth = (int(meta[k]) for k in ("encoder_size", "ndf", "n_rkhs", "n_depth"))
-    model = mm.Model(size, ndf, n_rkhs, depth, int(meta["use_bn"]), int(meta["n_classes"]), int(meta["mlp_hidden"]))
+    model = at.Model(size, ndf, n_rkhs, depth, int(meta["use_bn"]), int(meta["n_classes"]), int(meta["mlp_hidden"]))
     model.g2l_loss = G2L()
     model.load_state_dict(tensors, strict=True)
     print(f"check_checkpoint: load_state_dict(strict=True) accepted {len(tensors)} tensors "

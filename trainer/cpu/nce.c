@@ -7,25 +7,25 @@
 #include <string.h>
 
 #include "amdim_trainer.h"
+#include "elementwise.h"
 
-void nce_scratch_free(nce_scratch *s)
+void cpu_nce_scratch_free(cpu_nce_scratch *s)
 {
     free(s->buf);
     s->buf = NULL;
     s->cap = 0;
 }
 
-static double softplus(double x) { return x > 0 ? x + log1p(exp(-x)) : log1p(exp(x)); }
-static double sigmoid(double x) { return 1.0 / (1.0 + exp(-x)); }
-
-double nce_direction(const float *srcT, const float *tgt, int C, int B, int L, float tclip, int objective, float wloss,
-                     float wreg, double *reg_out, float *dsrcT, float *dtgt, nce_scratch *s)
+int cpu_nce_direction(const float *srcT, const float *tgt, int C, int B, int L, float tclip, int objective, float wloss,
+                      float wreg, double *loss_out, double *reg_out, float *dsrcT, float *dtgt, cpu_nce_scratch *s)
 {
     size_t BL = (size_t)B * L, n = (size_t)B * BL;
     if (2 * n > s->cap) {
         free(s->buf);
         s->buf = malloc(2 * n * sizeof(float));
         s->cap = s->buf ? 2 * n : 0;
+        if (!s->buf)
+            return AMDIM_E_NOMEM;
     }
     float *S = s->buf, *dS = s->buf + n;
     float scale = 1.0f / sqrtf((float)C);
@@ -35,11 +35,11 @@ double nce_direction(const float *srcT, const float *tgt, int C, int B, int L, f
     double reg = 0;
     for (size_t k = 0; k < n; k++)
         reg += (double)S[k] * S[k];
-    reg = 0.05 * reg / (double)n;
+    reg = AMDIM_NCE_REG * reg / (double)n;
     /* dreg/ds, then clip in place: S holds t from here on. */
     for (size_t k = 0; k < n; k++) {
-        dS[k] = (float)(wreg * 0.05 * 2.0 * S[k] / (double)n);
-        S[k] = tclip * tanhf(S[k] / tclip);
+        dS[k] = (float)(wreg * AMDIM_NCE_REG * 2.0 * S[k] / (double)n);
+        S[k] = amdim_tanh_clip(S[k], tclip);
     }
     double loss = 0;
     for (int i = 0; i < B; i++) {
@@ -59,31 +59,27 @@ double nce_direction(const float *srcT, const float *tgt, int C, int B, int L, f
                 double ep = exp(pos[l] - M), den = ep + negsum;
                 loss += -(pos[l] - M - log(den));
                 inv_sum += 1.0 / den;
-                /* d/dpos = -(1 - ep/den) / (B L) */
-                double d = -(1.0 - ep / den) / (double)BL * wloss;
-                double tt = pos[l] / tclip;
-                g[(size_t)i * L + l] += (float)(d * (1.0 - tt * tt));
+                double d = amdim_nce_pos_grad(ep / den, (double)BL, wloss);
+                g[(size_t)i * L + l] += (float)(d * amdim_tanh_clip_grad(pos[l], tclip));
             }
             for (size_t k = 0; k < BL; k++) {
                 if (k / L == (size_t)i)
                     continue;
-                double d = exp(t[k] - M) * inv_sum / (double)BL * wloss;
-                double tt = t[k] / tclip;
-                g[k] += (float)(d * (1.0 - tt * tt));
+                double d = amdim_nce_neg_grad(t[k], M, inv_sum, (double)BL, wloss);
+                g[k] += (float)(d * amdim_tanh_clip_grad(t[k], tclip));
             }
         } else if (objective == AMDIM_OBJECTIVE_JSD) {
             double npos = (double)BL, nneg = (double)B * (B - 1) * L;
             for (size_t k = 0; k < BL; k++) {
                 double x = t[k], d;
                 if (k / L == (size_t)i) {
-                    loss -= (log(2.0) - softplus(-x)) / npos;
-                    d = -sigmoid(-x) / npos;
+                    loss -= (log(2.0) - amdim_softplus(-x)) / npos;
+                    d = -amdim_sigmoid(-x) / npos;
                 } else {
-                    loss += (softplus(-x) + x - log(2.0)) / nneg;
-                    d = sigmoid(x) / nneg;
+                    loss += (amdim_softplus(-x) + x - log(2.0)) / nneg;
+                    d = amdim_sigmoid(x) / nneg;
                 }
-                double tt = x / tclip;
-                g[k] += (float)(wloss * d * (1.0 - tt * tt));
+                g[k] += (float)(wloss * d * amdim_tanh_clip_grad(x, tclip));
             }
         } else { /* DV */
             double M = -1e30, sum = 0, count = (double)(B - 1) * L;
@@ -100,8 +96,7 @@ double nce_direction(const float *srcT, const float *tgt, int C, int B, int L, f
             loss += (lse - log(count) - mpos) / B;
             for (size_t k = 0; k < BL; k++) {
                 double d = k / L == (size_t)i ? -1.0 / L / B : exp(t[k] - lse) / B;
-                double tt = t[k] / tclip;
-                g[k] += (float)(wloss * d * (1.0 - tt * tt));
+                g[k] += (float)(wloss * d * amdim_tanh_clip_grad(t[k], tclip));
             }
         }
     }
@@ -113,5 +108,6 @@ double nce_direction(const float *srcT, const float *tgt, int C, int B, int L, f
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, C, (int)BL, B, scale, srcT, B, dS, (int)BL, 1.0f, dtgt,
                 (int)BL);
     *reg_out = reg;
-    return loss;
+    *loss_out = loss;
+    return AMDIM_OK;
 }

@@ -1,14 +1,14 @@
-/* Private to the trainer: one direction of the AMDIM objective. */
-#ifndef AMDIM_TRAINER_NCE_H
-#define AMDIM_TRAINER_NCE_H
+/* Private to the CPU backend: one direction of the AMDIM objective. */
+#ifndef AMDIM_CPU_NCE_H
+#define AMDIM_CPU_NCE_H
 
 #include <stddef.h>
 
 typedef struct {
     float *buf;
     size_t cap;
-} nce_scratch;
-void nce_scratch_free(nce_scratch *s);
+} cpu_nce_scratch;
+void cpu_nce_scratch_free(cpu_nce_scratch *s);
 
 /* Sources srcT (C, B) - column i is image i's source vector - and targets
  * tgt (C, B*L), L locations per image. Scores s[i][j][l] = <src_i, tgt_jl> /
@@ -20,9 +20,9 @@ void nce_scratch_free(nce_scratch *s);
  *   JSD: mean over negatives of softplus(-t) + t - log 2, minus the mean
  *        over positives of log 2 - softplus(-t);
  *   DV:  mean over i of logsumexp_neg(t) - log(#neg) - mean_l t_iil.
- * Returns the loss and *reg; adds the gradient of (wloss * loss + wreg *
- * reg) to dsrcT and dtgt. */
-double nce_direction(const float *srcT, const float *tgt, int C, int B, int L, float tclip, int objective, float wloss,
-                     float wreg, double *reg, float *dsrcT, float *dtgt, nce_scratch *s);
+ * Writes *loss and *reg; adds the gradient of (wloss * loss + wreg * reg)
+ * to dsrcT and dtgt. Returns 0 or AMDIM_E_NOMEM (scratch). */
+int cpu_nce_direction(const float *srcT, const float *tgt, int C, int B, int L, float tclip, int objective, float wloss,
+                      float wreg, double *loss, double *reg, float *dsrcT, float *dtgt, cpu_nce_scratch *s);
 
 #endif

@@ -1,5 +1,6 @@
 /* CPU reference ops (see ops.h). Convolutions go through im2col + BLAS
- * sgemm on chunks of the batch; everything else is plain loops. */
+ * sgemm on chunks of the batch; everything else is plain loops around the
+ * per-element functions the CUDA kernels share (elementwise.h). */
 #include "ops.h"
 
 #include <cblas.h>
@@ -7,9 +8,12 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "amdim_common.h"
+#include "elementwise.h"
+
 #define IM2COL_MAX_FLOATS (16u << 20) /* 64 MB of columns per chunk */
 
-float *op_scratch_get(op_scratch *s, size_t floats)
+float *cpu_op_scratch_get(cpu_op_scratch *s, size_t floats)
 {
     if (floats > s->cap) {
         free(s->p);
@@ -19,7 +23,7 @@ float *op_scratch_get(op_scratch *s, size_t floats)
     return s->p;
 }
 
-void op_scratch_free(op_scratch *s)
+void cpu_op_scratch_free(cpu_op_scratch *s)
 {
     free(s->p);
     s->p = NULL;
@@ -75,8 +79,8 @@ static int chunk_images(int n, size_t K, size_t hwo)
     return c < 1 ? 1 : c > (size_t)n ? n : (int)c;
 }
 
-void conv2d_forward(const float *x, int cin, int n, int h, int w, const float *wt, const float *bias, int cout, int k,
-                    int s, float *y, op_scratch *scr)
+int cpu_conv2d_forward(const float *x, int cin, int n, int h, int w, const float *wt, const float *bias, int cout, int k,
+                       int s, float *y, cpu_op_scratch *scr)
 {
     int ho = (h - k) / s + 1, wo = (w - k) / s + 1;
     size_t hwo = (size_t)ho * wo, total = (size_t)n * hwo;
@@ -87,7 +91,9 @@ void conv2d_forward(const float *x, int cin, int n, int h, int w, const float *w
     } else {
         size_t K = (size_t)cin * k * k;
         int step = chunk_images(n, K, hwo);
-        float *cols = op_scratch_get(scr, K * (size_t)step * hwo);
+        float *cols = cpu_op_scratch_get(scr, K * (size_t)step * hwo);
+        if (!cols)
+            return AMDIM_E_NOMEM;
         for (int n0 = 0; n0 < n; n0 += step) {
             int nc = n - n0 < step ? n - n0 : step;
             im2col(x, cin, n, h, w, k, s, n0, nc, cols);
@@ -101,10 +107,11 @@ void conv2d_forward(const float *x, int cin, int n, int h, int w, const float *w
             for (size_t i = 0; i < total; i++)
                 p[i] += b;
         }
+    return AMDIM_OK;
 }
 
-void conv2d_backward(const float *x, int cin, int n, int h, int w, const float *wt, int cout, int k, int s,
-                     const float *dy, float *dx, float *dw, float *dbias, op_scratch *scr)
+int cpu_conv2d_backward(const float *x, int cin, int n, int h, int w, const float *wt, int cout, int k, int s,
+                        const float *dy, float *dx, float *dw, float *dbias, cpu_op_scratch *scr)
 {
     int ho = (h - k) / s + 1, wo = (w - k) / s + 1;
     size_t hwo = (size_t)ho * wo, total = (size_t)n * hwo;
@@ -122,11 +129,13 @@ void conv2d_backward(const float *x, int cin, int n, int h, int w, const float *
         if (dx)
             cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, cin, (int)total, cout, 1.0f, wt, cin, dy, (int)total,
                         0.0f, dx, (int)total);
-        return;
+        return AMDIM_OK;
     }
     size_t K = (size_t)cin * k * k;
     int step = chunk_images(n, K, hwo);
-    float *cols = op_scratch_get(scr, 2 * K * (size_t)step * hwo);
+    float *cols = cpu_op_scratch_get(scr, 2 * K * (size_t)step * hwo);
+    if (!cols)
+        return AMDIM_E_NOMEM;
     float *dcols = cols + K * (size_t)step * hwo;
     if (dx)
         memset(dx, 0, (size_t)cin * n * h * w * sizeof(float));
@@ -142,40 +151,36 @@ void conv2d_backward(const float *x, int cin, int n, int h, int w, const float *
             col2im_add(dcols, cin, n, h, w, k, s, n0, nc, dx);
         }
     }
+    return AMDIM_OK;
 }
 
-void reflect_pad_forward(const float *x, int c, int n, int h, int w, int p, float *y)
+void cpu_reflect_pad_forward(const float *x, int c, int n, int h, int w, int p, float *y)
 {
     int H = h + 2 * p, W = w + 2 * p;
     for (size_t plane = 0; plane < (size_t)c * n; plane++) {
         const float *src = x + plane * h * w;
         float *dst = y + plane * H * W;
         for (int yy = 0; yy < H; yy++) {
-            int sy = yy - p;
-            sy = sy < 0 ? -sy : sy >= h ? 2 * (h - 1) - sy : sy;
-            for (int xx = 0; xx < W; xx++) {
-                int sx = xx - p;
-                sx = sx < 0 ? -sx : sx >= w ? 2 * (w - 1) - sx : sx;
-                dst[yy * W + xx] = src[sy * w + sx];
-            }
+            int sy = amdim_reflect_index(yy - p, h);
+            for (int xx = 0; xx < W; xx++)
+                dst[yy * W + xx] = src[sy * w + amdim_reflect_index(xx - p, w)];
         }
     }
 }
 
-void relu_forward(float *y, size_t count)
+void cpu_relu_forward(float *y, size_t count)
 {
     for (size_t i = 0; i < count; i++)
-        y[i] = y[i] > 0 ? y[i] : 0;
+        y[i] = amdim_relu(y[i]);
 }
 
-void relu_backward(const float *y, float *dy, size_t count)
+void cpu_relu_backward(const float *y, float *dy, size_t count)
 {
     for (size_t i = 0; i < count; i++)
-        if (!(y[i] > 0))
-            dy[i] = 0;
+        dy[i] = amdim_relu_grad(y[i], dy[i]);
 }
 
-void avgpool_pad_forward(const float *x, int cin, int n, int h, int w, int k, int s, int cout, float *y)
+void cpu_avgpool_pad_forward(const float *x, int cin, int n, int h, int w, int k, int s, int cout, float *y)
 {
     int ho = (h - k) / s + 1, wo = (w - k) / s + 1;
     float inv = 1.0f / (float)(k * k);
@@ -195,7 +200,7 @@ void avgpool_pad_forward(const float *x, int cin, int n, int h, int w, int k, in
     memset(y + (size_t)cin * n * ho * wo, 0, (size_t)(cout - cin) * n * ho * wo * sizeof(float));
 }
 
-void avgpool_pad_backward(const float *dy, int cin, int n, int h, int w, int k, int s, float *dx)
+void cpu_avgpool_pad_backward(const float *dy, int cin, int n, int h, int w, int k, int s, float *dx)
 {
     int ho = (h - k) / s + 1, wo = (w - k) / s + 1;
     float inv = 1.0f / (float)(k * k);
@@ -213,10 +218,7 @@ void avgpool_pad_backward(const float *dy, int cin, int n, int h, int w, int k, 
         }
 }
 
-#define BN_EPS 1e-5
-#define BN_MOMENTUM 0.1f
-
-void batchnorm_forward_train(const float *x, int c, size_t count, const bn_params *p, float *y, float *mean,
+void cpu_batchnorm_forward_train(const float *x, int c, size_t count, const cpu_bn_params *p, float *y, float *mean,
                              float *inv_std)
 {
     for (int ch = 0; ch < c; ch++) {
@@ -228,33 +230,32 @@ void batchnorm_forward_train(const float *x, int c, size_t count, const bn_param
         for (size_t i = 0; i < count; i++)
             v += ((double)xc[i] - m) * ((double)xc[i] - m);
         double var = v / (double)count;
-        float is = (float)(1.0 / sqrt(var + BN_EPS));
+        float is = amdim_bn_inv_std(var);
         mean[ch] = (float)m;
         inv_std[ch] = is;
         float g = p->gamma[ch], b = p->beta[ch], mf = (float)m;
         float *yc = y + (size_t)ch * count;
         for (size_t i = 0; i < count; i++)
-            yc[i] = (xc[i] - mf) * is * g + b;
+            yc[i] = amdim_bn_apply(xc[i], mf, is, g, b);
         double unbiased = count > 1 ? v / (double)(count - 1) : var;
-        p->rmean[ch] = (1 - BN_MOMENTUM) * p->rmean[ch] + BN_MOMENTUM * (float)m;
-        p->rvar[ch] = (1 - BN_MOMENTUM) * p->rvar[ch] + BN_MOMENTUM * (float)unbiased;
+        p->rmean[ch] = amdim_bn_running(p->rmean[ch], (float)m);
+        p->rvar[ch] = amdim_bn_running(p->rvar[ch], (float)unbiased);
     }
     p->nbt[0] += 1;
 }
 
-void batchnorm_forward_eval(const float *x, int c, size_t count, const bn_params *p, float *y)
+void cpu_batchnorm_forward_eval(const float *x, int c, size_t count, const cpu_bn_params *p, float *y)
 {
     for (int ch = 0; ch < c; ch++) {
-        float is = (float)(1.0 / sqrt((double)p->rvar[ch] + BN_EPS)), g = p->gamma[ch], b = p->beta[ch],
-              m = p->rmean[ch];
+        float is = amdim_bn_inv_std(p->rvar[ch]), g = p->gamma[ch], b = p->beta[ch], m = p->rmean[ch];
         const float *xc = x + (size_t)ch * count;
         float *yc = y + (size_t)ch * count;
         for (size_t i = 0; i < count; i++)
-            yc[i] = (xc[i] - m) * is * g + b;
+            yc[i] = amdim_bn_apply(xc[i], m, is, g, b);
     }
 }
 
-void batchnorm_backward(const float *x, int c, size_t count, const bn_params *p, const float *mean,
+void cpu_batchnorm_backward(const float *x, int c, size_t count, const cpu_bn_params *p, const float *mean,
                         const float *inv_std, const float *dy, float *dx)
 {
     for (int ch = 0; ch < c; ch++) {
@@ -268,16 +269,13 @@ void batchnorm_backward(const float *x, int c, size_t count, const bn_params *p,
         }
         p->dgamma[ch] += (float)sdyx;
         p->dbeta[ch] += (float)sdy;
-        double a = (double)g * is / (double)count;
         float *dxc = dx + (size_t)ch * count;
-        for (size_t i = 0; i < count; i++) {
-            double xh = (double)(xc[i] - m) * is;
-            dxc[i] = (float)(a * ((double)count * dyc[i] - sdy - xh * sdyx));
-        }
+        for (size_t i = 0; i < count; i++)
+            dxc[i] = amdim_bn_backward_element(xc[i], dyc[i], m, is, g, (double)count, sdy, sdyx);
     }
 }
 
-void linear_forward(const float *x, int n, int in, const float *wt, const float *bias, int out, float *y)
+void cpu_linear_forward(const float *x, int n, int in, const float *wt, const float *bias, int out, float *y)
 {
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, out, in, 1.0f, x, in, wt, in, 0.0f, y, out);
     if (bias)
@@ -286,7 +284,7 @@ void linear_forward(const float *x, int n, int in, const float *wt, const float 
                 y[(size_t)i * out + o] += bias[o];
 }
 
-void linear_backward(const float *x, int n, int in, const float *wt, int out, const float *dy, float *dx, float *dw,
+void cpu_linear_backward(const float *x, int n, int in, const float *wt, int out, const float *dy, float *dx, float *dw,
                      float *dbias)
 {
     cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, out, in, n, 1.0f, dy, out, x, in, 1.0f, dw, in);
@@ -308,50 +306,55 @@ static void transpose(const float *a, int rows, int cols, float *b)
             b[(size_t)c * rows + r] = a[(size_t)r * cols + c];
 }
 
-void batchnorm1d_forward_train(const float *x, int n, int c, const bn_params *p, float *y, float *mean,
-                               float *inv_std, op_scratch *scr)
+int cpu_batchnorm1d_forward_train(const float *x, int n, int c, const cpu_bn_params *p, float *y, float *mean,
+                                  float *inv_std, cpu_op_scratch *scr)
 {
-    float *t = op_scratch_get(scr, 2 * (size_t)n * c);
+    float *t = cpu_op_scratch_get(scr, 2 * (size_t)n * c);
+    if (!t)
+        return AMDIM_E_NOMEM;
     transpose(x, n, c, t);
-    batchnorm_forward_train(t, c, (size_t)n, p, t + (size_t)n * c, mean, inv_std);
+    cpu_batchnorm_forward_train(t, c, (size_t)n, p, t + (size_t)n * c, mean, inv_std);
     transpose(t + (size_t)n * c, c, n, y);
+    return AMDIM_OK;
 }
 
-void batchnorm1d_forward_eval(const float *x, int n, int c, const bn_params *p, float *y)
+void cpu_batchnorm1d_forward_eval(const float *x, int n, int c, const cpu_bn_params *p, float *y)
 {
     for (int i = 0; i < n; i++)
-        for (int ch = 0; ch < c; ch++) {
-            float is = (float)(1.0 / sqrt((double)p->rvar[ch] + BN_EPS));
-            y[(size_t)i * c + ch] = (x[(size_t)i * c + ch] - p->rmean[ch]) * is * p->gamma[ch] + p->beta[ch];
-        }
+        for (int ch = 0; ch < c; ch++)
+            y[(size_t)i * c + ch] =
+                amdim_bn_apply(x[(size_t)i * c + ch], p->rmean[ch], amdim_bn_inv_std(p->rvar[ch]), p->gamma[ch], p->beta[ch]);
 }
 
-void batchnorm1d_backward(const float *x, int n, int c, const bn_params *p, const float *mean, const float *inv_std,
-                          const float *dy, float *dx, op_scratch *scr)
+int cpu_batchnorm1d_backward(const float *x, int n, int c, const cpu_bn_params *p, const float *mean,
+                             const float *inv_std, const float *dy, float *dx, cpu_op_scratch *scr)
 {
-    float *t = op_scratch_get(scr, 3 * (size_t)n * c);
+    float *t = cpu_op_scratch_get(scr, 3 * (size_t)n * c);
+    if (!t)
+        return AMDIM_E_NOMEM;
     float *tdy = t + (size_t)n * c, *tdx = tdy + (size_t)n * c;
     transpose(x, n, c, t);
     transpose(dy, n, c, tdy);
-    batchnorm_backward(t, c, (size_t)n, p, mean, inv_std, tdy, tdx);
+    cpu_batchnorm_backward(t, c, (size_t)n, p, mean, inv_std, tdy, tdx);
     transpose(tdx, c, n, dx);
+    return AMDIM_OK;
 }
 
-void dropout_forward(const float *x, const float *mask, float p, size_t count, float *y)
+void cpu_dropout_forward(const float *x, const float *mask, float p, size_t count, float *y)
 {
-    float scale = 1.0f / (1.0f - p);
+    AMDIM_ASSERT(p == AMDIM_DROPOUT_P);
     for (size_t i = 0; i < count; i++)
-        y[i] = x[i] * mask[i] * scale;
+        y[i] = amdim_dropout(x[i], mask[i]);
 }
 
-void dropout_backward(const float *dy, const float *mask, float p, size_t count, float *dx)
+void cpu_dropout_backward(const float *dy, const float *mask, float p, size_t count, float *dx)
 {
-    float scale = 1.0f / (1.0f - p);
+    AMDIM_ASSERT(p == AMDIM_DROPOUT_P);
     for (size_t i = 0; i < count; i++)
-        dx[i] = dy[i] * mask[i] * scale;
+        dx[i] = amdim_dropout(dy[i], mask[i]);
 }
 
-double classifier_loss(const float *logits, int n, int classes, const int32_t *labels, float *dlogits, float scale,
+double cpu_classifier_loss(const float *logits, int n, int classes, const int32_t *labels, float *dlogits, float scale,
                        int *correct, int *labelled)
 {
     int valid = 0, hits = 0;
@@ -365,7 +368,7 @@ double classifier_loss(const float *logits, int n, int classes, const int32_t *l
         for (int k = 0; k < classes; k++) {
             reg += (double)l[k] * l[k];
             if (dl)
-                dl[k] = (float)(scale * 2e-3 * l[k] * inv_all);
+                dl[k] = (float)(scale * amdim_cls_reg_grad(l[k], inv_all));
         }
         int y = labels[i];
         if (y < 0 || y >= classes)
@@ -374,25 +377,22 @@ double classifier_loss(const float *logits, int n, int classes, const int32_t *l
         double zmax = -1e30, sum = 0;
         int best = 0;
         for (int k = 0; k < classes; k++) {
-            double z = 10.0 * tanh(l[k] / 10.0);
+            double z = amdim_cls_clip(l[k]);
             zmax = z > zmax ? z : zmax;
             best = l[k] > l[best] ? k : best;
         }
         hits += best == y;
         for (int k = 0; k < classes; k++)
-            sum += exp(10.0 * tanh(l[k] / 10.0) - zmax);
+            sum += exp(amdim_cls_clip(l[k]) - zmax);
         double lse = zmax + log(sum);
-        xent += lse - 10.0 * tanh(l[y] / 10.0);
+        xent += lse - amdim_cls_clip(l[y]);
         if (dl)
-            for (int k = 0; k < classes; k++) {
-                double t = tanh(l[k] / 10.0);
-                double pk = exp(10.0 * t - lse) - (k == y);
-                dl[k] += (float)(scale * pk * inv_valid * (1 - t * t));
-            }
+            for (int k = 0; k < classes; k++)
+                dl[k] += (float)(scale * amdim_cls_xent_grad(l[k], lse, k == y, inv_valid));
     }
     if (correct)
         *correct = hits;
     if (labelled)
         *labelled = valid;
-    return xent * inv_valid + 1e-3 * reg * inv_all;
+    return xent * inv_valid + AMDIM_CLS_REG * reg * inv_all;
 }

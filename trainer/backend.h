@@ -1,0 +1,94 @@
+/* Private to the trainer: the step-level interface every backend
+ * implements, and the model object the backends share (redis's
+ * ConnectionType in miniature). model.c owns the description, the host
+ * mirror, the schedule, the draws and the counters; a backend owns its
+ * activations and, on a device, the device copy of the state.
+ *
+ * Every function returns 0 or a negative AMDIM_E_* with the reason written
+ * to m->err. Backends never call exit(). */
+#ifndef AMDIM_BACKEND_H
+#define AMDIM_BACKEND_H
+
+#include "amdim_trainer.h"
+#include "arch.h"
+
+/* A batch of view pairs: uint8 (B, S, S, 3) views normalised inside, or
+ * (for tests) already normalised float (B, 3, S, S). */
+typedef struct {
+    const uint8_t *u8[2];
+    const float *f32[2];
+    const int32_t *labels; /* B, -1 = unlabelled */
+    int batch;
+} amdim_step_input;
+
+/* Host-drawn randomness of one step (amdim_arch_draw): src5 for rows
+ * [0, B) (view 1 -> view 2) and [B, 2B) (the other way); dropout masks
+ * for the probe rows. */
+typedef struct {
+    const int32_t *src5;
+    const float *mask_in, *mask_hidden;
+} amdim_step_draws;
+
+typedef struct amdim_backend {
+    const char *name;
+    /* Allocates the backend state (m->bs) and takes the host mirror. */
+    int (*open)(amdim_model *m);
+    void (*close)(amdim_model *m); /* accepts a model whose open failed */
+    /* Zeroes the gradients, runs both views forward (BatchNorm in training
+     * mode), the objective over the six directions, the probes on r1 of
+     * both views (gradient stopped), and the whole backward pass. */
+    int (*forward_backward)(amdim_model *m, const amdim_step_input *in, const amdim_step_draws *d,
+                            amdim_step_stats *st);
+    /* The classifier phase: zeroes the gradients, encodes both views with
+     * the frozen encoder in eval mode, probes forward and backward. */
+    int (*probe_step)(amdim_model *m, const amdim_step_input *in, const amdim_step_draws *d, amdim_step_stats *st);
+    /* Adam over the trainable tensors (only the probes' when probes_only). */
+    int (*adam)(amdim_model *m, const amdim_adam_hparams *h, int probes_only);
+    /* Eval mode: r1 features (B, n_rkhs) and both probes' logits (B, classes); each may be NULL. */
+    int (*evaluate)(amdim_model *m, const uint8_t *images, int batch, float *features, float *logits_mlp,
+                    float *logits_lin);
+    /* Training-mode forward of encoder and probes that only updates BatchNorm running statistics. */
+    int (*refresh_bn)(amdim_model *m, const uint8_t *images, int batch, const amdim_step_draws *d);
+    /* The last training forward's outputs, NCHW (see amdim_model_output), and logits. */
+    int (*output)(const amdim_model *m, int view, int which, float *out);
+    int (*logits)(const amdim_model *m, int head, float *out);
+    /* Device state <-> host mirror (NULL: the mirror is the state). */
+    int (*pull)(amdim_model *m);
+    int (*push)(amdim_model *m);
+} amdim_backend;
+
+extern const amdim_backend amdim_backend_cpu;
+#ifdef AMDIM_HAVE_CUDA_BACKEND
+extern const amdim_backend amdim_backend_cuda;
+/* 1 when a CUDA device can be used, else 0 with the reason. */
+int amdim_cuda_available(char *why, size_t n);
+#endif
+
+struct amdim_model {
+    amdim_model_config cfg;
+    amdim_arch arch;
+    float *weights, *grads, *adam_m, *adam_v; /* host mirror, arch.weights_size / grads_size floats */
+    amdim_device device;
+    const amdim_backend *be;
+    void *bs;            /* backend state */
+    int batch;           /* batch of the last training forward (0: none yet) */
+    uint64_t updates;    /* Adam updates */
+    uint64_t steps;      /* forward passes in training mode (keys the BN-refresh draws) */
+    int probes_only;     /* Adam skips the encoder */
+    /* draws of the current step, grown to the batch */
+    int32_t *src5;
+    float *mask_in, *mask_hidden;
+    int draws_rows;
+    /* profile per stage (amdim_arch_stage_*): seconds and FLOPs */
+    int profile;
+    double *prof_f, *prof_b, *prof_ff, *prof_fb;
+    char (*prof_name)[96];
+    char err[512];
+};
+
+/* For backends: adds a timed stage run of batch B (no-op unless profiling). */
+void amdim_model_prof_add(amdim_model *m, int stage, int backward, double seconds, int B);
+
+#define AMDIM_MFAIL(m, st, ...) amdim_fail((m)->err, sizeof (m)->err, (st), __VA_ARGS__)
+
+#endif

@@ -1,0 +1,716 @@
+/* The CPU backend: the reference the CUDA backend is tested against.
+ * Activations are float32 (C, B, H, W) - see cpu/ops.h - and the model's
+ * host mirror is the state itself (no pull / push). */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "../backend.h"
+#include "nce.h"
+#include "ops.h"
+
+typedef struct {
+    float *out, *padded, *h1, *r, *mean, *istd;
+} layer_cache;
+
+typedef struct {
+    float *h1, *r, *sum, *out, *mean1, *istd1, *mean2, *istd2;
+} head_cache;
+
+typedef struct {
+    int batch; /* buffers are sized for this batch (0: none) */
+    float *x[2];
+    layer_cache *lc[2];
+    head_cache hc[2][2];
+    float *feat, *mlp_h0, *mlp_z1, *mlp_a1, *mlp_h2, *mlp_mean, *mlp_istd, *logits[2], *dlogits, *dtmp, *dtmp2;
+    float *grad_a, *grad_b, *dhead[2], *dr5[2], *dr7[2], *dr1[2];
+    float *srcT, *dsrcT;
+    int32_t *labels2;
+    cpu_op_scratch scr, scr2;
+    cpu_nce_scratch nce;
+} cpu_state;
+
+#define MFAIL(st, ...) AMDIM_MFAIL(m, (st), __VA_ARGS__)
+#define NOMEM() MFAIL(AMDIM_E_NOMEM, "out of memory (CPU backend scratch)")
+#define TRY(call)                       \
+    do {                                \
+        if ((call) != AMDIM_OK)         \
+            return NOMEM();             \
+    } while (0)
+
+static float *W(amdim_model *m, int i) { return m->weights + m->arch.tensors[i].offset; }
+static float *G(amdim_model *m, int i)
+{
+    AMDIM_ASSERT(m->arch.tensors[i].has_grad);
+    return m->grads + m->arch.tensors[i].goffset;
+}
+
+static cpu_bn_params bn_view(amdim_model *m, amdim_bn_ref r)
+{
+    cpu_bn_params b = {W(m, r.t), W(m, r.t + 1), W(m, r.t + 2), W(m, r.t + 3), W(m, r.t + 4), G(m, r.t), G(m, r.t + 1)};
+    return b;
+}
+
+static double now_if(const amdim_model *m) { return m->profile ? amdim_now() : 0; }
+static void prof(amdim_model *m, int stage, int backward, double t0, int B)
+{
+    if (m->profile)
+        amdim_model_prof_add(m, stage, backward, amdim_now() - t0, B);
+}
+
+/* ---- buffers ------------------------------------------------------------ */
+
+static void free_buffers(amdim_model *m, cpu_state *c)
+{
+    for (int v = 0; v < 2; v++) {
+        free(c->x[v]);
+        if (c->lc[v])
+            for (int l = 0; l < m->arch.nlayers; l++) {
+                layer_cache *lc = &c->lc[v][l];
+                free(lc->out), free(lc->padded), free(lc->h1), free(lc->r), free(lc->mean), free(lc->istd);
+            }
+        free(c->lc[v]);
+        for (int h = 0; h < 2; h++) {
+            head_cache *hc = &c->hc[v][h];
+            free(hc->h1), free(hc->r), free(hc->sum), free(hc->out);
+            free(hc->mean1), free(hc->istd1), free(hc->mean2), free(hc->istd2);
+        }
+        free(c->dr5[v]), free(c->dr7[v]), free(c->dr1[v]);
+    }
+    free(c->feat), free(c->mlp_h0), free(c->mlp_z1), free(c->mlp_a1), free(c->mlp_h2), free(c->mlp_mean);
+    free(c->mlp_istd), free(c->logits[0]), free(c->logits[1]), free(c->dlogits), free(c->dtmp), free(c->dtmp2);
+    free(c->grad_a), free(c->grad_b), free(c->dhead[0]), free(c->dhead[1]), free(c->srcT), free(c->dsrcT);
+    free(c->labels2);
+    cpu_op_scratch s1 = c->scr, s2 = c->scr2;
+    cpu_nce_scratch ns = c->nce;
+    memset(c, 0, sizeof *c);
+    c->scr = s1, c->scr2 = s2, c->nce = ns;
+}
+
+#define ALLOC(ptr, count)                                   \
+    do {                                                    \
+        size_t n_ = (size_t)(count);                        \
+        (ptr) = calloc(n_ > 0 ? n_ : 1, sizeof *(ptr));     \
+        if (!(ptr))                                         \
+            return -1;                                      \
+    } while (0)
+
+static int alloc_buffers(amdim_model *m, cpu_state *c, int B)
+{
+    const amdim_arch *a = &m->arch;
+    int S = m->cfg.encoder_size, R = m->cfg.n_rkhs;
+    size_t maxact = (size_t)3 * B * S * S;
+    for (int v = 0; v < 2; v++) {
+        ALLOC(c->x[v], (size_t)3 * B * S * S);
+        ALLOC(c->lc[v], a->nlayers);
+        for (int l = 0; l < a->nlayers; l++) {
+            const amdim_layer *L = &a->layers[l];
+            layer_cache *lc = &c->lc[v][l];
+            size_t in = (size_t)L->cin * B * L->hin * L->hin, outn = (size_t)L->cout * B * L->hout * L->hout;
+            maxact = in > maxact ? in : maxact;
+            maxact = outn > maxact ? outn : maxact;
+            ALLOC(lc->out, outn);
+            ALLOC(lc->mean, L->cout);
+            ALLOC(lc->istd, L->cout);
+            if (L->kind == AMDIM_LAYER_STEM && L->pad) {
+                size_t hp = (size_t)L->hin + 2 * L->pad;
+                ALLOC(lc->padded, (size_t)L->cin * B * hp * hp);
+            }
+            if (L->kind == AMDIM_LAYER_RES) {
+                ALLOC(lc->h1, outn);
+                ALLOC(lc->r, outn);
+            }
+        }
+        for (int h = 0; h < 2; h++) {
+            head_cache *hc = &c->hc[v][h];
+            size_t n = (size_t)R * B * a->heads[h].hw * a->heads[h].hw;
+            ALLOC(hc->h1, n);
+            ALLOC(hc->r, n);
+            ALLOC(hc->sum, n);
+            ALLOC(hc->out, n);
+            ALLOC(hc->mean1, R);
+            ALLOC(hc->istd1, R);
+            ALLOC(hc->mean2, R);
+            ALLOC(hc->istd2, R);
+        }
+        ALLOC(c->dr5[v], (size_t)R * B * 25);
+        ALLOC(c->dr7[v], (size_t)R * B * 49);
+        ALLOC(c->dr1[v], (size_t)R * B);
+    }
+    size_t headmax = (size_t)R * B * 49;
+    maxact = headmax > maxact ? headmax : maxact;
+    ALLOC(c->grad_a, maxact);
+    ALLOC(c->grad_b, maxact);
+    ALLOC(c->dhead[0], (size_t)R * B * 49);
+    ALLOC(c->dhead[1], (size_t)R * B * 49);
+    int H = m->cfg.mlp_hidden, K = m->cfg.n_classes, HR = H > R ? H : R;
+    ALLOC(c->feat, (size_t)2 * B * R);
+    ALLOC(c->mlp_h0, (size_t)2 * B * R);
+    ALLOC(c->mlp_z1, (size_t)2 * B * H);
+    ALLOC(c->mlp_a1, (size_t)2 * B * H);
+    ALLOC(c->mlp_h2, (size_t)2 * B * H);
+    ALLOC(c->mlp_mean, H);
+    ALLOC(c->mlp_istd, H);
+    ALLOC(c->logits[0], (size_t)2 * B * K);
+    ALLOC(c->logits[1], (size_t)2 * B * K);
+    ALLOC(c->dlogits, (size_t)2 * B * K);
+    ALLOC(c->dtmp, (size_t)2 * B * HR);
+    ALLOC(c->dtmp2, (size_t)2 * B * HR);
+    ALLOC(c->srcT, (size_t)R * B);
+    ALLOC(c->dsrcT, (size_t)R * B);
+    ALLOC(c->labels2, (size_t)2 * B);
+    c->batch = B;
+    return 0;
+}
+
+/* Buffers for batch B (reallocated when the batch changes). */
+static int ensure_buffers(amdim_model *m, int B)
+{
+    cpu_state *c = m->bs;
+    if (c->batch == B)
+        return AMDIM_OK;
+    free_buffers(m, c);
+    if (alloc_buffers(m, c, B)) {
+        free_buffers(m, c);
+        return MFAIL(AMDIM_E_NOMEM, "out of memory for the activations of batch %d", B);
+    }
+    return AMDIM_OK;
+}
+
+/* ---- encoder ------------------------------------------------------------ */
+
+static int layer_forward(amdim_model *m, const amdim_layer *L, layer_cache *lc, const float *x, int B, int train)
+{
+    cpu_state *c = m->bs;
+    size_t outn = (size_t)L->cout * B * L->hout * L->hout, cnt = (size_t)B * L->hout * L->hout;
+    switch (L->kind) {
+    case AMDIM_LAYER_STEM: {
+        const float *in = x;
+        int h = L->hin;
+        if (L->pad) {
+            cpu_reflect_pad_forward(x, L->cin, B, L->hin, L->hin, L->pad, lc->padded);
+            in = lc->padded;
+            h += 2 * L->pad;
+        }
+        TRY(cpu_conv2d_forward(in, L->cin, B, h, h, W(m, L->w1), W(m, L->b1), L->cout, L->k, L->s, lc->out, &c->scr));
+        cpu_relu_forward(lc->out, outn);
+        break;
+    }
+    case AMDIM_LAYER_RES: {
+        TRY(cpu_conv2d_forward(x, L->cin, B, L->hin, L->hin, W(m, L->w1), NULL, L->cout, L->k, L->s, lc->h1, &c->scr));
+        if (L->bn.on) {
+            cpu_bn_params bp = bn_view(m, L->bn);
+            if (train)
+                cpu_batchnorm_forward_train(lc->h1, L->cout, cnt, &bp, lc->r, lc->mean, lc->istd);
+            else
+                cpu_batchnorm_forward_eval(lc->h1, L->cout, cnt, &bp, lc->r);
+        } else {
+            memcpy(lc->r, lc->h1, outn * sizeof(float));
+        }
+        cpu_relu_forward(lc->r, outn);
+        TRY(cpu_conv2d_forward(lc->r, L->cout, B, L->hout, L->hout, W(m, L->w2), NULL, L->cout, 1, 1, lc->out, &c->scr));
+        float *sc = cpu_op_scratch_get(&c->scr2, outn);
+        if (!sc)
+            return NOMEM();
+        cpu_avgpool_pad_forward(x, L->cin, B, L->hin, L->hin, L->k, L->s, L->cout, sc);
+        for (size_t i = 0; i < outn; i++)
+            lc->out[i] += sc[i];
+        break;
+    }
+    default: /* AMDIM_LAYER_BN */
+        if (L->bn.on) {
+            cpu_bn_params bp = bn_view(m, L->bn);
+            if (train)
+                cpu_batchnorm_forward_train(x, L->cout, cnt, &bp, lc->out, lc->mean, lc->istd);
+            else
+                cpu_batchnorm_forward_eval(x, L->cout, cnt, &bp, lc->out);
+        } else {
+            memcpy(lc->out, x, outn * sizeof(float));
+        }
+    }
+    return AMDIM_OK;
+}
+
+/* dy: gradient of the layer output (may be modified); dx: gradient of its
+ * input (NULL for the first layer). */
+static int layer_backward(amdim_model *m, const amdim_layer *L, layer_cache *lc, const float *x, int B, float *dy,
+                          float *dx)
+{
+    cpu_state *c = m->bs;
+    size_t outn = (size_t)L->cout * B * L->hout * L->hout, cnt = (size_t)B * L->hout * L->hout;
+    switch (L->kind) {
+    case AMDIM_LAYER_STEM: {
+        cpu_relu_backward(lc->out, dy, outn);
+        const float *in = L->pad ? lc->padded : x;
+        int h = L->hin + 2 * L->pad;
+        AMDIM_ASSERT(!(L->pad && dx)); /* only the first layer pads: no input gradient */
+        TRY(cpu_conv2d_backward(in, L->cin, B, h, h, W(m, L->w1), L->cout, L->k, L->s, dy, dx, G(m, L->w1),
+                                G(m, L->b1), &c->scr));
+        break;
+    }
+    case AMDIM_LAYER_RES: {
+        float *dr = cpu_op_scratch_get(&c->scr2, outn);
+        if (!dr)
+            return NOMEM();
+        TRY(cpu_conv2d_backward(lc->r, L->cout, B, L->hout, L->hout, W(m, L->w2), L->cout, 1, 1, dy, dr, G(m, L->w2),
+                                NULL, &c->scr));
+        cpu_relu_backward(lc->r, dr, outn);
+        if (L->bn.on) {
+            cpu_bn_params bp = bn_view(m, L->bn);
+            cpu_batchnorm_backward(lc->h1, L->cout, cnt, &bp, lc->mean, lc->istd, dr, dr);
+        }
+        TRY(cpu_conv2d_backward(x, L->cin, B, L->hin, L->hin, W(m, L->w1), L->cout, L->k, L->s, dr, dx, G(m, L->w1),
+                                NULL, &c->scr));
+        if (dx)
+            cpu_avgpool_pad_backward(dy, L->cin, B, L->hin, L->hin, L->k, L->s, dx);
+        break;
+    }
+    default:
+        if (L->bn.on) {
+            cpu_bn_params bp = bn_view(m, L->bn);
+            cpu_batchnorm_backward(x, L->cout, cnt, &bp, lc->mean, lc->istd, dy, dx);
+        } else {
+            memcpy(dx, dy, outn * sizeof(float));
+        }
+    }
+    return AMDIM_OK;
+}
+
+static int head_forward(amdim_model *m, const amdim_head *h, head_cache *hc, const float *x, int B, int train)
+{
+    cpu_state *c = m->bs;
+    size_t n = (size_t)h->cout * B * h->hw * h->hw, cnt = (size_t)B * h->hw * h->hw;
+    TRY(cpu_conv2d_forward(x, h->cin, B, h->hw, h->hw, W(m, h->w1), NULL, h->cout, 1, 1, hc->h1, &c->scr));
+    if (h->bn_hid.on) {
+        cpu_bn_params bp = bn_view(m, h->bn_hid);
+        if (train)
+            cpu_batchnorm_forward_train(hc->h1, h->cout, cnt, &bp, hc->r, hc->mean1, hc->istd1);
+        else
+            cpu_batchnorm_forward_eval(hc->h1, h->cout, cnt, &bp, hc->r);
+    } else {
+        memcpy(hc->r, hc->h1, n * sizeof(float));
+    }
+    cpu_relu_forward(hc->r, n);
+    TRY(cpu_conv2d_forward(hc->r, h->cout, B, h->hw, h->hw, W(m, h->w2), NULL, h->cout, 1, 1, hc->sum, &c->scr));
+    float *sc = cpu_op_scratch_get(&c->scr2, n);
+    if (!sc)
+        return NOMEM();
+    TRY(cpu_conv2d_forward(x, h->cin, B, h->hw, h->hw, W(m, h->ws), W(m, h->bs), h->cout, 1, 1, sc, &c->scr));
+    for (size_t i = 0; i < n; i++)
+        hc->sum[i] += sc[i];
+    cpu_bn_params bo = bn_view(m, h->bn_out);
+    if (train)
+        cpu_batchnorm_forward_train(hc->sum, h->cout, cnt, &bo, hc->out, hc->mean2, hc->istd2);
+    else
+        cpu_batchnorm_forward_eval(hc->sum, h->cout, cnt, &bo, hc->out);
+    return AMDIM_OK;
+}
+
+/* dy: gradient of the head output (modified); dx: gradient of the head
+ * input (overwritten). */
+static int head_backward(amdim_model *m, const amdim_head *h, head_cache *hc, const float *x, int B, float *dy,
+                         float *dx)
+{
+    cpu_state *c = m->bs;
+    size_t n = (size_t)h->cout * B * h->hw * h->hw, cnt = (size_t)B * h->hw * h->hw;
+    cpu_bn_params bo = bn_view(m, h->bn_out);
+    cpu_batchnorm_backward(hc->sum, h->cout, cnt, &bo, hc->mean2, hc->istd2, dy, dy); /* dy = d sum */
+    size_t nin = (size_t)h->cin * B * h->hw * h->hw;
+    float *dx2 = cpu_op_scratch_get(&c->scr2, nin + n);
+    if (!dx2)
+        return NOMEM();
+    float *dr = dx2 + nin;
+    TRY(cpu_conv2d_backward(x, h->cin, B, h->hw, h->hw, W(m, h->ws), h->cout, 1, 1, dy, dx, G(m, h->ws), G(m, h->bs),
+                            &c->scr));
+    TRY(cpu_conv2d_backward(hc->r, h->cout, B, h->hw, h->hw, W(m, h->w2), h->cout, 1, 1, dy, dr, G(m, h->w2), NULL,
+                            &c->scr));
+    cpu_relu_backward(hc->r, dr, n);
+    if (h->bn_hid.on) {
+        cpu_bn_params bp = bn_view(m, h->bn_hid);
+        cpu_batchnorm_backward(hc->h1, h->cout, cnt, &bp, hc->mean1, hc->istd1, dr, dr);
+    }
+    TRY(cpu_conv2d_backward(x, h->cin, B, h->hw, h->hw, W(m, h->w1), h->cout, 1, 1, dr, dx2, G(m, h->w1), NULL,
+                            &c->scr));
+    for (size_t i = 0; i < nin; i++)
+        dx[i] += dx2[i];
+    return AMDIM_OK;
+}
+
+/* The encoder alone (heads too when `heads`), view v, from c->x[v]. */
+static int encoder_forward(amdim_model *m, int v, int B, int train, int heads)
+{
+    cpu_state *c = m->bs;
+    const amdim_arch *a = &m->arch;
+    const float *in = c->x[v];
+    int rc;
+    for (int l = 0; l < a->nlayers; l++) {
+        double t0 = now_if(m);
+        if ((rc = layer_forward(m, &a->layers[l], &c->lc[v][l], in, B, train)))
+            return rc;
+        prof(m, l, 0, t0, B);
+        in = c->lc[v][l].out;
+    }
+    for (int h = 0; heads && h < 2; h++) {
+        double t0 = now_if(m);
+        const amdim_head *hd = &a->heads[h];
+        if ((rc = head_forward(m, hd, &c->hc[v][h], c->lc[v][hd->src_layer].out, B, train)))
+            return rc;
+        prof(m, a->nlayers + h, 0, t0, B);
+    }
+    return AMDIM_OK;
+}
+
+static int encoder_backward(amdim_model *m, int v, int B)
+{
+    cpu_state *c = m->bs;
+    const amdim_arch *a = &m->arch;
+    int rc;
+    /* heads first: their input gradients join the encoder's at i5 and i7 */
+    for (int h = 0; h < 2; h++) {
+        double t0 = now_if(m);
+        const amdim_head *hd = &a->heads[h];
+        if ((rc = head_backward(m, hd, &c->hc[v][h], c->lc[v][hd->src_layer].out, B, h ? c->dr7[v] : c->dr5[v],
+                                c->dhead[h])))
+            return rc;
+        prof(m, a->nlayers + h, 1, t0, B);
+    }
+    float *dy = c->grad_a, *dx = c->grad_b;
+    memcpy(dy, c->dr1[v], (size_t)m->cfg.n_rkhs * B * sizeof(float));
+    for (int l = a->nlayers - 1; l >= 0; l--) {
+        const amdim_layer *L = &a->layers[l];
+        size_t outn = (size_t)L->cout * B * L->hout * L->hout;
+        for (int h = 0; h < 2; h++)
+            if (l == a->heads[h].src_layer)
+                for (size_t i = 0; i < outn; i++)
+                    dy[i] += c->dhead[h][i];
+        const float *x = l ? c->lc[v][l - 1].out : c->x[v];
+        double t0 = now_if(m);
+        if ((rc = layer_backward(m, L, &c->lc[v][l], x, B, dy, l ? dx : NULL)))
+            return rc;
+        prof(m, l, 1, t0, B);
+        float *t = dy;
+        dy = dx;
+        dx = t;
+    }
+    return AMDIM_OK;
+}
+
+/* r1 (R, B) of view v into rows [v B, v B + B) of feat (rows of R). */
+static void gather_r1(amdim_model *m, int v, int B)
+{
+    cpu_state *c = m->bs;
+    int R = m->cfg.n_rkhs;
+    const float *r1 = c->lc[v][m->arch.nlayers - 1].out;
+    for (int i = 0; i < B; i++)
+        for (int ch = 0; ch < R; ch++)
+            c->feat[((size_t)v * B + i) * R + ch] = r1[(size_t)ch * B + i];
+}
+
+/* ---- probes ------------------------------------------------------------- */
+
+static int probes_forward(amdim_model *m, int n, const float *mask_in, const float *mask_hidden, int train)
+{
+    cpu_state *c = m->bs;
+    const amdim_probes *p = &m->arch.probes;
+    int R = m->cfg.n_rkhs, H = m->cfg.mlp_hidden, K = m->cfg.n_classes;
+    const float *in = c->feat;
+    if (train) {
+        cpu_dropout_forward(c->feat, mask_in, AMDIM_DROPOUT_P, (size_t)n * R, c->mlp_h0);
+        in = c->mlp_h0;
+    }
+    cpu_linear_forward(in, n, R, W(m, p->mlp_w1), NULL, H, c->mlp_z1);
+    cpu_bn_params bp = bn_view(m, p->mlp_bn);
+    if (train)
+        TRY(cpu_batchnorm1d_forward_train(c->mlp_z1, n, H, &bp, c->mlp_a1, c->mlp_mean, c->mlp_istd, &c->scr));
+    else
+        cpu_batchnorm1d_forward_eval(c->mlp_z1, n, H, &bp, c->mlp_a1);
+    cpu_relu_forward(c->mlp_a1, (size_t)n * H);
+    const float *h2 = c->mlp_a1;
+    if (train) {
+        cpu_dropout_forward(c->mlp_a1, mask_hidden, AMDIM_DROPOUT_P, (size_t)n * H, c->mlp_h2);
+        h2 = c->mlp_h2;
+    }
+    cpu_linear_forward(h2, n, H, W(m, p->mlp_w2), W(m, p->mlp_b2), K, c->logits[0]);
+    cpu_linear_forward(c->feat, n, R, W(m, p->lin_w), W(m, p->lin_b), K, c->logits[1]);
+    return AMDIM_OK;
+}
+
+static int probes_backward(amdim_model *m, int n, const int32_t *labels2, const float *mask_hidden,
+                           amdim_step_stats *st)
+{
+    cpu_state *c = m->bs;
+    const amdim_probes *p = &m->arch.probes;
+    int R = m->cfg.n_rkhs, H = m->cfg.mlp_hidden, K = m->cfg.n_classes, corr, lab;
+    st->cls_mlp = cpu_classifier_loss(c->logits[0], n, K, labels2, c->dlogits, 1.0f, &corr, &lab);
+    st->correct_mlp = corr;
+    st->labelled = lab;
+    cpu_linear_backward(c->mlp_h2, n, H, W(m, p->mlp_w2), K, c->dlogits, c->dtmp, G(m, p->mlp_w2), G(m, p->mlp_b2));
+    cpu_dropout_backward(c->dtmp, mask_hidden, AMDIM_DROPOUT_P, (size_t)n * H, c->dtmp);
+    cpu_relu_backward(c->mlp_a1, c->dtmp, (size_t)n * H);
+    cpu_bn_params bp = bn_view(m, p->mlp_bn);
+    TRY(cpu_batchnorm1d_backward(c->mlp_z1, n, H, &bp, c->mlp_mean, c->mlp_istd, c->dtmp, c->dtmp2, &c->scr));
+    cpu_linear_backward(c->mlp_h0, n, R, W(m, p->mlp_w1), H, c->dtmp2, NULL, G(m, p->mlp_w1), NULL);
+    st->cls_lin = cpu_classifier_loss(c->logits[1], n, K, labels2, c->dlogits, 1.0f, &corr, NULL);
+    st->correct_lin = corr;
+    cpu_linear_backward(c->feat, n, R, W(m, p->lin_w), K, c->dlogits, NULL, G(m, p->lin_w), G(m, p->lin_b));
+    return AMDIM_OK;
+}
+
+/* Both probes on rows feat[0, n) with labels duplicated for two views. */
+static int probes_train(amdim_model *m, int B, const int32_t *labels, const amdim_step_draws *d,
+                        amdim_step_stats *st)
+{
+    cpu_state *c = m->bs;
+    memcpy(c->labels2, labels, (size_t)B * sizeof *labels);
+    memcpy(c->labels2 + B, labels, (size_t)B * sizeof *labels);
+    int stage = m->arch.nlayers + AMDIM_STAGE_PROBES_OFFSET, rc;
+    double t0 = now_if(m);
+    if ((rc = probes_forward(m, 2 * B, d->mask_in, d->mask_hidden, 1)))
+        return rc;
+    prof(m, stage, 0, t0, B);
+    t0 = now_if(m);
+    if ((rc = probes_backward(m, 2 * B, c->labels2, d->mask_hidden, st)))
+        return rc;
+    prof(m, stage, 1, t0, B);
+    return AMDIM_OK;
+}
+
+/* ---- objective ------------------------------------------------------------ */
+
+static int objectives(amdim_model *m, int B, const int32_t *src5, amdim_step_stats *st)
+{
+    cpu_state *c = m->bs;
+    const amdim_model_config *cfg = &m->cfg;
+    int R = cfg->n_rkhs;
+    float *feat[2][8]; /* [view][1, 5, 7] */
+    float *dfeat[2][8];
+    for (int v = 0; v < 2; v++) {
+        feat[v][1] = c->lc[v][m->arch.nlayers - 1].out; /* (R, B) */
+        feat[v][5] = c->hc[v][0].out;                   /* (R, B*25) */
+        feat[v][7] = c->hc[v][1].out;                   /* (R, B*49) */
+        dfeat[v][1] = c->dr1[v], dfeat[v][5] = c->dr5[v], dfeat[v][7] = c->dr7[v];
+        memset(c->dr1[v], 0, (size_t)R * B * sizeof(float));
+        memset(c->dr5[v], 0, (size_t)R * B * 25 * sizeof(float));
+        memset(c->dr7[v], 0, (size_t)R * B * 49 * sizeof(float));
+    }
+    double reg = 0, task[3] = {0, 0, 0};
+    for (int k = 0; k < AMDIM_NCE_DIRECTIONS; k++) {
+        const amdim_nce_direction *d = &m->arch.dirs[k];
+        int a = d->src_view, b = 1 - a;
+        const float *src = feat[a][1];
+        float *dsrc = dfeat[a][1];
+        const int32_t *idx = src5 + (size_t)a * B;
+        if (d->src_feature == 5) { /* one drawn location of r5 per image */
+            for (int ch = 0; ch < R; ch++)
+                for (int i = 0; i < B; i++)
+                    c->srcT[(size_t)ch * B + i] = feat[a][5][((size_t)ch * B + i) * 25 + idx[i]];
+            memset(c->dsrcT, 0, (size_t)R * B * sizeof(float));
+            src = c->srcT;
+            dsrc = c->dsrcT;
+        }
+        double loss, reg1;
+        TRY(cpu_nce_direction(src, feat[b][d->tgt_feature], R, B, d->L, cfg->tclip, cfg->objective, 0.5f, 0.5f, &loss,
+                              &reg1, dsrc, dfeat[b][d->tgt_feature], &c->nce));
+        task[d->task] += 0.5 * loss;
+        reg += reg1;
+        if (d->src_feature == 5)
+            for (int ch = 0; ch < R; ch++)
+                for (int i = 0; i < B; i++)
+                    c->dr5[a][((size_t)ch * B + i) * 25 + idx[i]] += c->dsrcT[(size_t)ch * B + i];
+    }
+    st->nce_1t5 = task[0];
+    st->nce_1t7 = task[1];
+    st->nce_5t5 = task[2];
+    st->reg = 0.5 * reg;
+    return AMDIM_OK;
+}
+
+/* ---- inputs ----------------------------------------------------------------- */
+
+static void normalise_views(const amdim_model *m, const uint8_t *nhwc, int B, float *cnhw)
+{
+    int S = m->cfg.encoder_size;
+    size_t plane = (size_t)S * S;
+    for (int c = 0; c < 3; c++) {
+        float scale = 1.0f / (255.0f * m->cfg.std[c]), shift = m->cfg.mean[c] / m->cfg.std[c];
+        for (int b = 0; b < B; b++) {
+            const uint8_t *src = nhwc + (size_t)b * plane * 3 + c;
+            float *dst = cnhw + ((size_t)c * B + b) * plane;
+            for (size_t i = 0; i < plane; i++)
+                dst[i] = amdim_normalise_pixel(src[3 * i], scale, shift);
+        }
+    }
+}
+
+static void nchw_to_cnhw(const float *in, int B, int C, int HW, float *out)
+{
+    for (int b = 0; b < B; b++)
+        for (int c = 0; c < C; c++)
+            memcpy(out + ((size_t)c * B + b) * HW, in + ((size_t)b * C + c) * HW, (size_t)HW * sizeof(float));
+}
+
+static void load_input(amdim_model *m, const amdim_step_input *in, int v)
+{
+    cpu_state *c = m->bs;
+    int S = m->cfg.encoder_size;
+    if (in->u8[v])
+        normalise_views(m, in->u8[v], in->batch, c->x[v]);
+    else
+        nchw_to_cnhw(in->f32[v], in->batch, 3, S * S, c->x[v]);
+}
+
+/* ---- the backend functions --------------------------------------------------- */
+
+static int cpu_open(amdim_model *m)
+{
+    m->bs = calloc(1, sizeof(cpu_state));
+    return m->bs ? AMDIM_OK : MFAIL(AMDIM_E_NOMEM, "out of memory");
+}
+
+static void cpu_close(amdim_model *m)
+{
+    cpu_state *c = m->bs;
+    if (!c)
+        return;
+    free_buffers(m, c);
+    cpu_op_scratch_free(&c->scr);
+    cpu_op_scratch_free(&c->scr2);
+    cpu_nce_scratch_free(&c->nce);
+    free(c);
+    m->bs = NULL;
+}
+
+static int cpu_forward_backward(amdim_model *m, const amdim_step_input *in, const amdim_step_draws *d,
+                                amdim_step_stats *st)
+{
+    int B = in->batch, rc;
+    if ((rc = ensure_buffers(m, B)))
+        return rc;
+    memset(m->grads, 0, m->arch.grads_size * sizeof(float));
+    for (int v = 0; v < 2; v++) {
+        load_input(m, in, v);
+        if ((rc = encoder_forward(m, v, B, 1, 1)))
+            return rc;
+    }
+    int stage = m->arch.nlayers + AMDIM_STAGE_OBJECTIVE_OFFSET;
+    double t0 = now_if(m);
+    if ((rc = objectives(m, B, d->src5, st)))
+        return rc;
+    prof(m, stage, 0, t0, B);
+    prof(m, stage, 1, amdim_now(), B); /* the backward FLOPs; its time is in the forward's */
+    gather_r1(m, 0, B);
+    gather_r1(m, 1, B);
+    if ((rc = probes_train(m, B, in->labels, d, st)))
+        return rc;
+    for (int v = 0; v < 2; v++)
+        if ((rc = encoder_backward(m, v, B)))
+            return rc;
+    st->total = st->nce_1t5 + st->nce_1t7 + st->nce_5t5 + st->reg + st->cls_mlp + st->cls_lin;
+    return AMDIM_OK;
+}
+
+static int cpu_probe_step(amdim_model *m, const amdim_step_input *in, const amdim_step_draws *d,
+                          amdim_step_stats *st)
+{
+    int B = in->batch, rc;
+    if ((rc = ensure_buffers(m, B)))
+        return rc;
+    memset(m->grads, 0, m->arch.grads_size * sizeof(float));
+    for (int v = 0; v < 2; v++) { /* frozen encoder: eval mode */
+        load_input(m, in, v);
+        if ((rc = encoder_forward(m, v, B, 0, 0)))
+            return rc;
+        gather_r1(m, v, B);
+    }
+    if ((rc = probes_train(m, B, in->labels, d, st)))
+        return rc;
+    st->total = st->cls_mlp + st->cls_lin;
+    return AMDIM_OK;
+}
+
+static int cpu_adam(amdim_model *m, const amdim_adam_hparams *h, int probes_only)
+{
+    for (int i = 0; i < m->arch.ntensors; i++) {
+        const amdim_tensor *t = &m->arch.tensors[i];
+        if (!t->trainable || (probes_only && !t->probe))
+            continue;
+        float *w = m->weights + t->offset, *g = m->grads + t->goffset, *mm = m->adam_m + t->goffset,
+              *vv = m->adam_v + t->goffset;
+        for (size_t k = 0; k < t->size; k++)
+            w[k] = amdim_adam_element(w[k], g[k], &mm[k], &vv[k], h);
+    }
+    return AMDIM_OK;
+}
+
+static int cpu_evaluate(amdim_model *m, const uint8_t *images, int B, float *features, float *lm, float *ll)
+{
+    cpu_state *c;
+    int rc = ensure_buffers(m, B);
+    if (rc)
+        return rc;
+    c = m->bs;
+    int R = m->cfg.n_rkhs, K = m->cfg.n_classes;
+    normalise_views(m, images, B, c->x[0]);
+    if ((rc = encoder_forward(m, 0, B, 0, 0)))
+        return rc;
+    gather_r1(m, 0, B);
+    if (features)
+        memcpy(features, c->feat, (size_t)B * R * sizeof(float));
+    if (lm || ll) {
+        if ((rc = probes_forward(m, B, NULL, NULL, 0)))
+            return rc;
+        if (lm)
+            memcpy(lm, c->logits[0], (size_t)B * K * sizeof(float));
+        if (ll)
+            memcpy(ll, c->logits[1], (size_t)B * K * sizeof(float));
+    }
+    m->batch = 0; /* the training outputs were overwritten */
+    return AMDIM_OK;
+}
+
+static int cpu_refresh_bn(amdim_model *m, const uint8_t *images, int B, const amdim_step_draws *d)
+{
+    int rc = ensure_buffers(m, B);
+    if (rc)
+        return rc;
+    cpu_state *c = m->bs;
+    normalise_views(m, images, B, c->x[0]);
+    if ((rc = encoder_forward(m, 0, B, 1, 1)))
+        return rc;
+    gather_r1(m, 0, B);
+    m->batch = 0;
+    return probes_forward(m, B, d->mask_in, d->mask_hidden, 1);
+}
+
+static int cpu_output(const amdim_model *m, int view, int which, float *out)
+{
+    const cpu_state *c = m->bs;
+    int B = m->batch, R = m->cfg.n_rkhs, hw = which == 1 ? 1 : which == 5 ? 25 : 49;
+    const float *src = which == 1 ? c->lc[view][m->arch.nlayers - 1].out : c->hc[view][which == 5 ? 0 : 1].out;
+    for (int b = 0; b < B; b++)
+        for (int ch = 0; ch < R; ch++)
+            memcpy(out + ((size_t)b * R + ch) * hw, src + ((size_t)ch * B + b) * hw, (size_t)hw * sizeof(float));
+    return AMDIM_OK;
+}
+
+static int cpu_logits(const amdim_model *m, int head, float *out)
+{
+    const cpu_state *c = m->bs;
+    memcpy(out, c->logits[head], (size_t)2 * m->batch * m->cfg.n_classes * sizeof(float));
+    return AMDIM_OK;
+}
+
+const amdim_backend amdim_backend_cpu = {
+    .name = "cpu",
+    .open = cpu_open,
+    .close = cpu_close,
+    .forward_backward = cpu_forward_backward,
+    .probe_step = cpu_probe_step,
+    .adam = cpu_adam,
+    .evaluate = cpu_evaluate,
+    .refresh_bn = cpu_refresh_bn,
+    .output = cpu_output,
+    .logits = cpu_logits,
+    .pull = NULL,
+    .push = NULL,
+};

@@ -1,0 +1,80 @@
+/* Private to the CPU backend: the reference ops, each with _forward and
+ * _backward, prefixed cpu_ (the CUDA launchers are named <op>_cuda). Ops
+ * that use scratch memory return 0 or AMDIM_E_NOMEM. Activations are float32 in CNHW order - (channels, batch,
+ * height, width) - so a convolution over the whole batch is one GEMM and a
+ * BatchNorm channel is contiguous. Backward functions ACCUMULATE into
+ * parameter gradients and OVERWRITE input gradients unless noted. */
+#ifndef AMDIM_CPU_OPS_H
+#define AMDIM_CPU_OPS_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+/* Scratch memory owned by the caller (grown on demand). */
+typedef struct {
+    float *p;
+    size_t cap;
+} cpu_op_scratch;
+float *cpu_op_scratch_get(cpu_op_scratch *s, size_t floats);
+void cpu_op_scratch_free(cpu_op_scratch *s);
+
+/* Convolution without padding: x (cin, n, h, w) -> y (cout, n, ho, wo) with
+ * ho = (h - k) / s + 1; w (cout, cin, k, k); bias (cout) or NULL. */
+int cpu_conv2d_forward(const float *x, int cin, int n, int h, int w, const float *wt, const float *bias, int cout,
+                    int k, int s, float *y, cpu_op_scratch *scr);
+/* dx may be NULL (input gradient not needed). dw, dbias accumulate. */
+int cpu_conv2d_backward(const float *x, int cin, int n, int h, int w, const float *wt, int cout, int k, int s,
+                     const float *dy, float *dx, float *dw, float *dbias, cpu_op_scratch *scr);
+
+/* Reflect padding by p on both spatial sides (PyTorch "reflect"). */
+void cpu_reflect_pad_forward(const float *x, int c, int n, int h, int w, int p, float *y);
+
+/* ReLU, in place on y; backward multiplies dy by (y > 0) in place. */
+void cpu_relu_forward(float *y, size_t count);
+void cpu_relu_backward(const float *y, float *dy, size_t count);
+
+/* Average pool (k, s, no padding) of x (cin, ...) into y (cout, ...) with
+ * channels cin..cout-1 zero (AMDIM's residual shortcut). */
+void cpu_avgpool_pad_forward(const float *x, int cin, int n, int h, int w, int k, int s, int cout, float *y);
+/* dx (cin, n, h, w) += contribution of dy (only the first cin channels). */
+void cpu_avgpool_pad_backward(const float *dy, int cin, int n, int h, int w, int k, int s, float *dx);
+
+/* BatchNorm over CNHW channels (count = n*h*w values per channel).
+ * Training: batch statistics (biased variance), running stats updated with
+ * momentum 0.1 and the unbiased variance; saves mean and inv_std. */
+typedef struct {
+    float *gamma, *beta, *rmean, *rvar, *nbt; /* nbt: num_batches_tracked */
+    float *dgamma, *dbeta;
+} cpu_bn_params;
+void cpu_batchnorm_forward_train(const float *x, int c, size_t count, const cpu_bn_params *p, float *y, float *mean,
+                             float *inv_std);
+void cpu_batchnorm_forward_eval(const float *x, int c, size_t count, const cpu_bn_params *p, float *y);
+/* dx may alias dy. */
+void cpu_batchnorm_backward(const float *x, int c, size_t count, const cpu_bn_params *p, const float *mean,
+                        const float *inv_std, const float *dy, float *dx);
+
+/* Row-major linear layer: x (n, in) -> y (n, out) = x W^T + b; W (out, in). */
+void cpu_linear_forward(const float *x, int n, int in, const float *wt, const float *bias, int out, float *y);
+/* dx may be NULL. dw, dbias accumulate. */
+void cpu_linear_backward(const float *x, int n, int in, const float *wt, int out, const float *dy, float *dx, float *dw,
+                     float *dbias);
+
+/* BatchNorm1d on row-major (n, c) features: transposes through scratch. */
+int cpu_batchnorm1d_forward_train(const float *x, int n, int c, const cpu_bn_params *p, float *y, float *mean,
+                               float *inv_std, cpu_op_scratch *scr);
+void cpu_batchnorm1d_forward_eval(const float *x, int n, int c, const cpu_bn_params *p, float *y);
+int cpu_batchnorm1d_backward(const float *x, int n, int c, const cpu_bn_params *p, const float *mean, const float *inv_std,
+                          const float *dy, float *dx, cpu_op_scratch *scr);
+
+/* Inverted dropout with an explicit 0/1 mask: y = x * mask / (1 - p). */
+void cpu_dropout_forward(const float *x, const float *mask, float p, size_t count, float *y);
+void cpu_dropout_backward(const float *dy, const float *mask, float p, size_t count, float *dx);
+
+/* The classifier loss of one head: cross-entropy of 10*tanh(logits/10)
+ * over rows with label >= 0 (mean), plus 1e-3 * mean(logits^2) over all.
+ * Returns the loss; dlogits (may be NULL) gets its gradient (scaled by
+ * `scale`); *correct counts argmax hits among labelled rows. */
+double cpu_classifier_loss(const float *logits, int n, int classes, const int32_t *labels, float *dlogits, float scale,
+                       int *correct, int *labelled);
+
+#endif

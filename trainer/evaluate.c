@@ -1,0 +1,217 @@
+/* Evaluation and embedding (see amdim_run.h): both walk a split in record
+ * order through the preset's test transform, one batch at a time. */
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "amdim_augment.h"
+#include "amdim_dataset.h"
+#include "amdim_run.h"
+
+/* ---- the test-batch iterator ------------------------------------------------ */
+
+typedef struct {
+    amdim_dataset *ds;
+    amdim_augmenter *aug;
+    const char *path, *split;
+    amdim_split_info info;
+    int batch;
+    size_t view;      /* bytes of one test view */
+    uint8_t *images;  /* (batch, S, S, 3) */
+    int32_t *labels;
+    uint64_t next;    /* next record */
+} test_batches;
+
+static void test_batches_close(test_batches *t)
+{
+    free(t->images);
+    free(t->labels);
+    amdim_augmenter_destroy(t->aug);
+    amdim_dataset_close(t->ds);
+    memset(t, 0, sizeof *t);
+}
+
+static int test_batches_open(test_batches *t, const amdim_model *m, const char *path, const char *split,
+                             const char *preset, int batch, char *err, size_t n)
+{
+    memset(t, 0, sizeof *t);
+    t->path = path;
+    t->split = split;
+    t->batch = batch;
+    char why[1024];
+    int st = amdim_dataset_open(&t->ds, path, why, sizeof why);
+    if (st)
+        return amdim_fail(err, n, st, "%s", why);
+    if ((st = amdim_dataset_split_info(t->ds, split, &t->info))) {
+        amdim_fail(err, n, st, "%s", amdim_dataset_error(t->ds));
+        test_batches_close(t);
+        return st;
+    }
+    amdim_augment_config ac;
+    if (amdim_augment_preset(preset, &ac) || ac.size != amdim_model_get_config(m)->encoder_size) {
+        test_batches_close(t);
+        return amdim_fail(err, n, AMDIM_E_INVALID, "preset %s does not make the %d px images the encoder takes", preset,
+                          amdim_model_get_config(m)->encoder_size);
+    }
+    t->view = (size_t)ac.size * ac.size * 3;
+    t->images = malloc(t->view * (size_t)batch);
+    t->labels = malloc((size_t)batch * sizeof *t->labels);
+    if (!t->images || !t->labels || (st = amdim_augmenter_create(&t->aug, &ac))) {
+        test_batches_close(t);
+        return amdim_fail(err, n, AMDIM_E_NOMEM, "out of memory for test batches of %d", batch);
+    }
+    return AMDIM_OK;
+}
+
+/* The next batch into t->images / t->labels: *count images (0 at the end). */
+static int test_batches_next(test_batches *t, int *count, char *err, size_t n)
+{
+    int nb = 0;
+    for (; t->next < t->info.records && nb < t->batch; t->next++, nb++) {
+        amdim_record rec;
+        int st = amdim_dataset_get(t->ds, t->split, t->next, &rec);
+        if (st)
+            return amdim_fail(err, n, st, "%s", amdim_dataset_error(t->ds));
+        if ((st = amdim_augment_test_view(t->aug, &rec, t->images + (size_t)nb * t->view)))
+            return amdim_fail(err, n, st, "%s split %s record %llu: %s", t->path, t->split,
+                              (unsigned long long)t->next, amdim_augmenter_error(t->aug));
+        t->labels[nb] = rec.label;
+    }
+    *count = nb;
+    return AMDIM_OK;
+}
+
+static int argmax(const float *row, int k)
+{
+    int best = 0;
+    for (int c = 1; c < k; c++)
+        best = row[c] > row[best] ? c : best;
+    return best;
+}
+
+/* ---- evaluation ---------------------------------------------------------------- */
+
+int amdim_evaluate_dataset(amdim_model *m, const char *path, const char *split, const char *preset, int refresh,
+                           int batch, amdim_eval_result *r, char *err, size_t n)
+{
+    memset(r, 0, sizeof *r);
+    int K = amdim_model_get_config(m)->n_classes, st, nb;
+    float *lm = malloc((size_t)batch * K * sizeof(float)), *ll = malloc((size_t)batch * K * sizeof(float));
+    if (!lm || !ll) {
+        free(lm);
+        free(ll);
+        return amdim_fail(err, n, AMDIM_E_NOMEM, "out of memory");
+    }
+    test_batches t;
+    /* pass 0: refresh BatchNorm statistics on the first `refresh` batches; pass 1: measure */
+    uint64_t hit_m = 0, hit_l = 0, counted = 0;
+    for (int pass = 0; pass < 2; pass++) {
+        if ((st = test_batches_open(&t, m, path, split, preset, batch, err, n)))
+            break;
+        for (int b = 0; pass == 1 || b < refresh; b++) {
+            if ((st = test_batches_next(&t, &nb, err, n)) || nb == 0)
+                break;
+            if (pass == 0) {
+                if (nb >= 2 && (st = amdim_model_refresh_bn(m, t.images, nb))) {
+                    amdim_fail(err, n, st, "%s", amdim_model_error(m));
+                    break;
+                }
+                continue;
+            }
+            if ((st = amdim_model_evaluate(m, t.images, nb, NULL, lm, ll))) {
+                amdim_fail(err, n, st, "%s", amdim_model_error(m));
+                break;
+            }
+            for (int k = 0; k < nb; k++) {
+                if (t.labels[k] < 0 || t.labels[k] >= K)
+                    continue;
+                hit_m += argmax(lm + (size_t)k * K, K) == t.labels[k];
+                hit_l += argmax(ll + (size_t)k * K, K) == t.labels[k];
+                counted++;
+            }
+        }
+        test_batches_close(&t);
+        if (st)
+            break;
+    }
+    free(lm);
+    free(ll);
+    if (st)
+        return st;
+    r->images = counted;
+    r->acc_mlp = counted ? (double)hit_m / counted : 0;
+    r->acc_lin = counted ? (double)hit_l / counted : 0;
+    if (counted == 0)
+        return amdim_fail(err, n, AMDIM_E_EMPTY, "split %s of %s has no labelled records to evaluate on", split, path);
+    return AMDIM_OK;
+}
+
+/* ---- embedding ------------------------------------------------------------------- */
+
+int amdim_embed_dataset(amdim_model *m, const char *path, const char *split, const char *preset, int batch,
+                        float **features, int32_t **labels, uint64_t *records, char *err, size_t n)
+{
+    *features = NULL;
+    *labels = NULL;
+    *records = 0;
+    int R = amdim_model_get_config(m)->n_rkhs, st, nb;
+    test_batches t;
+    if ((st = test_batches_open(&t, m, path, split, preset, batch, err, n)))
+        return st;
+    uint64_t N = t.info.records;
+    float *f = malloc((N ? N : 1) * (size_t)R * sizeof(float));
+    int32_t *lab = malloc((N ? N : 1) * sizeof *lab);
+    if (!f || !lab)
+        st = amdim_fail(err, n, AMDIM_E_NOMEM, "out of memory for %llu features", (unsigned long long)N);
+    for (uint64_t i0 = 0; st == AMDIM_OK; i0 += (uint64_t)nb) {
+        if ((st = test_batches_next(&t, &nb, err, n)) || nb == 0)
+            break;
+        memcpy(lab + i0, t.labels, (size_t)nb * sizeof *lab);
+        if ((st = amdim_model_evaluate(m, t.images, nb, f + i0 * (uint64_t)R, NULL, NULL)))
+            amdim_fail(err, n, st, "%s", amdim_model_error(m));
+    }
+    test_batches_close(&t);
+    if (st) {
+        free(f);
+        free(lab);
+        return st;
+    }
+    *features = f;
+    *labels = lab;
+    *records = N;
+    return AMDIM_OK;
+}
+
+int amdim_write_npy(const char *path, const char *dtype, const void *data, uint64_t rows, uint64_t cols, int two_d,
+                    char *err, size_t n)
+{
+    char hdr[256];
+    int len = two_d ? snprintf(hdr, sizeof hdr, "{'descr': '%s', 'fortran_order': False, 'shape': (%llu, %llu), }", dtype,
+                               (unsigned long long)rows, (unsigned long long)cols)
+                    : snprintf(hdr, sizeof hdr, "{'descr': '%s', 'fortran_order': False, 'shape': (%llu,), }", dtype,
+                               (unsigned long long)rows);
+    /* magic (6) + version (2) + length (2) + header, padded with spaces to 64 bytes, ending in \n */
+    int total = 10 + len + 1;
+    int pad = (64 - total % 64) % 64;
+    memset(hdr + len, ' ', (size_t)pad);
+    len += pad;
+    hdr[len++] = '\n';
+    char tmp[4200];
+    snprintf(tmp, sizeof tmp, "%s.tmp.%d", path, (int)getpid());
+    FILE *f = fopen(tmp, "wb");
+    if (!f)
+        return amdim_fail(err, n, AMDIM_E_IO, "cannot create %s: %s", tmp, strerror(errno));
+    uint8_t pre[10] = {0x93, 'N', 'U', 'M', 'P', 'Y', 1, 0, (uint8_t)(len & 255), (uint8_t)(len >> 8)};
+    size_t bytes = (size_t)rows * (two_d ? cols : 1) * 4;
+    int ok = fwrite(pre, 1, 10, f) == 10 && fwrite(hdr, 1, (size_t)len, f) == (size_t)len &&
+             fwrite(data, 1, bytes, f) == bytes;
+    ok = (fclose(f) == 0) && ok;
+    if (!ok || rename(tmp, path) != 0) {
+        int e = errno;
+        unlink(tmp);
+        return amdim_fail(err, n, AMDIM_E_IO, "writing %s failed: %s", path, strerror(e));
+    }
+    return AMDIM_OK;
+}

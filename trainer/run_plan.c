@@ -1,0 +1,180 @@
+/* Run configuration (see run_plan.h). */
+#include "run_plan.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#include "amdim_augment.h"
+#include "amdim_dataset.h"
+
+int run_plan_begin(const amdim_train_options *o, run_plan *p, amdim_loader_request *req, char *err, size_t n)
+{
+    memset(p, 0, sizeof *p);
+    memset(req, 0, sizeof *req);
+    p->dir = o->resume_dir ? o->resume_dir : o->out_dir;
+    if (!p->dir)
+        return amdim_fail(err, n, AMDIM_E_INVALID, "give --out RUN for a new run or --resume RUN");
+    p->resuming = o->resume_dir != NULL;
+    p->probes = o->init_path != NULL;
+    req->start_epoch = -1;
+    req->start_batch = -1;
+    req->epochs = o->epochs > 0 ? o->epochs : -1;
+    int st;
+    amdim_checkpoint_info *ci = &p->ci;
+    if (p->resuming) {
+        if (amdim_checkpoint_latest(p->dir, p->ckpt, sizeof p->ckpt))
+            return amdim_fail(err, n, AMDIM_E_NOT_FOUND, "%s holds no complete checkpoint to resume from", p->dir);
+        if ((st = amdim_checkpoint_read_meta(p->ckpt, &p->cfg, ci, err, n)))
+            return st;
+        p->probes = ci->probes_only;
+        if (ci->epochs > 0 && (int64_t)ci->next_epoch >= ci->epochs)
+            return amdim_fail(err, n, AMDIM_E_INVALID, "the run in %s is complete (%lld epochs)", p->dir,
+                              (long long)ci->epochs);
+        req->has_seed = 1;
+        req->seed = ci->seed;
+        req->start_epoch = (int64_t)ci->next_epoch;
+        req->start_batch = (int64_t)ci->next_batch;
+        req->epochs = ci->epochs > 0 ? ci->epochs - (int64_t)ci->next_epoch : 1000000;
+        if (o->steps > 0)
+            ci->max_steps = o->steps;
+        if (ci->max_steps >= 0 && ci->step >= (uint64_t)ci->max_steps)
+            return amdim_fail(err, n, AMDIM_E_INVALID,
+                              "the run in %s already made its %lld steps (give a larger --steps)", p->dir,
+                              (long long)ci->max_steps);
+        return AMDIM_OK;
+    }
+    struct stat sb;
+    char probe[4200];
+    if (stat(p->dir, &sb) == 0 && amdim_checkpoint_latest(p->dir, probe, sizeof probe) == AMDIM_OK)
+        return amdim_fail(err, n, AMDIM_E_EXISTS, "%s already holds a run (%s); use --resume %s or another --out",
+                          p->dir, probe, p->dir);
+    if (mkdir(p->dir, 0755) != 0 && errno != EEXIST)
+        return amdim_fail(err, n, AMDIM_E_IO, "cannot create %s: %s", p->dir, strerror(errno));
+    if (o->has_seed) {
+        req->has_seed = 1;
+        req->seed = o->seed;
+    }
+    if (o->epochs < 0 && o->steps >= 0)
+        req->epochs = 1000000; /* step-limited: as many epochs as it takes */
+    return AMDIM_OK;
+}
+
+/* The evaluation data exists, is labelled and fits the preset: checked now,
+ * not after the first epoch. */
+static int check_eval_data(const amdim_train_options *o, const amdim_loader_info *li, char *err, size_t n)
+{
+    if (!o->eval_path)
+        return AMDIM_OK;
+    amdim_dataset *eds;
+    amdim_split_info einfo;
+    char why[2048];
+    int st = amdim_dataset_open(&eds, o->eval_path, why, sizeof why);
+    if (st)
+        return amdim_fail(err, n, st, "--eval: %s", why);
+    st = amdim_dataset_split_info(eds, o->eval_split, &einfo);
+    if (st)
+        amdim_fail(err, n, st, "--eval: %s", amdim_dataset_error(eds));
+    else if (strcmp(li->preset, "cifar") == 0 && (einfo.width > li->size || einfo.height > li->size || !einfo.width))
+        st = amdim_fail(err, n, AMDIM_E_INVALID, "--eval split %s holds %ux%u images; the cifar preset takes up to %ux%u",
+                        o->eval_split, einfo.width, einfo.height, li->size, li->size);
+    else if (einfo.classes == 0)
+        st = amdim_fail(err, n, AMDIM_E_INVALID, "--eval split %s of %s is unlabelled", o->eval_split, o->eval_path);
+    amdim_dataset_close(eds);
+    return st;
+}
+
+int run_plan_configure(const amdim_train_options *o, const amdim_loader_info *li, run_plan *p, char *err, size_t n)
+{
+    amdim_model_config *cfg = &p->cfg;
+    amdim_checkpoint_info *ci = &p->ci;
+    int st;
+    if (o->batch && (uint32_t)o->batch != li->batch)
+        return amdim_fail(err, n, AMDIM_E_INVALID,
+                          "amdim-train --batch %d, but amdim-load delivers batches of %u: give both the same --batch",
+                          o->batch, li->batch);
+    if (li->size != 32 && li->size != 64 && li->size != 128)
+        return amdim_fail(err, n, AMDIM_E_INVALID, "amdim-load makes %ux%u views; the encoders take 32, 64 or 128 px",
+                          li->size, li->size);
+    if (p->resuming) {
+        if (cfg->encoder_size != (int)li->size || (ci->batch && (uint32_t)ci->batch != li->batch) ||
+            strcmp(ci->preset, li->preset) != 0)
+            return amdim_fail(err, n, AMDIM_E_INVALID,
+                              "the checkpoint %s was trained on %s preset %d px views in batches of %d, but amdim-load now delivers %s %u px in batches of %u",
+                              p->ckpt, ci->preset, cfg->encoder_size, ci->batch, li->preset, li->size, li->batch);
+    } else if (p->probes) {
+        amdim_checkpoint_info pi;
+        char why[2048];
+        if ((st = amdim_checkpoint_read_meta(o->init_path, cfg, &pi, why, sizeof why)))
+            return amdim_fail(err, n, st, "%s", why);
+        if (cfg->encoder_size != (int)li->size)
+            return amdim_fail(err, n, AMDIM_E_INVALID,
+                              "the encoder in %s takes %d px images, amdim-load delivers %u px (preset %s)",
+                              o->init_path, cfg->encoder_size, li->size, li->preset);
+        if (o->model.n_classes > 0 || li->classes > 0)
+            cfg->n_classes = o->model.n_classes > 0 ? o->model.n_classes : (int)li->classes;
+        if (o->model.lr > 0)
+            cfg->lr = o->model.lr;
+        if (o->model.warmup >= 0)
+            cfg->warmup = o->model.warmup;
+        ci->seed = li->seed;
+        ci->epochs = o->epochs > 0 ? o->epochs : (int64_t)li->epochs;
+        ci->max_steps = o->steps;
+    } else {
+        amdim_model_config_default(cfg, (int)li->size);
+        const amdim_model_overrides *v = &o->model;
+        if (v->ndf > 0) cfg->ndf = v->ndf;
+        if (v->n_rkhs > 0) cfg->n_rkhs = v->n_rkhs;
+        if (v->n_depth > 0) cfg->n_depth = v->n_depth;
+        if (v->use_bn >= 0) cfg->use_bn = v->use_bn;
+        if (v->objective >= 0) cfg->objective = v->objective;
+        if (v->tclip > 0) cfg->tclip = v->tclip;
+        if (v->lr > 0) cfg->lr = v->lr;
+        if (v->warmup >= 0) cfg->warmup = v->warmup;
+        cfg->n_classes = v->n_classes > 0 ? v->n_classes : li->classes > 0 ? (int)li->classes : 1;
+        if (strcmp(li->preset, "imagenet") == 0) { /* [30, 45] of 50 epochs */
+            cfg->milestones[0] = 30;
+            cfg->milestones[1] = 45;
+        }
+        amdim_augment_config ac;
+        amdim_augment_preset(li->preset, &ac);
+        memcpy(cfg->mean, ac.mean, sizeof cfg->mean);
+        memcpy(cfg->std, ac.std, sizeof cfg->std);
+        cfg->seed = li->seed;
+        ci->seed = li->seed;
+        ci->epochs = o->epochs > 0 ? o->epochs : (o->steps >= 0 ? -1 : (int64_t)li->epochs);
+        ci->max_steps = o->steps;
+    }
+    if ((st = check_eval_data(o, li, err, n)))
+        return st;
+    snprintf(ci->preset, sizeof ci->preset, "%s", li->preset);
+    ci->batch = (int)li->batch;
+    ci->probes_only = p->probes;
+    return AMDIM_OK;
+}
+
+int run_plan_model(const amdim_train_options *o, const amdim_loader_info *li, run_plan *p, amdim_model **out,
+                   char *err, size_t n)
+{
+    amdim_model *m;
+    char why[2048];
+    int st = amdim_model_create_on(&m, &p->cfg, o->device, why, sizeof why);
+    if (st)
+        return amdim_fail(err, n, st, "%s", why);
+    if (p->resuming) {
+        st = amdim_checkpoint_load(m, p->ckpt, AMDIM_CKPT_OPTIMIZER, err, n);
+        if (st == AMDIM_OK && p->probes)
+            amdim_model_freeze_encoder(m);
+    } else if (p->probes) {
+        st = amdim_checkpoint_load(m, o->init_path, AMDIM_CKPT_ENCODER_ONLY, err, n);
+        if (st == AMDIM_OK && (st = amdim_model_reset_probes(m, li->seed)))
+            amdim_fail(err, n, st, "%s", amdim_model_error(m));
+    }
+    if (st) {
+        amdim_model_destroy(m);
+        return st;
+    }
+    *out = m;
+    return AMDIM_OK;
+}

@@ -1,0 +1,35 @@
+/* Private to the run: what a run is before its loop starts - a new run, a
+ * resumed one or a classifier phase - turned into a loader request, a
+ * model configuration and checkpoint metadata. */
+#ifndef AMDIM_RUN_PLAN_H
+#define AMDIM_RUN_PLAN_H
+
+#include "amdim_checkpoint.h"
+#include "amdim_loader.h"
+#include "amdim_run.h"
+
+typedef struct {
+    const char *dir;        /* the run directory */
+    int resuming, probes;   /* --resume; classifier phase */
+    char ckpt[4200];        /* resuming: the checkpoint to continue from */
+    amdim_model_config cfg;
+    amdim_checkpoint_info ci;
+} run_plan;
+
+/* Before attaching to the loader: checks the run directory (creates a new
+ * one), reads the checkpoint to resume and fills the loader request. */
+int run_plan_begin(const amdim_train_options *o, run_plan *p, amdim_loader_request *req, char *err, size_t n);
+
+/* Once the loader said what it delivers: the model configuration (from the
+ * checkpoint, the encoder to probe, or the SPEC defaults for the data's
+ * preset with the user's overrides), checked against the loader and the
+ * evaluation data. */
+int run_plan_configure(const amdim_train_options *o, const amdim_loader_info *li, run_plan *p, char *err, size_t n);
+
+/* Creates the model on the options' device and loads what the plan says:
+ * the checkpoint with its optimiser state, or the encoder to probe with
+ * fresh probes. */
+int run_plan_model(const amdim_train_options *o, const amdim_loader_info *li, run_plan *p, amdim_model **m, char *err,
+                   size_t n);
+
+#endif
