@@ -177,27 +177,29 @@ int amdim_checkpoint_save(amdim_model *m, const char *dir, const amdim_checkpoin
     int np = amdim_model_param_count(m);
     out_tensor *t = calloc((size_t)np + 1, sizeof *t), *o = calloc((size_t)2 * np, sizeof *o);
     char (*names)[200] = calloc((size_t)2 * np, sizeof *names);
-    static uint8_t masks[25 * 25];
+    uint8_t masks[25 * 25];
     if (!t || !o || !names) {
         free(t);
         free(o);
         free(names);
         return amdim_fail(err, n, AMDIM_E_NOMEM, "out of memory");
     }
-    /* weights + buffers, then the authors' constant 5x5 location masks */
-    int nt = 0;
+    /* weights + buffers in state_dict order, with the authors' constant 5x5
+     * location masks (g2l_loss, registered between encoder and evaluator) */
+    int nt = 0, masks_written = 0;
+    memset(masks, 0, sizeof masks);
+    for (int i = 0; i < 25; i++)
+        masks[i * 25 + i] = 1;
     for (int i = 0; i < np; i++) {
         amdim_param p;
         amdim_model_param(m, i, &p);
+        if (p.probe && !masks_written++)
+            t[nt++] = (out_tensor){"g2l_loss.masks_r5", "U8", 4, {25, 1, 5, 5}, masks, sizeof masks, 0};
         int nbt = p.role == AMDIM_ROLE_BN_COUNT;
         t[nt] = (out_tensor){p.name, nbt ? "I64" : "F32", p.ndim, {0}, p.data, p.size * sizeof(float), nbt};
         memcpy(t[nt].shape, p.shape, sizeof p.shape);
         nt++;
     }
-    memset(masks, 0, sizeof masks);
-    for (int i = 0; i < 25; i++)
-        masks[i * 25 + i] = 1;
-    t[nt++] = (out_tensor){"g2l_loss.masks_r5", "U8", 4, {25, 1, 5, 5}, masks, sizeof masks, 0};
     sbuf meta = {0};
     meta_config(&meta, amdim_model_get_config(m), info, "weights");
     char wpath[4200], opath[4200];
