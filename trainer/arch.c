@@ -101,11 +101,12 @@ static int add_tensor(builder *b, const char *prefix, const char *leaf, amdim_ro
     }
     t->init = init;
     t->fan_in = fan_in;
+    /* every tensor starts on a 64-byte boundary (BLAS, vector loads, cuBLAS) */
     t->offset = a->weights_size;
-    a->weights_size += t->size;
+    a->weights_size += (t->size + AMDIM_TENSOR_ALIGN - 1) / AMDIM_TENSOR_ALIGN * AMDIM_TENSOR_ALIGN;
     if (t->has_grad) {
         t->goffset = a->grads_size;
-        a->grads_size += t->size;
+        a->grads_size += (t->size + AMDIM_TENSOR_ALIGN - 1) / AMDIM_TENSOR_ALIGN * AMDIM_TENSOR_ALIGN;
     }
     return a->ntensors++;
 }

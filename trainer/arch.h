@@ -8,7 +8,9 @@
  *
  * Blocks (float32, host mirror in the model; a device copy per backend):
  *   weights  every tensor, buffers included (num_batches_tracked as a float count)
- *   grads, adam_m, adam_v  every tensor with has_grad, at its goffset */
+ *   grads, adam_m, adam_v  every tensor with has_grad, at its goffset
+ * Offsets are multiples of AMDIM_TENSOR_ALIGN floats (64 bytes); the gaps
+ * between tensors are zero and never read. */
 #ifndef AMDIM_ARCH_H
 #define AMDIM_ARCH_H
 
@@ -17,6 +19,8 @@
 
 #include "amdim_trainer.h"
 #include "elementwise.h"
+
+#define AMDIM_TENSOR_ALIGN 16
 
 typedef enum { AMDIM_INIT_NONE, AMDIM_INIT_FAN_IN, AMDIM_INIT_ZERO, AMDIM_INIT_ONE, AMDIM_INIT_SHORTCUT } amdim_init_kind;
 

@@ -67,13 +67,14 @@ AMDIM_HD float amdim_bn_running(float running, float batch_value)
 }
 /* Input gradient of training-mode BatchNorm for one element, from the
  * channel sums sdy = sum dy and sdyx = sum dy * xhat over `count`
- * elements: dx = gamma inv_std / count * (count dy - sdy - xhat sdyx). */
-AMDIM_HD float amdim_bn_backward_element(float x, float dy, float mean, float inv_std, float gamma, double count,
+ * elements and the channel's scale = gamma inv_std / count:
+ * dx = scale * (count dy - sdy - xhat sdyx). */
+AMDIM_HD double amdim_bn_backward_scale(float gamma, float inv_std, double count) { return (double)gamma * inv_std / count; }
+AMDIM_HD float amdim_bn_backward_element(float x, float dy, float mean, float inv_std, double scale, double count,
                                          double sdy, double sdyx)
 {
     double xh = (double)(x - mean) * inv_std;
-    double a = (double)gamma * inv_std / count;
-    return (float)(a * (count * dy - sdy - xh * sdyx));
+    return (float)(scale * (count * dy - sdy - xh * sdyx));
 }
 
 /* The soft clip of NCE scores, c tanh(s / c), and its derivative written

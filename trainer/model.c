@@ -61,6 +61,16 @@ void amdim_model_destroy(amdim_model *m)
     free(m);
 }
 
+/* A zeroed block of floats on a 64-byte boundary, like its tensors. */
+static float *block_alloc(size_t floats)
+{
+    size_t bytes = (floats * sizeof(float) + 63) / 64 * 64;
+    float *p = aligned_alloc(64, bytes ? bytes : 64);
+    if (p)
+        memset(p, 0, bytes);
+    return p;
+}
+
 int amdim_model_create_on(amdim_model **out, const amdim_model_config *cfg, amdim_device device, char *err, size_t n)
 {
     *out = NULL;
@@ -75,10 +85,10 @@ int amdim_model_create_on(amdim_model **out, const amdim_model_config *cfg, amdi
     m->cfg = *cfg;
     const amdim_arch *a = &m->arch;
     size_t gs = a->grads_size ? a->grads_size : 1;
-    m->weights = calloc(a->weights_size, sizeof(float));
-    m->grads = calloc(gs, sizeof(float));
-    m->adam_m = calloc(gs, sizeof(float));
-    m->adam_v = calloc(gs, sizeof(float));
+    m->weights = block_alloc(a->weights_size);
+    m->grads = block_alloc(gs);
+    m->adam_m = block_alloc(gs);
+    m->adam_v = block_alloc(gs);
     if (!m->weights || !m->grads || !m->adam_m || !m->adam_v) {
         amdim_model_destroy(m);
         return amdim_fail(err, n, AMDIM_E_NOMEM, "out of memory for %zu parameters", a->weights_size);

@@ -270,8 +270,9 @@ void cpu_batchnorm_backward(const float *x, int c, size_t count, const cpu_bn_pa
         p->dgamma[ch] += (float)sdyx;
         p->dbeta[ch] += (float)sdy;
         float *dxc = dx + (size_t)ch * count;
+        double scale = amdim_bn_backward_scale(g, is, (double)count);
         for (size_t i = 0; i < count; i++)
-            dxc[i] = amdim_bn_backward_element(xc[i], dyc[i], m, is, g, (double)count, sdy, sdyx);
+            dxc[i] = amdim_bn_backward_element(xc[i], dyc[i], m, is, scale, (double)count, sdy, sdyx);
     }
 }
 
