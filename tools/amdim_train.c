@@ -26,6 +26,7 @@ static const char *usage_text =
     "      --eval-split NAME   ... split (default: test)\n"
     "      --eval-refresh N    batches that refresh BatchNorm statistics first (default 20)\n"
     "      --device D          auto, cpu or cuda (default auto: cuda when built with it and a GPU is present)\n"
+    "      --threads N         CPU compute threads (default: the cores amdim-load's workers leave, >= 1)\n"
     "  -e, --epochs E          epochs (default: what amdim-load was given)\n"
     "      --steps S           stop after S updates in total (0: save the initial model)\n"
     "  -b, --batch B           expected batch size (must match amdim-load's)\n"
@@ -66,7 +67,7 @@ static int real(const char *s, float *out)
 int main(int argc, char **argv)
 {
     enum { O_EVAL = 256, O_ESPLIT, O_EREF, O_DEVICE, O_STEPS, O_SEED, O_LOG, O_CKPT, O_KEEP, O_NDF, O_RKHS, O_DEPTH,
-           O_BN, O_TCLIP, O_OBJ, O_LR, O_CLASSES, O_CLS, O_INIT, O_WARMUP };
+           O_BN, O_TCLIP, O_OBJ, O_LR, O_CLASSES, O_CLS, O_INIT, O_WARMUP, O_THREADS };
     static const struct option longopts[] = {
         {"out", required_argument, NULL, 'o'},        {"resume", required_argument, NULL, 'r'},
         {"eval", required_argument, NULL, O_EVAL},    {"eval-split", required_argument, NULL, O_ESPLIT},
@@ -80,6 +81,7 @@ int main(int argc, char **argv)
         {"objective", required_argument, NULL, O_OBJ}, {"lr", required_argument, NULL, O_LR},
         {"classes", required_argument, NULL, O_CLASSES}, {"classifiers", no_argument, NULL, O_CLS},
         {"init", required_argument, NULL, O_INIT},    {"warmup", required_argument, NULL, O_WARMUP},
+        {"threads", required_argument, NULL, O_THREADS},
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0}};
     amdim_train_options o;
@@ -95,6 +97,7 @@ int main(int argc, char **argv)
         case O_ESPLIT: o.eval_split = optarg; break;
         case O_EREF: if (amdim_cli_int("amdim-train", "--eval-refresh", optarg, 0, 100000, &v)) return 2; o.eval_refresh = (int)v; break;
         case O_DEVICE: device = optarg; break;
+        case O_THREADS: if (amdim_cli_int("amdim-train", "--threads", optarg, 1, 4096, &v)) return 2; o.threads = (int)v; break;
         case 'e': if (amdim_cli_int("amdim-train", "--epochs", optarg, 1, 1000000, &v)) return 2; o.epochs = v; break;
         case O_STEPS: if (amdim_cli_int("amdim-train", "--steps", optarg, 0, LLONG_MAX, &v)) return 2; o.steps = v; break;
         case O_WARMUP: if (amdim_cli_int("amdim-train", "--warmup", optarg, 0, 1 << 30, &v)) return 2; o.model.warmup = (int)v; break;

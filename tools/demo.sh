@@ -33,7 +33,7 @@ pct() { awk -v a="$1" 'BEGIN { printf "%5.1f %%", 100 * a }'; }
 start=$(date +%s)
 
 echo "demo: 1/4 AMDIM self-supervised training, $steps steps"
-load | build/amdim-train --out "$out/run" "${model[@]}" --steps "$steps" --log-every 200 2>&1 | grep -E 'step|checkpoint' | sed 's/^amdim-train: /  /'
+load | build/amdim-train --out "$out/run" "${model[@]}" --steps "$steps" --log-every 200 2>&1 | grep --line-buffered -E 'step|checkpoint' | sed -u 's/^amdim-train: /  /'
 ckpt=$(ls "$out"/run/ckpt-*[0-9].safetensors | tail -1)
 build/amdim-plot "$out/run/metrics.jsonl" "$out/run/metrics.png"
 

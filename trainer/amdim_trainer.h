@@ -65,6 +65,9 @@ int amdim_model_create_on(amdim_model **out, const amdim_model_config *cfg, amdi
 int amdim_model_create(amdim_model **out, const amdim_model_config *cfg, char *err, size_t errlen);
 void amdim_model_destroy(amdim_model *m); /* accepts NULL */
 amdim_device amdim_model_device(const amdim_model *m);
+/* Threads the backend computes with on the CPU (BLAS), >= 1; the CUDA
+ * backend ignores it. */
+int amdim_model_set_threads(amdim_model *m, int threads);
 /* Host mirror <-> device state (no-ops on the CPU). AMDIM_E_* with the
  * reason in amdim_model_error. */
 int amdim_model_pull(amdim_model *m);

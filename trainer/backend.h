@@ -52,6 +52,8 @@ typedef struct amdim_backend {
     /* The last training forward's outputs, NCHW (see amdim_model_output), and logits. */
     int (*output)(const amdim_model *m, int view, int which, float *out);
     int (*logits)(const amdim_model *m, int head, float *out);
+    /* CPU threads for the backend's own compute (NULL: none to set). */
+    int (*set_threads)(amdim_model *m, int threads);
     /* Device state <-> host mirror (NULL: the mirror is the state). */
     int (*pull)(amdim_model *m);
     int (*push)(amdim_model *m);

@@ -121,6 +121,12 @@ int amdim_model_create(amdim_model **out, const amdim_model_config *cfg, char *e
 const amdim_model_config *amdim_model_get_config(const amdim_model *m) { return &m->cfg; }
 const char *amdim_model_error(const amdim_model *m) { return m ? m->err : "no model"; }
 amdim_device amdim_model_device(const amdim_model *m) { return m->device; }
+int amdim_model_set_threads(amdim_model *m, int threads)
+{
+    if (threads < 1 || threads > 4096)
+        return MFAIL(AMDIM_E_INVALID, "threads must be 1..4096, not %d", threads);
+    return m->be->set_threads ? m->be->set_threads(m, threads) : AMDIM_OK;
+}
 int amdim_model_pull(amdim_model *m) { return m->be->pull ? m->be->pull(m) : AMDIM_OK; }
 int amdim_model_push(amdim_model *m) { return m->be->push ? m->be->push(m) : AMDIM_OK; }
 

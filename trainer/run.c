@@ -109,8 +109,8 @@ int amdim_train_run(const amdim_train_options *o, char *err, size_t n)
         return st;
     const char *dir = plan.dir;
     int resuming = plan.resuming, probes = plan.probes;
-    amdim_model_config *cfgp = &plan.cfg;
-    amdim_checkpoint_info ci;
+    const amdim_model_config *cfg = &plan.cfg;
+    amdim_checkpoint_info *ci = &plan.ci;
     amdim_loader *l;
     char why[2048];
     if ((st = amdim_loader_attach(&l, o->in_fd, &req, why, sizeof why)))
@@ -120,8 +120,13 @@ int amdim_train_run(const amdim_train_options *o, char *err, size_t n)
     FILE *metrics = NULL;
     if ((st = run_plan_configure(o, li, &plan, err, n)) || (st = run_plan_model(o, li, &plan, &m, err, n)))
         goto done;
-    ci = plan.ci;
-    const amdim_model_config cfg = *cfgp;
+    /* compute threads: the cores the loader's workers leave, at least one */
+    int threads = o->threads > 0 ? o->threads : amdim_cpu_count() - (int)li->workers;
+    threads = threads < 1 ? 1 : threads;
+    if ((st = amdim_model_set_threads(m, threads))) {
+        amdim_fail(err, n, st, "%s", amdim_model_error(m));
+        goto done;
+    }
     char mpath[4300];
     snprintf(mpath, sizeof mpath, "%s/metrics.jsonl", dir);
     metrics = fopen(mpath, resuming ? "a" : "w");
@@ -130,31 +135,40 @@ int amdim_train_run(const amdim_train_options *o, char *err, size_t n)
         goto done;
     }
     static const char *objn[] = {"nce", "jsd", "dv"};
-    fprintf(stderr, "amdim-train: %s %s: device %s, %d px encoder ndf %d n_rkhs %d depth %d use_bn %d, objective %s, tclip %g, "
+    fprintf(stderr, "amdim-train: %s %s: device %s (%d compute thread%s beside %u loader worker%s), %d px encoder ndf %d n_rkhs %d depth %d use_bn %d, objective %s, tclip %g, "
                     "%d classes, batch %u, lr %g (warm-up %d, x%g at epochs",
             resuming ? "resuming" : probes ? "classifier phase" : "run", dir, amdim_device_name(amdim_model_device(m)),
-            cfg.encoder_size, cfg.ndf, cfg.n_rkhs,
-            cfg.n_depth, cfg.use_bn, objn[cfg.objective], cfg.tclip, cfg.n_classes, li->batch, cfg.lr, cfg.warmup,
-            cfg.lr_decay);
-    for (int i = 0; i < cfg.n_milestones; i++)
-        fprintf(stderr, " %d", cfg.milestones[i]);
+            threads, threads == 1 ? "" : "s", li->workers, li->workers == 1 ? "" : "s",
+            cfg->encoder_size, cfg->ndf, cfg->n_rkhs,
+            cfg->n_depth, cfg->use_bn, objn[cfg->objective], cfg->tclip, cfg->n_classes, li->batch, cfg->lr, cfg->warmup,
+            cfg->lr_decay);
+    for (int i = 0; i < cfg->n_milestones; i++)
+        fprintf(stderr, " %d", cfg->milestones[i]);
     fprintf(stderr, "), seed %llu, from epoch %llu batch %llu (step %llu)%s\n", (unsigned long long)li->seed,
             (unsigned long long)li->start_epoch, (unsigned long long)li->start_batch,
-            (unsigned long long)amdim_model_updates(m), ci.max_steps > 0 ? ", step-limited" : "");
+            (unsigned long long)amdim_model_updates(m), ci->max_steps > 0 ? ", step-limited" : "");
 
+    /* a live line with steps/s and time left, only on a terminal */
+    amdim_progress live;
+    amdim_progress_init(&live, stderr, "amdim-train", "steps", 0);
+    uint64_t first_step = amdim_model_updates(m), total_steps = 0;
+    if (ci->max_steps >= 0)
+        total_steps = (uint64_t)ci->max_steps - first_step;
+    else if (li->epochs > 0)
+        total_steps = li->epochs * li->batches_per_epoch - li->start_batch;
     interval iv;
     memset(&iv, 0, sizeof iv);
     iv.t0 = amdim_now();
     uint64_t epoch = li->start_epoch, last_ckpt = UINT64_MAX;
-    ci.next_epoch = li->start_epoch;
-    ci.next_batch = li->start_batch;
+    ci->next_epoch = li->start_epoch;
+    ci->next_batch = li->start_batch;
     amdim_batch b;
     for (;;) {
         if (o->cancel && *o->cancel) {
             st = amdim_fail(err, n, AMDIM_E_CANCELLED, "interrupted");
             break;
         }
-        if (ci.max_steps >= 0 && amdim_model_updates(m) >= (uint64_t)ci.max_steps)
+        if (ci->max_steps >= 0 && amdim_model_updates(m) >= (uint64_t)ci->max_steps)
             break;
         int rc = amdim_loader_next(l, &b);
         if (rc == 1)
@@ -168,8 +182,8 @@ int amdim_train_run(const amdim_train_options *o, char *err, size_t n)
         rc = probes ? amdim_model_train_probes_step(m, b.view1, b.view2, b.labels, (int)b.count, (int)b.epoch, &s)
                     : amdim_model_train_step(m, b.view1, b.view2, b.labels, (int)b.count, (int)b.epoch, &s);
         int last = b.last_in_epoch;
-        ci.next_epoch = last ? b.epoch + 1 : b.epoch;
-        ci.next_batch = last ? 0 : b.index + 1;
+        ci->next_epoch = last ? b.epoch + 1 : b.epoch;
+        ci->next_batch = last ? 0 : b.index + 1;
         amdim_loader_release(l, &b);
         if (rc) {
             st = amdim_fail(err, n, rc, "%s", amdim_model_error(m));
@@ -185,26 +199,33 @@ int amdim_train_run(const amdim_train_options *o, char *err, size_t n)
         iv.correct_mlp += (uint64_t)s.correct_mlp, iv.correct_lin += (uint64_t)s.correct_lin;
         iv.labelled += (uint64_t)s.labelled, iv.pairs += b.count, iv.steps++;
         uint64_t step = amdim_model_updates(m);
-        if (o->log_every > 0 && step % (uint64_t)o->log_every == 0)
+        int log_now = o->log_every > 0 && step % (uint64_t)o->log_every == 0;
+        int ckpt_now = !last && o->ckpt_every > 0 && step % (uint64_t)o->ckpt_every == 0;
+        if (log_now || last || ckpt_now)
+            amdim_progress_clear(&live); /* lines print under the live line */
+        else if (live.is_tty)
+            amdim_progress_update(&live, step - first_step, total_steps);
+        if (log_now)
             log_interval(metrics, &iv, m, epoch, amdim_loader_wait_seconds(l), probes);
         if (last) {
             if (iv.steps)
                 log_interval(metrics, &iv, m, epoch, amdim_loader_wait_seconds(l), probes);
             if ((st = evaluate(o, m, li->preset, metrics, epoch, err, n)))
                 break;
-            if (save(dir, m, &ci, o->keep, why, sizeof why) == AMDIM_OK)
+            if (save(dir, m, ci, o->keep, why, sizeof why) == AMDIM_OK)
                 last_ckpt = step;
-        } else if (o->ckpt_every > 0 && step % (uint64_t)o->ckpt_every == 0) {
-            if (save(dir, m, &ci, o->keep, why, sizeof why) == AMDIM_OK)
+        } else if (ckpt_now) {
+            if (save(dir, m, ci, o->keep, why, sizeof why) == AMDIM_OK)
                 last_ckpt = step;
         }
     }
+    amdim_progress_clear(&live);
     if (iv.steps)
         log_interval(metrics, &iv, m, epoch, amdim_loader_wait_seconds(l), probes);
     /* Checkpoint before the final evaluation, so a run stopped here and
      * resumed continues from exactly the state an unbroken run has. */
     if ((st == AMDIM_OK || st == AMDIM_E_CANCELLED) && last_ckpt != amdim_model_updates(m)) {
-        int s2 = save(dir, m, &ci, o->keep, why, sizeof why);
+        int s2 = save(dir, m, ci, o->keep, why, sizeof why);
         if (s2 && st == AMDIM_OK)
             st = amdim_fail(err, n, s2, "final checkpoint: %s", why);
         else if (s2 == AMDIM_OK)

@@ -5,6 +5,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <cblas.h>
+
 #include "../backend.h"
 #include "nce.h"
 #include "ops.h"
@@ -700,6 +702,14 @@ static int cpu_logits(const amdim_model *m, int head, float *out)
     return AMDIM_OK;
 }
 
+/* OpenBLAS's threads: process-wide, as OpenBLAS keeps them. */
+static int cpu_set_threads(amdim_model *m, int threads)
+{
+    (void)m;
+    openblas_set_num_threads(threads);
+    return AMDIM_OK;
+}
+
 const amdim_backend amdim_backend_cpu = {
     .name = "cpu",
     .open = cpu_open,
@@ -711,6 +721,7 @@ const amdim_backend amdim_backend_cpu = {
     .refresh_bn = cpu_refresh_bn,
     .output = cpu_output,
     .logits = cpu_logits,
+    .set_threads = cpu_set_threads,
     .pull = NULL,
     .push = NULL,
 };
