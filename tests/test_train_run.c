@@ -122,6 +122,20 @@ int main(int argc, char **argv)
     snprintf(runC, sizeof runC, "%s", test_path("runC"));
     char *e;
 
+    /* --device cuda where this build or machine cannot train on a GPU: a
+     * clear error and exit 2 (bad usage), before anything else happens */
+    amdim_device dev;
+    char why[512];
+    if (amdim_device_resolve("cuda", &dev, why, sizeof why) != AMDIM_OK) {
+        char *da[] = {(char *)train_bin, "--out", runC, "--device", "cuda", NULL};
+        char *o, *er;
+        int s = test_run(da, &o, &er);
+        CHECK(WIFEXITED(s) && WEXITSTATUS(s) == 2 && strstr(er, "--device cuda"), "--device cuda: exit %d, %s",
+              WIFEXITED(s) ? WEXITSTATUS(s) : -1, er);
+        free(o);
+        free(er);
+    }
+
     /* One go: 30 steps (3 epochs of 10 batches), evaluated each epoch. */
     const char *la[] = {LOADER("4"), "--epochs", "3", NULL};
     const char *tb[] = {"--out", runB, MODEL, "--log-every", "1", "--eval", data, "--eval-refresh", "2", NULL};

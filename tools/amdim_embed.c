@@ -9,7 +9,7 @@
 
 static const char *usage_text =
     "Usage: amdim-embed --checkpoint CKPT.safetensors [--split NAME] [--batch N]\n"
-    "                   [--labels-out LABELS.npy] --out FEATS.npy DATA.lmdb\n"
+    "                   [--device auto|cpu|cuda] [--labels-out LABELS.npy] --out FEATS.npy DATA.lmdb\n"
     "\n"
     "Writes r1 (the n_rkhs-dimensional global feature) of every record of a split,\n"
     "made with the test transform and BatchNorm in eval mode, as float32\n"
@@ -21,11 +21,12 @@ int main(int argc, char **argv)
     static const struct option longopts[] = {
         {"checkpoint", required_argument, NULL, 'c'}, {"split", required_argument, NULL, 's'},
         {"batch", required_argument, NULL, 'b'},      {"out", required_argument, NULL, 'o'},
-        {"labels-out", required_argument, NULL, 'l'}, {"help", no_argument, NULL, 'h'},
+        {"labels-out", required_argument, NULL, 'l'}, {"device", required_argument, NULL, 'd'},
+        {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0}};
-    const char *ckpt = NULL, *split = "test", *out = NULL, *lout = NULL;
+    const char *ckpt = NULL, *split = "test", *out = NULL, *lout = NULL, *device = "auto";
     int batch = 100, c;
-    while ((c = getopt_long(argc, argv, "c:s:b:o:l:h", longopts, NULL)) != -1) {
+    while ((c = getopt_long(argc, argv, "c:s:b:o:l:d:h", longopts, NULL)) != -1) {
         switch (c) {
         case 'c': ckpt = optarg; break;
         case 's': split = optarg; break;
@@ -37,6 +38,7 @@ int main(int argc, char **argv)
             }
             break;
         case 'o': out = optarg; break;
+        case 'd': device = optarg; break;
         case 'l': lout = optarg; break;
         case 'h': fputs(usage_text, stdout); return 0;
         default: fprintf(stderr, "Try 'amdim-embed --help'.\n"); return 2;
@@ -54,12 +56,17 @@ int main(int argc, char **argv)
         lout = labels_path;
     }
     char err[2048];
+    amdim_device dev;
+    if (amdim_device_resolve(device, &dev, err, sizeof err)) {
+        fprintf(stderr, "amdim-embed: %s\nTry 'amdim-embed --help'.\n", err);
+        return 2;
+    }
     amdim_model_config cfg;
     amdim_checkpoint_info info;
     amdim_model *m = NULL;
     int st = amdim_checkpoint_read_meta(ckpt, &cfg, &info, err, sizeof err);
     if (st == AMDIM_OK)
-        st = amdim_model_create(&m, &cfg, err, sizeof err);
+        st = amdim_model_create_on(&m, &cfg, dev, err, sizeof err);
     if (st == AMDIM_OK)
         st = amdim_checkpoint_load(m, ckpt, 0, err, sizeof err);
     float *feats = NULL;
