@@ -1,9 +1,9 @@
-/* bench_trainer: CPU training speed of the AMDIM model - per-stage time and
+/* bench_trainer: training speed of the AMDIM model (CPU or CUDA backend) - per-stage time and
  * GFLOP/s, and training pairs/s - for a tiny configuration and the 32 px
  * model at ndf 128, n_rkhs 1024, depth 3 (or the one given).
  *
  *   bench_trainer [--size S --ndf N --n-rkhs N --depth D] [--batch B]
- *                 [--steps N] [--warmup N] [--csv]
+ *                 [--steps N] [--warmup N] [--device auto|cpu|cuda] [--csv]
  * OpenBLAS uses all cores unless OPENBLAS_NUM_THREADS says otherwise. */
 #include <getopt.h>
 #include <stdio.h>
@@ -13,7 +13,7 @@
 #include "amdim_trainer.h"
 #include "bench_common.h"
 
-static int run(int size, int ndf, int n_rkhs, int depth, int batch, int steps, int warmup, int csv)
+static int run(amdim_device dev, int size, int ndf, int n_rkhs, int depth, int batch, int steps, int warmup, int csv)
 {
     amdim_model_config cfg;
     amdim_model_config_default(&cfg, size);
@@ -22,7 +22,7 @@ static int run(int size, int ndf, int n_rkhs, int depth, int batch, int steps, i
     cfg.n_depth = depth;
     amdim_model *m;
     char err[256];
-    if (amdim_model_create(&m, &cfg, err, sizeof err)) {
+    if (amdim_model_create_on(&m, &cfg, dev, err, sizeof err)) {
         fprintf(stderr, "bench_trainer: %s\n", err);
         return 1;
     }
@@ -37,7 +37,10 @@ static int run(int size, int ndf, int n_rkhs, int depth, int batch, int steps, i
         labels[i] = i % 10;
     amdim_step_stats st;
     for (int i = 0; i < warmup; i++)
-        amdim_model_train_step(m, v1, v2, labels, batch, 0, &st);
+        if (amdim_model_train_step(m, v1, v2, labels, batch, 0, &st)) {
+            fprintf(stderr, "bench_trainer: %s\n", amdim_model_error(m));
+            return 1;
+        }
     amdim_model_profile(m, 1);
     double t0 = amdim_now();
     for (int i = 0; i < steps; i++)
@@ -88,8 +91,10 @@ int main(int argc, char **argv)
         {"n-rkhs", required_argument, NULL, 'r'}, {"depth", required_argument, NULL, 'd'},
         {"batch", required_argument, NULL, 'b'}, {"steps", required_argument, NULL, 't'},
         {"warmup", required_argument, NULL, 'w'}, {"csv", no_argument, NULL, 'c'},
+        {"device", required_argument, NULL, 'D'},
         {"help", no_argument, NULL, 'h'},        {NULL, 0, NULL, 0}};
     int size = 0, ndf = 0, n_rkhs = 0, depth = 0, batch = 32, steps = 3, warmup = 1, csv = 0, c;
+    const char *device = "cpu";
     while ((c = getopt_long(argc, argv, "", longopts, NULL)) != -1) {
         switch (c) {
         case 's': size = atoi(optarg); break;
@@ -100,20 +105,29 @@ int main(int argc, char **argv)
         case 't': steps = atoi(optarg); break;
         case 'w': warmup = atoi(optarg); break;
         case 'c': csv = 1; break;
+        case 'D': device = optarg; break;
         case 'h':
-            printf("usage: bench_trainer [--size S --ndf N --n-rkhs N --depth D] [--batch B] [--steps N] [--warmup N] [--csv]\n");
+            printf("usage: bench_trainer [--size S --ndf N --n-rkhs N --depth D] [--batch B] [--steps N] [--warmup N]\n"
+                   "                     [--device auto|cpu|cuda (default cpu)] [--csv]\n");
             return 0;
         default: return 2;
         }
     }
     if (batch < 2 || steps < 1 || warmup < 0)
         return fprintf(stderr, "bench_trainer: batch >= 2, steps >= 1\n"), 2;
+    amdim_device dev;
+    char err[512];
+    if (amdim_device_resolve(device, &dev, err, sizeof err))
+        return fprintf(stderr, "bench_trainer: %s\n", err), 2;
     bench_header(stdout, "bench_trainer");
     const char *threads = getenv("OPENBLAS_NUM_THREADS");
-    printf("# CPU path, fp32, OpenBLAS threads: %s\n", threads ? threads : "all cores");
+    if (dev == AMDIM_DEVICE_CUDA)
+        printf("# CUDA path, fp32 (stage times synchronise the stream)\n");
+    else
+        printf("# CPU path, fp32, OpenBLAS threads: %s\n", threads ? threads : "all cores");
     if (size)
-        return run(size, ndf ? ndf : 128, n_rkhs ? n_rkhs : 1024, depth ? depth : 3, batch, steps, warmup, csv);
-    if (run(32, 16, 64, 1, batch, steps, warmup, csv))
+        return run(dev, size, ndf ? ndf : 128, n_rkhs ? n_rkhs : 1024, depth ? depth : 3, batch, steps, warmup, csv);
+    if (run(dev, 32, 16, 64, 1, batch, steps, warmup, csv))
         return 1;
-    return run(32, 128, 1024, 3, batch, steps, warmup, csv);
+    return run(dev, 32, 128, 1024, 3, batch, steps, warmup, csv);
 }

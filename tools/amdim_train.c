@@ -25,7 +25,7 @@ static const char *usage_text =
     "      --eval DATA.lmdb    evaluate on this dataset ...\n"
     "      --eval-split NAME   ... split (default: test)\n"
     "      --eval-refresh N    batches that refresh BatchNorm statistics first (default 20)\n"
-    "      --device D          auto, cpu or cuda (default auto: cuda when built with it and a GPU is present)\n"
+    "      --device D          auto, cpu or cuda (default auto: the CPU until the CUDA backend is verified on a GPU)\n"
     "      --threads N         CPU compute threads (default: the cores amdim-load's workers leave, >= 1)\n"
     "  -e, --epochs E          epochs (default: what amdim-load was given)\n"
     "      --steps S           stop after S updates in total (0: save the initial model)\n"

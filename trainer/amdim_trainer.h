@@ -51,8 +51,9 @@ typedef struct amdim_model amdim_model;
 typedef enum { AMDIM_DEVICE_CPU = 0, AMDIM_DEVICE_CUDA = 1 } amdim_device;
 
 /* The one place a device name becomes a device: "cpu", "cuda", or "auto"
- * (CUDA when this build has the CUDA backend and a GPU is present, else the
- * CPU). AMDIM_E_INVALID for another name; AMDIM_E_UNSUPPORTED for "cuda"
+ * (CUDA when this build has a CUDA backend verified on a GPU and a GPU is
+ * present, else the CPU; the present backend has not been verified yet, so
+ * auto is the CPU and CUDA must be asked for by name). AMDIM_E_INVALID for another name; AMDIM_E_UNSUPPORTED for "cuda"
  * in a build without CUDA or on a machine without a usable GPU, with the
  * reason in err. */
 int amdim_device_resolve(const char *name, amdim_device *out, char *err, size_t n);

@@ -9,6 +9,9 @@
 
 #define MFAIL(st, ...) AMDIM_MFAIL(m, (st), __VA_ARGS__)
 
+/* 0 until the CUDA backend has passed its GPU tests (tools/gpu-check.sh). */
+#define AMDIM_CUDA_BACKEND_VERIFIED 0
+
 /* ---- devices ---------------------------------------------------------------- */
 
 const char *amdim_device_name(amdim_device d) { return d == AMDIM_DEVICE_CUDA ? "cuda" : "cpu"; }
@@ -22,6 +25,10 @@ int amdim_device_resolve(const char *name, amdim_device *out, char *err, size_t 
     if (!want_cuda && !is_auto)
         return AMDIM_OK;
 #ifdef AMDIM_HAVE_CUDA_BACKEND
+    /* "auto" takes the CUDA backend only once tools/gpu-check.sh has passed
+     * on a GPU with this code; until then it has to be asked for by name. */
+    if (is_auto && !AMDIM_CUDA_BACKEND_VERIFIED)
+        return AMDIM_OK;
     char why[256];
     if (amdim_cuda_available(why, sizeof why)) {
         *out = AMDIM_DEVICE_CUDA;

@@ -1,0 +1,189 @@
+/* Host-side planning of the CUDA backend, checked on the CPU (runs in
+ * every build): the device memory plans of the three published encoders
+ * (every buffer aligned, inside the arena, no two overlapping, each layer's
+ * activation the size arch.h gives), the OIHW <-> OHWI filter maps, the
+ * reduction chunks, and - in CUDA builds, without a GPU - that cuDNN's
+ * output shape of every convolution it runs equals arch.h's layer size. */
+#include <stdlib.h>
+#include <string.h>
+
+#include "../trainer/backend.h"
+#include "../trainer/cuda/bn_chunks.h"
+#include "../trainer/cuda/layout.h"
+#include "../trainer/cuda/plan.h"
+#ifdef AMDIM_HAVE_CUDA_BACKEND
+#include "../trainer/cuda/conv.h"
+#endif
+#include "testutil.h"
+
+static int cmp_extent(const void *a, const void *b)
+{
+    const size_t *x = a, *y = b;
+    return x[0] < y[0] ? -1 : x[0] > y[0];
+}
+
+/* The extent that starts at off: its size, or 0 when none does. */
+static size_t extent_at(const amdim_cuda_plan *p, size_t off)
+{
+    for (size_t i = 0; i < p->nextents; i++)
+        if (p->extents[i][0] == off)
+            return p->extents[i][1];
+    return 0;
+}
+
+static void check_plan(const char *name, const amdim_model_config *cfg, int B)
+{
+    amdim_arch a;
+    char err[256];
+    REQUIRE(amdim_arch_build(&a, cfg, err, sizeof err) == 0, "%s", err);
+    amdim_cuda_plan p;
+    REQUIRE(amdim_cuda_plan_build(&p, &a, B) == 0, "plan");
+    int S = cfg->encoder_size, R = cfg->n_rkhs;
+    /* each layer's output is the (B, hout, hout, cout) arch.h describes */
+    for (int v = 0; v < 2; v++) {
+        CHECK(extent_at(&p, p.x[v]) == (size_t)B * S * S * 3, "%s: view %d", name, v);
+        for (int l = 0; l < a.nlayers; l++) {
+            const amdim_layer *L = &a.layers[l];
+            size_t outn = (size_t)B * L->hout * L->hout * L->cout;
+            CHECK(extent_at(&p, p.layers[v][l].out) == outn, "%s: layer %d output", name, l);
+            if (L->kind == AMDIM_LAYER_RES)
+                CHECK(extent_at(&p, p.layers[v][l].h1) == outn && extent_at(&p, p.layers[v][l].r) == outn,
+                      "%s: layer %d", name, l);
+            if (l > 0)
+                CHECK(L->hin == a.layers[l - 1].hout && L->cin == a.layers[l - 1].cout, "%s: layer %d chain", name, l);
+        }
+        CHECK(extent_at(&p, p.heads[v][0].out) == (size_t)B * 25 * R, "%s: r5", name);
+        CHECK(extent_at(&p, p.heads[v][1].out) == (size_t)B * 49 * R, "%s: r7", name);
+        CHECK(a.layers[a.nlayers - 1].hout == 1 && a.layers[a.nlayers - 1].cout == R, "%s: r1", name);
+    }
+    CHECK(extent_at(&p, p.scores) == (size_t)B * B * 49, "%s: scores", name);
+    CHECK(extent_at(&p, p.stats) == 2 * (size_t)(AMDIM_CUDA_STATS_CLS + 12) * B, "%s: stats", name);
+    CHECK(p.maxact >= (size_t)B * 49 * R, "%s: maxact", name);
+    /* aligned, inside, disjoint */
+    qsort(p.extents, p.nextents, sizeof *p.extents, cmp_extent);
+    for (size_t i = 0; i < p.nextents; i++) {
+        CHECK(p.extents[i][0] % 64 == 0, "%s: buffer %zu unaligned", name, i);
+        CHECK(p.extents[i][0] + p.extents[i][1] <= p.total, "%s: buffer %zu outside", name, i);
+        if (i)
+            CHECK(p.extents[i - 1][0] + p.extents[i - 1][1] <= p.extents[i][0], "%s: buffers %zu and %zu overlap",
+                  name, i - 1, i);
+    }
+    amdim_cuda_param_plan pp;
+    REQUIRE(amdim_cuda_param_plan_build(&pp, &a) == 0, "param plan");
+    size_t nohwi = 0;
+    for (int i = 0; i < a.ntensors; i++)
+        if (pp.ohwi[i] != AMDIM_CUDA_NONE) {
+            nohwi++;
+            CHECK(pp.ohwi[i] % 64 == 0 && pp.ohwi[i] + a.tensors[i].size <= pp.dw_ohwi, "%s: ohwi %d", name, i);
+        }
+    CHECK(pp.grads >= pp.weights + a.weights_size && pp.adam_v + a.grads_size <= pp.total, "%s: blocks", name);
+    printf("%-22s B %3d: %4zu buffers, activations %8.1f MiB, parameters %7.1f MiB (%zu cuDNN filters)\n", name, B,
+           p.nextents, p.total * 4.0 / (1 << 20), pp.total * 4.0 / (1 << 20), nohwi);
+#ifdef AMDIM_HAVE_CUDA_BACKEND
+    /* cuDNN's own shape arithmetic (no GPU needed) agrees with arch.h */
+    for (int l = 0; l < a.nlayers; l++) {
+        const amdim_layer *L = &a.layers[l];
+        if (L->kind == AMDIM_LAYER_BN || !amdim_cuda_conv_uses_cudnn(L))
+            continue;
+        int h = L->hin + 2 * L->pad, out[4];
+        amdim_conv_shape sh = {B, L->cin, h, h, L->cout, L->k, L->s};
+        int rc = amdim_conv_output_dim(&sh, out, err, sizeof err);
+        CHECK(rc == 0, "%s", err);
+        CHECK(rc || (out[0] == B && out[1] == L->cout && out[2] == L->hout && out[3] == L->hout),
+              "%s: layer %d: cuDNN says (%d, %d, %d, %d), arch.h %d x %d", name, l, out[0], out[1], out[2], out[3],
+              L->hout, L->cout);
+    }
+#endif
+    amdim_cuda_param_plan_free(&pp);
+    amdim_cuda_plan_free(&p);
+    amdim_arch_free(&a);
+}
+
+static void check_layout(int O, int I, int K)
+{
+    size_t n = (size_t)O * I * K * K;
+    unsigned char *seen = calloc(n, 1);
+    REQUIRE(seen, "oom");
+    for (int o = 0; o < O; o++)
+        for (int i = 0; i < I; i++)
+            for (int y = 0; y < K; y++)
+                for (int x = 0; x < K; x++) {
+                    size_t a = amdim_oihw_index(o, i, y, x, I, K), b = amdim_ohwi_index(o, i, y, x, I, K);
+                    CHECK(a < n && b < n, "index range");
+                    if (b < n)
+                        seen[b]++;
+                    /* OIHW is PyTorch's contiguous order; OHWI has the input channel fastest */
+                    CHECK(a == (size_t)((o * I + i) * K + y) * K + x, "oihw");
+                    CHECK(b % I == (size_t)i && b / ((size_t)K * K * I) == (size_t)o, "ohwi");
+                }
+    for (size_t j = 0; j < n; j++)
+        CHECK(seen[j] == 1, "OHWI map is not a bijection at %zu (%dx%dx%dx%d)", j, O, I, K, K);
+    /* round trip of a tensor through both maps */
+    float *w = malloc(n * sizeof *w), *t = malloc(n * sizeof *t), *back = calloc(n, sizeof *back);
+    REQUIRE(w && t && back, "oom");
+    for (size_t j = 0; j < n; j++)
+        w[j] = (float)j;
+    for (int o = 0; o < O; o++)
+        for (int i = 0; i < I; i++)
+            for (int y = 0; y < K; y++)
+                for (int x = 0; x < K; x++)
+                    t[amdim_ohwi_index(o, i, y, x, I, K)] = w[amdim_oihw_index(o, i, y, x, I, K)];
+    for (int o = 0; o < O; o++)
+        for (int i = 0; i < I; i++)
+            for (int y = 0; y < K; y++)
+                for (int x = 0; x < K; x++)
+                    back[amdim_oihw_index(o, i, y, x, I, K)] = t[amdim_ohwi_index(o, i, y, x, I, K)];
+    CHECK(memcmp(w, back, n * sizeof *w) == 0, "round trip %dx%dx%d", O, I, K);
+    if (K == 1)
+        CHECK(memcmp(w, t, n * sizeof *w) == 0, "1x1 filters must need no copy");
+    free(w), free(t), free(back), free(seen);
+}
+
+static void check_chunks(void)
+{
+    size_t Ns[] = {1, 2, 255, 256, 257, 9000, 65536, 768800, 10000000};
+    for (size_t k = 0; k < sizeof Ns / sizeof *Ns; k++) {
+        size_t N = Ns[k], P = amdim_bn_chunks(N), per = (N + P - 1) / P;
+        CHECK(P >= 1 && P <= AMDIM_BN_MAX_CHUNKS, "chunks of %zu", N);
+        CHECK(per * P >= N && per * (P - 1) < N, "chunks of %zu cover the rows, none empty", N);
+        CHECK(amdim_bn_scratch_doubles(N, 7) == (P + 1) * 14 + 7, "scratch of %zu", N);
+    }
+}
+
+int main(void)
+{
+    struct {
+        const char *name;
+        int size, ndf, n_rkhs, depth, batch;
+    } cfgs[] = {
+        {"CIFAR 128/1024/10", 32, 128, 1024, 10, 200},
+        {"STL-10 192/1536/8", 64, 192, 1536, 8, 200},
+        {"ImageNet 192/1536/8", 128, 192, 1536, 8, 200},
+        {"tiny 32", 32, 8, 32, 2, 4},
+        {"tiny 128", 128, 4, 32, 1, 3},
+    };
+    for (size_t i = 0; i < sizeof cfgs / sizeof *cfgs; i++) {
+        amdim_model_config c;
+        amdim_model_config_default(&c, cfgs[i].size);
+        c.ndf = cfgs[i].ndf;
+        c.n_rkhs = cfgs[i].n_rkhs;
+        c.n_depth = cfgs[i].depth;
+        check_plan(cfgs[i].name, &c, cfgs[i].batch);
+    }
+    int shapes[][3] = {{1, 1, 1}, {4, 3, 3}, {8, 5, 4}, {16, 7, 2}, {3, 2, 5}, {6, 4, 1}};
+    for (size_t i = 0; i < sizeof shapes / sizeof *shapes; i++)
+        check_layout(shapes[i][0], shapes[i][1], shapes[i][2]);
+    check_chunks();
+#ifdef AMDIM_HAVE_CUDA_BACKEND
+    /* without a usable GPU, --device cuda is a clear error and auto is the CPU */
+    char why[256], err[512];
+    amdim_device d;
+    if (!amdim_cuda_available(why, sizeof why)) {
+        CHECK(amdim_device_resolve("cuda", &d, err, sizeof err) == AMDIM_E_UNSUPPORTED && strstr(err, "no usable GPU"),
+              "--device cuda without a GPU: %s", err);
+        CHECK(amdim_device_resolve("auto", &d, err, sizeof err) == 0 && d == AMDIM_DEVICE_CPU, "auto");
+        printf("no GPU here: %s\n", err);
+    }
+#endif
+    return test_finish("test_cuda_plan");
+}

@@ -1,0 +1,855 @@
+/* The CUDA backend: the same step-level functions as the CPU backend
+ * (trainer/cpu/backend_cpu.c, the reference), on one GPU.
+ *
+ * Activations are float32 NHWC, (B, H, W, C) = rows of channels, so a 1x1
+ * convolution or a linear layer is one row-major GEMM (cuBLAS, written as
+ * the CPU's cblas calls through gemm()), the k x k / strided convolutions
+ * run on cuDNN (conv.h, OHWI filter copies), and every other op is a
+ * kernel of kernels.h whose per-element body is the CPU op's. The device
+ * keeps the arch blocks in the host mirror's layout (plan.h), so pull and
+ * push copy four blocks. One stream; every backend function ends with a
+ * stream synchronisation that turns any asynchronous failure into a status.
+ * Every CUDA / cuBLAS / cuDNN status is checked and named in m->err. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <cublas_v2.h>
+#include <cuda_runtime_api.h>
+
+#include "../backend.h"
+#include "conv.h"
+#include "kernels.h"
+#include "plan.h"
+
+_Static_assert((int)AMDIM_CUDA_NCE == (int)AMDIM_OBJECTIVE_NCE && (int)AMDIM_CUDA_JSD == (int)AMDIM_OBJECTIVE_JSD &&
+                   (int)AMDIM_CUDA_DV == (int)AMDIM_OBJECTIVE_DV,
+               "kernels.h objective codes");
+_Static_assert((int)AMDIM_CUDA_E_DEVICE == (int)AMDIM_E_IO, "kernels.h device status");
+
+#define CUDNN_WORKSPACE_BYTES ((size_t)256 << 20)
+
+typedef struct {
+    cudaStream_t stream;
+    cublasHandle_t blas;
+    amdim_conv conv;
+    amdim_cuda_ctx ctx;
+    amdim_cuda_param_plan pp;
+    float *params; /* parameter arena (pp.total floats) */
+    amdim_cuda_plan plan;
+    float *act;    /* activation arena (plan.total floats) for plan.batch */
+    double *stats; /* host copy of the plan's stats */
+    int32_t *labels2;
+} cuda_state;
+
+#define MFAIL(st, ...) AMDIM_MFAIL(m, (st), __VA_ARGS__)
+
+static int cuda_fail(amdim_model *m, cudaError_t e, const char *call)
+{
+    return MFAIL(e == cudaErrorMemoryAllocation ? AMDIM_E_NOMEM : AMDIM_E_IO, "%s(): %s (%s)", call,
+                 cudaGetErrorString(e), cudaGetErrorName(e));
+}
+
+#define CU(call, name)                          \
+    do {                                        \
+        cudaError_t e_ = (call);                \
+        if (e_ != cudaSuccess)                  \
+            return cuda_fail(m, e_, name);      \
+    } while (0)
+
+#define TRY(call)                               \
+    do {                                        \
+        int rc_ = (call);                       \
+        if (rc_)                                \
+            return rc_;                         \
+    } while (0)
+
+static cuda_state *CS(const amdim_model *m) { return m->bs; }
+static float *W(const amdim_model *m, int i) { return CS(m)->params + CS(m)->pp.weights + m->arch.tensors[i].offset; }
+static float *G(const amdim_model *m, int i)
+{
+    AMDIM_ASSERT(m->arch.tensors[i].has_grad);
+    return CS(m)->params + CS(m)->pp.grads + m->arch.tensors[i].goffset;
+}
+static float *WK(const amdim_model *m, int i) /* the OHWI copy of a cuDNN filter */
+{
+    AMDIM_ASSERT(CS(m)->pp.ohwi[i] != AMDIM_CUDA_NONE);
+    return CS(m)->params + CS(m)->pp.ohwi[i];
+}
+static float *A(const amdim_model *m, size_t off)
+{
+    AMDIM_ASSERT(off != AMDIM_CUDA_NONE);
+    return CS(m)->act + off;
+}
+static const amdim_cuda_ctx *X(const amdim_model *m) { return &CS(m)->ctx; }
+
+static amdim_cuda_bn bn_view(const amdim_model *m, amdim_bn_ref r)
+{
+    amdim_cuda_bn b = {W(m, r.t), W(m, r.t + 1), W(m, r.t + 2), W(m, r.t + 3), W(m, r.t + 4), G(m, r.t),
+                       G(m, r.t + 1)};
+    return b;
+}
+
+static double *BNS(const amdim_model *m) { return (double *)(void *)A(m, CS(m)->plan.bn_scratch); }
+
+/* Waits for the stream: asynchronous failures become a status here. */
+static int finish(amdim_model *m)
+{
+    CU(cudaStreamSynchronize(CS(m)->stream), "cudaStreamSynchronize");
+    return AMDIM_OK;
+}
+
+static int copy(amdim_model *m, void *dst, const void *src, size_t bytes, enum cudaMemcpyKind kind)
+{
+    CU(cudaMemcpyAsync(dst, src, bytes, kind, CS(m)->stream), "cudaMemcpyAsync");
+    if (kind == cudaMemcpyDeviceToHost)
+        return finish(m);
+    return AMDIM_OK;
+}
+
+static int zero(amdim_model *m, void *p, size_t bytes)
+{
+    CU(cudaMemsetAsync(p, 0, bytes, CS(m)->stream), "cudaMemsetAsync");
+    return AMDIM_OK;
+}
+
+static double now_if(amdim_model *m)
+{
+    if (!m->profile)
+        return 0;
+    cudaStreamSynchronize(CS(m)->stream); /* an error resurfaces at the function's finish() */
+    return amdim_now();
+}
+static void prof(amdim_model *m, int stage, int backward, double t0, int B)
+{
+    if (m->profile) {
+        cudaStreamSynchronize(CS(m)->stream);
+        amdim_model_prof_add(m, stage, backward, amdim_now() - t0, B);
+    }
+}
+
+/* ---- GEMMs ------------------------------------------------------------------ */
+
+/* Row-major C (M, N) = alpha op(A) op(B) + beta C, as cblas_sgemm(CblasRowMajor,
+ * ...): the column-major product C^T = op(B)^T op(A)^T. */
+static int gemm(amdim_model *m, int ta, int tb, int M, int N, int K, float alpha, const float *a, int lda,
+                const float *b, int ldb, float beta, float *c, int ldc)
+{
+    cublasStatus_t st = cublasSgemm(CS(m)->blas, tb ? CUBLAS_OP_T : CUBLAS_OP_N, ta ? CUBLAS_OP_T : CUBLAS_OP_N, N, M,
+                                    K, &alpha, b, ldb, a, lda, &beta, c, ldc);
+    if (st != CUBLAS_STATUS_SUCCESS)
+        return MFAIL(st == CUBLAS_STATUS_ALLOC_FAILED ? AMDIM_E_NOMEM : AMDIM_E_IO, "cublasSgemm(%d x %d x %d): %s", M,
+                     N, K, cublasGetStatusString(st));
+    return AMDIM_OK;
+}
+
+/* y (n, out) = x (n, in) W^T [+ bias] (+ beta y before): a linear layer or 1x1 convolution. */
+static int linear_forward(amdim_model *m, const float *x, size_t n, int in, const float *w, const float *bias, int out,
+                          float beta, float *y)
+{
+    TRY(gemm(m, 0, 1, (int)n, out, in, 1.0f, x, in, w, in, beta, y, out));
+    return bias ? bias_add_cuda(X(m), y, bias, n, out) : AMDIM_OK;
+}
+
+/* dw (out, in) += dy^T x; dbias += column sums of dy; dx (n, in) = dy W (+ beta dx), when dx. */
+static int linear_backward(amdim_model *m, const float *x, size_t n, int in, const float *w, int out, const float *dy,
+                           float *dx, float beta, float *dw, float *dbias)
+{
+    TRY(gemm(m, 1, 0, out, in, (int)n, 1.0f, dy, out, x, in, 1.0f, dw, in));
+    if (dbias)
+        TRY(channel_sum_add_cuda(X(m), dy, n, out, dbias, BNS(m)));
+    if (dx)
+        TRY(gemm(m, 0, 0, (int)n, in, out, 1.0f, dy, out, w, in, beta, dx, in));
+    return AMDIM_OK;
+}
+
+/* Training or eval BatchNorm of x (n, C) into y, or a copy when off. */
+static int bn_forward(amdim_model *m, amdim_bn_ref r, const float *x, size_t n, int C, int train, float *y,
+                      float *mean, float *istd)
+{
+    if (!r.on)
+        return copy(m, y, x, n * C * sizeof(float), cudaMemcpyDeviceToDevice);
+    amdim_cuda_bn p = bn_view(m, r);
+    if (train)
+        return batchnorm_forward_train_cuda(X(m), x, n, C, &p, y, mean, istd, BNS(m));
+    return batchnorm_forward_eval_cuda(X(m), x, n, C, &p, y);
+}
+
+/* ---- buffers ------------------------------------------------------------------ */
+
+static int ensure_buffers(amdim_model *m, int B)
+{
+    cuda_state *c = m->bs;
+    if (c->plan.batch == B)
+        return AMDIM_OK;
+    m->batch = 0; /* the outputs of the last training step go with the old arena */
+    cudaFree(c->act);
+    c->act = NULL;
+    amdim_cuda_plan_free(&c->plan);
+    free(c->stats);
+    free(c->labels2);
+    c->stats = NULL;
+    c->labels2 = NULL;
+    if (amdim_cuda_plan_build(&c->plan, &m->arch, B))
+        return MFAIL(AMDIM_E_NOMEM, "out of memory (activation plan)");
+    c->stats = malloc((AMDIM_CUDA_STATS_CLS * (size_t)B + 12 * (size_t)B) * sizeof(double));
+    c->labels2 = malloc(2 * (size_t)B * sizeof(int32_t));
+    if (!c->stats || !c->labels2) {
+        amdim_cuda_plan_free(&c->plan);
+        return MFAIL(AMDIM_E_NOMEM, "out of memory");
+    }
+    cudaError_t e = cudaMalloc((void **)&c->act, c->plan.total * sizeof(float));
+    if (e != cudaSuccess) {
+        c->act = NULL;
+        amdim_cuda_plan_free(&c->plan);
+        return MFAIL(AMDIM_E_NOMEM, "cudaMalloc(%zu MiB of activations for batch %d): %s",
+                     c->plan.total * sizeof(float) >> 20, B, cudaGetErrorString(e));
+    }
+    return AMDIM_OK;
+}
+
+/* The OHWI copy of tensor i from its OIHW master (no-op for GEMM weights). */
+static int refresh_ohwi(amdim_model *m, int i)
+{
+    const amdim_tensor *t = &m->arch.tensors[i];
+    if (CS(m)->pp.ohwi[i] == AMDIM_CUDA_NONE)
+        return AMDIM_OK;
+    return oihw_to_ohwi_cuda(X(m), W(m, i), t->shape[0], t->shape[1], t->shape[2], WK(m, i));
+}
+
+/* ---- encoder ------------------------------------------------------------------- */
+
+static amdim_conv_shape conv_shape(const amdim_layer *L, int B)
+{
+    int h = L->hin + 2 * L->pad;
+    amdim_conv_shape s = {B, L->cin, h, h, L->cout, L->k, L->s};
+    return s;
+}
+
+/* x (B, hin, hin, cin) -> lp->out (B, hout, hout, cout) */
+static int layer_forward(amdim_model *m, const amdim_layer *L, const amdim_cuda_layer_plan *lp, const float *x, int B,
+                         int train)
+{
+    cuda_state *c = m->bs;
+    size_t rows = (size_t)B * L->hout * L->hout, outn = rows * L->cout;
+    float *out = A(m, lp->out);
+    switch (L->kind) {
+    case AMDIM_LAYER_STEM: {
+        const float *in = x;
+        if (L->pad) {
+            TRY(reflect_pad_forward_cuda(X(m), x, B, L->hin, L->hin, L->cin, L->pad, A(m, lp->padded)));
+            in = A(m, lp->padded);
+        }
+        amdim_conv_shape sh = conv_shape(L, B);
+        TRY(amdim_conv_forward(&c->conv, &sh, in, WK(m, L->w1), out));
+        return bias_relu_forward_cuda(X(m), out, W(m, L->b1), rows, L->cout);
+    }
+    case AMDIM_LAYER_RES: {
+        float *h1 = A(m, lp->h1), *r = A(m, lp->r);
+        if (amdim_cuda_conv_uses_cudnn(L)) {
+            amdim_conv_shape sh = conv_shape(L, B);
+            TRY(amdim_conv_forward(&c->conv, &sh, x, WK(m, L->w1), h1));
+        } else {
+            TRY(linear_forward(m, x, rows, L->cin, W(m, L->w1), NULL, L->cout, 0.0f, h1));
+        }
+        TRY(bn_forward(m, L->bn, h1, rows, L->cout, train, r, A(m, lp->mean), A(m, lp->istd)));
+        TRY(relu_forward_cuda(X(m), r, outn));
+        TRY(linear_forward(m, r, rows, L->cout, W(m, L->w2), NULL, L->cout, 0.0f, out));
+        return avgpool_pad_forward_add_cuda(X(m), x, B, L->hin, L->hin, L->cin, L->k, L->s, L->cout, out);
+    }
+    default:
+        return bn_forward(m, L->bn, x, rows, L->cout, train, out, A(m, lp->mean), A(m, lp->istd));
+    }
+}
+
+/* dy: gradient of the layer output (may be modified); dx: of its input (NULL: not needed). */
+static int layer_backward(amdim_model *m, const amdim_layer *L, const amdim_cuda_layer_plan *lp, const float *x, int B,
+                          float *dy, float *dx)
+{
+    cuda_state *c = m->bs;
+    size_t rows = (size_t)B * L->hout * L->hout, outn = rows * L->cout;
+    const float *out = A(m, lp->out);
+    switch (L->kind) {
+    case AMDIM_LAYER_STEM: {
+        TRY(relu_backward_cuda(X(m), out, dy, outn));
+        TRY(channel_sum_add_cuda(X(m), dy, rows, L->cout, G(m, L->b1), BNS(m)));
+        const float *in = L->pad ? A(m, lp->padded) : x;
+        AMDIM_ASSERT(!(L->pad && dx)); /* only the first layer pads: no input gradient */
+        amdim_conv_shape sh = conv_shape(L, B);
+        float *dw = c->params + c->pp.dw_ohwi;
+        TRY(amdim_conv_backward_filter(&c->conv, &sh, in, dy, dw));
+        TRY(ohwi_to_oihw_add_cuda(X(m), dw, L->cout, L->cin, L->k, G(m, L->w1)));
+        return dx ? amdim_conv_backward_data(&c->conv, &sh, WK(m, L->w1), dy, dx) : AMDIM_OK;
+    }
+    case AMDIM_LAYER_RES: {
+        const float *h1 = A(m, lp->h1), *r = A(m, lp->r);
+        float *dr = A(m, c->plan.scratch);
+        TRY(linear_backward(m, r, rows, L->cout, W(m, L->w2), L->cout, dy, dr, 0.0f, G(m, L->w2), NULL));
+        TRY(relu_backward_cuda(X(m), r, dr, outn));
+        if (L->bn.on) {
+            amdim_cuda_bn p = bn_view(m, L->bn);
+            TRY(batchnorm_backward_cuda(X(m), h1, rows, L->cout, &p, A(m, lp->mean), A(m, lp->istd), dr, dr, BNS(m)));
+        }
+        if (amdim_cuda_conv_uses_cudnn(L)) {
+            amdim_conv_shape sh = conv_shape(L, B);
+            float *dw = c->params + c->pp.dw_ohwi;
+            TRY(amdim_conv_backward_filter(&c->conv, &sh, x, dr, dw));
+            TRY(ohwi_to_oihw_add_cuda(X(m), dw, L->cout, L->cin, L->k, G(m, L->w1)));
+            if (dx)
+                TRY(amdim_conv_backward_data(&c->conv, &sh, WK(m, L->w1), dr, dx));
+        } else {
+            TRY(linear_backward(m, x, rows, L->cin, W(m, L->w1), L->cout, dr, dx, 0.0f, G(m, L->w1), NULL));
+        }
+        return dx ? avgpool_pad_backward_add_cuda(X(m), dy, B, L->hin, L->hin, L->cin, L->k, L->s, L->cout, dx)
+                  : AMDIM_OK;
+    }
+    default:
+        if (L->bn.on) {
+            amdim_cuda_bn p = bn_view(m, L->bn);
+            return batchnorm_backward_cuda(X(m), x, rows, L->cout, &p, A(m, lp->mean), A(m, lp->istd), dy, dx,
+                                           BNS(m));
+        }
+        return copy(m, dx, dy, outn * sizeof(float), cudaMemcpyDeviceToDevice);
+    }
+}
+
+/* x (B, hw, hw, cin) -> hp->out (B, hw, hw, R) */
+static int head_forward(amdim_model *m, const amdim_head *h, const amdim_cuda_head_plan *hp, const float *x, int B,
+                        int train)
+{
+    size_t rows = (size_t)B * h->hw * h->hw;
+    float *h1 = A(m, hp->h1), *r = A(m, hp->r), *sum = A(m, hp->sum);
+    TRY(linear_forward(m, x, rows, h->cin, W(m, h->w1), NULL, h->cout, 0.0f, h1));
+    TRY(bn_forward(m, h->bn_hid, h1, rows, h->cout, train, r, A(m, hp->mean1), A(m, hp->istd1)));
+    TRY(relu_forward_cuda(X(m), r, rows * h->cout));
+    TRY(linear_forward(m, r, rows, h->cout, W(m, h->w2), NULL, h->cout, 0.0f, sum));
+    TRY(linear_forward(m, x, rows, h->cin, W(m, h->ws), W(m, h->bs), h->cout, 1.0f, sum)); /* + shortcut */
+    return bn_forward(m, h->bn_out, sum, rows, h->cout, train, A(m, hp->out), A(m, hp->mean2), A(m, hp->istd2));
+}
+
+/* dy: gradient of the head output (modified); dx: of the head input (overwritten). */
+static int head_backward(amdim_model *m, const amdim_head *h, const amdim_cuda_head_plan *hp, const float *x, int B,
+                         float *dy, float *dx)
+{
+    size_t rows = (size_t)B * h->hw * h->hw;
+    const float *h1 = A(m, hp->h1), *r = A(m, hp->r), *sum = A(m, hp->sum);
+    float *dr = A(m, CS(m)->plan.scratch);
+    amdim_cuda_bn bo = bn_view(m, h->bn_out);
+    TRY(batchnorm_backward_cuda(X(m), sum, rows, h->cout, &bo, A(m, hp->mean2), A(m, hp->istd2), dy, dy, BNS(m)));
+    TRY(linear_backward(m, x, rows, h->cin, W(m, h->ws), h->cout, dy, dx, 0.0f, G(m, h->ws), G(m, h->bs)));
+    TRY(linear_backward(m, r, rows, h->cout, W(m, h->w2), h->cout, dy, dr, 0.0f, G(m, h->w2), NULL));
+    TRY(relu_backward_cuda(X(m), r, dr, rows * h->cout));
+    if (h->bn_hid.on) {
+        amdim_cuda_bn p = bn_view(m, h->bn_hid);
+        TRY(batchnorm_backward_cuda(X(m), h1, rows, h->cout, &p, A(m, hp->mean1), A(m, hp->istd1), dr, dr, BNS(m)));
+    }
+    return linear_backward(m, x, rows, h->cin, W(m, h->w1), h->cout, dr, dx, 1.0f, G(m, h->w1), NULL);
+}
+
+static int encoder_forward(amdim_model *m, int v, int B, int train, int heads)
+{
+    const amdim_cuda_plan *p = &CS(m)->plan;
+    const amdim_arch *a = &m->arch;
+    const float *in = A(m, p->x[v]);
+    for (int l = 0; l < a->nlayers; l++) {
+        double t0 = now_if(m);
+        TRY(layer_forward(m, &a->layers[l], &p->layers[v][l], in, B, train));
+        prof(m, l, 0, t0, B);
+        in = A(m, p->layers[v][l].out);
+    }
+    for (int h = 0; heads && h < 2; h++) {
+        double t0 = now_if(m);
+        const amdim_head *hd = &a->heads[h];
+        TRY(head_forward(m, hd, &p->heads[v][h], A(m, p->layers[v][hd->src_layer].out), B, train));
+        prof(m, a->nlayers + h, 0, t0, B);
+    }
+    return AMDIM_OK;
+}
+
+static int encoder_backward(amdim_model *m, int v, int B)
+{
+    const amdim_cuda_plan *p = &CS(m)->plan;
+    const amdim_arch *a = &m->arch;
+    for (int h = 0; h < 2; h++) { /* heads first: their input gradients join at i5 and i7 */
+        double t0 = now_if(m);
+        const amdim_head *hd = &a->heads[h];
+        TRY(head_backward(m, hd, &p->heads[v][h], A(m, p->layers[v][hd->src_layer].out), B,
+                          A(m, h ? p->dr7[v] : p->dr5[v]), A(m, p->dhead[h])));
+        prof(m, a->nlayers + h, 1, t0, B);
+    }
+    float *dy = A(m, p->grad_a), *dx = A(m, p->grad_b);
+    TRY(copy(m, dy, A(m, p->dr1[v]), (size_t)m->cfg.n_rkhs * B * sizeof(float), cudaMemcpyDeviceToDevice));
+    for (int l = a->nlayers - 1; l >= 0; l--) {
+        const amdim_layer *L = &a->layers[l];
+        size_t outn = (size_t)L->cout * B * L->hout * L->hout;
+        for (int h = 0; h < 2; h++)
+            if (l == a->heads[h].src_layer)
+                TRY(add_cuda(X(m), dy, A(m, p->dhead[h]), outn));
+        const float *x = l ? A(m, p->layers[v][l - 1].out) : A(m, p->x[v]);
+        double t0 = now_if(m);
+        TRY(layer_backward(m, L, &p->layers[v][l], x, B, dy, l ? dx : NULL));
+        prof(m, l, 1, t0, B);
+        float *t = dy;
+        dy = dx;
+        dx = t;
+    }
+    return AMDIM_OK;
+}
+
+/* r1 (B, R) of view v into rows [v B, v B + B) of feat. */
+static int gather_r1(amdim_model *m, int v, int B)
+{
+    const amdim_cuda_plan *p = &CS(m)->plan;
+    size_t n = (size_t)B * m->cfg.n_rkhs;
+    return copy(m, A(m, p->feat) + v * n, A(m, p->layers[v][m->arch.nlayers - 1].out), n * sizeof(float),
+                cudaMemcpyDeviceToDevice);
+}
+
+/* ---- probes -------------------------------------------------------------------- */
+
+static int probes_forward(amdim_model *m, int n, int train)
+{
+    const amdim_cuda_plan *P = &CS(m)->plan;
+    const amdim_probes *p = &m->arch.probes;
+    int R = m->cfg.n_rkhs, H = m->cfg.mlp_hidden, K = m->cfg.n_classes;
+    const float *feat = A(m, P->feat), *in = feat, *h2 = A(m, P->mlp_a1);
+    if (train) {
+        TRY(dropout_cuda(X(m), feat, A(m, P->mask_in), (size_t)n * R, A(m, P->mlp_h0)));
+        in = A(m, P->mlp_h0);
+    }
+    TRY(linear_forward(m, in, (size_t)n, R, W(m, p->mlp_w1), NULL, H, 0.0f, A(m, P->mlp_z1)));
+    TRY(bn_forward(m, p->mlp_bn, A(m, P->mlp_z1), (size_t)n, H, train, A(m, P->mlp_a1), A(m, P->mlp_mean),
+                   A(m, P->mlp_istd)));
+    TRY(relu_forward_cuda(X(m), A(m, P->mlp_a1), (size_t)n * H));
+    if (train) {
+        TRY(dropout_cuda(X(m), A(m, P->mlp_a1), A(m, P->mask_hidden), (size_t)n * H, A(m, P->mlp_h2)));
+        h2 = A(m, P->mlp_h2);
+    }
+    TRY(linear_forward(m, h2, (size_t)n, H, W(m, p->mlp_w2), W(m, p->mlp_b2), K, 0.0f, A(m, P->logits[0])));
+    return linear_forward(m, feat, (size_t)n, R, W(m, p->lin_w), W(m, p->lin_b), K, 0.0f, A(m, P->logits[1]));
+}
+
+/* Classifier rows of head h (n rows) in the stats block. */
+static double *cls_rows(const amdim_model *m, int h)
+{
+    const amdim_cuda_plan *P = &CS(m)->plan;
+    return (double *)(void *)A(m, P->stats) + AMDIM_CUDA_STATS_CLS * (size_t)P->batch + (size_t)h * 6 * P->batch;
+}
+
+static int probes_backward(amdim_model *m, int n, double inv_valid)
+{
+    const amdim_cuda_plan *P = &CS(m)->plan;
+    const amdim_probes *p = &m->arch.probes;
+    int R = m->cfg.n_rkhs, H = m->cfg.mlp_hidden, K = m->cfg.n_classes;
+    const int32_t *labels = (const int32_t *)(const void *)A(m, P->labels2);
+    float *dl = A(m, P->dlogits), *dtmp = A(m, P->dtmp), *dtmp2 = A(m, P->dtmp2);
+    TRY(classifier_loss_cuda(X(m), A(m, P->logits[0]), n, K, labels, inv_valid, 1.0f, dl, cls_rows(m, 0)));
+    TRY(linear_backward(m, A(m, P->mlp_h2), (size_t)n, H, W(m, p->mlp_w2), K, dl, dtmp, 0.0f, G(m, p->mlp_w2),
+                        G(m, p->mlp_b2)));
+    TRY(dropout_cuda(X(m), dtmp, A(m, P->mask_hidden), (size_t)n * H, dtmp));
+    TRY(relu_backward_cuda(X(m), A(m, P->mlp_a1), dtmp, (size_t)n * H));
+    amdim_cuda_bn bp = bn_view(m, p->mlp_bn);
+    TRY(batchnorm_backward_cuda(X(m), A(m, P->mlp_z1), (size_t)n, H, &bp, A(m, P->mlp_mean), A(m, P->mlp_istd), dtmp,
+                                dtmp2, BNS(m)));
+    TRY(linear_backward(m, A(m, P->mlp_h0), (size_t)n, R, W(m, p->mlp_w1), H, dtmp2, NULL, 0.0f, G(m, p->mlp_w1),
+                        NULL));
+    TRY(classifier_loss_cuda(X(m), A(m, P->logits[1]), n, K, labels, inv_valid, 1.0f, dl, cls_rows(m, 1)));
+    return linear_backward(m, A(m, P->feat), (size_t)n, R, W(m, p->lin_w), K, dl, NULL, 0.0f, G(m, p->lin_w),
+                           G(m, p->lin_b));
+}
+
+/* Labels of both views and the step's draws to the device; the labelled count. */
+static int upload_step(amdim_model *m, int B, int rows, const int32_t *labels, const amdim_step_draws *d,
+                       int *labelled)
+{
+    cuda_state *c = m->bs;
+    const amdim_cuda_plan *P = &c->plan;
+    int valid = 0, K = m->cfg.n_classes;
+    if (labels) {
+        for (int r = 0; r < rows; r++) {
+            c->labels2[r] = labels[r % B];
+            valid += c->labels2[r] >= 0 && c->labels2[r] < K;
+        }
+        TRY(copy(m, A(m, P->labels2), c->labels2, (size_t)rows * sizeof(int32_t), cudaMemcpyHostToDevice));
+    }
+    if (labelled)
+        *labelled = valid;
+    if (d->src5)
+        TRY(copy(m, A(m, P->src5), d->src5, (size_t)rows * sizeof(int32_t), cudaMemcpyHostToDevice));
+    if (d->mask_in)
+        TRY(copy(m, A(m, P->mask_in), d->mask_in, (size_t)rows * m->cfg.n_rkhs * sizeof(float),
+                 cudaMemcpyHostToDevice));
+    if (d->mask_hidden)
+        TRY(copy(m, A(m, P->mask_hidden), d->mask_hidden, (size_t)rows * m->cfg.mlp_hidden * sizeof(float),
+                 cudaMemcpyHostToDevice));
+    return AMDIM_OK;
+}
+
+/* The classifier statistics from the host copy of the stats (n rows). */
+static void cls_stats(amdim_model *m, int n, int valid, amdim_step_stats *st)
+{
+    double inv_valid = valid ? 1.0 / valid : 0.0;
+    const double *base = CS(m)->stats + AMDIM_CUDA_STATS_CLS * (size_t)CS(m)->plan.batch;
+    double inv_all = 1.0 / ((double)n * m->cfg.n_classes);
+    for (int h = 0; h < 2; h++) {
+        const double *r = base + (size_t)h * 6 * CS(m)->plan.batch;
+        double xent = 0, reg = 0;
+        int hits = 0;
+        for (int i = 0; i < n; i++) {
+            xent += r[3 * i];
+            reg += r[3 * i + 1];
+            hits += r[3 * i + 2] > 0.5;
+        }
+        double loss = xent * inv_valid + AMDIM_CLS_REG * reg * inv_all;
+        if (h == 0) {
+            st->cls_mlp = loss;
+            st->correct_mlp = hits;
+        } else {
+            st->cls_lin = loss;
+            st->correct_lin = hits;
+        }
+    }
+    st->labelled = valid;
+}
+
+static int probes_train(amdim_model *m, int B, int valid)
+{
+    double inv_valid = valid ? 1.0 / valid : 0.0;
+    int stage = m->arch.nlayers + AMDIM_STAGE_PROBES_OFFSET;
+    double t0 = now_if(m);
+    TRY(probes_forward(m, 2 * B, 1));
+    prof(m, stage, 0, t0, B);
+    t0 = now_if(m);
+    TRY(probes_backward(m, 2 * B, inv_valid));
+    prof(m, stage, 1, t0, B);
+    return AMDIM_OK;
+}
+
+/* ---- objective ------------------------------------------------------------------ */
+
+static int objectives(amdim_model *m, int B)
+{
+    const amdim_cuda_plan *P = &CS(m)->plan;
+    const amdim_model_config *cfg = &m->cfg;
+    int R = cfg->n_rkhs;
+    float *feat[2][8], *dfeat[2][8]; /* [view][1, 5, 7] */
+    for (int v = 0; v < 2; v++) {
+        feat[v][1] = A(m, P->layers[v][m->arch.nlayers - 1].out); /* (B, R) */
+        feat[v][5] = A(m, P->heads[v][0].out);                    /* (B, 5, 5, R) */
+        feat[v][7] = A(m, P->heads[v][1].out);                    /* (B, 7, 7, R) */
+        dfeat[v][1] = A(m, P->dr1[v]), dfeat[v][5] = A(m, P->dr5[v]), dfeat[v][7] = A(m, P->dr7[v]);
+        TRY(zero(m, dfeat[v][1], (size_t)R * B * sizeof(float)));
+        TRY(zero(m, dfeat[v][5], (size_t)R * B * 25 * sizeof(float)));
+        TRY(zero(m, dfeat[v][7], (size_t)R * B * 49 * sizeof(float)));
+    }
+    float scale = 1.0f / sqrtf((float)R), *S = A(m, P->scores), *dS = A(m, P->dscores);
+    for (int k = 0; k < AMDIM_NCE_DIRECTIONS; k++) {
+        const amdim_nce_direction *d = &m->arch.dirs[k];
+        int a = d->src_view, b = 1 - a, BL = B * d->L;
+        const int32_t *idx = (const int32_t *)(const void *)A(m, P->src5) + (size_t)a * B;
+        const float *src = feat[a][1], *tgt = feat[b][d->tgt_feature];
+        float *dsrc = dfeat[a][1], *dtgt = dfeat[b][d->tgt_feature];
+        if (d->src_feature == 5) { /* one drawn location of r5 per image */
+            TRY(gather_rows_cuda(X(m), feat[a][5], idx, B, R, A(m, P->src)));
+            TRY(zero(m, A(m, P->dsrc), (size_t)R * B * sizeof(float)));
+            src = A(m, P->src);
+            dsrc = A(m, P->dsrc);
+        }
+        /* S (B, B L) = src (B, R) tgt (B L, R)^T / sqrt(R) */
+        TRY(gemm(m, 0, 1, B, BL, R, scale, src, R, tgt, R, 0.0f, S, BL));
+        TRY(nce_rows_cuda(X(m), S, dS, B, d->L, cfg->tclip, cfg->objective, 0.5f, 0.5f,
+                          (double *)(void *)A(m, P->stats) + (size_t)k * 2 * B));
+        TRY(gemm(m, 0, 0, B, R, BL, scale, dS, BL, tgt, R, 1.0f, dsrc, R));
+        TRY(gemm(m, 1, 0, BL, R, B, scale, dS, BL, src, R, 1.0f, dtgt, R));
+        if (d->src_feature == 5)
+            TRY(scatter_rows_add_cuda(X(m), A(m, P->dsrc), idx, B, R, dfeat[a][5]));
+    }
+    return AMDIM_OK;
+}
+
+/* The objective's statistics from the host copy of the stats. */
+static void nce_stats(amdim_model *m, int B, amdim_step_stats *st)
+{
+    double reg = 0, task[3] = {0, 0, 0};
+    for (int k = 0; k < AMDIM_NCE_DIRECTIONS; k++) {
+        const amdim_nce_direction *d = &m->arch.dirs[k];
+        const double *r = CS(m)->stats + (size_t)k * 2 * B;
+        double BL = (double)B * d->L, loss = 0, sq = 0;
+        for (int i = 0; i < B; i++) {
+            loss += r[2 * i];
+            sq += r[2 * i + 1];
+        }
+        if (m->cfg.objective == AMDIM_OBJECTIVE_NCE)
+            loss /= BL;
+        task[d->task] += 0.5 * loss;
+        reg += AMDIM_NCE_REG * sq / ((double)B * BL);
+    }
+    st->nce_1t5 = task[0];
+    st->nce_1t7 = task[1];
+    st->nce_5t5 = task[2];
+    st->reg = 0.5 * reg;
+}
+
+static int pull_stats(amdim_model *m)
+{
+    const amdim_cuda_plan *P = &CS(m)->plan;
+    return copy(m, CS(m)->stats, A(m, P->stats), (AMDIM_CUDA_STATS_CLS + 12) * (size_t)P->batch * sizeof(double),
+                cudaMemcpyDeviceToHost);
+}
+
+/* ---- inputs ------------------------------------------------------------------------ */
+
+/* uint8 (B, S, S, 3) views into x (B, S, S, 3) float. */
+static int load_u8(amdim_model *m, const uint8_t *u8, int B, float *x)
+{
+    const amdim_cuda_plan *P = &CS(m)->plan;
+    int S = m->cfg.encoder_size;
+    size_t pixels = (size_t)B * S * S;
+    float scale[3], shift[3];
+    for (int c = 0; c < 3; c++) {
+        scale[c] = 1.0f / (255.0f * m->cfg.std[c]);
+        shift[c] = m->cfg.mean[c] / m->cfg.std[c];
+    }
+    TRY(copy(m, A(m, P->u8), u8, pixels * 3, cudaMemcpyHostToDevice));
+    return normalise_u8_cuda(X(m), (const uint8_t *)(const void *)A(m, P->u8), pixels, scale, shift, x);
+}
+
+static int load_input(amdim_model *m, const amdim_step_input *in, int v)
+{
+    const amdim_cuda_plan *P = &CS(m)->plan;
+    int S = m->cfg.encoder_size, B = in->batch;
+    if (in->u8[v])
+        return load_u8(m, in->u8[v], B, A(m, P->x[v]));
+    /* (B, 3, S, S) float via the scratch */
+    TRY(copy(m, A(m, P->scratch), in->f32[v], (size_t)B * 3 * S * S * sizeof(float), cudaMemcpyHostToDevice));
+    return nchw_to_nhwc_cuda(X(m), A(m, P->scratch), B, 3, S * S, A(m, P->x[v]));
+}
+
+/* ---- the backend functions ----------------------------------------------------------- */
+
+int amdim_cuda_available(char *why, size_t n)
+{
+    int count = 0; /* left unwritten on failure */
+    cudaError_t e = cudaGetDeviceCount(&count);
+    if (e != cudaSuccess) {
+        snprintf(why, n, "cudaGetDeviceCount(): %s", cudaGetErrorString(e));
+        return 0;
+    }
+    if (count < 1) {
+        snprintf(why, n, "no CUDA device");
+        return 0;
+    }
+    cudnnHandle_t h;
+    cudnnStatus_t st = cudnnCreate(&h);
+    if (st != CUDNN_STATUS_SUCCESS) {
+        snprintf(why, n, "cudnnCreate(): %s", cudnnGetErrorString(st));
+        return 0;
+    }
+    cudnnDestroy(h);
+    return 1;
+}
+
+static int cuda_push(amdim_model *m);
+
+static void cuda_close(amdim_model *m)
+{
+    cuda_state *c = m->bs;
+    if (!c)
+        return;
+    if (c->stream)
+        cudaStreamSynchronize(c->stream);
+    cudaFree(c->act);
+    cudaFree(c->params);
+    amdim_conv_close(&c->conv);
+    if (c->blas)
+        cublasDestroy(c->blas);
+    if (c->stream)
+        cudaStreamDestroy(c->stream);
+    amdim_cuda_plan_free(&c->plan);
+    amdim_cuda_param_plan_free(&c->pp);
+    free(c->stats);
+    free(c->labels2);
+    free(c);
+    m->bs = NULL;
+}
+
+static int cuda_open(amdim_model *m)
+{
+    cuda_state *c = calloc(1, sizeof *c);
+    if (!c)
+        return MFAIL(AMDIM_E_NOMEM, "out of memory");
+    m->bs = c;
+    c->ctx.err = m->err;
+    c->ctx.errn = sizeof m->err;
+    CU(cudaStreamCreateWithFlags(&c->stream, cudaStreamNonBlocking), "cudaStreamCreateWithFlags");
+    c->ctx.stream = c->stream;
+    cublasStatus_t bs = cublasCreate(&c->blas);
+    if (bs == CUBLAS_STATUS_SUCCESS)
+        bs = cublasSetStream(c->blas, c->stream);
+    if (bs == CUBLAS_STATUS_SUCCESS) /* fp32 GEMMs stay fp32 (no TF32) */
+        bs = cublasSetMathMode(c->blas, CUBLAS_PEDANTIC_MATH);
+    if (bs != CUBLAS_STATUS_SUCCESS)
+        return MFAIL(AMDIM_E_IO, "cublasCreate(): %s", cublasGetStatusString(bs));
+    TRY(amdim_conv_open(&c->conv, c->stream, CUDNN_WORKSPACE_BYTES, m->err, sizeof m->err));
+    if (amdim_cuda_param_plan_build(&c->pp, &m->arch))
+        return MFAIL(AMDIM_E_NOMEM, "out of memory (parameter plan)");
+    cudaError_t e = cudaMalloc((void **)&c->params, c->pp.total * sizeof(float));
+    if (e != cudaSuccess) {
+        c->params = NULL;
+        return MFAIL(AMDIM_E_NOMEM, "cudaMalloc(%zu MiB of parameters): %s", c->pp.total * sizeof(float) >> 20,
+                     cudaGetErrorString(e));
+    }
+    return cuda_push(m);
+}
+
+static int cuda_forward_backward(amdim_model *m, const amdim_step_input *in, const amdim_step_draws *d,
+                                 amdim_step_stats *st)
+{
+    int B = in->batch, valid;
+    TRY(ensure_buffers(m, B));
+    TRY(zero(m, CS(m)->params + CS(m)->pp.grads, m->arch.grads_size * sizeof(float)));
+    TRY(upload_step(m, B, 2 * B, in->labels, d, &valid));
+    for (int v = 0; v < 2; v++) {
+        TRY(load_input(m, in, v));
+        TRY(encoder_forward(m, v, B, 1, 1));
+    }
+    int stage = m->arch.nlayers + AMDIM_STAGE_OBJECTIVE_OFFSET;
+    double t0 = now_if(m);
+    TRY(objectives(m, B));
+    prof(m, stage, 0, t0, B);
+    prof(m, stage, 1, amdim_now(), B); /* the backward FLOPs; its time is in the forward's */
+    TRY(gather_r1(m, 0, B));
+    TRY(gather_r1(m, 1, B));
+    TRY(probes_train(m, B, valid));
+    for (int v = 0; v < 2; v++)
+        TRY(encoder_backward(m, v, B));
+    TRY(pull_stats(m));
+    nce_stats(m, B, st);
+    cls_stats(m, 2 * B, valid, st);
+    st->total = st->nce_1t5 + st->nce_1t7 + st->nce_5t5 + st->reg + st->cls_mlp + st->cls_lin;
+    return AMDIM_OK;
+}
+
+static int cuda_probe_step(amdim_model *m, const amdim_step_input *in, const amdim_step_draws *d,
+                           amdim_step_stats *st)
+{
+    int B = in->batch, valid;
+    TRY(ensure_buffers(m, B));
+    TRY(zero(m, CS(m)->params + CS(m)->pp.grads, m->arch.grads_size * sizeof(float)));
+    TRY(upload_step(m, B, 2 * B, in->labels, d, &valid));
+    for (int v = 0; v < 2; v++) { /* frozen encoder: eval mode */
+        TRY(load_input(m, in, v));
+        TRY(encoder_forward(m, v, B, 0, 0));
+        TRY(gather_r1(m, v, B));
+    }
+    TRY(probes_train(m, B, valid));
+    TRY(pull_stats(m));
+    cls_stats(m, 2 * B, valid, st);
+    st->total = st->cls_mlp + st->cls_lin;
+    return AMDIM_OK;
+}
+
+static int cuda_adam(amdim_model *m, const amdim_adam_hparams *h, int probes_only)
+{
+    cuda_state *c = m->bs;
+    for (int i = 0; i < m->arch.ntensors; i++) {
+        const amdim_tensor *t = &m->arch.tensors[i];
+        if (!t->trainable || (probes_only && !t->probe))
+            continue;
+        float *mm = c->params + c->pp.adam_m + t->goffset, *vv = c->params + c->pp.adam_v + t->goffset;
+        TRY(adam_cuda(X(m), W(m, i), G(m, i), mm, vv, t->size, h, NULL));
+        TRY(refresh_ohwi(m, i));
+    }
+    return finish(m);
+}
+
+static int cuda_evaluate(amdim_model *m, const uint8_t *images, int B, float *features, float *lm, float *ll)
+{
+    TRY(ensure_buffers(m, B));
+    const amdim_cuda_plan *P = &CS(m)->plan;
+    int R = m->cfg.n_rkhs, K = m->cfg.n_classes;
+    m->batch = 0; /* the training outputs are overwritten */
+    TRY(load_u8(m, images, B, A(m, P->x[0])));
+    TRY(encoder_forward(m, 0, B, 0, 0));
+    TRY(gather_r1(m, 0, B));
+    if (features)
+        TRY(copy(m, features, A(m, P->feat), (size_t)B * R * sizeof(float), cudaMemcpyDeviceToHost));
+    if (lm || ll) {
+        TRY(probes_forward(m, B, 0));
+        if (lm)
+            TRY(copy(m, lm, A(m, P->logits[0]), (size_t)B * K * sizeof(float), cudaMemcpyDeviceToHost));
+        if (ll)
+            TRY(copy(m, ll, A(m, P->logits[1]), (size_t)B * K * sizeof(float), cudaMemcpyDeviceToHost));
+    }
+    return finish(m);
+}
+
+static int cuda_refresh_bn(amdim_model *m, const uint8_t *images, int B, const amdim_step_draws *d)
+{
+    TRY(ensure_buffers(m, B));
+    m->batch = 0;
+    TRY(upload_step(m, B, B, NULL, d, NULL));
+    TRY(load_u8(m, images, B, A(m, CS(m)->plan.x[0])));
+    TRY(encoder_forward(m, 0, B, 1, 1));
+    TRY(gather_r1(m, 0, B));
+    TRY(probes_forward(m, B, 1));
+    return finish(m);
+}
+
+/* output / logits take a const model: only m->err and device scratch change. */
+static int cuda_output(const amdim_model *cm, int view, int which, float *out)
+{
+    amdim_model *m = (amdim_model *)cm;
+    const amdim_cuda_plan *P = &CS(m)->plan;
+    int B = m->batch, R = m->cfg.n_rkhs, hw = which == 1 ? 1 : which == 5 ? 25 : 49;
+    const float *src = which == 1 ? A(m, P->layers[view][m->arch.nlayers - 1].out)
+                                  : A(m, P->heads[view][which == 5 ? 0 : 1].out);
+    float *t = A(m, P->scratch); /* (B, R, hw): the NCHW the interface promises */
+    TRY(nhwc_to_nchw_cuda(X(m), src, B, R, hw, t));
+    return copy(m, out, t, (size_t)B * R * hw * sizeof(float), cudaMemcpyDeviceToHost);
+}
+
+static int cuda_logits(const amdim_model *cm, int head, float *out)
+{
+    amdim_model *m = (amdim_model *)cm;
+    return copy(m, out, A(m, CS(m)->plan.logits[head]), (size_t)2 * m->batch * m->cfg.n_classes * sizeof(float),
+                cudaMemcpyDeviceToHost);
+}
+
+static int cuda_pull(amdim_model *m)
+{
+    cuda_state *c = m->bs;
+    size_t ws = m->arch.weights_size * sizeof(float), gs = m->arch.grads_size * sizeof(float);
+    TRY(copy(m, m->weights, c->params + c->pp.weights, ws, cudaMemcpyDeviceToHost));
+    TRY(copy(m, m->grads, c->params + c->pp.grads, gs, cudaMemcpyDeviceToHost));
+    TRY(copy(m, m->adam_m, c->params + c->pp.adam_m, gs, cudaMemcpyDeviceToHost));
+    return copy(m, m->adam_v, c->params + c->pp.adam_v, gs, cudaMemcpyDeviceToHost);
+}
+
+static int cuda_push(amdim_model *m)
+{
+    cuda_state *c = m->bs;
+    size_t ws = m->arch.weights_size * sizeof(float), gs = m->arch.grads_size * sizeof(float);
+    TRY(copy(m, c->params + c->pp.weights, m->weights, ws, cudaMemcpyHostToDevice));
+    TRY(copy(m, c->params + c->pp.grads, m->grads, gs, cudaMemcpyHostToDevice));
+    TRY(copy(m, c->params + c->pp.adam_m, m->adam_m, gs, cudaMemcpyHostToDevice));
+    TRY(copy(m, c->params + c->pp.adam_v, m->adam_v, gs, cudaMemcpyHostToDevice));
+    for (int i = 0; i < m->arch.ntensors; i++)
+        TRY(refresh_ohwi(m, i));
+    return finish(m);
+}
+
+const amdim_backend amdim_backend_cuda = {
+    .name = "cuda",
+    .open = cuda_open,
+    .close = cuda_close,
+    .forward_backward = cuda_forward_backward,
+    .probe_step = cuda_probe_step,
+    .adam = cuda_adam,
+    .evaluate = cuda_evaluate,
+    .refresh_bn = cuda_refresh_bn,
+    .output = cuda_output,
+    .logits = cuda_logits,
+    .pull = cuda_pull,
+    .push = cuda_push,
+};

@@ -1,0 +1,210 @@
+/* BatchNorm over NHWC activations x (N, C): training (batch statistics,
+ * running statistics), eval, backward, and the per-channel sums that bias
+ * gradients need. Reductions are two-level and deterministic: the rows are
+ * cut into P fixed chunks; a (32 channels x 8 rows) block sums one chunk of
+ * 32 channels in double in a fixed order; a second kernel adds the P
+ * partials of each channel in chunk order. */
+#include "bn_chunks.h"
+#include "launch.cuh"
+
+enum { BN_CH = 32, BN_ROWS = 8 };
+enum { MODE_SUM, MODE_VAR, MODE_BWD };
+
+static size_t chunks(size_t N) { return amdim_bn_chunks(N); }
+
+extern "C" size_t batchnorm_scratch_doubles(size_t N, int C) { return amdim_bn_scratch_doubles(N, C); }
+
+/* partial[(p, ch)] = sums over chunk p of:
+ *   MODE_SUM: x;  MODE_VAR: (x - mean_d)^2;  MODE_BWD: dy and dy * xhat */
+__global__ void partials_kernel(const float *x, const float *dy, size_t N, int C, int mode, const double *mean_d,
+                                const float *mean, const float *inv_std, double *partial)
+{
+    __shared__ double sh[2][BN_ROWS][BN_CH];
+    int ch = blockIdx.x * BN_CH + threadIdx.x;
+    size_t P = gridDim.y, per = (N + P - 1) / P, r0 = blockIdx.y * per, r1 = r0 + per < N ? r0 + per : N;
+    double a = 0, b = 0;
+    if (ch < C)
+        for (size_t r = r0 + threadIdx.y; r < r1; r += BN_ROWS) {
+            float v = x[r * C + ch];
+            if (mode == MODE_SUM) {
+                a += v;
+            } else if (mode == MODE_VAR) {
+                double d = (double)v - mean_d[ch];
+                a += d * d;
+            } else {
+                double g = dy[r * C + ch], xh = (double)(v - mean[ch]) * inv_std[ch];
+                a += g;
+                b += g * xh;
+            }
+        }
+    sh[0][threadIdx.y][threadIdx.x] = a;
+    sh[1][threadIdx.y][threadIdx.x] = b;
+    __syncthreads();
+    if (threadIdx.y == 0 && ch < C) {
+        for (int k = 1; k < BN_ROWS; k++) {
+            a += sh[0][k][threadIdx.x];
+            b += sh[1][k][threadIdx.x];
+        }
+        partial[(blockIdx.y * (size_t)C + ch) * 2] = a;
+        partial[(blockIdx.y * (size_t)C + ch) * 2 + 1] = b;
+    }
+}
+
+/* finals (C, 2) = sums of the P partials in order */
+__global__ void finals_kernel(const double *partial, size_t P, int C, double *fin)
+{
+    int ch = blockIdx.x * blockDim.x + threadIdx.x;
+    if (ch >= C)
+        return;
+    double a = 0, b = 0;
+    for (size_t p = 0; p < P; p++) {
+        a += partial[(p * C + ch) * 2];
+        b += partial[(p * C + ch) * 2 + 1];
+    }
+    fin[2 * ch] = a;
+    fin[2 * ch + 1] = b;
+}
+
+static int reduce(const amdim_cuda_ctx *c, const float *x, const float *dy, size_t N, int C, int mode,
+                  const double *mean_d, const float *mean, const float *inv_std, double *scratch, const char *op)
+{
+    size_t P = chunks(N);
+    dim3 grid((unsigned)((C + BN_CH - 1) / BN_CH), (unsigned)P), block(BN_CH, BN_ROWS);
+    partials_kernel<<<grid, block, 0, c->stream>>>(x, dy, N, C, mode, mean_d, mean, inv_std, scratch);
+    int rc = launch_check(c, op);
+    if (rc)
+        return rc;
+    finals_kernel<<<(C + 127) / 128, 128, 0, c->stream>>>(scratch, P, C, scratch + P * 2 * C);
+    return launch_check(c, op);
+}
+
+/* After MODE_SUM, fin[2ch] = sum x: the double means. */
+__global__ void mean_kernel(const double *fin, size_t N, int C, double *mean_d)
+{
+    int ch = blockIdx.x * blockDim.x + threadIdx.x;
+    if (ch < C)
+        mean_d[ch] = fin[2 * ch] / (double)N;
+}
+
+/* mean_d: the means; fin_var: sums of squared deviations */
+__global__ void train_stats_kernel(const double *mean_d, const double *fin_var, size_t N, int C, amdim_cuda_bn p,
+                                   float *mean, float *inv_std)
+{
+    int ch = blockIdx.x * blockDim.x + threadIdx.x;
+    if (ch >= C)
+        return;
+    double m = mean_d[ch], v = fin_var[2 * ch], var = v / (double)N;
+    mean[ch] = (float)m;
+    inv_std[ch] = amdim_bn_inv_std(var);
+    double unbiased = N > 1 ? v / (double)(N - 1) : var;
+    p.rmean[ch] = amdim_bn_running(p.rmean[ch], (float)m);
+    p.rvar[ch] = amdim_bn_running(p.rvar[ch], (float)unbiased);
+    if (ch == 0)
+        p.nbt[0] += 1;
+}
+
+__global__ void apply_kernel(const float *x, size_t n, int C, const float *mean, const float *inv_std,
+                             const float *gamma, const float *beta, float *y)
+{
+    GRID_STRIDE(i, n)
+    {
+        int ch = (int)(i % C);
+        y[i] = amdim_bn_apply(x[i], mean[ch], inv_std[ch], gamma[ch], beta[ch]);
+    }
+}
+
+__global__ void eval_kernel(const float *x, size_t n, int C, amdim_cuda_bn p, float *y)
+{
+    GRID_STRIDE(i, n)
+    {
+        int ch = (int)(i % C);
+        y[i] = amdim_bn_apply(x[i], p.rmean[ch], amdim_bn_inv_std(p.rvar[ch]), p.gamma[ch], p.beta[ch]);
+    }
+}
+
+/* fin (C, 2) = (sdy, sdyx): parameter gradients */
+__global__ void param_grad_kernel(const double *fin, int C, amdim_cuda_bn p)
+{
+    int ch = blockIdx.x * blockDim.x + threadIdx.x;
+    if (ch >= C)
+        return;
+    p.dgamma[ch] += (float)fin[2 * ch + 1];
+    p.dbeta[ch] += (float)fin[2 * ch];
+}
+
+__global__ void backward_kernel(const float *x, const float *dy, size_t n, size_t N, int C, const float *gamma,
+                                const float *mean, const float *inv_std, const double *fin, float *dx)
+{
+    GRID_STRIDE(i, n)
+    {
+        int ch = (int)(i % C);
+        dx[i] = amdim_bn_backward_element(x[i], dy[i], mean[ch], inv_std[ch], gamma[ch], (double)N, fin[2 * ch],
+                                          fin[2 * ch + 1]);
+    }
+}
+
+__global__ void channel_add_kernel(const double *fin, int C, float *out)
+{
+    int ch = blockIdx.x * blockDim.x + threadIdx.x;
+    if (ch < C)
+        out[ch] += (float)fin[2 * ch];
+}
+
+extern "C" int batchnorm_forward_train_cuda(const amdim_cuda_ctx *c, const float *x, size_t N, int C,
+                                            const amdim_cuda_bn *p, float *y, float *mean, float *inv_std,
+                                            double *scratch)
+{
+    const char *op = "batchnorm_forward_train_cuda";
+    size_t P = chunks(N);
+    double *fin = scratch + P * 2 * C, *mean_d = fin + 2 * (size_t)C;
+    int rc = reduce(c, x, NULL, N, C, MODE_SUM, NULL, NULL, NULL, scratch, op);
+    if (rc)
+        return rc;
+    mean_kernel<<<(C + 127) / 128, 128, 0, c->stream>>>(fin, N, C, mean_d);
+    if ((rc = launch_check(c, op)))
+        return rc;
+    if ((rc = reduce(c, x, NULL, N, C, MODE_VAR, mean_d, NULL, NULL, scratch, op)))
+        return rc;
+    train_stats_kernel<<<(C + 127) / 128, 128, 0, c->stream>>>(mean_d, fin, N, C, *p, mean, inv_std);
+    if ((rc = launch_check(c, op)))
+        return rc;
+    size_t n = N * C;
+    apply_kernel<<<grid_for(n), AMDIM_THREADS, 0, c->stream>>>(x, n, C, mean, inv_std, p->gamma, p->beta, y);
+    return launch_check(c, op);
+}
+
+extern "C" int batchnorm_forward_eval_cuda(const amdim_cuda_ctx *c, const float *x, size_t N, int C,
+                                           const amdim_cuda_bn *p, float *y)
+{
+    size_t n = N * C;
+    eval_kernel<<<grid_for(n), AMDIM_THREADS, 0, c->stream>>>(x, n, C, *p, y);
+    return launch_check(c, "batchnorm_forward_eval_cuda");
+}
+
+extern "C" int batchnorm_backward_cuda(const amdim_cuda_ctx *c, const float *x, size_t N, int C,
+                                       const amdim_cuda_bn *p, const float *mean, const float *inv_std,
+                                       const float *dy, float *dx, double *scratch)
+{
+    const char *op = "batchnorm_backward_cuda";
+    double *fin = scratch + chunks(N) * 2 * C;
+    int rc = reduce(c, x, dy, N, C, MODE_BWD, NULL, mean, inv_std, scratch, op);
+    if (rc)
+        return rc;
+    param_grad_kernel<<<(C + 127) / 128, 128, 0, c->stream>>>(fin, C, *p);
+    if ((rc = launch_check(c, op)))
+        return rc;
+    size_t n = N * C;
+    backward_kernel<<<grid_for(n), AMDIM_THREADS, 0, c->stream>>>(x, dy, n, N, C, p->gamma, mean, inv_std, fin, dx);
+    return launch_check(c, op);
+}
+
+extern "C" int channel_sum_add_cuda(const amdim_cuda_ctx *c, const float *x, size_t N, int C, float *out,
+                                    double *scratch)
+{
+    const char *op = "channel_sum_add_cuda";
+    int rc = reduce(c, x, NULL, N, C, MODE_SUM, NULL, NULL, NULL, scratch, op);
+    if (rc)
+        return rc;
+    channel_add_kernel<<<(C + 127) / 128, 128, 0, c->stream>>>(scratch + chunks(N) * 2 * C, C, out);
+    return launch_check(c, op);
+}

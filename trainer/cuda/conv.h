@@ -1,0 +1,50 @@
+/* Private to the CUDA backend: the convolutions that are not plain GEMMs
+ * (k > 1 or stride > 1), on cuDNN. Activations NHWC float32, filters OHWI
+ * (cuDNN's NHWC filter format; layout.h), no padding (the 128 px stem pads
+ * explicitly), cross-correlation as PyTorch. FMA math only (no TF32): the
+ * fp32 path is checked against the CPU reference. Algorithms are chosen
+ * once per shape with cudnnFind*Ex (fastest deterministic one that fits
+ * the workspace) and cached in the handle. */
+#ifndef AMDIM_CUDA_CONV_H
+#define AMDIM_CUDA_CONV_H
+
+#include <stddef.h>
+
+#include <cuda_runtime_api.h>
+#include <cudnn.h>
+
+typedef struct {
+    int n, cin, h, w, cout, k, s; /* input (n, h, w, cin), filter (cout, k, k, cin), stride s */
+} amdim_conv_shape;
+
+typedef struct amdim_conv_algos amdim_conv_algos;
+
+typedef struct {
+    cudnnHandle_t h;
+    cudnnTensorDescriptor_t xd, yd;
+    cudnnFilterDescriptor_t wd;
+    cudnnConvolutionDescriptor_t cd;
+    void *ws; /* the one workspace */
+    size_t ws_size;
+    amdim_conv_algos *cache;
+    int ncache, cap;
+    char *err;
+    size_t errn;
+} amdim_conv;
+
+/* Handle on stream s with a workspace of ws_bytes. 0 or AMDIM_E_* with
+ * "call(): message" in err (kept by the handle for later calls).
+ * amdim_conv_close accepts a handle whose open failed. */
+int amdim_conv_open(amdim_conv *c, cudaStream_t s, size_t ws_bytes, char *err, size_t errn);
+void amdim_conv_close(amdim_conv *c);
+
+/* y = conv(x, w); dx = the input gradient; dw = the filter gradient (all
+ * overwritten: beta 0). */
+int amdim_conv_forward(amdim_conv *c, const amdim_conv_shape *sh, const float *x, const float *w, float *y);
+int amdim_conv_backward_data(amdim_conv *c, const amdim_conv_shape *sh, const float *w, const float *dy, float *dx);
+int amdim_conv_backward_filter(amdim_conv *c, const amdim_conv_shape *sh, const float *x, const float *dy, float *dw);
+
+/* The output (n, c, h, w) cuDNN computes for sh; needs no GPU. */
+int amdim_conv_output_dim(const amdim_conv_shape *sh, int out[4], char *err, size_t errn);
+
+#endif

@@ -1,0 +1,52 @@
+/* Input views: uint8 NHWC -> normalised float NHWC; NCHW <-> NHWC. */
+#include "launch.cuh"
+
+__global__ void normalise_u8_kernel(const uint8_t *x, size_t n, float s0, float s1, float s2, float h0, float h1,
+                                    float h2, float *y)
+{
+    GRID_STRIDE(i, n)
+    {
+        int c = (int)(i % 3);
+        float sc = c == 0 ? s0 : c == 1 ? s1 : s2, sh = c == 0 ? h0 : c == 1 ? h1 : h2;
+        y[i] = amdim_normalise_pixel(x[i], sc, sh);
+    }
+}
+
+/* x (B, C, HW) -> y (B, HW, C), or back when to_nchw */
+__global__ void transpose_kernel(const float *x, int B, int C, int HW, int to_nchw, float *y)
+{
+    size_t n = (size_t)B * C * HW;
+    GRID_STRIDE(i, n)
+    {
+        size_t b = i / ((size_t)C * HW), r = i % ((size_t)C * HW);
+        size_t c = r / HW, p = r % HW; /* i is the NCHW index (b, c, p) */
+        size_t j = (b * HW + p) * C + c;
+        if (to_nchw)
+            y[i] = x[j];
+        else
+            y[j] = x[i];
+    }
+}
+
+extern "C" int normalise_u8_cuda(const amdim_cuda_ctx *c, const uint8_t *x, size_t pixels, const float scale[3],
+                                 const float shift[3], float *y)
+{
+    size_t n = pixels * 3;
+    normalise_u8_kernel<<<grid_for(n), AMDIM_THREADS, 0, c->stream>>>(x, n, scale[0], scale[1], scale[2], shift[0],
+                                                                     shift[1], shift[2], y);
+    return launch_check(c, "normalise_u8_cuda");
+}
+
+extern "C" int nchw_to_nhwc_cuda(const amdim_cuda_ctx *c, const float *x, int B, int C, int HW, float *y)
+{
+    size_t n = (size_t)B * C * HW;
+    transpose_kernel<<<grid_for(n), AMDIM_THREADS, 0, c->stream>>>(x, B, C, HW, 0, y);
+    return launch_check(c, "nchw_to_nhwc_cuda");
+}
+
+extern "C" int nhwc_to_nchw_cuda(const amdim_cuda_ctx *c, const float *x, int B, int C, int HW, float *y)
+{
+    size_t n = (size_t)B * C * HW;
+    transpose_kernel<<<grid_for(n), AMDIM_THREADS, 0, c->stream>>>(x, B, C, HW, 1, y);
+    return launch_check(c, "nhwc_to_nchw_cuda");
+}

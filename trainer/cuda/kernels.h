@@ -1,0 +1,132 @@
+/* Private to the CUDA backend: the kernel launchers, one family per .cu
+ * file, named <op>_cuda (C linkage, callable from C). Every launcher runs
+ * on ctx->stream, checks the launch (cudaGetLastError) and returns 0 or
+ * AMDIM_E_IO (-3) with "<op>_cuda(): <CUDA message>" in ctx->err.
+ *
+ * Activations are float32 NHWC: a tensor (B, H, W, C) is N = B*H*W rows of
+ * C channels. Backward launchers OVERWRITE input gradients unless named
+ * _add / documented as accumulating; parameter gradients accumulate. Every
+ * per-element body is a function of trainer/elementwise.h, the same one
+ * the CPU ops call. Reductions are deterministic: fixed partition, fixed
+ * summation order, no atomics. */
+#ifndef AMDIM_CUDA_KERNELS_H
+#define AMDIM_CUDA_KERNELS_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include <cuda_runtime_api.h>
+
+#include "../elementwise.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* amdim_common.h is C only: the values the kernels need, checked equal to
+ * AMDIM_OBJECTIVE_* and AMDIM_E_IO in backend_cuda.c. */
+enum { AMDIM_CUDA_NCE = 0, AMDIM_CUDA_JSD = 1, AMDIM_CUDA_DV = 2, AMDIM_CUDA_E_DEVICE = -3 };
+
+typedef struct {
+    cudaStream_t stream;
+    char *err;
+    size_t errn;
+} amdim_cuda_ctx;
+
+/* ---- input.cu ---- */
+/* x (B, S, S, 3) uint8 -> y (B, S, S, 3) float: x * scale[c] - shift[c]. */
+int normalise_u8_cuda(const amdim_cuda_ctx *c, const uint8_t *x, size_t pixels, const float scale[3],
+                      const float shift[3], float *y);
+/* x (B, C, HW) -> y (B, HW, C) (the tests' NCHW float views). */
+int nchw_to_nhwc_cuda(const amdim_cuda_ctx *c, const float *x, int B, int C, int HW, float *y);
+/* x (B, HW, C) -> y (B, C, HW). */
+int nhwc_to_nchw_cuda(const amdim_cuda_ctx *c, const float *x, int B, int C, int HW, float *y);
+
+/* ---- pad.cu ---- */
+/* Reflect padding by p: x (B, H, W, C) -> y (B, H+2p, W+2p, C). */
+int reflect_pad_forward_cuda(const amdim_cuda_ctx *c, const float *x, int B, int H, int W, int C, int p, float *y);
+
+/* ---- activation.cu ---- */
+int relu_forward_cuda(const amdim_cuda_ctx *c, float *y, size_t n);             /* in place */
+int relu_backward_cuda(const amdim_cuda_ctx *c, const float *y, float *dy, size_t n); /* dy *= (y > 0), in place */
+/* y (N, C) = relu(y + bias[c]). */
+int bias_relu_forward_cuda(const amdim_cuda_ctx *c, float *y, const float *bias, size_t rows, int C);
+/* y (N, C) += bias[c]. */
+int bias_add_cuda(const amdim_cuda_ctx *c, float *y, const float *bias, size_t rows, int C);
+/* y[i] += x[i]. */
+int add_cuda(const amdim_cuda_ctx *c, float *y, const float *x, size_t n);
+
+/* ---- avgpool.cu ---- */
+/* AMDIM's shortcut: y (B, Ho, Wo, cout) += avgpool_k,s(x (B, H, W, cin)) on
+ * channels [0, cin); channels [cin, cout) are left as they are (zero pad). */
+int avgpool_pad_forward_add_cuda(const amdim_cuda_ctx *c, const float *x, int B, int H, int W, int cin, int k, int s,
+                                 int cout, float *y);
+/* dx (B, H, W, cin) += the pool's adjoint of dy (B, Ho, Wo, cout). */
+int avgpool_pad_backward_add_cuda(const amdim_cuda_ctx *c, const float *dy, int B, int H, int W, int cin, int k,
+                                  int s, int cout, float *dx);
+
+/* ---- batchnorm.cu ---- */
+/* Deterministic per-channel reductions over x (N, C) use a scratch of
+ * batchnorm_scratch_doubles(N, C) doubles. */
+size_t batchnorm_scratch_doubles(size_t N, int C);
+typedef struct {
+    float *gamma, *beta, *rmean, *rvar, *nbt; /* device pointers; nbt: num_batches_tracked */
+    float *dgamma, *dbeta;
+} amdim_cuda_bn;
+/* Training: batch statistics (double, two passes), y, saved mean/inv_std
+ * (C), running statistics with the unbiased variance, nbt += 1. y may not
+ * alias x. */
+int batchnorm_forward_train_cuda(const amdim_cuda_ctx *c, const float *x, size_t N, int C, const amdim_cuda_bn *p,
+                                 float *y, float *mean, float *inv_std, double *scratch);
+int batchnorm_forward_eval_cuda(const amdim_cuda_ctx *c, const float *x, size_t N, int C, const amdim_cuda_bn *p,
+                                float *y);
+/* dx (may alias dy); dgamma/dbeta accumulate. */
+int batchnorm_backward_cuda(const amdim_cuda_ctx *c, const float *x, size_t N, int C, const amdim_cuda_bn *p,
+                            const float *mean, const float *inv_std, const float *dy, float *dx, double *scratch);
+/* out[c] += sum over rows of x (N, C) (bias gradients). */
+int channel_sum_add_cuda(const amdim_cuda_ctx *c, const float *x, size_t N, int C, float *out, double *scratch);
+
+/* ---- dropout.cu ---- */
+/* y = x * mask / (1 - p) with host-drawn 0/1 masks; y may alias x. */
+int dropout_cuda(const amdim_cuda_ctx *c, const float *x, const float *mask, size_t n, float *y);
+
+/* ---- classifier.cu ---- */
+/* One block per row of logits (n, classes). Writes per row: rows[3*i] =
+ * the row's cross-entropy (0 if unlabelled), rows[3*i+1] = sum of l^2,
+ * rows[3*i+2] = 1 if the argmax hits the label. dlogits (may be NULL) =
+ * scale * gradient of xent * inv_valid + 1e-3 mean(l^2). The host sums rows
+ * in order (amdim_cuda_classifier_total). */
+int classifier_loss_cuda(const amdim_cuda_ctx *c, const float *logits, int n, int classes, const int32_t *labels,
+                         double inv_valid, float scale, float *dlogits, double *rows);
+
+/* ---- nce.cu ---- */
+/* One direction's row work. S (B, B*L) holds the raw scores s (from the
+ * GEMM, scaled by 1/sqrt(C)); dS (B, B*L) receives the gradient of
+ * (wloss * loss + wreg * reg) with respect to s. rows[2*i] = row i's loss
+ * contribution (NCE: before the 1/(B L) mean), rows[2*i+1] = sum of s^2 of
+ * the row. S is left holding the clipped scores. */
+int nce_rows_cuda(const amdim_cuda_ctx *c, float *S, float *dS, int B, int L, float tclip, int objective, float wloss,
+                  float wreg, double *rows);
+/* src (B, R) = r5 (B*25, R) rows i*25 + idx[i]. */
+int gather_rows_cuda(const amdim_cuda_ctx *c, const float *r5, const int32_t *idx, int B, int R, float *src);
+/* r5 rows i*25 + idx[i] += src rows. */
+int scatter_rows_add_cuda(const amdim_cuda_ctx *c, const float *src, const int32_t *idx, int B, int R, float *r5);
+
+/* ---- adam.cu ---- */
+/* w, m, v updated in place (amdim_adam_element); bf16 (may be NULL)
+ * receives the new weight rounded to bfloat16 (as uint16_t bits). */
+int adam_cuda(const amdim_cuda_ctx *c, float *w, const float *g, float *m, float *v, size_t n,
+              const amdim_adam_hparams *h, uint16_t *bf16);
+
+/* ---- layout.cu ---- */
+/* Filters: OIHW (PyTorch, the host mirror) <-> OHWI (cuDNN's NHWC filter
+ * format, "KRSC"); see layout.h for the index maps. */
+int oihw_to_ohwi_cuda(const amdim_cuda_ctx *c, const float *w, int O, int I, int K, float *out);
+/* out (OIHW) += w (OHWI). */
+int ohwi_to_oihw_add_cuda(const amdim_cuda_ctx *c, const float *w, int O, int I, int K, float *out);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif

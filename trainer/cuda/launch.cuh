@@ -1,0 +1,65 @@
+/* Private to the trainer/cuda kernel files: launch checks, grid sizes and the
+ * deterministic block reductions the kernels share. */
+#ifndef AMDIM_CUDA_LAUNCH_CUH
+#define AMDIM_CUDA_LAUNCH_CUH
+
+#include <stdio.h>
+
+#include <cuda_runtime.h>
+
+#include "kernels.h"
+
+/* After a launch: 0, or AMDIM_CUDA_E_DEVICE with "op(): CUDA message". */
+static inline int launch_check(const amdim_cuda_ctx *c, const char *op)
+{
+    cudaError_t e = cudaGetLastError();
+    if (e == cudaSuccess)
+        return 0;
+    if (c->err && c->errn)
+        snprintf(c->err, c->errn, "%s(): %s (%s)", op, cudaGetErrorString(e), cudaGetErrorName(e));
+    return AMDIM_CUDA_E_DEVICE;
+}
+
+enum { AMDIM_THREADS = 256 };
+
+/* Blocks for n elements with a grid-stride loop (at most 65535 * 16). */
+static inline unsigned grid_for(size_t n)
+{
+    size_t b = (n + AMDIM_THREADS - 1) / AMDIM_THREADS;
+    return (unsigned)(b < 1 ? 1 : b > (size_t)1 << 20 ? (size_t)1 << 20 : b);
+}
+
+#define GRID_STRIDE(i, n) \
+    for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < (n); i += (size_t)gridDim.x * blockDim.x)
+
+/* Sum / max over the block (blockDim.x a power of two <= 1024) by a fixed
+ * tree: the same result on every run. All threads get the value. */
+__device__ inline double block_sum(double v, double *sh)
+{
+    sh[threadIdx.x] = v;
+    __syncthreads();
+    for (unsigned s = blockDim.x / 2; s > 0; s >>= 1) {
+        if (threadIdx.x < s)
+            sh[threadIdx.x] += sh[threadIdx.x + s];
+        __syncthreads();
+    }
+    double r = sh[0];
+    __syncthreads();
+    return r;
+}
+
+__device__ inline double block_max(double v, double *sh)
+{
+    sh[threadIdx.x] = v;
+    __syncthreads();
+    for (unsigned s = blockDim.x / 2; s > 0; s >>= 1) {
+        if (threadIdx.x < s && sh[threadIdx.x + s] > sh[threadIdx.x])
+            sh[threadIdx.x] = sh[threadIdx.x + s];
+        __syncthreads();
+    }
+    double r = sh[0];
+    __syncthreads();
+    return r;
+}
+
+#endif

@@ -1,0 +1,79 @@
+/* Private to the CUDA backend: where everything lives on the device,
+ * computed on the host (pure C, tested on the CPU).
+ *
+ * Two arenas, one cudaMalloc each:
+ *   parameters (at open): the arch blocks weights | grads | adam_m | adam_v
+ *     (same layout as the host mirror, so pull / push are one copy per
+ *     block), then an OHWI copy of every k x k (k > 1) convolution weight
+ *     for cuDNN (layout.h), then one OHWI filter-gradient scratch as large
+ *     as the largest such weight;
+ *   activations (per batch size B, on the first step with that B).
+ * Offsets count floats from the arena start; every buffer starts on a
+ * 256-byte boundary. Activations are float32 NHWC: (B, H, W, C). */
+#ifndef AMDIM_CUDA_PLAN_H
+#define AMDIM_CUDA_PLAN_H
+
+#include <stddef.h>
+
+#include "../arch.h"
+
+#define AMDIM_CUDA_NONE ((size_t)-1)
+
+typedef struct {
+    size_t weights, grads, adam_m, adam_v; /* arch blocks */
+    size_t *ohwi;                          /* per tensor: its OHWI copy, or AMDIM_CUDA_NONE */
+    size_t dw_ohwi;                        /* filter-gradient scratch */
+    size_t total;                          /* floats */
+} amdim_cuda_param_plan;
+
+/* 1 when layer L's first convolution runs on cuDNN (k > 1, stride > 1 or padded); the
+ * rest (1x1, stride 1) are GEMMs on the OIHW = (out, in) matrix. */
+int amdim_cuda_conv_uses_cudnn(const amdim_layer *L);
+
+typedef struct {
+    size_t out;    /* (B, hout, hout, cout) */
+    size_t padded; /* STEM with pad: (B, hin+2p, hin+2p, cin) */
+    size_t h1, r;  /* RES: conv1 output, after [BN] ReLU: (B, hout, hout, cout) */
+    size_t mean, istd; /* (cout) */
+} amdim_cuda_layer_plan;
+
+typedef struct {
+    size_t h1, r, sum, out; /* (B, hw, hw, R) */
+    size_t mean1, istd1, mean2, istd2; /* (R) */
+} amdim_cuda_head_plan;
+
+typedef struct {
+    int batch, nlayers;
+    size_t u8;                        /* staging for one uint8 view (B, S, S, 3) */
+    size_t x[2];                      /* normalised views (B, S, S, 3) */
+    amdim_cuda_layer_plan *layers[2]; /* nlayers each */
+    amdim_cuda_head_plan heads[2][2]; /* [view][0: 5x5, 1: 7x7] */
+    size_t dr1[2], dr5[2], dr7[2];    /* gradients of r1 (B, R), r5 (B, 5, 5, R), r7 (B, 7, 7, R) */
+    size_t grad_a, grad_b, scratch;   /* maxact floats each (the scratch twice that) */
+    size_t dhead[2];                  /* head input gradients (B, hw, hw, cin) */
+    size_t feat;                      /* r1 of both views (2B, R) */
+    size_t mlp_h0, mlp_z1, mlp_a1, mlp_h2, mlp_mean, mlp_istd; /* (2B, R), (2B, H) x 3, (H) x 2 */
+    size_t logits[2], dlogits;        /* (2B, K) */
+    size_t dtmp, dtmp2;               /* (2B, max(H, R)) */
+    size_t src, dsrc;                 /* drawn r5 sources (B, R) */
+    size_t scores, dscores;           /* (B, B*49) */
+    size_t mask_in, mask_hidden;      /* (2B, R), (2B, H) */
+    size_t labels2, src5;             /* int32 (2B) each */
+    size_t stats;                     /* doubles: 6 directions x 2B, then 2 heads x 3 x 2B */
+    size_t bn_scratch;                /* doubles: the largest per-channel reduction */
+    size_t maxact;                    /* floats in grad_a / grad_b */
+    size_t total;                     /* floats */
+    size_t (*extents)[2];             /* every buffer's (offset, floats), for checks */
+    size_t nextents, capextents;
+} amdim_cuda_plan;
+
+enum { AMDIM_CUDA_STATS_CLS = 12 }; /* stats: classifier rows start at 12 B doubles */
+
+/* 0 or AMDIM_E_NOMEM (the per-layer tables). Free with the _free calls,
+ * which accept a zeroed plan. */
+int amdim_cuda_param_plan_build(amdim_cuda_param_plan *p, const amdim_arch *a);
+void amdim_cuda_param_plan_free(amdim_cuda_param_plan *p);
+int amdim_cuda_plan_build(amdim_cuda_plan *p, const amdim_arch *a, int B);
+void amdim_cuda_plan_free(amdim_cuda_plan *p);
+
+#endif
