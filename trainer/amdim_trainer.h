@@ -66,6 +66,11 @@ int amdim_model_create_on(amdim_model **out, const amdim_model_config *cfg, amdi
 int amdim_model_create(amdim_model **out, const amdim_model_config *cfg, char *err, size_t errlen);
 void amdim_model_destroy(amdim_model *m); /* accepts NULL */
 amdim_device amdim_model_device(const amdim_model *m);
+/* Registers host memory that input views will be read from (the loader's
+ * rings, page-aligned) with the device, so copies from it are DMA
+ * (cudaHostRegister); a no-op on the CPU. Unregister before unmapping it. */
+int amdim_model_register_host(amdim_model *m, void *base, size_t bytes);
+void amdim_model_unregister_host(amdim_model *m, void *base);
 /* Threads the backend computes with on the CPU (BLAS), >= 1; the CUDA
  * backend ignores it. */
 int amdim_model_set_threads(amdim_model *m, int threads);

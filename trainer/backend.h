@@ -52,6 +52,10 @@ typedef struct amdim_backend {
     /* The last training forward's outputs, NCHW (see amdim_model_output), and logits. */
     int (*output)(const amdim_model *m, int view, int which, float *out);
     int (*logits)(const amdim_model *m, int head, float *out);
+    /* Page-locks host memory the inputs will come from (the loader's rings)
+     * so copies from it are DMA; NULL where there is nothing to gain. */
+    int (*register_host)(amdim_model *m, void *base, size_t bytes);
+    void (*unregister_host)(amdim_model *m, void *base);
     /* CPU threads for the backend's own compute (NULL: none to set). */
     int (*set_threads)(amdim_model *m, int threads);
     /* Device state <-> host mirror (NULL: the mirror is the state). */

@@ -128,6 +128,17 @@ int amdim_model_create(amdim_model **out, const amdim_model_config *cfg, char *e
 const amdim_model_config *amdim_model_get_config(const amdim_model *m) { return &m->cfg; }
 const char *amdim_model_error(const amdim_model *m) { return m ? m->err : "no model"; }
 amdim_device amdim_model_device(const amdim_model *m) { return m->device; }
+int amdim_model_register_host(amdim_model *m, void *base, size_t bytes)
+{
+    return m->be->register_host ? m->be->register_host(m, base, bytes) : AMDIM_OK;
+}
+
+void amdim_model_unregister_host(amdim_model *m, void *base)
+{
+    if (m->be->unregister_host)
+        m->be->unregister_host(m, base);
+}
+
 int amdim_model_set_threads(amdim_model *m, int threads)
 {
     if (threads < 1 || threads > 4096)

@@ -118,6 +118,7 @@ int amdim_train_run(const amdim_train_options *o, char *err, size_t n)
     const amdim_loader_info *li = amdim_loader_get_info(l);
     amdim_model *m = NULL;
     FILE *metrics = NULL;
+    uint32_t registered = 0; /* rings registered with the model */
     if ((st = run_plan_configure(o, li, &plan, err, n)) || (st = run_plan_model(o, li, &plan, &m, err, n)))
         goto done;
     /* compute threads: the cores the loader's workers leave, at least one */
@@ -126,6 +127,17 @@ int amdim_train_run(const amdim_train_options *o, char *err, size_t n)
     if ((st = amdim_model_set_threads(m, threads))) {
         amdim_fail(err, n, st, "%s", amdim_model_error(m));
         goto done;
+    }
+    /* the views travel from the loader's rings: page-locked once (DMA on a GPU) */
+    for (; registered < li->workers; registered++) {
+        void *base;
+        size_t bytes;
+        amdim_loader_ring_memory(l, registered, &base, &bytes);
+        if (amdim_model_register_host(m, base, bytes)) {
+            fprintf(stderr, "amdim-train: warning: ring %u stays pageable (%s); copies to the device are slower\n",
+                    registered, amdim_model_error(m));
+            break;
+        }
     }
     char mpath[4300];
     snprintf(mpath, sizeof mpath, "%s/metrics.jsonl", dir);
@@ -234,6 +246,12 @@ int amdim_train_run(const amdim_train_options *o, char *err, size_t n)
     if (st == AMDIM_OK && last_ckpt != amdim_model_updates(m))
         st = evaluate(o, m, li->preset, metrics, epoch, err, n);
 done:
+    for (uint32_t i = 0; m && i < registered; i++) {
+        void *base;
+        size_t bytes;
+        amdim_loader_ring_memory(l, i, &base, &bytes);
+        amdim_model_unregister_host(m, base);
+    }
     if (metrics)
         fclose(metrics);
     amdim_model_destroy(m);

@@ -651,6 +651,20 @@ int amdim_cuda_available(char *why, size_t n)
 
 static int cuda_push(amdim_model *m);
 
+/* The loader's rings are shared memory (memfd, MAP_SHARED, page-aligned):
+ * page-locked once here, every view copy from them is DMA. */
+static int cuda_register_host(amdim_model *m, void *base, size_t bytes)
+{
+    CU(cudaHostRegister(base, bytes, cudaHostRegisterDefault), "cudaHostRegister");
+    return AMDIM_OK;
+}
+
+static void cuda_unregister_host(amdim_model *m, void *base)
+{
+    (void)m;
+    cudaHostUnregister(base);
+}
+
 static void cuda_close(amdim_model *m)
 {
     cuda_state *c = m->bs;
@@ -850,6 +864,8 @@ const amdim_backend amdim_backend_cuda = {
     .refresh_bn = cuda_refresh_bn,
     .output = cuda_output,
     .logits = cuda_logits,
+    .register_host = cuda_register_host,
+    .unregister_host = cuda_unregister_host,
     .pull = cuda_pull,
     .push = cuda_push,
 };
