@@ -303,7 +303,7 @@ static void test_nce(int objective, int B, int L, int R)
             tgtT[(size_t)c * BL + j] = tgt[j * R + c];
     double loss, reg;
     cpu_nce_scratch ns = {0};
-    REQUIRE(cpu_nce_direction(srcT, tgtT, R, B, L, tclip, objective, 0.7f, 0.3f, &loss, &reg, dsT, dtT, &ns) == 0,
+    REQUIRE(cpu_nce_direction(srcT, tgtT, R, B, L, tclip, objective, 0.7f, 0.3f, NULL, NULL, &loss, &reg, dsT, dtT, &ns) == 0,
             "cpu nce");
     cpu_nce_scratch_free(&ns);
     /* GPU row work on host-made scores, then the two gradient products on the host */

@@ -410,6 +410,112 @@ int main(int argc, char **argv)
         amdim_model_destroy(m2);
     }
 
+    /* Mixtures (K = 4, trainer/MIXTURES.md): 16 steps in one go equal 7 +
+     * resume to 16 bit for bit (losses and checkpoint bytes); the
+     * checkpoint holds the mixture tensors and settings; a classifier phase
+     * on the mixture mean keeps them frozen; amdim-viz draws the components. */
+    {
+        char runF[4200], runG[4200], runH[4200], pf[4300], pg[4300];
+        snprintf(runF, sizeof runF, "%s", test_path("runF"));
+        snprintf(runG, sizeof runG, "%s", test_path("runG"));
+        snprintf(runH, sizeof runH, "%s", test_path("runH"));
+        const char *lm[] = {LOADER("5"), "--epochs", "2", NULL};
+#define MIX "--mixtures", "4", "--mix-tau", "2", "--mix-entropy", "0.5"
+        const char *tf[] = {"--out", runF, MODEL, MIX, "--log-every", "1", "--steps", "16", NULL};
+        rc = train(lm, tf, &e, 0);
+        REQUIRE(rc == 0, "mixtures: training failed: %s", e);
+        CHECK(strstr(e, "mixtures 4 (tau 2, entropy weight 0.5)") && strstr(e, "mixture entropy"),
+              "mixtures not reported: %s", e);
+        free(e);
+        const char *tg1[] = {"--out", runG, MODEL, MIX, "--log-every", "1", "--steps", "7", NULL};
+        rc = train(lm, tg1, &e, 0);
+        REQUIRE(rc == 0, "mixtures: first half failed: %s", e);
+        free(e);
+        const char *tg2[] = {"--resume", runG, "--log-every", "1", "--steps", "16", NULL};
+        rc = train(lr, tg2, &e, 0);
+        REQUIRE(rc == 0, "mixtures: resume failed: %s", e);
+        CHECK(strstr(e, "from epoch 0 batch 7 (step 7)") && strstr(e, "mixtures 4"), "mixtures: resumed wrongly: %s", e);
+        free(e);
+        char lf[32][40], lg[32][40];
+        int nf = losses(runF, lf, 32), ng = losses(runG, lg, 32), same_m = nf == ng && nf == 16;
+        for (int i = 0; same_m && i < nf; i++)
+            same_m = strcmp(lf[i], lg[i]) == 0;
+        CHECK(same_m, "mixtures: resumed losses (%d) differ from the unbroken run's (%d)", ng, nf);
+        const char *files[2] = {"ckpt-00000016.safetensors", "ckpt-00000016.optim.safetensors"};
+        for (int f = 0; f < 2; f++) {
+            snprintf(pf, sizeof pf, "%s/%s", runF, files[f]);
+            snprintf(pg, sizeof pg, "%s/%s", runG, files[f]);
+            size_t l1, l2;
+            char *b1 = test_read_file(pf, &l1), *b2 = test_read_file(pg, &l2);
+            CHECK(b1 && b2 && l1 == l2 && memcmp(b1, b2, l1) == 0, "mixtures: resumed %s differs from the unbroken run's",
+                  files[f]);
+            if (f == 0 && b1)
+                CHECK(strstr(b1 + 8, "\"mixtures\":\"4\"") && strstr(b1 + 8, "\"mix_tau\":\"2\"") &&
+                          strstr(b1 + 8, "\"mixture.fc2.weight\":{\"dtype\":\"F32\",\"shape\":[128,32]"),
+                      "mixture metadata or tensors missing from the checkpoint");
+            free(b1);
+            free(b2);
+        }
+        snprintf(pf, sizeof pf, "%s/ckpt-00000016.safetensors", runF);
+        char *mlines = test_read_file((snprintf(pg, sizeof pg, "%s/metrics.jsonl", runF), pg), NULL);
+        CHECK(mlines && strstr(mlines, "\"mix_entropy\":"), "no mix_entropy in metrics.jsonl");
+        free(mlines);
+        /* classifier phase on the mixture mean */
+        const char *th[] = {"--classifiers", "--init", pf, "--out", runH, "--steps", "6", "--lr", "1e-2",
+                            "--probe-features", "mixture-mean", "--eval", data, "--eval-refresh", "1", NULL};
+        rc = train(la, th, &e, 0);
+        CHECK(rc == 0 && strstr(e, "probes on the mixture mean") && strstr(e, "test accuracy"),
+              "mixtures: classifier phase: %d %s", rc, e);
+        free(e);
+        char ph[4300], err[512];
+        snprintf(ph, sizeof ph, "%s/ckpt-00000006.safetensors", runH);
+        amdim_model_config c1, c2;
+        amdim_checkpoint_info i1, i2;
+        amdim_model *m1, *m2;
+        REQUIRE(amdim_checkpoint_read_meta(pf, &c1, &i1, err, sizeof err) == 0 &&
+                    amdim_checkpoint_read_meta(ph, &c2, &i2, err, sizeof err) == 0 &&
+                    amdim_model_create(&m1, &c1, err, sizeof err) == 0 && amdim_model_create(&m2, &c2, err, sizeof err) == 0 &&
+                    amdim_checkpoint_load(m1, pf, 0, err, sizeof err) == 0 && amdim_checkpoint_load(m2, ph, 0, err, sizeof err) == 0,
+                "mixtures: classifier checkpoint: %s", err);
+        CHECK(c1.mixtures == 4 && c1.mix_tau == 2.0f && c1.mix_entropy == 0.5f && c1.probe_features == 0 &&
+                  c2.mixtures == 4 && c2.probe_features == 1,
+              "mixture settings in the checkpoints: K %d/%d, tau %g, alpha %g, features %d/%d", c1.mixtures, c2.mixtures,
+              c1.mix_tau, c1.mix_entropy, c1.probe_features, c2.probe_features);
+        int frozen_changed = 0, probes_changed = 0;
+        for (int i = 0; i < amdim_model_param_count(m1); i++) {
+            amdim_param x, y;
+            amdim_model_param(m1, i, &x);
+            amdim_model_param(m2, i, &y);
+            int diff = x.size != y.size || memcmp(x.data, y.data, x.size * 4) != 0;
+            if (!x.probe)
+                frozen_changed += diff && !x.buffer;
+            else
+                probes_changed += diff;
+        }
+        CHECK(frozen_changed == 0, "the classifier phase changed %d encoder or mixture parameters", frozen_changed);
+        CHECK(probes_changed > 0, "the classifier phase did not train the probes");
+        amdim_model_destroy(m1);
+        amdim_model_destroy(m2);
+        /* amdim-viz (next to amdim-train): a PNG; a model without mixtures is refused */
+        char viz_bin[4300], vpng[4300];
+        snprintf(viz_bin, sizeof viz_bin, "%s", train_bin);
+        *strrchr(viz_bin, '/') = 0;
+        strcat(viz_bin, "/amdim-viz");
+        snprintf(vpng, sizeof vpng, "%s/mixtures.png", test_tmpdir());
+        char *va[] = {viz_bin, "--checkpoint", pf, "--count", "5", "--batch", "8", "--out", vpng, data, NULL};
+        char *vo, *ve;
+        int vs = test_run(va, &vo, &ve);
+        size_t vl;
+        char *vd = test_read_file(vpng, &vl);
+        CHECK(WIFEXITED(vs) && WEXITSTATUS(vs) == 0 && vd && vl > 1000 && memcmp(vd, "\x89PNG", 4) == 0, "amdim-viz: %s", ve);
+        free(vo), free(ve), free(vd);
+        char *vb[] = {viz_bin, "--checkpoint", pb, "--out", vpng, data, NULL};
+        vs = test_run(vb, &vo, &ve);
+        CHECK(WIFEXITED(vs) && WEXITSTATUS(vs) == 1 && strstr(ve, "no mixtures"), "amdim-viz without mixtures: %s", ve);
+        free(vo), free(ve);
+#undef MIX
+    }
+
     /* --steps 0 saves the initial model; the raw-pixel baseline learns the stripes. */
     char runE[4200];
     snprintf(runE, sizeof runE, "%s", test_path("runE"));

@@ -8,6 +8,7 @@
 
 #include "../trainer/cpu/nce.h"
 #include "../trainer/cpu/ops.h"
+#include "../trainer/elementwise.h"
 #include "amdim_augment.h"
 #include "amdim_trainer.h"
 #include "testutil.h"
@@ -234,38 +235,112 @@ static double cls_loss(void *p)
 typedef struct {
     int C, B, L, obj;
     float *src, *tgt;
+    const double *w; /* per-positive weights (NCE) or NULL */
     cpu_nce_scratch s;
 } nce_ctx;
 
 static double nce_loss(void *p)
 {
     nce_ctx *c = p;
-    float *ds = calloc((size_t)c->C * c->B, 4), *dt = calloc((size_t)c->C * c->B * c->L, 4);
     double reg, l;
-    REQUIRE(cpu_nce_direction(c->src, c->tgt, c->C, c->B, c->L, 2.5f, c->obj, 0.7f, 0.3f, &l, &reg, ds, dt, &c->s) == 0,
+    REQUIRE(cpu_nce_direction(c->src, c->tgt, c->C, c->B, c->L, 2.5f, c->obj, 0.7f, 0.3f, c->w, NULL, &l, &reg, NULL,
+                              NULL, &c->s) == 0,
             "nce scratch");
-    free(ds);
-    free(dt);
     return 0.7 * l + 0.3 * reg;
 }
 
-static void test_nce(int obj)
+/* weighted: random per-positive weights (the mixtures' q); also checks the
+ * log-softmax output against the loss, and weights of 1 against NULL bit
+ * for bit. */
+static void test_nce(int obj, int weighted)
 {
-    nce_ctx c = {8, 3, 4, obj, NULL, NULL, {0}};
-    size_t ns = (size_t)c.C * c.B, nt = ns * c.L;
+    nce_ctx c = {8, 3, 4, obj, NULL, NULL, NULL, {0}};
+    size_t ns = (size_t)c.C * c.B, nt = ns * c.L, BL = (size_t)c.B * c.L;
     c.src = malloc(ns * 4), c.tgt = malloc(nt * 4);
+    double w[12], ones[12], lsm[12];
+    for (size_t k = 0; k < BL; k++) {
+        w[k] = amdim_rng_uniform(&rng, 0.05f, 1);
+        ones[k] = 1;
+    }
+    c.w = weighted ? w : NULL;
     /* large enough scores that the tanh clip (tclip 2.5 here) matters */
     fill(c.src, ns, -2, 2);
     fill(c.tgt, nt, -2, 2);
     float *ds = calloc(ns, 4), *dt = calloc(nt, 4);
     double reg, loss;
-    REQUIRE(cpu_nce_direction(c.src, c.tgt, c.C, c.B, c.L, 2.5f, obj, 0.7f, 0.3f, &loss, &reg, ds, dt, &c.s) == 0,
+    REQUIRE(cpu_nce_direction(c.src, c.tgt, c.C, c.B, c.L, 2.5f, obj, 0.7f, 0.3f, c.w, weighted ? lsm : NULL, &loss,
+                              &reg, ds, dt, &c.s) == 0,
             "nce scratch");
     static const char *names[] = {"objective nce", "objective jsd", "objective dv"};
-    check(names[obj], "src", nce_loss, &c, c.src, ds, ns, 1e-2f);
-    check(names[obj], "tgt", nce_loss, &c, c.tgt, dt, nt, 1e-2f);
+    check(weighted ? "objective nce, weighted" : names[obj], "src", nce_loss, &c, c.src, ds, ns, 1e-2f);
+    check(weighted ? "objective nce, weighted" : names[obj], "tgt", nce_loss, &c, c.tgt, dt, nt, 1e-2f);
+    if (weighted) {
+        double sum = 0;
+        for (size_t k = 0; k < BL; k++)
+            sum -= w[k] * lsm[k] / (double)BL;
+        CHECK(fabs(sum - loss) < 1e-12 * (1 + fabs(loss)), "weighted nce: -mean w lsm %.12g, loss %.12g", sum, loss);
+        /* weights of 1 are the plain objective, bit for bit */
+        float *ds0 = calloc(ns, 4), *dt0 = calloc(nt, 4), *ds1 = calloc(ns, 4), *dt1 = calloc(nt, 4);
+        double l0, r0, l1, r1;
+        cpu_nce_direction(c.src, c.tgt, c.C, c.B, c.L, 2.5f, obj, 0.7f, 0.3f, NULL, NULL, &l0, &r0, ds0, dt0, &c.s);
+        cpu_nce_direction(c.src, c.tgt, c.C, c.B, c.L, 2.5f, obj, 0.7f, 0.3f, ones, lsm, &l1, &r1, ds1, dt1, &c.s);
+        CHECK(l0 == l1 && r0 == r1 && memcmp(ds0, ds1, ns * 4) == 0 && memcmp(dt0, dt1, nt * 4) == 0,
+              "nce with weights 1 differs from the plain objective");
+        free(ds0), free(dt0), free(ds1), free(dt1);
+    }
     free(c.src), free(c.tgt), free(ds), free(dt);
     cpu_nce_scratch_free(&c.s);
+}
+
+/* ---- the mixture function ------------------------------------------------------ */
+typedef struct {
+    int R, B, K;
+    float *f, *w1, *b1, *w2, *b2, *h, *mix, *g;
+} mix_ctx;
+
+static double mix_loss(void *p)
+{
+    mix_ctx *c = p;
+    cpu_mixture_forward(c->f, c->R, c->B, c->K, c->w1, c->b1, c->w2, c->b2, c->h, c->mix);
+    return dot(c->g, c->mix, (size_t)c->K * c->R * c->B);
+}
+
+static void test_mixture(void)
+{
+    mix_ctx c = {5, 3, 4, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL};
+    size_t nf = (size_t)c.R * c.B, nw2 = (size_t)c.K * c.R * c.R, nm = (size_t)c.K * nf;
+    c.f = malloc(nf * 4), c.w1 = malloc((size_t)c.R * c.R * 4), c.b1 = malloc((size_t)c.R * 4), c.w2 = malloc(nw2 * 4);
+    c.b2 = malloc((size_t)c.K * c.R * 4), c.h = malloc(nf * 4), c.mix = malloc(nm * 4), c.g = malloc(nm * 4);
+    fill(c.f, nf, -1, 1), fill(c.w1, (size_t)c.R * c.R, -1, 1), fill(c.b1, (size_t)c.R, -0.5f, 0.5f);
+    fill(c.w2, nw2, -1, 1), fill(c.b2, (size_t)c.K * c.R, -0.5f, 0.5f), fill(c.g, nm, -1, 1);
+    float *df = calloc(nf, 4), *dw1 = calloc((size_t)c.R * c.R, 4), *db1 = calloc((size_t)c.R, 4);
+    float *dw2 = calloc(nw2, 4), *db2 = calloc((size_t)c.K * c.R, 4);
+    cpu_op_scratch scr = {0};
+    mix_loss(&c);
+    REQUIRE(cpu_mixture_backward(c.f, c.h, c.R, c.B, c.K, c.w1, c.w2, c.g, df, dw1, db1, dw2, db2, &scr) == 0, "scratch");
+    check("mixture", "f", mix_loss, &c, c.f, df, nf, 1e-2f);
+    check("mixture", "fc1.weight", mix_loss, &c, c.w1, dw1, (size_t)c.R * c.R, 1e-2f);
+    check("mixture", "fc1.bias", mix_loss, &c, c.b1, db1, (size_t)c.R, 1e-2f);
+    check("mixture", "fc2.weight", mix_loss, &c, c.w2, dw2, nw2, 1e-2f);
+    check("mixture", "fc2.bias", mix_loss, &c, c.b2, db2, (size_t)c.K * c.R, 1e-2f);
+    free(c.f), free(c.w1), free(c.b1), free(c.w2), free(c.b2), free(c.h), free(c.mix), free(c.g);
+    free(df), free(dw1), free(db1), free(dw2), free(db2);
+    cpu_op_scratch_free(&scr);
+}
+
+/* The assignment: a softmax over components at temperature tau, and its entropy. */
+static void test_mix_assign(void)
+{
+    double s[3 * 2] = {-1.0, 9, -2.5, 9, -0.5, 9}, q[6], tau = 1.7; /* stride 2: the 9s are another location */
+    double h = amdim_mix_assign(s, 3, 2, tau, q), z = 0, hh = 0;
+    for (int j = 0; j < 3; j++)
+        z += exp(tau * s[2 * j]);
+    for (int j = 0; j < 3; j++) {
+        double qj = exp(tau * s[2 * j]) / z;
+        CHECK(fabs(q[2 * j] - qj) < 1e-15, "q[%d] %.17g vs %.17g", j, q[2 * j], qj);
+        hh -= qj * log(qj);
+    }
+    CHECK(fabs(h - hh) < 1e-14, "entropy %.17g vs %.17g", h, hh);
 }
 
 int main(void)
@@ -317,7 +392,10 @@ int main(void)
     CHECK(lab == 3, "labelled rows %d", lab);
     check("classifier loss", "logits", cls_loss, &cc, logits, dl, 20, 1e-2f);
     for (int obj = 0; obj < 3; obj++)
-        test_nce(obj);
+        test_nce(obj, 0);
+    test_nce(AMDIM_OBJECTIVE_NCE, 1);
+    test_mixture();
+    test_mix_assign();
     printf("largest finite-difference error: %.3f x tolerance (%s)\n", worst, worst_op);
     return test_finish("test_trainer_ops");
 }

@@ -2,7 +2,9 @@
  * parameter names and shapes equal the authors' state_dict; r1/r5/r7,
  * logits and every loss term within 1e-4 relative; every parameter
  * gradient within 1e-4 + 1e-3*|ref|; then 3 Adam steps (warm-up lr) with
- * matching losses, weights and BatchNorm running statistics.
+ * matching losses, weights and BatchNorm running statistics. A reference
+ * with "mix" (K, tau, alpha, probe features) is a model with mixtures
+ * (trainer/MIXTURES.md); its mixture entropy is compared as a loss term.
  * Argument: a model_ref_*.bin.gz file. */
 #include <math.h>
 #include <stdlib.h>
@@ -59,9 +61,19 @@ int main(int argc, char **argv)
     cfg.n_classes = cfgv[6];
     cfg.mlp_hidden = cfgv[7];
     cfg.objective = cfgv[8];
+    const ref_tensor *mix = ref_find(&rf, "mix");
+    if (mix) {
+        const double *mv = mix->data;
+        cfg.mixtures = (int)mv[0];
+        cfg.mix_tau = (float)mv[1];
+        cfg.mix_entropy = (float)mv[2];
+        cfg.probe_features = (int)mv[3];
+    }
     static const char *objname[] = {"nce", "jsd", "dv"};
-    printf("%d px encoder, ndf %d, n_rkhs %d, depth %d, use_bn %d, batch %d, objective %s\n", cfg.encoder_size, cfg.ndf,
-           cfg.n_rkhs, cfg.n_depth, cfg.use_bn, B, objname[cfg.objective]);
+    printf("%d px encoder, ndf %d, n_rkhs %d, depth %d, use_bn %d, batch %d, objective %s, mixtures %d (tau %g, alpha %g, "
+           "probes on %s)\n",
+           cfg.encoder_size, cfg.ndf, cfg.n_rkhs, cfg.n_depth, cfg.use_bn, B, objname[cfg.objective], cfg.mixtures,
+           cfg.mix_tau, cfg.mix_entropy, cfg.probe_features ? "mixture-mean" : "r1");
     amdim_model *m;
     char err[512];
     REQUIRE(amdim_model_create(&m, &cfg, err, sizeof err) == 0, "create: %s", err);
@@ -109,8 +121,9 @@ int main(int argc, char **argv)
             const char *key;
             double v;
         } terms[] = {{"1t5", st.nce_1t5}, {"1t7", st.nce_1t7}, {"5t5", st.nce_5t5}, {"reg", st.reg},
-                     {"cls_mlp", st.cls_mlp}, {"cls_lin", st.cls_lin}, {"total", st.total}};
-        for (size_t k = 0; k < sizeof terms / sizeof *terms; k++) {
+                     {"cls_mlp", st.cls_mlp}, {"cls_lin", st.cls_lin}, {"total", st.total},
+                     {"mix_entropy", st.mix_entropy}};
+        for (size_t k = 0; k < sizeof terms / sizeof *terms - !mix; k++) {
             char key[64];
             snprintf(key, sizeof key, "loss/%s", terms[k].key);
             snprintf(what, sizeof what, "step %d loss %s", step, terms[k].key);

@@ -11,8 +11,9 @@ static const char *usage_text =
     "Usage: amdim-embed --checkpoint CKPT.safetensors [--split NAME] [--batch N]\n"
     "                   [--device auto|cpu|cuda] [--labels-out LABELS.npy] --out FEATS.npy DATA.lmdb\n"
     "\n"
-    "Writes r1 (the n_rkhs-dimensional global feature) of every record of a split,\n"
-    "made with the test transform and BatchNorm in eval mode, as float32\n"
+    "Writes r1 (the n_rkhs-dimensional global feature; for a checkpoint trained with\n"
+    "--probe-features mixture-mean, the mean of its mixture features) of every record\n"
+    "of a split, made with the test transform and BatchNorm in eval mode, as float32\n"
     "(records, n_rkhs) in FEATS.npy, and the labels as int32 (records,) in\n"
     "LABELS.npy (default: FEATS with _labels before .npy).\n";
 

@@ -37,6 +37,11 @@ static const char *usage_text =
     "Model (defaults from the encoder size the data implies):\n"
     "      --ndf N --n-rkhs N --n-depth N --use-bn 0|1 --tclip X\n"
     "      --objective nce|jsd|dv --lr X --warmup N --classes N\n"
+    "Mixture-based representations (trainer/MIXTURES.md; CPU only for now):\n"
+    "      --mixtures K        K mixture features of r1 for the 1t5/1t7 directions, 1..16 (default 1: off)\n"
+    "      --mix-tau X         assignment temperature, q = softmax(X * s) (default 1)\n"
+    "      --mix-entropy X     weight of the assignment entropy in the reported objective, >= 0 (default 1)\n"
+    "      --probe-features F  what the probes read: r1 or mixture-mean (default r1; also with --classifiers)\n"
     "Classifier phase:\n"
     "      --classifiers --init CKPT  freeze the encoder in CKPT, re-initialise and train the probes\n"
     "  -h, --help              show this help\n";
@@ -67,7 +72,8 @@ static int real(const char *s, float *out)
 int main(int argc, char **argv)
 {
     enum { O_EVAL = 256, O_ESPLIT, O_EREF, O_DEVICE, O_STEPS, O_SEED, O_LOG, O_CKPT, O_KEEP, O_NDF, O_RKHS, O_DEPTH,
-           O_BN, O_TCLIP, O_OBJ, O_LR, O_CLASSES, O_CLS, O_INIT, O_WARMUP, O_THREADS };
+           O_BN, O_TCLIP, O_OBJ, O_LR, O_CLASSES, O_CLS, O_INIT, O_WARMUP, O_THREADS,
+           O_MIX, O_MIX_TAU, O_MIX_ENT, O_PROBE_FEAT };
     static const struct option longopts[] = {
         {"out", required_argument, NULL, 'o'},        {"resume", required_argument, NULL, 'r'},
         {"eval", required_argument, NULL, O_EVAL},    {"eval-split", required_argument, NULL, O_ESPLIT},
@@ -82,6 +88,8 @@ int main(int argc, char **argv)
         {"classes", required_argument, NULL, O_CLASSES}, {"classifiers", no_argument, NULL, O_CLS},
         {"init", required_argument, NULL, O_INIT},    {"warmup", required_argument, NULL, O_WARMUP},
         {"threads", required_argument, NULL, O_THREADS},
+        {"mixtures", required_argument, NULL, O_MIX}, {"mix-tau", required_argument, NULL, O_MIX_TAU},
+        {"mix-entropy", required_argument, NULL, O_MIX_ENT}, {"probe-features", required_argument, NULL, O_PROBE_FEAT},
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0}};
     amdim_train_options o;
@@ -117,6 +125,20 @@ int main(int argc, char **argv)
             o.model.objective = strcmp(optarg, "nce") == 0 ? 0 : strcmp(optarg, "jsd") == 0 ? 1 : strcmp(optarg, "dv") == 0 ? 2 : -2;
             if (o.model.objective == -2)
                 return bad("--objective (nce, jsd, dv)", optarg);
+            break;
+        case O_MIX: if (amdim_cli_int("amdim-train", "--mixtures", optarg, 1, 16, &v)) return 2; o.model.mixtures = (int)v; break;
+        case O_MIX_TAU: if (real(optarg, &o.model.mix_tau)) return bad("--mix-tau", optarg); break;
+        case O_MIX_ENT: {
+            char *end;
+            o.model.mix_entropy = strtof(optarg, &end);
+            if (*end || end == optarg || !(o.model.mix_entropy >= 0 && o.model.mix_entropy < 1e30f))
+                return bad("--mix-entropy", optarg);
+            break;
+        }
+        case O_PROBE_FEAT:
+            o.model.probe_features = strcmp(optarg, "r1") == 0 ? 0 : strcmp(optarg, "mixture-mean") == 0 ? 1 : -2;
+            if (o.model.probe_features == -2)
+                return bad("--probe-features (r1, mixture-mean)", optarg);
             break;
         case O_CLS: classifiers = 1; break;
         case O_INIT: o.init_path = optarg; break;

@@ -10,7 +10,8 @@
  *                               exp_avg_sq.<name>)
  * Both carry the same __metadata__: format, format_version, step (Adam
  * updates), next_epoch / next_batch (the loader cursor), seed, the model
- * hyper-parameters and the schedule. Each file is written to a temporary
+ * hyper-parameters and the schedule (with mixtures, K > 1, also mixtures,
+ * mix_tau, mix_entropy and probe_features; absent = the plain model). Each file is written to a temporary
  * name, fsynced and renamed; the optimiser file first, so a weights file
  * marks a complete checkpoint. */
 #ifndef AMDIM_CHECKPOINT_H

@@ -15,6 +15,8 @@
 typedef struct {
     int ndf, n_rkhs, n_depth, use_bn, n_classes, objective, warmup;
     float tclip, lr;
+    int mixtures, probe_features; /* the probe features also apply to a classifier phase */
+    float mix_tau, mix_entropy;
 } amdim_model_overrides;
 
 typedef struct {
@@ -58,10 +60,21 @@ typedef struct {
 int amdim_evaluate_dataset(amdim_model *m, const char *path, const char *split, const char *preset, int refresh,
                            int batch, amdim_eval_result *r, char *err, size_t n);
 
-/* r1 features (test transform, eval mode) of every record of a split, in
- * record order: *features (records x n_rkhs) and *labels are malloc'd. */
+/* The probes' features (test transform, eval mode: r1, or the mixture
+ * mean with probe_features) of every record of a split, in record order: *features (records x n_rkhs) and *labels are malloc'd. */
 int amdim_embed_dataset(amdim_model *m, const char *path, const char *split, const char *preset, int batch,
                         float **features, int32_t **labels, uint64_t *records, char *err, size_t n);
+
+/* The mixture pictures (paper Figure 2): for the first `count` images of
+ * a split (test transform, eval mode), each image (scaled up to >= 128 px)
+ * beside a map of the winning mixture component argmax_j q(j | i, l) at
+ * each 7x7 location of the 1t7 direction, one colour per component,
+ * upsampled to the image; q is computed within batches of `batch` images
+ * of the split (their r7 are the negatives), so it depends on the batch.
+ * One row per image, written to png_path. AMDIM_E_INVALID without
+ * mixtures. */
+int amdim_mixture_pictures(amdim_model *m, const char *path, const char *split, const char *preset, int count,
+                           int batch, const char *png_path, char *err, size_t n);
 
 /* Writes a NumPy .npy file (format 1.0, C order): dtype "<f4" or "<i4". */
 int amdim_write_npy(const char *path, const char *dtype, const void *data, uint64_t rows, uint64_t cols, int two_d,

@@ -37,11 +37,19 @@ typedef struct {
     int milestones[8], n_milestones;
     float mean[3], std[3];   /* input normalisation, 0..1 scale */
     uint64_t seed;           /* initialisation and per-step draws */
+    /* Mixture-based representations (trainer/MIXTURES.md): K mixture
+     * features of each r1 source of the 1t5 / 1t7 directions; 1 = off (the
+     * plain model: no mixture tensors, the plain losses bit for bit). */
+    int mixtures;            /* K, 1..16 (default 1) */
+    float mix_tau;           /* assignment temperature: q = softmax_j(tau s_j) (default 1) */
+    float mix_entropy;       /* alpha: weight of H(q) in the reported objective (default 1) */
+    int probe_features;      /* what the probes read: 0 r1, 1 the mean of the K mixture features */
 } amdim_model_config;
 
 /* SPEC defaults for an encoder size: CIFAR-small-like ndf 128, n_rkhs 1024,
  * depth 10 at 32 px, 192/1536/8 otherwise; lr 2e-4, betas (0.8, 0.999),
- * eps 1e-8, wd 1e-5, warm-up 500, decay 0.2 at [250, 280]. */
+ * eps 1e-8, wd 1e-5, warm-up 500, decay 0.2 at [250, 280]; no mixtures
+ * (K 1, tau 1, alpha 1, probes on r1). */
 void amdim_model_config_default(amdim_model_config *c, int encoder_size);
 /* Returns 0 or AMDIM_E_INVALID with the reason. */
 int amdim_model_config_check(const amdim_model_config *c, char *err, size_t n);
@@ -81,8 +89,11 @@ int amdim_model_push(amdim_model *m);
 const amdim_model_config *amdim_model_get_config(const amdim_model *m);
 const char *amdim_model_error(const amdim_model *m);
 
+/* total = the loss terms - mix_entropy * alpha (the entropy bonus is
+ * reported only: it carries no gradient, see trainer/MIXTURES.md). */
 typedef struct {
     double nce_1t5, nce_1t7, nce_5t5, reg, cls_mlp, cls_lin, total;
+    double mix_entropy; /* sum over the mixture directions of 0.5 mean H(q); 0 when K = 1 */
     int correct_mlp, correct_lin, labelled; /* over both views */
 } amdim_step_stats;
 
@@ -116,11 +127,20 @@ int amdim_model_output(const amdim_model *m, int view, int which, float *out);
  * head 0 = MLP, 1 = linear. */
 int amdim_model_logits(const amdim_model *m, int head, float *out);
 
-/* Evaluation: r1 features (B, n_rkhs) of uint8 NHWC images with BatchNorm
- * in eval mode, and the classifiers' logits (B, n_classes) each (either may
- * be NULL). */
+/* Evaluation: the probes' features (B, n_rkhs) - r1, or the mean of the
+ * mixture features with probe_features 1 - of uint8 NHWC images with
+ * BatchNorm in eval mode, and the classifiers' logits (B, n_classes) each
+ * (either may be NULL). */
 int amdim_model_evaluate(amdim_model *m, const uint8_t *images, int batch, float *features, float *logits_mlp,
                          float *logits_lin);
+
+/* Mixture pictures (paper Figure 2): for a batch of uint8 NHWC test images
+ * (eval mode), the winning component argmax_j q(j | i, l) at each 7x7
+ * location l of the 1t7 direction, with image i's own r1 mixture features
+ * as sources and r7 of every image of the batch as positives and
+ * negatives: q depends on the batch. winner: (batch, 49). Needs
+ * mixtures > 1 (AMDIM_E_INVALID otherwise) and batch >= 2. */
+int amdim_model_mixture_assign(amdim_model *m, const uint8_t *images, int batch, int32_t *winner);
 
 /* Per-stage timing of training steps, for benchmarks (off by default).
  * Stages: each encoder layer, the two heads, the objective, the probes.

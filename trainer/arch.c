@@ -36,6 +36,9 @@ void amdim_model_config_default(amdim_model_config *c, int size)
     c->milestones[0] = 250;
     c->milestones[1] = 280;
     c->n_milestones = 2;
+    c->mixtures = 1;
+    c->mix_tau = 1.0f;
+    c->mix_entropy = 1.0f;
     int p = size == 32 ? 0 : size == 64 ? 1 : 2;
     memcpy(c->mean, mean[p], sizeof c->mean);
     memcpy(c->std, sd[p], sizeof c->std);
@@ -57,6 +60,15 @@ int amdim_model_config_check(const amdim_model_config *c, char *err, size_t n)
     if (!(c->lr > 0) || !(c->beta1 >= 0 && c->beta1 < 1) || !(c->beta2 >= 0 && c->beta2 < 1) || !(c->eps > 0) ||
         !(c->weight_decay >= 0) || c->warmup < 0 || c->n_milestones < 0 || c->n_milestones > 8 || !(c->lr_decay > 0))
         return amdim_fail(err, n, AMDIM_E_INVALID, "bad optimiser settings");
+    if (c->mixtures < 1 || c->mixtures > 16 || !(c->mix_tau > 0) || !(c->mix_entropy >= 0) ||
+        c->probe_features < 0 || c->probe_features > 1)
+        return amdim_fail(err, n, AMDIM_E_INVALID,
+                          "mixtures %d, tau %g, alpha %g, probe features %d: need K 1..16, tau > 0, alpha >= 0, features r1 or mixture-mean",
+                          c->mixtures, c->mix_tau, c->mix_entropy, c->probe_features);
+    if (c->mixtures > 1 && c->objective != AMDIM_OBJECTIVE_NCE)
+        return amdim_fail(err, n, AMDIM_E_INVALID, "mixtures need the nce objective");
+    if (c->probe_features == 1 && c->mixtures == 1)
+        return amdim_fail(err, n, AMDIM_E_INVALID, "probe features mixture-mean need mixtures > 1");
     for (int i = 0; i < 3; i++)
         if (!(c->std[i] > 0))
             return amdim_fail(err, n, AMDIM_E_INVALID, "normalisation std must be > 0");
@@ -275,6 +287,19 @@ int amdim_arch_build(amdim_arch *a, const amdim_model_config *c, char *err, size
     AMDIM_ASSERT(h == 1);
     head(&b, &a->heads[0], "encoder.module.rkhs_block_5", top, c->n_rkhs, 5, a->i5);
     head(&b, &a->heads[1], "encoder.module.rkhs_block_7", top, c->n_rkhs, 7, a->i7);
+    /* ours (the authors released no mixtures): between encoder and evaluator,
+     * only when K > 1. fc2 starts near zero (training starts close to the
+     * plain model) but not at zero: equal components would get equal
+     * gradients and stay equal for ever. */
+    a->mix = (amdim_mixture){-1, -1, -1, -1};
+    if (c->mixtures > 1) {
+        a->mix.w1 = linear_weight(&b, "mixture.fc1", c->n_rkhs, c->n_rkhs);
+        a->mix.b1 = bias(&b, "mixture.fc1", "bias", c->n_rkhs, c->n_rkhs);
+        a->mix.w2 = linear_weight(&b, "mixture.fc2", c->mixtures * c->n_rkhs, c->n_rkhs);
+        a->mix.b2 = bias(&b, "mixture.fc2", "bias", c->mixtures * c->n_rkhs, c->n_rkhs);
+        if (!b.failed)
+            a->tensors[a->mix.w2].init = AMDIM_INIT_SMALL, a->tensors[a->mix.b2].init = AMDIM_INIT_ZERO;
+    }
     /* evaluator.block_glb_mlp / block_glb_lin (nn.Sequential indices) */
     amdim_probes *p = &a->probes;
     p->mlp_w1 = linear_weight(&b, "evaluator.block_glb_mlp.block_forward.2", c->mlp_hidden, c->n_rkhs);
@@ -289,9 +314,9 @@ int amdim_arch_build(amdim_arch *a, const amdim_model_config *c, char *err, size
     }
     /* r1 of view a -> r5 / r7 of view b; one r5 location of a -> r5 of b */
     for (int v = 0; v < 2; v++) {
-        a->dirs[3 * v + 0] = (amdim_nce_direction){0, v, 1, 5, 25};
-        a->dirs[3 * v + 1] = (amdim_nce_direction){1, v, 1, 7, 49};
-        a->dirs[3 * v + 2] = (amdim_nce_direction){2, v, 5, 5, 25};
+        a->dirs[3 * v + 0] = (amdim_nce_direction){0, v, 1, 5, 25, c->mixtures};
+        a->dirs[3 * v + 1] = (amdim_nce_direction){1, v, 1, 7, 49, c->mixtures};
+        a->dirs[3 * v + 2] = (amdim_nce_direction){2, v, 5, 5, 25, 1};
     }
     return AMDIM_OK;
 }
@@ -317,6 +342,10 @@ static void init_tensor(const amdim_tensor *t, uint64_t seed, uint32_t stream, i
             w[(size_t)d * ci + d] = 1.0f;
         break;
     }
+    case AMDIM_INIT_SMALL:
+        for (size_t k = 0; k < t->size; k++)
+            w[k] = amdim_rng_uniform(&rng, -0.01f, 0.01f);
+        break;
     case AMDIM_INIT_ONE:
         for (size_t k = 0; k < t->size; k++)
             w[k] = 1.0f;
@@ -425,9 +454,13 @@ void amdim_arch_stage_flops(const amdim_arch *a, int s, int B, double *fwd, doub
         f = 2 * conv_flops(h->cin, h->cout, 1, h->hw, B) + conv_flops(h->cout, h->cout, 1, h->hw, B);
         b = 2 * f;
     } else if (s == a->nlayers + AMDIM_STAGE_OBJECTIVE_OFFSET) {
-        /* six directions per step; scores B x B*L x n_rkhs, backward twice that */
-        f = 2.0 * 2.0 * B * B * (25 + 49 + 25) * (double)c->n_rkhs;
-        b = 2 * f;
+        /* six directions per step; scores B x B*L x n_rkhs, backward twice
+         * that; with K mixtures the r1 directions score K sources twice
+         * (assignment, then gradient) after the mixture MLP on both views */
+        int K = c->mixtures;
+        double r1 = (25.0 + 49.0) * (K > 1 ? 2 * K : 1), mlp = K > 1 ? 2.0 * 2 * B * c->n_rkhs * (1.0 + K) * c->n_rkhs : 0;
+        f = 2.0 * 2.0 * B * B * (r1 + 25) * (double)c->n_rkhs + mlp;
+        b = 2.0 * 2.0 * B * B * 2 * ((25.0 + 49.0) * K + 25) * (double)c->n_rkhs + 2 * mlp;
     } else {
         /* both probes on both views (2B rows) */
         f = 2.0 * 2 * B * ((double)c->n_rkhs * c->mlp_hidden + (double)c->mlp_hidden * c->n_classes +

@@ -22,7 +22,9 @@
 
 #define AMDIM_TENSOR_ALIGN 16
 
-typedef enum { AMDIM_INIT_NONE, AMDIM_INIT_FAN_IN, AMDIM_INIT_ZERO, AMDIM_INIT_ONE, AMDIM_INIT_SHORTCUT } amdim_init_kind;
+/* SMALL: U(-0.01, 0.01) (the mixture's fc2 weight, see trainer/MIXTURES.md) */
+typedef enum { AMDIM_INIT_NONE, AMDIM_INIT_FAN_IN, AMDIM_INIT_ZERO, AMDIM_INIT_ONE, AMDIM_INIT_SHORTCUT,
+               AMDIM_INIT_SMALL } amdim_init_kind;
 
 typedef struct {
     char name[128];
@@ -72,11 +74,20 @@ typedef struct {
     amdim_bn_ref mlp_bn;
 } amdim_probes;
 
+/* The mixture function on r1 (mixtures > 1, trainer/MIXTURES.md):
+ * h = ReLU(fc1 f + b1) (n_rkhs), out = fc2 h + b2 (K x n_rkhs), and
+ * component j's feature f + out_j. Tensor indices, -1 when K = 1. */
+typedef struct {
+    int w1, b1, w2, b2;
+} amdim_mixture;
+
 /* One NCE direction: sources of view src_view (r1, or one drawn location
  * of r5) against all L locations of feature tgt (5 or 7) of the other
- * view. Task 0 = 1t5, 1 = 1t7, 2 = 5t5; each direction weighs 0.5. */
+ * view. Task 0 = 1t5, 1 = 1t7, 2 = 5t5; each direction weighs 0.5.
+ * mixtures: the sources are the K mixture features of r1 (1t5, 1t7 when
+ * K > 1), else 1. */
 typedef struct {
-    int task, src_view, src_feature, tgt_feature, L;
+    int task, src_view, src_feature, tgt_feature, L, mixtures;
 } amdim_nce_direction;
 
 enum { AMDIM_NCE_DIRECTIONS = 6, AMDIM_SRC5_LOCATIONS = 25 };
@@ -89,6 +100,7 @@ typedef struct {
     amdim_layer *layers;
     int nlayers, i5, i7; /* i5 / i7: layers whose outputs are the 5x5 / 7x7 sources */
     amdim_head heads[2]; /* 0: rkhs_block_5, 1: rkhs_block_7 */
+    amdim_mixture mix;
     amdim_probes probes;
     amdim_nce_direction dirs[AMDIM_NCE_DIRECTIONS];
 } amdim_arch;
@@ -100,7 +112,8 @@ void amdim_arch_free(amdim_arch *a);
 
 /* SPEC section 3 initialisation of every tensor into weights (PyTorch's
  * U(+-1/sqrt(fan_in)) for weights and biases, zero second convolutions,
- * identity-plus-noise head shortcuts, BN gamma 1, running var 1), drawn
+ * identity-plus-noise head shortcuts, BN gamma 1, running var 1; the
+ * mixture's fc2 weight U(+-0.01) and bias zero), drawn
  * from (seed, AMDIM_STREAM_INIT, tensor index). */
 void amdim_arch_init_weights(const amdim_arch *a, float *weights);
 /* The classifier phase: re-initialises the probes' tensors from

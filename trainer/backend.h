@@ -44,7 +44,7 @@ typedef struct amdim_backend {
     int (*probe_step)(amdim_model *m, const amdim_step_input *in, const amdim_step_draws *d, amdim_step_stats *st);
     /* Adam over the trainable tensors (only the probes' when probes_only). */
     int (*adam)(amdim_model *m, const amdim_adam_hparams *h, int probes_only);
-    /* Eval mode: r1 features (B, n_rkhs) and both probes' logits (B, classes); each may be NULL. */
+    /* Eval mode: the probes' features (B, n_rkhs) and both probes' logits (B, classes); each may be NULL. */
     int (*evaluate)(amdim_model *m, const uint8_t *images, int batch, float *features, float *logits_mlp,
                     float *logits_lin);
     /* Training-mode forward of encoder and probes that only updates BatchNorm running statistics. */
@@ -56,6 +56,8 @@ typedef struct amdim_backend {
      * so copies from it are DMA; NULL where there is nothing to gain. */
     int (*register_host)(amdim_model *m, void *base, size_t bytes);
     void (*unregister_host)(amdim_model *m, void *base);
+    /* amdim_model_mixture_assign (NULL: mixtures unsupported). */
+    int (*mixture_assign)(amdim_model *m, const uint8_t *images, int batch, int32_t *winner);
     /* CPU threads for the backend's own compute (NULL: none to set). */
     int (*set_threads)(amdim_model *m, int threads);
     /* Device state <-> host mirror (NULL: the mirror is the state). */

@@ -67,6 +67,11 @@ static void meta_config(sbuf *b, const amdim_model_config *c, const amdim_checkp
            c->encoder_size, c->ndf, c->n_rkhs, c->n_depth, c->use_bn, c->n_classes, c->mlp_hidden, c->tclip,
            c->objective, c->lr, c->beta1, c->beta2, c->eps, c->weight_decay, c->warmup, c->lr_decay,
            (unsigned long long)c->seed);
+    /* only with mixtures, so that K = 1 checkpoints are those of the plain
+     * model byte for byte; a checkpoint without them has K = 1 */
+    if (c->mixtures > 1)
+        sb_add(b, ",\"mixtures\":\"%d\",\"mix_tau\":\"%.9g\",\"mix_entropy\":\"%.9g\",\"probe_features\":\"%s\"",
+               c->mixtures, c->mix_tau, c->mix_entropy, c->probe_features ? "mixture-mean" : "r1");
     sb_add(b, ",\"milestones\":\"");
     for (int i = 0; i < c->n_milestones; i++)
         sb_add(b, "%s%d", i ? "," : "", c->milestones[i]);
@@ -592,6 +597,10 @@ static int parse_meta(const st_file *f, const char *path, amdim_model_config *c,
     }
     sscanf(st_meta(f, "mean"), "%f,%f,%f", &c->mean[0], &c->mean[1], &c->mean[2]);
     sscanf(st_meta(f, "std"), "%f,%f,%f", &c->std[0], &c->std[1], &c->std[2]);
+    c->mixtures = st_meta(f, "mixtures") ? I("mixtures") : 1;
+    c->mix_tau = st_meta(f, "mix_tau") ? F("mix_tau") : 1.0f;
+    c->mix_entropy = st_meta(f, "mix_entropy") ? F("mix_entropy") : 1.0f;
+    c->probe_features = st_meta(f, "probe_features") && strcmp(st_meta(f, "probe_features"), "mixture-mean") == 0;
 #undef U64
 #undef I
 #undef F
@@ -616,7 +625,7 @@ static int same_config(const amdim_model_config *a, const amdim_model_config *b,
         snprintf(what, n, #f " %g in the checkpoint, %g in this run", (double)a->f, (double)b->f); \
         return 0;                                                                                \
     }
-    CMP(encoder_size) CMP(ndf) CMP(n_rkhs) CMP(n_depth) CMP(use_bn)
+    CMP(encoder_size) CMP(ndf) CMP(n_rkhs) CMP(n_depth) CMP(use_bn) CMP(mixtures)
     if (!encoder_only) {
         CMP(n_classes) CMP(mlp_hidden)
     }

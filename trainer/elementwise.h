@@ -103,13 +103,34 @@ AMDIM_HD double amdim_cls_reg_grad(double l, double inv_all) { return 2.0 * AMDI
 
 /* NCE (one source i, L positives, negatives shared): with M the max of the
  * negatives, negsum = sum exp(t_neg - M), den_l = exp(t_pos_l - M) + negsum,
- * the loss is -sum_l (t_pos_l - M - log den_l) over BL = B L terms.
- * Gradient with respect to the CLIPPED positive score t_pos (weight w): */
+ * the loss is -sum_l w_l (t_pos_l - M - log den_l) over BL = B L terms
+ * (w_l: a per-positive weight, 1 in the plain objective; the mixtures'
+ * assignment q otherwise). Gradient with respect to the CLIPPED positive
+ * score t_pos (w: the direction's weight times w_l): */
 AMDIM_HD double amdim_nce_pos_grad(double ep_over_den, double BL, double w) { return -(1.0 - ep_over_den) / BL * w; }
-/* ... and to a clipped negative score t (inv_sum = sum_l 1 / den_l): */
+/* ... and to a clipped negative score t (inv_sum = sum_l w_l / den_l): */
 AMDIM_HD double amdim_nce_neg_grad(double t, double M, double inv_sum, double BL, double w)
 {
     return exp(t - M) * inv_sum / BL * w;
+}
+
+/* Mixtures: the assignment of one consequent location over K components
+ * from their NCE log-softmax terms s[j * stride] (stride: elements between
+ * components), q_j = softmax_j(tau s_j), written to q[j * stride];
+ * returns the entropy H(q) = -sum_j q_j log q_j. */
+AMDIM_HD double amdim_mix_assign(const double *s, int K, size_t stride, double tau, double *q)
+{
+    double mx = tau * s[0], z = 0, h = 0;
+    for (int j = 1; j < K; j++)
+        mx = tau * s[j * stride] > mx ? tau * s[j * stride] : mx;
+    for (int j = 0; j < K; j++)
+        z += exp(tau * s[j * stride] - mx);
+    for (int j = 0; j < K; j++) {
+        double lq = tau * s[j * stride] - mx - log(z);
+        q[j * stride] = exp(lq);
+        h -= q[j * stride] * lq;
+    }
+    return h;
 }
 
 #endif

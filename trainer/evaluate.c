@@ -1,6 +1,8 @@
-/* Evaluation and embedding (see amdim_run.h): both walk a split in record
- * order through the preset's test transform, one batch at a time. */
+/* Evaluation, embedding and the mixture pictures (see amdim_run.h): all
+ * walk a split in record order through the preset's test transform, one
+ * batch at a time. */
 #include <errno.h>
+#include <png.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -182,6 +184,72 @@ int amdim_embed_dataset(amdim_model *m, const char *path, const char *split, con
     *labels = lab;
     *records = N;
     return AMDIM_OK;
+}
+
+/* ---- mixture pictures -------------------------------------------------------------- */
+
+/* 16 colours that stay apart (components 0..15). */
+static const uint8_t palette[16][3] = {
+    {230, 25, 75},  {60, 180, 75},  {255, 225, 25}, {0, 130, 200},  {245, 130, 48}, {145, 30, 180},
+    {70, 240, 240}, {240, 50, 230}, {210, 245, 60}, {250, 190, 212}, {0, 128, 128}, {220, 190, 255},
+    {170, 110, 40}, {255, 250, 200}, {128, 0, 0},   {0, 0, 128}};
+
+int amdim_mixture_pictures(amdim_model *m, const char *path, const char *split, const char *preset, int count,
+                           int batch, const char *png_path, char *err, size_t n)
+{
+    const amdim_model_config *cfg = amdim_model_get_config(m);
+    if (cfg->mixtures < 2)
+        return amdim_fail(err, n, AMDIM_E_INVALID, "the model has no mixtures (K = %d): nothing to picture",
+                          cfg->mixtures);
+    if (count < 1 || count > 1024 || batch < 2)
+        return amdim_fail(err, n, AMDIM_E_INVALID, "pictures of 1..1024 images in batches of at least 2");
+    int S = cfg->encoder_size, z = S >= 128 ? 1 : 128 / S, side = S * z, gap = 4, st, nb, drawn = 0;
+    int width = 2 * side + 3 * gap, height = count * (side + gap) + gap;
+    uint8_t *px = malloc((size_t)width * height * 3);
+    int32_t *win = malloc((size_t)batch * 49 * sizeof *win);
+    test_batches t;
+    memset(&t, 0, sizeof t);
+    if (!px || !win)
+        st = amdim_fail(err, n, AMDIM_E_NOMEM, "out of memory for a %dx%d picture", width, height);
+    else
+        st = test_batches_open(&t, m, path, split, preset, batch, err, n);
+    if (st == AMDIM_OK)
+        memset(px, 255, (size_t)width * height * 3);
+    while (st == AMDIM_OK && drawn < count) {
+        if ((st = test_batches_next(&t, &nb, err, n)) || nb < 2)
+            break; /* a last batch of one image has no negatives: not drawn */
+        if ((st = amdim_model_mixture_assign(m, t.images, nb, win))) {
+            amdim_fail(err, n, st, "%s", amdim_model_error(m));
+            break;
+        }
+        for (int i = 0; i < nb && drawn < count; i++, drawn++) {
+            int y0 = gap + drawn * (side + gap);
+            const uint8_t *img = t.images + (size_t)i * S * S * 3;
+            for (int y = 0; y < side; y++)
+                for (int x = 0; x < side; x++) {
+                    uint8_t *a = px + ((size_t)(y0 + y) * width + gap + x) * 3;
+                    uint8_t *b = px + ((size_t)(y0 + y) * width + 2 * gap + side + x) * 3;
+                    memcpy(a, img + ((size_t)(y / z) * S + x / z) * 3, 3);
+                    memcpy(b, palette[win[(size_t)i * 49 + (y * 7 / side) * 7 + x * 7 / side] % 16], 3);
+                }
+        }
+    }
+    test_batches_close(&t);
+    if (st == AMDIM_OK && drawn == 0)
+        st = amdim_fail(err, n, AMDIM_E_EMPTY, "split %s of %s has fewer than 2 images", split, path);
+    if (st == AMDIM_OK) {
+        png_image pi;
+        memset(&pi, 0, sizeof pi);
+        pi.version = PNG_IMAGE_VERSION;
+        pi.width = (png_uint_32)width;
+        pi.height = (png_uint_32)(drawn * (side + gap) + gap);
+        pi.format = PNG_FORMAT_RGB;
+        if (!png_image_write_to_file(&pi, png_path, 0, px, 0, NULL))
+            st = amdim_fail(err, n, AMDIM_E_IO, "writing %s: %s", png_path, pi.message);
+    }
+    free(px);
+    free(win);
+    return st;
 }
 
 int amdim_write_npy(const char *path, const char *dtype, const void *data, uint64_t rows, uint64_t cols, int two_d,

@@ -81,6 +81,10 @@ static float *block_alloc(size_t floats)
 int amdim_model_create_on(amdim_model **out, const amdim_model_config *cfg, amdim_device device, char *err, size_t n)
 {
     *out = NULL;
+    if (device == AMDIM_DEVICE_CUDA && cfg->mixtures > 1)
+        return amdim_fail(err, n, AMDIM_E_UNSUPPORTED,
+                          "mixtures %d: the CUDA backend does not compute mixtures yet; train with --device cpu or --mixtures 1",
+                          cfg->mixtures);
     amdim_model *m = calloc(1, sizeof *m);
     if (!m)
         return amdim_fail(err, n, AMDIM_E_NOMEM, "out of memory");
@@ -280,6 +284,17 @@ int amdim_model_evaluate(amdim_model *m, const uint8_t *images, int B, float *fe
 {
     int rc = check_batch(m, B, 1);
     return rc ? rc : m->be->evaluate(m, images, B, features, lm, ll);
+}
+
+int amdim_model_mixture_assign(amdim_model *m, const uint8_t *images, int B, int32_t *winner)
+{
+    int rc = check_batch(m, B, 2);
+    if (rc)
+        return rc;
+    if (m->cfg.mixtures < 2 || !m->be->mixture_assign)
+        return MFAIL(AMDIM_E_INVALID, "this model has no mixtures (K = %d) on the %s backend", m->cfg.mixtures,
+                     m->be->name);
+    return m->be->mixture_assign(m, images, B, winner);
 }
 
 int amdim_model_refresh_bn(amdim_model *m, const uint8_t *images, int B)

@@ -24,13 +24,13 @@ void amdim_train_options_default(amdim_train_options *o)
     o->steps = -1;
     o->log_every = 50;
     o->keep = 3;
-    o->model = (amdim_model_overrides){-1, -1, -1, -1, -1, -1, -1, -1.0f, -1.0f};
+    o->model = (amdim_model_overrides){-1, -1, -1, -1, -1, -1, -1, -1.0f, -1.0f, -1, -1, -1.0f, -1.0f};
 }
 
 /* ---- the run ---------------------------------------------------------------- */
 
 typedef struct {
-    double nce_1t5, nce_1t7, nce_5t5, reg, cls_mlp, cls_lin, total;
+    double nce_1t5, nce_1t7, nce_5t5, reg, cls_mlp, cls_lin, total, mix_entropy;
     uint64_t correct_mlp, correct_lin, labelled, pairs, steps;
     double t0, wait0;
 } interval;
@@ -48,6 +48,11 @@ static void log_interval(FILE *metrics, interval *iv, amdim_model *m, uint64_t e
         fprintf(stderr, "amdim-train: step %llu epoch %llu: probes mlp %.4f lin %.4f, train acc %.3f/%.3f, lr %.3g, %.1f pairs/s, data wait %.0f%%\n",
                 (unsigned long long)step, (unsigned long long)epoch, iv->cls_mlp * k, iv->cls_lin * k, acc_m, acc_l, lr,
                 dt > 0 ? iv->pairs / dt : 0, 100 * wait);
+    else if (amdim_model_get_config(m)->mixtures > 1)
+        fprintf(stderr, "amdim-train: step %llu epoch %llu: loss %.4f (1t5 %.4f 1t7 %.4f 5t5 %.4f reg %.4f mixture entropy %.4f) probes %.4f/%.4f acc %.3f/%.3f, lr %.3g, %.1f pairs/s, data wait %.0f%%\n",
+                (unsigned long long)step, (unsigned long long)epoch, iv->total * k, iv->nce_1t5 * k, iv->nce_1t7 * k,
+                iv->nce_5t5 * k, iv->reg * k, iv->mix_entropy * k, iv->cls_mlp * k, iv->cls_lin * k, acc_m, acc_l, lr,
+                dt > 0 ? iv->pairs / dt : 0, 100 * wait);
     else
         fprintf(stderr, "amdim-train: step %llu epoch %llu: loss %.4f (1t5 %.4f 1t7 %.4f 5t5 %.4f reg %.4f) probes %.4f/%.4f acc %.3f/%.3f, lr %.3g, %.1f pairs/s, data wait %.0f%%\n",
                 (unsigned long long)step, (unsigned long long)epoch, iv->total * k, iv->nce_1t5 * k, iv->nce_1t7 * k,
@@ -57,10 +62,13 @@ static void log_interval(FILE *metrics, interval *iv, amdim_model *m, uint64_t e
     fprintf(metrics,
             "{\"kind\":\"train\",\"step\":%llu,\"epoch\":%llu,\"loss\":%.17g,\"nce_1t5\":%.17g,\"nce_1t7\":%.17g,"
             "\"nce_5t5\":%.17g,\"reg\":%.17g,\"cls_mlp\":%.17g,\"cls_lin\":%.17g,\"train_acc_mlp\":%.6g,"
-            "\"train_acc_lin\":%.6g,\"lr\":%.9g,\"pairs_per_s\":%.3f,\"data_wait\":%.4f,\"steps\":%llu}\n",
+            "\"train_acc_lin\":%.6g,\"lr\":%.9g,\"pairs_per_s\":%.3f,\"data_wait\":%.4f,\"steps\":%llu",
             (unsigned long long)step, (unsigned long long)epoch, iv->total * k, iv->nce_1t5 * k, iv->nce_1t7 * k,
             iv->nce_5t5 * k, iv->reg * k, iv->cls_mlp * k, iv->cls_lin * k, isnan(acc_m) ? -1.0 : acc_m,
             isnan(acc_l) ? -1.0 : acc_l, lr, dt > 0 ? iv->pairs / dt : 0, wait, (unsigned long long)iv->steps);
+    if (amdim_model_get_config(m)->mixtures > 1 && !probes_only)
+        fprintf(metrics, ",\"mix_entropy\":%.17g", iv->mix_entropy * k);
+    fprintf(metrics, "}\n");
     fflush(metrics);
     memset(iv, 0, sizeof *iv);
     iv->t0 = now;
@@ -156,7 +164,11 @@ int amdim_train_run(const amdim_train_options *o, char *err, size_t n)
             cfg->lr_decay);
     for (int i = 0; i < cfg->n_milestones; i++)
         fprintf(stderr, " %d", cfg->milestones[i]);
-    fprintf(stderr, "), seed %llu, from epoch %llu batch %llu (step %llu)%s\n", (unsigned long long)li->seed,
+    fprintf(stderr, ")");
+    if (cfg->mixtures > 1)
+        fprintf(stderr, ", mixtures %d (tau %g, entropy weight %g), probes on %s", cfg->mixtures, cfg->mix_tau,
+                cfg->mix_entropy, cfg->probe_features ? "the mixture mean" : "r1");
+    fprintf(stderr, ", seed %llu, from epoch %llu batch %llu (step %llu)%s\n", (unsigned long long)li->seed,
             (unsigned long long)li->start_epoch, (unsigned long long)li->start_batch,
             (unsigned long long)amdim_model_updates(m), ci->max_steps > 0 ? ", step-limited" : "");
 
@@ -207,7 +219,7 @@ int amdim_train_run(const amdim_train_options *o, char *err, size_t n)
             break;
         }
         iv.nce_1t5 += s.nce_1t5, iv.nce_1t7 += s.nce_1t7, iv.nce_5t5 += s.nce_5t5, iv.reg += s.reg;
-        iv.cls_mlp += s.cls_mlp, iv.cls_lin += s.cls_lin, iv.total += s.total;
+        iv.cls_mlp += s.cls_mlp, iv.cls_lin += s.cls_lin, iv.total += s.total, iv.mix_entropy += s.mix_entropy;
         iv.correct_mlp += (uint64_t)s.correct_mlp, iv.correct_lin += (uint64_t)s.correct_lin;
         iv.labelled += (uint64_t)s.labelled, iv.pairs += b.count, iv.steps++;
         uint64_t step = amdim_model_updates(m);

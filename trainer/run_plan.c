@@ -118,6 +118,8 @@ int run_plan_configure(const amdim_train_options *o, const amdim_loader_info *li
             cfg->lr = o->model.lr;
         if (o->model.warmup >= 0)
             cfg->warmup = o->model.warmup;
+        if (o->model.probe_features >= 0) /* the probes start afresh: they may read other features */
+            cfg->probe_features = o->model.probe_features;
         ci->seed = li->seed;
         ci->epochs = o->epochs > 0 ? o->epochs : (int64_t)li->epochs;
         ci->max_steps = o->steps;
@@ -132,6 +134,10 @@ int run_plan_configure(const amdim_train_options *o, const amdim_loader_info *li
         if (v->tclip > 0) cfg->tclip = v->tclip;
         if (v->lr > 0) cfg->lr = v->lr;
         if (v->warmup >= 0) cfg->warmup = v->warmup;
+        if (v->mixtures > 0) cfg->mixtures = v->mixtures;
+        if (v->mix_tau > 0) cfg->mix_tau = v->mix_tau;
+        if (v->mix_entropy >= 0) cfg->mix_entropy = v->mix_entropy;
+        if (v->probe_features >= 0) cfg->probe_features = v->probe_features;
         cfg->n_classes = v->n_classes > 0 ? v->n_classes : li->classes > 0 ? (int)li->classes : 1;
         if (strcmp(li->preset, "imagenet") == 0) { /* [30, 45] of 50 epochs */
             cfg->milestones[0] = 30;

@@ -175,10 +175,30 @@ class EncoderHolder(nn.Module):
         self.module = enc
 
 
+class Mixture(nn.Module):
+    """The mixture function of trainer/MIXTURES.md (ours; the authors released
+    none): f (B, C) -> (K, B, C), component j = f + (fc2(ReLU(fc1(f))))_j,
+    fc2's rows j C .. j C + C - 1 making component j."""
+
+    def __init__(self, n_rkhs, k):
+        super().__init__()
+        self.k = k
+        self.fc1 = nn.Linear(n_rkhs, n_rkhs)
+        self.fc2 = nn.Linear(n_rkhs, k * n_rkhs)
+
+    def forward(self, f):
+        out = self.fc2(F.relu(self.fc1(f)))
+        return f.unsqueeze(0) + out.reshape(f.shape[0], self.k, -1).permute(1, 0, 2)
+
+
 class Model(nn.Module):
-    def __init__(self, size, ndf, n_rkhs, depth, use_bn, n_classes, hidden):
+    """mixtures > 1 adds mixture.fc1 / mixture.fc2 between encoder and evaluator."""
+
+    def __init__(self, size, ndf, n_rkhs, depth, use_bn, n_classes, hidden, mixtures=1):
         super().__init__()
         self.encoder = EncoderHolder(Encoder(size, ndf, n_rkhs, depth, use_bn))
+        if mixtures > 1:
+            self.mixture = Mixture(n_rkhs, mixtures)
         self.evaluator = Evaluator(n_rkhs, n_classes, hidden)
 
 
@@ -239,6 +259,29 @@ def direction_loss(src, tgt, tclip, objective):
     return loss, reg
 
 
+def mixture_direction_loss(src_mix, tgt, tclip, tau):
+    """One direction with K mixture sources src_mix (K, B, C) against tgt
+    (B, C, H, W), NCE only: s_j (B, L) = the log-softmax term of each
+    component's positives; q = softmax_j(tau s_j), a constant (detached);
+    loss = -mean_{i,l} sum_j q_j s_j; reg = the components' mean; and the
+    mean entropy of q (reported, no gradient). Returns (loss, reg, entropy)."""
+    ss, regs = [], []
+    for j in range(src_mix.shape[0]):
+        s, reg = scores(src_mix[j], tgt, tclip)
+        B, _, L = s.shape
+        flat = s.reshape(B * B, L)
+        pos = flat[::B + 1]
+        negf = flat[1:].reshape(B - 1, B + 1, L)[:, :B].reshape(B, -1)
+        m = negf.max(dim=1, keepdim=True)[0]
+        lse = torch.log(torch.exp(pos - m) + torch.exp(negf - m).sum(dim=1, keepdim=True))
+        ss.append(pos - m - lse)
+        regs.append(reg)
+    s = torch.stack(ss)                                   # (K, B, L)
+    q = torch.softmax(tau * s, dim=0).detach()
+    entropy = -(q * torch.log(q)).sum(0).mean()
+    return -(q * s).sum(0).mean(), sum(regs) / len(regs), entropy
+
+
 def pick(r5, idx):
     """One 5x5 location per image: r5 (B, C, 5, 5), idx (B,) in 0..24 -> (B, C)."""
     B = r5.shape[0]
@@ -254,25 +297,47 @@ def class_loss(logits, labels):
     return xent + 1e-3 * (logits ** 2).mean()
 
 
-def step_losses(model, x1, x2, labels, idx1, idx2, masks=None, tclip=20.0, objective="nce"):
+def step_losses(model, x1, x2, labels, idx1, idx2, masks=None, tclip=20.0, objective="nce", mix_tau=1.0,
+                mix_entropy=1.0, probe_features="r1"):
     """One AMDIM training step's losses for views x1, x2 (normalised NCHW).
     idx1/idx2: the 5x5 source location per image; masks: (mask_in,
     mask_hidden) for the MLP probe's dropout, or None for random dropout.
+    A model with mixtures gives the 1t5 / 1t7 directions K mixture sources
+    (trainer/MIXTURES.md): terms gain mix_entropy (the sum over those
+    directions of 0.5 mean H(q)), and total = the terms - mix_entropy * alpha
+    (no gradient). probe_features "mixture-mean": the probes read the mean of
+    the mixture features instead of r1.
     Returns total, the terms, (r1, r5, r7 of x1, then of x2), (MLP, linear logits)."""
     enc = model.encoder.module
     r1a, r5a, r7a = enc(x1)
     r1b, r5b, r7b = enc(x2)
     f1a, f1b = r1a.flatten(1), r1b.flatten(1)
+    mix = getattr(model, "mixture", None)
     terms = {}
     regs = []
-    for name, (sa, tb, sb, ta) in {"1t5": (f1a, r5b, f1b, r5a), "1t7": (f1a, r7b, f1b, r7a),
-                                   "5t5": (pick(r5a, idx1), r5b, pick(r5b, idx2), r5a)}.items():
+    if mix is not None:
+        ma, mb = mix(f1a), mix(f1b)
+        entropy = 0.0
+        for name, (tb, ta) in {"1t5": (r5b, r5a), "1t7": (r7b, r7a)}.items():
+            l1, g1, h1 = mixture_direction_loss(ma, tb, tclip, mix_tau)
+            l2, g2, h2 = mixture_direction_loss(mb, ta, tclip, mix_tau)
+            terms[name] = 0.5 * (l1 + l2)
+            regs += [g1, g2]
+            entropy = entropy + 0.5 * (h1 + h2)
+        pairs = {"5t5": (pick(r5a, idx1), r5b, pick(r5b, idx2), r5a)}
+    else:
+        pairs = {"1t5": (f1a, r5b, f1b, r5a), "1t7": (f1a, r7b, f1b, r7a),
+                 "5t5": (pick(r5a, idx1), r5b, pick(r5b, idx2), r5a)}
+    for name, (sa, tb, sb, ta) in pairs.items():
         l1, g1 = direction_loss(sa, tb, tclip, objective)
         l2, g2 = direction_loss(sb, ta, tclip, objective)
         terms[name] = 0.5 * (l1 + l2)
         regs += [g1, g2]
     terms["reg"] = 0.5 * sum(regs)
-    feats = torch.cat([f1a, f1b]).detach()
+    if probe_features == "mixture-mean":
+        feats = torch.cat([ma.mean(0), mb.mean(0)]).detach()
+    else:
+        feats = torch.cat([f1a, f1b]).detach()
     lab2 = torch.cat([labels, labels])
     ev = model.evaluator
     lgt_mlp = ev.block_glb_mlp(feats, *(masks or ()))
@@ -280,4 +345,7 @@ def step_losses(model, x1, x2, labels, idx1, idx2, masks=None, tclip=20.0, objec
     terms["cls_mlp"] = class_loss(lgt_mlp, lab2)
     terms["cls_lin"] = class_loss(lgt_lin, lab2)
     total = terms["1t5"] + terms["1t7"] + terms["5t5"] + terms["reg"] + terms["cls_mlp"] + terms["cls_lin"]
+    if mix is not None:
+        terms["mix_entropy"] = entropy.detach()
+        total = total - mix_entropy * terms["mix_entropy"]
     return total, terms, (r1a, r5a, r7a, r1b, r5b, r7b), (lgt_mlp, lgt_lin)

@@ -9,7 +9,9 @@ buffer, two input batches (normalised, NCHW), labels, the
 random 5x5 source locations and the dropout masks, r1/r5/r7 of both views,
 each loss term and the total, every parameter gradient, and the losses and
 running statistics over 3 Adam steps. The 32 px configuration is also stored
-with the Jensen-Shannon and Donsker-Varadhan objectives.
+with the Jensen-Shannon and Donsker-Varadhan objectives, and with K = 4
+mixture-based representations (trainer/MIXTURES.md: tau 1.5, alpha 0.5, the
+probes on the mixture mean; "mix" holds K, tau, alpha, probe features).
 
 Run from the repository root:  /usr/bin/python3 tests/ref/make_model_ref.py
 (Debian's python3-torch.)
@@ -30,12 +32,15 @@ torch.set_default_dtype(torch.float64)  # the reference is computed in double
 def init_model(model, gen):
     """SPEC section 3 initialisation (draws from torch, stored in the file anyway)."""
     init_weights(model, gen)
-    # Zero second convolutions would make many gradients exactly zero; for a
-    # stronger test perturb them (the C side loads these weights).
+    # Zero second convolutions (and the mixture's zero fc2) would make many
+    # gradients exactly zero and the components equal; for a stronger test
+    # perturb them (the C side loads these weights).
     with torch.no_grad():
         for name, p in model.named_parameters():
             if name.endswith("conv2.weight"):
                 p.uniform_(-0.05, 0.05, generator=gen)
+            if name.startswith("mixture.fc2."):
+                p.uniform_(-0.2, 0.2, generator=gen)
 
 
 CONFIGS = [
@@ -46,17 +51,24 @@ CONFIGS = [
 ]
 
 
-def make(cfg, objective, out_dir):
+MIX4 = (4, 1.5, 0.5, "mixture-mean")  # K, tau, alpha, probe features
+
+
+def make(cfg, objective, out_dir, mix=None):
     name, size, ndf, n_rkhs, depth, use_bn, B, n_classes, hidden = cfg
-    gen = torch.Generator().manual_seed({"enc32": 11, "enc64": 22, "enc128": 33}[name] + {"nce": 0, "jsd": 1, "dv": 2}[objective])
+    gen = torch.Generator().manual_seed({"enc32": 11, "enc64": 22, "enc128": 33}[name] + {"nce": 0, "jsd": 1, "dv": 2}[objective]
+                                        + (100 if mix else 0))
     torch.manual_seed(7)
-    model = Model(size, ndf, n_rkhs, depth, use_bn, n_classes, hidden)
+    model = Model(size, ndf, n_rkhs, depth, use_bn, n_classes, hidden, mix[0] if mix else 1)
     init_model(model, gen)
     model.train()
     tclip = 20.0
     ref = RefWriter()
     ref.add("config", np.array([size, ndf, n_rkhs, depth, use_bn, B, n_classes, hidden,
                                 {"nce": 0, "jsd": 1, "dv": 2}[objective]], dtype=np.int32))
+    if mix:
+        ref.add("mix", np.array([mix[0], mix[1], mix[2], mix[3] == "mixture-mean"], dtype=np.float64))
+    mix_args = dict(mix_tau=mix[1], mix_entropy=mix[2], probe_features=mix[3]) if mix else {}
     state = {k: v.detach().clone() for k, v in model.state_dict().items()}
     for k, v in state.items():
         arr = v.numpy()
@@ -89,7 +101,7 @@ def make(cfg, objective, out_dir):
         for g in opt.param_groups:
             g["lr"] = 2e-4 * min(1.0, (step + 1) / 500.0)
         opt.zero_grad()
-        total, terms, outs, logits = step_losses(model, x1, x2, labels, idx1, idx2, masks, tclip, objective)
+        total, terms, outs, logits = step_losses(model, x1, x2, labels, idx1, idx2, masks, tclip, objective, **mix_args)
         total.backward()
         for k, v in terms.items():
             ref.add(p + "loss/" + k, np.array([v.item()], dtype=np.float64))
@@ -105,9 +117,10 @@ def make(cfg, objective, out_dir):
         opt.step()
     # state after the steps: weights and BN running statistics
     for k, v in model.state_dict().items():
-        if k.endswith("running_mean") or k.endswith("running_var") or k.endswith("conv1.weight"):
+        if k.endswith("running_mean") or k.endswith("running_var") or k.endswith("conv1.weight") or k.startswith("mixture."):
             ref.add("final/" + k, v.numpy().astype(np.float64))
-    path = os.path.join(out_dir, f"model_ref_{name}{'' if objective == 'nce' else '_' + objective}.bin.gz")
+    tail = ('' if objective == 'nce' else '_' + objective) + (f'_mix{mix[0]}' if mix else '')
+    path = os.path.join(out_dir, f"model_ref_{name}{tail}.bin.gz")
     ref.save(path)
     print(f"wrote {path} ({os.path.getsize(path)} bytes, {len(ref.items)} tensors)")
 
@@ -118,6 +131,7 @@ def main():
         make(cfg, "nce", out_dir)
     for objective in ("jsd", "dv"):
         make(CONFIGS[0], objective, out_dir)
+    make(CONFIGS[0], "nce", out_dir, MIX4)
 
 
 if __name__ == "__main__":

@@ -27,6 +27,11 @@ typedef struct {
     float *feat, *mlp_h0, *mlp_z1, *mlp_a1, *mlp_h2, *mlp_mean, *mlp_istd, *logits[2], *dlogits, *dtmp, *dtmp2;
     float *grad_a, *grad_b, *dhead[2], *dr5[2], *dr7[2], *dr1[2];
     float *srcT, *dsrcT;
+    /* mixtures (K > 1): per view h (R, B), the K sources (K, R, B) and
+     * their gradient; per direction the components' log-softmax terms and
+     * the assignment, (K, B, L) */
+    float *mix_h[2], *mix[2], *dmix[2];
+    double *mix_lsm, *mix_q;
     int32_t *labels2;
     cpu_op_scratch scr, scr2;
     cpu_nce_scratch nce;
@@ -78,7 +83,9 @@ static void free_buffers(amdim_model *m, cpu_state *c)
             free(hc->mean1), free(hc->istd1), free(hc->mean2), free(hc->istd2);
         }
         free(c->dr5[v]), free(c->dr7[v]), free(c->dr1[v]);
+        free(c->mix_h[v]), free(c->mix[v]), free(c->dmix[v]);
     }
+    free(c->mix_lsm), free(c->mix_q);
     free(c->feat), free(c->mlp_h0), free(c->mlp_z1), free(c->mlp_a1), free(c->mlp_h2), free(c->mlp_mean);
     free(c->mlp_istd), free(c->logits[0]), free(c->logits[1]), free(c->dlogits), free(c->dtmp), free(c->dtmp2);
     free(c->grad_a), free(c->grad_b), free(c->dhead[0]), free(c->dhead[1]), free(c->srcT), free(c->dsrcT);
@@ -138,6 +145,15 @@ static int alloc_buffers(amdim_model *m, cpu_state *c, int B)
         ALLOC(c->dr5[v], (size_t)R * B * 25);
         ALLOC(c->dr7[v], (size_t)R * B * 49);
         ALLOC(c->dr1[v], (size_t)R * B);
+        if (m->cfg.mixtures > 1) {
+            ALLOC(c->mix_h[v], (size_t)R * B);
+            ALLOC(c->mix[v], (size_t)m->cfg.mixtures * R * B);
+            ALLOC(c->dmix[v], (size_t)m->cfg.mixtures * R * B);
+        }
+    }
+    if (m->cfg.mixtures > 1) {
+        ALLOC(c->mix_lsm, (size_t)m->cfg.mixtures * B * 49);
+        ALLOC(c->mix_q, (size_t)m->cfg.mixtures * B * 49);
     }
     size_t headmax = (size_t)R * B * 49;
     maxact = headmax > maxact ? headmax : maxact;
@@ -397,12 +413,72 @@ static int encoder_backward(amdim_model *m, int v, int B)
     return AMDIM_OK;
 }
 
-/* r1 (R, B) of view v into rows [v B, v B + B) of feat (rows of R). */
-static void gather_r1(amdim_model *m, int v, int B)
+/* ---- mixtures ------------------------------------------------------------ */
+
+/* The K mixture features (K, R, B) of r1 of view v into c->mix[v]. */
+static void mixture_forward(amdim_model *m, int v, int B)
 {
     cpu_state *c = m->bs;
-    int R = m->cfg.n_rkhs;
+    const amdim_mixture *x = &m->arch.mix;
+    cpu_mixture_forward(c->lc[v][m->arch.nlayers - 1].out, m->cfg.n_rkhs, B, m->cfg.mixtures, W(m, x->w1),
+                        W(m, x->b1), W(m, x->w2), W(m, x->b2), c->mix_h[v], c->mix[v]);
+}
+
+/* Per consequent location k of a direction (BL of them): the components'
+ * log-softmax terms lsm (K, BL) into the assignment q (K, BL). Returns
+ * the mean entropy of q. */
+static double mixture_assign(const amdim_model *m, const double *lsm, size_t BL, double *q)
+{
+    double h = 0;
+    for (size_t k = 0; k < BL; k++)
+        h += amdim_mix_assign(lsm + k, m->cfg.mixtures, BL, m->cfg.mix_tau, q + k);
+    return h / (double)BL;
+}
+
+/* One direction with the K mixture sources mixT (K, R, B) against tgt (R,
+ * B*L): the components' NCE terms s_j, the assignment q = softmax_j(tau
+ * s_j) held constant (no gradient), then loss = -mean sum_j q_j s_j and
+ * reg = the components' mean, with gradients (direction weight 0.5) into
+ * dmixT and dtgt. *entropy: mean H(q). */
+static int mixture_direction(amdim_model *m, const float *mixT, float *dmixT, const float *tgt, float *dtgt, int B,
+                             int L, double *loss, double *reg, double *entropy)
+{
+    cpu_state *c = m->bs;
+    int K = m->cfg.mixtures, R = m->cfg.n_rkhs;
+    size_t BL = (size_t)B * L, RB = (size_t)R * B;
+    double l, r;
+    for (int j = 0; j < K; j++)
+        TRY(cpu_nce_direction(mixT + j * RB, tgt, R, B, L, m->cfg.tclip, AMDIM_OBJECTIVE_NCE, 0, 0, NULL,
+                              c->mix_lsm + j * BL, &l, &r, NULL, NULL, &c->nce));
+    *entropy = mixture_assign(m, c->mix_lsm, BL, c->mix_q);
+    *loss = *reg = 0;
+    for (int j = 0; j < K; j++) {
+        TRY(cpu_nce_direction(mixT + j * RB, tgt, R, B, L, m->cfg.tclip, AMDIM_OBJECTIVE_NCE, 0.5f, 0.5f / K,
+                              c->mix_q + j * BL, NULL, &l, &r, dmixT + j * RB, dtgt, &c->nce));
+        *loss += l;
+        *reg += r / K;
+    }
+    return AMDIM_OK;
+}
+
+/* What the probes read, view v, into rows [v B, v B + B) of feat (rows of
+ * R): r1 (R, B), or the mean of its K mixture features. */
+static void gather_features(amdim_model *m, int v, int B)
+{
+    cpu_state *c = m->bs;
+    int R = m->cfg.n_rkhs, K = m->cfg.mixtures;
     const float *r1 = c->lc[v][m->arch.nlayers - 1].out;
+    if (m->cfg.probe_features) {
+        mixture_forward(m, v, B);
+        for (int i = 0; i < B; i++)
+            for (int ch = 0; ch < R; ch++) {
+                double sum = 0;
+                for (int j = 0; j < K; j++)
+                    sum += c->mix[v][((size_t)j * R + ch) * B + i];
+                c->feat[((size_t)v * B + i) * R + ch] = (float)(sum / K);
+            }
+        return;
+    }
     for (int i = 0; i < B; i++)
         for (int ch = 0; ch < R; ch++)
             c->feat[((size_t)v * B + i) * R + ch] = r1[(size_t)ch * B + i];
@@ -495,10 +571,25 @@ static int objectives(amdim_model *m, int B, const int32_t *src5, amdim_step_sta
         memset(c->dr5[v], 0, (size_t)R * B * 25 * sizeof(float));
         memset(c->dr7[v], 0, (size_t)R * B * 49 * sizeof(float));
     }
-    double reg = 0, task[3] = {0, 0, 0};
+    int K = cfg->mixtures;
+    for (int v = 0; v < 2 && K > 1; v++) {
+        mixture_forward(m, v, B);
+        memset(c->dmix[v], 0, (size_t)K * R * B * sizeof(float));
+    }
+    double reg = 0, task[3] = {0, 0, 0}, entropy = 0;
     for (int k = 0; k < AMDIM_NCE_DIRECTIONS; k++) {
         const amdim_nce_direction *d = &m->arch.dirs[k];
-        int a = d->src_view, b = 1 - a;
+        int a = d->src_view, b = 1 - a, rc;
+        if (d->mixtures > 1) {
+            double loss = 0, reg1 = 0, h = 0;
+            if ((rc = mixture_direction(m, c->mix[a], c->dmix[a], feat[b][d->tgt_feature], dfeat[b][d->tgt_feature], B,
+                                        d->L, &loss, &reg1, &h)))
+                return rc;
+            task[d->task] += 0.5 * loss;
+            reg += reg1;
+            entropy += 0.5 * h;
+            continue;
+        }
         const float *src = feat[a][1];
         float *dsrc = dfeat[a][1];
         const int32_t *idx = src5 + (size_t)a * B;
@@ -511,8 +602,8 @@ static int objectives(amdim_model *m, int B, const int32_t *src5, amdim_step_sta
             dsrc = c->dsrcT;
         }
         double loss, reg1;
-        TRY(cpu_nce_direction(src, feat[b][d->tgt_feature], R, B, d->L, cfg->tclip, cfg->objective, 0.5f, 0.5f, &loss,
-                              &reg1, dsrc, dfeat[b][d->tgt_feature], &c->nce));
+        TRY(cpu_nce_direction(src, feat[b][d->tgt_feature], R, B, d->L, cfg->tclip, cfg->objective, 0.5f, 0.5f, NULL,
+                              NULL, &loss, &reg1, dsrc, dfeat[b][d->tgt_feature], &c->nce));
         task[d->task] += 0.5 * loss;
         reg += reg1;
         if (d->src_feature == 5)
@@ -520,10 +611,16 @@ static int objectives(amdim_model *m, int B, const int32_t *src5, amdim_step_sta
                 for (int i = 0; i < B; i++)
                     c->dr5[a][((size_t)ch * B + i) * 25 + idx[i]] += c->dsrcT[(size_t)ch * B + i];
     }
+    /* the mixture MLP's backward, once both r1 directions of a view are in */
+    const amdim_mixture *x = &m->arch.mix;
+    for (int v = 0; v < 2 && K > 1; v++)
+        TRY(cpu_mixture_backward(feat[v][1], c->mix_h[v], R, B, K, W(m, x->w1), W(m, x->w2), c->dmix[v], c->dr1[v],
+                                 G(m, x->w1), G(m, x->b1), G(m, x->w2), G(m, x->b2), &c->scr));
     st->nce_1t5 = task[0];
     st->nce_1t7 = task[1];
     st->nce_5t5 = task[2];
     st->reg = 0.5 * reg;
+    st->mix_entropy = entropy;
     return AMDIM_OK;
 }
 
@@ -600,14 +697,16 @@ static int cpu_forward_backward(amdim_model *m, const amdim_step_input *in, cons
         return rc;
     prof(m, stage, 0, t0, B);
     prof(m, stage, 1, amdim_now(), B); /* the backward FLOPs; its time is in the forward's */
-    gather_r1(m, 0, B);
-    gather_r1(m, 1, B);
+    gather_features(m, 0, B);
+    gather_features(m, 1, B);
     if ((rc = probes_train(m, B, in->labels, d, st)))
         return rc;
     for (int v = 0; v < 2; v++)
         if ((rc = encoder_backward(m, v, B)))
             return rc;
     st->total = st->nce_1t5 + st->nce_1t7 + st->nce_5t5 + st->reg + st->cls_mlp + st->cls_lin;
+    if (m->cfg.mixtures > 1) /* the entropy bonus: reported, no gradient (q is a constant) */
+        st->total -= m->cfg.mix_entropy * st->mix_entropy;
     return AMDIM_OK;
 }
 
@@ -622,7 +721,7 @@ static int cpu_probe_step(amdim_model *m, const amdim_step_input *in, const amdi
         load_input(m, in, v);
         if ((rc = encoder_forward(m, v, B, 0, 0)))
             return rc;
-        gather_r1(m, v, B);
+        gather_features(m, v, B);
     }
     if ((rc = probes_train(m, B, in->labels, d, st)))
         return rc;
@@ -655,7 +754,7 @@ static int cpu_evaluate(amdim_model *m, const uint8_t *images, int B, float *fea
     normalise_views(m, images, B, c->x[0]);
     if ((rc = encoder_forward(m, 0, B, 0, 0)))
         return rc;
-    gather_r1(m, 0, B);
+    gather_features(m, 0, B);
     if (features)
         memcpy(features, c->feat, (size_t)B * R * sizeof(float));
     if (lm || ll) {
@@ -679,9 +778,36 @@ static int cpu_refresh_bn(amdim_model *m, const uint8_t *images, int B, const am
     normalise_views(m, images, B, c->x[0]);
     if ((rc = encoder_forward(m, 0, B, 1, 1)))
         return rc;
-    gather_r1(m, 0, B);
+    gather_features(m, 0, B);
     m->batch = 0;
     return probes_forward(m, B, d->mask_in, d->mask_hidden, 1);
+}
+
+static int cpu_mixture_assign(amdim_model *m, const uint8_t *images, int B, int32_t *winner)
+{
+    int rc = ensure_buffers(m, B);
+    if (rc)
+        return rc;
+    cpu_state *c = m->bs;
+    int K = m->cfg.mixtures, R = m->cfg.n_rkhs;
+    size_t BL = (size_t)B * 49;
+    normalise_views(m, images, B, c->x[0]);
+    if ((rc = encoder_forward(m, 0, B, 0, 1)))
+        return rc;
+    m->batch = 0;
+    mixture_forward(m, 0, B);
+    double l, r;
+    for (int j = 0; j < K; j++)
+        TRY(cpu_nce_direction(c->mix[0] + (size_t)j * R * B, c->hc[0][1].out, R, B, 49, m->cfg.tclip,
+                              AMDIM_OBJECTIVE_NCE, 0, 0, NULL, c->mix_lsm + j * BL, &l, &r, NULL, NULL, &c->nce));
+    mixture_assign(m, c->mix_lsm, BL, c->mix_q);
+    for (size_t k = 0; k < BL; k++) {
+        int best = 0;
+        for (int j = 1; j < K; j++)
+            best = c->mix_q[j * BL + k] > c->mix_q[best * BL + k] ? j : best;
+        winner[k] = best;
+    }
+    return AMDIM_OK;
 }
 
 static int cpu_output(const amdim_model *m, int view, int which, float *out)
@@ -721,6 +847,7 @@ const amdim_backend amdim_backend_cpu = {
     .refresh_bn = cpu_refresh_bn,
     .output = cpu_output,
     .logits = cpu_logits,
+    .mixture_assign = cpu_mixture_assign,
     .set_threads = cpu_set_threads,
     .pull = NULL,
     .push = NULL,

@@ -17,8 +17,10 @@ void cpu_nce_scratch_free(cpu_nce_scratch *s)
 }
 
 int cpu_nce_direction(const float *srcT, const float *tgt, int C, int B, int L, float tclip, int objective, float wloss,
-                      float wreg, double *loss_out, double *reg_out, float *dsrcT, float *dtgt, cpu_nce_scratch *s)
+                      float wreg, const double *weights, double *lsm, double *loss_out, double *reg_out, float *dsrcT,
+                      float *dtgt, cpu_nce_scratch *s)
 {
+    AMDIM_ASSERT(objective == AMDIM_OBJECTIVE_NCE || (!weights && !lsm));
     size_t BL = (size_t)B * L, n = (size_t)B * BL;
     if (2 * n > s->cap) {
         free(s->buf);
@@ -54,12 +56,15 @@ int cpu_nce_direction(const float *srcT, const float *tgt, int C, int B, int L, 
             for (size_t k = 0; k < BL; k++)
                 if (k / L != (size_t)i)
                     negsum += exp(t[k] - M);
-            double inv_sum = 0; /* sum over positives of 1 / (e^(p-M) + negsum) */
+            double inv_sum = 0; /* sum over positives of w / (e^(p-M) + negsum) */
             for (int l = 0; l < L; l++) {
-                double ep = exp(pos[l] - M), den = ep + negsum;
-                loss += -(pos[l] - M - log(den));
-                inv_sum += 1.0 / den;
-                double d = amdim_nce_pos_grad(ep / den, (double)BL, wloss);
+                double ep = exp(pos[l] - M), den = ep + negsum, w = weights ? weights[(size_t)i * L + l] : 1.0;
+                double term = pos[l] - M - log(den);
+                if (lsm)
+                    lsm[(size_t)i * L + l] = term;
+                loss += -term * w;
+                inv_sum += w / den;
+                double d = amdim_nce_pos_grad(ep / den, (double)BL, wloss * w);
                 g[(size_t)i * L + l] += (float)(d * amdim_tanh_clip_grad(pos[l], tclip));
             }
             for (size_t k = 0; k < BL; k++) {
@@ -103,10 +108,12 @@ int cpu_nce_direction(const float *srcT, const float *tgt, int C, int B, int L, 
     if (objective == AMDIM_OBJECTIVE_NCE)
         loss /= (double)BL;
     /* back through the scores */
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, C, B, (int)BL, scale, tgt, (int)BL, dS, (int)BL, 1.0f, dsrcT,
-                B);
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, C, (int)BL, B, scale, srcT, B, dS, (int)BL, 1.0f, dtgt,
-                (int)BL);
+    if (dsrcT)
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, C, B, (int)BL, scale, tgt, (int)BL, dS, (int)BL, 1.0f,
+                    dsrcT, B);
+    if (dtgt)
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, C, (int)BL, B, scale, srcT, B, dS, (int)BL, 1.0f, dtgt,
+                    (int)BL);
     *reg_out = reg;
     *loss_out = loss;
     return AMDIM_OK;

@@ -21,8 +21,15 @@ void cpu_nce_scratch_free(cpu_nce_scratch *s);
  *        over positives of log 2 - softplus(-t);
  *   DV:  mean over i of logsumexp_neg(t) - log(#neg) - mean_l t_iil.
  * Writes *loss and *reg; adds the gradient of (wloss * loss + wreg * reg)
- * to dsrcT and dtgt. Returns 0 or AMDIM_E_NOMEM (scratch). */
+ * to dsrcT and dtgt (either NULL: not wanted; both NULL: forward only).
+ * NCE only (NULL for the others), for the mixtures (trainer/MIXTURES.md):
+ *   weights (B, L): weight w_il of positive (i, l) in the loss, which
+ *        becomes -(1 / BL) sum w_il lsm_il; NULL = 1 (bit for bit the plain loss);
+ *   lsm (B, L): receives lsm_il = t_iil - log(e^t_iil + sum_neg e^t), the
+ *        log-softmax term of positive (i, l); NULL = not wanted.
+ * Returns 0 or AMDIM_E_NOMEM (scratch). */
 int cpu_nce_direction(const float *srcT, const float *tgt, int C, int B, int L, float tclip, int objective, float wloss,
-                      float wreg, double *loss, double *reg, float *dsrcT, float *dtgt, cpu_nce_scratch *s);
+                      float wreg, const double *weights, double *lsm, double *loss, double *reg, float *dsrcT,
+                      float *dtgt, cpu_nce_scratch *s);
 
 #endif

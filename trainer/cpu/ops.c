@@ -276,6 +276,51 @@ void cpu_batchnorm_backward(const float *x, int c, size_t count, const cpu_bn_pa
     }
 }
 
+void cpu_mixture_forward(const float *fT, int R, int B, int K, const float *w1, const float *b1, const float *w2,
+                         const float *b2, float *h, float *mixT)
+{
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, R, B, R, 1.0f, w1, R, fT, B, 0.0f, h, B);
+    for (int c = 0; c < R; c++)
+        for (int i = 0; i < B; i++)
+            h[(size_t)c * B + i] = amdim_relu(h[(size_t)c * B + i] + b1[c]);
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, K * R, B, R, 1.0f, w2, R, h, B, 0.0f, mixT, B);
+    for (int j = 0; j < K; j++)
+        for (int c = 0; c < R; c++)
+            for (int i = 0; i < B; i++)
+                mixT[((size_t)j * R + c) * B + i] += b2[(size_t)j * R + c] + fT[(size_t)c * B + i];
+}
+
+int cpu_mixture_backward(const float *fT, const float *h, int R, int B, int K, const float *w1, const float *w2,
+                         const float *dmixT, float *dfT, float *dw1, float *db1, float *dw2, float *db2,
+                         cpu_op_scratch *scr)
+{
+    float *dh = cpu_op_scratch_get(scr, (size_t)R * B);
+    if (!dh)
+        return AMDIM_E_NOMEM;
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, K * R, R, B, 1.0f, dmixT, B, h, B, 1.0f, dw2, R);
+    cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, R, B, K * R, 1.0f, w2, R, dmixT, B, 0.0f, dh, B);
+    for (size_t r = 0; r < (size_t)K * R; r++) {
+        double sum = 0;
+        for (int i = 0; i < B; i++)
+            sum += dmixT[r * B + i];
+        db2[r] += (float)sum;
+    }
+    for (int c = 0; c < R; c++) {
+        double sum = 0;
+        for (int i = 0; i < B; i++) {
+            size_t k = (size_t)c * B + i;
+            dh[k] = amdim_relu_grad(h[k], dh[k]);
+            sum += dh[k];
+            for (int j = 0; j < K; j++) /* the residual connections */
+                dfT[k] += dmixT[(size_t)j * R * B + k];
+        }
+        db1[c] += (float)sum;
+    }
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, R, R, B, 1.0f, dh, B, fT, B, 1.0f, dw1, R);
+    cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, R, B, R, 1.0f, w1, R, dh, B, 1.0f, dfT, B);
+    return AMDIM_OK;
+}
+
 void cpu_linear_forward(const float *x, int n, int in, const float *wt, const float *bias, int out, float *y)
 {
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, out, in, 1.0f, x, in, wt, in, 0.0f, y, out);

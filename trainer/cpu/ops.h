@@ -66,6 +66,18 @@ void cpu_batchnorm1d_forward_eval(const float *x, int n, int c, const cpu_bn_par
 int cpu_batchnorm1d_backward(const float *x, int n, int c, const cpu_bn_params *p, const float *mean, const float *inv_std,
                           const float *dy, float *dx, cpu_op_scratch *scr);
 
+/* The mixture function (trainer/MIXTURES.md) on sources in the NCE layout
+ * fT (R, B), column i = image i: h (R, B) = ReLU(W1 fT + b1), W1 (R, R);
+ * mixT (K, R, B), component j = fT + (W2 h + b2)_j with W2 (K R, R), b2
+ * (K R): rows j R .. j R + R - 1 of W2 h make component j. */
+void cpu_mixture_forward(const float *fT, int R, int B, int K, const float *w1, const float *b1, const float *w2,
+                         const float *b2, float *h, float *mixT);
+/* From dmixT (K, R, B): dfT (R, B) += the residuals' and fc1's input
+ * gradient; dw1, db1, dw2, db2 accumulate. Needs R x B floats of scratch. */
+int cpu_mixture_backward(const float *fT, const float *h, int R, int B, int K, const float *w1, const float *w2,
+                         const float *dmixT, float *dfT, float *dw1, float *db1, float *dw2, float *db2,
+                         cpu_op_scratch *scr);
+
 /* Inverted dropout with an explicit 0/1 mask: y = x * mask / (1 - p). */
 void cpu_dropout_forward(const float *x, const float *mask, float p, size_t count, float *y);
 void cpu_dropout_backward(const float *dy, const float *mask, float p, size_t count, float *dx);
