@@ -91,6 +91,14 @@ int amdim_augmenter_create(amdim_augmenter **out, const amdim_augment_config *cf
 void amdim_augmenter_destroy(amdim_augmenter *a); /* accepts NULL */
 const char *amdim_augmenter_error(const amdim_augmenter *a);
 
+/* Records with more than max_pixels pixels (width x height from the record
+ * header) are refused with AMDIM_E_TOO_LARGE before anything is decoded or
+ * allocated; 0 restores the default (PIL's decompression-bomb limit, the
+ * packer's default --max-pixels). A JPEG whose own size differs from its
+ * record's is AMDIM_E_CORRUPT, also before decoding. */
+#define AMDIM_AUGMENT_MAX_PIXELS_DEFAULT 89478485ull
+void amdim_augmenter_set_max_pixels(amdim_augmenter *a, uint64_t max_pixels);
+
 /* SIMD level of the crop, resize and colour steps: amdim_simd_detect() at
  * creation; every level gives the scalar oracle's bytes. A level above
  * what amdim_simd_detect() allows is lowered to it. */
@@ -135,7 +143,10 @@ int amdim_augment_pair(amdim_augmenter *a, const amdim_record *rec, uint64_t see
 
 /* Test-time transform: resize the short side to test_resize (bicubic) and
  * centre-crop size x size; for the translate preset the (padded) image
- * itself. out holds size*size*3 bytes. */
+ * itself. out holds size*size*3 bytes. An image whose long side is more
+ * than AMDIM_TEST_VIEW_MAX_ASPECT times its short side is refused
+ * (AMDIM_E_TOO_LARGE): its resize would be that many times larger. */
+#define AMDIM_TEST_VIEW_MAX_ASPECT 64
 int amdim_augment_test_view(amdim_augmenter *a, const amdim_record *rec, uint8_t *out);
 
 /* ---- the steps, in place on interleaved RGB (the oracle for SIMD code) --- */

@@ -28,6 +28,7 @@ struct amdim_augmenter {
     amdim_simd simd;
     colour_ops ops;
     amdim_decode_options decode;
+    uint64_t max_pixels; /* records with more pixels are refused before any decode */
     char err[512];
 };
 
@@ -65,6 +66,7 @@ int amdim_augmenter_create(amdim_augmenter **out, const amdim_augment_config *cf
     if (!a)
         return AMDIM_E_NOMEM;
     a->cfg = *cfg;
+    a->max_pixels = AMDIM_AUGMENT_MAX_PIXELS_DEFAULT;
     amdim_augmenter_set_simd(a, amdim_simd_detect());
     if ((st = amdim_codec_create(&a->codec))) {
         free(a);
@@ -90,15 +92,47 @@ void amdim_augmenter_destroy(amdim_augmenter *a)
 
 const char *amdim_augmenter_error(const amdim_augmenter *a) { return a ? a->err : "no augmenter"; }
 
+void amdim_augmenter_set_max_pixels(amdim_augmenter *a, uint64_t max_pixels)
+{
+    a->max_pixels = max_pixels ? max_pixels : AMDIM_AUGMENT_MAX_PIXELS_DEFAULT;
+}
+
 const amdim_augment_config *amdim_augmenter_config(const amdim_augmenter *a) { return &a->cfg; }
 
 #define AFAIL(st, ...) amdim_fail(a->err, sizeof a->err, (st), __VA_ARGS__)
 
+/* Before anything is allocated for a record: its size against the pixel
+ * limit, and a JPEG's own size (its SOF) against the record's header, so
+ * that a small record cannot make a decoder allocate for a huge image. */
+static int check_record_size(amdim_augmenter *a, const amdim_record *rec)
+{
+    uint64_t npix = (uint64_t)rec->width * rec->height;
+    if (npix > a->max_pixels)
+        return AFAIL(AMDIM_E_TOO_LARGE, "record of %ux%u has %llu pixels, more than the limit of %llu",
+                     rec->width, rec->height, (unsigned long long)npix, (unsigned long long)a->max_pixels);
+    if (rec->encoding != AMDIM_ENCODING_JPEG)
+        return AMDIM_OK;
+    amdim_image_format f;
+    int w, h, ch, st = amdim_codec_probe(a->codec, rec->payload, rec->payload_size, &f, &w, &h, &ch);
+    if (st)
+        return AFAIL(st, "%s", amdim_codec_error(a->codec));
+    if (f != AMDIM_FORMAT_JPEG)
+        return AFAIL(AMDIM_E_CORRUPT, "record says JPEG but its payload is not a JPEG");
+    if ((uint32_t)w != rec->width || (uint32_t)h != rec->height)
+        return AFAIL(AMDIM_E_CORRUPT, "JPEG is %dx%d but its record says %ux%u", w, h, rec->width, rec->height);
+    return AMDIM_OK;
+}
+
 int amdim_augment_decode(amdim_augmenter *a, const amdim_record *rec, const amdim_image **img)
 {
     int st;
+    if ((st = check_record_size(a, rec)))
+        return st;
     if (rec->encoding == AMDIM_ENCODING_JPEG) {
-        if ((st = amdim_codec_decode_rgb(a->codec, rec->payload, rec->payload_size, 0, &a->decoded, NULL)))
+        /* The record's size is the limit: the probe above read the first
+         * SOF, this also covers a decoder that sees another one. */
+        if ((st = amdim_codec_decode_rgb(a->codec, rec->payload, rec->payload_size,
+                                         (uint64_t)rec->width * rec->height, &a->decoded, NULL)))
             return AFAIL(st, "%s", amdim_codec_error(a->codec));
         if ((uint32_t)a->decoded.width != rec->width || (uint32_t)a->decoded.height != rec->height)
             return AFAIL(AMDIM_E_CORRUPT, "JPEG is %dx%d but its record says %ux%u", a->decoded.width,
@@ -265,7 +299,10 @@ static int pair_from_region(amdim_augmenter *a, const amdim_record *rec, const a
     const int m = decode_scale(a, p);
     const int rect[4] = {x0, y0, x1 - x0, y1 - y0};
     amdim_jpeg_region reg;
-    int st = amdim_codec_decode_jpeg_region(a->codec, rec->payload, rec->payload_size, m, rect, &a->region, &reg);
+    int st = check_record_size(a, rec);
+    if (st)
+        return st;
+    st = amdim_codec_decode_jpeg_region(a->codec, rec->payload, rec->payload_size, m, rect, &a->region, &reg);
     if (st == AMDIM_E_UNSUPPORTED)
         return 1; /* CMYK: the general path converts it */
     if (st)
@@ -348,6 +385,12 @@ int amdim_augment_test_view(amdim_augmenter *a, const amdim_record *rec, uint8_t
         oh = r;
         ow = (int)((double)r * w / h);
     }
+    /* torchvision would resize a 65500x3 image to 3.2 million x 146 pixels
+     * to keep its centre; refuse such strips instead of spending seconds
+     * and gigabytes on them. */
+    if ((uint64_t)ow > (uint64_t)AMDIM_TEST_VIEW_MAX_ASPECT * r || (uint64_t)oh > (uint64_t)AMDIM_TEST_VIEW_MAX_ASPECT * r)
+        return AFAIL(AMDIM_E_TOO_LARGE, "the test view of a %dx%d image would resize it to %dx%d: aspect ratio over %d:1",
+                     w, h, ow, oh, AMDIM_TEST_VIEW_MAX_ASPECT);
     const amdim_image *img = src;
     if (ow != w || oh != h) {
         if (amdim_image_reserve(&a->resized, ow, oh, 3))

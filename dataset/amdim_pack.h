@@ -76,6 +76,7 @@ typedef struct {
     const char *out;
     const char *split;       /* default "train" */
     const char *root;        /* list: base directory of the paths */
+    int allow_outside_root;  /* list: accept absolute paths and ".." above the root */
     const char *labels;      /* idx/stl10: labels file */
     const char *class_names; /* optional file, one class name per line */
     int cifar100_coarse;     /* label = coarse label, aux_label = fine */

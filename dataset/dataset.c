@@ -9,6 +9,8 @@
 #include <string.h>
 #include <sys/stat.h>
 #include <sys/sysmacros.h>
+#include <fcntl.h>
+#include <unistd.h>
 
 static void put_u16(uint8_t *p, uint16_t v) { p[0] = (uint8_t)v; p[1] = (uint8_t)(v >> 8); }
 static void put_u32(uint8_t *p, uint32_t v)
@@ -161,6 +163,61 @@ static const uint8_t *find_map_base(const struct stat *sb)
     return base;
 }
 
+/* LMDB maps the file and trusts its page numbers: a file cut short (an
+ * interrupted copy, a full disk) turns a read of a missing page into SIGBUS
+ * inside mdb_dbi_open or mdb_cursor_get. So read the two meta pages here
+ * (lmdb's MDB_meta, 64-bit layout, host byte order: after the 16-byte page
+ * header, magic u32 @16, version u32 @20, page size u32 @40 (mm_dbs[0].md_pad),
+ * last page u64 @136, txnid u64 @144) and check that the file holds every
+ * page the newer valid meta counts. Returns 0, AMDIM_E_TRUNCATED, or
+ * AMDIM_E_CORRUPT / AMDIM_E_IO with a message naming the file. */
+#define LMDB_MAGIC 0xBEEFC0DEu
+#define LMDB_META_BYTES 152
+
+static int lmdb_read_meta(int fd, uint64_t off, uint64_t *psize, uint64_t *last_pg, uint64_t *txnid)
+{
+    uint8_t m[LMDB_META_BYTES];
+    if (pread(fd, m, sizeof m, (off_t)off) != (ssize_t)sizeof m)
+        return -1;
+    uint32_t magic, version, ps;
+    memcpy(&magic, m + 16, 4);
+    memcpy(&version, m + 20, 4);
+    memcpy(&ps, m + 40, 4);
+    memcpy(last_pg, m + 136, 8);
+    memcpy(txnid, m + 144, 8);
+    *psize = ps;
+    return magic == LMDB_MAGIC && version == 1 && ps >= 256 && ps <= 65536 && (ps & (ps - 1)) == 0 ? 0 : -1;
+}
+
+static int lmdb_check_size(const char *path, uint64_t size, char *err, size_t n)
+{
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return amdim_fail(err, n, AMDIM_E_IO, "cannot open %s: %s", path, strerror(errno));
+    uint64_t ps0 = 0, last0 = 0, tx0 = 0, ps1 = 0, last1 = 0, tx1 = 0;
+    int ok0 = lmdb_read_meta(fd, 0, &ps0, &last0, &tx0) == 0;
+    int ok1 = ok0 && lmdb_read_meta(fd, ps0, &ps1, &last1, &tx1) == 0 && ps1 == ps0;
+    close(fd);
+    if (!ok0) /* a foreign file, or one cut inside its first page */
+        return amdim_fail(err, n, AMDIM_E_CORRUPT, "%s is not a readable LMDB file: no LMDB meta page at its start%s",
+                          path, size < 4096 ? " (or a truncated file)" : "");
+    if (size < 2 * ps0)
+        return amdim_fail(err, n, AMDIM_E_TRUNCATED,
+                          "%s is a truncated file: %llu bytes, shorter than LMDB's two %llu-byte meta pages", path,
+                          (unsigned long long)size, (unsigned long long)ps0);
+    uint64_t last = ok1 && tx1 > tx0 ? last1 : last0, need;
+    if (__builtin_mul_overflow(last + 1, ps0, &need) || last == UINT64_MAX)
+        return amdim_fail(err, n, AMDIM_E_CORRUPT, "%s: LMDB meta page names an impossible last page %llu", path,
+                          (unsigned long long)last);
+    if (size < need)
+        return amdim_fail(err, n, AMDIM_E_TRUNCATED,
+                          "%s is a truncated file: %llu bytes, but its LMDB meta page says it holds %llu pages "
+                          "of %llu bytes (%llu bytes); was a copy cut short or the disk full?",
+                          path, (unsigned long long)size, (unsigned long long)(last + 1), (unsigned long long)ps0,
+                          (unsigned long long)need);
+    return AMDIM_OK;
+}
+
 static int split_cmp(const void *a, const void *b)
 {
     return strcmp(((const split_entry *)a)->name, ((const split_entry *)b)->name);
@@ -185,6 +242,8 @@ int amdim_dataset_open(amdim_dataset **out, const char *path, char *err, size_t 
                         "%s is not a regular file (a packed dataset is one LMDB file)", path);
         goto fail;
     }
+    if ((st = lmdb_check_size(path, (uint64_t)sb.st_size, ds->err, sizeof ds->err)))
+        goto fail;
     if ((rc = mdb_env_create(&ds->env)) || (rc = mdb_env_set_maxdbs(ds->env, 256))) {
         st = lmdb_fail(ds, "mdb_env_create", rc);
         goto fail;

@@ -16,6 +16,7 @@
 #include <string.h>
 #include <sys/file.h>
 #include <sys/stat.h>
+#include <sys/statvfs.h>
 #include <unistd.h>
 
 #include "amdim_dataset.h"
@@ -94,6 +95,7 @@ typedef struct {
 
 struct packer {
     const amdim_pack_options *opt;
+    int owns_split; /* open_dbs made the split ours: a failure drops it */
     pack_source src;
     uint64_t max_pixels;
     /* output */
@@ -508,10 +510,24 @@ static void pool_destroy(pool *p, int nthreads)
 
 #define PKFAIL(st, ...) amdim_fail(pk->err, pk->errlen, (st), __VA_ARGS__)
 
+/* Bytes free for us on the file system holding path; UINT64_MAX if unknown. */
+static uint64_t free_bytes(const char *path)
+{
+    char dir[4096];
+    const char *slash = strrchr(path, '/');
+    snprintf(dir, sizeof dir, "%.*s", slash ? (int)(slash - path) + 1 : 1, slash ? path : ".");
+    struct statvfs vs;
+    return statvfs(dir, &vs) == 0 ? (uint64_t)vs.f_bavail * vs.f_frsize : UINT64_MAX;
+}
+
 static int lmdb_err(packer *pk, const char *what, int rc)
 {
-    return PKFAIL(rc == ENOSPC ? AMDIM_E_IO : AMDIM_E_LMDB, "%s(): %s (writing %s)", what,
-                  mdb_strerror(rc), pk->in_place ? pk->opt->out : pk->tmp_path);
+    const char *file = pk->in_place ? pk->opt->out : pk->tmp_path;
+    /* LMDB turns a short write into EIO: on a full disk, say so. */
+    if (rc == ENOSPC || (rc == EIO && free_bytes(file) < (1u << 20)))
+        return PKFAIL(AMDIM_E_IO, "%s(): %s (writing %s; %llu bytes free there)", what, strerror(ENOSPC), file,
+                      (unsigned long long)free_bytes(file));
+    return PKFAIL(rc == EIO ? AMDIM_E_IO : AMDIM_E_LMDB, "%s(): %s (writing %s)", what, mdb_strerror(rc), file);
 }
 
 static int meta_put(packer *pk, MDB_txn *txn, const char *key, const char *fmt, ...)
@@ -857,6 +873,22 @@ static int open_dbs(packer *pk, int exists_complete)
     if (rc)
         return lmdb_err(pk, "mdb_txn_begin", rc);
     rc = mdb_dbi_open(txn, "meta", MDB_CREATE, &pk->meta);
+    /* Checked again under the lock: another pack may have completed this
+     * split since the caller looked. */
+    char key[AMDIM_SPLIT_NAME_MAX + 16];
+    snprintf(key, sizeof key, "%s.records", sp);
+    MDB_val k = {strlen(key), key}, v;
+    if (rc == 0 && !exists_complete && mdb_get(txn, pk->meta, &k, &v) == 0) {
+        mdb_txn_abort(txn);
+        if (!pk->opt->force)
+            return PKFAIL(AMDIM_E_EXISTS,
+                          "%s already holds split %s, completed by another pack while this one started "
+                          "(use --force to replace it)", pk->opt->out, sp);
+        exists_complete = 1;
+        if ((rc = mdb_txn_begin(pk->env, NULL, 0, &txn)))
+            return lmdb_err(pk, "mdb_txn_begin", rc);
+        rc = mdb_dbi_open(txn, "meta", 0, &pk->meta);
+    }
     MDB_dbi old;
     int leftover = rc == 0 && mdb_dbi_open(txn, sp, 0, &old) == 0;
     if (rc == 0)
@@ -881,6 +913,7 @@ static int open_dbs(packer *pk, int exists_complete)
         rc = mdb_txn_commit(txn);
     else
         mdb_txn_abort(txn);
+    pk->owns_split = 1;
     return rc ? lmdb_err(pk, "creating the split database", rc) : AMDIM_OK;
 }
 
@@ -1099,8 +1132,9 @@ done:
     }
     free(slots);
     if (pk->env) {
-        if (st && !new_file) {
-            /* Leave no half-written split behind in an existing dataset. */
+        if (st && !new_file && pk->owns_split) {
+            /* Leave no half-written split behind in an existing dataset
+             * (never one this pack did not start writing). */
             drop_split(pk, opt.split);
         }
         mdb_env_close(pk->env);

@@ -256,6 +256,29 @@ static int open_imagefolder(pack_source *src, const amdim_pack_options *opt)
 
 /* ---- list --------------------------------------------------------------- */
 
+/* Whether a list path stays under its root, read lexically: not absolute,
+ * and no ".." component climbs above where it started. (Symbolic links
+ * under the root are followed as the file system has them.) */
+static int path_inside_root(const char *p)
+{
+    if (p[0] == '/')
+        return 0;
+    long depth = 0;
+    while (*p) {
+        size_t n = strcspn(p, "/");
+        if (n == 2 && p[0] == '.' && p[1] == '.') {
+            if (--depth < 0)
+                return 0;
+        } else if (n > 0 && !(n == 1 && p[0] == '.')) {
+            depth++;
+        }
+        p += n;
+        while (*p == '/')
+            p++;
+    }
+    return 1;
+}
+
 static int open_list(pack_source *src, const amdim_pack_options *opt)
 {
     FILE *f = fopen(opt->src, "r");
@@ -284,6 +307,10 @@ static int open_list(pack_source *src, const amdim_pack_options *opt)
     int32_t maxlabel = -1;
     while (st == AMDIM_OK && (len = getline(&line, &cap, f)) >= 0) {
         lineno++;
+        if (memchr(line, 0, (size_t)len)) {
+            st = FAIL(AMDIM_E_INVALID, "%s:%zu: line holds a NUL byte (is this a text file?)", opt->src, lineno);
+            break;
+        }
         while (len > 0 && isspace((unsigned char)line[len - 1]))
             line[--len] = 0;
         char *s = line;
@@ -306,6 +333,11 @@ static int open_list(pack_source *src, const amdim_pack_options *opt)
         while (pe > s && isspace((unsigned char)pe[-1]))
             pe--;
         *pe = 0;
+        if (!opt->allow_outside_root && !path_inside_root(s)) {
+            st = FAIL(AMDIM_E_INVALID, "%s:%zu: path '%s' is outside the list's root %s (give --allow-outside-root to allow it)",
+                      opt->src, lineno, s, root);
+            break;
+        }
         int n = s[0] == '/' ? snprintf(path, sizeof path, "%s", s) : snprintf(path, sizeof path, "%s/%s", root, s);
         if (n >= (int)sizeof path) {
             st = FAIL(AMDIM_E_INVALID, "%s:%zu: path too long", opt->src, lineno);
@@ -397,24 +429,32 @@ static int open_cifar(pack_source *src, const amdim_pack_options *opt, int hundr
     return st;
 }
 
-/* Reads a whole (optionally gzipped) file into memory. */
-static int slurp_gz(pack_source *src, const char *path, uint8_t **data, size_t *len)
+/* Reads a whole (optionally gzipped) file into memory, but never more than
+ * max + 1 bytes: the callers know from a header how long the file must be,
+ * and a file that inflates beyond that (a gzip bomb) must not take memory
+ * in proportion to what it would inflate to. *len > max means "too long". */
+static int slurp_gz(pack_source *src, const char *path, uint64_t max, uint8_t **data, size_t *len)
 {
+    if (max >= ((uint64_t)1 << 34))
+        return FAIL(AMDIM_E_TOO_LARGE, "%s: %llu bytes is too large to load (limit 16 GiB)", path,
+                    (unsigned long long)max);
+    size_t limit = (size_t)max + 1;
     gzFile gz = gzopen(path, "rb");
     if (!gz)
         return FAIL(errno == ENOENT ? AMDIM_E_NOT_FOUND : AMDIM_E_IO, "cannot open %s: %s", path, strerror(errno));
-    size_t cap = 1 << 20, n = 0;
+    size_t cap = limit < ((size_t)1 << 20) ? limit : (size_t)1 << 20, n = 0;
     uint8_t *buf = malloc(cap);
     int st = buf ? AMDIM_OK : FAIL(AMDIM_E_NOMEM, "out of memory");
-    while (st == AMDIM_OK) {
+    while (st == AMDIM_OK && n < limit) {
         if (n == cap) {
-            uint8_t *p = cap < ((size_t)1 << 34) ? realloc(buf, cap * 2) : NULL;
+            size_t next = cap * 2 < limit ? cap * 2 : limit;
+            uint8_t *p = realloc(buf, next);
             if (!p) {
                 st = FAIL(AMDIM_E_NOMEM, "%s is too large to load", path);
                 break;
             }
             buf = p;
-            cap *= 2;
+            cap = next;
         }
         size_t want = cap - n > (1u << 30) ? (1u << 30) : cap - n;
         int got = gzread(gz, buf + n, (unsigned)want);
@@ -442,30 +482,53 @@ static uint32_t be32(const uint8_t *p)
     return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | p[3];
 }
 
+/* IDX header: magic, then nd big-endian uint32 dimensions. */
+static int idx_header(pack_source *src, const char *path, uint8_t hdr[20], size_t *got)
+{
+    gzFile gz = gzopen(path, "rb");
+    if (!gz)
+        return FAIL(errno == ENOENT ? AMDIM_E_NOT_FOUND : AMDIM_E_IO, "cannot open %s: %s", path, strerror(errno));
+    int n = gzread(gz, hdr, 20);
+    gzclose(gz);
+    if (n < 0)
+        return FAIL(AMDIM_E_CORRUPT, "cannot read %s: not a readable (gzip) file", path);
+    *got = (size_t)n;
+    return AMDIM_OK;
+}
+
 static int open_idx(pack_source *src, const amdim_pack_options *opt)
 {
     src->is_raw = 1;
-    size_t len;
-    int st = slurp_gz(src, opt->src, &src->memory, &len);
+    uint8_t m[20];
+    size_t hlen = 0;
+    int st = idx_header(src, opt->src, m, &hlen);
     if (st)
         return st;
-    const uint8_t *m = src->memory;
-    if (len < 4 || m[0] || m[1] || m[2] != 0x08 || (m[3] != 3 && m[3] != 4))
+    if (hlen < 4 || m[0] || m[1] || m[2] != 0x08 || (m[3] != 3 && m[3] != 4))
         return FAIL(AMDIM_E_CORRUPT, "%s is not an IDX file of uint8 images (magic %02x%02x%02x%02x; want 00000803 or 00000804)",
-                    opt->src, len > 0 ? m[0] : 0, len > 1 ? m[1] : 0, len > 2 ? m[2] : 0, len > 3 ? m[3] : 0);
+                    opt->src, hlen > 0 ? m[0] : 0, hlen > 1 ? m[1] : 0, hlen > 2 ? m[2] : 0, hlen > 3 ? m[3] : 0);
     int nd = m[3];
     size_t header = 4 + 4 * (size_t)nd;
-    if (len < header)
+    if (hlen < header)
         return FAIL(AMDIM_E_TRUNCATED, "%s: IDX header is truncated", opt->src);
     uint32_t count = be32(m + 4), rows = be32(m + 8), cols = be32(m + 12);
     uint32_t ch = nd == 4 ? be32(m + 16) : 1;
     if (!count || !rows || !cols || (ch != 1 && ch != 3) || rows > 65536 || cols > 65536)
         return FAIL(AMDIM_E_CORRUPT, "%s: IDX dimensions %ux%ux%ux%u are not images (channels must be 1 or 3)",
                     opt->src, count, rows, cols, ch);
-    size_t rec = (size_t)rows * cols * ch;
-    if ((len - header) != (uint64_t)count * rec)
-        return FAIL(AMDIM_E_TRUNCATED, "%s: IDX header promises %u images of %zu bytes but the data holds %zu bytes",
-                    opt->src, count, rec, len - header);
+    /* rows*cols*ch fits (<= 3*2^32); count times it need not. */
+    uint64_t rec = (uint64_t)rows * cols * ch, data_bytes;
+    if (__builtin_mul_overflow((uint64_t)count, rec, &data_bytes) || data_bytes > ((uint64_t)1 << 34) - header)
+        return FAIL(AMDIM_E_TOO_LARGE, "%s: IDX header promises %u images of %ux%ux%u, more than 16 GiB (corrupt header?)",
+                    opt->src, count, rows, cols, ch);
+    size_t len;
+    if ((st = slurp_gz(src, opt->src, header + data_bytes, &src->memory, &len)))
+        return st;
+    if (len != header + data_bytes)
+        return FAIL(len < header + data_bytes ? AMDIM_E_TRUNCATED : AMDIM_E_CORRUPT,
+                    "%s: IDX header promises %u images of %llu bytes but the data holds %s%zu bytes",
+                    opt->src, count, (unsigned long long)rec, len > header + data_bytes ? "more than " : "",
+                    len - header - (len > header + data_bytes));
     src->n = count;
     src->record_bytes = rec;
     src->file_header = header;
@@ -496,14 +559,15 @@ static int open_idx(pack_source *src, const amdim_pack_options *opt)
         return FAIL(AMDIM_E_NOT_FOUND, "%s: no labels file found next to it; give one with --labels", opt->src);
     uint8_t *lab;
     size_t llen;
-    if ((st = slurp_gz(src, lpath, &lab, &llen)))
+    if ((st = slurp_gz(src, lpath, 8 + (uint64_t)count, &lab, &llen)))
         return st;
     src->raw_labels = lab;
     if (llen < 8 || lab[0] || lab[1] || lab[2] != 0x08 || lab[3] != 1)
         return FAIL(AMDIM_E_CORRUPT, "%s is not an IDX label file (magic must be 00000801)", lpath);
     if (be32(lab + 4) != count || llen != 8 + (size_t)count)
-        return FAIL(AMDIM_E_CORRUPT, "%s holds %u labels (%zu bytes) but %s holds %u images", lpath,
-                    be32(lab + 4), llen, opt->src, count);
+        return FAIL(AMDIM_E_CORRUPT, "%s holds %u labels (%s%zu bytes) but %s holds %u images", lpath,
+                    be32(lab + 4), llen > 8 + (size_t)count ? "more than " : "",
+                    llen > 8 + (size_t)count ? 8 + (size_t)count : llen, opt->src, count);
     int maxl = -1;
     for (uint32_t i = 0; i < count; i++)
         if (lab[8 + i] > maxl)
@@ -539,12 +603,12 @@ static int open_stl10(pack_source *src, const amdim_pack_options *opt)
     if (ypath[0]) {
         uint8_t *lab;
         size_t llen;
-        if ((st = slurp_gz(src, ypath, &lab, &llen)))
+        if ((st = slurp_gz(src, ypath, src->n, &lab, &llen)))
             return st;
         src->raw_labels = lab;
         if (llen != src->n)
-            return FAIL(AMDIM_E_CORRUPT, "%s holds %zu labels but %s holds %llu images", ypath, llen,
-                        xpath, (unsigned long long)src->n);
+            return FAIL(AMDIM_E_CORRUPT, "%s holds %s%zu labels but %s holds %llu images", ypath,
+                        llen > src->n ? "more than " : "", llen > src->n ? (size_t)src->n : llen, xpath, (unsigned long long)src->n);
         for (size_t i = 0; i < llen; i++)
             if (lab[i] < 1 || lab[i] > 10)
                 return FAIL(AMDIM_E_CORRUPT, "%s: label %u of image %zu is outside 1..10", ypath, lab[i], i);

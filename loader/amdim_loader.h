@@ -116,15 +116,18 @@ typedef struct {
 typedef struct amdim_loader amdim_loader;
 
 /* Reads the handshake from fd (normally 0), connects, sends the request
- * and maps the rings. Returns 0 or a status with the reason in err. */
+ * and maps the rings. Returns 0 or a status with the reason in err.
+ * The environment variable AMDIM_STALL_SECONDS (default 60; 0 = never)
+ * bounds how long amdim_loader_next waits on a worker that makes no
+ * progress before it fails with AMDIM_E_WORKER naming it. */
 int amdim_loader_attach(amdim_loader **out, int fd, const amdim_loader_request *req, char *err,
                         size_t errlen);
 const amdim_loader_info *amdim_loader_get_info(const amdim_loader *l);
 
 /* Next batch in (epoch, index) order, borrowed until amdim_loader_release.
  * Returns 0, 1 when every requested epoch has been delivered, or
- * AMDIM_E_WORKER (a worker died or failed: the message names it, its
- * signal or error, and the batch it held), AMDIM_E_PROTOCOL (the loader
+ * AMDIM_E_WORKER (a worker died, failed or stalled: the message names
+ * it, its signal, error or state, and the batch it held), AMDIM_E_PROTOCOL (the loader
  * vanished) or AMDIM_E_CORRUPT (a slot header does not match). */
 int amdim_loader_next(amdim_loader *l, amdim_batch *b);
 void amdim_loader_release(amdim_loader *l, amdim_batch *b);
@@ -136,6 +139,9 @@ void amdim_loader_ring_memory(const amdim_loader *l, uint32_t i, void **base, si
  * seed; out has room for `batch` entries; returns the count. */
 uint32_t amdim_loader_expected_records(amdim_loader *l, uint64_t epoch, uint64_t index, uint64_t *out);
 const char *amdim_loader_error(const amdim_loader *l);
-void amdim_loader_close(amdim_loader *l); /* accepts NULL */
+/* Unmaps the rings and tells amdim-load the consumer is done: STOP (it
+ * exits 0), or ABORT after amdim_loader_next failed (it exits 1).
+ * Accepts NULL. */
+void amdim_loader_close(amdim_loader *l);
 
 #endif

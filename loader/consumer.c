@@ -27,6 +27,8 @@ struct amdim_loader {
     double wait_seconds;
     uint64_t *perm;
     uint64_t perm_epoch;
+    double stall_seconds; /* no progress for this long while waiting: fail (0: never) */
+    int failed;           /* amdim_loader_next reported a failure */
     char err[1024];
 };
 
@@ -87,6 +89,51 @@ static int read_line(amdim_loader *l, int fd, char *buf, size_t n, double timeou
     return CFAIL(AMDIM_E_PROTOCOL, "%s: line too long", what);
 }
 
+/* A whole decimal number in [lo, hi] under `key=` of a control line. */
+static int hello_num(const char *line, const char *key, unsigned long long lo, unsigned long long hi,
+                     unsigned long long *out)
+{
+    char v[32], *e;
+    *out = 0;
+    if (!loader_kv(line, key, v, sizeof v) || v[0] < '0' || v[0] > '9')
+        return 0;
+    errno = 0;
+    unsigned long long x = strtoull(v, &e, 10);
+    if (*e || errno || x < lo || x > hi)
+        return 0;
+    *out = x;
+    return 1;
+}
+
+int loader_parse_hello(const char *line, amdim_loader_info *in, char *sockname, size_t sn, char *err, size_t n)
+{
+    char v[128];
+    memset(in, 0, sizeof *in);
+    if (strncmp(line, "AMDIM-LOAD ", 11) != 0)
+        return amdim_fail(err, n, AMDIM_E_PROTOCOL, "standard input is not amdim-load's control pipe (it starts with '%.20s')", line);
+    if (!loader_kv(line, "v", v, sizeof v) || atoi(v) != AMDIM_LOAD_PROTOCOL_VERSION)
+        return amdim_fail(err, n, AMDIM_E_VERSION, "amdim-load speaks protocol version %s, this consumer %d", v,
+                          AMDIM_LOAD_PROTOCOL_VERSION);
+    int ok = loader_kv(line, "socket", sockname, sn);
+    ok &= loader_kv(line, "preset", in->preset, sizeof in->preset);
+    ok &= loader_kv(line, "split", in->split, sizeof in->split);
+    unsigned long long x;
+#define NUM(key, field, lo, hi) (ok &= hello_num(line, key, lo, hi, &x), field = (__typeof__(field))x)
+    NUM("pid", in->loader_pid, 1, INT32_MAX);
+    NUM("size", in->size, 1, 1u << 16);
+    NUM("batch", in->batch, 1, 1u << 20);
+    NUM("workers", in->workers, 1, 253);
+    NUM("records", in->records, 1, UINT64_MAX / 8);
+    NUM("classes", in->classes, 0, INT32_MAX);
+    NUM("batches", in->batches_per_epoch, 1, UINT64_MAX);
+    NUM("drop_last", in->drop_last, 0, 1);
+#undef NUM
+    /* The numbers must agree with each other before anything is sized by them. */
+    if (!ok || in->batches_per_epoch != loader_batches(in->records, in->batch, !in->drop_last) || !sockname[0])
+        return amdim_fail(err, n, AMDIM_E_PROTOCOL, "incomplete or inconsistent handshake: %.200s", line);
+    return AMDIM_OK;
+}
+
 int amdim_loader_attach(amdim_loader **out, int fd, const amdim_loader_request *req, char *err, size_t errlen)
 {
     *out = NULL;
@@ -95,43 +142,17 @@ int amdim_loader_attach(amdim_loader **out, int fd, const amdim_loader_request *
         return amdim_fail(err, errlen, AMDIM_E_NOMEM, "out of memory");
     l->ctl_fd = fd;
     l->sock = -1;
+    const char *ss = getenv("AMDIM_STALL_SECONDS");
+    l->stall_seconds = ss && *ss ? strtod(ss, NULL) : 60.0;
     l->perm_epoch = UINT64_MAX;
-    int st;
-    char line[1024], v[128];
+    int st, ok;
+    char line[1024], v[128], sockname[108] = "";
     /* The loader may still be opening a large dataset: wait a while. */
     if ((st = read_line(l, fd, line, sizeof line, 600, "reading the handshake")))
         goto fail;
-    if (strncmp(line, "AMDIM-LOAD ", 11) != 0) {
-        st = CFAIL(AMDIM_E_PROTOCOL, "standard input is not amdim-load's control pipe (it starts with '%.20s')", line);
+    if ((st = loader_parse_hello(line, &l->info, sockname, sizeof sockname, l->err, sizeof l->err)))
         goto fail;
-    }
-    if (!loader_kv(line, "v", v, sizeof v) || atoi(v) != AMDIM_LOAD_PROTOCOL_VERSION) {
-        st = CFAIL(AMDIM_E_VERSION, "amdim-load speaks protocol version %s, this consumer %d", v, AMDIM_LOAD_PROTOCOL_VERSION);
-        goto fail;
-    }
     amdim_loader_info *in = &l->info;
-    char sockname[108] = "";
-    int ok = loader_kv(line, "socket", sockname, sizeof sockname);
-    ok &= loader_kv(line, "preset", in->preset, sizeof in->preset);
-    ok &= loader_kv(line, "split", in->split, sizeof in->split);
-#define NUM(key, field)                                        \
-    do {                                                       \
-        ok &= loader_kv(line, key, v, sizeof v);               \
-        field = (__typeof__(field))strtoll(v, NULL, 10);       \
-    } while (0)
-    NUM("pid", in->loader_pid);
-    NUM("size", in->size);
-    NUM("batch", in->batch);
-    NUM("workers", in->workers);
-    NUM("records", in->records);
-    NUM("classes", in->classes);
-    NUM("batches", in->batches_per_epoch);
-    NUM("drop_last", in->drop_last);
-#undef NUM
-    if (!ok || !in->size || !in->batch || !in->workers || !in->batches_per_epoch || in->workers > 253) {
-        st = CFAIL(AMDIM_E_PROTOCOL, "incomplete handshake: %s", line);
-        goto fail;
-    }
     /* Connect and ask. */
     l->sock = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
     struct sockaddr_un addr = {.sun_family = AF_UNIX};
@@ -252,7 +273,49 @@ fail:
 
 const amdim_loader_info *amdim_loader_get_info(const amdim_loader *l) { return &l->info; }
 
+/* The state letter of a process from /proc/<pid>/stat ('?' if unknown). */
+static char proc_state(int pid)
+{
+    char path[64], buf[512];
+    snprintf(path, sizeof path, "/proc/%d/stat", pid);
+    FILE *f = fopen(path, "r");
+    if (!f)
+        return '?';
+    size_t n = fread(buf, 1, sizeof buf - 1, f);
+    fclose(f);
+    buf[n] = 0;
+    const char *p = strrchr(buf, ')');
+    return p && p[1] == ' ' && p[2] ? p[2] : '?';
+}
+
+/* The worker owing the batch due has made no progress for `secs`. */
+static int stalled(amdim_loader *l, uint32_t w, double secs)
+{
+    const amdim_ring_header *h = l->rings[w].hdr;
+    int pid = atomic_load(&h->producer_pid);
+    uint32_t phase = atomic_load(&h->phase);
+    char st = pid > 0 ? proc_state(pid) : '?';
+    const char *doing = phase == AMDIM_PHASE_READ ? "in a read" : phase == AMDIM_PHASE_DECODE ? "in a decode"
+                      : phase == AMDIM_PHASE_SLOT ? "waiting for a free slot" : "starting";
+    const char *state = st == 'T' || st == 't' ? "stopped (SIGSTOP?)" : st == 'D' ? "in uninterruptible I/O"
+                      : st == 'R' ? "running" : st == 'S' ? "sleeping" : st == 'Z' ? "a zombie" : "in an unknown state";
+    return CFAIL(AMDIM_E_WORKER,
+                 "worker %u (pid %d) made no progress for %.0f s while epoch %llu batch %llu was due: it is %s, %s "
+                 "(AMDIM_STALL_SECONDS=0 waits forever)",
+                 w, pid, secs, (unsigned long long)l->epoch, (unsigned long long)l->index, state, doing);
+}
+
+static int loader_next(amdim_loader *l, amdim_batch *b);
+
 int amdim_loader_next(amdim_loader *l, amdim_batch *b)
+{
+    int st = loader_next(l, b);
+    if (st < 0 && st != AMDIM_E_INVALID)
+        l->failed = 1;
+    return st;
+}
+
+static int loader_next(amdim_loader *l, amdim_batch *b)
 {
     const amdim_loader_info *in = &l->info;
     if (l->holding)
@@ -262,13 +325,23 @@ int amdim_loader_next(amdim_loader *l, amdim_batch *b)
     uint32_t w = (uint32_t)(l->index % in->workers);
     amdim_ring *ring = &l->rings[w];
     amdim_slot s;
-    double t0 = amdim_now();
+    double t0 = amdim_now(), t_progress = t0;
+    uint32_t progress = atomic_load_explicit(&ring->hdr->progress, memory_order_relaxed);
     int quiet_ticks = 0;
     for (;;) {
         int rc = amdim_ring_next(ring, &s, 100);
         if (rc == 0)
             break;
         read_control(l, 0);
+        uint32_t now_progress = atomic_load_explicit(&ring->hdr->progress, memory_order_relaxed);
+        double now = amdim_now();
+        if (now_progress != progress) {
+            progress = now_progress;
+            t_progress = now;
+        } else if (l->stall_seconds > 0 && now - t_progress > l->stall_seconds && rc == 1) {
+            l->wait_seconds += now - t0;
+            return stalled(l, w, now - t_progress);
+        }
         if (rc == 2) {
             l->wait_seconds += amdim_now() - t0;
             const char *why = ring->hdr->error[0] ? ring->hdr->error : l->last_error;
@@ -346,6 +419,13 @@ void amdim_loader_close(amdim_loader *l)
         for (uint32_t w = 0; w < l->info.workers; w++)
             if (l->rings[w].base)
                 amdim_ring_close(&l->rings[w]);
+    /* Tell the loader this is a deliberate stop (STOP), or that the consumer
+     * gave up on an error it reported (ABORT), not a crash: a consumer that
+     * vanishes without either makes amdim-load exit non-zero too. */
+    const char *bye = l->failed ? "ABORT\n" : "STOP\n";
+    if (l->sock >= 0 && send(l->sock, bye, strlen(bye), MSG_NOSIGNAL | MSG_DONTWAIT) != (ssize_t)strlen(bye)) {
+        /* the loader is gone already: nothing to tell */
+    }
     if (l->sock >= 0)
         close(l->sock);
     free(l->rings);

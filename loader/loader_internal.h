@@ -6,6 +6,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "amdim_loader.h"
+
 /* Batches per epoch for `records` samples in batches of `batch`. */
 static inline uint64_t loader_batches(uint64_t records, uint32_t batch, int keep_last)
 {
@@ -28,5 +30,12 @@ int loader_worker_batch(uint64_t e0, uint64_t b0, uint64_t epochs, uint64_t nb, 
 /* Value of `key=` in a control line (up to the next space), copied into buf.
  * Returns 1 if found. */
 int loader_kv(const char *line, const char *key, char *buf, size_t n);
+
+/* Parses and checks amdim-load's handshake line ("AMDIM-LOAD v=... socket=...
+ * ..."): every field present, in range and consistent (batches agree with
+ * records, batch and drop_last). Fills *in (its START fields zero) and the
+ * socket name. Returns 0, AMDIM_E_PROTOCOL or AMDIM_E_VERSION with the
+ * reason in err. */
+int loader_parse_hello(const char *line, amdim_loader_info *in, char *sockname, size_t sn, char *err, size_t n);
 
 #endif

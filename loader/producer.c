@@ -39,6 +39,7 @@ typedef struct {
     int data_fd;
     amdim_augment_config aug;
     amdim_split_info info;
+    uint64_t max_pixels; /* the packer's --max-pixels for this split; 0: default */
     uint32_t W, B;
     uint64_t nb;
     int use_uring;
@@ -114,10 +115,16 @@ static void make_sample(loader *L, amdim_augmenter *aug, amdim_ring *ring, amdim
 {
     amdim_record rec;
     char why[256];
+    atomic_store_explicit(&ring->hdr->phase, AMDIM_PHASE_DECODE, memory_order_relaxed);
+    atomic_fetch_add_explicit(&ring->hdr->progress, 1, memory_order_relaxed);
     int st = amdim_record_decode(bytes, len, &rec, why, sizeof why);
     if (st)
         worker_fail(ring, "%s: split %s record %llu (epoch %llu batch %llu): %s", L->opt->path, L->info.name,
                     (unsigned long long)rec_index, (unsigned long long)epoch, (unsigned long long)batch, why);
+    if (L->info.classes > 0 && rec.label >= L->info.classes)
+        worker_fail(ring, "%s: split %s record %llu (epoch %llu batch %llu): label %d is not below the split's %d classes",
+                    L->opt->path, L->info.name, (unsigned long long)rec_index, (unsigned long long)epoch,
+                    (unsigned long long)batch, rec.label, L->info.classes);
     size_t view = (size_t)L->aug.size * L->aug.size * 3;
     st = amdim_augment_pair(aug, &rec, L->seed, epoch, rec_index, slot->view1 + k * view, slot->view2 + k * view, NULL);
     if (st)
@@ -149,6 +156,7 @@ static void fill_batch(loader *L, uint32_t w, amdim_augmenter *aug, struct io_ur
         for (uint32_t k = 0; k < count; k++) {
             uint64_t r = recs[k];
             grow(&bufs[0], L->lengths[r], ring);
+            atomic_store_explicit(&ring->hdr->phase, AMDIM_PHASE_READ, memory_order_relaxed);
             uint64_t t0 = now_ns();
             size_t got = 0;
             while (got < L->lengths[r]) {
@@ -183,6 +191,7 @@ static void fill_batch(loader *L, uint32_t w, amdim_augmenter *aug, struct io_ur
             inflight++;
         }
         uint64_t t0 = now_ns();
+        atomic_store_explicit(&ring->hdr->phase, AMDIM_PHASE_READ, memory_order_relaxed);
         int rc = io_uring_submit_and_wait(uring, 1);
         atomic_fetch_add_explicit(&ws->io_wait_ns, now_ns() - t0, memory_order_relaxed);
         if (rc < 0 && rc != -EINTR)
@@ -226,12 +235,14 @@ static void __attribute__((noreturn)) worker_main(loader *L, uint32_t w)
         close(L->conn_fd);
     amdim_ring *ring = &L->rings[w];
     ring->local = atomic_load(&ring->hdr->head);
+    atomic_store(&ring->hdr->producer_pid, (int32_t)getpid());
     amdim_augmenter *aug;
     if (amdim_augmenter_create(&aug, &L->aug))
         worker_fail(ring, "cannot create the augmenter");
     amdim_decode_options dec = {.region = L->opt->decode != AMDIM_LOAD_DECODE_FULL,
                                 .scales = L->opt->decode == AMDIM_LOAD_DECODE_SCALED ? AMDIM_DECODE_SCALES_DEFAULT : 0};
     amdim_augmenter_set_decode(aug, &dec);
+    amdim_augmenter_set_max_pixels(aug, L->max_pixels);
     struct io_uring uring_s, *uring = NULL;
     int qd = L->opt->queue_depth;
     if (L->use_uring) {
@@ -253,6 +264,8 @@ static void __attribute__((noreturn)) worker_main(loader *L, uint32_t w)
         amdim_slot slot;
         uint64_t t0 = now_ns();
         int rc;
+        atomic_store_explicit(&ring->hdr->phase, AMDIM_PHASE_SLOT, memory_order_relaxed);
+        atomic_fetch_add_explicit(&ring->hdr->progress, 1, memory_order_relaxed);
         while ((rc = amdim_ring_acquire(ring, &slot, 200, NULL)) == 1)
             if (getppid() != L->parent)
                 _exit(1);
@@ -303,6 +316,7 @@ static void kill_workers(loader *L)
 static int handshake(loader *L)
 {
     const amdim_load_options *opt = L->opt;
+again:
     /* Wait for the consumer, watching for it to vanish instead. */
     for (;;) {
         if (opt->cancel && *opt->cancel)
@@ -316,35 +330,52 @@ static int handshake(loader *L)
         if (n > 0 && (p[0].revents & POLLIN))
             break;
     }
-    L->conn_fd = accept4(L->listen_fd, NULL, NULL, SOCK_CLOEXEC);
-    if (L->conn_fd < 0)
+    /* The socket's name is visible to every local user: a connection that
+     * is not our consumer (another user, or one that sends no START within
+     * 10 s) is answered, closed and forgotten, and we keep listening. */
+    int fd = accept4(L->listen_fd, NULL, NULL, SOCK_CLOEXEC);
+    if (fd < 0) {
+        if (errno == EINTR || errno == ECONNABORTED || errno == EAGAIN)
+            goto again;
         return LFAIL(AMDIM_E_IO, "accept(): %s", strerror(errno));
-    struct ucred cred;
+    }
+    struct ucred cred = {0};
     socklen_t cl = sizeof cred;
-    if (getsockopt(L->conn_fd, SOL_SOCKET, SO_PEERCRED, &cred, &cl) != 0 || cred.uid != getuid()) {
-        ctl_write(L->conn_fd, "ERR the consumer must run as the same user");
-        return LFAIL(AMDIM_E_PROTOCOL, "a process of another user (uid %d) tried to attach", (int)cred.uid);
+    if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &cl) != 0 || cred.uid != getuid()) {
+        ctl_write(fd, "ERR the consumer must run as the same user");
+        close(fd);
+        fprintf(stderr, "amdim-load: refused a connection from uid %d (pid %d): not this user; still waiting for the consumer\n",
+                (int)cred.uid, (int)cred.pid);
+        goto again;
     }
     char line[512];
     size_t got = 0;
-    double deadline = amdim_now() + 30;
-    while (got < sizeof line - 1 && !memchr(line, '\n', got)) {
-        struct pollfd p = {L->conn_fd, POLLIN, 0};
+    double deadline = amdim_now() + 10;
+    const char *why = NULL;
+    while (!why && got < sizeof line - 1 && !memchr(line, '\n', got)) {
+        struct pollfd p = {fd, POLLIN, 0};
         if (poll(&p, 1, 200) > 0) {
-            ssize_t r = read(L->conn_fd, line + got, sizeof line - 1 - got);
+            ssize_t r = read(fd, line + got, sizeof line - 1 - got);
             if (r <= 0)
-                return LFAIL(AMDIM_E_PROTOCOL, "the consumer disconnected during the handshake");
-            got += (size_t)r;
+                why = "it disconnected before START";
+            else
+                got += (size_t)r;
         }
-        if (amdim_now() > deadline)
-            return LFAIL(AMDIM_E_PROTOCOL, "no START from the consumer within 30 s");
+        if (!why && amdim_now() > deadline)
+            why = "no START within 10 s";
         line[got] = 0;
     }
     line[got] = 0;
-    if (strncmp(line, "START", 5) != 0) {
-        ctl_write(L->conn_fd, "ERR expected START");
-        return LFAIL(AMDIM_E_PROTOCOL, "the consumer sent '%.40s', expected START", line);
+    if (!why && strncmp(line, "START", 5) != 0)
+        why = "it did not send START";
+    if (why) {
+        ctl_write(fd, "ERR expected START");
+        close(fd);
+        fprintf(stderr, "amdim-load: dropped a connection from pid %d: %s; still waiting for the consumer\n",
+                (int)cred.pid, why);
+        goto again;
     }
+    L->conn_fd = fd;
     char v[64];
     L->seed = opt->seed;
     L->e0 = 0;
@@ -409,6 +440,23 @@ static uint64_t batches_through(loader *L, uint32_t w, uint64_t e)
     return n;
 }
 
+/* Drains what the consumer sent after START: 1 if it said STOP (a
+ * deliberate end), 2 if ABORT (it gave up on an error it reported). */
+static int read_stop(int fd)
+{
+    char buf[256];
+    int stop = 0;
+    ssize_t r;
+    while ((r = recv(fd, buf, sizeof buf - 1, MSG_DONTWAIT)) > 0) {
+        buf[r] = 0;
+        if (strstr(buf, "STOP"))
+            stop |= 1;
+        if (strstr(buf, "ABORT"))
+            stop |= 2;
+    }
+    return stop;
+}
+
 static int supervise(loader *L)
 {
     const amdim_load_options *opt = L->opt;
@@ -416,7 +464,7 @@ static int supervise(loader *L)
     double t_start = amdim_now(), t_last = t_start;
     uint64_t last_pairs = 0, epoch_marked = L->e0;
     uint64_t *last_io = calloc(L->W, sizeof *last_io), *last_slot = calloc(L->W, sizeof *last_slot);
-    int st = AMDIM_OK;
+    int st = AMDIM_OK, consumer_stopped = 0;
     for (;;) {
         int running = 0;
         for (uint32_t w = 0; w < L->W; w++)
@@ -438,10 +486,14 @@ static int supervise(loader *L)
             st = LFAIL(AMDIM_E_IO, "poll(): %s", strerror(errno));
             break;
         }
+        if (n > 0 && (p[0].revents & POLLIN)) /* nothing but STOP is expected after START */
+            consumer_stopped |= read_stop(L->conn_fd);
         if (n > 0 && ((p[0].revents & (POLLHUP | POLLRDHUP | POLLERR)) || (p[1].revents & (POLLERR | POLLHUP)))) {
             /* Consumer gone. If a worker failed first (the consumer may have
              * read its failure from the ring before we reaped it), say so. */
-            st = 1;
+            st = consumer_stopped == 1 ? 1
+                 : consumer_stopped ? LFAIL(AMDIM_E_PROTOCOL, "the consumer gave up on an error (see its message)")
+                                    : LFAIL(AMDIM_E_PROTOCOL, "the consumer went away without stopping (was it killed?)");
             int finished = 1;
             for (uint32_t w = 0; w < L->W; w++)
                 finished &= atomic_load(&L->rings[w].hdr->producer_state) == AMDIM_PRODUCER_FINISHED;
@@ -461,13 +513,6 @@ static int supervise(loader *L)
                     break;
                 }
             break;
-        }
-        if (n > 0 && (p[0].revents & POLLIN)) { /* nothing is expected after START: drain it */
-            char junk[256];
-            if (read(L->conn_fd, junk, sizeof junk) <= 0) {
-                st = 1;
-                break;
-            }
         }
         for (uint32_t w = 0; n > 0 && w < L->W; w++) {
             if (!(p[2 + w].revents & POLLIN))
@@ -576,6 +621,12 @@ int amdim_load_run(const amdim_load_options *opt, char *err, size_t errlen)
         LFAIL(st, "%s", amdim_dataset_error(L->ds));
         goto done;
     }
+    /* Records larger than the packer let in are refused before decoding. */
+    char key[96], opts[512];
+    snprintf(key, sizeof key, "%s.options", split);
+    const char *mp = amdim_dataset_meta(L->ds, key, opts, sizeof opts) == 0 ? strstr(opts, "max_pixels=") : NULL;
+    if (mp)
+        L->max_pixels = strtoull(mp + strlen("max_pixels="), NULL, 10);
     const char *preset = opt->preset ? opt->preset : amdim_loader_preset_for(L->info.encoding, L->info.width, L->info.height);
     if (amdim_augment_preset(preset, &L->aug)) {
         st = LFAIL(AMDIM_E_INVALID, "unknown preset %s (imagenet, stl10, cifar)", preset);

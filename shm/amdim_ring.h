@@ -29,9 +29,12 @@
 #include "amdim_common.h"
 
 #define AMDIM_RING_MAGIC 0x474e5241u /* "ARNG" */
-#define AMDIM_RING_VERSION 1u
+#define AMDIM_RING_VERSION 2u /* 2: producer pid, phase and progress */
 #define AMDIM_SLOT_MAGIC 0x544c5341u /* "ASLT" */
 #define AMDIM_RING_ERROR_MAX 512
+
+/* What a producer is doing (amdim_ring_header.phase). */
+enum { AMDIM_PHASE_START = 0, AMDIM_PHASE_SLOT = 1, AMDIM_PHASE_READ = 2, AMDIM_PHASE_DECODE = 3 };
 
 /* Producer states. */
 enum { AMDIM_PRODUCER_RUNNING = 0, AMDIM_PRODUCER_FINISHED = 1, AMDIM_PRODUCER_FAILED = 2 };
@@ -49,7 +52,12 @@ typedef struct {
     _Atomic uint32_t producer_waiting;
     _Atomic uint32_t producer_state;
     _Atomic uint32_t event; /* bumped on every publish and state change; the consumer sleeps on it */
-    uint8_t pad1[64 - 16];
+    /* what the producer is doing, for a consumer that has waited long:
+     * its pid, AMDIM_PHASE_*, and a count bumped at every step */
+    _Atomic int32_t producer_pid;
+    _Atomic uint32_t phase;
+    _Atomic uint32_t progress;
+    uint8_t pad1[64 - 28];
     /* consumer side */
     _Atomic uint32_t tail;
     _Atomic uint32_t consumer_waiting;

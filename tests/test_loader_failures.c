@@ -14,6 +14,8 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <lmdb.h>
+
 #include "amdim_dataset.h"
 #include "loader_fixtures.h"
 
@@ -110,6 +112,32 @@ int main(int argc, char **argv)
     free(perr);
     free(lerr);
 
+    /* 1b. SIGSTOP of a worker: the consumer waiting on it fails after
+     * AMDIM_STALL_SECONDS without progress, naming the worker, its pid, the
+     * batch it owed and that it is stopped (instead of waiting forever). */
+    setenv("AMDIM_STALL_SECONDS", "1", 1);
+    start(&p, raw, slow_load, slow_peek);
+    unsetenv("AMDIM_STALL_SECONDS");
+    wpid = test_pipeline_worker_pid(&p, 1);
+    REQUIRE(wpid > 0, "no worker pid in the loader's output");
+    usleep(400000);
+    t0 = amdim_now();
+    kill(wpid, SIGSTOP);
+    while (waitpid(p.peek_pid, &p.peek_status, 0) < 0 && errno == EINTR) {
+    }
+    dt = amdim_now() - t0;
+    kill(wpid, SIGCONT);
+    waitpid(p.load_pid, &p.load_status, 0);
+    perr = test_read_file(p.peek_err, NULL);
+    char pidstr[32];
+    snprintf(pidstr, sizeof pidstr, "pid %d", wpid);
+    CHECK(code(p.peek_status) == 1 && perr && strstr(perr, "worker 1") && strstr(perr, pidstr) &&
+              strstr(perr, "made no progress") && strstr(perr, "stopped") && strstr(perr, "batch"),
+          "stopped worker: peek exit %d after %.1f s: %s", code(p.peek_status), dt, perr ? perr : "");
+    CHECK(dt < 5.0, "the consumer took %.1f s to give up on a stopped worker", dt);
+    CHECK(code(p.load_status) != 0, "the loader exited 0 after its consumer gave up");
+    free(perr);
+
     /* 2. With --respawn: the same batches, nothing lost or duplicated. */
     const char *respawn_load[] = {"--workers", "3", "--batch", "10", "--epochs", "8", "--seed", "3", "--slots", "2",
                                   "--respawn", "2", NULL};
@@ -142,6 +170,10 @@ int main(int argc, char **argv)
     waitpid(p.peek_pid, &p.peek_status, 0);
     CHECK(dt < 2.0, "the loader took %.2f s to notice its consumer died", dt);
     CHECK(gone(w0) && gone(w2), "workers outlived a killed consumer");
+    lerr = test_read_file(p.load_err, NULL);
+    CHECK(code(p.load_status) == 1 && lerr && strstr(lerr, "the consumer went away"),
+          "the loader's exit after its consumer was killed: %d: %s", code(p.load_status), lerr);
+    free(lerr);
 
     /* 4. SIGKILL of the loader: the consumer reports it; workers die too. */
     start(&p, raw, slow_load, slow_peek);
@@ -194,6 +226,29 @@ int main(int argc, char **argv)
           "corrupt record not named by the consumer: %s", perr);
     CHECK(code(p.load_status) == 1 && lerr && strstr(lerr, "record 37"), "corrupt record not named by the loader: %s", lerr);
     free(perr);
+    free(lerr);
+
+    /* 6b. A record label not below the split's class count (meta edited
+     * to say 5 classes; the records hold 0..9): an error naming it, not a
+     * label the trainer silently skips as unlabelled. */
+    char few[4200];
+    snprintf(few, sizeof few, "%s", test_path("few.lmdb"));
+    fixture_raw(few, 100);
+    MDB_env *env;
+    MDB_txn *txn;
+    MDB_dbi meta;
+    REQUIRE(mdb_env_create(&env) == 0 && mdb_env_set_maxdbs(env, 8) == 0 &&
+                mdb_env_open(env, few, MDB_NOSUBDIR | MDB_NOLOCK, 0644) == 0 && mdb_txn_begin(env, NULL, 0, &txn) == 0 &&
+                mdb_dbi_open(txn, "meta", 0, &meta) == 0,
+            "opening %s to edit", few);
+    MDB_val k = {strlen("train.classes"), "train.classes"}, v5 = {1, "5"};
+    REQUIRE(mdb_put(txn, meta, &k, &v5, 0) == 0 && mdb_txn_commit(txn) == 0, "editing the class count");
+    mdb_env_close(env);
+    start(&p, few, all, fast_peek);
+    test_pipeline_wait(&p);
+    lerr = test_read_file(p.load_err, NULL);
+    CHECK(code(p.load_status) == 1 && lerr && strstr(lerr, "is not below the split's 5 classes") && strstr(lerr, "record "),
+          "label beyond the class count: loader %d: %s", code(p.load_status), lerr);
     free(lerr);
 
     /* 7. Usage: bad flags, missing data, preset mismatch, a terminal. */

@@ -30,6 +30,7 @@ static const char *usage_text =
     "  -s, --split NAME        split to write (default: train)\n"
     "  -r, --root DIR          list: directory the paths are relative to\n"
     "                          (default: the list file's directory)\n"
+    "      --allow-outside-root  list: accept absolute paths and paths with '..' above --root\n"
     "  -l, --labels FILE       idx, stl10: labels file (default: found by name)\n"
     "  -c, --class-names FILE  one class name per line\n"
     "      --coarse            cifar100: use the 20 coarse labels as labels\n"
@@ -146,10 +147,11 @@ static int run_info(const char *path)
 
 int main(int argc, char **argv)
 {
-    enum { OPT_COARSE = 256, OPT_MAX_SIDE, OPT_QUALITY, OPT_NO_VERIFY, OPT_MAX_PIXELS, OPT_INFO, OPT_INTERVAL };
+    enum { OPT_COARSE = 256, OPT_MAX_SIDE, OPT_QUALITY, OPT_NO_VERIFY, OPT_MAX_PIXELS, OPT_INFO, OPT_INTERVAL, OPT_OUTSIDE_ROOT };
     static const struct option longopts[] = {
         {"split", required_argument, NULL, 's'},
         {"root", required_argument, NULL, 'r'},
+        {"allow-outside-root", no_argument, NULL, OPT_OUTSIDE_ROOT},
         {"labels", required_argument, NULL, 'l'},
         {"class-names", required_argument, NULL, 'c'},
         {"coarse", no_argument, NULL, OPT_COARSE},
@@ -178,6 +180,7 @@ int main(int argc, char **argv)
         case 'l': opt.labels = optarg; break;
         case 'c': opt.class_names = optarg; break;
         case OPT_COARSE: opt.cifar100_coarse = 1; break;
+        case OPT_OUTSIDE_ROOT: opt.allow_outside_root = 1; break;
         case 'j':
             if (amdim_cli_int("amdim-pack", "--threads", optarg, 1, 1024, &v))
                 return 2;

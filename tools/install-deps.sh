@@ -5,6 +5,7 @@ set -euo pipefail
 
 packages=(
   build-essential cmake pkg-config
+  clang                                   # fuzzers (tools/fuzz.sh, libFuzzer)
   libturbojpeg0-dev libjpeg62-turbo-dev   # JPEG decode/encode (libjpeg-turbo)
   liblmdb-dev lmdb-utils                  # the dataset file
   liburing-dev                            # loader reads

@@ -2,6 +2,7 @@
  * little-endian header length, a JSON header (tensor name -> dtype, shape,
  * data_offsets; plus "__metadata__", a string map), then the raw data. */
 #include "amdim_checkpoint.h"
+#include "checkpoint_internal.h"
 
 #include <dirent.h>
 #include <errno.h>
@@ -376,6 +377,8 @@ static int str(cursor *c, char *out, size_t n)
             if (ch == 'n')
                 ch = '\n';
             else if (ch == 'u') { /* keep it simple: \uXXXX -> '?' */
+                if (c->end - c->p < 4)
+                    return -1;
                 c->p += 4;
                 ch = '?';
             }
@@ -393,40 +396,42 @@ static int str(cursor *c, char *out, size_t n)
 static int num(cursor *c, int64_t *v)
 {
     ws(c);
+    /* The header is not NUL-terminated: copy the number out before strtoll. */
+    char buf[24];
+    size_t k = 0;
+    while (c->p + k < c->end && k < sizeof buf - 1 && (c->p[k] == '-' || (c->p[k] >= '0' && c->p[k] <= '9')))
+        k++;
+    memcpy(buf, c->p, k);
+    buf[k] = 0;
     char *e;
-    long long x = strtoll(c->p, &e, 10);
-    if (e == c->p)
+    errno = 0;
+    long long x = strtoll(buf, &e, 10);
+    if (e == buf || *e || errno)
         return -1;
-    c->p = e;
+    c->p += k;
     *v = x;
     return 0;
 }
 
-static int st_read(st_file *f, const char *path, char *err, size_t n)
+/* Parses the header of the safetensors file in f->file (f->size bytes,
+ * owned by f), checking that every tensor lies inside the file. path names
+ * the file in messages. Frees f on failure. */
+static int st_parse(st_file *f, const char *path, char *err, size_t n)
 {
-    memset(f, 0, sizeof *f);
-    FILE *fp = fopen(path, "rb");
-    if (!fp)
-        return amdim_fail(err, n, errno == ENOENT ? AMDIM_E_NOT_FOUND : AMDIM_E_IO, "cannot open %s: %s", path,
-                          strerror(errno));
-    fseek(fp, 0, SEEK_END);
-    long sz = ftell(fp);
-    fseek(fp, 0, SEEK_SET);
-    f->file = sz > 0 ? malloc((size_t)sz) : NULL;
-    if (!f->file || fread(f->file, 1, (size_t)sz, fp) != (size_t)sz) {
-        fclose(fp);
-        st_free(f);
-        return amdim_fail(err, n, AMDIM_E_IO, "cannot read %s", path);
-    }
-    fclose(fp);
-    f->size = (size_t)sz;
     uint64_t hl = 0;
     for (int i = 7; i >= 0 && f->size >= 8; i--)
         hl = hl << 8 | f->file[i];
-    if (f->size < 8 || hl > f->size - 8 || hl > (64u << 20)) {
+    if (f->size < 8 || hl > (64u << 20)) {
         st_free(f);
         return amdim_fail(err, n, AMDIM_E_CORRUPT, "%s is not a safetensors file (bad header length)", path);
     }
+    if (hl > f->size - 8) {
+        size_t size = f->size;
+        st_free(f);
+        return amdim_fail(err, n, AMDIM_E_TRUNCATED, "%s is a truncated file: its header is %llu bytes, the file %zu",
+                          path, (unsigned long long)hl, size);
+    }
+    int truncated = 0;
     f->data_off = 8 + hl;
     cursor c = {(const char *)f->file + 8, (const char *)f->file + 8 + hl};
     int cap = 0, mcap = 0;
@@ -506,8 +511,12 @@ static int st_read(st_file *f, const char *path, char *err, size_t n)
                     goto bad;
                 break;
             }
-            if (t->end < t->begin || t->end > f->size - f->data_off)
+            if (t->end < t->begin)
                 goto bad;
+            if (t->end > f->size - f->data_off) {
+                truncated = 1; /* a header from a whole file: only the data is missing */
+                goto bad;
+            }
             f->nt++;
         }
         ws(&c);
@@ -521,8 +530,37 @@ static int st_read(st_file *f, const char *path, char *err, size_t n)
     }
     return AMDIM_OK;
 bad:
+    if (truncated) {
+        const in_tensor *t = &f->t[f->nt];
+        int st = amdim_fail(err, n, AMDIM_E_TRUNCATED,
+                            "%s is a truncated file: tensor %s ends at byte %llu of the data, the file holds %llu",
+                            path, t->name, (unsigned long long)t->end, (unsigned long long)(f->size - f->data_off));
+        st_free(f);
+        return st;
+    }
     st_free(f);
     return amdim_fail(err, n, AMDIM_E_CORRUPT, "%s: malformed safetensors header", path);
+}
+
+static int st_read(st_file *f, const char *path, char *err, size_t n)
+{
+    memset(f, 0, sizeof *f);
+    FILE *fp = fopen(path, "rb");
+    if (!fp)
+        return amdim_fail(err, n, errno == ENOENT ? AMDIM_E_NOT_FOUND : AMDIM_E_IO, "cannot open %s: %s", path,
+                          strerror(errno));
+    fseek(fp, 0, SEEK_END);
+    long sz = ftell(fp);
+    fseek(fp, 0, SEEK_SET);
+    f->file = sz > 0 ? malloc((size_t)sz) : NULL;
+    if (!f->file || fread(f->file, 1, (size_t)sz, fp) != (size_t)sz) {
+        fclose(fp);
+        st_free(f);
+        return amdim_fail(err, n, AMDIM_E_IO, "cannot read %s", path);
+    }
+    fclose(fp);
+    f->size = (size_t)sz;
+    return st_parse(f, path, err, n);
 }
 
 static const char *st_meta(const st_file *f, const char *key)
@@ -614,6 +652,23 @@ int amdim_checkpoint_read_meta(const char *path, amdim_model_config *cfg, amdim_
     if (st)
         return st;
     st = parse_meta(&f, path, cfg, info, err, n);
+    st_free(&f);
+    return st;
+}
+
+int amdim_checkpoint_parse_buffer(const uint8_t *data, size_t size, const char *name, amdim_model_config *cfg,
+                                  amdim_checkpoint_info *info, char *err, size_t n)
+{
+    st_file f;
+    memset(&f, 0, sizeof f);
+    if (!(f.file = malloc(size ? size : 1)))
+        return amdim_fail(err, n, AMDIM_E_NOMEM, "out of memory");
+    memcpy(f.file, data, size);
+    f.size = size;
+    int st = st_parse(&f, name, err, n);
+    if (st)
+        return st;
+    st = parse_meta(&f, name, cfg, info, err, n);
     st_free(&f);
     return st;
 }
