@@ -31,25 +31,9 @@ static int rename_to_legacy(const char *path)
     return renamed;
 }
 
-static amdim_model *make(void)
-{
-    amdim_model_config cfg;
-    amdim_model_config_default(&cfg, 32);
-    cfg.ndf = 4;
-    cfg.n_rkhs = 32;
-    cfg.n_depth = 1;
-    cfg.use_bn = 1;
-    cfg.mlp_hidden = 16;
-    cfg.seed = 5;
-    amdim_model *m;
-    char err[512];
-    REQUIRE(amdim_model_create(&m, &cfg, err, sizeof err) == 0, "%s", err);
-    return m;
-}
-
 int main(void)
 {
-    amdim_model *a = make();
+    amdim_model *a = test_tiny_model(1, 5);
     /* distinct values everywhere, the moments included */
     for (int i = 0; i < amdim_model_param_count(a); i++) {
         amdim_param p;
@@ -74,7 +58,7 @@ int main(void)
     CHECK(rename_to_legacy(w) == 10, "expected 10 bn_hid tensors in the weights file");
     CHECK(rename_to_legacy(o) == 8, "expected 8 bn_hid moments in the optimiser file");
 
-    amdim_model *b = make();
+    amdim_model *b = test_tiny_model(1, 5);
     REQUIRE(amdim_checkpoint_load(b, w, AMDIM_CKPT_OPTIMIZER, err, sizeof err) == 0, "legacy load: %s", err);
     REQUIRE(amdim_model_pull(b) == 0, "pull");
     int same = 1;

@@ -8,23 +8,9 @@
 #include "amdim_trainer.h"
 #include "testutil.h"
 
-static amdim_model *make(void)
-{
-    amdim_model_config cfg;
-    amdim_model_config_default(&cfg, 32);
-    cfg.ndf = 4;
-    cfg.n_rkhs = 32;
-    cfg.n_depth = 1;
-    cfg.mlp_hidden = 16;
-    amdim_model *m;
-    char err[512];
-    REQUIRE(amdim_model_create(&m, &cfg, err, sizeof err) == 0, "%s", err);
-    return m;
-}
-
 int main(void)
 {
-    amdim_model *m = make();
+    amdim_model *m = test_tiny_model(0, 0);
     amdim_checkpoint_info info = {.step = 3, .seed = 5, .epochs = 1, .max_steps = -1, .batch = 8};
     snprintf(info.preset, sizeof info.preset, "cifar");
     char err[1024], w[4200];

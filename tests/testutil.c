@@ -1,5 +1,7 @@
 #include "testutil.h"
 
+#include "amdim_trainer.h"
+
 #include <errno.h>
 #include <fcntl.h>
 #include <ftw.h>
@@ -311,4 +313,20 @@ const char *test_file_value(const char *path, const char *key)
     }
     free(s);
     return NULL;
+}
+
+struct amdim_model *test_tiny_model(int use_bn, uint64_t seed)
+{
+    amdim_model_config cfg;
+    amdim_model_config_default(&cfg, 32);
+    cfg.ndf = 4;
+    cfg.n_rkhs = 32;
+    cfg.n_depth = 1;
+    cfg.use_bn = use_bn;
+    cfg.mlp_hidden = 16;
+    cfg.seed = seed;
+    amdim_model *m;
+    char err[512];
+    REQUIRE(amdim_model_create(&m, &cfg, err, sizeof err) == 0, "%s", err);
+    return m;
 }

@@ -58,6 +58,11 @@ void test_write_png(const char *path, const uint8_t *rgb, int w, int h);
  * Returns the raw wait status. */
 int test_run(char *const argv[], char **out, char **err);
 
+/* A tiny 32 px model (ndf 4, n_rkhs 32, depth 1, MLP hidden 16) for
+ * checkpoint tests; exits the test on failure. */
+struct amdim_model;
+struct amdim_model *test_tiny_model(int use_bn, uint64_t seed);
+
 #endif
 
 /* `load_argv | peek_argv` with both processes in a new process group;
