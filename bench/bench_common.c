@@ -80,6 +80,11 @@ static void synth(uint8_t *px, int w, int h, unsigned seed)
 
 int bench_make_corpus(const char *dir, int count, int w, int h, int quality, bench_corpus_stats *st)
 {
+    return bench_make_corpus_range(dir, 0, count, w, h, quality, st);
+}
+
+int bench_make_corpus_range(const char *dir, int first, int count, int w, int h, int quality, bench_corpus_stats *st)
+{
     memset(st, 0, sizeof *st);
     st->width = w;
     st->height = h;
@@ -91,10 +96,12 @@ int bench_make_corpus(const char *dir, int count, int w, int h, int quality, ben
     unsigned long len = 0;
     char path[4096];
     int rc = 0;
-    for (int i = 0; i < count && rc == 0; i++) {
-        snprintf(path, sizeof path, "%s/n%08d", dir, i % 10);
-        if (i < 10)
-            mkdir(path, 0755);
+    for (int k = 0; k < 10; k++) {
+        snprintf(path, sizeof path, "%s/n%08d", dir, k);
+        if (mkdir(path, 0755) != 0 && errno != EEXIST)
+            rc = -1;
+    }
+    for (int i = first; i < first + count && rc == 0; i++) {
         synth(px, w, h, (unsigned)i);
         if (tjCompress2(tj, px, w, 0, h, TJPF_RGB, &buf, &len, TJSAMP_420, quality, 0) != 0) {
             rc = -1;

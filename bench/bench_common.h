@@ -21,6 +21,9 @@ typedef struct {
  * smooth shapes plus sensor-like noise, tuned so that quality 90 gives file
  * sizes near ImageNet's (~110 KB at 500x375). Deterministic. */
 int bench_make_corpus(const char *dir, int count, int w, int h, int quality, bench_corpus_stats *st);
+/* Images first .. first + count - 1 of that corpus (the same files), so
+ * that several processes can write one corpus. */
+int bench_make_corpus_range(const char *dir, int first, int count, int w, int h, int quality, bench_corpus_stats *st);
 
 #include "amdim_dataset.h"
 #include "amdim_image.h"

@@ -26,6 +26,8 @@ static const char *usage_text =
     "      --eval-split NAME   ... split (default: test)\n"
     "      --eval-refresh N    batches that refresh BatchNorm statistics first (default 20)\n"
     "      --device D          auto, cpu or cuda (default auto: the CPU until the CUDA backend is verified on a GPU)\n"
+    "      --precision P       fp32 or bf16 (bf16 GEMMs, TF32 convolutions, fp32 storage and losses;\n"
+    "                          CUDA only); default bf16 on CUDA, fp32 on the CPU\n"
     "      --threads N         CPU compute threads (default: the cores amdim-load's workers leave, >= 1)\n"
     "  -e, --epochs E          epochs (default: what amdim-load was given)\n"
     "      --steps S           stop after S updates in total (0: save the initial model)\n"
@@ -73,7 +75,7 @@ int main(int argc, char **argv)
 {
     enum { O_EVAL = 256, O_ESPLIT, O_EREF, O_DEVICE, O_STEPS, O_SEED, O_LOG, O_CKPT, O_KEEP, O_NDF, O_RKHS, O_DEPTH,
            O_BN, O_TCLIP, O_OBJ, O_LR, O_CLASSES, O_CLS, O_INIT, O_WARMUP, O_THREADS,
-           O_MIX, O_MIX_TAU, O_MIX_ENT, O_PROBE_FEAT };
+           O_MIX, O_MIX_TAU, O_MIX_ENT, O_PROBE_FEAT, O_PRECISION };
     static const struct option longopts[] = {
         {"out", required_argument, NULL, 'o'},        {"resume", required_argument, NULL, 'r'},
         {"eval", required_argument, NULL, O_EVAL},    {"eval-split", required_argument, NULL, O_ESPLIT},
@@ -90,6 +92,7 @@ int main(int argc, char **argv)
         {"threads", required_argument, NULL, O_THREADS},
         {"mixtures", required_argument, NULL, O_MIX}, {"mix-tau", required_argument, NULL, O_MIX_TAU},
         {"mix-entropy", required_argument, NULL, O_MIX_ENT}, {"probe-features", required_argument, NULL, O_PROBE_FEAT},
+        {"precision", required_argument, NULL, O_PRECISION},
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0}};
     amdim_train_options o;
@@ -140,6 +143,14 @@ int main(int argc, char **argv)
             if (o.model.probe_features == -2)
                 return bad("--probe-features (r1, mixture-mean)", optarg);
             break;
+        case O_PRECISION: {
+            amdim_precision p;
+            char why[128];
+            if (amdim_precision_parse(optarg, &p, why, sizeof why))
+                return bad("--precision (fp32, bf16)", optarg);
+            o.precision = (int)p;
+            break;
+        }
         case O_CLS: classifiers = 1; break;
         case O_INIT: o.init_path = optarg; break;
         case 'h': fputs(usage_text, stdout); return 0;
@@ -159,6 +170,10 @@ int main(int argc, char **argv)
     char err[2048];
     if (amdim_device_resolve(device, &o.device, err, sizeof err)) {
         fprintf(stderr, "amdim-train: %s\nTry 'amdim-train --help'.\n", err);
+        return 2;
+    }
+    if (o.precision == AMDIM_PRECISION_BF16 && o.device != AMDIM_DEVICE_CUDA) {
+        fprintf(stderr, "amdim-train: --precision bf16 needs --device cuda (the CPU computes in fp32)\nTry 'amdim-train --help'.\n");
         return 2;
     }
     struct sigaction sa = {0};

@@ -9,14 +9,31 @@
 #   tools/gpu-check.sh OUTDIR            (on the GPU machine)
 #       builds against gpu-deps/ when present (else the system), then runs,
 #       each stage time-bounded and none stopping the next:
-#         1 build   2 ctest -L gpu   3 compute-sanitizer memcheck of one gpu test
-#         4 bench_trainer --device cuda   5 bench/torch_amdim.py (3 configs)
-#       and writes OUTDIR/summary.txt (one line per stage) plus at most 7 logs.
+#         1 build
+#         2 ctest -L gpu: test_cuda_kernels, test_cuda_model (fp32 parity),
+#           test_cuda_bf16 (bf16 mode within stated tolerances),
+#           test_model_staging_cuda (the copy-stream input double buffer)
+#         3 compute-sanitizer memcheck of test_cuda_kernels
+#         4 bench_trainer --device cuda (bf16 mode): validates one step
+#           against the CPU (fp32 1e-3, bf16 3e-2), measures the bf16 and
+#           fp32 cublasGemmEx rates, then CIFAR small, STL-10 and
+#           ImageNet-small at batch 480: pairs/s, TFLOP/s, MFU against both
+#           rates, device memory in use, stage tables
+#         5 bench/torch_amdim.py (3 configs)
+#         6 end to end: a synthetic 500x375 JPEG corpus made there
+#           (bench/make_synth_corpus), amdim-pack, then amdim-load --workers 15
+#           --batch 480 | amdim-train --device cuda (bf16) at ImageNet-small
+#           for 12 steps; pairs/s and the data-wait fraction from
+#           metrics.jsonl, intervals after the warm-up one
+#       and writes OUTDIR/summary.txt (one line per stage) plus 7 logs
+#       (env, build, gpu-tests, memcheck, bench-trainer, torch-bench, e2e).
 #
 # A stage that finds no GPU (or no tool) is SKIPPED with the reason, so the
-# script can be rehearsed on a machine without one. The limits (seconds) add
-# up to under the device tool's 600 s per command; override them with
-# AMDIM_GC_LIMITS="build tests memcheck bench torch" (default "200 90 90 60 90").
+# script can be rehearsed on a machine without one (without a GPU stage 6
+# makes and packs a 960-image corpus, then skips). The limits (seconds,
+# each with a 5 s kill grace) add up to under 9 minutes; override them with
+# AMDIM_GC_LIMITS="build tests memcheck bench torch e2e" (default
+# "170 60 45 90 55 80").
 set -uo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD
@@ -173,9 +190,8 @@ bench_ours() {
     [ -x "$b" ] || skip "bench_trainer not built"
     "$b" --help | grep -q -- --device || skip "bench_trainer has no --device"
     why=$(gpu_probe) || skip "no GPU ($why)"
-    "$b" --device cuda --batch 64 --steps 5 --warmup 2 &&
-        "$b" --device cuda --size 64 --ndf 192 --n-rkhs 1536 --depth 8 --batch 64 --steps 3 --warmup 1 &&
-        "$b" --device cuda --size 128 --ndf 192 --n-rkhs 1536 --depth 8 --batch 64 --steps 3 --warmup 1
+    # validates against the CPU first, then the three published configs at batch 480
+    "$b" --device cuda --precision bf16 --steps 3 --warmup 1
 }
 
 # 5: the PyTorch peer on the three published configs
@@ -190,6 +206,47 @@ bench_torch() {
     return $rc
 }
 
+# 6: amdim-load | amdim-train --device cuda at ImageNet-small on a corpus made here
+end_to_end() {
+    local b=$root/$build t
+    for t in bench/make_synth_corpus amdim-pack amdim-load amdim-train; do
+        [ -x "$b/$t" ] || skip "$t not built"
+    done
+    local tmp steps=12 batch=480 batches=14 why gpu=1
+    why=$(gpu_probe) || { gpu=0 batches=2; } # without a GPU: rehearse corpus and packing small, then skip
+    tmp=$(mktemp -d /tmp/amdim-e2e-XXXXXX) || return 1
+    trap 'rm -rf "$tmp"' EXIT
+    # 14 batches: the 12 steps stay inside epoch 0 (no epoch-end checkpoint)
+    "$b/bench/make_synth_corpus" --size 500x375 "$tmp/corpus" $((batch * batches)) || return 1
+    "$b/amdim-pack" --progress-interval 60 imagefolder "$tmp/corpus" "$tmp/data.lmdb" >/dev/null || return 1
+    rm -rf "$tmp/corpus"
+    [ $gpu = 1 ] || skip "no GPU ($why); a corpus of $((batch * batches)) JPEGs was made and packed"
+    # leave time to read the metrics whatever happens to the run
+    local left=$(( ${AMDIM_GC_LIMIT:-80} - SECONDS - 8 ))
+    [ "$left" -gt 10 ] || { echo "no time left for the run"; return 1; }
+    timeout --kill-after=3 "$left" bash -c '"$1" --workers 15 --batch "$2" "$3" |
+        "$4" --device cuda --precision bf16 --out "$5" --steps "$6" --log-every 4' _ \
+        "$b/amdim-load" "$batch" "$tmp/data.lmdb" "$b/amdim-train" "$tmp/run" "$steps"
+    local rc=$?
+    [ -s "$tmp/run/metrics.jsonl" ] || { echo "no metrics.jsonl (amdim-train exit $rc)"; return 1; }
+    echo "== metrics.jsonl (intervals of 4 steps; the first holds the warm-up)"
+    awk -F'[,:}]' '/"kind":"train"/ {
+            for (i = 1; i < NF; i++) {
+                if ($i == "\"pairs_per_s\"") p = $(i + 1)
+                if ($i == "\"data_wait\"") w = $(i + 1)
+                if ($i == "\"steps\"") s = $(i + 1)
+            }
+            n++
+            printf "interval %d: %d steps, %.1f pairs/s, data wait %.2f %%\n", n, s, p, 100 * w
+            if (n > 1) { t += s / p; sw += w * s / p; ss += s }
+        }
+        END {
+            if (ss) printf "E2E after warm-up: %.1f pairs/s, data wait %.2f %% (target <= 2 %%)\n", ss / t, 100 * sw / t
+            else { print "E2E: no interval after the warm-up one"; exit 1 }
+        }' "$tmp/run/metrics.jsonl" || return 1
+    # the figures stand even when the final checkpoint (2.5 GB) outlived the time limit
+    echo "amdim-load | amdim-train exit status $rc"
+}
 
 # A stage runs as `timeout bash gpu-check.sh --stage FUNCTION OUTDIR`.
 if [ "${1:-}" = "--stage" ]; then
@@ -200,14 +257,14 @@ if [ "${1:-}" = "--stage" ]; then
     "$2"
     exit $?
 fi
-[ $# -eq 1 ] && [ "${1#-}" = "$1" ] || { sed -n '2,23p' "$0"; exit 2; }
+[ $# -eq 1 ] && [ "${1#-}" = "$1" ] || { sed -n '2,36p' "$0"; exit 2; }
 
 out=$1
 mkdir -p "$out" || die "cannot create $out"
 out=$(cd "$out" && pwd)
 summary=$out/summary.txt
 : >"$summary"
-read -r lim_build lim_tests lim_memcheck lim_bench lim_torch <<<"${AMDIM_GC_LIMITS:-200 90 90 60 90}"
+read -r lim_build lim_tests lim_memcheck lim_bench lim_torch lim_e2e <<<"${AMDIM_GC_LIMITS:-170 60 45 90 55 80}"
 
 # stage NAME LIMIT_S LOG FUNCTION: runs FUNCTION under timeout, appends to LOG, records
 # PASS / FAIL / SKIP (exit 77, the log's last line is the reason) / TIMEOUT.
@@ -216,7 +273,8 @@ stage() {
     shift 3
     local t0=$SECONDS rc
     echo "== $name: $*" >"$out/$log"
-    timeout --kill-after=10 "$limit" bash "$root/tools/gpu-check.sh" --stage "$1" "$out" >>"$out/$log" 2>&1
+    AMDIM_GC_LIMIT=$limit timeout --kill-after=5 "$limit" bash "$root/tools/gpu-check.sh" --stage "$1" "$out" \
+        >>"$out/$log" 2>&1
     rc=$?
     local dt=$((SECONDS - t0)) word detail=""
     case $rc in
@@ -247,6 +305,7 @@ stage "ctest -L gpu" "$lim_tests" gpu-tests.log gpu_tests
 stage "compute-sanitizer memcheck" "$lim_memcheck" memcheck.log memcheck
 stage "bench_trainer --device cuda" "$lim_bench" bench-trainer.log bench_ours
 stage "torch_amdim.py (3 configs)" "$lim_torch" torch-bench.log bench_torch
+stage "end to end load | train" "$lim_e2e" e2e.log end_to_end
 
 echo "gpu-check: summary in $summary"
 cat "$summary"

@@ -27,6 +27,7 @@ typedef struct {
     int eval_refresh;       /* batches that refresh BatchNorm statistics (default 20) */
     int eval_batch;         /* default 100 */
     amdim_device device;    /* from amdim_device_resolve (default: the CPU) */
+    int precision;          /* amdim_precision; -1 (default): bf16 on CUDA, fp32 on the CPU */
     int threads;            /* CPU compute threads; 0: the cores the loader's workers leave (>= 1) */
     int64_t epochs;         /* -1: the loader's */
     int64_t steps;          /* -1: no limit (total updates, counted across resumes);

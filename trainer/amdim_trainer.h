@@ -67,6 +67,18 @@ typedef enum { AMDIM_DEVICE_CPU = 0, AMDIM_DEVICE_CUDA = 1 } amdim_device;
 int amdim_device_resolve(const char *name, amdim_device *out, char *err, size_t n);
 const char *amdim_device_name(amdim_device d);
 
+/* How a device computes; master weights, Adam moments and checkpoints
+ * are fp32 in both. FP32: fp32 throughout, no TF32 (the CPU's only mode,
+ * and CUDA's parity mode). BF16 (CUDA only, its default in amdim-train):
+ * GEMMs with bf16-rounded operands and fp32 accumulation
+ * (CUBLAS_COMPUTE_32F_FAST_16BF), convolutions in TF32 tensor-core math;
+ * activations are still stored in fp32, and the NCE log-softmax, clip,
+ * regulariser, BatchNorm statistics and losses are fp32 / fp64 as in FP32. */
+typedef enum { AMDIM_PRECISION_FP32 = 0, AMDIM_PRECISION_BF16 = 1 } amdim_precision;
+/* "fp32" or "bf16"; AMDIM_E_INVALID with the reason otherwise. */
+int amdim_precision_parse(const char *name, amdim_precision *out, char *err, size_t n);
+const char *amdim_precision_name(amdim_precision p);
+
 /* Creates the model on a device, initialised from cfg->seed. */
 int amdim_model_create_on(amdim_model **out, const amdim_model_config *cfg, amdim_device device, char *err,
                           size_t errlen);
@@ -79,6 +91,10 @@ amdim_device amdim_model_device(const amdim_model *m);
  * (cudaHostRegister); a no-op on the CPU. Unregister before unmapping it. */
 int amdim_model_register_host(amdim_model *m, void *base, size_t bytes);
 void amdim_model_unregister_host(amdim_model *m, void *base);
+/* The precision of the steps from now on (models start in FP32).
+ * AMDIM_E_UNSUPPORTED for BF16 on the CPU. */
+int amdim_model_set_precision(amdim_model *m, amdim_precision p);
+amdim_precision amdim_model_precision(const amdim_model *m);
 /* Threads the backend computes with on the CPU (BLAS), >= 1; the CUDA
  * backend ignores it. */
 int amdim_model_set_threads(amdim_model *m, int threads);
@@ -104,6 +120,24 @@ typedef struct {
  * the learning rate for `epoch`. */
 int amdim_model_train_step(amdim_model *m, const uint8_t *view1, const uint8_t *view2, const int32_t *labels,
                            int batch, int epoch, amdim_step_stats *stats);
+
+/* Double-buffered input, for a loop that copies batch k+1 while step k
+ * computes (amdim_train_run). amdim_model_stage_input starts copying a
+ * batch's views (as amdim_model_train_step takes them) and labels (NULL:
+ * unlabelled) into input slot 0 or 1 - on CUDA an asynchronous
+ * host->device copy on a copy stream, DMA from memory registered with
+ * amdim_model_register_host; on the CPU a host copy - and
+ * amdim_model_stage_wait returns once that copy is complete, after which
+ * the caller may release the source memory. A *_staged step consumes the
+ * slot (it waits for the copy on the device itself, without blocking the
+ * host), which may then be staged again. Results equal the unstaged step
+ * on the same batch bit for bit. AMDIM_E_INVALID for a bad slot or an
+ * empty one; AMDIM_E_NOMEM; device errors as AMDIM_E_IO. */
+int amdim_model_stage_input(amdim_model *m, int slot, const uint8_t *view1, const uint8_t *view2,
+                            const int32_t *labels, int batch);
+int amdim_model_stage_wait(amdim_model *m, int slot);
+int amdim_model_train_step_staged(amdim_model *m, int slot, int epoch, amdim_step_stats *stats);
+int amdim_model_train_probes_step_staged(amdim_model *m, int slot, int epoch, amdim_step_stats *stats);
 
 /* The pieces of a step, for tests: forward + backward (gradients are
  * zeroed first) from normalised float inputs in NCHW, with given source
@@ -150,6 +184,29 @@ void amdim_model_profile(amdim_model *m, int on);
 int amdim_model_profile_count(const amdim_model *m);
 void amdim_model_profile_get(const amdim_model *m, int i, const char **name, double *forward_s, double *backward_s,
                              double *flops_forward, double *flops_backward);
+
+/* FLOPs (2 x multiply-adds) of one training step at `batch`: forward of
+ * both views, the objective, the probes and the backward pass (the
+ * profile's stages summed; Adam not counted). What TFLOP/s figures divide. */
+double amdim_model_step_flops(const amdim_model *m, int batch);
+
+/* For benchmarks: the device's name, memory (bytes) and dense GEMM rates,
+ * measured now - a square gemm_n^3 cublasGemmEx with bf16 inputs and fp32
+ * accumulation, and one in fp32 without TF32 (the fp32 trainer's math) -
+ * timed with CUDA events after a warm-up call. AMDIM_E_UNSUPPORTED on the
+ * CPU or in a build without CUDA; AMDIM_E_IO / AMDIM_E_NOMEM with the
+ * failing call in err. */
+typedef struct {
+    char name[256];
+    size_t memory;
+    double bf16_tflops, fp32_tflops;
+} amdim_device_info;
+int amdim_device_probe(amdim_device d, int gemm_n, amdim_device_info *info, char *err, size_t n);
+/* Device memory in use on the model's device (total - free, so the CUDA
+ * context and every library's allocations count) and its total, in bytes.
+ * The backend allocates its arenas before a step runs, so after one step
+ * this is the run's peak. AMDIM_E_UNSUPPORTED on the CPU. */
+int amdim_model_device_memory(amdim_model *m, size_t *used, size_t *total);
 
 /* Evaluation support: a forward pass in training mode over uint8 images
  * (encoder and probes) that only refreshes the BatchNorm running

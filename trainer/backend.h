@@ -13,12 +13,14 @@
 #include "arch.h"
 
 /* A batch of view pairs: uint8 (B, S, S, 3) views normalised inside, or
- * (for tests) already normalised float (B, 3, S, S). */
+ * (for tests) already normalised float (B, 3, S, S), or (staged > 0) the
+ * uint8 views the backend's stage_input copied into input slot staged - 1. */
 typedef struct {
     const uint8_t *u8[2];
     const float *f32[2];
     const int32_t *labels; /* B, -1 = unlabelled */
     int batch;
+    int staged;
 } amdim_step_input;
 
 /* Host-drawn randomness of one step (amdim_arch_draw): src5 for rows
@@ -28,6 +30,15 @@ typedef struct {
     const int32_t *src5;
     const float *mask_in, *mask_hidden;
 } amdim_step_draws;
+
+/* An input slot of amdim_model_stage_input: the labels are always copied
+ * here, the views too when the backend has no stage_input. */
+typedef struct {
+    int batch; /* 0: empty */
+    int32_t *labels;
+    uint8_t *views; /* host copies: view 1 then view 2, (batch, S, S, 3) each */
+    size_t labels_cap, views_cap;
+} amdim_input_slot;
 
 typedef struct amdim_backend {
     const char *name;
@@ -56,6 +67,15 @@ typedef struct amdim_backend {
      * so copies from it are DMA; NULL where there is nothing to gain. */
     int (*register_host)(amdim_model *m, void *base, size_t bytes);
     void (*unregister_host)(amdim_model *m, void *base);
+    /* Starts copying uint8 views (batch, S, S, 3) each into input slot 0
+     * or 1 and returns; stage_wait returns once that copy is complete (the
+     * source may be released then). On CUDA the copy runs on the copy
+     * stream, after the last step that read the slot, while the compute
+     * stream works. NULL: model.c keeps host copies (the CPU). */
+    int (*stage_input)(amdim_model *m, int slot, const uint8_t *view1, const uint8_t *view2, int batch);
+    int (*stage_wait)(amdim_model *m, int slot);
+    /* amdim_model_set_precision with bf16 0 or 1 (NULL: fp32 only). */
+    int (*set_precision)(amdim_model *m, int bf16);
     /* amdim_model_mixture_assign (NULL: mixtures unsupported). */
     int (*mixture_assign)(amdim_model *m, const uint8_t *images, int batch, int32_t *winner);
     /* CPU threads for the backend's own compute (NULL: none to set). */
@@ -70,6 +90,11 @@ extern const amdim_backend amdim_backend_cpu;
 extern const amdim_backend amdim_backend_cuda;
 /* 1 when a CUDA device can be used, else 0 with the reason. */
 int amdim_cuda_available(char *why, size_t n);
+/* amdim_device_probe on CUDA (trainer/cuda/device_probe.c). */
+int amdim_cuda_probe(int gemm_n, char *name, size_t name_n, size_t *memory, double *bf16_tflops,
+                     double *fp32_tflops, char *err, size_t n);
+/* Device memory in use (total - free, cudaMemGetInfo) and the total. */
+int amdim_cuda_memory(size_t *used, size_t *total, char *err, size_t n);
 #endif
 
 struct amdim_model {
@@ -77,6 +102,7 @@ struct amdim_model {
     amdim_arch arch;
     float *weights, *grads, *adam_m, *adam_v; /* host mirror, arch.weights_size / grads_size floats */
     amdim_device device;
+    amdim_precision precision;
     const amdim_backend *be;
     void *bs;            /* backend state */
     int batch;           /* batch of the last training forward (0: none yet) */
@@ -87,6 +113,7 @@ struct amdim_model {
     int32_t *src5;
     float *mask_in, *mask_hidden;
     int draws_rows;
+    amdim_input_slot input[2]; /* amdim_model_stage_input */
     /* profile per stage (amdim_arch_stage_*): seconds and FLOPs */
     int profile;
     double *prof_f, *prof_b, *prof_ff, *prof_fb;

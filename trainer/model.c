@@ -44,6 +44,19 @@ int amdim_device_resolve(const char *name, amdim_device *out, char *err, size_t 
     return AMDIM_OK;
 }
 
+int amdim_precision_parse(const char *name, amdim_precision *out, char *err, size_t n)
+{
+    if (strcmp(name, "fp32") == 0)
+        *out = AMDIM_PRECISION_FP32;
+    else if (strcmp(name, "bf16") == 0)
+        *out = AMDIM_PRECISION_BF16;
+    else
+        return amdim_fail(err, n, AMDIM_E_INVALID, "precision must be fp32 or bf16, not %s", name);
+    return AMDIM_OK;
+}
+
+const char *amdim_precision_name(amdim_precision p) { return p == AMDIM_PRECISION_BF16 ? "bf16" : "fp32"; }
+
 /* ---- life cycle ---------------------------------------------------------------- */
 
 void amdim_model_destroy(amdim_model *m)
@@ -60,6 +73,10 @@ void amdim_model_destroy(amdim_model *m)
     free(m->src5);
     free(m->mask_in);
     free(m->mask_hidden);
+    for (int i = 0; i < 2; i++) {
+        free(m->input[i].labels);
+        free(m->input[i].views);
+    }
     free(m->prof_f);
     free(m->prof_b);
     free(m->prof_ff);
@@ -142,6 +159,20 @@ void amdim_model_unregister_host(amdim_model *m, void *base)
     if (m->be->unregister_host)
         m->be->unregister_host(m, base);
 }
+
+int amdim_model_set_precision(amdim_model *m, amdim_precision p)
+{
+    if (p != AMDIM_PRECISION_FP32 && p != AMDIM_PRECISION_BF16)
+        return MFAIL(AMDIM_E_INVALID, "precision %d: must be fp32 or bf16", (int)p);
+    if (p == AMDIM_PRECISION_BF16 && !m->be->set_precision)
+        return MFAIL(AMDIM_E_UNSUPPORTED, "bf16: the %s backend computes in fp32 only", m->be->name);
+    int rc = m->be->set_precision ? m->be->set_precision(m, p == AMDIM_PRECISION_BF16) : AMDIM_OK;
+    if (rc == AMDIM_OK)
+        m->precision = p;
+    return rc;
+}
+
+amdim_precision amdim_model_precision(const amdim_model *m) { return m->precision; }
 
 int amdim_model_set_threads(amdim_model *m, int threads)
 {
@@ -233,22 +264,105 @@ int amdim_model_forward_backward(amdim_model *m, const float *x1, const float *x
     return AMDIM_OK;
 }
 
-int amdim_model_train_step(amdim_model *m, const uint8_t *view1, const uint8_t *view2, const int32_t *labels, int B,
-                           int epoch, amdim_step_stats *st)
+/* Draws, forward + backward and Adam of one training step on `in`. */
+static int train_step_in(amdim_model *m, const amdim_step_input *in, int epoch, amdim_step_stats *st)
 {
-    int rc = check_batch(m, B, 2);
+    int B = in->batch, rc = check_batch(m, B, 2);
     if (rc || (rc = ensure_draws(m, 2 * B)))
         return rc;
     /* this step's draws: counter-based, keyed by the update count */
     amdim_arch_draw(&m->cfg, AMDIM_STREAM_STEP, m->updates, 2 * B, m->src5, m->mask_in, m->mask_hidden);
-    amdim_step_input in = {.u8 = {view1, view2}, .labels = labels, .batch = B};
     amdim_step_draws d = {m->src5, m->mask_in, m->mask_hidden};
     memset(st, 0, sizeof *st);
-    if ((rc = m->be->forward_backward(m, &in, &d, st)))
+    if ((rc = m->be->forward_backward(m, in, &d, st)))
         return rc;
     m->batch = B;
     m->steps++;
     return amdim_model_adam_step(m, epoch);
+}
+
+int amdim_model_train_step(amdim_model *m, const uint8_t *view1, const uint8_t *view2, const int32_t *labels, int B,
+                           int epoch, amdim_step_stats *st)
+{
+    amdim_step_input in = {.u8 = {view1, view2}, .labels = labels, .batch = B};
+    return train_step_in(m, &in, epoch, st);
+}
+
+/* ---- input staging -------------------------------------------------------------- */
+
+int amdim_model_stage_input(amdim_model *m, int slot, const uint8_t *view1, const uint8_t *view2,
+                            const int32_t *labels, int B)
+{
+    int rc = check_batch(m, B, 1);
+    if (rc)
+        return rc;
+    if (slot < 0 || slot > 1)
+        return MFAIL(AMDIM_E_INVALID, "input slot %d: must be 0 or 1", slot);
+    amdim_input_slot *s = &m->input[slot];
+    size_t S = (size_t)m->cfg.encoder_size, view = (size_t)B * S * S * 3;
+    s->batch = 0;
+    if (s->labels_cap < (size_t)B) {
+        free(s->labels);
+        s->labels_cap = 0;
+        if (!(s->labels = malloc((size_t)B * sizeof *s->labels)))
+            return MFAIL(AMDIM_E_NOMEM, "out of memory for the labels of %d images", B);
+        s->labels_cap = (size_t)B;
+    }
+    if (labels)
+        memcpy(s->labels, labels, (size_t)B * sizeof *labels);
+    else
+        for (int i = 0; i < B; i++)
+            s->labels[i] = -1;
+    if (m->be->stage_input) {
+        if ((rc = m->be->stage_input(m, slot, view1, view2, B)))
+            return rc;
+    } else {
+        if (s->views_cap < 2 * view) {
+            free(s->views);
+            s->views_cap = 0;
+            if (!(s->views = malloc(2 * view)))
+                return MFAIL(AMDIM_E_NOMEM, "out of memory for the views of %d images", B);
+            s->views_cap = 2 * view;
+        }
+        memcpy(s->views, view1, view);
+        memcpy(s->views + view, view2, view);
+    }
+    s->batch = B;
+    return AMDIM_OK;
+}
+
+int amdim_model_stage_wait(amdim_model *m, int slot)
+{
+    if (slot < 0 || slot > 1 || !m->input[slot].batch)
+        return MFAIL(AMDIM_E_INVALID, "input slot %d holds no staged batch", slot);
+    return m->be->stage_wait ? m->be->stage_wait(m, slot) : AMDIM_OK;
+}
+
+/* The step input of a staged slot (which it empties). */
+static int staged_input(amdim_model *m, int slot, amdim_step_input *in)
+{
+    if (slot < 0 || slot > 1 || !m->input[slot].batch)
+        return MFAIL(AMDIM_E_INVALID, "input slot %d holds no staged batch", slot);
+    amdim_input_slot *s = &m->input[slot];
+    size_t S = (size_t)m->cfg.encoder_size, view = (size_t)s->batch * S * S * 3;
+    memset(in, 0, sizeof *in);
+    in->labels = s->labels;
+    in->batch = s->batch;
+    if (m->be->stage_input) {
+        in->staged = slot + 1;
+    } else {
+        in->u8[0] = s->views;
+        in->u8[1] = s->views + view;
+    }
+    s->batch = 0;
+    return AMDIM_OK;
+}
+
+int amdim_model_train_step_staged(amdim_model *m, int slot, int epoch, amdim_step_stats *st)
+{
+    amdim_step_input in;
+    int rc = staged_input(m, slot, &in);
+    return rc ? rc : train_step_in(m, &in, epoch, st);
 }
 
 float amdim_model_learning_rate(const amdim_model *m, int epoch)
@@ -321,20 +435,68 @@ int amdim_model_reset_probes(amdim_model *m, uint64_t seed)
 
 void amdim_model_freeze_encoder(amdim_model *m) { m->probes_only = 1; }
 
-int amdim_model_train_probes_step(amdim_model *m, const uint8_t *view1, const uint8_t *view2, const int32_t *labels,
-                                  int B, int epoch, amdim_step_stats *st)
+static int train_probes_step_in(amdim_model *m, const amdim_step_input *in, int epoch, amdim_step_stats *st)
 {
-    int rc = check_batch(m, B, 2);
+    int B = in->batch, rc = check_batch(m, B, 2);
     if (rc || (rc = ensure_draws(m, 2 * B)))
         return rc;
     amdim_arch_draw(&m->cfg, AMDIM_STREAM_PROBE_STEP, m->updates, 2 * B, NULL, m->mask_in, m->mask_hidden);
-    amdim_step_input in = {.u8 = {view1, view2}, .labels = labels, .batch = B};
     amdim_step_draws d = {NULL, m->mask_in, m->mask_hidden};
     memset(st, 0, sizeof *st);
-    if ((rc = m->be->probe_step(m, &in, &d, st)))
+    if ((rc = m->be->probe_step(m, in, &d, st)))
         return rc;
     m->probes_only = 1;
     return amdim_model_adam_step(m, epoch);
+}
+
+int amdim_model_train_probes_step(amdim_model *m, const uint8_t *view1, const uint8_t *view2, const int32_t *labels,
+                                  int B, int epoch, amdim_step_stats *st)
+{
+    amdim_step_input in = {.u8 = {view1, view2}, .labels = labels, .batch = B};
+    return train_probes_step_in(m, &in, epoch, st);
+}
+
+int amdim_model_train_probes_step_staged(amdim_model *m, int slot, int epoch, amdim_step_stats *st)
+{
+    amdim_step_input in;
+    int rc = staged_input(m, slot, &in);
+    return rc ? rc : train_probes_step_in(m, &in, epoch, st);
+}
+
+/* ---- figures for benchmarks ------------------------------------------------------ */
+
+double amdim_model_step_flops(const amdim_model *m, int B)
+{
+    double sum = 0;
+    for (int s = 0; s < amdim_arch_stage_count(&m->arch); s++) {
+        double f, b;
+        amdim_arch_stage_flops(&m->arch, s, B, &f, &b);
+        sum += f + b;
+    }
+    return sum;
+}
+
+int amdim_device_probe(amdim_device d, int gemm_n, amdim_device_info *info, char *err, size_t n)
+{
+    memset(info, 0, sizeof *info);
+    if (gemm_n < 256 || gemm_n > 32768)
+        return amdim_fail(err, n, AMDIM_E_INVALID, "GEMM size %d: must be 256..32768", gemm_n);
+#ifdef AMDIM_HAVE_CUDA_BACKEND
+    if (d == AMDIM_DEVICE_CUDA)
+        return amdim_cuda_probe(gemm_n, info->name, sizeof info->name, &info->memory, &info->bf16_tflops,
+                                &info->fp32_tflops, err, n);
+#endif
+    return amdim_fail(err, n, AMDIM_E_UNSUPPORTED, "device %s: no GEMM rate to measure", amdim_device_name(d));
+}
+
+int amdim_model_device_memory(amdim_model *m, size_t *used, size_t *total)
+{
+    *used = *total = 0;
+#ifdef AMDIM_HAVE_CUDA_BACKEND
+    if (m->device == AMDIM_DEVICE_CUDA)
+        return amdim_cuda_memory(used, total, m->err, sizeof m->err);
+#endif
+    return MFAIL(AMDIM_E_UNSUPPORTED, "the %s backend has no device memory", m->be->name);
 }
 
 /* ---- profiling ------------------------------------------------------------------ */

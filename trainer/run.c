@@ -20,6 +20,7 @@ void amdim_train_options_default(amdim_train_options *o)
     o->eval_refresh = 20;
     o->eval_batch = 100;
     o->device = AMDIM_DEVICE_CPU;
+    o->precision = -1;
     o->epochs = -1;
     o->steps = -1;
     o->log_every = 50;
@@ -108,6 +109,38 @@ static int save(const char *dir, amdim_model *m, amdim_checkpoint_info *ci, int 
     return AMDIM_OK;
 }
 
+/* What the loop keeps of a batch after the loader has it back. */
+typedef struct {
+    uint64_t epoch, index;
+    uint32_t count;
+    int last;
+} batch_meta;
+
+static batch_meta meta_of(const amdim_batch *b)
+{
+    batch_meta r = {b->epoch, b->index, b->count, b->last_in_epoch};
+    return r;
+}
+
+/* Takes the next batch from the loader into *b and starts copying it into
+ * input slot `slot`; with wait, also waits for the copy and gives the batch
+ * back (otherwise the caller does, after amdim_model_stage_wait). 0, 1
+ * when every epoch has been delivered, or a status with the reason in err. */
+static int take_batch(amdim_loader *l, amdim_model *m, int slot, amdim_batch *b, int wait, char *err, size_t n)
+{
+    int rc = amdim_loader_next(l, b);
+    if (rc == 1)
+        return 1;
+    if (rc < 0)
+        return amdim_fail(err, n, rc, "%s", amdim_loader_error(l));
+    rc = amdim_model_stage_input(m, slot, b->view1, b->view2, b->labels, (int)b->count);
+    if (rc == AMDIM_OK && wait)
+        rc = amdim_model_stage_wait(m, slot);
+    if (rc || wait)
+        amdim_loader_release(l, b);
+    return rc ? amdim_fail(err, n, rc, "%s", amdim_model_error(m)) : AMDIM_OK;
+}
+
 int amdim_train_run(const amdim_train_options *o, char *err, size_t n)
 {
     run_plan plan;
@@ -155,9 +188,10 @@ int amdim_train_run(const amdim_train_options *o, char *err, size_t n)
         goto done;
     }
     static const char *objn[] = {"nce", "jsd", "dv"};
-    fprintf(stderr, "amdim-train: %s %s: device %s (%d compute thread%s beside %u loader worker%s), %d px encoder ndf %d n_rkhs %d depth %d use_bn %d, objective %s, tclip %g, "
+    fprintf(stderr, "amdim-train: %s %s: device %s %s (%d compute thread%s beside %u loader worker%s), %d px encoder ndf %d n_rkhs %d depth %d use_bn %d, objective %s, tclip %g, "
                     "%d classes, batch %u, lr %g (warm-up %d, x%g at epochs",
             resuming ? "resuming" : probes ? "classifier phase" : "run", dir, amdim_device_name(amdim_model_device(m)),
+            amdim_precision_name(amdim_model_precision(m)),
             threads, threads == 1 ? "" : "s", li->workers, li->workers == 1 ? "" : "s",
             cfg->encoder_size, cfg->ndf, cfg->n_rkhs,
             cfg->n_depth, cfg->use_bn, objn[cfg->objective], cfg->tclip, cfg->n_classes, li->batch, cfg->lr, cfg->warmup,
@@ -186,7 +220,13 @@ int amdim_train_run(const amdim_train_options *o, char *err, size_t n)
     uint64_t epoch = li->start_epoch, last_ckpt = UINT64_MAX;
     ci->next_epoch = li->start_epoch;
     ci->next_batch = li->start_batch;
-    amdim_batch b;
+    /* Double-buffered input: batch k+1 is taken from the loader and its
+     * copy started into the other input slot before step k runs, so the
+     * copy overlaps the step; its loader slot is released once the copy is
+     * complete (the loader lends one batch at a time). */
+    amdim_batch held; /* borrowed from the loader while its copy runs */
+    batch_meta cur = {0}, nxt = {0};
+    int slot = 0, have_cur = 0, ended = 0;
     for (;;) {
         if (o->cancel && *o->cancel) {
             st = amdim_fail(err, n, AMDIM_E_CANCELLED, "interrupted");
@@ -194,21 +234,46 @@ int amdim_train_run(const amdim_train_options *o, char *err, size_t n)
         }
         if (ci->max_steps >= 0 && amdim_model_updates(m) >= (uint64_t)ci->max_steps)
             break;
-        int rc = amdim_loader_next(l, &b);
-        if (rc == 1)
-            break;
-        if (rc < 0) {
-            st = amdim_fail(err, n, rc, "%s", amdim_loader_error(l));
-            break;
+        int rc;
+        if (!have_cur) { /* the first batch: nothing to overlap with */
+            if (ended || (rc = take_batch(l, m, slot, &held, 1, err, n)) == 1)
+                break;
+            if (rc) {
+                st = rc;
+                break;
+            }
+            cur = meta_of(&held);
         }
-        epoch = b.epoch;
+        /* the next batch, unless this step is the last one allowed */
+        int ahead = 0;
+        if (!ended && !(ci->max_steps >= 0 && amdim_model_updates(m) + 1 >= (uint64_t)ci->max_steps)) {
+            rc = take_batch(l, m, 1 - slot, &held, 0, err, n);
+            if (rc < 0) {
+                st = rc;
+                break;
+            }
+            ended = rc == 1;
+            ahead = rc == 0;
+            if (ahead)
+                nxt = meta_of(&held);
+        }
+        epoch = cur.epoch;
         amdim_step_stats s;
-        rc = probes ? amdim_model_train_probes_step(m, b.view1, b.view2, b.labels, (int)b.count, (int)b.epoch, &s)
-                    : amdim_model_train_step(m, b.view1, b.view2, b.labels, (int)b.count, (int)b.epoch, &s);
-        int last = b.last_in_epoch;
-        ci->next_epoch = last ? b.epoch + 1 : b.epoch;
-        ci->next_batch = last ? 0 : b.index + 1;
-        amdim_loader_release(l, &b);
+        rc = probes ? amdim_model_train_probes_step_staged(m, slot, (int)cur.epoch, &s)
+                    : amdim_model_train_step_staged(m, slot, (int)cur.epoch, &s);
+        if (ahead) { /* its copy ran beside the step: the loader may have the slot back */
+            int rw = amdim_model_stage_wait(m, 1 - slot);
+            amdim_loader_release(l, &held);
+            if (rw && !rc)
+                rc = rw;
+        }
+        int last = cur.last;
+        ci->next_epoch = last ? cur.epoch + 1 : cur.epoch;
+        ci->next_batch = last ? 0 : cur.index + 1;
+        uint32_t pairs = cur.count;
+        cur = nxt;
+        have_cur = ahead;
+        slot = 1 - slot;
         if (rc) {
             st = amdim_fail(err, n, rc, "%s", amdim_model_error(m));
             break;
@@ -221,7 +286,7 @@ int amdim_train_run(const amdim_train_options *o, char *err, size_t n)
         iv.nce_1t5 += s.nce_1t5, iv.nce_1t7 += s.nce_1t7, iv.nce_5t5 += s.nce_5t5, iv.reg += s.reg;
         iv.cls_mlp += s.cls_mlp, iv.cls_lin += s.cls_lin, iv.total += s.total, iv.mix_entropy += s.mix_entropy;
         iv.correct_mlp += (uint64_t)s.correct_mlp, iv.correct_lin += (uint64_t)s.correct_lin;
-        iv.labelled += (uint64_t)s.labelled, iv.pairs += b.count, iv.steps++;
+        iv.labelled += (uint64_t)s.labelled, iv.pairs += pairs, iv.steps++;
         uint64_t step = amdim_model_updates(m);
         int log_now = o->log_every > 0 && step % (uint64_t)o->log_every == 0;
         int ckpt_now = !last && o->ckpt_every > 0 && step % (uint64_t)o->ckpt_every == 0;

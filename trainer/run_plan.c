@@ -168,6 +168,14 @@ int run_plan_model(const amdim_train_options *o, const amdim_loader_info *li, ru
     int st = amdim_model_create_on(&m, &p->cfg, o->device, why, sizeof why);
     if (st)
         return amdim_fail(err, n, st, "%s", why);
+    amdim_precision prec = o->precision >= 0                  ? (amdim_precision)o->precision
+                           : o->device == AMDIM_DEVICE_CUDA ? AMDIM_PRECISION_BF16
+                                                             : AMDIM_PRECISION_FP32;
+    if ((st = amdim_model_set_precision(m, prec))) {
+        amdim_fail(err, n, st, "%s", amdim_model_error(m));
+        amdim_model_destroy(m);
+        return st;
+    }
     if (p->resuming) {
         st = amdim_checkpoint_load(m, p->ckpt, AMDIM_CKPT_OPTIMIZER, err, n);
         if (st == AMDIM_OK && p->probes)

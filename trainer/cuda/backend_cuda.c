@@ -7,8 +7,11 @@
  * run on cuDNN (conv.h, OHWI filter copies), and every other op is a
  * kernel of kernels.h whose per-element body is the CPU op's. The device
  * keeps the arch blocks in the host mirror's layout (plan.h), so pull and
- * push copy four blocks. One stream; every backend function ends with a
- * stream synchronisation that turns any asynchronous failure into a status.
+ * push copy four blocks. A compute stream, and a copy stream that stages
+ * the next batch's uint8 views into one of two device input slots while
+ * a step computes (stage_input; events order the two). Every backend
+ * function ends with a compute-stream synchronisation that turns any
+ * asynchronous failure into a status.
  * Every CUDA / cuBLAS / cuDNN status is checked and named in m->err. */
 #include <stdio.h>
 #include <stdlib.h>
@@ -30,8 +33,16 @@ _Static_assert((int)AMDIM_CUDA_E_DEVICE == (int)AMDIM_E_IO, "kernels.h device st
 #define CUDNN_WORKSPACE_BYTES ((size_t)256 << 20)
 
 typedef struct {
-    cudaStream_t stream;
+    cudaStream_t stream; /* compute */
+    cudaStream_t copy;   /* input staging (host -> device) */
+    /* input slots: uint8 (2, B, S, S, 3) each (view 1 then view 2); copied
+     * on `copy` after consumed[s] (the compute stream's last read), read on
+     * `stream` after copied[s] */
+    uint8_t *input[2];
+    size_t input_cap[2]; /* bytes */
+    cudaEvent_t copied[2], consumed[2];
     cublasHandle_t blas;
+    int bf16; /* precision mode: GEMMs in bf16 (fp32 accumulation), convolutions in TF32 */
     amdim_conv conv;
     amdim_cuda_ctx ctx;
     amdim_cuda_param_plan pp;
@@ -131,15 +142,22 @@ static void prof(amdim_model *m, int stage, int backward, double t0, int B)
 /* ---- GEMMs ------------------------------------------------------------------ */
 
 /* Row-major C (M, N) = alpha op(A) op(B) + beta C, as cblas_sgemm(CblasRowMajor,
- * ...): the column-major product C^T = op(B)^T op(A)^T. */
+ * ...): the column-major product C^T = op(B)^T op(A)^T. fp32 operands; in
+ * the bf16 mode the products use bf16-rounded operands on the tensor cores
+ * with fp32 accumulation (CUBLAS_COMPUTE_32F_FAST_16BF). */
 static int gemm(amdim_model *m, int ta, int tb, int M, int N, int K, float alpha, const float *a, int lda,
                 const float *b, int ldb, float beta, float *c, int ldc)
 {
-    cublasStatus_t st = cublasSgemm(CS(m)->blas, tb ? CUBLAS_OP_T : CUBLAS_OP_N, ta ? CUBLAS_OP_T : CUBLAS_OP_N, N, M,
-                                    K, &alpha, b, ldb, a, lda, &beta, c, ldc);
+    cublasOperation_t oa = tb ? CUBLAS_OP_T : CUBLAS_OP_N, ob = ta ? CUBLAS_OP_T : CUBLAS_OP_N;
+    cublasStatus_t st;
+    if (CS(m)->bf16)
+        st = cublasGemmEx(CS(m)->blas, oa, ob, N, M, K, &alpha, b, CUDA_R_32F, ldb, a, CUDA_R_32F, lda, &beta, c,
+                          CUDA_R_32F, ldc, CUBLAS_COMPUTE_32F_FAST_16BF, CUBLAS_GEMM_DEFAULT);
+    else
+        st = cublasSgemm(CS(m)->blas, oa, ob, N, M, K, &alpha, b, ldb, a, lda, &beta, c, ldc);
     if (st != CUBLAS_STATUS_SUCCESS)
-        return MFAIL(st == CUBLAS_STATUS_ALLOC_FAILED ? AMDIM_E_NOMEM : AMDIM_E_IO, "cublasSgemm(%d x %d x %d): %s", M,
-                     N, K, cublasGetStatusString(st));
+        return MFAIL(st == CUBLAS_STATUS_ALLOC_FAILED ? AMDIM_E_NOMEM : AMDIM_E_IO, "%s(%d x %d x %d): %s",
+                     CS(m)->bf16 ? "cublasGemmEx" : "cublasSgemm", M, N, K, cublasGetStatusString(st));
     return AMDIM_OK;
 }
 
@@ -600,24 +618,39 @@ static int pull_stats(amdim_model *m)
 /* ---- inputs ------------------------------------------------------------------------ */
 
 /* uint8 (B, S, S, 3) views into x (B, S, S, 3) float. */
-static int load_u8(amdim_model *m, const uint8_t *u8, int B, float *x)
+/* Device uint8 (B, S, S, 3) -> x (B, S, S, 3) float, normalised. */
+static int normalise(amdim_model *m, const uint8_t *u8, int B, float *x)
 {
-    const amdim_cuda_plan *P = &CS(m)->plan;
     int S = m->cfg.encoder_size;
-    size_t pixels = (size_t)B * S * S;
     float scale[3], shift[3];
     for (int c = 0; c < 3; c++) {
         scale[c] = 1.0f / (255.0f * m->cfg.std[c]);
         shift[c] = m->cfg.mean[c] / m->cfg.std[c];
     }
-    TRY(copy(m, A(m, P->u8), u8, pixels * 3, cudaMemcpyHostToDevice));
-    return normalise_u8_cuda(X(m), (const uint8_t *)(const void *)A(m, P->u8), pixels, scale, shift, x);
+    return normalise_u8_cuda(X(m), u8, (size_t)B * S * S, scale, shift, x);
+}
+
+static int load_u8(amdim_model *m, const uint8_t *u8, int B, float *x)
+{
+    const amdim_cuda_plan *P = &CS(m)->plan;
+    int S = m->cfg.encoder_size;
+    TRY(copy(m, A(m, P->u8), u8, (size_t)B * S * S * 3, cudaMemcpyHostToDevice));
+    return normalise(m, (const uint8_t *)(const void *)A(m, P->u8), B, x);
 }
 
 static int load_input(amdim_model *m, const amdim_step_input *in, int v)
 {
-    const amdim_cuda_plan *P = &CS(m)->plan;
+    cuda_state *c = m->bs;
+    const amdim_cuda_plan *P = &c->plan;
     int S = m->cfg.encoder_size, B = in->batch;
+    if (in->staged) { /* the copy stream's copy, normalised on the compute stream */
+        int s = in->staged - 1;
+        CU(cudaStreamWaitEvent(c->stream, c->copied[s], 0), "cudaStreamWaitEvent");
+        TRY(normalise(m, c->input[s] + (size_t)v * B * S * S * 3, B, A(m, P->x[v])));
+        if (v == 1)
+            CU(cudaEventRecord(c->consumed[s], c->stream), "cudaEventRecord");
+        return AMDIM_OK;
+    }
     if (in->u8[v])
         return load_u8(m, in->u8[v], B, A(m, P->x[v]));
     /* (B, 3, S, S) float via the scratch */
@@ -665,6 +698,51 @@ static void cuda_unregister_host(amdim_model *m, void *base)
     cudaHostUnregister(base);
 }
 
+/* The copy of a batch into input slot `slot`, on the copy stream, once
+ * the compute stream has read the slot's previous batch. */
+static int cuda_stage_input(amdim_model *m, int slot, const uint8_t *v1, const uint8_t *v2, int B)
+{
+    cuda_state *c = m->bs;
+    size_t S = (size_t)m->cfg.encoder_size, view = (size_t)B * S * S * 3;
+    if (c->input_cap[slot] < 2 * view) { /* grown for a larger batch, the other slot kept: streams idle first */
+        CU(cudaStreamSynchronize(c->copy), "cudaStreamSynchronize");
+        CU(cudaStreamSynchronize(c->stream), "cudaStreamSynchronize");
+        cudaFree(c->input[slot]);
+        c->input[slot] = NULL;
+        c->input_cap[slot] = 0;
+        cudaError_t e = cudaMalloc((void **)&c->input[slot], 2 * view);
+        if (e != cudaSuccess) {
+            c->input[slot] = NULL;
+            return cuda_fail(m, e, "cudaMalloc (input slot)");
+        }
+        c->input_cap[slot] = 2 * view;
+    }
+    CU(cudaStreamWaitEvent(c->copy, c->consumed[slot], 0), "cudaStreamWaitEvent");
+    CU(cudaMemcpyAsync(c->input[slot], v1, view, cudaMemcpyHostToDevice, c->copy), "cudaMemcpyAsync (view 1)");
+    CU(cudaMemcpyAsync(c->input[slot] + view, v2, view, cudaMemcpyHostToDevice, c->copy), "cudaMemcpyAsync (view 2)");
+    CU(cudaEventRecord(c->copied[slot], c->copy), "cudaEventRecord");
+    return AMDIM_OK;
+}
+
+static int cuda_stage_wait(amdim_model *m, int slot)
+{
+    CU(cudaEventSynchronize(CS(m)->copied[slot]), "cudaEventSynchronize (input copy)");
+    return AMDIM_OK;
+}
+
+/* fp32: FMA convolutions and pedantic fp32 GEMMs (the CPU parity path);
+ * bf16: TF32 convolutions and bf16 GEMMs, fp32 storage throughout. */
+static int cuda_set_precision(amdim_model *m, int bf16)
+{
+    cuda_state *c = m->bs;
+    cublasStatus_t st = cublasSetMathMode(c->blas, bf16 ? CUBLAS_DEFAULT_MATH : CUBLAS_PEDANTIC_MATH);
+    if (st != CUBLAS_STATUS_SUCCESS)
+        return MFAIL(AMDIM_E_IO, "cublasSetMathMode(): %s", cublasGetStatusString(st));
+    amdim_conv_set_tensor_ops(&c->conv, bf16);
+    c->bf16 = bf16;
+    return AMDIM_OK;
+}
+
 static void cuda_close(amdim_model *m)
 {
     cuda_state *c = m->bs;
@@ -672,6 +750,15 @@ static void cuda_close(amdim_model *m)
         return;
     if (c->stream)
         cudaStreamSynchronize(c->stream);
+    if (c->copy)
+        cudaStreamSynchronize(c->copy);
+    for (int i = 0; i < 2; i++) {
+        cudaFree(c->input[i]);
+        if (c->copied[i])
+            cudaEventDestroy(c->copied[i]);
+        if (c->consumed[i])
+            cudaEventDestroy(c->consumed[i]);
+    }
     cudaFree(c->act);
     cudaFree(c->params);
     amdim_conv_close(&c->conv);
@@ -679,6 +766,8 @@ static void cuda_close(amdim_model *m)
         cublasDestroy(c->blas);
     if (c->stream)
         cudaStreamDestroy(c->stream);
+    if (c->copy)
+        cudaStreamDestroy(c->copy);
     amdim_cuda_plan_free(&c->plan);
     amdim_cuda_param_plan_free(&c->pp);
     free(c->stats);
@@ -697,6 +786,11 @@ static int cuda_open(amdim_model *m)
     c->ctx.errn = sizeof m->err;
     CU(cudaStreamCreateWithFlags(&c->stream, cudaStreamNonBlocking), "cudaStreamCreateWithFlags");
     c->ctx.stream = c->stream;
+    CU(cudaStreamCreateWithFlags(&c->copy, cudaStreamNonBlocking), "cudaStreamCreateWithFlags (copy)");
+    for (int i = 0; i < 2; i++) {
+        CU(cudaEventCreateWithFlags(&c->copied[i], cudaEventDisableTiming), "cudaEventCreateWithFlags");
+        CU(cudaEventCreateWithFlags(&c->consumed[i], cudaEventDisableTiming), "cudaEventCreateWithFlags");
+    }
     cublasStatus_t bs = cublasCreate(&c->blas);
     if (bs == CUBLAS_STATUS_SUCCESS)
         bs = cublasSetStream(c->blas, c->stream);
@@ -866,6 +960,9 @@ const amdim_backend amdim_backend_cuda = {
     .logits = cuda_logits,
     .register_host = cuda_register_host,
     .unregister_host = cuda_unregister_host,
+    .stage_input = cuda_stage_input,
+    .stage_wait = cuda_stage_wait,
+    .set_precision = cuda_set_precision,
     .pull = cuda_pull,
     .push = cuda_push,
 };

@@ -12,6 +12,7 @@ struct amdim_conv_algos {
     cudnnConvolutionFwdAlgo_t fwd;
     cudnnConvolutionBwdDataAlgo_t data;
     cudnnConvolutionBwdFilterAlgo_t filter;
+    cudnnMathType_t math[3]; /* each algorithm's, as Find measured it */
 };
 
 #define DNN(c, call, name)                                                                                     \
@@ -73,8 +74,16 @@ static int describe(amdim_conv *c, const amdim_conv_shape *sh, cudnnTensorDescri
         "cudnnSetFilter4dDescriptor");
     DNN(c, cudnnSetConvolution2dDescriptor(cd, 0, 0, sh->s, sh->s, 1, 1, CUDNN_CROSS_CORRELATION, CUDNN_DATA_FLOAT),
         "cudnnSetConvolution2dDescriptor");
-    DNN(c, cudnnSetConvolutionMathType(cd, CUDNN_FMA_MATH), "cudnnSetConvolutionMathType");
+    DNN(c, cudnnSetConvolutionMathType(cd, c->tensor_ops ? CUDNN_TENSOR_OP_MATH : CUDNN_FMA_MATH),
+        "cudnnSetConvolutionMathType");
     return AMDIM_OK;
+}
+
+void amdim_conv_set_tensor_ops(amdim_conv *c, int on)
+{
+    if (c->tensor_ops != !!on)
+        c->ncache = 0;
+    c->tensor_ops = !!on;
 }
 
 int amdim_conv_output_dim(const amdim_conv_shape *sh, int out[4], char *err, size_t errn)
@@ -135,13 +144,14 @@ static amdim_conv_algos *entry(amdim_conv *c, const amdim_conv_shape *sh)
         return rc_
 
 /* First (fastest) result that succeeded, is deterministic and fits. */
-#define PICK(c, perf, count, out, name)                                                                          \
+#define PICK(c, perf, count, out, math, name)                                                                        \
     do {                                                                                                         \
         int found_ = 0;                                                                                          \
         for (int i_ = 0; i_ < (count) && !found_; i_++)                                                          \
             if ((perf)[i_].status == CUDNN_STATUS_SUCCESS && (perf)[i_].determinism == CUDNN_DETERMINISTIC &&    \
                 (perf)[i_].memory <= (c)->ws_size) {                                                             \
                 (out) = (perf)[i_].algo;                                                                         \
+                (math) = (perf)[i_].mathType;                                                                    \
                 found_ = 1;                                                                                      \
             }                                                                                                    \
         if (!found_)                                                                                             \
@@ -160,9 +170,10 @@ int amdim_conv_forward(amdim_conv *c, const amdim_conv_shape *sh, const float *x
         DNN(c, cudnnFindConvolutionForwardAlgorithmEx(c->h, c->xd, x, c->wd, w, c->cd, c->yd, y,
                                                       CUDNN_CONVOLUTION_FWD_ALGO_COUNT, &n, perf, c->ws, c->ws_size),
             "cudnnFindConvolutionForwardAlgorithmEx");
-        PICK(c, perf, n, a->fwd, "cudnnFindConvolutionForwardAlgorithmEx");
+        PICK(c, perf, n, a->fwd, a->math[0], "cudnnFindConvolutionForwardAlgorithmEx");
         a->have[0] = 1;
     }
+    DNN(c, cudnnSetConvolutionMathType(c->cd, a->math[0]), "cudnnSetConvolutionMathType");
     DNN(c, cudnnConvolutionForward(c->h, &one, c->xd, x, c->wd, w, c->cd, a->fwd, c->ws, c->ws_size, &zero, c->yd, y),
         "cudnnConvolutionForward");
     return AMDIM_OK;
@@ -178,9 +189,10 @@ int amdim_conv_backward_data(amdim_conv *c, const amdim_conv_shape *sh, const fl
                                                            CUDNN_CONVOLUTION_BWD_DATA_ALGO_COUNT, &n, perf, c->ws,
                                                            c->ws_size),
             "cudnnFindConvolutionBackwardDataAlgorithmEx");
-        PICK(c, perf, n, a->data, "cudnnFindConvolutionBackwardDataAlgorithmEx");
+        PICK(c, perf, n, a->data, a->math[1], "cudnnFindConvolutionBackwardDataAlgorithmEx");
         a->have[1] = 1;
     }
+    DNN(c, cudnnSetConvolutionMathType(c->cd, a->math[1]), "cudnnSetConvolutionMathType");
     DNN(c, cudnnConvolutionBackwardData(c->h, &one, c->wd, w, c->yd, dy, c->cd, a->data, c->ws, c->ws_size, &zero,
                                         c->xd, dx),
         "cudnnConvolutionBackwardData");
@@ -197,9 +209,10 @@ int amdim_conv_backward_filter(amdim_conv *c, const amdim_conv_shape *sh, const 
                                                              CUDNN_CONVOLUTION_BWD_FILTER_ALGO_COUNT, &n, perf, c->ws,
                                                              c->ws_size),
             "cudnnFindConvolutionBackwardFilterAlgorithmEx");
-        PICK(c, perf, n, a->filter, "cudnnFindConvolutionBackwardFilterAlgorithmEx");
+        PICK(c, perf, n, a->filter, a->math[2], "cudnnFindConvolutionBackwardFilterAlgorithmEx");
         a->have[2] = 1;
     }
+    DNN(c, cudnnSetConvolutionMathType(c->cd, a->math[2]), "cudnnSetConvolutionMathType");
     DNN(c, cudnnConvolutionBackwardFilter(c->h, &one, c->xd, x, c->yd, dy, c->cd, a->filter, c->ws, c->ws_size, &zero,
                                           c->wd, dw),
         "cudnnConvolutionBackwardFilter");

@@ -1,10 +1,12 @@
 /* Private to the CUDA backend: the convolutions that are not plain GEMMs
  * (k > 1 or stride > 1), on cuDNN. Activations NHWC float32, filters OHWI
  * (cuDNN's NHWC filter format; layout.h), no padding (the 128 px stem pads
- * explicitly), cross-correlation as PyTorch. FMA math only (no TF32): the
- * fp32 path is checked against the CPU reference. Algorithms are chosen
- * once per shape with cudnnFind*Ex (fastest deterministic one that fits
- * the workspace) and cached in the handle. */
+ * explicitly), cross-correlation as PyTorch. FMA math (no TF32) unless
+ * tensor_ops is set (amdim_conv_set_tensor_ops: TF32 tensor-core math on
+ * the fp32 data, the bf16 precision mode's convolutions). Algorithms are
+ * chosen once per shape with cudnnFind*Ex (fastest deterministic one that
+ * fits the workspace), cached in the handle with the math type cuDNN
+ * measured them with. */
 #ifndef AMDIM_CUDA_CONV_H
 #define AMDIM_CUDA_CONV_H
 
@@ -28,6 +30,7 @@ typedef struct {
     size_t ws_size;
     amdim_conv_algos *cache;
     int ncache, cap;
+    int tensor_ops; /* 0: CUDNN_FMA_MATH; 1: CUDNN_TENSOR_OP_MATH */
     char *err;
     size_t errn;
 } amdim_conv;
@@ -37,6 +40,9 @@ typedef struct {
  * amdim_conv_close accepts a handle whose open failed. */
 int amdim_conv_open(amdim_conv *c, cudaStream_t s, size_t ws_bytes, char *err, size_t errn);
 void amdim_conv_close(amdim_conv *c);
+/* Math for the convolutions from now on (0 FMA, 1 tensor ops); forgets
+ * the chosen algorithms, measured again on next use. */
+void amdim_conv_set_tensor_ops(amdim_conv *c, int on);
 
 /* y = conv(x, w); dx = the input gradient; dw = the filter gradient (all
  * overwritten: beta 0). */
