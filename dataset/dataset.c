@@ -458,6 +458,19 @@ int amdim_dataset_split_info(amdim_dataset *ds, const char *split, amdim_split_i
         return amdim_fail(ds->err, sizeof ds->err, AMDIM_E_CORRUPT,
                           "%s: split %s holds %zu records but its meta says %llu", ds->path, split,
                           ms.ms_entries, (unsigned long long)info->records);
+    /* The meta's one image size and encoding choose the preset: they must be
+     * the records' own (checked on the first record). */
+    if (info->records > 0 && (info->width || info->encoding >= 0)) {
+        amdim_record r;
+        if ((st = amdim_dataset_get(ds, split, 0, &r)))
+            return st;
+        if ((info->width && (r.width != info->width || r.height != info->height)) ||
+            (info->encoding >= 0 && (int)r.encoding != info->encoding))
+            return amdim_fail(ds->err, sizeof ds->err, AMDIM_E_CORRUPT,
+                              "%s: split %s's meta says %ux%u %s images, but record 0 is %ux%u %s", ds->path, split,
+                              info->width, info->height, info->encoding == AMDIM_ENCODING_RAW ? "raw" : "jpeg",
+                              r.width, r.height, r.encoding == AMDIM_ENCODING_RAW ? "raw" : "jpeg");
+    }
     return AMDIM_OK;
 }
 

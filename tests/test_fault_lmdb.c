@@ -9,6 +9,8 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <lmdb.h>
+
 #include "amdim_dataset.h"
 #include "amdim_pack.h"
 #include "testutil.h"
@@ -69,6 +71,21 @@ static int read_all_child(const char *path, char *err, size_t n, int *signaled)
     return st;
 }
 
+/* Overwrites one meta value in place, as a hostile or buggy writer could. */
+static void set_meta(const char *path, const char *key, const char *value)
+{
+    MDB_env *env;
+    MDB_txn *txn;
+    MDB_dbi dbi;
+    REQUIRE(mdb_env_create(&env) == 0 && mdb_env_set_maxdbs(env, 64) == 0 &&
+                mdb_env_open(env, path, MDB_NOSUBDIR | MDB_NOLOCK, 0644) == 0,
+            "mdb open %s", path);
+    REQUIRE(mdb_txn_begin(env, NULL, 0, &txn) == 0 && mdb_dbi_open(txn, "meta", 0, &dbi) == 0, "meta db");
+    MDB_val k = {strlen(key), (void *)key}, v = {strlen(value), (void *)value};
+    REQUIRE(mdb_put(txn, dbi, &k, &v, 0) == 0 && mdb_txn_commit(txn) == 0, "put %s", key);
+    mdb_env_close(env);
+}
+
 int main(int argc, char **argv)
 {
     const char *pack_bin = argc > 1 ? argv[1] : NULL;
@@ -125,6 +142,13 @@ int main(int argc, char **argv)
             free(perr);
         }
     }
+    /* An absurd image size in the meta would pick another preset for the
+     * same records: refused, naming split and record. */
+    test_write_file(test_path("meta.lmdb"), whole, size);
+    set_meta(test_path("meta.lmdb"), "train.width", "100000");
+    int st = read_all_child(test_path("meta.lmdb"), err, sizeof err, &sig);
+    CHECK(!sig && st == AMDIM_E_CORRUPT && strstr(err, "100000x32") && strstr(err, "record 0 is 32x32"),
+          "meta width 100000: status %d: %s", st, err);
     free(whole);
     test_cleanup();
     return test_finish("test_fault_lmdb");

@@ -181,6 +181,25 @@ int main(int argc, char **argv)
     REQUIRE(rc == 0, "first half failed: %s", e);
     free(e);
     const char *lr[] = {LOADER("99"), NULL}; /* the loader's own flags do not matter on resume */
+    /* a model option that differs from the run's is refused, naming both values */
+    const char *tbad[] = {"--resume", runA, "--steps", "30", "--ndf", "16", NULL};
+    rc = train(lr, tbad, &e, 0);
+    CHECK(rc == 1 && e && strstr(e, "--ndf 16") && strstr(e, "made with 8"), "resume with another --ndf: %d %s", rc,
+          e ? e : "");
+    free(e);
+    /* a diverging run (absurd learning rate) stops at the first non-finite
+     * loss and writes no checkpoint of the broken weights */
+    {
+        char runD[4200];
+        snprintf(runD, sizeof runD, "%s", test_path("runD"));
+        const char *td[] = {"--out", runD, "--ndf", "8", "--n-rkhs", "32", "--n-depth", "1", "--lr", "1e30",
+                            "--warmup", "0", "--steps", "20", NULL};
+        rc = train(la, td, &e, 0);
+        char ck[4300];
+        CHECK(rc == 1 && e && strstr(e, "the loss became") && amdim_checkpoint_latest(runD, ck, sizeof ck) != 0,
+              "diverging run: status %d, %s", rc, e ? e : "");
+        free(e);
+    }
     const char *ta2[] = {"--resume", runA, "--log-every", "1", "--steps", "30", NULL};
     rc = train(lr, ta2, &e, 0);
     REQUIRE(rc == 0, "resume failed: %s", e);

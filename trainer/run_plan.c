@@ -9,6 +9,49 @@
 #include "amdim_augment.h"
 #include "amdim_dataset.h"
 
+/* A model option given with --resume must be the run's own: refused,
+ * naming both values, rather than silently ignored. */
+static int same_int(const char *flag, int given, int saved, const char *dir, char *err, size_t n)
+{
+    if (given < 0 || given == saved)
+        return AMDIM_OK;
+    return amdim_fail(err, n, AMDIM_E_INVALID,
+                      "%s %d, but the run in %s was made with %d: a resumed run keeps its model and schedule (drop "
+                      "the option, or start a new run with --out)",
+                      flag, given, dir, saved);
+}
+
+static int same_float(const char *flag, float given, float saved, const char *dir, char *err, size_t n)
+{
+    if (given < 0 || given == saved)
+        return AMDIM_OK;
+    return amdim_fail(err, n, AMDIM_E_INVALID,
+                      "%s %g, but the run in %s was made with %g: a resumed run keeps its model and schedule (drop "
+                      "the option, or start a new run with --out)",
+                      flag, given, dir, saved);
+}
+
+static int check_resume_options(const amdim_model_overrides *v, const amdim_model_config *c, const char *dir,
+                                char *err, size_t n)
+{
+    int st;
+    if ((st = same_int("--ndf", v->ndf, c->ndf, dir, err, n)) ||
+        (st = same_int("--n-rkhs", v->n_rkhs, c->n_rkhs, dir, err, n)) ||
+        (st = same_int("--n-depth", v->n_depth, c->n_depth, dir, err, n)) ||
+        (st = same_int("--use-bn", v->use_bn, c->use_bn, dir, err, n)) ||
+        (st = same_int("--classes", v->n_classes, c->n_classes, dir, err, n)) ||
+        (st = same_int("--objective (0 nce, 1 jsd, 2 dv)", v->objective, c->objective, dir, err, n)) ||
+        (st = same_int("--warmup", v->warmup, c->warmup, dir, err, n)) ||
+        (st = same_int("--mixtures", v->mixtures, c->mixtures, dir, err, n)) ||
+        (st = same_int("--probe-features (0 r1, 1 mixture-mean)", v->probe_features, c->probe_features, dir, err, n)) ||
+        (st = same_float("--tclip", v->tclip, c->tclip, dir, err, n)) ||
+        (st = same_float("--lr", v->lr, c->lr, dir, err, n)) ||
+        (st = same_float("--mix-tau", v->mix_tau, c->mix_tau, dir, err, n)) ||
+        (st = same_float("--mix-entropy", v->mix_entropy, c->mix_entropy, dir, err, n)))
+        return st;
+    return AMDIM_OK;
+}
+
 int run_plan_begin(const amdim_train_options *o, run_plan *p, amdim_loader_request *req, char *err, size_t n)
 {
     memset(p, 0, sizeof *p);
@@ -26,7 +69,8 @@ int run_plan_begin(const amdim_train_options *o, run_plan *p, amdim_loader_reque
     if (p->resuming) {
         if (amdim_checkpoint_latest(p->dir, p->ckpt, sizeof p->ckpt))
             return amdim_fail(err, n, AMDIM_E_NOT_FOUND, "%s holds no complete checkpoint to resume from", p->dir);
-        if ((st = amdim_checkpoint_read_meta(p->ckpt, &p->cfg, ci, err, n)))
+        if ((st = amdim_checkpoint_read_meta(p->ckpt, &p->cfg, ci, err, n)) ||
+            (st = check_resume_options(&o->model, &p->cfg, p->dir, err, n)))
             return st;
         p->probes = ci->probes_only;
         if (ci->epochs > 0 && (int64_t)ci->next_epoch >= ci->epochs)
