@@ -52,6 +52,12 @@ typedef struct {
     int64_t epochs;       /* default number of epochs (the consumer may change it) */
     uint64_t seed;        /* default seed (the consumer may change it) */
     int keep_last;        /* keep the final partial batch */
+    /* Data parallelism: with shard_size N > 1 `batch` is the GLOBAL batch
+     * (a multiple of N) and this loader makes only rank shard_rank's share
+     * of each global batch, positions [rank B/N, (rank + 1) B/N) of it, so
+     * global batch b holds the same records and views for any N.
+     * shard_size 0 or 1: no sharding. */
+    int shard_rank, shard_size;
     int respawn;          /* how many times a dead worker may be replaced */
     int no_uring;         /* force pread */
     int decode;           /* amdim_load_decode: how JPEG records are decoded */
@@ -86,7 +92,8 @@ void amdim_loader_epoch_order(uint64_t seed, uint64_t epoch, uint64_t records, u
 typedef struct {
     char preset[16];
     char split[40];
-    uint32_t size, batch, workers;
+    uint32_t size, batch, workers;  /* batch: this consumer's share of a global batch */
+    uint32_t shard_rank, shard_size; /* global batch = batch x shard_size (1 without sharding) */
     uint64_t records, batches_per_epoch;
     int32_t classes;
     int drop_last;
@@ -135,6 +142,13 @@ void amdim_loader_release(amdim_loader *l, amdim_batch *b);
 double amdim_loader_wait_seconds(const amdim_loader *l);
 /* Memory of ring i (for cudaHostRegister): base and size. */
 void amdim_loader_ring_memory(const amdim_loader *l, uint32_t i, void **base, size_t *bytes);
+/* Reads a shard "R/N" (0 <= R < N <= 65536) or "auto": the rank and size of
+ * an MPI / PMIx / Slurm launch from the environment (OMPI_COMM_WORLD_RANK /
+ * _SIZE, PMIX_RANK with OMPI_COMM_WORLD_SIZE, PMI_RANK / PMI_SIZE,
+ * SLURM_PROCID / SLURM_NTASKS; none found: 0/1). AMDIM_E_INVALID with the
+ * reason in err. */
+int amdim_loader_parse_shard(const char *s, int *rank, int *size, char *err, size_t n);
+
 /* The record indices batch (epoch, index) must hold, recomputed from the
  * seed; out has room for `batch` entries; returns the count. */
 uint32_t amdim_loader_expected_records(amdim_loader *l, uint64_t epoch, uint64_t index, uint64_t *out);

@@ -128,8 +128,20 @@ int loader_parse_hello(const char *line, amdim_loader_info *in, char *sockname, 
     NUM("batches", in->batches_per_epoch, 1, UINT64_MAX);
     NUM("drop_last", in->drop_last, 0, 1);
 #undef NUM
+    /* shard=R/N (absent: no sharding); a sharded loader always drops the last partial batch */
+    in->shard_size = 1;
+    if (loader_kv(line, "shard", v, sizeof v)) {
+        unsigned r, z;
+        char tail;
+        if (sscanf(v, "%u/%u%c", &r, &z, &tail) != 2 || z < 1 || z > 65536 || r >= z || (z > 1 && !in->drop_last))
+            ok = 0;
+        else
+            in->shard_rank = r, in->shard_size = z;
+    }
     /* The numbers must agree with each other before anything is sized by them. */
-    if (!ok || in->batches_per_epoch != loader_batches(in->records, in->batch, !in->drop_last) || !sockname[0])
+    if (!ok || (uint64_t)in->batch * in->shard_size > (1u << 20) ||
+        in->batches_per_epoch != loader_batches(in->records, in->batch * in->shard_size, !in->drop_last) ||
+        !sockname[0])
         return amdim_fail(err, n, AMDIM_E_PROTOCOL, "incomplete or inconsistent handshake: %.200s", line);
     return AMDIM_OK;
 }
@@ -404,8 +416,8 @@ uint32_t amdim_loader_expected_records(amdim_loader *l, uint64_t epoch, uint64_t
         amdim_loader_epoch_order(in->seed, epoch, in->records, l->perm);
         l->perm_epoch = epoch;
     }
-    uint32_t n = loader_batch_count(in->records, in->batch, index);
-    memcpy(out, l->perm + index * in->batch, n * sizeof *out);
+    uint32_t n = in->shard_size > 1 ? in->batch : loader_batch_count(in->records, in->batch, index);
+    memcpy(out, l->perm + loader_shard_first(index, in->batch, in->shard_size, in->shard_rank), n * sizeof *out);
     return n;
 }
 

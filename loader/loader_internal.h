@@ -21,6 +21,13 @@ static inline uint32_t loader_batch_count(uint64_t records, uint32_t batch, uint
     return left < batch ? (uint32_t)left : batch;
 }
 
+/* First position, in the epoch's permutation, of rank r's share of
+ * global batch b (local batch B, N ranks). */
+static inline uint64_t loader_shard_first(uint64_t b, uint32_t B, uint32_t N, uint32_t r)
+{
+    return b * (uint64_t)B * N + (uint64_t)r * B;
+}
+
 /* The k-th batch (k = 0, 1, ...) made by worker w of W, for a run that
  * starts at (e0, b0) and covers `epochs` epochs of nb batches. Returns 1
  * with *e, *b set, or 0 if the worker has no k-th batch. */

@@ -1,5 +1,6 @@
 /* Epoch permutations and the dealing of batches to workers. */
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "amdim_loader.h"
@@ -72,4 +73,47 @@ int loader_kv(const char *line, const char *key, char *buf, size_t n)
         p += kl;
     }
     return 0;
+}
+
+/* An environment variable holding a whole decimal number in [lo, hi]. */
+static int env_int(const char *name, long lo, long hi, int *out)
+{
+    const char *v = getenv(name);
+    char *end;
+    if (!v || !*v)
+        return 0;
+    long x = strtol(v, &end, 10);
+    if (*end || x < lo || x > hi)
+        return 0;
+    *out = (int)x;
+    return 1;
+}
+
+int amdim_loader_parse_shard(const char *s, int *rank, int *size, char *err, size_t n)
+{
+    static const char *launchers[][2] = {{"OMPI_COMM_WORLD_RANK", "OMPI_COMM_WORLD_SIZE"},
+                                         {"PMIX_RANK", "OMPI_COMM_WORLD_SIZE"},
+                                         {"PMI_RANK", "PMI_SIZE"},
+                                         {"SLURM_PROCID", "SLURM_NTASKS"}};
+    int r = 0, z = 1;
+    if (strcmp(s, "auto") == 0) {
+        for (size_t i = 0; i < sizeof launchers / sizeof *launchers; i++)
+            if (env_int(launchers[i][0], 0, 65535, &r) && env_int(launchers[i][1], 1, 65536, &z))
+                break;
+            else
+                r = 0, z = 1;
+    } else {
+        char *end;
+        long a = strtol(s, &end, 10), b = -1;
+        if (end != s && *end == '/')
+            b = strtol(end + 1, &end, 10);
+        if (*end || a < 0 || b < 1 || b > 65536 || a >= b)
+            return amdim_fail(err, n, AMDIM_E_INVALID, "--shard must be R/N with 0 <= R < N <= 65536, or auto, got '%s'", s);
+        r = (int)a, z = (int)b;
+    }
+    if (r >= z)
+        return amdim_fail(err, n, AMDIM_E_INVALID, "--shard auto: rank %d of %d from the environment", r, z);
+    *rank = r;
+    *size = z;
+    return AMDIM_OK;
 }

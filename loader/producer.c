@@ -40,7 +40,8 @@ typedef struct {
     amdim_augment_config aug;
     amdim_split_info info;
     uint64_t max_pixels; /* the packer's --max-pixels for this split; 0: default */
-    uint32_t W, B;
+    uint32_t W, B;    /* B: this rank's share of a global batch of B x N */
+    uint32_t R, N;    /* shard rank and size (0, 1 without sharding) */
     uint64_t nb;
     int use_uring;
     /* agreed with the consumer */
@@ -151,7 +152,7 @@ static void fill_batch(loader *L, uint32_t w, amdim_augmenter *aug, struct io_ur
 {
     amdim_ring *ring = &L->rings[w];
     worker_stats *ws = &L->stats[w];
-    const uint64_t *recs = perm + b * L->B;
+    const uint64_t *recs = perm + loader_shard_first(b, L->B, L->N, L->R);
     if (!uring) {
         for (uint32_t k = 0; k < count; k++) {
             uint64_t r = recs[k];
@@ -270,7 +271,7 @@ static void __attribute__((noreturn)) worker_main(loader *L, uint32_t w)
             if (getppid() != L->parent)
                 _exit(1);
         atomic_fetch_add_explicit(&L->stats[w].slot_wait_ns, now_ns() - t0, memory_order_relaxed);
-        uint32_t count = loader_batch_count(L->records, L->B, b);
+        uint32_t count = loader_batch_count(L->records, L->B, b); /* N > 1: always whole batches */
         slot.header->magic = AMDIM_SLOT_MAGIC;
         slot.header->count = count;
         slot.header->epoch = e;
@@ -613,7 +614,13 @@ int amdim_load_run(const amdim_load_options *opt, char *err, size_t errlen)
         opt->queue_depth > 256 || opt->epochs < 1)
         return LFAIL(AMDIM_E_INVALID, "workers 1..253, batch >= 1, slots >= 2, queue depth 1..256 and epochs >= 1");
     L->W = (uint32_t)opt->workers;
-    L->B = (uint32_t)opt->batch;
+    L->N = opt->shard_size > 1 ? (uint32_t)opt->shard_size : 1;
+    L->R = L->N > 1 ? (uint32_t)opt->shard_rank : 0;
+    if (L->N > 1 && (opt->shard_rank < 0 || L->R >= L->N || opt->batch % (int)L->N != 0 || opt->keep_last))
+        return LFAIL(AMDIM_E_INVALID,
+                     "--shard %d/%u: needs 0 <= rank < %u, a global --batch divisible by %u (got %d), and no --keep-last",
+                     opt->shard_rank, L->N, L->N, L->N, opt->batch);
+    L->B = (uint32_t)opt->batch / L->N;
     char why[1024];
     if ((st = amdim_dataset_open(&L->ds, opt->path, why, sizeof why)))
         return LFAIL(st, "%s", why);
@@ -642,10 +649,10 @@ int amdim_load_run(const amdim_load_options *opt, char *err, size_t errlen)
         LFAIL(st, "%s", amdim_dataset_error(L->ds));
         goto done;
     }
-    L->nb = loader_batches(L->records, L->B, opt->keep_last);
+    L->nb = loader_batches(L->records, L->B * L->N, opt->keep_last);
     if (L->nb == 0) {
         st = LFAIL(AMDIM_E_INVALID, "split %s has %llu records, fewer than one batch of %u", split,
-                   (unsigned long long)L->records, L->B);
+                   (unsigned long long)L->records, L->B * L->N);
         goto done;
     }
     L->data_fd = open(opt->path, O_RDONLY | O_CLOEXEC);
@@ -700,15 +707,18 @@ int amdim_load_run(const amdim_load_options *opt, char *err, size_t errlen)
     }
     if (ctl_write(opt->out_fd,
                   "AMDIM-LOAD v=%d pid=%d socket=%s preset=%s size=%d batch=%u workers=%u records=%llu classes=%d "
-                  "batches=%llu drop_last=%d seed=%llu epochs=%lld start_epoch=0 start_batch=0 split=%s",
+                  "batches=%llu drop_last=%d seed=%llu epochs=%lld start_epoch=0 start_batch=0 split=%s shard=%u/%u",
                   AMDIM_LOAD_PROTOCOL_VERSION, (int)getpid(), L->sockname, preset, L->aug.size, L->B, L->W,
                   (unsigned long long)L->records, L->info.classes, (unsigned long long)L->nb, !opt->keep_last,
-                  (unsigned long long)opt->seed, (long long)opt->epochs, split) != 0) {
+                  (unsigned long long)opt->seed, (long long)opt->epochs, split, L->R, L->N) != 0) {
         st = LFAIL(AMDIM_E_PROTOCOL, "cannot write the handshake: the consumer is gone");
         goto done;
     }
     if ((st = handshake(L)))
         goto done;
+    if (L->N > 1)
+        fprintf(stderr, "amdim-load: shard %u of %u: %u pairs of every global batch of %u\n", L->R, L->N, L->B,
+                L->B * L->N);
     fprintf(stderr, "amdim-load: %s split %s: %llu records, preset %s (%dx%d views), batch %u, %llu batches/epoch%s, "
                     "%u workers, seed %llu, epochs %llu..%llu from batch %llu, %s reads, %s decode, %s\n",
             opt->path, split, (unsigned long long)L->records, preset, L->aug.size, L->aug.size, L->B,

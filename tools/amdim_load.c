@@ -31,6 +31,8 @@ static const char *usage_text =
     "      --slots N           batches each worker may have ready (default: 3)\n"
     "      --queue-depth Q     reads in flight per worker (default: 16)\n"
     "      --keep-last         keep the final partial batch of each epoch\n"
+    "      --shard R/N|auto    make only rank R's share of every global batch (--batch is global,\n"
+    "                          a multiple of N); auto: rank and size from mpirun / srun\n"
     "      --respawn N         replace a dead worker up to N times (default: 0)\n"
     "      --no-uring          read with pread instead of io_uring\n"
     "      --decode MODE       JPEG decoding: scaled (default: only the part both crops\n"
@@ -78,7 +80,7 @@ static int positive(const char *name, const char *s, double *out)
 int main(int argc, char **argv)
 {
     enum { OPT_SEED = 256, OPT_SLOTS, OPT_QD, OPT_KEEP, OPT_RESPAWN, OPT_NOURING, OPT_INTERVAL, OPT_DECODE,
-           OPT_TUNE, OPT_TARGET, OPT_MAXW, OPT_TUNESEC };
+           OPT_TUNE, OPT_TARGET, OPT_MAXW, OPT_TUNESEC, OPT_SHARD };
     static const struct option longopts[] = {
         {"split", required_argument, NULL, 's'},     {"workers", required_argument, NULL, 'w'},
         {"batch", required_argument, NULL, 'b'},     {"epochs", required_argument, NULL, 'e'},
@@ -88,7 +90,7 @@ int main(int argc, char **argv)
         {"no-uring", no_argument, NULL, OPT_NOURING}, {"progress-interval", required_argument, NULL, OPT_INTERVAL},
         {"decode", required_argument, NULL, OPT_DECODE}, {"tune", no_argument, NULL, OPT_TUNE},
         {"target", required_argument, NULL, OPT_TARGET}, {"max-workers", required_argument, NULL, OPT_MAXW},
-        {"tune-seconds", required_argument, NULL, OPT_TUNESEC},
+        {"tune-seconds", required_argument, NULL, OPT_TUNESEC}, {"shard", required_argument, NULL, OPT_SHARD},
         {"help", no_argument, NULL, 'h'},            {NULL, 0, NULL, 0}};
     int cores = amdim_cpu_count();
     amdim_load_options o = {.split = "train", .workers = cores > 1 ? cores - 1 : 1, .batch = 200, .slots = 3,
@@ -124,6 +126,12 @@ int main(int argc, char **argv)
             else
                 return usage_error("--decode must be scaled, region or full, got '%s'", optarg);
             break;
+        case OPT_SHARD: {
+            char why[256];
+            if (amdim_loader_parse_shard(optarg, &o.shard_rank, &o.shard_size, why, sizeof why))
+                return usage_error("%s", why);
+            break;
+        }
         case OPT_TUNE: tune = 1; break;
         case OPT_TARGET: if (positive("--target", optarg, &target)) return 2; break;
         case OPT_MAXW: if (amdim_cli_int("amdim-load", "--max-workers", optarg, 1, 253, &v)) return 2; max_workers = (int)v; break;
@@ -134,6 +142,14 @@ int main(int argc, char **argv)
     }
     if (argc - optind != 1)
         return usage_error("expected one DATA.lmdb argument%s", "");
+    if (o.shard_size > 1 && (o.batch % o.shard_size != 0 || o.keep_last)) {
+        char why[128];
+        snprintf(why, sizeof why, "%d ranks need a global --batch divisible by %d (got %d)", o.shard_size,
+                 o.shard_size, o.batch);
+        return usage_error(o.keep_last ? "--shard and --keep-last do not mix: every rank's share must be whole%s"
+                                       : "--shard: %s",
+                           o.keep_last ? "" : why);
+    }
     o.path = argv[optind];
     if (tune)
         return amdim_load_tune(&o, max_workers, tune_seconds, target);
