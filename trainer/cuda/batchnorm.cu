@@ -138,8 +138,9 @@ __global__ void backward_kernel(const float *x, const float *dy, size_t n, size_
     GRID_STRIDE(i, n)
     {
         int ch = (int)(i % C);
-        dx[i] = amdim_bn_backward_element(x[i], dy[i], mean[ch], inv_std[ch], gamma[ch], (double)N, fin[2 * ch],
-                                          fin[2 * ch + 1]);
+        dx[i] = amdim_bn_backward_element(x[i], dy[i], mean[ch], inv_std[ch],
+                                          amdim_bn_backward_scale(gamma[ch], inv_std[ch], (double)N), (double)N,
+                                          fin[2 * ch], fin[2 * ch + 1]);
     }
 }
 
