@@ -154,8 +154,7 @@ int amdim_loader_attach(amdim_loader **out, int fd, const amdim_loader_request *
         return amdim_fail(err, errlen, AMDIM_E_NOMEM, "out of memory");
     l->ctl_fd = fd;
     l->sock = -1;
-    const char *ss = getenv("AMDIM_STALL_SECONDS");
-    l->stall_seconds = ss && *ss ? strtod(ss, NULL) : 60.0;
+    l->stall_seconds = loader_stall_seconds("AMDIM_STALL_SECONDS");
     l->perm_epoch = UINT64_MAX;
     int st, ok;
     char line[1024], v[128], sockname[108] = "";
@@ -285,32 +284,13 @@ fail:
 
 const amdim_loader_info *amdim_loader_get_info(const amdim_loader *l) { return &l->info; }
 
-/* The state letter of a process from /proc/<pid>/stat ('?' if unknown). */
-static char proc_state(int pid)
-{
-    char path[64], buf[512];
-    snprintf(path, sizeof path, "/proc/%d/stat", pid);
-    FILE *f = fopen(path, "r");
-    if (!f)
-        return '?';
-    size_t n = fread(buf, 1, sizeof buf - 1, f);
-    fclose(f);
-    buf[n] = 0;
-    const char *p = strrchr(buf, ')');
-    return p && p[1] == ' ' && p[2] ? p[2] : '?';
-}
-
 /* The worker owing the batch due has made no progress for `secs`. */
 static int stalled(amdim_loader *l, uint32_t w, double secs)
 {
     const amdim_ring_header *h = l->rings[w].hdr;
     int pid = atomic_load(&h->producer_pid);
-    uint32_t phase = atomic_load(&h->phase);
-    char st = pid > 0 ? proc_state(pid) : '?';
-    const char *doing = phase == AMDIM_PHASE_READ ? "in a read" : phase == AMDIM_PHASE_DECODE ? "in a decode"
-                      : phase == AMDIM_PHASE_SLOT ? "waiting for a free slot" : "starting";
-    const char *state = st == 'T' || st == 't' ? "stopped (SIGSTOP?)" : st == 'D' ? "in uninterruptible I/O"
-                      : st == 'R' ? "running" : st == 'S' ? "sleeping" : st == 'Z' ? "a zombie" : "in an unknown state";
+    const char *state, *doing;
+    loader_describe_worker(pid, atomic_load(&h->phase), &state, &doing);
     return CFAIL(AMDIM_E_WORKER,
                  "worker %u (pid %d) made no progress for %.0f s while epoch %llu batch %llu was due: it is %s, %s "
                  "(AMDIM_STALL_SECONDS=0 waits forever)",

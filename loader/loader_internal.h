@@ -34,6 +34,15 @@ static inline uint64_t loader_shard_first(uint64_t b, uint32_t B, uint32_t N, ui
 int loader_worker_batch(uint64_t e0, uint64_t b0, uint64_t epochs, uint64_t nb, uint32_t W, uint32_t w,
                         uint64_t k, uint64_t *e, uint64_t *b);
 
+/* Words for a worker that makes no progress: its process state from
+ * /proc/<pid>/stat ("stopped (SIGSTOP?)", "running", ...) and what its ring
+ * says it was doing (AMDIM_PHASE_*: "in a read", "in a decode", ...). */
+void loader_describe_worker(int pid, uint32_t phase, const char **state, const char **doing);
+
+/* Seconds without progress after which a worker counts as stalled: the
+ * variable `name`, else AMDIM_STALL_SECONDS, else 60; 0 = never. */
+double loader_stall_seconds(const char *name);
+
 /* Value of `key=` in a control line (up to the next space), copied into buf.
  * Returns 1 if found. */
 int loader_kv(const char *line, const char *key, char *buf, size_t n);

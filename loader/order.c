@@ -4,6 +4,7 @@
 #include <string.h>
 
 #include "amdim_loader.h"
+#include "amdim_ring.h"
 #include "loader_internal.h"
 
 void amdim_loader_epoch_order(uint64_t seed, uint64_t epoch, uint64_t records, uint64_t *perm)
@@ -116,4 +117,31 @@ int amdim_loader_parse_shard(const char *s, int *rank, int *size, char *err, siz
     *rank = r;
     *size = z;
     return AMDIM_OK;
+}
+
+void loader_describe_worker(int pid, uint32_t phase, const char **state, const char **doing)
+{
+    char st = '?', path[64], buf[512];
+    snprintf(path, sizeof path, "/proc/%d/stat", pid);
+    FILE *f = pid > 0 ? fopen(path, "r") : NULL;
+    if (f) {
+        size_t n = fread(buf, 1, sizeof buf - 1, f);
+        fclose(f);
+        buf[n] = 0;
+        const char *p = strrchr(buf, ')'); /* the name in parentheses may hold anything */
+        st = p && p[1] == ' ' && p[2] ? p[2] : '?';
+    }
+    *doing = phase == AMDIM_PHASE_READ ? "in a read" : phase == AMDIM_PHASE_DECODE ? "in a decode"
+           : phase == AMDIM_PHASE_SLOT ? "waiting for a free slot" : "starting";
+    *state = st == 'T' || st == 't' ? "stopped (SIGSTOP?)" : st == 'D' ? "in uninterruptible I/O"
+           : st == 'R' ? "running" : st == 'S' ? "sleeping" : st == 'Z' ? "a zombie" : "in an unknown state";
+}
+
+double loader_stall_seconds(const char *name)
+{
+    const char *v = getenv(name);
+    if (!v || !*v)
+        v = getenv("AMDIM_STALL_SECONDS");
+    double s = v && *v ? strtod(v, NULL) : 60.0;
+    return s > 0 ? s : 0;
 }

@@ -465,7 +465,17 @@ static int supervise(loader *L)
     double t_start = amdim_now(), t_last = t_start;
     uint64_t last_pairs = 0, epoch_marked = L->e0;
     uint64_t *last_io = calloc(L->W, sizeof *last_io), *last_slot = calloc(L->W, sizeof *last_slot);
+    /* stalled workers: no progress (and not waiting for the consumer) for this long */
+    double stall = loader_stall_seconds("AMDIM_LOAD_STALL_SECONDS");
+    uint32_t *last_prog = calloc(L->W, sizeof *last_prog);
+    double *last_change = calloc(L->W, sizeof *last_change);
     int st = AMDIM_OK, consumer_stopped = 0;
+    if (!last_io || !last_slot || !last_prog || !last_change) {
+        st = LFAIL(AMDIM_E_NOMEM, "out of memory");
+        goto out;
+    }
+    for (uint32_t w = 0; w < L->W; w++)
+        last_change[w] = t_start;
     for (;;) {
         int running = 0;
         for (uint32_t w = 0; w < L->W; w++)
@@ -574,6 +584,22 @@ static int supervise(loader *L)
             epoch_marked++;
         }
         double now = amdim_now();
+        for (uint32_t w = 0; stall > 0 && w < L->W; w++) {
+            const amdim_ring_header *h = L->rings[w].hdr;
+            uint32_t pg = atomic_load(&h->progress), phase = atomic_load(&h->phase);
+            int full = atomic_load(&h->head) - atomic_load(&h->tail) >= h->slot_count;
+            if (L->state[w] != 0 || pg != last_prog[w] || full) {
+                last_prog[w] = pg; /* working, done, or its ring is full (the consumer is slower): not stalled */
+                last_change[w] = now;
+            } else if (now - last_change[w] >= stall) {
+                const char *state, *doing;
+                int pid = atomic_load(&h->producer_pid);
+                loader_describe_worker(pid, phase, &state, &doing);
+                fprintf(stderr, "amdim-load: worker %u (pid %d) has made no progress for %.0f s: it is %s, %s\n", w,
+                        pid, now - last_change[w], state, doing);
+                last_change[w] = now; /* again after another `stall` seconds */
+            }
+        }
         if (now - t_last >= interval) {
             uint64_t pairs = 0;
             char line[2048];
@@ -594,8 +620,11 @@ static int supervise(loader *L)
             t_last = now;
         }
     }
+out:
     free(last_io);
     free(last_slot);
+    free(last_prog);
+    free(last_change);
     return st;
 }
 

@@ -138,6 +138,31 @@ int main(int argc, char **argv)
     CHECK(code(p.load_status) != 0, "the loader exited 0 after its consumer gave up");
     free(perr);
 
+    /* 1c. amdim-load notices a stopped worker too (AMDIM_LOAD_STALL_SECONDS,
+     * else AMDIM_STALL_SECONDS): a line naming it, its pid and state, while
+     * this consumer waits forever (0); after SIGCONT the run completes. */
+    setenv("AMDIM_STALL_SECONDS", "0", 1);
+    setenv("AMDIM_LOAD_STALL_SECONDS", "1", 1);
+    start(&p, raw, slow_load, slow_peek);
+    unsetenv("AMDIM_STALL_SECONDS");
+    unsetenv("AMDIM_LOAD_STALL_SECONDS");
+    wpid = test_pipeline_worker_pid(&p, 1);
+    REQUIRE(wpid > 0, "no worker pid in the loader's output");
+    usleep(400000);
+    kill(wpid, SIGSTOP);
+    usleep(2500000);
+    kill(wpid, SIGCONT);
+    test_pipeline_wait(&p);
+    {
+        char *lerr2 = test_read_file(p.load_err, NULL), want[64];
+        snprintf(want, sizeof want, "worker 1 (pid %d) has made no progress", wpid);
+        CHECK(lerr2 && strstr(lerr2, want) && strstr(lerr2, "stopped"), "the loader did not report the stopped worker: %s",
+              lerr2 ? lerr2 : "");
+        CHECK(code(p.peek_status) == 0 && code(p.load_status) == 0, "after SIGCONT: peek exit %d, loader exit %d",
+              code(p.peek_status), code(p.load_status));
+        free(lerr2);
+    }
+
     /* 2. With --respawn: the same batches, nothing lost or duplicated. */
     const char *respawn_load[] = {"--workers", "3", "--batch", "10", "--epochs", "8", "--seed", "3", "--slots", "2",
                                   "--respawn", "2", NULL};
