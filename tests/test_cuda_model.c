@@ -42,6 +42,23 @@ static void compare_stats(const char *name, const amdim_step_stats *g, const amd
           "%s: counts", name);
 }
 
+/* The heads' shortcut bias feeds a training-mode BatchNorm (bn_out), which
+ * removes any per-channel constant: its exact gradient is zero, so both
+ * backends hold rounding noise there, and Adam turns that noise into steps
+ * of about lr (1e-3 here) either way. Checked for being noise, and its
+ * values for differing by at most those steps, not for equality. */
+static void compare_noise_only(const char *cfgname, const amdim_param *g, const amdim_param *c)
+{
+    double dg = 0, dv = 0;
+    for (size_t k = 0; k < c->size; k++) {
+        if (c->grad)
+            dg = fmax(dg, fmax(fabs(g->grad[k]), fabs(c->grad[k])));
+        dv = fmax(dv, fabs((double)g->data[k] - c->data[k]));
+    }
+    CHECK(dg <= 1e-4, "%s: %s: gradient %g, expected rounding noise around zero", cfgname, c->name, dg);
+    CHECK(dv <= 1e-2, "%s: %s: values differ by %g, more than a few Adam steps of noise", cfgname, c->name, dv);
+}
+
 /* Every tensor's values (and gradients, moments when asked) of the two models. */
 static void compare_params(const char *name, amdim_model *gm, amdim_model *cm, int grads, int moments)
 {
@@ -50,6 +67,10 @@ static void compare_params(const char *name, amdim_model *gm, amdim_model *cm, i
         amdim_param g, c;
         amdim_model_param(gm, i, &g);
         amdim_model_param(cm, i, &c);
+        if (c.role == AMDIM_ROLE_BIAS && strstr(c.name, ".shortcut.bias")) {
+            compare_noise_only(name, &g, &c);
+            continue;
+        }
         char what[200];
         snprintf(what, sizeof what, "%s", c.name);
         compare(name, what, g.data, c.data, c.size);
