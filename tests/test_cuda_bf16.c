@@ -64,21 +64,11 @@ static void run(const char *name, int size, int ndf, int n_rkhs, int depth, int 
     REQUIRE(amdim_model_create_on(&cm, &cfg, AMDIM_DEVICE_CPU, err, sizeof err) == 0, "%s", err);
     REQUIRE(amdim_model_create_on(&gm, &cfg, AMDIM_DEVICE_CUDA, err, sizeof err) == 0, "%s", err);
     REQUIRE(amdim_model_set_precision(gm, AMDIM_PRECISION_BF16) == 0, "%s", amdim_model_error(gm));
-    size_t nv = (size_t)B * 3 * size * size;
-    float *x1 = malloc(nv * 4), *x2 = malloc(nv * 4), *mi = malloc(2 * (size_t)B * R * 4),
-          *mh = malloc(2 * (size_t)B * cfg.mlp_hidden * 4);
-    uint8_t *u1 = malloc(nv), *u2 = malloc(nv);
-    int32_t labels[4] = {3, -1, 7, 0}, src5[8];
-    for (size_t i = 0; i < nv; i++) {
-        x1[i] = amdim_rng_uniform(&rng, -2, 2), x2[i] = amdim_rng_uniform(&rng, -2, 2);
-        u1[i] = (uint8_t)amdim_rng_int(&rng, 0, 255), u2[i] = (uint8_t)amdim_rng_int(&rng, 0, 255);
-    }
-    for (int i = 0; i < 2 * B; i++)
-        src5[i] = amdim_rng_int(&rng, 0, 24);
-    for (size_t i = 0; i < 2 * (size_t)B * R; i++)
-        mi[i] = amdim_rng_uniform(&rng, 0, 1) >= 0.2f;
-    for (size_t i = 0; i < 2 * (size_t)B * cfg.mlp_hidden; i++)
-        mh[i] = amdim_rng_uniform(&rng, 0, 1) >= 0.2f;
+    test_step_inputs in;
+    test_step_inputs_make(&in, &rng, B, size, R, cfg.mlp_hidden);
+    float *x1 = in.x1, *x2 = in.x2, *mi = in.mask_in, *mh = in.mask_hidden;
+    uint8_t *u1 = in.u1, *u2 = in.u2;
+    int32_t *labels = in.labels, *src5 = in.src5;
     amdim_step_stats sg, sc;
     REQUIRE(amdim_model_forward_backward(cm, x1, x2, labels, B, src5, mi, mh, &sc) == 0, "%s", amdim_model_error(cm));
     REQUIRE(amdim_model_forward_backward(gm, x1, x2, labels, B, src5, mi, mh, &sg) == 0, "%s", amdim_model_error(gm));
@@ -147,7 +137,8 @@ static void run(const char *name, int size, int ndf, int n_rkhs, int depth, int 
     REQUIRE(amdim_model_forward_backward(gm, x1, x2, labels, B, src5, mi, mh, &sg) == 0, "%s", amdim_model_error(gm));
     losses(name, "fp32 again", &sg, &sc, 2e-3);
     printf("%s: compared\n", name);
-    free(x1), free(x2), free(mi), free(mh), free(u1), free(u2), free(a), free(b);
+    test_step_inputs_free(&in);
+    free(a), free(b);
     amdim_model_destroy(cm);
     amdim_model_destroy(gm);
 }

@@ -1,5 +1,6 @@
 #include "testutil.h"
 
+#include "amdim_philox.h"
 #include "amdim_trainer.h"
 
 #include <errno.h>
@@ -329,4 +330,32 @@ struct amdim_model *test_tiny_model(int use_bn, uint64_t seed)
     char err[512];
     REQUIRE(amdim_model_create(&m, &cfg, err, sizeof err) == 0, "%s", err);
     return m;
+}
+
+void test_step_inputs_make(test_step_inputs *t, void *rngp, int B, int size, int R, int hidden)
+{
+    amdim_rng *rng = rngp; /* void * in the header: testutil.h stays free of project headers */
+    REQUIRE(B >= 2 && B <= 4, "test_step_inputs: batch %d", B);
+    size_t nv = (size_t)B * 3 * size * size;
+    t->x1 = malloc(nv * 4), t->x2 = malloc(nv * 4);
+    t->mask_in = malloc(2 * (size_t)B * R * 4), t->mask_hidden = malloc(2 * (size_t)B * hidden * 4);
+    t->u1 = malloc(nv), t->u2 = malloc(nv);
+    REQUIRE(t->x1 && t->x2 && t->mask_in && t->mask_hidden && t->u1 && t->u2, "out of memory");
+    const int32_t labels[4] = {3, -1, 7, 0};
+    memcpy(t->labels, labels, sizeof labels);
+    for (size_t i = 0; i < nv; i++) {
+        t->x1[i] = amdim_rng_uniform(rng, -2, 2), t->x2[i] = amdim_rng_uniform(rng, -2, 2);
+        t->u1[i] = (uint8_t)amdim_rng_int(rng, 0, 255), t->u2[i] = (uint8_t)amdim_rng_int(rng, 0, 255);
+    }
+    for (int i = 0; i < 2 * B; i++)
+        t->src5[i] = amdim_rng_int(rng, 0, 24);
+    for (size_t i = 0; i < 2 * (size_t)B * R; i++)
+        t->mask_in[i] = amdim_rng_uniform(rng, 0, 1) >= 0.2f;
+    for (size_t i = 0; i < 2 * (size_t)B * hidden; i++)
+        t->mask_hidden[i] = amdim_rng_uniform(rng, 0, 1) >= 0.2f;
+}
+
+void test_step_inputs_free(test_step_inputs *t)
+{
+    free(t->x1), free(t->x2), free(t->mask_in), free(t->mask_hidden), free(t->u1), free(t->u2);
 }

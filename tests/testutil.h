@@ -63,6 +63,18 @@ int test_run(char *const argv[], char **out, char **err);
 struct amdim_model;
 struct amdim_model *test_tiny_model(int use_bn, uint64_t seed);
 
+/* Random inputs of one training step for batch B <= 4 (the GPU parity
+ * tests): normalised float views x1, x2 (B, 3, size, size), uint8 views u1,
+ * u2 of the same size, labels (one unlabelled), 5x5 source locations (2B)
+ * and 0/1 dropout masks (2B x R, 2B x hidden), drawn from rng. */
+typedef struct {
+    float *x1, *x2, *mask_in, *mask_hidden;
+    uint8_t *u1, *u2;
+    int32_t labels[4], src5[8];
+} test_step_inputs;
+void test_step_inputs_make(test_step_inputs *t, void *rng, int B, int size, int R, int hidden);
+void test_step_inputs_free(test_step_inputs *t);
+
 #endif
 
 /* `load_argv | peek_argv` with both processes in a new process group;
