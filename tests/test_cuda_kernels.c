@@ -202,7 +202,7 @@ static void test_batchnorm(size_t N, int C)
     /* CPU on copies of the buffers */
     float *crm = malloc(C * 4), *crv = malloc(C * 4), *cdg = malloc(C * 4), *cdb = malloc(C * 4), cnbt = nbt;
     memcpy(crm, rm, C * 4), memcpy(crv, rv, C * 4), memcpy(cdg, dg, C * 4), memcpy(cdb, dbt, C * 4);
-    cpu_bn_params cp = {gamma, beta, crm, crv, &cnbt, cdg, cdb};
+    cpu_bn_params cp = {gamma, beta, crm, crv, &cnbt, cdg, cdb, NULL};
     float *ry = malloc(n * 4), *rmean = malloc(C * 4), *ristd = malloc(C * 4), *rdx = malloc(n * 4),
           *rey = malloc(n * 4);
     cpu_op_scratch scr = {0};

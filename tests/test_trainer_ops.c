@@ -168,7 +168,7 @@ static void test_bn(int one_d)
     float gamma[5], beta[5], dgamma[5] = {0}, dbeta[5] = {0};
     fill(gamma, 5, 0.5f, 1.5f);
     fill(beta, 5, -0.5f, 0.5f);
-    b.p = (cpu_bn_params){gamma, beta, b.rm, b.rv, &b.nbt, dgamma, dbeta};
+    b.p = (cpu_bn_params){gamma, beta, b.rm, b.rv, &b.nbt, dgamma, dbeta, NULL};
     fill(b.x, n, -2, 2);
     fill(b.g, n, -1, 1);
     float *dx = malloc(n * 4);
@@ -183,7 +183,7 @@ static void test_bn(int one_d)
     check(op, "beta", bn_loss, &b, beta, dbeta, 5, 1e-2f);
     /* running statistics: momentum 0.1, unbiased variance */
     float rm[5] = {0}, rv[5] = {1, 1, 1, 1, 1}, nbt = 0, y2[5 * 18];
-    cpu_bn_params q = {gamma, beta, rm, rv, &nbt, dgamma, dbeta};
+    cpu_bn_params q = {gamma, beta, rm, rv, &nbt, dgamma, dbeta, NULL};
     float m2[5], s2[5];
     if (one_d)
         cpu_batchnorm1d_forward_train(b.x, (int)b.count, 5, &q, y2, m2, s2, &b.scr);

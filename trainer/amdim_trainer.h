@@ -105,6 +105,44 @@ int amdim_model_push(amdim_model *m);
 const amdim_model_config *amdim_model_get_config(const amdim_model *m);
 const char *amdim_model_error(const amdim_model *m);
 
+/* Data parallelism: the process group a model's training steps
+ * communicate over (dist/amdim_dist.h makes one on MPI). Every rank holds
+ * the same model; a step's batch is this rank's share - positions
+ * [rank B, rank B + B) - of a global batch of size x B (amdim-load
+ * --shard). The objective is the global batch's: each rank's sources are
+ * scored against every rank's targets (r5 and r7 all-gathered, their
+ * gradients reduce-scattered back), probe losses are means over the global
+ * batch, gradients are summed over ranks, so every rank applies the same
+ * update. BatchNorm uses each rank's own statistics (as the authors'
+ * multi-GPU runs; running statistics are averaged over ranks after each
+ * step) or, with sync_bn, the global batch's - then a step of N ranks
+ * computes what one process computes on the global batch, up to the order
+ * of summation. Evaluation, BN refresh and embedding never communicate.
+ * Every function returns 0 or a negative AMDIM_E_* with the reason from
+ * error(ctx). All ranks must call them in the same order. */
+typedef struct amdim_comm {
+    int rank, size;
+    int sync_bn;
+    void *ctx;
+    /* buf (n) = its sum over ranks, in place */
+    int (*allreduce_f32)(void *ctx, float *buf, size_t n);
+    int (*allreduce_f64)(void *ctx, double *buf, size_t n);
+    /* recv (size, n) = every rank's send (n), in rank order */
+    int (*allgather_f32)(void *ctx, const float *send, float *recv, size_t n);
+    /* recv (n) = the sum over ranks of block `rank` of their send (size, n) */
+    int (*reduce_scatter_f32)(void *ctx, const float *send, float *recv, size_t n);
+    /* buf (n) = root's buf */
+    int (*bcast_f32)(void *ctx, float *buf, size_t n, int root);
+    const char *(*error)(void *ctx);
+} amdim_comm;
+
+/* Joins the model to a process group (NULL or size 1: a single process).
+ * The comm must outlive the model. Only the CPU backend communicates yet;
+ * mixtures (K > 1) stay single-process. */
+int amdim_model_set_comm(amdim_model *m, const amdim_comm *comm);
+/* Every rank's weights, running statistics and Adam state := root's. */
+int amdim_model_bcast_state(amdim_model *m, int root);
+
 /* total = the loss terms - mix_entropy * alpha (the entropy bonus is
  * reported only: it carries no gradient, see trainer/MIXTURES.md). */
 typedef struct {

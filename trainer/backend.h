@@ -113,6 +113,12 @@ struct amdim_model {
     int32_t *src5;
     float *mask_in, *mask_hidden;
     int draws_rows;
+    /* data parallelism (amdim_model_set_comm): the process group, and this
+     * rank's rows of the global batch's draws */
+    const amdim_comm *comm;
+    int32_t *src5_local;
+    float *mask_in_local, *mask_hidden_local;
+    int local_rows;
     amdim_input_slot input[2]; /* amdim_model_stage_input */
     /* profile per stage (amdim_arch_stage_*): seconds and FLOPs */
     int profile;

@@ -73,6 +73,9 @@ void amdim_model_destroy(amdim_model *m)
     free(m->src5);
     free(m->mask_in);
     free(m->mask_hidden);
+    free(m->src5_local);
+    free(m->mask_in_local);
+    free(m->mask_hidden_local);
     for (int i = 0; i < 2; i++) {
         free(m->input[i].labels);
         free(m->input[i].views);
@@ -183,6 +186,83 @@ int amdim_model_set_threads(amdim_model *m, int threads)
 int amdim_model_pull(amdim_model *m) { return m->be->pull ? m->be->pull(m) : AMDIM_OK; }
 int amdim_model_push(amdim_model *m) { return m->be->push ? m->be->push(m) : AMDIM_OK; }
 
+/* ---- data parallelism ------------------------------------------------------------ */
+
+int amdim_model_set_comm(amdim_model *m, const amdim_comm *c)
+{
+    if (c && c->size > 1) {
+        if (c->rank < 0 || c->rank >= c->size)
+            return MFAIL(AMDIM_E_INVALID, "process group: rank %d of %d", c->rank, c->size);
+        if (!c->allreduce_f32 || !c->allreduce_f64 || !c->allgather_f32 || !c->reduce_scatter_f32 || !c->bcast_f32)
+            return MFAIL(AMDIM_E_INVALID, "process group: a collective is missing");
+        if (m->device != AMDIM_DEVICE_CPU)
+            return MFAIL(AMDIM_E_UNSUPPORTED,
+                         "%d ranks on %s: data-parallel training runs on the CPU backend only so far (NCCL for CUDA is not built yet)",
+                         c->size, amdim_device_name(m->device));
+        if (m->cfg.mixtures > 1)
+            return MFAIL(AMDIM_E_UNSUPPORTED, "mixtures %d: data-parallel training supports --mixtures 1 only",
+                         m->cfg.mixtures);
+    }
+    m->comm = c && c->size > 1 ? c : NULL;
+    return AMDIM_OK;
+}
+
+static int comm_fail(amdim_model *m, int rc, const char *what)
+{
+    return MFAIL(rc, "rank %d of %d: %s: %s", m->comm->rank, m->comm->size, what,
+                 m->comm->error ? m->comm->error(m->comm->ctx) : "collective failed");
+}
+
+int amdim_model_bcast_state(amdim_model *m, int root)
+{
+    const amdim_comm *c = m->comm;
+    if (!c)
+        return AMDIM_OK;
+    int rc = amdim_model_pull(m);
+    if (rc)
+        return rc;
+    if ((rc = c->bcast_f32(c->ctx, m->weights, m->arch.weights_size, root)) ||
+        (rc = c->bcast_f32(c->ctx, m->adam_m, m->arch.grads_size, root)) ||
+        (rc = c->bcast_f32(c->ctx, m->adam_v, m->arch.grads_size, root)))
+        return comm_fail(m, rc, "broadcasting the model state");
+    return amdim_model_push(m);
+}
+
+/* Ranks in the model's process group (1 without one). */
+static int group_size(const amdim_model *m) { return m->comm ? m->comm->size : 1; }
+
+/* The draws of this rank's B images from draws made for the global batch
+ * (2 N B rows: view 1's sources, then view 2's): rows [r B, r B + B) of
+ * each half. Without a group, the draws themselves. */
+static int local_draws(amdim_model *m, int B, const int32_t *src5, const float *mask_in, const float *mask_hidden,
+                       amdim_step_draws *d)
+{
+    d->src5 = src5, d->mask_in = mask_in, d->mask_hidden = mask_hidden;
+    if (!m->comm)
+        return AMDIM_OK;
+    size_t R = (size_t)m->cfg.n_rkhs, H = (size_t)m->cfg.mlp_hidden;
+    if (m->local_rows < 2 * B) {
+        free(m->src5_local), free(m->mask_in_local), free(m->mask_hidden_local);
+        m->src5_local = malloc((size_t)2 * B * sizeof *m->src5_local);
+        m->mask_in_local = malloc((size_t)2 * B * R * sizeof(float));
+        m->mask_hidden_local = malloc((size_t)2 * B * H * sizeof(float));
+        m->local_rows = m->src5_local && m->mask_in_local && m->mask_hidden_local ? 2 * B : 0;
+        if (!m->local_rows)
+            return MFAIL(AMDIM_E_NOMEM, "out of memory for the draws of %d rows", 2 * B);
+    }
+    size_t Bg = (size_t)B * m->comm->size, first = (size_t)B * m->comm->rank;
+    for (size_t h = 0; h < 2; h++) {
+        size_t row = h * Bg + first;
+        if (src5)
+            memcpy(m->src5_local + h * B, src5 + row, (size_t)B * sizeof *src5);
+        memcpy(m->mask_in_local + h * B * R, mask_in + row * R, (size_t)B * R * sizeof(float));
+        memcpy(m->mask_hidden_local + h * B * H, mask_hidden + row * H, (size_t)B * H * sizeof(float));
+    }
+    d->src5 = src5 ? m->src5_local : NULL;
+    d->mask_in = m->mask_in_local, d->mask_hidden = m->mask_hidden_local;
+    return AMDIM_OK;
+}
+
 /* ---- parameters -------------------------------------------------------------- */
 
 int amdim_model_param_count(const amdim_model *m) { return m->arch.ntensors; }
@@ -239,8 +319,8 @@ static int check_batch(amdim_model *m, int B, int min)
 {
     if (B < min)
         return MFAIL(AMDIM_E_INVALID, "batch %d: need at least %d images (NCE and BatchNorm)", B, min);
-    if (B > (1 << 20))
-        return MFAIL(AMDIM_E_INVALID, "batch %d is too large", B);
+    if ((int64_t)B * group_size(m) > (1 << 20))
+        return MFAIL(AMDIM_E_INVALID, "batch %d x %d ranks is too large", B, group_size(m));
     return AMDIM_OK;
 }
 
@@ -251,11 +331,13 @@ int amdim_model_forward_backward(amdim_model *m, const float *x1, const float *x
     int rc = check_batch(m, B, 2);
     if (rc)
         return rc;
-    for (int i = 0; i < 2 * B; i++)
+    for (int i = 0; i < 2 * B * group_size(m); i++)
         if (src5[i] < 0 || src5[i] >= AMDIM_SRC5_LOCATIONS)
             return MFAIL(AMDIM_E_INVALID, "5x5 source location %d out of range", src5[i]);
     amdim_step_input in = {.f32 = {x1, x2}, .labels = labels, .batch = B};
-    amdim_step_draws d = {src5, mask_in, mask_hidden};
+    amdim_step_draws d;
+    if ((rc = local_draws(m, B, src5, mask_in, mask_hidden, &d)))
+        return rc;
     memset(st, 0, sizeof *st);
     if ((rc = m->be->forward_backward(m, &in, &d, st)))
         return rc;
@@ -267,12 +349,14 @@ int amdim_model_forward_backward(amdim_model *m, const float *x1, const float *x
 /* Draws, forward + backward and Adam of one training step on `in`. */
 static int train_step_in(amdim_model *m, const amdim_step_input *in, int epoch, amdim_step_stats *st)
 {
-    int B = in->batch, rc = check_batch(m, B, 2);
-    if (rc || (rc = ensure_draws(m, 2 * B)))
+    int B = in->batch, Bg = B * group_size(m), rc = check_batch(m, B, 2);
+    if (rc || (rc = ensure_draws(m, 2 * Bg)))
         return rc;
-    /* this step's draws: counter-based, keyed by the update count */
-    amdim_arch_draw(&m->cfg, AMDIM_STREAM_STEP, m->updates, 2 * B, m->src5, m->mask_in, m->mask_hidden);
-    amdim_step_draws d = {m->src5, m->mask_in, m->mask_hidden};
+    /* this step's draws, for the global batch: counter-based, keyed by the update count */
+    amdim_arch_draw(&m->cfg, AMDIM_STREAM_STEP, m->updates, 2 * Bg, m->src5, m->mask_in, m->mask_hidden);
+    amdim_step_draws d;
+    if ((rc = local_draws(m, B, m->src5, m->mask_in, m->mask_hidden, &d)))
+        return rc;
     memset(st, 0, sizeof *st);
     if ((rc = m->be->forward_backward(m, in, &d, st)))
         return rc;
@@ -437,11 +521,13 @@ void amdim_model_freeze_encoder(amdim_model *m) { m->probes_only = 1; }
 
 static int train_probes_step_in(amdim_model *m, const amdim_step_input *in, int epoch, amdim_step_stats *st)
 {
-    int B = in->batch, rc = check_batch(m, B, 2);
-    if (rc || (rc = ensure_draws(m, 2 * B)))
+    int B = in->batch, Bg = B * group_size(m), rc = check_batch(m, B, 2);
+    if (rc || (rc = ensure_draws(m, 2 * Bg)))
         return rc;
-    amdim_arch_draw(&m->cfg, AMDIM_STREAM_PROBE_STEP, m->updates, 2 * B, NULL, m->mask_in, m->mask_hidden);
-    amdim_step_draws d = {NULL, m->mask_in, m->mask_hidden};
+    amdim_arch_draw(&m->cfg, AMDIM_STREAM_PROBE_STEP, m->updates, 2 * Bg, NULL, m->mask_in, m->mask_hidden);
+    amdim_step_draws d;
+    if ((rc = local_draws(m, B, NULL, m->mask_in, m->mask_hidden, &d)))
+        return rc;
     memset(st, 0, sizeof *st);
     if ((rc = m->be->probe_step(m, in, &d, st)))
         return rc;

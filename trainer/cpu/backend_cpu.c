@@ -33,6 +33,13 @@ typedef struct {
     float *mix_h[2], *mix[2], *dmix[2];
     double *mix_lsm, *mix_q;
     int32_t *labels2;
+    /* data parallelism (m->comm of size N > 1): the global batch's r5 and
+     * r7 targets per view and their gradients, (R, N B hw) each, and the
+     * packed send / receive blocks of the all-gather and reduce-scatter */
+    float *tg[2][2], *dtg[2][2], *pack, *unpack;
+    double *bn_avg;
+    int comm_on;   /* inside a training step: BatchNorm may synchronise */
+    int comm_size; /* the group size the buffers were made for */
     cpu_op_scratch scr, scr2;
     cpu_nce_scratch nce;
 } cpu_state;
@@ -41,9 +48,19 @@ typedef struct {
 #define NOMEM() MFAIL(AMDIM_E_NOMEM, "out of memory (CPU backend scratch)")
 #define TRY(call)                       \
     do {                                \
-        if ((call) != AMDIM_OK)         \
-            return NOMEM();             \
+        int rc_ = (call);               \
+        if (rc_ != AMDIM_OK)            \
+            return op_fail(m, rc_);     \
     } while (0)
+
+/* An op's failure: out of memory, or the process group's. */
+static int op_fail(amdim_model *m, int rc)
+{
+    if (rc == AMDIM_E_NOMEM || !m->comm)
+        return NOMEM();
+    return MFAIL(rc, "rank %d of %d: %s", m->comm->rank, m->comm->size,
+                 m->comm->error ? m->comm->error(m->comm->ctx) : "collective failed");
+}
 
 static float *W(amdim_model *m, int i) { return m->weights + m->arch.tensors[i].offset; }
 static float *G(amdim_model *m, int i)
@@ -52,9 +69,17 @@ static float *G(amdim_model *m, int i)
     return m->grads + m->arch.tensors[i].goffset;
 }
 
+/* The process group while a training step runs (NULL: one process). */
+static const amdim_comm *step_comm(const amdim_model *m)
+{
+    const cpu_state *c = m->bs;
+    return c->comm_on && m->comm && m->comm->size > 1 ? m->comm : NULL;
+}
+
 static cpu_bn_params bn_view(amdim_model *m, amdim_bn_ref r)
 {
-    cpu_bn_params b = {W(m, r.t), W(m, r.t + 1), W(m, r.t + 2), W(m, r.t + 3), W(m, r.t + 4), G(m, r.t), G(m, r.t + 1)};
+    cpu_bn_params b = {W(m, r.t),     W(m, r.t + 1), W(m, r.t + 2), W(m, r.t + 3),
+                       W(m, r.t + 4), G(m, r.t),     G(m, r.t + 1), step_comm(m)};
     return b;
 }
 
@@ -90,6 +115,10 @@ static void free_buffers(amdim_model *m, cpu_state *c)
     free(c->mlp_istd), free(c->logits[0]), free(c->logits[1]), free(c->dlogits), free(c->dtmp), free(c->dtmp2);
     free(c->grad_a), free(c->grad_b), free(c->dhead[0]), free(c->dhead[1]), free(c->srcT), free(c->dsrcT);
     free(c->labels2);
+    for (int v = 0; v < 2; v++)
+        for (int f = 0; f < 2; f++)
+            free(c->tg[v][f]), free(c->dtg[v][f]);
+    free(c->pack), free(c->unpack), free(c->bn_avg);
     cpu_op_scratch s1 = c->scr, s2 = c->scr2;
     cpu_nce_scratch ns = c->nce;
     memset(c, 0, sizeof *c);
@@ -177,7 +206,19 @@ static int alloc_buffers(amdim_model *m, cpu_state *c, int B)
     ALLOC(c->srcT, (size_t)R * B);
     ALLOC(c->dsrcT, (size_t)R * B);
     ALLOC(c->labels2, (size_t)2 * B);
+    if (m->comm && m->comm->size > 1) {
+        size_t N = (size_t)m->comm->size;
+        for (int v = 0; v < 2; v++)
+            for (int f = 0; f < 2; f++) {
+                ALLOC(c->tg[v][f], N * R * B * (f ? 49 : 25));
+                ALLOC(c->dtg[v][f], N * R * B * (f ? 49 : 25));
+            }
+        ALLOC(c->pack, N * R * B * 2 * (25 + 49));
+        ALLOC(c->unpack, N * R * B * 2 * (25 + 49));
+        ALLOC(c->bn_avg, 2 * a->weights_size);
+    }
     c->batch = B;
+    c->comm_size = m->comm ? m->comm->size : 1;
     return 0;
 }
 
@@ -185,7 +226,8 @@ static int alloc_buffers(amdim_model *m, cpu_state *c, int B)
 static int ensure_buffers(amdim_model *m, int B)
 {
     cpu_state *c = m->bs;
-    if (c->batch == B)
+    int size = m->comm ? m->comm->size : 1;
+    if (c->batch == B && c->comm_size == size)
         return AMDIM_OK;
     free_buffers(m, c);
     if (alloc_buffers(m, c, B)) {
@@ -219,7 +261,7 @@ static int layer_forward(amdim_model *m, const amdim_layer *L, layer_cache *lc, 
         if (L->bn.on) {
             cpu_bn_params bp = bn_view(m, L->bn);
             if (train)
-                cpu_batchnorm_forward_train(lc->h1, L->cout, cnt, &bp, lc->r, lc->mean, lc->istd);
+                TRY(cpu_batchnorm_forward_train(lc->h1, L->cout, cnt, &bp, lc->r, lc->mean, lc->istd));
             else
                 cpu_batchnorm_forward_eval(lc->h1, L->cout, cnt, &bp, lc->r);
         } else {
@@ -239,7 +281,7 @@ static int layer_forward(amdim_model *m, const amdim_layer *L, layer_cache *lc, 
         if (L->bn.on) {
             cpu_bn_params bp = bn_view(m, L->bn);
             if (train)
-                cpu_batchnorm_forward_train(x, L->cout, cnt, &bp, lc->out, lc->mean, lc->istd);
+                TRY(cpu_batchnorm_forward_train(x, L->cout, cnt, &bp, lc->out, lc->mean, lc->istd));
             else
                 cpu_batchnorm_forward_eval(x, L->cout, cnt, &bp, lc->out);
         } else {
@@ -275,7 +317,7 @@ static int layer_backward(amdim_model *m, const amdim_layer *L, layer_cache *lc,
         cpu_relu_backward(lc->r, dr, outn);
         if (L->bn.on) {
             cpu_bn_params bp = bn_view(m, L->bn);
-            cpu_batchnorm_backward(lc->h1, L->cout, cnt, &bp, lc->mean, lc->istd, dr, dr);
+            TRY(cpu_batchnorm_backward(lc->h1, L->cout, cnt, &bp, lc->mean, lc->istd, dr, dr));
         }
         TRY(cpu_conv2d_backward(x, L->cin, B, L->hin, L->hin, W(m, L->w1), L->cout, L->k, L->s, dr, dx, G(m, L->w1),
                                 NULL, &c->scr));
@@ -286,7 +328,7 @@ static int layer_backward(amdim_model *m, const amdim_layer *L, layer_cache *lc,
     default:
         if (L->bn.on) {
             cpu_bn_params bp = bn_view(m, L->bn);
-            cpu_batchnorm_backward(x, L->cout, cnt, &bp, lc->mean, lc->istd, dy, dx);
+            TRY(cpu_batchnorm_backward(x, L->cout, cnt, &bp, lc->mean, lc->istd, dy, dx));
         } else {
             memcpy(dx, dy, outn * sizeof(float));
         }
@@ -302,7 +344,7 @@ static int head_forward(amdim_model *m, const amdim_head *h, head_cache *hc, con
     if (h->bn_hid.on) {
         cpu_bn_params bp = bn_view(m, h->bn_hid);
         if (train)
-            cpu_batchnorm_forward_train(hc->h1, h->cout, cnt, &bp, hc->r, hc->mean1, hc->istd1);
+            TRY(cpu_batchnorm_forward_train(hc->h1, h->cout, cnt, &bp, hc->r, hc->mean1, hc->istd1));
         else
             cpu_batchnorm_forward_eval(hc->h1, h->cout, cnt, &bp, hc->r);
     } else {
@@ -318,7 +360,7 @@ static int head_forward(amdim_model *m, const amdim_head *h, head_cache *hc, con
         hc->sum[i] += sc[i];
     cpu_bn_params bo = bn_view(m, h->bn_out);
     if (train)
-        cpu_batchnorm_forward_train(hc->sum, h->cout, cnt, &bo, hc->out, hc->mean2, hc->istd2);
+        TRY(cpu_batchnorm_forward_train(hc->sum, h->cout, cnt, &bo, hc->out, hc->mean2, hc->istd2));
     else
         cpu_batchnorm_forward_eval(hc->sum, h->cout, cnt, &bo, hc->out);
     return AMDIM_OK;
@@ -332,7 +374,7 @@ static int head_backward(amdim_model *m, const amdim_head *h, head_cache *hc, co
     cpu_state *c = m->bs;
     size_t n = (size_t)h->cout * B * h->hw * h->hw, cnt = (size_t)B * h->hw * h->hw;
     cpu_bn_params bo = bn_view(m, h->bn_out);
-    cpu_batchnorm_backward(hc->sum, h->cout, cnt, &bo, hc->mean2, hc->istd2, dy, dy); /* dy = d sum */
+    TRY(cpu_batchnorm_backward(hc->sum, h->cout, cnt, &bo, hc->mean2, hc->istd2, dy, dy)); /* dy = d sum */
     size_t nin = (size_t)h->cin * B * h->hw * h->hw;
     float *dx2 = cpu_op_scratch_get(&c->scr2, nin + n);
     if (!dx2)
@@ -345,7 +387,7 @@ static int head_backward(amdim_model *m, const amdim_head *h, head_cache *hc, co
     cpu_relu_backward(hc->r, dr, n);
     if (h->bn_hid.on) {
         cpu_bn_params bp = bn_view(m, h->bn_hid);
-        cpu_batchnorm_backward(hc->h1, h->cout, cnt, &bp, hc->mean1, hc->istd1, dr, dr);
+        TRY(cpu_batchnorm_backward(hc->h1, h->cout, cnt, &bp, hc->mean1, hc->istd1, dr, dr));
     }
     TRY(cpu_conv2d_backward(x, h->cin, B, h->hw, h->hw, W(m, h->w1), h->cout, 1, 1, dr, dx2, G(m, h->w1), NULL,
                             &c->scr));
@@ -519,7 +561,12 @@ static int probes_backward(amdim_model *m, int n, const int32_t *labels2, const 
     cpu_state *c = m->bs;
     const amdim_probes *p = &m->arch.probes;
     int R = m->cfg.n_rkhs, H = m->cfg.mlp_hidden, K = m->cfg.n_classes, corr, lab;
-    st->cls_mlp = cpu_classifier_loss(c->logits[0], n, K, labels2, c->dlogits, 1.0f, &corr, &lab);
+    /* the means are over the global batch's rows and labelled rows */
+    const amdim_comm *cm = step_comm(m);
+    double n_all = (double)n * (cm ? cm->size : 1), valid_all = cpu_count_labelled(labels2, n, K);
+    if (cm)
+        TRY(cm->allreduce_f64(cm->ctx, &valid_all, 1));
+    st->cls_mlp = cpu_classifier_loss_part(c->logits[0], n, K, labels2, c->dlogits, 1.0f, n_all, valid_all, &corr, &lab);
     st->correct_mlp = corr;
     st->labelled = lab;
     cpu_linear_backward(c->mlp_h2, n, H, W(m, p->mlp_w2), K, c->dlogits, c->dtmp, G(m, p->mlp_w2), G(m, p->mlp_b2));
@@ -528,7 +575,7 @@ static int probes_backward(amdim_model *m, int n, const int32_t *labels2, const 
     cpu_bn_params bp = bn_view(m, p->mlp_bn);
     TRY(cpu_batchnorm1d_backward(c->mlp_z1, n, H, &bp, c->mlp_mean, c->mlp_istd, c->dtmp, c->dtmp2, &c->scr));
     cpu_linear_backward(c->mlp_h0, n, R, W(m, p->mlp_w1), H, c->dtmp2, NULL, G(m, p->mlp_w1), NULL);
-    st->cls_lin = cpu_classifier_loss(c->logits[1], n, K, labels2, c->dlogits, 1.0f, &corr, NULL);
+    st->cls_lin = cpu_classifier_loss_part(c->logits[1], n, K, labels2, c->dlogits, 1.0f, n_all, valid_all, &corr, NULL);
     st->correct_lin = corr;
     cpu_linear_backward(c->feat, n, R, W(m, p->lin_w), K, c->dlogits, NULL, G(m, p->lin_w), G(m, p->lin_b));
     return AMDIM_OK;
@@ -550,6 +597,108 @@ static int probes_train(amdim_model *m, int B, const int32_t *labels, const amdi
     if ((rc = probes_backward(m, 2 * B, c->labels2, d->mask_hidden, st)))
         return rc;
     prof(m, stage, 1, t0, B);
+    return AMDIM_OK;
+}
+
+/* ---- data parallelism --------------------------------------------------------- */
+
+/* Floats a rank sends of r5 and r7 (or their gradients): view 0's r5 and
+ * r7, then view 1's, (R, B hw) each. */
+static size_t target_block(int B, int R) { return (size_t)R * B * 2 * (25 + 49); }
+
+/* All-gathers r5 and r7 of both views into c->tg, (R, N B hw): image
+ * r B + i of the global batch is rank r's image i. Zeroes c->dtg. */
+static int gather_targets(amdim_model *m, int B)
+{
+    cpu_state *c = m->bs;
+    const amdim_comm *cm = step_comm(m);
+    int R = m->cfg.n_rkhs, N = cm->size;
+    size_t n = target_block(B, R), off = 0;
+    for (int v = 0; v < 2; v++)
+        for (int f = 0; f < 2; f++) {
+            size_t k = (size_t)R * B * (f ? 49 : 25);
+            memcpy(c->pack + off, c->hc[v][f].out, k * sizeof(float));
+            off += k;
+        }
+    TRY(cm->allgather_f32(cm->ctx, c->pack, c->unpack, n));
+    off = 0;
+    for (int v = 0; v < 2; v++)
+        for (int f = 0; f < 2; f++) {
+            size_t run = (size_t)B * (f ? 49 : 25); /* one channel of one rank */
+            for (int r = 0; r < N; r++)
+                for (int ch = 0; ch < R; ch++)
+                    memcpy(c->tg[v][f] + ((size_t)ch * N + r) * run, c->unpack + r * n + off + ch * run,
+                           run * sizeof(float));
+            off += R * run;
+            memset(c->dtg[v][f], 0, (size_t)N * R * run * sizeof(float));
+        }
+    return AMDIM_OK;
+}
+
+/* Sums the ranks' gradients of the gathered targets and adds this rank's
+ * images' share into dr5 / dr7 (reduce-scatter). */
+static int scatter_target_grads(amdim_model *m, int B)
+{
+    cpu_state *c = m->bs;
+    const amdim_comm *cm = step_comm(m);
+    int R = m->cfg.n_rkhs, N = cm->size;
+    size_t n = target_block(B, R), off = 0;
+    for (int v = 0; v < 2; v++)
+        for (int f = 0; f < 2; f++) {
+            size_t run = (size_t)B * (f ? 49 : 25);
+            for (int r = 0; r < N; r++)
+                for (int ch = 0; ch < R; ch++)
+                    memcpy(c->pack + r * n + off + ch * run, c->dtg[v][f] + ((size_t)ch * N + r) * run,
+                           run * sizeof(float));
+            off += R * run;
+        }
+    TRY(cm->reduce_scatter_f32(cm->ctx, c->pack, c->unpack, n));
+    off = 0;
+    for (int v = 0; v < 2; v++)
+        for (int f = 0; f < 2; f++) {
+            float *d = f ? c->dr7[v] : c->dr5[v];
+            size_t k = (size_t)R * B * (f ? 49 : 25);
+            for (size_t i = 0; i < k; i++)
+                d[i] += c->unpack[off + i];
+            off += k;
+        }
+    return AMDIM_OK;
+}
+
+/* After a step's backward: gradients and the loss terms summed over ranks;
+ * with per-rank BatchNorm, the running statistics averaged over ranks. */
+static int reduce_step(amdim_model *m, amdim_step_stats *st)
+{
+    cpu_state *c = m->bs;
+    const amdim_comm *cm = step_comm(m);
+    if (!cm)
+        return AMDIM_OK;
+    TRY(cm->allreduce_f32(cm->ctx, m->grads, m->arch.grads_size));
+    double v[9] = {st->nce_1t5, st->nce_1t7, st->nce_5t5, st->reg, st->cls_mlp, st->cls_lin,
+                   st->correct_mlp, st->correct_lin, st->labelled};
+    TRY(cm->allreduce_f64(cm->ctx, v, 9));
+    st->nce_1t5 = v[0], st->nce_1t7 = v[1], st->nce_5t5 = v[2], st->reg = v[3], st->cls_mlp = v[4];
+    st->cls_lin = v[5], st->correct_mlp = (int)v[6], st->correct_lin = (int)v[7], st->labelled = (int)v[8];
+    if (cm->sync_bn) /* the statistics were the global batch's: equal everywhere */
+        return AMDIM_OK;
+    size_t k = 0;
+    for (int pass = 0; pass < 2; pass++) {
+        for (int i = 0; i < m->arch.ntensors; i++) {
+            const amdim_tensor *t = &m->arch.tensors[i];
+            if (t->role != AMDIM_ROLE_BN_MEAN && t->role != AMDIM_ROLE_BN_VAR)
+                continue;
+            float *w = m->weights + t->offset;
+            for (size_t j = 0; j < t->size; j++, k++)
+                if (pass == 0)
+                    c->bn_avg[k] = w[j];
+                else
+                    w[j] = (float)(c->bn_avg[k] / cm->size);
+        }
+        if (pass == 0) {
+            TRY(cm->allreduce_f64(cm->ctx, c->bn_avg, k));
+            k = 0;
+        }
+    }
     return AMDIM_OK;
 }
 
@@ -576,10 +725,23 @@ static int objectives(amdim_model *m, int B, const int32_t *src5, amdim_step_sta
         mixture_forward(m, v, B);
         memset(c->dmix[v], 0, (size_t)K * R * B * sizeof(float));
     }
+    /* across ranks: this rank's sources against the global batch's targets */
+    const amdim_comm *cm = step_comm(m);
+    int Bg = B, first = 0, rc;
+    if (cm) {
+        AMDIM_ASSERT(K == 1);
+        if ((rc = gather_targets(m, B)))
+            return rc;
+        for (int v = 0; v < 2; v++) {
+            feat[v][5] = c->tg[v][0], feat[v][7] = c->tg[v][1];
+            dfeat[v][5] = c->dtg[v][0], dfeat[v][7] = c->dtg[v][1];
+        }
+        Bg = B * cm->size, first = B * cm->rank;
+    }
     double reg = 0, task[3] = {0, 0, 0}, entropy = 0;
     for (int k = 0; k < AMDIM_NCE_DIRECTIONS; k++) {
         const amdim_nce_direction *d = &m->arch.dirs[k];
-        int a = d->src_view, b = 1 - a, rc;
+        int a = d->src_view, b = 1 - a;
         if (d->mixtures > 1) {
             double loss = 0, reg1 = 0, h = 0;
             if ((rc = mixture_direction(m, c->mix[a], c->dmix[a], feat[b][d->tgt_feature], dfeat[b][d->tgt_feature], B,
@@ -590,20 +752,20 @@ static int objectives(amdim_model *m, int B, const int32_t *src5, amdim_step_sta
             entropy += 0.5 * h;
             continue;
         }
-        const float *src = feat[a][1];
-        float *dsrc = dfeat[a][1];
+        const float *src = c->lc[a][m->arch.nlayers - 1].out; /* r1 (R, B) */
+        float *dsrc = c->dr1[a];
         const int32_t *idx = src5 + (size_t)a * B;
         if (d->src_feature == 5) { /* one drawn location of r5 per image */
             for (int ch = 0; ch < R; ch++)
                 for (int i = 0; i < B; i++)
-                    c->srcT[(size_t)ch * B + i] = feat[a][5][((size_t)ch * B + i) * 25 + idx[i]];
+                    c->srcT[(size_t)ch * B + i] = c->hc[a][0].out[((size_t)ch * B + i) * 25 + idx[i]];
             memset(c->dsrcT, 0, (size_t)R * B * sizeof(float));
             src = c->srcT;
             dsrc = c->dsrcT;
         }
         double loss, reg1;
-        TRY(cpu_nce_direction(src, feat[b][d->tgt_feature], R, B, d->L, cfg->tclip, cfg->objective, 0.5f, 0.5f, NULL,
-                              NULL, &loss, &reg1, dsrc, dfeat[b][d->tgt_feature], &c->nce));
+        TRY(cpu_nce_direction_part(src, B, first, feat[b][d->tgt_feature], R, Bg, d->L, cfg->tclip, cfg->objective,
+                                   0.5f, 0.5f, NULL, NULL, &loss, &reg1, dsrc, dfeat[b][d->tgt_feature], &c->nce));
         task[d->task] += 0.5 * loss;
         reg += reg1;
         if (d->src_feature == 5)
@@ -611,6 +773,8 @@ static int objectives(amdim_model *m, int B, const int32_t *src5, amdim_step_sta
                 for (int i = 0; i < B; i++)
                     c->dr5[a][((size_t)ch * B + i) * 25 + idx[i]] += c->dsrcT[(size_t)ch * B + i];
     }
+    if (cm && (rc = scatter_target_grads(m, B)))
+        return rc;
     /* the mixture MLP's backward, once both r1 directions of a view are in */
     const amdim_mixture *x = &m->arch.mix;
     for (int v = 0; v < 2 && K > 1; v++)
@@ -679,12 +843,10 @@ static void cpu_close(amdim_model *m)
     m->bs = NULL;
 }
 
-static int cpu_forward_backward(amdim_model *m, const amdim_step_input *in, const amdim_step_draws *d,
-                                amdim_step_stats *st)
+static int forward_backward(amdim_model *m, const amdim_step_input *in, const amdim_step_draws *d,
+                            amdim_step_stats *st)
 {
     int B = in->batch, rc;
-    if ((rc = ensure_buffers(m, B)))
-        return rc;
     memset(m->grads, 0, m->arch.grads_size * sizeof(float));
     for (int v = 0; v < 2; v++) {
         load_input(m, in, v);
@@ -704,18 +866,17 @@ static int cpu_forward_backward(amdim_model *m, const amdim_step_input *in, cons
     for (int v = 0; v < 2; v++)
         if ((rc = encoder_backward(m, v, B)))
             return rc;
+    if ((rc = reduce_step(m, st)))
+        return rc;
     st->total = st->nce_1t5 + st->nce_1t7 + st->nce_5t5 + st->reg + st->cls_mlp + st->cls_lin;
     if (m->cfg.mixtures > 1) /* the entropy bonus: reported, no gradient (q is a constant) */
         st->total -= m->cfg.mix_entropy * st->mix_entropy;
     return AMDIM_OK;
 }
 
-static int cpu_probe_step(amdim_model *m, const amdim_step_input *in, const amdim_step_draws *d,
-                          amdim_step_stats *st)
+static int probe_step(amdim_model *m, const amdim_step_input *in, const amdim_step_draws *d, amdim_step_stats *st)
 {
     int B = in->batch, rc;
-    if ((rc = ensure_buffers(m, B)))
-        return rc;
     memset(m->grads, 0, m->arch.grads_size * sizeof(float));
     for (int v = 0; v < 2; v++) { /* frozen encoder: eval mode */
         load_input(m, in, v);
@@ -723,10 +884,37 @@ static int cpu_probe_step(amdim_model *m, const amdim_step_input *in, const amdi
             return rc;
         gather_features(m, v, B);
     }
-    if ((rc = probes_train(m, B, in->labels, d, st)))
+    if ((rc = probes_train(m, B, in->labels, d, st)) || (rc = reduce_step(m, st)))
         return rc;
     st->total = st->cls_mlp + st->cls_lin;
     return AMDIM_OK;
+}
+
+/* A training step (or probe step): the process group takes part from
+ * here to its end, and only here. */
+static int cpu_step(amdim_model *m, const amdim_step_input *in, const amdim_step_draws *d, amdim_step_stats *st,
+                    int probes)
+{
+    cpu_state *c = m->bs;
+    int rc = ensure_buffers(m, in->batch);
+    if (rc)
+        return rc;
+    c->comm_on = 1;
+    rc = probes ? probe_step(m, in, d, st) : forward_backward(m, in, d, st);
+    c->comm_on = 0;
+    return rc;
+}
+
+static int cpu_forward_backward(amdim_model *m, const amdim_step_input *in, const amdim_step_draws *d,
+                                amdim_step_stats *st)
+{
+    return cpu_step(m, in, d, st, 0);
+}
+
+static int cpu_probe_step(amdim_model *m, const amdim_step_input *in, const amdim_step_draws *d,
+                          amdim_step_stats *st)
+{
+    return cpu_step(m, in, d, st, 1);
 }
 
 static int cpu_adam(amdim_model *m, const amdim_adam_hparams *h, int probes_only)

@@ -20,32 +20,44 @@ int cpu_nce_direction(const float *srcT, const float *tgt, int C, int B, int L, 
                       float wreg, const double *weights, double *lsm, double *loss_out, double *reg_out, float *dsrcT,
                       float *dtgt, cpu_nce_scratch *s)
 {
+    return cpu_nce_direction_part(srcT, B, 0, tgt, C, B, L, tclip, objective, wloss, wreg, weights, lsm, loss_out,
+                                  reg_out, dsrcT, dtgt, s);
+}
+
+int cpu_nce_direction_part(const float *srcT, int Bs, int first, const float *tgt, int C, int B, int L, float tclip,
+                           int objective, float wloss, float wreg, const double *weights, double *lsm,
+                           double *loss_out, double *reg_out, float *dsrcT, float *dtgt, cpu_nce_scratch *s)
+{
     AMDIM_ASSERT(objective == AMDIM_OBJECTIVE_NCE || (!weights && !lsm));
-    size_t BL = (size_t)B * L, n = (size_t)B * BL;
-    if (2 * n > s->cap) {
+    AMDIM_ASSERT(Bs >= 1 && first >= 0 && first + Bs <= B);
+    /* n: score count of the global batch (the means' divisor); ns: this share's */
+    size_t BL = (size_t)B * L, n = (size_t)B * BL, ns = (size_t)Bs * BL;
+    if (2 * ns > s->cap) {
         free(s->buf);
-        s->buf = malloc(2 * n * sizeof(float));
-        s->cap = s->buf ? 2 * n : 0;
+        s->buf = malloc(2 * ns * sizeof(float));
+        s->cap = s->buf ? 2 * ns : 0;
         if (!s->buf)
             return AMDIM_E_NOMEM;
     }
-    float *S = s->buf, *dS = s->buf + n;
+    float *S = s->buf, *dS = s->buf + ns;
     float scale = 1.0f / sqrtf((float)C);
-    /* S (B, B*L) = src^T tgt / sqrt(C) */
-    cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, B, (int)BL, C, scale, srcT, B, tgt, (int)BL, 0.0f, S,
+    /* S (Bs, B*L) = src^T tgt / sqrt(C) */
+    cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, Bs, (int)BL, C, scale, srcT, Bs, tgt, (int)BL, 0.0f, S,
                 (int)BL);
     double reg = 0;
-    for (size_t k = 0; k < n; k++)
+    for (size_t k = 0; k < ns; k++)
         reg += (double)S[k] * S[k];
     reg = AMDIM_NCE_REG * reg / (double)n;
     /* dreg/ds, then clip in place: S holds t from here on. */
-    for (size_t k = 0; k < n; k++) {
+    for (size_t k = 0; k < ns; k++) {
         dS[k] = (float)(wreg * AMDIM_NCE_REG * 2.0 * S[k] / (double)n);
         S[k] = amdim_tanh_clip(S[k], tclip);
     }
     double loss = 0;
-    for (int i = 0; i < B; i++) {
-        float *t = S + (size_t)i * BL, *g = dS + (size_t)i * BL;
+    for (int si = 0; si < Bs; si++) {
+        /* source si is image i of the global batch: its own L targets are its positives */
+        int i = first + si;
+        float *t = S + (size_t)si * BL, *g = dS + (size_t)si * BL;
         const float *pos = t + (size_t)i * L;
         if (objective == AMDIM_OBJECTIVE_NCE) {
             double M = -1e30;
@@ -58,10 +70,10 @@ int cpu_nce_direction(const float *srcT, const float *tgt, int C, int B, int L, 
                     negsum += exp(t[k] - M);
             double inv_sum = 0; /* sum over positives of w / (e^(p-M) + negsum) */
             for (int l = 0; l < L; l++) {
-                double ep = exp(pos[l] - M), den = ep + negsum, w = weights ? weights[(size_t)i * L + l] : 1.0;
+                double ep = exp(pos[l] - M), den = ep + negsum, w = weights ? weights[(size_t)si * L + l] : 1.0;
                 double term = pos[l] - M - log(den);
                 if (lsm)
-                    lsm[(size_t)i * L + l] = term;
+                    lsm[(size_t)si * L + l] = term;
                 loss += -term * w;
                 inv_sum += w / den;
                 double d = amdim_nce_pos_grad(ep / den, (double)BL, wloss * w);
@@ -109,10 +121,10 @@ int cpu_nce_direction(const float *srcT, const float *tgt, int C, int B, int L, 
         loss /= (double)BL;
     /* back through the scores */
     if (dsrcT)
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, C, B, (int)BL, scale, tgt, (int)BL, dS, (int)BL, 1.0f,
-                    dsrcT, B);
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, C, Bs, (int)BL, scale, tgt, (int)BL, dS, (int)BL, 1.0f,
+                    dsrcT, Bs);
     if (dtgt)
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, C, (int)BL, B, scale, srcT, B, dS, (int)BL, 1.0f, dtgt,
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, C, (int)BL, Bs, scale, srcT, Bs, dS, (int)BL, 1.0f, dtgt,
                     (int)BL);
     *reg_out = reg;
     *loss_out = loss;

@@ -31,5 +31,13 @@ void cpu_nce_scratch_free(cpu_nce_scratch *s);
 int cpu_nce_direction(const float *srcT, const float *tgt, int C, int B, int L, float tclip, int objective, float wloss,
                       float wreg, const double *weights, double *lsm, double *loss, double *reg, float *dsrcT,
                       float *dtgt, cpu_nce_scratch *s);
+/* The same for a share of the sources: srcT (C, Bs) holds images [first,
+ * first + Bs) of the B whose targets tgt holds. Every mean still divides
+ * by the global batch's counts, so the shares' losses and reg add up to
+ * the global ones and their dsrcT / dtgt to the global gradients; weights
+ * and lsm are (Bs, L). Bs = B, first = 0 is cpu_nce_direction. */
+int cpu_nce_direction_part(const float *srcT, int Bs, int first, const float *tgt, int C, int B, int L, float tclip,
+                           int objective, float wloss, float wreg, const double *weights, double *lsm,
+                           double *loss_out, double *reg_out, float *dsrcT, float *dtgt, cpu_nce_scratch *s);
 
 #endif

@@ -218,18 +218,49 @@ void cpu_avgpool_pad_backward(const float *dy, int cin, int n, int h, int w, int
         }
 }
 
-void cpu_batchnorm_forward_train(const float *x, int c, size_t count, const cpu_bn_params *p, float *y, float *mean,
-                             float *inv_std)
+/* Sums per channel, over ranks when p->sync asks for it. */
+static int bn_sum_over_ranks(const cpu_bn_params *p, double *acc, size_t n)
 {
+    if (!p->sync || !p->sync->sync_bn || p->sync->size <= 1)
+        return AMDIM_OK;
+    return p->sync->allreduce_f64(p->sync->ctx, acc, n);
+}
+
+static double bn_total(const cpu_bn_params *p, size_t count)
+{
+    int ranks = p->sync && p->sync->sync_bn && p->sync->size > 1 ? p->sync->size : 1;
+    return (double)count * ranks;
+}
+
+int cpu_batchnorm_forward_train(const float *x, int c, size_t count, const cpu_bn_params *p, float *y, float *mean,
+                                float *inv_std)
+{
+    double *acc = malloc(2 * (size_t)c * sizeof *acc), total = bn_total(p, count);
+    if (!acc)
+        return AMDIM_E_NOMEM;
+    int rc;
     for (int ch = 0; ch < c; ch++) {
         const float *xc = x + (size_t)ch * count;
-        double m = 0, v = 0;
+        double m = 0;
         for (size_t i = 0; i < count; i++)
             m += xc[i];
-        m /= (double)count;
+        acc[ch] = m;
+    }
+    if ((rc = bn_sum_over_ranks(p, acc, (size_t)c)))
+        goto out;
+    for (int ch = 0; ch < c; ch++) {
+        const float *xc = x + (size_t)ch * count;
+        double m = acc[ch] / total, v = 0;
         for (size_t i = 0; i < count; i++)
             v += ((double)xc[i] - m) * ((double)xc[i] - m);
-        double var = v / (double)count;
+        acc[c + ch] = v;
+    }
+    if ((rc = bn_sum_over_ranks(p, acc + c, (size_t)c)))
+        goto out;
+    for (int ch = 0; ch < c; ch++) {
+        const float *xc = x + (size_t)ch * count;
+        double m = acc[ch] / total, v = acc[c + ch];
+        double var = v / total;
         float is = amdim_bn_inv_std(var);
         mean[ch] = (float)m;
         inv_std[ch] = is;
@@ -237,11 +268,14 @@ void cpu_batchnorm_forward_train(const float *x, int c, size_t count, const cpu_
         float *yc = y + (size_t)ch * count;
         for (size_t i = 0; i < count; i++)
             yc[i] = amdim_bn_apply(xc[i], mf, is, g, b);
-        double unbiased = count > 1 ? v / (double)(count - 1) : var;
+        double unbiased = total > 1 ? v / (total - 1) : var;
         p->rmean[ch] = amdim_bn_running(p->rmean[ch], (float)m);
         p->rvar[ch] = amdim_bn_running(p->rvar[ch], (float)unbiased);
     }
     p->nbt[0] += 1;
+out:
+    free(acc);
+    return rc;
 }
 
 void cpu_batchnorm_forward_eval(const float *x, int c, size_t count, const cpu_bn_params *p, float *y)
@@ -255,25 +289,37 @@ void cpu_batchnorm_forward_eval(const float *x, int c, size_t count, const cpu_b
     }
 }
 
-void cpu_batchnorm_backward(const float *x, int c, size_t count, const cpu_bn_params *p, const float *mean,
-                        const float *inv_std, const float *dy, float *dx)
+int cpu_batchnorm_backward(const float *x, int c, size_t count, const cpu_bn_params *p, const float *mean,
+                           const float *inv_std, const float *dy, float *dx)
 {
+    double *acc = malloc(2 * (size_t)c * sizeof *acc), total = bn_total(p, count);
+    if (!acc)
+        return AMDIM_E_NOMEM;
     for (int ch = 0; ch < c; ch++) {
         const float *xc = x + (size_t)ch * count, *dyc = dy + (size_t)ch * count;
-        float m = mean[ch], is = inv_std[ch], g = p->gamma[ch];
+        float m = mean[ch], is = inv_std[ch];
         double sdy = 0, sdyx = 0;
         for (size_t i = 0; i < count; i++) {
             double xh = (double)(xc[i] - m) * is;
             sdy += dyc[i];
             sdyx += dyc[i] * xh;
         }
-        p->dgamma[ch] += (float)sdyx;
+        p->dgamma[ch] += (float)sdyx; /* this rank's share */
         p->dbeta[ch] += (float)sdy;
-        float *dxc = dx + (size_t)ch * count;
-        double scale = amdim_bn_backward_scale(g, is, (double)count);
-        for (size_t i = 0; i < count; i++)
-            dxc[i] = amdim_bn_backward_element(xc[i], dyc[i], m, is, scale, (double)count, sdy, sdyx);
+        acc[ch] = sdy;
+        acc[c + ch] = sdyx;
     }
+    int rc = bn_sum_over_ranks(p, acc, 2 * (size_t)c);
+    for (int ch = 0; ch < c && !rc; ch++) {
+        const float *xc = x + (size_t)ch * count, *dyc = dy + (size_t)ch * count;
+        float m = mean[ch], is = inv_std[ch], g = p->gamma[ch];
+        float *dxc = dx + (size_t)ch * count;
+        double scale = amdim_bn_backward_scale(g, is, total);
+        for (size_t i = 0; i < count; i++)
+            dxc[i] = amdim_bn_backward_element(xc[i], dyc[i], m, is, scale, total, acc[ch], acc[c + ch]);
+    }
+    free(acc);
+    return rc;
 }
 
 void cpu_mixture_forward(const float *fT, int R, int B, int K, const float *w1, const float *b1, const float *w2,
@@ -359,9 +405,9 @@ int cpu_batchnorm1d_forward_train(const float *x, int n, int c, const cpu_bn_par
     if (!t)
         return AMDIM_E_NOMEM;
     transpose(x, n, c, t);
-    cpu_batchnorm_forward_train(t, c, (size_t)n, p, t + (size_t)n * c, mean, inv_std);
+    int rc = cpu_batchnorm_forward_train(t, c, (size_t)n, p, t + (size_t)n * c, mean, inv_std);
     transpose(t + (size_t)n * c, c, n, y);
-    return AMDIM_OK;
+    return rc;
 }
 
 void cpu_batchnorm1d_forward_eval(const float *x, int n, int c, const cpu_bn_params *p, float *y)
@@ -381,9 +427,9 @@ int cpu_batchnorm1d_backward(const float *x, int n, int c, const cpu_bn_params *
     float *tdy = t + (size_t)n * c, *tdx = tdy + (size_t)n * c;
     transpose(x, n, c, t);
     transpose(dy, n, c, tdy);
-    cpu_batchnorm_backward(t, c, (size_t)n, p, mean, inv_std, tdy, tdx);
+    int rc = cpu_batchnorm_backward(t, c, (size_t)n, p, mean, inv_std, tdy, tdx);
     transpose(tdx, c, n, dx);
-    return AMDIM_OK;
+    return rc;
 }
 
 void cpu_dropout_forward(const float *x, const float *mask, float p, size_t count, float *y)
@@ -400,14 +446,27 @@ void cpu_dropout_backward(const float *dy, const float *mask, float p, size_t co
         dx[i] = amdim_dropout(dy[i], mask[i]);
 }
 
+int cpu_count_labelled(const int32_t *labels, int n, int classes)
+{
+    int valid = 0;
+    for (int i = 0; i < n; i++)
+        valid += labels[i] >= 0 && labels[i] < classes;
+    return valid;
+}
+
 double cpu_classifier_loss(const float *logits, int n, int classes, const int32_t *labels, float *dlogits, float scale,
                        int *correct, int *labelled)
 {
-    int valid = 0, hits = 0;
-    for (int i = 0; i < n; i++)
-        valid += labels[i] >= 0 && labels[i] < classes;
+    return cpu_classifier_loss_part(logits, n, classes, labels, dlogits, scale, n,
+                                    cpu_count_labelled(labels, n, classes), correct, labelled);
+}
+
+double cpu_classifier_loss_part(const float *logits, int n, int classes, const int32_t *labels, float *dlogits,
+                                float scale, double n_all, double valid_all, int *correct, int *labelled)
+{
+    int valid = cpu_count_labelled(labels, n, classes), hits = 0;
     double xent = 0, reg = 0;
-    double inv_valid = valid ? 1.0 / valid : 0.0, inv_all = 1.0 / ((double)n * classes);
+    double inv_valid = valid_all > 0 ? 1.0 / valid_all : 0.0, inv_all = 1.0 / (n_all * classes);
     for (int i = 0; i < n; i++) {
         const float *l = logits + (size_t)i * classes;
         float *dl = dlogits ? dlogits + (size_t)i * classes : NULL;

@@ -10,6 +10,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "amdim_trainer.h"
+
 /* Scratch memory owned by the caller (grown on demand). */
 typedef struct {
     float *p;
@@ -41,17 +43,22 @@ void cpu_avgpool_pad_backward(const float *dy, int cin, int n, int h, int w, int
 
 /* BatchNorm over CNHW channels (count = n*h*w values per channel).
  * Training: batch statistics (biased variance), running stats updated with
- * momentum 0.1 and the unbiased variance; saves mean and inv_std. */
+ * momentum 0.1 and the unbiased variance; saves mean and inv_std.
+ * sync (non-NULL, sync_bn set): the statistics and the backward's sums are
+ * those of every rank's values (each rank holds `count` per channel); the
+ * parameter gradients still receive this rank's share only (the model sums
+ * gradients over ranks). Return 0, AMDIM_E_NOMEM or the comm's status. */
 typedef struct {
     float *gamma, *beta, *rmean, *rvar, *nbt; /* nbt: num_batches_tracked */
     float *dgamma, *dbeta;
+    const amdim_comm *sync;
 } cpu_bn_params;
-void cpu_batchnorm_forward_train(const float *x, int c, size_t count, const cpu_bn_params *p, float *y, float *mean,
-                             float *inv_std);
+int cpu_batchnorm_forward_train(const float *x, int c, size_t count, const cpu_bn_params *p, float *y, float *mean,
+                                float *inv_std);
 void cpu_batchnorm_forward_eval(const float *x, int c, size_t count, const cpu_bn_params *p, float *y);
 /* dx may alias dy. */
-void cpu_batchnorm_backward(const float *x, int c, size_t count, const cpu_bn_params *p, const float *mean,
-                        const float *inv_std, const float *dy, float *dx);
+int cpu_batchnorm_backward(const float *x, int c, size_t count, const cpu_bn_params *p, const float *mean,
+                           const float *inv_std, const float *dy, float *dx);
 
 /* Row-major linear layer: x (n, in) -> y (n, out) = x W^T + b; W (out, in). */
 void cpu_linear_forward(const float *x, int n, int in, const float *wt, const float *bias, int out, float *y);
@@ -88,5 +95,12 @@ void cpu_dropout_backward(const float *dy, const float *mask, float p, size_t co
  * `scale`); *correct counts argmax hits among labelled rows. */
 double cpu_classifier_loss(const float *logits, int n, int classes, const int32_t *labels, float *dlogits, float scale,
                        int *correct, int *labelled);
+/* The same for a share of a global batch of n_all rows, valid_all of them
+ * labelled: the means divide by those, so the shares' losses and
+ * gradients add up to the global batch's. */
+double cpu_classifier_loss_part(const float *logits, int n, int classes, const int32_t *labels, float *dlogits,
+                                float scale, double n_all, double valid_all, int *correct, int *labelled);
+/* Rows with a label in [0, classes). */
+int cpu_count_labelled(const int32_t *labels, int n, int classes);
 
 #endif
