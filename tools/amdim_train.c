@@ -8,6 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "amdim_dist.h"
 #include "amdim_run.h"
 
 static const char *usage_text =
@@ -44,6 +45,10 @@ static const char *usage_text =
     "      --mix-tau X         assignment temperature, q = softmax(X * s) (default 1)\n"
     "      --mix-entropy X     weight of the assignment entropy in the reported objective, >= 0 (default 1)\n"
     "      --probe-features F  what the probes read: r1 or mixture-mean (default r1; also with --classifiers)\n"
+    "Data parallelism (README: several GPUs or machines):\n"
+    "      --dist D            auto, none or mpi (default auto: MPI when an MPI launcher started\n"
+    "                          this process as one of several ranks)\n"
+    "      --sync-bn           BatchNorm statistics over the global batch (default: per rank)\n"
     "Classifier phase:\n"
     "      --classifiers --init CKPT  freeze the encoder in CKPT, re-initialise and train the probes\n"
     "  -h, --help              show this help\n";
@@ -75,7 +80,7 @@ int main(int argc, char **argv)
 {
     enum { O_EVAL = 256, O_ESPLIT, O_EREF, O_DEVICE, O_STEPS, O_SEED, O_LOG, O_CKPT, O_KEEP, O_NDF, O_RKHS, O_DEPTH,
            O_BN, O_TCLIP, O_OBJ, O_LR, O_CLASSES, O_CLS, O_INIT, O_WARMUP, O_THREADS,
-           O_MIX, O_MIX_TAU, O_MIX_ENT, O_PROBE_FEAT, O_PRECISION };
+           O_MIX, O_MIX_TAU, O_MIX_ENT, O_PROBE_FEAT, O_PRECISION, O_DIST, O_SYNC_BN };
     static const struct option longopts[] = {
         {"out", required_argument, NULL, 'o'},        {"resume", required_argument, NULL, 'r'},
         {"eval", required_argument, NULL, O_EVAL},    {"eval-split", required_argument, NULL, O_ESPLIT},
@@ -93,12 +98,13 @@ int main(int argc, char **argv)
         {"mixtures", required_argument, NULL, O_MIX}, {"mix-tau", required_argument, NULL, O_MIX_TAU},
         {"mix-entropy", required_argument, NULL, O_MIX_ENT}, {"probe-features", required_argument, NULL, O_PROBE_FEAT},
         {"precision", required_argument, NULL, O_PRECISION},
+        {"dist", required_argument, NULL, O_DIST},    {"sync-bn", no_argument, NULL, O_SYNC_BN},
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0}};
     amdim_train_options o;
     amdim_train_options_default(&o);
-    int classifiers = 0, c;
-    const char *device = "auto";
+    int classifiers = 0, c, sync_bn = 0;
+    const char *device = "auto", *dist = "auto";
     long long v;
     while ((c = getopt_long(argc, argv, "o:r:e:b:h", longopts, NULL)) != -1) {
         switch (c) {
@@ -151,6 +157,12 @@ int main(int argc, char **argv)
             o.precision = (int)p;
             break;
         }
+        case O_DIST:
+            if (strcmp(optarg, "auto") && strcmp(optarg, "none") && strcmp(optarg, "mpi"))
+                return bad("--dist (auto, none, mpi)", optarg);
+            dist = optarg;
+            break;
+        case O_SYNC_BN: sync_bn = 1; break;
         case O_CLS: classifiers = 1; break;
         case O_INIT: o.init_path = optarg; break;
         case 'h': fputs(usage_text, stdout); return 0;
@@ -176,6 +188,19 @@ int main(int argc, char **argv)
         fprintf(stderr, "amdim-train: --precision bf16 needs --device cuda (the CPU computes in fp32)\nTry 'amdim-train --help'.\n");
         return 2;
     }
+    /* the process group: before anything starts threads */
+    amdim_comm *comm = NULL;
+    int launched = amdim_dist_launched_size();
+    if (strcmp(dist, "mpi") == 0 || (strcmp(dist, "auto") == 0 && launched > 1)) {
+        if (amdim_dist_open(&comm, sync_bn, err, sizeof err)) {
+            fprintf(stderr, "amdim-train: %s\n", err);
+            return 2;
+        }
+    } else if (sync_bn) {
+        fprintf(stderr, "amdim-train: --sync-bn needs a data-parallel run (mpirun; --dist mpi)\nTry 'amdim-train --help'.\n");
+        return 2;
+    }
+    o.comm = comm && comm->size > 1 ? comm : NULL;
     struct sigaction sa = {0};
     sa.sa_handler = on_signal;
     sigaction(SIGINT, &sa, NULL);
@@ -183,8 +208,16 @@ int main(int argc, char **argv)
     o.cancel = &g_cancel;
     int st = amdim_train_run(&o, err, sizeof err);
     if (st) {
+        int code = st == AMDIM_E_CANCELLED ? 130 : 1;
+        if (o.comm && st != AMDIM_E_CANCELLED) { /* end every rank now: none may wait for this one in a collective */
+            fprintf(stderr, "amdim-train: rank %d of %d: training failed: %s (%s); ending all ranks\n", comm->rank,
+                    comm->size, amdim_strerror(st), err);
+            amdim_dist_abort(comm, code);
+        }
         fprintf(stderr, "amdim-train: training failed: %s (%s)\n", amdim_strerror(st), err);
-        return st == AMDIM_E_CANCELLED ? 130 : 1;
+        amdim_dist_close(comm);
+        return code;
     }
+    amdim_dist_close(comm);
     return 0;
 }

@@ -41,6 +41,11 @@ typedef struct {
     int keep;               /* checkpoints kept (default 3) */
     const char *init_path;  /* classifier-only phase: encoder checkpoint */
     int in_fd;              /* amdim-load's pipe (normally 0) */
+    /* Data parallelism (NULL: one process): this rank's loader makes shard
+     * rank/size of every global batch (amdim-load --shard); rank 0 alone
+     * logs, evaluates and writes checkpoints and metrics. A resumed run's
+     * directory must be readable by every rank (a shared file system). */
+    const amdim_comm *comm;
     volatile sig_atomic_t *cancel;
 } amdim_train_options;
 

@@ -142,6 +142,9 @@ typedef struct amdim_comm {
 int amdim_model_set_comm(amdim_model *m, const amdim_comm *comm);
 /* Every rank's weights, running statistics and Adam state := root's. */
 int amdim_model_bcast_state(amdim_model *m, int root);
+/* AMDIM_E_INVALID, naming the rank, unless every rank's weights and
+ * running statistics are bit for bit rank 0's (a collective). */
+int amdim_model_check_replicas(amdim_model *m);
 
 /* total = the loss terms - mix_entropy * alpha (the entropy bonus is
  * reported only: it carries no gradient, see trainer/MIXTURES.md). */

@@ -228,6 +228,36 @@ int amdim_model_bcast_state(amdim_model *m, int root)
     return amdim_model_push(m);
 }
 
+int amdim_model_check_replicas(amdim_model *m)
+{
+    const amdim_comm *c = m->comm;
+    if (!c)
+        return AMDIM_OK;
+    int rc = amdim_model_pull(m);
+    if (rc)
+        return rc;
+    /* FNV-1a over the weights' bytes, sent as four exact 16-bit pieces */
+    uint64_t h = 1469598103934665603ull;
+    const unsigned char *b = (const unsigned char *)m->weights;
+    for (size_t i = 0; i < m->arch.weights_size * sizeof(float); i++)
+        h = (h ^ b[i]) * 1099511628211ull;
+    float mine[4], *all = malloc((size_t)4 * c->size * sizeof(float));
+    if (!all)
+        return MFAIL(AMDIM_E_NOMEM, "out of memory");
+    for (int k = 0; k < 4; k++)
+        mine[k] = (float)((h >> (16 * k)) & 0xffff);
+    if ((rc = c->allgather_f32(c->ctx, mine, all, 4))) {
+        free(all);
+        return comm_fail(m, rc, "comparing the replicas");
+    }
+    for (int r = 1; r < c->size && rc == AMDIM_OK; r++)
+        if (memcmp(all, all + 4 * r, 4 * sizeof(float)) != 0)
+            rc = MFAIL(AMDIM_E_INVALID, "rank %d's weights differ from rank 0's after update %llu: the replicas diverged",
+                       r, (unsigned long long)m->updates);
+    free(all);
+    return rc;
+}
+
 /* Ranks in the model's process group (1 without one). */
 static int group_size(const amdim_model *m) { return m->comm ? m->comm->size : 1; }
 

@@ -36,9 +36,16 @@ typedef struct {
     double t0, wait0;
 } interval;
 
-static void log_interval(FILE *metrics, interval *iv, amdim_model *m, uint64_t epoch, double wait_now, int probes_only)
+static void log_interval(FILE *metrics, interval *iv, amdim_model *m, uint64_t epoch, double wait_now, int probes_only,
+                         int quiet)
 {
     double now = amdim_now(), dt = now - iv->t0;
+    if (quiet) { /* ranks other than 0: rank 0 logs the group's figures */
+        memset(iv, 0, sizeof *iv);
+        iv->t0 = now;
+        iv->wait0 = wait_now;
+        return;
+    }
     double k = iv->steps ? 1.0 / iv->steps : 0;
     double acc_m = iv->labelled ? (double)iv->correct_mlp / iv->labelled : NAN;
     double acc_l = iv->labelled ? (double)iv->correct_lin / iv->labelled : NAN;
@@ -141,6 +148,16 @@ static int take_batch(amdim_loader *l, amdim_model *m, int slot, amdim_batch *b,
     return rc ? amdim_fail(err, n, rc, "%s", amdim_model_error(m)) : AMDIM_OK;
 }
 
+/* 1 when any rank was asked to stop (a collective in a group, so every
+ * rank leaves the loop at the same step). */
+static int cancelled(const amdim_train_options *o)
+{
+    double c = o->cancel && *o->cancel;
+    if (o->comm && o->comm->allreduce_f64(o->comm->ctx, &c, 1))
+        return 1; /* the group is broken: stop, the caller reports it */
+    return c > 0;
+}
+
 int amdim_train_run(const amdim_train_options *o, char *err, size_t n)
 {
     run_plan plan;
@@ -158,6 +175,8 @@ int amdim_train_run(const amdim_train_options *o, char *err, size_t n)
         return amdim_fail(err, n, st, "attaching to amdim-load: %s", why);
     const amdim_loader_info *li = amdim_loader_get_info(l);
     amdim_model *m = NULL;
+    int rank0 = !o->comm || o->comm->rank == 0, ranks = o->comm ? o->comm->size : 1;
+    uint32_t global_batch = li->batch * (uint32_t)ranks;
     FILE *metrics = NULL;
     uint32_t registered = 0; /* rings registered with the model */
     if ((st = run_plan_configure(o, li, &plan, err, n)) || (st = run_plan_model(o, li, &plan, &m, err, n)))
@@ -182,26 +201,32 @@ int amdim_train_run(const amdim_train_options *o, char *err, size_t n)
     }
     char mpath[4300];
     snprintf(mpath, sizeof mpath, "%s/metrics.jsonl", dir);
-    metrics = fopen(mpath, resuming ? "a" : "w");
+    metrics = rank0 ? fopen(mpath, resuming ? "a" : "w") : fopen("/dev/null", "w");
     if (!metrics) {
         st = amdim_fail(err, n, AMDIM_E_IO, "cannot open %s: %s", mpath, strerror(errno));
         goto done;
     }
     static const char *objn[] = {"nce", "jsd", "dv"};
+    if (rank0 && ranks > 1)
+        fprintf(stderr, "amdim-train: %d ranks, %u pairs each of every global batch of %u; BatchNorm statistics %s\n", ranks,
+                li->batch, global_batch, o->comm->sync_bn ? "over the global batch (--sync-bn)" : "per rank");
+    if (rank0)
     fprintf(stderr, "amdim-train: %s %s: device %s %s (%d compute thread%s beside %u loader worker%s), %d px encoder ndf %d n_rkhs %d depth %d use_bn %d, objective %s, tclip %g, "
                     "%d classes, batch %u, lr %g (warm-up %d, x%g at epochs",
             resuming ? "resuming" : probes ? "classifier phase" : "run", dir, amdim_device_name(amdim_model_device(m)),
             amdim_precision_name(amdim_model_precision(m)),
             threads, threads == 1 ? "" : "s", li->workers, li->workers == 1 ? "" : "s",
             cfg->encoder_size, cfg->ndf, cfg->n_rkhs,
-            cfg->n_depth, cfg->use_bn, objn[cfg->objective], cfg->tclip, cfg->n_classes, li->batch, cfg->lr, cfg->warmup,
+            cfg->n_depth, cfg->use_bn, objn[cfg->objective], cfg->tclip, cfg->n_classes, global_batch, cfg->lr, cfg->warmup,
             cfg->lr_decay);
-    for (int i = 0; i < cfg->n_milestones; i++)
+    for (int i = 0; rank0 && i < cfg->n_milestones; i++)
         fprintf(stderr, " %d", cfg->milestones[i]);
-    fprintf(stderr, ")");
-    if (cfg->mixtures > 1)
+    if (rank0)
+        fprintf(stderr, ")");
+    if (rank0 && cfg->mixtures > 1)
         fprintf(stderr, ", mixtures %d (tau %g, entropy weight %g), probes on %s", cfg->mixtures, cfg->mix_tau,
                 cfg->mix_entropy, cfg->probe_features ? "the mixture mean" : "r1");
+    if (rank0)
     fprintf(stderr, ", seed %llu, from epoch %llu batch %llu (step %llu)%s\n", (unsigned long long)li->seed,
             (unsigned long long)li->start_epoch, (unsigned long long)li->start_batch,
             (unsigned long long)amdim_model_updates(m), ci->max_steps > 0 ? ", step-limited" : "");
@@ -209,6 +234,7 @@ int amdim_train_run(const amdim_train_options *o, char *err, size_t n)
     /* a live line with steps/s and time left, only on a terminal */
     amdim_progress live;
     amdim_progress_init(&live, stderr, "amdim-train", "steps", 0);
+    live.is_tty = live.is_tty && rank0;
     uint64_t first_step = amdim_model_updates(m), total_steps = 0;
     if (ci->max_steps >= 0)
         total_steps = (uint64_t)ci->max_steps - first_step;
@@ -228,7 +254,7 @@ int amdim_train_run(const amdim_train_options *o, char *err, size_t n)
     batch_meta cur = {0}, nxt = {0};
     int slot = 0, have_cur = 0, ended = 0;
     for (;;) {
-        if (o->cancel && *o->cancel) {
+        if (cancelled(o)) {
             st = amdim_fail(err, n, AMDIM_E_CANCELLED, "interrupted");
             break;
         }
@@ -286,7 +312,7 @@ int amdim_train_run(const amdim_train_options *o, char *err, size_t n)
         iv.nce_1t5 += s.nce_1t5, iv.nce_1t7 += s.nce_1t7, iv.nce_5t5 += s.nce_5t5, iv.reg += s.reg;
         iv.cls_mlp += s.cls_mlp, iv.cls_lin += s.cls_lin, iv.total += s.total, iv.mix_entropy += s.mix_entropy;
         iv.correct_mlp += (uint64_t)s.correct_mlp, iv.correct_lin += (uint64_t)s.correct_lin;
-        iv.labelled += (uint64_t)s.labelled, iv.pairs += pairs, iv.steps++;
+        iv.labelled += (uint64_t)s.labelled, iv.pairs += (uint64_t)pairs * (uint64_t)ranks, iv.steps++;
         uint64_t step = amdim_model_updates(m);
         int log_now = o->log_every > 0 && step % (uint64_t)o->log_every == 0;
         int ckpt_now = !last && o->ckpt_every > 0 && step % (uint64_t)o->ckpt_every == 0;
@@ -295,32 +321,41 @@ int amdim_train_run(const amdim_train_options *o, char *err, size_t n)
         else if (live.is_tty)
             amdim_progress_update(&live, step - first_step, total_steps);
         if (log_now)
-            log_interval(metrics, &iv, m, epoch, amdim_loader_wait_seconds(l), probes);
+            log_interval(metrics, &iv, m, epoch, amdim_loader_wait_seconds(l), probes, !rank0);
+        if ((last || ckpt_now) && (st = amdim_model_check_replicas(m))) {
+            amdim_fail(err, n, st, "%s", amdim_model_error(m));
+            break;
+        }
         if (last) {
             if (iv.steps)
-                log_interval(metrics, &iv, m, epoch, amdim_loader_wait_seconds(l), probes);
-            if ((st = evaluate(o, m, li->preset, metrics, epoch, err, n)))
+                log_interval(metrics, &iv, m, epoch, amdim_loader_wait_seconds(l), probes, !rank0);
+            /* rank 0 evaluates; its refreshed BatchNorm statistics go to every rank */
+            if (rank0 && (st = evaluate(o, m, li->preset, metrics, epoch, err, n)))
                 break;
-            if (save(dir, m, ci, o->keep, why, sizeof why) == AMDIM_OK)
+            if ((st = amdim_model_bcast_state(m, 0))) {
+                amdim_fail(err, n, st, "%s", amdim_model_error(m));
+                break;
+            }
+            if (!rank0 || save(dir, m, ci, o->keep, why, sizeof why) == AMDIM_OK)
                 last_ckpt = step;
         } else if (ckpt_now) {
-            if (save(dir, m, ci, o->keep, why, sizeof why) == AMDIM_OK)
+            if (!rank0 || save(dir, m, ci, o->keep, why, sizeof why) == AMDIM_OK)
                 last_ckpt = step;
         }
     }
     amdim_progress_clear(&live);
     if (iv.steps)
-        log_interval(metrics, &iv, m, epoch, amdim_loader_wait_seconds(l), probes);
+        log_interval(metrics, &iv, m, epoch, amdim_loader_wait_seconds(l), probes, !rank0);
     /* Checkpoint before the final evaluation, so a run stopped here and
      * resumed continues from exactly the state an unbroken run has. */
-    if ((st == AMDIM_OK || st == AMDIM_E_CANCELLED) && last_ckpt != amdim_model_updates(m)) {
+    if (rank0 && (st == AMDIM_OK || st == AMDIM_E_CANCELLED) && last_ckpt != amdim_model_updates(m)) {
         int s2 = save(dir, m, ci, o->keep, why, sizeof why);
         if (s2 && st == AMDIM_OK)
             st = amdim_fail(err, n, s2, "final checkpoint: %s", why);
         else if (s2 == AMDIM_OK)
             fprintf(stderr, "amdim-train: checkpoint at step %llu in %s\n", (unsigned long long)amdim_model_updates(m), dir);
     }
-    if (st == AMDIM_OK && last_ckpt != amdim_model_updates(m))
+    if (rank0 && st == AMDIM_OK && last_ckpt != amdim_model_updates(m))
         st = evaluate(o, m, li->preset, metrics, epoch, err, n);
 done:
     for (uint32_t i = 0; m && i < registered; i++) {

@@ -133,20 +133,26 @@ int run_plan_configure(const amdim_train_options *o, const amdim_loader_info *li
 {
     amdim_model_config *cfg = &p->cfg;
     amdim_checkpoint_info *ci = &p->ci;
-    int st;
-    if (o->batch && (uint32_t)o->batch != li->batch)
+    int st, size = o->comm ? o->comm->size : 1, rank = o->comm ? o->comm->rank : 0;
+    uint32_t batch = li->batch * li->shard_size; /* the global batch */
+    if ((int)li->shard_size != size || (int)li->shard_rank != rank)
+        return amdim_fail(err, n, AMDIM_E_INVALID,
+                          "amdim-load makes shard %u/%u of every batch, but this amdim-train is rank %d of %d: give "
+                          "each rank's amdim-load --shard auto (or --shard R/N with mpirun's rank and size)",
+                          li->shard_rank, li->shard_size, rank, size);
+    if (o->batch && (uint32_t)o->batch != batch)
         return amdim_fail(err, n, AMDIM_E_INVALID,
                           "amdim-train --batch %d, but amdim-load delivers batches of %u: give both the same --batch",
-                          o->batch, li->batch);
+                          o->batch, batch);
     if (li->size != 32 && li->size != 64 && li->size != 128)
         return amdim_fail(err, n, AMDIM_E_INVALID, "amdim-load makes %ux%u views; the encoders take 32, 64 or 128 px",
                           li->size, li->size);
     if (p->resuming) {
-        if (cfg->encoder_size != (int)li->size || (ci->batch && (uint32_t)ci->batch != li->batch) ||
+        if (cfg->encoder_size != (int)li->size || (ci->batch && (uint32_t)ci->batch != batch) ||
             strcmp(ci->preset, li->preset) != 0)
             return amdim_fail(err, n, AMDIM_E_INVALID,
                               "the checkpoint %s was trained on %s preset %d px views in batches of %d, but amdim-load now delivers %s %u px in batches of %u",
-                              p->ckpt, ci->preset, cfg->encoder_size, ci->batch, li->preset, li->size, li->batch);
+                              p->ckpt, ci->preset, cfg->encoder_size, ci->batch, li->preset, li->size, batch);
     } else if (p->probes) {
         amdim_checkpoint_info pi;
         char why[2048];
@@ -199,7 +205,7 @@ int run_plan_configure(const amdim_train_options *o, const amdim_loader_info *li
     if ((st = check_eval_data(o, li, err, n)))
         return st;
     snprintf(ci->preset, sizeof ci->preset, "%s", li->preset);
-    ci->batch = (int)li->batch;
+    ci->batch = (int)batch;
     ci->probes_only = p->probes;
     return AMDIM_OK;
 }
@@ -212,6 +218,11 @@ int run_plan_model(const amdim_train_options *o, const amdim_loader_info *li, ru
     int st = amdim_model_create_on(&m, &p->cfg, o->device, why, sizeof why);
     if (st)
         return amdim_fail(err, n, st, "%s", why);
+    if ((st = amdim_model_set_comm(m, o->comm))) {
+        amdim_fail(err, n, st, "%s", amdim_model_error(m));
+        amdim_model_destroy(m);
+        return st;
+    }
     amdim_precision prec = o->precision >= 0                  ? (amdim_precision)o->precision
                            : o->device == AMDIM_DEVICE_CUDA ? AMDIM_PRECISION_BF16
                                                              : AMDIM_PRECISION_FP32;
@@ -229,6 +240,9 @@ int run_plan_model(const amdim_train_options *o, const amdim_loader_info *li, ru
         if (st == AMDIM_OK && (st = amdim_model_reset_probes(m, li->seed)))
             amdim_fail(err, n, st, "%s", amdim_model_error(m));
     }
+    /* every rank starts from rank 0's state, whatever each read */
+    if (st == AMDIM_OK && (st = amdim_model_bcast_state(m, 0)))
+        amdim_fail(err, n, st, "%s", amdim_model_error(m));
     if (st) {
         amdim_model_destroy(m);
         return st;

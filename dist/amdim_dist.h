@@ -1,0 +1,30 @@
+/* amdim dist: the process group of a data-parallel run, on MPI (Open
+ * MPI's mpirun, or Slurm's srun through its MPI support). One process per
+ * rank calls amdim_dist_open - amdim-train; its amdim-load only reads the
+ * rank from the environment (--shard auto). */
+#ifndef AMDIM_DIST_H
+#define AMDIM_DIST_H
+
+#include <stddef.h>
+
+#include "amdim_trainer.h"
+
+/* 1 when this build has MPI. */
+int amdim_dist_built(void);
+
+/* The group size an MPI launcher gave this process in its environment
+ * (OMPI_COMM_WORLD_SIZE, PMIX / PMI, SLURM_NTASKS), 1 when none did. */
+int amdim_dist_launched_size(void);
+
+/* Initialises MPI (MPI_THREAD_FUNNELED) and makes *out, the group of
+ * MPI_COMM_WORLD with its collectives; sync_bn as given. */
+int amdim_dist_open(amdim_comm **out, int sync_bn, char *err, size_t n);
+
+/* MPI_Finalize. Accepts NULL. */
+void amdim_dist_close(amdim_comm *c);
+
+/* Ends every rank of the job now (MPI_Abort with `code`): for a rank that
+ * failed, so that no other rank waits for it in a collective. */
+void amdim_dist_abort(amdim_comm *c, int code);
+
+#endif

@@ -1,0 +1,144 @@
+/* The process group on MPI (see amdim_dist.h). Errors return (not abort)
+ * so each becomes a message naming the collective; buffers larger than
+ * an MPI count are moved in pieces. */
+#include "amdim_dist.h"
+
+#include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <mpi.h>
+
+typedef struct {
+    amdim_comm comm;
+    MPI_Comm world;
+    char err[MPI_MAX_ERROR_STRING + 128];
+} dist_mpi;
+
+/* Elements per MPI call: counts are int. */
+#define DIST_PIECE ((size_t)1 << 30)
+
+int amdim_dist_built(void) { return 1; }
+
+static int env_int(const char *name)
+{
+    const char *v = getenv(name);
+    if (!v || !*v)
+        return 0;
+    char *end;
+    long x = strtol(v, &end, 10);
+    return *end || x < 1 || x > INT_MAX ? 0 : (int)x;
+}
+
+int amdim_dist_launched_size(void)
+{
+    static const char *vars[] = {"OMPI_COMM_WORLD_SIZE", "PMIX_SIZE", "PMI_SIZE", "SLURM_NTASKS"};
+    for (size_t i = 0; i < sizeof vars / sizeof *vars; i++) {
+        int s = env_int(vars[i]);
+        if (s)
+            return s;
+    }
+    return 1;
+}
+
+static int fail(dist_mpi *d, int rc, const char *call)
+{
+    char s[MPI_MAX_ERROR_STRING];
+    int len = 0;
+    if (MPI_Error_string(rc, s, &len) != MPI_SUCCESS)
+        snprintf(s, sizeof s, "MPI error %d", rc);
+    snprintf(d->err, sizeof d->err, "%s: %s", call, s);
+    return AMDIM_E_IO;
+}
+
+static const char *dist_error(void *ctx) { return ((dist_mpi *)ctx)->err; }
+
+static int allreduce(void *ctx, void *buf, size_t n, MPI_Datatype type, size_t elem)
+{
+    dist_mpi *d = ctx;
+    for (size_t at = 0; at < n; at += DIST_PIECE) {
+        size_t k = n - at < DIST_PIECE ? n - at : DIST_PIECE;
+        int rc = MPI_Allreduce(MPI_IN_PLACE, (char *)buf + at * elem, (int)k, type, MPI_SUM, d->world);
+        if (rc != MPI_SUCCESS)
+            return fail(d, rc, "MPI_Allreduce");
+    }
+    return AMDIM_OK;
+}
+
+static int allreduce_f32(void *ctx, float *buf, size_t n) { return allreduce(ctx, buf, n, MPI_FLOAT, sizeof *buf); }
+static int allreduce_f64(void *ctx, double *buf, size_t n) { return allreduce(ctx, buf, n, MPI_DOUBLE, sizeof *buf); }
+
+static int allgather_f32(void *ctx, const float *send, float *recv, size_t n)
+{
+    dist_mpi *d = ctx;
+    if (n > INT_MAX) {
+        snprintf(d->err, sizeof d->err, "MPI_Allgather: %zu floats per rank is more than one call moves", n);
+        return AMDIM_E_INVALID;
+    }
+    int rc = MPI_Allgather(send, (int)n, MPI_FLOAT, recv, (int)n, MPI_FLOAT, d->world);
+    return rc == MPI_SUCCESS ? AMDIM_OK : fail(d, rc, "MPI_Allgather");
+}
+
+static int reduce_scatter_f32(void *ctx, const float *send, float *recv, size_t n)
+{
+    dist_mpi *d = ctx;
+    if (n > INT_MAX) {
+        snprintf(d->err, sizeof d->err, "MPI_Reduce_scatter_block: %zu floats per rank is more than one call moves", n);
+        return AMDIM_E_INVALID;
+    }
+    int rc = MPI_Reduce_scatter_block(send, recv, (int)n, MPI_FLOAT, MPI_SUM, d->world);
+    return rc == MPI_SUCCESS ? AMDIM_OK : fail(d, rc, "MPI_Reduce_scatter_block");
+}
+
+static int bcast_f32(void *ctx, float *buf, size_t n, int root)
+{
+    dist_mpi *d = ctx;
+    for (size_t at = 0; at < n; at += DIST_PIECE) {
+        size_t k = n - at < DIST_PIECE ? n - at : DIST_PIECE;
+        int rc = MPI_Bcast(buf + at, (int)k, MPI_FLOAT, root, d->world);
+        if (rc != MPI_SUCCESS)
+            return fail(d, rc, "MPI_Bcast");
+    }
+    return AMDIM_OK;
+}
+
+int amdim_dist_open(amdim_comm **out, int sync_bn, char *err, size_t n)
+{
+    *out = NULL;
+    int inited = 0, provided = 0, rc;
+    MPI_Initialized(&inited);
+    if (!inited && (rc = MPI_Init_thread(NULL, NULL, MPI_THREAD_FUNNELED, &provided)) != MPI_SUCCESS)
+        return amdim_fail(err, n, AMDIM_E_IO, "MPI_Init_thread failed (%d)", rc);
+    dist_mpi *d = calloc(1, sizeof *d);
+    if (!d)
+        return amdim_fail(err, n, AMDIM_E_NOMEM, "out of memory");
+    d->world = MPI_COMM_WORLD;
+    MPI_Comm_set_errhandler(d->world, MPI_ERRORS_RETURN);
+    MPI_Comm_rank(d->world, &d->comm.rank);
+    MPI_Comm_size(d->world, &d->comm.size);
+    d->comm.sync_bn = sync_bn;
+    d->comm.ctx = d;
+    d->comm.allreduce_f32 = allreduce_f32;
+    d->comm.allreduce_f64 = allreduce_f64;
+    d->comm.allgather_f32 = allgather_f32;
+    d->comm.reduce_scatter_f32 = reduce_scatter_f32;
+    d->comm.bcast_f32 = bcast_f32;
+    d->comm.error = dist_error;
+    *out = &d->comm;
+    return AMDIM_OK;
+}
+
+void amdim_dist_close(amdim_comm *c)
+{
+    if (!c)
+        return;
+    MPI_Finalize();
+    free(c->ctx);
+}
+
+void amdim_dist_abort(amdim_comm *c, int code)
+{
+    fflush(stderr);
+    MPI_Abort(c ? ((dist_mpi *)c->ctx)->world : MPI_COMM_WORLD, code);
+}

@@ -1,0 +1,34 @@
+/* The process group in a build without MPI (see amdim_dist.h): a single
+ * process only, and a clear refusal of anything more. */
+#include "amdim_dist.h"
+
+#include <stdlib.h>
+
+int amdim_dist_built(void) { return 0; }
+
+int amdim_dist_launched_size(void)
+{
+    static const char *vars[] = {"OMPI_COMM_WORLD_SIZE", "PMIX_SIZE", "PMI_SIZE", "SLURM_NTASKS"};
+    for (size_t i = 0; i < sizeof vars / sizeof *vars; i++) {
+        const char *v = getenv(vars[i]);
+        if (v && atoi(v) > 1)
+            return atoi(v);
+    }
+    return 1;
+}
+
+int amdim_dist_open(amdim_comm **out, int sync_bn, char *err, size_t n)
+{
+    (void)sync_bn;
+    *out = NULL;
+    return amdim_fail(err, n, AMDIM_E_UNSUPPORTED,
+                      "this build has no MPI (install libopenmpi-dev and rebuild) - data-parallel training needs it");
+}
+
+void amdim_dist_close(amdim_comm *c) { (void)c; }
+
+void amdim_dist_abort(amdim_comm *c, int code)
+{
+    (void)c;
+    exit(code);
+}

@@ -1,0 +1,269 @@
+/* Data parallelism on the CPU, run by mpirun -np N (tests/CMakeLists.txt):
+ * N ranks, each with its share of a global batch of 4N, against one
+ * process with the whole batch (every rank builds that reference itself).
+ * With synchronised BatchNorm they compute the same thing up to the order
+ * of summation: every loss term within 1e-5, every gradient of the first
+ * step within 1e-5 (relative: the L2 norm of the difference over that of
+ * the module's gradient; 1e-4 at steps 2 and 3, whose weights already
+ * differ), and the weights after each of 3 Adam steps (over the module's
+ * norm) within 1e-5, for the
+ * three objectives, with and without BatchNorm in the encoder; every rank
+ * holds bit-identical weights after each update (amdim_model_check_replicas).
+ * With per-rank BatchNorm (the default), on different images per rank, the
+ * replicas stay identical too (the running statistics are averaged). */
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "amdim_common.h"
+#include "amdim_dist.h"
+#include "amdim_philox.h"
+#include "amdim_trainer.h"
+#include "testutil.h"
+
+#define S 32
+#define TOL 1e-5
+
+static amdim_comm *comm;
+
+static amdim_model *make(const amdim_model_config *cfg, const amdim_comm *c)
+{
+    amdim_model *m;
+    char err[512];
+    REQUIRE(amdim_model_create(&m, cfg, err, sizeof err) == 0, "%s", err);
+    REQUIRE(amdim_model_set_comm(m, c) == 0, "%s", amdim_model_error(m));
+    return m;
+}
+
+static double max_abs(const float *a, size_t n)
+{
+    double m = 0;
+    for (size_t i = 0; i < n; i++)
+        m = fmax(m, fabs(a[i]));
+    return m;
+}
+
+static void check_stat(const char *what, double got, double want, const char *ctx)
+{
+    double rel = fabs(got - want) / fmax(fabs(want), 1e-12);
+    CHECK(rel <= TOL, "%s: %s %.9g vs one process %.9g (relative %.2g)", ctx, what, got, want, rel);
+}
+
+/* Tensors whose exact gradient is zero: a bias whose every path ends in a
+ * training-mode BatchNorm - the heads' shortcut.bias and, with use_bn, the
+ * bias of the BatchNorm layer before the last block (the last block and
+ * both heads normalise whatever it shifts). Both computations hold
+ * rounding noise there, checked to be below 1e-3 of the gradient of the
+ * weight before it in the table; Adam turns that noise into lr-sized steps
+ * of either sign, which then move the running means of the BatchNorms
+ * after them (not their outputs), so after Adam neither those biases nor
+ * any running mean are compared. */
+static int noise[512];
+
+static int is_zero_gradient(const char *name, int use_bn)
+{
+    return strcmp(name, "encoder.module.rkhs_block_5.shortcut.bias") == 0 ||
+           strcmp(name, "encoder.module.rkhs_block_7.shortcut.bias") == 0 ||
+           (use_bn && strcmp(name, "encoder.module.layer_list.4.bn.bias") == 0);
+}
+
+static double diff2(const float *a, const float *b, size_t n)
+{
+    double d = 0;
+    for (size_t k = 0; k < n; k++)
+        d += ((double)a[k] - b[k]) * ((double)a[k] - b[k]);
+    return d;
+}
+
+/* The squared norm of the gradients (or values) of p's module: the
+ * trainable tensors whose names differ from p's in the last part only
+ * (conv.weight and conv.bias; bn.weight and bn.bias). A buffer is its own
+ * module. */
+static double module_norm2(amdim_model *r, const amdim_param *p, int grads, int use_bn)
+{
+    size_t plen = (size_t)(strrchr(p->name, '.') - p->name);
+    double norm2 = 0;
+    for (int j = 0; j < amdim_model_param_count(r); j++) {
+        amdim_param q;
+        amdim_model_param(r, j, &q);
+        int same = q.data == p->data ||
+                   (!p->buffer && !q.buffer && q.used && !is_zero_gradient(q.name, use_bn) &&
+                    strncmp(q.name, p->name, plen + 1) == 0 && !strchr(q.name + plen + 1, '.'));
+        const float *v = grads ? q.grad : q.data;
+        for (size_t k = 0; same && k < q.size; k++)
+            norm2 += (double)v[k] * v[k];
+    }
+    return norm2;
+}
+
+static double compare_grads(amdim_model *d, amdim_model *r, int use_bn, double tol, const char *ctx)
+{
+    double worst = 0;
+    int n = amdim_model_param_count(r);
+    REQUIRE(n <= 512, "%d tensors", n);
+    for (int i = 0; i < n; i++) {
+        amdim_param pd, pr, prev;
+        amdim_model_param(d, i, &pd);
+        amdim_model_param(r, i, &pr);
+        if (!pr.grad || !pr.used)
+            continue;
+        if (is_zero_gradient(pr.name, use_bn)) {
+            noise[i] = 1;
+            amdim_model_param(r, i - 1, &prev);
+            double bound = 1e-3 * max_abs(prev.grad, prev.size);
+            CHECK(max_abs(pr.grad, pr.size) < bound && max_abs(pd.grad, pd.size) < bound,
+                  "%s: the gradient of %s is %.3g / %.3g, not rounding noise (below %.3g)", ctx, pr.name,
+                  max_abs(pd.grad, pd.size), max_abs(pr.grad, pr.size), bound);
+            continue;
+        }
+        /* relative to the module's gradient (weight and bias together): a
+         * bias gradient alone can be a sum that nearly cancels (the NCE
+         * scores' gradient sums to ~0 over each row) */
+        double d2 = diff2(pd.grad, pr.grad, pr.size), norm2 = module_norm2(r, &pr, 1, use_bn);
+        double rel = norm2 > 0 ? sqrt(d2 / norm2) : sqrt(d2);
+        worst = fmax(worst, rel);
+        CHECK(rel <= tol, "%s: gradient of %s differs by %.2g (relative to its module's)", ctx, pr.name, rel);
+    }
+    return worst;
+}
+
+static double compare_weights(amdim_model *d, amdim_model *r, int use_bn, const char *ctx)
+{
+    double worst = 0;
+    for (int i = 0; i < amdim_model_param_count(r); i++) {
+        amdim_param pd, pr;
+        amdim_model_param(d, i, &pd);
+        amdim_model_param(r, i, &pr);
+        if (noise[i] || pr.role == AMDIM_ROLE_BN_MEAN)
+            continue;
+        double d2 = diff2(pd.data, pr.data, pr.size), norm2 = module_norm2(r, &pr, 0, use_bn);
+        double rel = norm2 > 0 ? sqrt(d2 / norm2) : sqrt(d2);
+        worst = fmax(worst, rel);
+        CHECK(rel <= TOL, "%s: %s differs by %.2g (relative to its module's) after Adam", ctx, pr.name, rel);
+    }
+    return worst;
+}
+
+static void equivalence(int objective, int use_bn)
+{
+    int N = comm->size, B = 4, Bg = B * N;
+    amdim_model_config cfg;
+    amdim_model_config_default(&cfg, S);
+    cfg.ndf = 8, cfg.n_rkhs = 32, cfg.n_depth = 1, cfg.mlp_hidden = 16, cfg.n_classes = 5;
+    cfg.objective = objective, cfg.use_bn = use_bn, cfg.seed = 11, cfg.warmup = 0;
+    amdim_model *d = make(&cfg, comm), *r = make(&cfg, NULL);
+    size_t view = (size_t)3 * S * S;
+    float *x1 = malloc(Bg * view * 4), *x2 = malloc(Bg * view * 4);
+    float *mi = malloc((size_t)2 * Bg * cfg.n_rkhs * 4), *mh = malloc((size_t)2 * Bg * cfg.mlp_hidden * 4);
+    int32_t *labels = malloc(Bg * 4), *src5 = malloc(2 * Bg * 4);
+    REQUIRE(x1 && x2 && mi && mh && labels && src5, "out of memory");
+    char ctx[96];
+    memset(noise, 0, sizeof noise);
+    double worst_g = 0, worst_g_later = 0, worst_w = 0;
+    for (int step = 0; step < 3; step++) {
+        amdim_rng rng; /* the same global batch on every rank */
+        amdim_rng_init(&rng, 99, 7, (uint64_t)step);
+        for (size_t i = 0; i < Bg * view; i++)
+            x1[i] = amdim_rng_uniform(&rng, -2, 2), x2[i] = amdim_rng_uniform(&rng, -2, 2);
+        for (int i = 0; i < Bg; i++)
+            labels[i] = i % 3 == 1 ? -1 : (int32_t)amdim_rng_int(&rng, 0, 4);
+        for (int i = 0; i < 2 * Bg; i++)
+            src5[i] = (int32_t)amdim_rng_int(&rng, 0, 24);
+        for (size_t i = 0; i < (size_t)2 * Bg * cfg.n_rkhs; i++)
+            mi[i] = amdim_rng_uniform(&rng, 0, 1) >= 0.2f;
+        for (size_t i = 0; i < (size_t)2 * Bg * cfg.mlp_hidden; i++)
+            mh[i] = amdim_rng_uniform(&rng, 0, 1) >= 0.2f;
+        amdim_step_stats sd, sr;
+        size_t off = (size_t)comm->rank * B;
+        REQUIRE(amdim_model_forward_backward(r, x1, x2, labels, Bg, src5, mi, mh, &sr) == 0, "%s",
+                amdim_model_error(r));
+        REQUIRE(amdim_model_forward_backward(d, x1 + off * view, x2 + off * view, labels + off, B, src5, mi, mh, &sd) ==
+                    0,
+                "%s", amdim_model_error(d));
+        snprintf(ctx, sizeof ctx, "objective %d use_bn %d step %d, rank %d of %d", objective, use_bn, step, comm->rank,
+                 N);
+        check_stat("nce_1t5", sd.nce_1t5, sr.nce_1t5, ctx);
+        check_stat("nce_1t7", sd.nce_1t7, sr.nce_1t7, ctx);
+        check_stat("nce_5t5", sd.nce_5t5, sr.nce_5t5, ctx);
+        check_stat("reg", sd.reg, sr.reg, ctx);
+        check_stat("cls_mlp", sd.cls_mlp, sr.cls_mlp, ctx);
+        check_stat("cls_lin", sd.cls_lin, sr.cls_lin, ctx);
+        check_stat("total", sd.total, sr.total, ctx);
+        CHECK(sd.labelled == sr.labelled && sd.correct_mlp == sr.correct_mlp && sd.correct_lin == sr.correct_lin,
+              "%s: counts %d/%d/%d vs %d/%d/%d", ctx, sd.labelled, sd.correct_mlp, sd.correct_lin, sr.labelled,
+              sr.correct_mlp, sr.correct_lin);
+        /* the first step's gradients come from the same weights: summation
+         * order only; later ones from weights that already differ by up to
+         * ~1e-5 after Adam's per-element normalisation */
+        double g = compare_grads(d, r, use_bn, step ? 10 * TOL : TOL, ctx);
+        if (step == 0)
+            worst_g = g;
+        else
+            worst_g_later = fmax(worst_g_later, g);
+        REQUIRE(amdim_model_adam_step(d, 0) == 0 && amdim_model_adam_step(r, 0) == 0, "adam");
+        worst_w = fmax(worst_w, compare_weights(d, r, use_bn, ctx));
+        CHECK(amdim_model_check_replicas(d) == 0, "%s: %s", ctx, amdim_model_error(d));
+    }
+    if (comm->rank == 0) {
+        printf("objective %d use_bn %d, %d ranks x %d: loss terms within 1e-5 and gradients within %.2g (steps 2-3: "
+               "%.2g), weights after each of 3 Adam steps within %.2g (relative); rounding-noise gradients:",
+               objective, use_bn, N, B, worst_g, worst_g_later, worst_w);
+        for (int i = 0; i < amdim_model_param_count(r); i++)
+            if (noise[i]) {
+                amdim_param p;
+                amdim_model_param(r, i, &p);
+                printf(" %s", p.name);
+            }
+        printf("\n");
+    }
+    free(x1), free(x2), free(mi), free(mh), free(labels), free(src5);
+    amdim_model_destroy(d);
+    amdim_model_destroy(r);
+}
+
+/* Per-rank BatchNorm: each rank's statistics, running ones averaged. */
+static void per_rank_bn(void)
+{
+    int N = comm->size, B = 4;
+    comm->sync_bn = 0;
+    amdim_model_config cfg;
+    amdim_model_config_default(&cfg, S);
+    cfg.ndf = 8, cfg.n_rkhs = 32, cfg.n_depth = 1, cfg.mlp_hidden = 16, cfg.n_classes = 5, cfg.use_bn = 1;
+    amdim_model *d = make(&cfg, comm);
+    size_t nv = (size_t)B * S * S * 3;
+    uint8_t *v1 = malloc(nv), *v2 = malloc(nv);
+    int32_t labels[4] = {0, 1, -1, 3};
+    amdim_rng rng; /* each rank its own images */
+    amdim_rng_init(&rng, 5, 9, (uint64_t)comm->rank);
+    for (size_t i = 0; i < nv; i++)
+        v1[i] = (uint8_t)amdim_rng_int(&rng, 0, 255), v2[i] = (uint8_t)amdim_rng_int(&rng, 0, 255);
+    amdim_step_stats st;
+    REQUIRE(amdim_model_train_step(d, v1, v2, labels, B, 0, &st) == 0, "%s", amdim_model_error(d));
+    CHECK(isfinite(st.total), "per-rank BatchNorm: loss %g", st.total);
+    CHECK(amdim_model_check_replicas(d) == 0, "per-rank BatchNorm: %s", amdim_model_error(d));
+    REQUIRE(amdim_model_train_step(d, v1, v2, labels, B, 0, &st) == 0, "%s", amdim_model_error(d));
+    CHECK(amdim_model_check_replicas(d) == 0, "per-rank BatchNorm, step 2: %s", amdim_model_error(d));
+    if (comm->rank == 0)
+        printf("per-rank BatchNorm, %d ranks: 2 steps, loss %.6f, replicas identical\n", N, st.total);
+    free(v1), free(v2);
+    amdim_model_destroy(d);
+    comm->sync_bn = 1;
+}
+
+int main(void)
+{
+    char err[512];
+    if (!amdim_dist_built()) {
+        printf("SKIP: this build has no MPI\n");
+        return 77;
+    }
+    REQUIRE(amdim_dist_open(&comm, 1, err, sizeof err) == 0, "%s", err);
+    REQUIRE(comm->size >= 2, "run under mpirun -np 2 or more (size %d)", comm->size);
+    equivalence(AMDIM_OBJECTIVE_NCE, 1);
+    equivalence(AMDIM_OBJECTIVE_JSD, 0);
+    equivalence(AMDIM_OBJECTIVE_DV, 1);
+    per_rank_bn();
+    int rc = test_finish("test_dist_step");
+    amdim_dist_close(comm);
+    return rc;
+}
