@@ -24,42 +24,10 @@
 static const char *load_bin, *train_bin, *embed_bin;
 static char data[4200];
 
-/* 5 classes of stripe patterns, 32x32 RGB, as CIFAR-10 binary records. */
-static void make_split(const char *bin, int n, int seed)
-{
-    size_t rec = 3073;
-    uint8_t *b = malloc(rec * (size_t)n);
-    for (int i = 0; i < n; i++) {
-        int cls = (i + seed) % 5;
-        b[rec * i] = (uint8_t)cls;
-        for (int c = 0; c < 3; c++)
-            for (int y = 0; y < 32; y++)
-                for (int x = 0; x < 32; x++) {
-                    int v = cls == 0 ? x / 4 % 2 : cls == 1 ? y / 4 % 2 : cls == 2 ? (x + y) / 4 % 2 : cls == 3 ? (x / 8 + y / 8) % 2 : (x * x + y * y) / 64 % 2;
-                    b[rec * i + 1 + c * 1024 + y * 32 + x] = (uint8_t)((v ? 180 : 60) + (i * 13 + x * 7 + y * 3 + c * 5) % 23);
-                }
-    }
-    test_write_file(bin, b, rec * (size_t)n);
-    free(b);
-}
-
 static void make_data(void)
 {
     snprintf(data, sizeof data, "%s", test_path("data.lmdb"));
-    char bin[4300];
-    const char *splits[2] = {"train", "test"};
-    for (int s = 0; s < 2; s++) {
-        snprintf(bin, sizeof bin, "%s/%s.bin", test_tmpdir(), splits[s]);
-        make_split(bin, s ? 40 : 160, s);
-        amdim_pack_options o = {0};
-        o.format = AMDIM_PACK_CIFAR10;
-        o.src = bin;
-        o.out = data;
-        o.split = splits[s];
-        amdim_pack_summary sum;
-        char err[512];
-        REQUIRE(amdim_pack_run(&o, &sum, err, sizeof err) == 0, "%s", err);
-    }
+    test_make_stripes(data, 160, 40);
 }
 
 /* Runs `amdim-load LOADARGS data | amdim-train TRAINARGS`; returns

@@ -1,5 +1,5 @@
 #include "testutil.h"
-
+#include "amdim_pack.h"
 #include "amdim_philox.h"
 #include "amdim_trainer.h"
 
@@ -314,6 +314,43 @@ const char *test_file_value(const char *path, const char *key)
     }
     free(s);
     return NULL;
+}
+
+static void write_stripes(const char *bin, int n, int seed)
+{
+    size_t rec = 3073;
+    uint8_t *b = malloc(rec * (size_t)n);
+    REQUIRE(b, "out of memory");
+    for (int i = 0; i < n; i++) {
+        int cls = (i + seed) % 5;
+        b[rec * i] = (uint8_t)cls;
+        for (int c = 0; c < 3; c++)
+            for (int y = 0; y < 32; y++)
+                for (int x = 0; x < 32; x++) {
+                    int v = cls == 0 ? x / 4 % 2 : cls == 1 ? y / 4 % 2 : cls == 2 ? (x + y) / 4 % 2 : cls == 3 ? (x / 8 + y / 8) % 2 : (x * x + y * y) / 64 % 2;
+                    b[rec * i + 1 + c * 1024 + y * 32 + x] = (uint8_t)((v ? 180 : 60) + (i * 13 + x * 7 + y * 3 + c * 5) % 23);
+                }
+    }
+    test_write_file(bin, b, rec * (size_t)n);
+    free(b);
+}
+
+void test_make_stripes(const char *lmdb_path, int train, int test)
+{
+    char bin[4300];
+    const char *splits[2] = {"train", "test"};
+    for (int s = 0; s < 2; s++) {
+        snprintf(bin, sizeof bin, "%s/%s-stripes.bin", test_tmpdir(), splits[s]);
+        write_stripes(bin, s ? test : train, s);
+        amdim_pack_options o = {0};
+        o.format = AMDIM_PACK_CIFAR10;
+        o.src = bin;
+        o.out = lmdb_path;
+        o.split = splits[s];
+        amdim_pack_summary sum;
+        char err[512];
+        REQUIRE(amdim_pack_run(&o, &sum, err, sizeof err) == 0, "%s", err);
+    }
 }
 
 struct amdim_model *test_tiny_model(int use_bn, uint64_t seed)

@@ -58,6 +58,10 @@ void test_write_png(const char *path, const uint8_t *rgb, int w, int h);
  * Returns the raw wait status. */
 int test_run(char *const argv[], char **out, char **err);
 
+/* A CIFAR-10 style dataset at lmdb_path: 5 classes of stripe patterns,
+ * 32x32 RGB, `train` and `test` records in splits of those names. */
+void test_make_stripes(const char *lmdb_path, int train, int test);
+
 /* A tiny 32 px model (ndf 4, n_rkhs 32, depth 1, MLP hidden 16) for
  * checkpoint tests; exits the test on failure. */
 struct amdim_model;
