@@ -6,6 +6,7 @@
 #define AMDIM_DIST_H
 
 #include <stddef.h>
+#include <stdint.h>
 
 #include "amdim_trainer.h"
 
@@ -17,8 +18,15 @@ int amdim_dist_built(void);
 int amdim_dist_launched_size(void);
 
 /* Initialises MPI (MPI_THREAD_FUNNELED) and makes *out, the group of
- * MPI_COMM_WORLD with its collectives; sync_bn as given. */
+ * MPI_COMM_WORLD with its collectives; sync_bn as given. A watchdog
+ * thread ends this process (exit 1, with a line naming the rank and the
+ * collective) when a collective waits longer than AMDIM_COLLECTIVE_TIMEOUT
+ * seconds (default 900; 0: no watchdog) - a rank that is stopped or hung,
+ * which MPI itself does not notice; mpirun then ends every rank. */
 int amdim_dist_open(amdim_comm **out, int sync_bn, char *err, size_t n);
+
+/* Seconds this rank spent in collectives, bytes it contributed, calls. */
+void amdim_dist_stats(const amdim_comm *c, double *seconds, uint64_t *bytes, uint64_t *calls);
 
 /* MPI_Finalize. Accepts NULL. */
 void amdim_dist_close(amdim_comm *c);

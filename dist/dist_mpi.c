@@ -1,12 +1,18 @@
 /* The process group on MPI (see amdim_dist.h). Errors return (not abort)
  * so each becomes a message naming the collective; buffers larger than
- * an MPI count are moved in pieces. */
+ * an MPI count are moved in pieces. Every collective is timed, and a
+ * watchdog thread ends this process when one has waited longer than the
+ * timeout (a stopped or hung rank), so mpirun ends the job. */
 #include "amdim_dist.h"
 
 #include <limits.h>
+#include <pthread.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
+#include <unistd.h>
 
 #include <mpi.h>
 
@@ -14,7 +20,60 @@ typedef struct {
     amdim_comm comm;
     MPI_Comm world;
     char err[MPI_MAX_ERROR_STRING + 128];
+    /* time and bytes in collectives (this rank's sends) */
+    double seconds;
+    uint64_t bytes, calls;
+    /* the watchdog: the collective under way (NULL: none) and since when */
+    _Atomic(const char *) busy_call;
+    _Atomic double busy_since;
+    double timeout;
+    pthread_t watchdog;
+    int watchdog_on;
+    atomic_int stop;
 } dist_mpi;
+
+static double mono_now(void)
+{
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
+}
+
+static void enter(dist_mpi *d, const char *call)
+{
+    atomic_store(&d->busy_since, mono_now());
+    atomic_store(&d->busy_call, call);
+}
+
+static void leave(dist_mpi *d, size_t bytes)
+{
+    d->seconds += mono_now() - atomic_load(&d->busy_since);
+    d->bytes += bytes;
+    d->calls++;
+    atomic_store(&d->busy_call, (const char *)NULL);
+}
+
+/* A collective that has waited past the timeout: another rank is stopped,
+ * hung or gone without MPI noticing. Say so and exit; mpirun then ends
+ * every rank (MPI_Abort is not for a second thread under FUNNELED). */
+static void *watchdog_main(void *arg)
+{
+    dist_mpi *d = arg;
+    while (!atomic_load(&d->stop)) {
+        usleep(200000);
+        const char *call = atomic_load(&d->busy_call);
+        double waited = mono_now() - atomic_load(&d->busy_since);
+        if (call && waited > d->timeout) {
+            fprintf(stderr,
+                    "amdim-train: rank %d of %d: %s has waited %.0f s for the other ranks (AMDIM_COLLECTIVE_TIMEOUT=%g): "
+                    "one of them is stopped, hung or lost; ending this rank so that the job ends\n",
+                    d->comm.rank, d->comm.size, call, waited, d->timeout);
+            fflush(stderr);
+            _exit(1);
+        }
+    }
+    return NULL;
+}
 
 /* Elements per MPI call: counts are int. */
 #define DIST_PIECE ((size_t)1 << 30)
@@ -57,12 +116,16 @@ static const char *dist_error(void *ctx) { return ((dist_mpi *)ctx)->err; }
 static int allreduce(void *ctx, void *buf, size_t n, MPI_Datatype type, size_t elem)
 {
     dist_mpi *d = ctx;
+    enter(d, "MPI_Allreduce");
     for (size_t at = 0; at < n; at += DIST_PIECE) {
         size_t k = n - at < DIST_PIECE ? n - at : DIST_PIECE;
         int rc = MPI_Allreduce(MPI_IN_PLACE, (char *)buf + at * elem, (int)k, type, MPI_SUM, d->world);
-        if (rc != MPI_SUCCESS)
+        if (rc != MPI_SUCCESS) {
+            leave(d, 0);
             return fail(d, rc, "MPI_Allreduce");
+        }
     }
+    leave(d, n * elem);
     return AMDIM_OK;
 }
 
@@ -76,7 +139,9 @@ static int allgather_f32(void *ctx, const float *send, float *recv, size_t n)
         snprintf(d->err, sizeof d->err, "MPI_Allgather: %zu floats per rank is more than one call moves", n);
         return AMDIM_E_INVALID;
     }
+    enter(d, "MPI_Allgather");
     int rc = MPI_Allgather(send, (int)n, MPI_FLOAT, recv, (int)n, MPI_FLOAT, d->world);
+    leave(d, rc == MPI_SUCCESS ? n * sizeof(float) : 0);
     return rc == MPI_SUCCESS ? AMDIM_OK : fail(d, rc, "MPI_Allgather");
 }
 
@@ -87,19 +152,25 @@ static int reduce_scatter_f32(void *ctx, const float *send, float *recv, size_t 
         snprintf(d->err, sizeof d->err, "MPI_Reduce_scatter_block: %zu floats per rank is more than one call moves", n);
         return AMDIM_E_INVALID;
     }
+    enter(d, "MPI_Reduce_scatter_block");
     int rc = MPI_Reduce_scatter_block(send, recv, (int)n, MPI_FLOAT, MPI_SUM, d->world);
+    leave(d, rc == MPI_SUCCESS ? n * d->comm.size * sizeof(float) : 0);
     return rc == MPI_SUCCESS ? AMDIM_OK : fail(d, rc, "MPI_Reduce_scatter_block");
 }
 
 static int bcast_f32(void *ctx, float *buf, size_t n, int root)
 {
     dist_mpi *d = ctx;
+    enter(d, "MPI_Bcast");
     for (size_t at = 0; at < n; at += DIST_PIECE) {
         size_t k = n - at < DIST_PIECE ? n - at : DIST_PIECE;
         int rc = MPI_Bcast(buf + at, (int)k, MPI_FLOAT, root, d->world);
-        if (rc != MPI_SUCCESS)
+        if (rc != MPI_SUCCESS) {
+            leave(d, 0);
             return fail(d, rc, "MPI_Bcast");
+        }
     }
+    leave(d, n * sizeof(float));
     return AMDIM_OK;
 }
 
@@ -125,16 +196,44 @@ int amdim_dist_open(amdim_comm **out, int sync_bn, char *err, size_t n)
     d->comm.reduce_scatter_f32 = reduce_scatter_f32;
     d->comm.bcast_f32 = bcast_f32;
     d->comm.error = dist_error;
+    d->timeout = 900;
+    const char *t = getenv("AMDIM_COLLECTIVE_TIMEOUT");
+    if (t && *t) {
+        char *end;
+        d->timeout = strtod(t, &end);
+        if (*end || !(d->timeout >= 0)) {
+            free(d);
+            return amdim_fail(err, n, AMDIM_E_INVALID, "AMDIM_COLLECTIVE_TIMEOUT=%s: give seconds (0: no watchdog)", t);
+        }
+    }
+    if (d->timeout > 0) {
+        if (pthread_create(&d->watchdog, NULL, watchdog_main, d) != 0) {
+            free(d);
+            return amdim_fail(err, n, AMDIM_E_IO, "cannot start the collective watchdog thread");
+        }
+        d->watchdog_on = 1;
+    }
     *out = &d->comm;
     return AMDIM_OK;
+}
+
+void amdim_dist_stats(const amdim_comm *c, double *seconds, uint64_t *bytes, uint64_t *calls)
+{
+    const dist_mpi *d = c->ctx;
+    *seconds = d->seconds, *bytes = d->bytes, *calls = d->calls;
 }
 
 void amdim_dist_close(amdim_comm *c)
 {
     if (!c)
         return;
+    dist_mpi *d = c->ctx;
+    if (d->watchdog_on) {
+        atomic_store(&d->stop, 1);
+        pthread_join(d->watchdog, NULL);
+    }
     MPI_Finalize();
-    free(c->ctx);
+    free(d);
 }
 
 void amdim_dist_abort(amdim_comm *c, int code)

@@ -4,7 +4,8 @@
  *    batch 16; only rank 0 logs and writes the run;
  *  - a run resumes across rank counts (2 -> 1 and 1 -> 2), the same;
  *  - a rank's trainer killed (SIGKILL), or its loader, ends every rank
- *    within 10 s with a non-zero exit, and the message names the rank;
+ *    within 10 s with a non-zero exit, and the message names the rank; a
+ *    stopped rank (SIGSTOP) too, through the collective watchdog;
  *  - loaders that do not shard, and --sync-bn without a group, are refused.
  * Arguments: amdim-load, amdim-train, mpirun. */
 #include <math.h>
@@ -165,6 +166,23 @@ int main(int argc, char **argv)
     CHECK(rc != 0 && took < 10 && strstr(e, "rank 1 of 2: training failed"),
           "a killed loader: mpirun exit %d, %.1f s after the kill, the message must name rank 1\n%s", rc, took, e);
     printf("rank 1's loader killed: mpirun exit %d, every rank gone %.2f s later\n", rc, took);
+    free(at), free(e);
+
+    /* a rank stopped (SIGSTOP): MPI does not notice; the other rank's
+     * collective watchdog ends it after AMDIM_COLLECTIVE_TIMEOUT, then mpirun
+     * ends the job */
+    snprintf(cmd, sizeof cmd,
+             "export AMDIM_COLLECTIVE_TIMEOUT=3; $L 2>/dev/null | $T & p=$!; if [ \"$OMPI_COMM_WORLD_RANK\" = 1 ]; "
+             "then sleep 2; date +%%s.%%N > %s; kill -STOP $p; fi; wait $p",
+             stamp);
+    snprintf(targs, sizeof targs, "--out %s " MODEL " --steps 1000000", test_path("stopped"));
+    rc = mpi(2, "--batch 16 --shard auto", targs, cmd, &e);
+    ended = wall_now();
+    at = test_read_file(stamp, NULL);
+    took = ended - strtod(at, NULL);
+    CHECK(rc != 0 && took < 10 && strstr(e, "rank 0 of 2: MPI_") && strstr(e, "has waited"),
+          "a stopped rank: mpirun exit %d, %.1f s after the stop, rank 0's watchdog must name itself\n%s", rc, took, e);
+    printf("rank 1's trainer stopped: mpirun exit %d, every rank gone %.2f s later (collective timeout 3 s)\n", rc, took);
     free(at), free(e);
 
     /* loaders that do not shard the batch */

@@ -206,7 +206,16 @@ int main(int argc, char **argv)
     sigaction(SIGINT, &sa, NULL);
     sigaction(SIGTERM, &sa, NULL);
     o.cancel = &g_cancel;
+    double t0 = amdim_now();
     int st = amdim_train_run(&o, err, sizeof err);
+    if (o.comm && comm->rank == 0) {
+        double secs;
+        uint64_t bytes, calls;
+        amdim_dist_stats(comm, &secs, &bytes, &calls);
+        double wall = amdim_now() - t0;
+        fprintf(stderr, "amdim-train: rank 0 of %d: %.2f s in %llu collectives (%.1f %% of %.1f s), %.1f MB sent\n",
+                comm->size, secs, (unsigned long long)calls, wall > 0 ? 100 * secs / wall : 0, wall, bytes / 1e6);
+    }
     if (st) {
         int code = st == AMDIM_E_CANCELLED ? 130 : 1;
         if (o.comm && st != AMDIM_E_CANCELLED) { /* end every rank now: none may wait for this one in a collective */
