@@ -5,7 +5,9 @@
  * logits, every gradient), then 3 training steps on uint8 views (losses,
  * weights, Adam moments, BatchNorm running statistics), a BatchNorm
  * refresh and an evaluation. fp32 on both sides; different summation
- * orders allow 2e-3 relative (floor 1e-2 of the tensor's largest value). */
+ * orders allow 2e-3 relative (floor 1e-2 of the tensor's largest value).
+ * With --quick: the BatchNorm configuration only, with 2 training steps
+ * (what tools/gpu-check.sh runs under compute-sanitizer racecheck). */
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -14,6 +16,7 @@
 #include "testutil.h"
 
 static amdim_rng rng;
+static int train_steps = 3;
 
 static void compare(const char *cfgname, const char *what, const float *gpu, const float *ref, size_t n)
 {
@@ -153,8 +156,8 @@ static void run(const char *name, int size, int ndf, int n_rkhs, int depth, int 
     free(g1);
     /* keep the CPU model in step (BatchNorm running statistics moved again) */
     REQUIRE(amdim_model_forward_backward(cm, x1, x2, labels, B, src5, mi, mh, &sc) == 0, "%s", amdim_model_error(cm));
-    /* three training steps on uint8 views */
-    for (int s = 0; s < 3; s++) {
+    /* training steps on uint8 views */
+    for (int s = 0; s < train_steps; s++) {
         REQUIRE(amdim_model_train_step(cm, u1, u2, labels, B, 0, &sc) == 0, "%s", amdim_model_error(cm));
         REQUIRE(amdim_model_train_step(gm, u1, u2, labels, B, 0, &sg) == 0, "%s", amdim_model_error(gm));
         compare_stats(name, &sg, &sc);
@@ -175,14 +178,24 @@ static void run(const char *name, int size, int ndf, int n_rkhs, int depth, int 
     amdim_model_destroy(gm);
 }
 
-int main(void)
+int main(int argc, char **argv)
 {
+    int quick = argc > 1 && strcmp(argv[1], "--quick") == 0;
+    if (argc > 1 && !quick) {
+        fprintf(stderr, "usage: test_cuda_model [--quick]\n");
+        return 2;
+    }
     char why[256];
     if (!amdim_cuda_available(why, sizeof why)) {
         printf("test_cuda_model: skipped: %s\n", why);
         return TEST_SKIP;
     }
     amdim_rng_init(&rng, 5, 2, 0);
+    if (quick) {
+        train_steps = 2;
+        run("32 px, BatchNorm", 32, 8, 32, 2, 1, AMDIM_OBJECTIVE_NCE);
+        return test_finish("test_cuda_model --quick");
+    }
     run("32 px", 32, 8, 32, 2, 0, AMDIM_OBJECTIVE_NCE);
     run("32 px, BatchNorm", 32, 8, 32, 2, 1, AMDIM_OBJECTIVE_NCE);
     run("32 px, JSD", 32, 4, 16, 1, 0, AMDIM_OBJECTIVE_JSD);

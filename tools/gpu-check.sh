@@ -14,26 +14,29 @@
 #           test_cuda_bf16 (bf16 mode within stated tolerances),
 #           test_model_staging_cuda (the copy-stream input double buffer)
 #         3 compute-sanitizer memcheck of test_cuda_kernels
-#         4 bench_trainer --device cuda (bf16 mode): validates one step
+#         4 compute-sanitizer racecheck (shared-memory hazards) of
+#           test_cuda_model --quick (one tiny configuration, two steps)
+#         5 bench_trainer --device cuda (bf16 mode): validates one step
 #           against the CPU (fp32 1e-3, bf16 3e-2), measures the bf16 and
 #           fp32 cublasGemmEx rates, then CIFAR small, STL-10 and
 #           ImageNet-small at batch 480: pairs/s, TFLOP/s, MFU against both
 #           rates, device memory in use, stage tables
-#         5 bench/torch_amdim.py (3 configs)
-#         6 end to end: a synthetic 500x375 JPEG corpus made there
+#         6 bench/torch_amdim.py (3 configs)
+#         7 end to end: a synthetic 500x375 JPEG corpus made there
 #           (bench/make_synth_corpus), amdim-pack, then amdim-load --workers 15
 #           --batch 480 | amdim-train --device cuda (bf16) at ImageNet-small
 #           for 12 steps; pairs/s and the data-wait fraction from
 #           metrics.jsonl, intervals after the warm-up one
 #       and writes OUTDIR/summary.txt (one line per stage) plus 7 logs
-#       (env, build, gpu-tests, memcheck, bench-trainer, torch-bench, e2e).
+#       (env, build, gpu-tests, sanitizer (memcheck then racecheck),
+#       bench-trainer, torch-bench, e2e): 8 files.
 #
 # A stage that finds no GPU (or no tool) is SKIPPED with the reason, so the
-# script can be rehearsed on a machine without one (without a GPU stage 6
+# script can be rehearsed on a machine without one (without a GPU stage 7
 # makes and packs a 960-image corpus, then skips). The limits (seconds,
 # each with a 5 s kill grace) add up to under 9 minutes; override them with
-# AMDIM_GC_LIMITS="build tests memcheck bench torch e2e" (default
-# "170 60 45 90 55 80").
+# AMDIM_GC_LIMITS="build tests memcheck racecheck bench torch e2e" (default
+# "155 60 35 40 85 50 75").
 set -uo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD
@@ -184,7 +187,18 @@ memcheck() {
     "$cs" --tool memcheck --error-exitcode 1 "$root/$build/tests/test_cuda_kernels"
 }
 
-# 4: our trainer on the GPU
+# 4: compute-sanitizer racecheck (shared-memory hazards: the block reductions)
+# on two training steps of one tiny model
+racecheck() {
+    why=$(gpu_probe) || skip "no GPU ($why)"
+    local cs t=$root/$build/tests/test_cuda_model
+    cs=$(command -v compute-sanitizer || echo /usr/local/cuda/bin/compute-sanitizer)
+    [ -x "$cs" ] || skip "compute-sanitizer not found"
+    [ -x "$t" ] || skip "test_cuda_model not built"
+    "$cs" --tool racecheck --error-exitcode 1 "$t" --quick
+}
+
+# 5: our trainer on the GPU
 bench_ours() {
     local b=$root/$build/bench/bench_trainer
     [ -x "$b" ] || skip "bench_trainer not built"
@@ -194,7 +208,7 @@ bench_ours() {
     "$b" --device cuda --precision bf16 --steps 3 --warmup 1
 }
 
-# 5: the PyTorch peer on the three published configs
+# 6: the PyTorch peer on the three published configs
 bench_torch() {
     python3 -c 'import torch' 2>/dev/null || skip "python3 cannot import torch"
     python3 -c 'import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)' ||
@@ -206,7 +220,7 @@ bench_torch() {
     return $rc
 }
 
-# 6: amdim-load | amdim-train --device cuda at ImageNet-small on a corpus made here
+# 7: amdim-load | amdim-train --device cuda at ImageNet-small on a corpus made here
 end_to_end() {
     local b=$root/$build t
     for t in bench/make_synth_corpus amdim-pack amdim-load amdim-train; do
@@ -257,14 +271,19 @@ if [ "${1:-}" = "--stage" ]; then
     "$2"
     exit $?
 fi
-[ $# -eq 1 ] && [ "${1#-}" = "$1" ] || { sed -n '2,36p' "$0"; exit 2; }
+[ $# -eq 1 ] && [ "${1#-}" = "$1" ] || { sed -n '2,39p' "$0"; exit 2; }
 
 out=$1
 mkdir -p "$out" || die "cannot create $out"
 out=$(cd "$out" && pwd)
 summary=$out/summary.txt
 : >"$summary"
-read -r lim_build lim_tests lim_memcheck lim_bench lim_torch lim_e2e <<<"${AMDIM_GC_LIMITS:-170 60 45 90 55 80}"
+read -r lim_build lim_tests lim_memcheck lim_racecheck lim_bench lim_torch lim_e2e \
+    <<<"${AMDIM_GC_LIMITS:-155 60 35 40 85 50 75}"
+# the logs of this run start empty (two stages may share one)
+for log in build gpu-tests sanitizer bench-trainer torch-bench e2e; do
+    : >"$out/$log.log"
+done
 
 # stage NAME LIMIT_S LOG FUNCTION: runs FUNCTION under timeout, appends to LOG, records
 # PASS / FAIL / SKIP (exit 77, the log's last line is the reason) / TIMEOUT.
@@ -272,7 +291,7 @@ stage() {
     local name=$1 limit=$2 log=$3
     shift 3
     local t0=$SECONDS rc
-    echo "== $name: $*" >"$out/$log"
+    echo "== $name: $*" >>"$out/$log"
     AMDIM_GC_LIMIT=$limit timeout --kill-after=5 "$limit" bash "$root/tools/gpu-check.sh" --stage "$1" "$out" \
         >>"$out/$log" 2>&1
     rc=$?
@@ -302,7 +321,8 @@ stage() {
 
 stage "build" "$lim_build" build.log build_all
 stage "ctest -L gpu" "$lim_tests" gpu-tests.log gpu_tests
-stage "compute-sanitizer memcheck" "$lim_memcheck" memcheck.log memcheck
+stage "compute-sanitizer memcheck" "$lim_memcheck" sanitizer.log memcheck
+stage "compute-sanitizer racecheck" "$lim_racecheck" sanitizer.log racecheck
 stage "bench_trainer --device cuda" "$lim_bench" bench-trainer.log bench_ours
 stage "torch_amdim.py (3 configs)" "$lim_torch" torch-bench.log bench_torch
 stage "end to end load | train" "$lim_e2e" e2e.log end_to_end
