@@ -274,7 +274,8 @@ static void test_classifier(int n, int K)
     float *dl = up(l, (size_t)n * K * 4), *dd = dev((size_t)n * K * 4);
     int32_t *dlab = up(labels, n * sizeof *labels);
     double *drows = dev(3 * (size_t)n * sizeof(double)), *rows = malloc(3 * (size_t)n * sizeof(double));
-    OK(classifier_loss_cuda(&ctx, dl, n, K, dlab, valid ? 1.0 / valid : 0.0, 0.75f, dd, drows));
+    double inv_valid = valid ? 1.0 / valid : 0.0, *dinv = up(&inv_valid, sizeof inv_valid);
+    OK(classifier_loss_cuda(&ctx, dl, n, K, dlab, dinv, 0.75f, dd, drows));
     float *got = down(dd, (size_t)n * K);
     REQUIRE(cudaMemcpy(rows, drows, 3 * (size_t)n * sizeof(double), cudaMemcpyDeviceToHost) == cudaSuccess, "copy");
     double xent = 0, reg = 0;
@@ -380,7 +381,8 @@ static void test_adam_layout(void)
         rw[i] = amdim_adam_element(w[i], g[i], &rm[i], &rv[i], &h);
     float *dw = up(w, n * 4), *dg = up(g, n * 4), *dm = up(m, n * 4), *dv = up(v, n * 4);
     uint16_t *db = dev(n * 2), *hb = malloc(n * 2);
-    OK(adam_cuda(&ctx, dw, dg, dm, dv, n, &h, db));
+    amdim_adam_hparams *dh = up(&h, sizeof h); /* the kernel reads them from the device */
+    OK(adam_cuda(&ctx, dw, dg, dm, dv, n, dh, db));
     float *gw = down(dw, n), *gm = down(dm, n), *gv = down(dv, n);
     REQUIRE(cudaMemcpy(hb, db, n * 2, cudaMemcpyDeviceToHost) == cudaSuccess, "copy");
     compare("adam w", gw, rw, n);

@@ -12,7 +12,8 @@
 #         1 build
 #         2 ctest -L gpu: test_cuda_kernels, test_cuda_model (fp32 parity),
 #           test_cuda_bf16 (bf16 mode within stated tolerances),
-#           test_model_staging_cuda (the copy-stream input double buffer)
+#           test_model_staging_cuda (the copy-stream input double buffer),
+#           test_cuda_graphs (graph replay bit-identical to eager steps)
 #         3 compute-sanitizer memcheck of test_cuda_kernels
 #         4 compute-sanitizer racecheck (shared-memory hazards) of
 #           test_cuda_model --quick (one tiny configuration, two steps)
@@ -271,7 +272,7 @@ if [ "${1:-}" = "--stage" ]; then
     "$2"
     exit $?
 fi
-[ $# -eq 1 ] && [ "${1#-}" = "$1" ] || { sed -n '2,39p' "$0"; exit 2; }
+[ $# -eq 1 ] && [ "${1#-}" = "$1" ] || { sed -n '2,40p' "$0"; exit 2; }
 
 out=$1
 mkdir -p "$out" || die "cannot create $out"

@@ -3,9 +3,10 @@
 
 #include "launch.cuh"
 
-__global__ void adam_kernel(float *w, const float *g, float *m, float *v, size_t n, amdim_adam_hparams h,
+__global__ void adam_kernel(float *w, const float *g, float *m, float *v, size_t n, const amdim_adam_hparams *hp,
                             uint16_t *bf16)
 {
+    amdim_adam_hparams h = *hp;
     GRID_STRIDE(i, n)
     {
         float mi = m[i], vi = v[i];
@@ -21,6 +22,6 @@ __global__ void adam_kernel(float *w, const float *g, float *m, float *v, size_t
 extern "C" int adam_cuda(const amdim_cuda_ctx *c, float *w, const float *g, float *m, float *v, size_t n,
                          const amdim_adam_hparams *h, uint16_t *bf16)
 {
-    adam_kernel<<<grid_for(n), AMDIM_THREADS, 0, c->stream>>>(w, g, m, v, n, *h, bf16);
+    adam_kernel<<<grid_for(n), AMDIM_THREADS, 0, c->stream>>>(w, g, m, v, n, h, bf16);
     return launch_check(c, "adam_cuda");
 }

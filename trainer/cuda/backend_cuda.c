@@ -12,6 +12,20 @@
  * a step computes (stage_input; events order the two). Every backend
  * function ends with a compute-stream synchronisation that turns any
  * asynchronous failure into a status.
+ *
+ * CUDA graphs (graph_run): the device work of forward_backward once its
+ * inputs are on the device (normalised views, labels, draws), and that of
+ * adam, are captured from the compute stream on their second run with a
+ * given activation arena (batch size) and precision, and replayed after.
+ * The inputs, the input slots' events and the statistics' copy back stay
+ * outside the graphs (eager, before and after the replay), so one graph
+ * serves both input slots and unstaged inputs; the per-step scalars the
+ * kernels need (1 / labelled rows, Adam's learning rate and bias
+ * corrections) are read from a small device buffer written before each
+ * step. cuBLAS has a fixed workspace (cublasSetWorkspace), cuDNN its one
+ * workspace and algorithms found in the eager warm-up. A failed capture
+ * warns once and leaves the model eager; AMDIM_CUDA_GRAPHS=0 turns graphs
+ * off, and profiling (which synchronises per stage) runs eagerly.
  * Every CUDA / cuBLAS / cuDNN status is checked and named in m->err. */
 #include <stdio.h>
 #include <stdlib.h>
@@ -21,6 +35,7 @@
 #include <cuda_runtime_api.h>
 
 #include "../backend.h"
+#include "backend_cuda.h"
 #include "conv.h"
 #include "kernels.h"
 #include "plan.h"
@@ -31,6 +46,14 @@ _Static_assert((int)AMDIM_CUDA_NCE == (int)AMDIM_OBJECTIVE_NCE && (int)AMDIM_CUD
 _Static_assert((int)AMDIM_CUDA_E_DEVICE == (int)AMDIM_E_IO, "kernels.h device status");
 
 #define CUDNN_WORKSPACE_BYTES ((size_t)256 << 20)
+#define BLAS_WORKSPACE_BYTES ((size_t)32 << 20) /* cuBLAS's own (cublasSetWorkspace): none allocated in a capture */
+
+/* The per-step scalars kernels read from device memory, written before
+ * each step (outside any graph) so that a replayed graph uses this step's. */
+typedef struct {
+    double inv_valid;        /* the probes' loss: 1 / labelled rows (0: none) */
+    amdim_adam_hparams adam; /* this update's learning rate and bias corrections */
+} step_scalars;
 
 typedef struct {
     cudaStream_t stream; /* compute */
@@ -51,6 +74,16 @@ typedef struct {
     float *act;    /* activation arena (plan.total floats) for plan.batch */
     double *stats; /* host copy of the plan's stats */
     int32_t *labels2;
+    step_scalars *scalars; /* device */
+    void *blas_ws;         /* cuBLAS workspace, BLAS_WORKSPACE_BYTES */
+    /* CUDA graphs (graph_run): the device work of forward_backward after
+     * its inputs (valid for plan.batch and the arena act), and of adam for
+     * probes_only 0 / 1. warm: that work ran eagerly since the buffers or
+     * the precision last changed. graphs_failed: a capture failed, the
+     * warning was printed, everything runs eagerly from then on. */
+    cudaGraphExec_t fb_graph, adam_graph[2];
+    int fb_warm, adam_warm[2], graphs_failed;
+    unsigned long graph_captures, graph_launches;
 } cuda_state;
 
 #define MFAIL(st, ...) AMDIM_MFAIL(m, (st), __VA_ARGS__)
@@ -193,6 +226,83 @@ static int bn_forward(amdim_model *m, amdim_bn_ref r, const float *x, size_t n, 
     return batchnorm_forward_eval_cuda(X(m), x, n, C, &p, y);
 }
 
+/* ---- CUDA graphs ------------------------------------------------------------- */
+
+/* Graphs are used unless AMDIM_CUDA_GRAPHS=0 (read at every step, so it
+ * can be switched either way), a capture failed, or the model profiles
+ * (each stage then synchronises, which a capture cannot hold). */
+static int graphs_on(const amdim_model *m)
+{
+    const char *e = getenv("AMDIM_CUDA_GRAPHS");
+    return !CS(m)->graphs_failed && !m->profile && !(e && strcmp(e, "0") == 0);
+}
+
+static void drop_graph(cudaGraphExec_t *g, int *warm)
+{
+    if (*g)
+        cudaGraphExecDestroy(*g);
+    *g = NULL;
+    *warm = 0;
+}
+
+/* Captures body(m, arg) on the compute stream into *exec. Nothing runs:
+ * on failure (status with the call in m->err) the stream is out of
+ * capture and body may be run eagerly. */
+static int capture(amdim_model *m, cudaGraphExec_t *exec, int (*body)(amdim_model *, int), int arg)
+{
+    cuda_state *c = m->bs;
+    cudaGraph_t g = NULL;
+    cudaError_t e = cudaStreamBeginCapture(c->stream, cudaStreamCaptureModeThreadLocal);
+    int rc = e == cudaSuccess ? body(m, arg) : cuda_fail(m, e, "cudaStreamBeginCapture");
+    if (e == cudaSuccess) {
+        e = cudaStreamEndCapture(c->stream, &g); /* always, even after a failure: leaves capture mode */
+        if (rc == AMDIM_OK && e != cudaSuccess)
+            rc = cuda_fail(m, e, "cudaStreamEndCapture");
+    }
+    if (rc == AMDIM_OK && (e = cudaGraphInstantiate(exec, g, 0)) != cudaSuccess) {
+        *exec = NULL;
+        rc = cuda_fail(m, e, "cudaGraphInstantiate");
+    }
+    if (g)
+        cudaGraphDestroy(g);
+    if (rc)
+        (void)cudaGetLastError(); /* the capture's error must not surface in a later call */
+    else
+        c->graph_captures++;
+    return rc;
+}
+
+/* Runs body(m, arg), device work on the compute stream with no host
+ * synchronisation and no host-varying launch arguments (per-step values
+ * are read from device buffers written before): eagerly the first time
+ * after *warm was cleared (the warm-up: cuDNN's algorithm searches, lazy
+ * kernel loading), captured into *exec the next time, then replayed. A
+ * failed capture prints one warning and leaves graphs off for the model;
+ * the work then runs eagerly (never an error of its own). */
+static int graph_run(amdim_model *m, cudaGraphExec_t *exec, int *warm, int (*body)(amdim_model *, int), int arg)
+{
+    cuda_state *c = m->bs;
+    if (!graphs_on(m) || (!*exec && !*warm)) {
+        TRY(body(m, arg));
+        *warm = 1;
+        return AMDIM_OK;
+    }
+    if (!*exec && capture(m, exec, body, arg)) {
+        fprintf(stderr, "amdim: warning: CUDA graphs off for this model, steps run eagerly (%s)\n", m->err);
+        c->graphs_failed = 1;
+        return body(m, arg);
+    }
+    CU(cudaGraphLaunch(*exec, c->stream), "cudaGraphLaunch");
+    c->graph_launches++;
+    return AMDIM_OK;
+}
+
+void amdim_cuda_graph_counts(const amdim_model *m, unsigned long *captures, unsigned long *launches)
+{
+    *captures = CS(m)->graph_captures;
+    *launches = CS(m)->graph_launches;
+}
+
 /* ---- buffers ------------------------------------------------------------------ */
 
 static int ensure_buffers(amdim_model *m, int B)
@@ -201,6 +311,7 @@ static int ensure_buffers(amdim_model *m, int B)
     if (c->plan.batch == B)
         return AMDIM_OK;
     m->batch = 0; /* the outputs of the last training step go with the old arena */
+    drop_graph(&c->fb_graph, &c->fb_warm); /* so does the step's graph */
     cudaFree(c->act);
     c->act = NULL;
     amdim_cuda_plan_free(&c->plan);
@@ -454,7 +565,8 @@ static double *cls_rows(const amdim_model *m, int h)
     return (double *)(void *)A(m, P->stats) + AMDIM_CUDA_STATS_CLS * (size_t)P->batch + (size_t)h * 6 * P->batch;
 }
 
-static int probes_backward(amdim_model *m, int n, double inv_valid)
+/* inv_valid: one double in device memory */
+static int probes_backward(amdim_model *m, int n, const double *inv_valid)
 {
     const amdim_cuda_plan *P = &CS(m)->plan;
     const amdim_probes *p = &m->arch.probes;
@@ -476,7 +588,8 @@ static int probes_backward(amdim_model *m, int n, double inv_valid)
                            G(m, p->lin_b));
 }
 
-/* Labels of both views and the step's draws to the device; the labelled count. */
+/* Labels of both views and the step's draws to the device; when labelled
+ * is given, the labelled count, and its inverse to the device scalars. */
 static int upload_step(amdim_model *m, int B, int rows, const int32_t *labels, const amdim_step_draws *d,
                        int *labelled)
 {
@@ -490,8 +603,11 @@ static int upload_step(amdim_model *m, int B, int rows, const int32_t *labels, c
         }
         TRY(copy(m, A(m, P->labels2), c->labels2, (size_t)rows * sizeof(int32_t), cudaMemcpyHostToDevice));
     }
-    if (labelled)
+    if (labelled) {
+        double inv_valid = valid ? 1.0 / valid : 0.0;
         *labelled = valid;
+        TRY(copy(m, &c->scalars->inv_valid, &inv_valid, sizeof inv_valid, cudaMemcpyHostToDevice));
+    }
     if (d->src5)
         TRY(copy(m, A(m, P->src5), d->src5, (size_t)rows * sizeof(int32_t), cudaMemcpyHostToDevice));
     if (d->mask_in)
@@ -530,15 +646,15 @@ static void cls_stats(amdim_model *m, int n, int valid, amdim_step_stats *st)
     st->labelled = valid;
 }
 
-static int probes_train(amdim_model *m, int B, int valid)
+/* The probes on the 2B rows of feat, forward and backward (upload_step wrote inv_valid). */
+static int probes_train(amdim_model *m, int B)
 {
-    double inv_valid = valid ? 1.0 / valid : 0.0;
     int stage = m->arch.nlayers + AMDIM_STAGE_PROBES_OFFSET;
     double t0 = now_if(m);
     TRY(probes_forward(m, 2 * B, 1));
     prof(m, stage, 0, t0, B);
     t0 = now_if(m);
-    TRY(probes_backward(m, 2 * B, inv_valid));
+    TRY(probes_backward(m, 2 * B, &CS(m)->scalars->inv_valid));
     prof(m, stage, 1, t0, B);
     return AMDIM_OK;
 }
@@ -740,6 +856,10 @@ static int cuda_set_precision(amdim_model *m, int bf16)
         return MFAIL(AMDIM_E_IO, "cublasSetMathMode(): %s", cublasGetStatusString(st));
     amdim_conv_set_tensor_ops(&c->conv, bf16);
     c->bf16 = bf16;
+    /* other GEMM kernels and convolution algorithms: capture again after a warm-up */
+    drop_graph(&c->fb_graph, &c->fb_warm);
+    for (int i = 0; i < 2; i++)
+        drop_graph(&c->adam_graph[i], &c->adam_warm[i]);
     return AMDIM_OK;
 }
 
@@ -752,6 +872,9 @@ static void cuda_close(amdim_model *m)
         cudaStreamSynchronize(c->stream);
     if (c->copy)
         cudaStreamSynchronize(c->copy);
+    drop_graph(&c->fb_graph, &c->fb_warm);
+    for (int i = 0; i < 2; i++)
+        drop_graph(&c->adam_graph[i], &c->adam_warm[i]);
     for (int i = 0; i < 2; i++) {
         cudaFree(c->input[i]);
         if (c->copied[i])
@@ -764,6 +887,8 @@ static void cuda_close(amdim_model *m)
     amdim_conv_close(&c->conv);
     if (c->blas)
         cublasDestroy(c->blas);
+    cudaFree(c->blas_ws);
+    cudaFree(c->scalars);
     if (c->stream)
         cudaStreamDestroy(c->stream);
     if (c->copy)
@@ -798,10 +923,23 @@ static int cuda_open(amdim_model *m)
         bs = cublasSetMathMode(c->blas, CUBLAS_PEDANTIC_MATH);
     if (bs != CUBLAS_STATUS_SUCCESS)
         return MFAIL(AMDIM_E_IO, "cublasCreate(): %s", cublasGetStatusString(bs));
+    /* after cublasSetStream (which resets it): eager and captured GEMMs see the same workspace */
+    cudaError_t e = cudaMalloc(&c->blas_ws, BLAS_WORKSPACE_BYTES);
+    if (e != cudaSuccess) {
+        c->blas_ws = NULL;
+        return cuda_fail(m, e, "cudaMalloc (cuBLAS workspace)");
+    }
+    bs = cublasSetWorkspace(c->blas, c->blas_ws, BLAS_WORKSPACE_BYTES);
+    if (bs != CUBLAS_STATUS_SUCCESS)
+        return MFAIL(AMDIM_E_IO, "cublasSetWorkspace(): %s", cublasGetStatusString(bs));
+    if ((e = cudaMalloc((void **)&c->scalars, sizeof *c->scalars)) != cudaSuccess) {
+        c->scalars = NULL;
+        return cuda_fail(m, e, "cudaMalloc (step scalars)");
+    }
     TRY(amdim_conv_open(&c->conv, c->stream, CUDNN_WORKSPACE_BYTES, m->err, sizeof m->err));
     if (amdim_cuda_param_plan_build(&c->pp, &m->arch))
         return MFAIL(AMDIM_E_NOMEM, "out of memory (parameter plan)");
-    cudaError_t e = cudaMalloc((void **)&c->params, c->pp.total * sizeof(float));
+    e = cudaMalloc((void **)&c->params, c->pp.total * sizeof(float));
     if (e != cudaSuccess) {
         c->params = NULL;
         return MFAIL(AMDIM_E_NOMEM, "cudaMalloc(%zu MiB of parameters): %s", c->pp.total * sizeof(float) >> 20,
@@ -810,17 +948,14 @@ static int cuda_open(amdim_model *m)
     return cuda_push(m);
 }
 
-static int cuda_forward_backward(amdim_model *m, const amdim_step_input *in, const amdim_step_draws *d,
-                                 amdim_step_stats *st)
+/* A training step's device work once its inputs (x, labels, draws, device
+ * scalars) are in place: gradients zeroed, both views forward, the
+ * objective, the probes, both views backward. What the step's graph holds. */
+static int forward_backward_body(amdim_model *m, int B)
 {
-    int B = in->batch, valid;
-    TRY(ensure_buffers(m, B));
     TRY(zero(m, CS(m)->params + CS(m)->pp.grads, m->arch.grads_size * sizeof(float)));
-    TRY(upload_step(m, B, 2 * B, in->labels, d, &valid));
-    for (int v = 0; v < 2; v++) {
-        TRY(load_input(m, in, v));
+    for (int v = 0; v < 2; v++)
         TRY(encoder_forward(m, v, B, 1, 1));
-    }
     int stage = m->arch.nlayers + AMDIM_STAGE_OBJECTIVE_OFFSET;
     double t0 = now_if(m);
     TRY(objectives(m, B));
@@ -828,9 +963,24 @@ static int cuda_forward_backward(amdim_model *m, const amdim_step_input *in, con
     prof(m, stage, 1, amdim_now(), B); /* the backward FLOPs; its time is in the forward's */
     TRY(gather_r1(m, 0, B));
     TRY(gather_r1(m, 1, B));
-    TRY(probes_train(m, B, valid));
+    TRY(probes_train(m, B));
     for (int v = 0; v < 2; v++)
         TRY(encoder_backward(m, v, B));
+    return AMDIM_OK;
+}
+
+/* Inputs first (eager: host copies, the staged slot's events), then the
+ * body (a graph after the warm-up), then the statistics to the host. */
+static int cuda_forward_backward(amdim_model *m, const amdim_step_input *in, const amdim_step_draws *d,
+                                 amdim_step_stats *st)
+{
+    cuda_state *c = m->bs;
+    int B = in->batch, valid;
+    TRY(ensure_buffers(m, B));
+    TRY(upload_step(m, B, 2 * B, in->labels, d, &valid));
+    for (int v = 0; v < 2; v++)
+        TRY(load_input(m, in, v));
+    TRY(graph_run(m, &c->fb_graph, &c->fb_warm, forward_backward_body, B));
     TRY(pull_stats(m));
     nce_stats(m, B, st);
     cls_stats(m, 2 * B, valid, st);
@@ -850,14 +1000,15 @@ static int cuda_probe_step(amdim_model *m, const amdim_step_input *in, const amd
         TRY(encoder_forward(m, v, B, 0, 0));
         TRY(gather_r1(m, v, B));
     }
-    TRY(probes_train(m, B, valid));
+    TRY(probes_train(m, B));
     TRY(pull_stats(m));
     cls_stats(m, 2 * B, valid, st);
     st->total = st->cls_mlp + st->cls_lin;
     return AMDIM_OK;
 }
 
-static int cuda_adam(amdim_model *m, const amdim_adam_hparams *h, int probes_only)
+/* Adam over the trainable tensors with the hyper-parameters in the device scalars. */
+static int adam_body(amdim_model *m, int probes_only)
 {
     cuda_state *c = m->bs;
     for (int i = 0; i < m->arch.ntensors; i++) {
@@ -865,9 +1016,18 @@ static int cuda_adam(amdim_model *m, const amdim_adam_hparams *h, int probes_onl
         if (!t->trainable || (probes_only && !t->probe))
             continue;
         float *mm = c->params + c->pp.adam_m + t->goffset, *vv = c->params + c->pp.adam_v + t->goffset;
-        TRY(adam_cuda(X(m), W(m, i), G(m, i), mm, vv, t->size, h, NULL));
+        TRY(adam_cuda(X(m), W(m, i), G(m, i), mm, vv, t->size, &c->scalars->adam, NULL));
         TRY(refresh_ohwi(m, i));
     }
+    return AMDIM_OK;
+}
+
+static int cuda_adam(amdim_model *m, const amdim_adam_hparams *h, int probes_only)
+{
+    cuda_state *c = m->bs;
+    int k = probes_only ? 1 : 0;
+    TRY(copy(m, &c->scalars->adam, h, sizeof *h, cudaMemcpyHostToDevice));
+    TRY(graph_run(m, &c->adam_graph[k], &c->adam_warm[k], adam_body, k));
     return finish(m);
 }
 

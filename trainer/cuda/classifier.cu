@@ -4,10 +4,11 @@
 
 enum { CLS_THREADS = 256 };
 
-__global__ void classifier_kernel(const float *logits, int n, int classes, const int32_t *labels, double inv_valid,
-                                  float scale, float *dlogits, double *rows)
+__global__ void classifier_kernel(const float *logits, int n, int classes, const int32_t *labels,
+                                  const double *inv_valid_p, float scale, float *dlogits, double *rows)
 {
     __shared__ double sh[CLS_THREADS];
+    double inv_valid = *inv_valid_p;
     int i = blockIdx.x;
     const float *l = logits + (size_t)i * classes;
     float *dl = dlogits ? dlogits + (size_t)i * classes : NULL;
@@ -50,7 +51,8 @@ __global__ void classifier_kernel(const float *logits, int n, int classes, const
 }
 
 extern "C" int classifier_loss_cuda(const amdim_cuda_ctx *c, const float *logits, int n, int classes,
-                                    const int32_t *labels, double inv_valid, float scale, float *dlogits, double *rows)
+                                    const int32_t *labels, const double *inv_valid, float scale, float *dlogits,
+                                    double *rows)
 {
     classifier_kernel<<<n, CLS_THREADS, 0, c->stream>>>(logits, n, classes, labels, inv_valid, scale, dlogits, rows);
     return launch_check(c, "classifier_loss_cuda");

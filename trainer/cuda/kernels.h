@@ -94,10 +94,11 @@ int dropout_cuda(const amdim_cuda_ctx *c, const float *x, const float *mask, siz
 /* One block per row of logits (n, classes). Writes per row: rows[3*i] =
  * the row's cross-entropy (0 if unlabelled), rows[3*i+1] = sum of l^2,
  * rows[3*i+2] = 1 if the argmax hits the label. dlogits (may be NULL) =
- * scale * gradient of xent * inv_valid + 1e-3 mean(l^2). The host sums rows
- * in order (amdim_cuda_classifier_total). */
+ * scale * gradient of xent * inv_valid + 1e-3 mean(l^2); inv_valid is ONE
+ * double in device memory (read when the kernel runs, so a captured graph
+ * takes each step's value). The host sums rows in order. */
 int classifier_loss_cuda(const amdim_cuda_ctx *c, const float *logits, int n, int classes, const int32_t *labels,
-                         double inv_valid, float scale, float *dlogits, double *rows);
+                         const double *inv_valid, float scale, float *dlogits, double *rows);
 
 /* ---- nce.cu ---- */
 /* One direction's row work. S (B, B*L) holds the raw scores s (from the
@@ -113,8 +114,10 @@ int gather_rows_cuda(const amdim_cuda_ctx *c, const float *r5, const int32_t *id
 int scatter_rows_add_cuda(const amdim_cuda_ctx *c, const float *src, const int32_t *idx, int B, int R, float *r5);
 
 /* ---- adam.cu ---- */
-/* w, m, v updated in place (amdim_adam_element); bf16 (may be NULL)
- * receives the new weight rounded to bfloat16 (as uint16_t bits). */
+/* w, m, v updated in place (amdim_adam_element) with the hyper-parameters
+ * h, which point to DEVICE memory (read when the kernel runs, so a captured
+ * graph takes each update's learning rate and bias corrections); bf16 (may
+ * be NULL) receives the new weight rounded to bfloat16 (as uint16_t bits). */
 int adam_cuda(const amdim_cuda_ctx *c, float *w, const float *g, float *m, float *v, size_t n,
               const amdim_adam_hparams *h, uint16_t *bf16);
 
