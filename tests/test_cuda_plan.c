@@ -152,6 +152,79 @@ static void check_chunks(void)
     }
 }
 
+/* amdim_cuda_gemm_layout: the column-major problem it describes, computed
+ * as cuBLAS / cuBLASLt define it (op of each stored operand), equals the
+ * row-major GEMM it was made from, for every transpose and padded strides;
+ * bad shapes are refused. */
+static void check_gemm_layout(int ta, int tb, int M, int N, int K, int pad)
+{
+    int lda = (ta ? M : K) + pad, ldb = (tb ? K : N) + pad, ldc = N + pad;
+    size_t na = (size_t)(ta ? K : M) * lda, nb = (size_t)(tb ? N : K) * ldb, nc = (size_t)M * ldc;
+    double *a = malloc(na * sizeof *a), *b = malloc(nb * sizeof *b), *c0 = malloc(nc * sizeof *c0),
+           *want = malloc(nc * sizeof *want), *got = malloc(nc * sizeof *got);
+    REQUIRE(a && b && c0 && want && got, "oom");
+    for (size_t i = 0; i < na; i++)
+        a[i] = (double)((i * 7 + 3) % 11) - 5;
+    for (size_t i = 0; i < nb; i++)
+        b[i] = (double)((i * 5 + 1) % 13) - 6;
+    for (size_t i = 0; i < nc; i++)
+        c0[i] = (double)(i % 9) - 4;
+    double alpha = 0.5, beta = 2;
+    memcpy(want, c0, nc * sizeof *c0);
+    memcpy(got, c0, nc * sizeof *c0);
+    for (int r = 0; r < M; r++) /* row-major, as cblas_sgemm(CblasRowMajor, ...) */
+        for (int q = 0; q < N; q++) {
+            double sum = 0;
+            for (int p = 0; p < K; p++)
+                sum += (ta ? a[(size_t)p * lda + r] : a[(size_t)r * lda + p]) *
+                       (tb ? b[(size_t)q * ldb + p] : b[(size_t)p * ldb + q]);
+            want[(size_t)r * ldc + q] = alpha * sum + beta * c0[(size_t)r * ldc + q];
+        }
+    amdim_cuda_gemm_layout l;
+    REQUIRE(amdim_cuda_gemm_layout_make(&l, ta, tb, M, N, K, lda, ldb, ldc) == 0, "layout");
+    /* the first operand is b, the second a, both column-major as stored */
+    CHECK(l.trans1 ? l.cols1 == l.m && l.rows1 == l.k : l.rows1 == l.m && l.cols1 == l.k, "op(first) is m x k");
+    CHECK(l.trans2 ? l.cols2 == l.k && l.rows2 == l.n : l.rows2 == l.k && l.cols2 == l.n, "op(second) is k x n");
+    CHECK(l.rows_c == l.m && l.cols_c == l.n, "C is m x n");
+    CHECK(l.ld1 >= l.rows1 && l.ld2 >= l.rows2 && l.ld_c >= l.rows_c, "leading dimensions");
+    for (int i = 0; i < l.m; i++)
+        for (int j = 0; j < l.n; j++) {
+            double sum = 0;
+            for (int p = 0; p < l.k; p++)
+                sum += (l.trans1 ? b[i * (size_t)l.ld1 + p] : b[p * (size_t)l.ld1 + i]) *
+                       (l.trans2 ? a[p * (size_t)l.ld2 + j] : a[j * (size_t)l.ld2 + p]);
+            got[j * (size_t)l.ld_c + i] = alpha * sum + beta * c0[j * (size_t)l.ld_c + i];
+        }
+    CHECK(memcmp(got, want, nc * sizeof *got) == 0, "gemm layout ta %d tb %d %d x %d x %d pad %d", ta, tb, M, N, K,
+          pad);
+    free(a), free(b), free(c0), free(want), free(got);
+}
+
+static void check_gemm_layouts(void)
+{
+    for (int ta = 0; ta < 2; ta++)
+        for (int tb = 0; tb < 2; tb++)
+            for (int pad = 0; pad < 2; pad++) {
+                check_gemm_layout(ta, tb, 3, 5, 4, pad);
+                check_gemm_layout(ta, tb, 1, 7, 2, pad);
+                check_gemm_layout(ta, tb, 6, 1, 1, pad);
+            }
+    /* the NCE score GEMMs of backend_cuda.c's objectives (B 4, L 25, R 8) */
+    int B = 4, BL = 100, R = 8;
+    check_gemm_layout(0, 1, B, BL, R, 0);  /* S = src tgt^T */
+    check_gemm_layout(0, 0, B, R, BL, 0);  /* dsrc += dS tgt */
+    check_gemm_layout(1, 0, BL, R, B, 0);  /* dtgt += dS^T src */
+    amdim_cuda_gemm_layout l;
+    CHECK(amdim_cuda_gemm_layout_make(&l, 0, 1, B, BL, R, R, R, BL) == 0, "S layout");
+    CHECK(l.trans1 == 1 && l.trans2 == 0 && l.m == BL && l.n == B && l.k == R && l.rows1 == R && l.cols1 == BL &&
+              l.ld1 == R && l.rows2 == R && l.cols2 == B && l.ld2 == R && l.ld_c == BL,
+          "S: the column-major problem S^T (BL, B) = tgt^T-as-stored transposed times src");
+    CHECK(amdim_cuda_gemm_layout_make(&l, 0, 0, 2, 3, 4, 3, 3, 3) == AMDIM_E_INVALID, "lda shorter than K");
+    CHECK(amdim_cuda_gemm_layout_make(&l, 0, 1, 2, 3, 4, 4, 3, 3) == AMDIM_E_INVALID, "ldb shorter than K");
+    CHECK(amdim_cuda_gemm_layout_make(&l, 0, 0, 2, 3, 4, 4, 3, 2) == AMDIM_E_INVALID, "ldc shorter than N");
+    CHECK(amdim_cuda_gemm_layout_make(&l, 0, 0, 0, 3, 4, 4, 3, 3) == AMDIM_E_INVALID, "M 0");
+}
+
 int main(void)
 {
     struct {
@@ -180,6 +253,7 @@ int main(void)
     for (size_t i = 0; i < sizeof shapes / sizeof *shapes; i++)
         check_layout(shapes[i][0], shapes[i][1], shapes[i][2]);
     check_chunks();
+    check_gemm_layouts();
 #ifdef AMDIM_HAVE_CUDA_BACKEND
     /* without a usable GPU, --device cuda is a clear error and auto is the CPU */
     char why[256], err[512];

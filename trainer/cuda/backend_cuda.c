@@ -3,9 +3,13 @@
  *
  * Activations are float32 NHWC, (B, H, W, C) = rows of channels, so a 1x1
  * convolution or a linear layer is one row-major GEMM (cuBLAS, written as
- * the CPU's cblas calls through gemm()), the k x k / strided convolutions
- * run on cuDNN (conv.h, OHWI filter copies), and every other op is a
- * kernel of kernels.h whose per-element body is the CPU op's. The device
+ * the CPU's cblas calls through gemm(); the NCE score matrix and its two
+ * backward GEMMs go through nce_gemm(): cuBLASLt with the algorithm its
+ * heuristic gives once per shape and precision, gemm() where it gives
+ * none; both map row-major to column-major with amdim_cuda_gemm_layout,
+ * plan.h), the k x k / strided convolutions run on cuDNN (conv.h, OHWI
+ * filter copies), and every other op is a kernel of kernels.h whose
+ * per-element body is the CPU op's. The device
  * keeps the arch blocks in the host mirror's layout (plan.h), so pull and
  * push copy four blocks. A compute stream, and a copy stream that stages
  * the next batch's uint8 views into one of two device input slots while
@@ -22,7 +26,7 @@
  * serves both input slots and unstaged inputs; the per-step scalars the
  * kernels need (1 / labelled rows, Adam's learning rate and bias
  * corrections) are read from a small device buffer written before each
- * step. cuBLAS has a fixed workspace (cublasSetWorkspace), cuDNN its one
+ * step. cuBLAS and cuBLASLt share a fixed workspace (cublasSetWorkspace), cuDNN its one
  * workspace and algorithms found in the eager warm-up. A failed capture
  * warns once and leaves the model eager; AMDIM_CUDA_GRAPHS=0 turns graphs
  * off, and profiling (which synchronises per stage) runs eagerly.
@@ -31,6 +35,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <cublasLt.h>
 #include <cublas_v2.h>
 #include <cuda_runtime_api.h>
 
@@ -55,6 +60,17 @@ typedef struct {
     amdim_adam_hparams adam; /* this update's learning rate and bias corrections */
 } step_scalars;
 
+/* A GEMM shape planned on cuBLASLt (nce_gemm): its descriptors and the
+ * heuristic's algorithm, or none (have_algo 0: gemm() computes it). */
+typedef struct {
+    amdim_cuda_gemm_layout l;
+    int bf16;
+    cublasLtMatmulDesc_t op;
+    cublasLtMatrixLayout_t a, b, c;
+    cublasLtMatmulAlgo_t algo;
+    int have_algo;
+} lt_plan;
+
 typedef struct {
     cudaStream_t stream; /* compute */
     cudaStream_t copy;   /* input staging (host -> device) */
@@ -65,6 +81,9 @@ typedef struct {
     size_t input_cap[2]; /* bytes */
     cudaEvent_t copied[2], consumed[2];
     cublasHandle_t blas;
+    cublasLtHandle_t lt;
+    lt_plan *lt_plans; /* one per shape and precision mode, made on first use */
+    int n_lt, cap_lt;
     int bf16; /* precision mode: GEMMs in bf16 (fp32 accumulation), convolutions in TF32 */
     amdim_conv conv;
     amdim_cuda_ctx ctx;
@@ -75,7 +94,7 @@ typedef struct {
     double *stats; /* host copy of the plan's stats */
     int32_t *labels2;
     step_scalars *scalars; /* device */
-    void *blas_ws;         /* cuBLAS workspace, BLAS_WORKSPACE_BYTES */
+    void *blas_ws;         /* cuBLAS and cuBLASLt workspace (one stream uses it), BLAS_WORKSPACE_BYTES */
     /* CUDA graphs (graph_run): the device work of forward_backward after
      * its inputs (valid for plan.batch and the arena act), and of adam for
      * probes_only 0 / 1. warm: that work ran eagerly since the buffers or
@@ -181,16 +200,137 @@ static void prof(amdim_model *m, int stage, int backward, double t0, int B)
 static int gemm(amdim_model *m, int ta, int tb, int M, int N, int K, float alpha, const float *a, int lda,
                 const float *b, int ldb, float beta, float *c, int ldc)
 {
-    cublasOperation_t oa = tb ? CUBLAS_OP_T : CUBLAS_OP_N, ob = ta ? CUBLAS_OP_T : CUBLAS_OP_N;
+    amdim_cuda_gemm_layout l;
+    if (amdim_cuda_gemm_layout_make(&l, ta, tb, M, N, K, lda, ldb, ldc))
+        return MFAIL(AMDIM_E_INVALID, "gemm(%d x %d x %d, ld %d %d %d): bad shape", M, N, K, lda, ldb, ldc);
+    cublasOperation_t o1 = l.trans1 ? CUBLAS_OP_T : CUBLAS_OP_N, o2 = l.trans2 ? CUBLAS_OP_T : CUBLAS_OP_N;
     cublasStatus_t st;
     if (CS(m)->bf16)
-        st = cublasGemmEx(CS(m)->blas, oa, ob, N, M, K, &alpha, b, CUDA_R_32F, ldb, a, CUDA_R_32F, lda, &beta, c,
-                          CUDA_R_32F, ldc, CUBLAS_COMPUTE_32F_FAST_16BF, CUBLAS_GEMM_DEFAULT);
+        st = cublasGemmEx(CS(m)->blas, o1, o2, l.m, l.n, l.k, &alpha, b, CUDA_R_32F, l.ld1, a, CUDA_R_32F, l.ld2,
+                          &beta, c, CUDA_R_32F, l.ld_c, CUBLAS_COMPUTE_32F_FAST_16BF, CUBLAS_GEMM_DEFAULT);
     else
-        st = cublasSgemm(CS(m)->blas, oa, ob, N, M, K, &alpha, b, ldb, a, lda, &beta, c, ldc);
+        st = cublasSgemm(CS(m)->blas, o1, o2, l.m, l.n, l.k, &alpha, b, l.ld1, a, l.ld2, &beta, c, l.ld_c);
     if (st != CUBLAS_STATUS_SUCCESS)
         return MFAIL(st == CUBLAS_STATUS_ALLOC_FAILED ? AMDIM_E_NOMEM : AMDIM_E_IO, "%s(%d x %d x %d): %s",
                      CS(m)->bf16 ? "cublasGemmEx" : "cublasSgemm", M, N, K, cublasGetStatusString(st));
+    return AMDIM_OK;
+}
+
+/* ---- cuBLASLt (the NCE score GEMMs) ---- */
+
+static int lt_fail(amdim_model *m, cublasStatus_t st, const char *call, const amdim_cuda_gemm_layout *l)
+{
+    return MFAIL(st == CUBLAS_STATUS_ALLOC_FAILED ? AMDIM_E_NOMEM : AMDIM_E_IO, "%s(%d x %d x %d): %s", call, l->n,
+                 l->m, l->k, cublasLtGetStatusString(st));
+}
+
+#define LT(call, name)                                  \
+    do {                                                \
+        cublasStatus_t st_ = (call);                    \
+        if (st_ != CUBLAS_STATUS_SUCCESS) {             \
+            rc = lt_fail(m, st_, name, &p->l);          \
+            goto done;                                  \
+        }                                               \
+    } while (0)
+
+static void lt_plan_free(lt_plan *p)
+{
+    if (p->c)
+        cublasLtMatrixLayoutDestroy(p->c);
+    if (p->b)
+        cublasLtMatrixLayoutDestroy(p->b);
+    if (p->a)
+        cublasLtMatrixLayoutDestroy(p->a);
+    if (p->op)
+        cublasLtMatmulDescDestroy(p->op);
+    memset(p, 0, sizeof *p);
+}
+
+/* The plan of shape l in the current precision mode, made on first use:
+ * descriptors (fp32 data; fp32 compute, or bf16-rounded operands with
+ * fp32 accumulation as gemm() in the bf16 mode) and the heuristic's first
+ * algorithm for the shared workspace, if it returns one. */
+static int lt_plan_get(amdim_model *m, const amdim_cuda_gemm_layout *l, lt_plan **out)
+{
+    cuda_state *c = m->bs;
+    for (int i = 0; i < c->n_lt; i++)
+        if (c->lt_plans[i].bf16 == c->bf16 && !memcmp(&c->lt_plans[i].l, l, sizeof *l)) {
+            *out = &c->lt_plans[i];
+            return AMDIM_OK;
+        }
+    if (c->n_lt == c->cap_lt) {
+        int cap = c->cap_lt ? 2 * c->cap_lt : 16;
+        lt_plan *t = realloc(c->lt_plans, (size_t)cap * sizeof *t);
+        if (!t)
+            return MFAIL(AMDIM_E_NOMEM, "out of memory (cuBLASLt plans)");
+        c->lt_plans = t;
+        c->cap_lt = cap;
+    }
+    lt_plan *p = &c->lt_plans[c->n_lt];
+    memset(p, 0, sizeof *p);
+    p->l = *l;
+    p->bf16 = c->bf16;
+    cublasLtMatmulPreference_t pref = NULL;
+    cublasOperation_t o1 = l->trans1 ? CUBLAS_OP_T : CUBLAS_OP_N, o2 = l->trans2 ? CUBLAS_OP_T : CUBLAS_OP_N;
+    size_t ws = BLAS_WORKSPACE_BYTES;
+    cublasLtMatmulHeuristicResult_t res;
+    cublasStatus_t st;
+    int n = 0, rc = AMDIM_OK;
+    LT(cublasLtMatmulDescCreate(&p->op, c->bf16 ? CUBLAS_COMPUTE_32F_FAST_16BF : CUBLAS_COMPUTE_32F, CUDA_R_32F),
+       "cublasLtMatmulDescCreate");
+    LT(cublasLtMatmulDescSetAttribute(p->op, CUBLASLT_MATMUL_DESC_TRANSA, &o1, sizeof o1),
+       "cublasLtMatmulDescSetAttribute (TRANSA)");
+    LT(cublasLtMatmulDescSetAttribute(p->op, CUBLASLT_MATMUL_DESC_TRANSB, &o2, sizeof o2),
+       "cublasLtMatmulDescSetAttribute (TRANSB)");
+    LT(cublasLtMatrixLayoutCreate(&p->a, CUDA_R_32F, (uint64_t)l->rows1, (uint64_t)l->cols1, l->ld1),
+       "cublasLtMatrixLayoutCreate (A)");
+    LT(cublasLtMatrixLayoutCreate(&p->b, CUDA_R_32F, (uint64_t)l->rows2, (uint64_t)l->cols2, l->ld2),
+       "cublasLtMatrixLayoutCreate (B)");
+    LT(cublasLtMatrixLayoutCreate(&p->c, CUDA_R_32F, (uint64_t)l->rows_c, (uint64_t)l->cols_c, l->ld_c),
+       "cublasLtMatrixLayoutCreate (C)");
+    LT(cublasLtMatmulPreferenceCreate(&pref), "cublasLtMatmulPreferenceCreate");
+    LT(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws, sizeof ws),
+       "cublasLtMatmulPreferenceSetAttribute (MAX_WORKSPACE_BYTES)");
+    st = cublasLtMatmulAlgoGetHeuristic(c->lt, p->op, p->a, p->b, p->c, p->c, pref, 1, &res, &n);
+    if (st == CUBLAS_STATUS_SUCCESS && n > 0 && res.state == CUBLAS_STATUS_SUCCESS) {
+        p->algo = res.algo;
+        p->have_algo = 1;
+    } else if (st != CUBLAS_STATUS_SUCCESS && st != CUBLAS_STATUS_NOT_SUPPORTED) { /* NOT_SUPPORTED: none */
+        rc = lt_fail(m, st, "cublasLtMatmulAlgoGetHeuristic", l);
+    }
+done:
+    if (pref)
+        cublasLtMatmulPreferenceDestroy(pref);
+    if (rc) {
+        lt_plan_free(p);
+        return rc;
+    }
+    *out = p;
+    c->n_lt++;
+    return AMDIM_OK;
+}
+#undef LT
+
+/* gemm() for the NCE score matrices on cuBLASLt with the shape's planned
+ * algorithm (gemm() itself where the heuristic had none). Every operand
+ * starts an activation buffer: 256-byte aligned, the heuristic's default. */
+static int nce_gemm(amdim_model *m, int ta, int tb, int M, int N, int K, float alpha, const float *a, int lda,
+                    const float *b, int ldb, float beta, float *c, int ldc)
+{
+    cuda_state *cs = m->bs;
+    amdim_cuda_gemm_layout l;
+    lt_plan *p = NULL;
+    if (amdim_cuda_gemm_layout_make(&l, ta, tb, M, N, K, lda, ldb, ldc))
+        return MFAIL(AMDIM_E_INVALID, "nce_gemm(%d x %d x %d, ld %d %d %d): bad shape", M, N, K, lda, ldb, ldc);
+    AMDIM_ASSERT((uintptr_t)a % 256 == 0 && (uintptr_t)b % 256 == 0 && (uintptr_t)c % 256 == 0);
+    TRY(lt_plan_get(m, &l, &p));
+    if (!p->have_algo)
+        return gemm(m, ta, tb, M, N, K, alpha, a, lda, b, ldb, beta, c, ldc);
+    /* the first column-major operand is the row-major b (amdim_cuda_gemm_layout) */
+    cublasStatus_t st = cublasLtMatmul(cs->lt, p->op, &alpha, b, p->a, a, p->b, &beta, c, p->c, c, p->c, &p->algo,
+                                       cs->blas_ws, BLAS_WORKSPACE_BYTES, cs->stream);
+    if (st != CUBLAS_STATUS_SUCCESS)
+        return lt_fail(m, st, "cublasLtMatmul", &l);
     return AMDIM_OK;
 }
 
@@ -690,11 +830,11 @@ static int objectives(amdim_model *m, int B)
             dsrc = A(m, P->dsrc);
         }
         /* S (B, B L) = src (B, R) tgt (B L, R)^T / sqrt(R) */
-        TRY(gemm(m, 0, 1, B, BL, R, scale, src, R, tgt, R, 0.0f, S, BL));
+        TRY(nce_gemm(m, 0, 1, B, BL, R, scale, src, R, tgt, R, 0.0f, S, BL));
         TRY(nce_rows_cuda(X(m), S, dS, B, d->L, cfg->tclip, cfg->objective, 0.5f, 0.5f,
                           (double *)(void *)A(m, P->stats) + (size_t)k * 2 * B));
-        TRY(gemm(m, 0, 0, B, R, BL, scale, dS, BL, tgt, R, 1.0f, dsrc, R));
-        TRY(gemm(m, 1, 0, BL, R, B, scale, dS, BL, src, R, 1.0f, dtgt, R));
+        TRY(nce_gemm(m, 0, 0, B, R, BL, scale, dS, BL, tgt, R, 1.0f, dsrc, R));
+        TRY(nce_gemm(m, 1, 0, BL, R, B, scale, dS, BL, src, R, 1.0f, dtgt, R));
         if (d->src_feature == 5)
             TRY(scatter_rows_add_cuda(X(m), A(m, P->dsrc), idx, B, R, dfeat[a][5]));
     }
@@ -887,6 +1027,11 @@ static void cuda_close(amdim_model *m)
     amdim_conv_close(&c->conv);
     if (c->blas)
         cublasDestroy(c->blas);
+    for (int i = 0; i < c->n_lt; i++)
+        lt_plan_free(&c->lt_plans[i]);
+    free(c->lt_plans);
+    if (c->lt)
+        cublasLtDestroy(c->lt);
     cudaFree(c->blas_ws);
     cudaFree(c->scalars);
     if (c->stream)
@@ -932,6 +1077,10 @@ static int cuda_open(amdim_model *m)
     bs = cublasSetWorkspace(c->blas, c->blas_ws, BLAS_WORKSPACE_BYTES);
     if (bs != CUBLAS_STATUS_SUCCESS)
         return MFAIL(AMDIM_E_IO, "cublasSetWorkspace(): %s", cublasGetStatusString(bs));
+    if ((bs = cublasLtCreate(&c->lt)) != CUBLAS_STATUS_SUCCESS) {
+        c->lt = NULL;
+        return MFAIL(AMDIM_E_IO, "cublasLtCreate(): %s", cublasLtGetStatusString(bs));
+    }
     if ((e = cudaMalloc((void **)&c->scalars, sizeof *c->scalars)) != cudaSuccess) {
         c->scalars = NULL;
         return cuda_fail(m, e, "cudaMalloc (step scalars)");

@@ -159,3 +159,20 @@ void amdim_cuda_plan_free(amdim_cuda_plan *p)
     free(p->extents);
     memset(p, 0, sizeof *p);
 }
+
+int amdim_cuda_gemm_layout_make(amdim_cuda_gemm_layout *l, int ta, int tb, int M, int N, int K, int lda, int ldb,
+                                int ldc)
+{
+    /* row-major A is (ta ? K : M) rows of (ta ? M : K), B (tb ? N : K) rows of (tb ? K : N), C M rows of N */
+    if (M < 1 || N < 1 || K < 1 || lda < (ta ? M : K) || ldb < (tb ? K : N) || ldc < N)
+        return AMDIM_E_INVALID;
+    /* a row-major (r, c) matrix with row stride ld is the column-major (c, r) one with ld */
+    amdim_cuda_gemm_layout g = {
+        .trans1 = !!tb, .trans2 = !!ta, .m = N, .n = M, .k = K,
+        .rows1 = tb ? K : N, .cols1 = tb ? N : K, .ld1 = ldb,
+        .rows2 = ta ? M : K, .cols2 = ta ? K : M, .ld2 = lda,
+        .rows_c = N, .cols_c = M, .ld_c = ldc,
+    };
+    *l = g;
+    return AMDIM_OK;
+}

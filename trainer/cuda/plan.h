@@ -69,6 +69,25 @@ typedef struct {
 
 enum { AMDIM_CUDA_STATS_CLS = 12 }; /* stats: classifier rows start at 12 B doubles */
 
+/* A row-major GEMM C (M, N) = alpha op(A) op(B) + beta C with row strides
+ * lda, ldb, ldc (cblas_sgemm(CblasRowMajor, ...)'s convention, what the
+ * backend's gemm() takes) as the column-major problem cuBLAS and cuBLASLt
+ * compute: C^T (N, M) = op(B)^T op(A)^T, so the FIRST column-major operand
+ * is the row-major B and the second is A. Each operand is described as
+ * stored (cublasLtMatrixLayoutCreate's rows, cols, ld; column-major) with
+ * the transpose applied to it. */
+typedef struct {
+    int trans1, trans2;         /* op of the first (B as stored) / second (A) operand: 1 = transpose */
+    int m, n, k;                /* N, M, K */
+    int rows1, cols1, ld1;      /* first operand as stored */
+    int rows2, cols2, ld2;      /* second operand as stored */
+    int rows_c, cols_c, ld_c;   /* C as stored: (N, M), ldc */
+} amdim_cuda_gemm_layout;
+
+/* 0, or AMDIM_E_INVALID for a size < 1 or a row stride shorter than its row. */
+int amdim_cuda_gemm_layout_make(amdim_cuda_gemm_layout *l, int ta, int tb, int M, int N, int K, int lda, int ldb,
+                                int ldc);
+
 /* 0 or AMDIM_E_NOMEM (the per-layer tables). Free with the _free calls,
  * which accept a zeroed plan. */
 int amdim_cuda_param_plan_build(amdim_cuda_param_plan *p, const amdim_arch *a);
