@@ -183,7 +183,10 @@ int amdim_model_train_probes_step_staged(amdim_model *m, int slot, int epoch, am
 /* The pieces of a step, for tests: forward + backward (gradients are
  * zeroed first) from normalised float inputs in NCHW, with given source
  * locations (src5[0..B) for view 1 -> view 2, [B..2B) the other way) and
- * dropout masks (2B x n_rkhs and 2B x mlp_hidden, 0/1). */
+ * dropout masks (2B x n_rkhs and 2B x mlp_hidden, 0/1). In a process
+ * group (amdim_model_set_comm) x1, x2 and labels are this rank's B images
+ * and the draws are the global batch's (2 N B rows, as one process with
+ * the global batch takes them); the stats are the global batch's. */
 int amdim_model_forward_backward(amdim_model *m, const float *x1, const float *x2, const int32_t *labels, int batch,
                                  const int32_t *src5, const float *mask_in, const float *mask_hidden,
                                  amdim_step_stats *stats);
