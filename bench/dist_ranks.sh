@@ -13,7 +13,7 @@ batch=${3:-64}
 model=(--ndf 16 --n-rkhs 64 --n-depth 1 --log-every "$steps" --threads 1)
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
-mpirun=(mpirun --allow-run-as-root --oversubscribe --mca btl self,vader --bind-to none --mca mpi_yield_when_idle 1)
+mpirun=(mpirun --allow-run-as-root --oversubscribe --mca btl self,vader --mca btl_vader_backing_directory "$tmp" --bind-to none --mca mpi_yield_when_idle 1)
 
 rate() { # steps/s from the last step line: (steps - 1 warm-up line is not kept) -> pairs/s / batch
   grep -o '[0-9.]* pairs/s' "$1" | tail -1 | awk -v b="$batch" '{ printf "%.2f", $1 / b }'

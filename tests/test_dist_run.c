@@ -37,9 +37,9 @@ static int mpi(int np, const char *load_args, const char *train_args, const char
 {
     char cmd[16384];
     snprintf(cmd, sizeof cmd,
-             "%s --allow-run-as-root --oversubscribe --mca btl self,vader --bind-to none -np %d "
+             "%s --allow-run-as-root --oversubscribe --mca btl self,vader --mca btl_vader_backing_directory %s --mca mpi_yield_when_idle 1 --bind-to none -np %d "
              "env L='%s --workers 1 --seed 3 %s %s' T='%s %s' sh -c '%s'",
-             mpirun, np, load_bin, load_args, data, train_bin, train_args, rank_script);
+             mpirun, test_tmpdir(), np, load_bin, load_args, data, train_bin, train_args, rank_script);
     return sh(cmd, err);
 }
 
