@@ -13,7 +13,9 @@
 #         2 ctest -L gpu: test_cuda_kernels, test_cuda_model (fp32 parity),
 #           test_cuda_bf16 (bf16 mode within stated tolerances),
 #           test_model_staging_cuda (the copy-stream input double buffer),
-#           test_cuda_graphs (graph replay bit-identical to eager steps)
+#           test_cuda_graphs (graph replay bit-identical to eager steps),
+#           test_cuda_curve (200 steps CPU vs CUDA side by side, checkpoints
+#           across devices both ways)
 #         3 compute-sanitizer memcheck of test_cuda_kernels
 #         4 compute-sanitizer racecheck (shared-memory hazards) of
 #           test_cuda_model --quick (one tiny configuration, two steps)
