@@ -673,7 +673,17 @@ static int reduce_step(amdim_model *m, amdim_step_stats *st)
     const amdim_comm *cm = step_comm(m);
     if (!cm)
         return AMDIM_OK;
-    TRY(cm->allreduce_f32(cm->ctx, m->grads, m->arch.grads_size));
+    /* the classifier phase trains the probes only: their gradients alone */
+    size_t from = 0;
+    if (m->probes_only) {
+        from = m->arch.grads_size;
+        for (int i = 0; i < m->arch.ntensors; i++)
+            if (m->arch.tensors[i].probe && m->arch.tensors[i].has_grad && m->arch.tensors[i].goffset < from)
+                from = m->arch.tensors[i].goffset;
+        for (int i = 0; i < m->arch.ntensors; i++) /* they are the block's tail */
+            AMDIM_ASSERT(!m->arch.tensors[i].has_grad || m->arch.tensors[i].probe || m->arch.tensors[i].goffset < from);
+    }
+    TRY(cm->allreduce_f32(cm->ctx, m->grads + from, m->arch.grads_size - from));
     double v[9] = {st->nce_1t5, st->nce_1t7, st->nce_5t5, st->reg, st->cls_mlp, st->cls_lin,
                    st->correct_mlp, st->correct_lin, st->labelled};
     TRY(cm->allreduce_f64(cm->ctx, v, 9));
