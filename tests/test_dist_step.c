@@ -10,7 +10,8 @@
  * three objectives, with and without BatchNorm in the encoder; every rank
  * holds bit-identical weights after each update (amdim_model_check_replicas).
  * With per-rank BatchNorm (the default), on different images per rank, the
- * replicas stay identical too (the running statistics are averaged). */
+ * replicas stay identical too (the running statistics are averaged). The
+ * classifier phase (probes on the frozen encoder) equals one process too. */
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -221,6 +222,49 @@ static void equivalence(int objective, int use_bn)
     amdim_model_destroy(r);
 }
 
+/* The classifier phase (probes only, frozen encoder in eval mode) on the
+ * global batch's uint8 views: the same as one process. */
+static void classifier_phase(void)
+{
+    int N = comm->size, B = 4, Bg = B * N;
+    amdim_model_config cfg;
+    amdim_model_config_default(&cfg, S);
+    cfg.ndf = 8, cfg.n_rkhs = 32, cfg.n_depth = 1, cfg.mlp_hidden = 16, cfg.n_classes = 5, cfg.use_bn = 1;
+    cfg.warmup = 0;
+    amdim_model *d = make(&cfg, comm), *r = make(&cfg, NULL);
+    REQUIRE(amdim_model_reset_probes(d, 5) == 0 && amdim_model_reset_probes(r, 5) == 0, "reset probes");
+    size_t view = (size_t)S * S * 3, off = (size_t)comm->rank * B;
+    uint8_t *v1 = malloc(Bg * view), *v2 = malloc(Bg * view);
+    int32_t *labels = malloc(Bg * sizeof *labels);
+    amdim_rng rng;
+    amdim_rng_init(&rng, 41, 1, 0);
+    for (size_t i = 0; i < Bg * view; i++)
+        v1[i] = (uint8_t)amdim_rng_int(&rng, 0, 255), v2[i] = (uint8_t)amdim_rng_int(&rng, 0, 255);
+    for (int i = 0; i < Bg; i++)
+        labels[i] = i % 3 == 2 ? -1 : i % 5;
+    memset(noise, 0, sizeof noise);
+    char ctx[96];
+    double worst = 0;
+    for (int step = 0; step < 2; step++) {
+        amdim_step_stats sd, sr;
+        REQUIRE(amdim_model_train_probes_step(r, v1, v2, labels, Bg, 0, &sr) == 0, "%s", amdim_model_error(r));
+        REQUIRE(amdim_model_train_probes_step(d, v1 + off * view, v2 + off * view, labels + off, B, 0, &sd) == 0, "%s",
+                amdim_model_error(d));
+        snprintf(ctx, sizeof ctx, "classifier phase step %d, rank %d of %d", step, comm->rank, N);
+        check_stat("cls_mlp", sd.cls_mlp, sr.cls_mlp, ctx);
+        check_stat("cls_lin", sd.cls_lin, sr.cls_lin, ctx);
+        CHECK(sd.labelled == sr.labelled, "%s: labelled %d vs %d", ctx, sd.labelled, sr.labelled);
+        worst = fmax(worst, compare_weights(d, r, 1, ctx));
+        CHECK(amdim_model_check_replicas(d) == 0, "%s: %s", ctx, amdim_model_error(d));
+    }
+    if (comm->rank == 0)
+        printf("classifier phase, %d ranks x %d: probe losses within 1e-5, weights after 2 updates within %.2g\n", N, B,
+               worst);
+    free(v1), free(v2), free(labels);
+    amdim_model_destroy(d);
+    amdim_model_destroy(r);
+}
+
 /* Per-rank BatchNorm: each rank's statistics, running ones averaged. */
 static void per_rank_bn(void)
 {
@@ -262,6 +306,7 @@ int main(void)
     equivalence(AMDIM_OBJECTIVE_NCE, 1);
     equivalence(AMDIM_OBJECTIVE_JSD, 0);
     equivalence(AMDIM_OBJECTIVE_DV, 1);
+    classifier_phase();
     per_rank_bn();
     int rc = test_finish("test_dist_step");
     amdim_dist_close(comm);
