@@ -396,3 +396,36 @@ void test_step_inputs_free(test_step_inputs *t)
 {
     free(t->x1), free(t->x2), free(t->mask_in), free(t->mask_hidden), free(t->u1), free(t->u2);
 }
+
+/* ---- a one-rank process group --------------------------------------------------- */
+
+static int one_allreduce_f32(void *ctx, float *buf, size_t n) { (void)ctx, (void)buf, (void)n; return 0; }
+static int one_allreduce_f64(void *ctx, double *buf, size_t n) { (void)ctx, (void)buf, (void)n; return 0; }
+static int one_copy_f32(void *ctx, const float *send, float *recv, size_t n)
+{
+    (void)ctx;
+    memmove(recv, send, n * sizeof(float));
+    return 0;
+}
+static int one_bcast_f32(void *ctx, float *buf, size_t n, int root)
+{
+    (void)ctx, (void)buf, (void)n, (void)root;
+    return 0;
+}
+static const char *one_error(void *ctx)
+{
+    (void)ctx;
+    return "no error (one-rank test group)";
+}
+
+void test_single_rank_comm(struct amdim_comm *c)
+{
+    memset(c, 0, sizeof *c);
+    c->rank = 0, c->size = 1, c->force = 1;
+    c->allreduce_f32 = one_allreduce_f32;
+    c->allreduce_f64 = one_allreduce_f64;
+    c->allgather_f32 = one_copy_f32;
+    c->reduce_scatter_f32 = one_copy_f32;
+    c->bcast_f32 = one_bcast_f32;
+    c->error = one_error;
+}

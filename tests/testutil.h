@@ -79,6 +79,13 @@ typedef struct {
 void test_step_inputs_make(test_step_inputs *t, void *rng, int B, int size, int R, int hidden);
 void test_step_inputs_free(test_step_inputs *t);
 
+/* A one-rank process group (rank 0 of 1) with force set, so a model runs
+ * its collective path at size 1: the collectives are copies (a sum over
+ * one rank, a gather of one block, a broadcast from itself). Its steps
+ * must equal those of a model without a group bit for bit. */
+struct amdim_comm;
+void test_single_rank_comm(struct amdim_comm *c);
+
 #endif
 
 /* `load_argv | peek_argv` with both processes in a new process group;

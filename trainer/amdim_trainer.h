@@ -123,6 +123,10 @@ const char *amdim_model_error(const amdim_model *m);
 typedef struct amdim_comm {
     int rank, size;
     int sync_bn;
+    /* run the collective path even at size 1 (tests: a single-rank group
+     * whose collectives are copies must give what no group gives, bit for
+     * bit; on CUDA it makes a one-rank NCCL communicator) */
+    int force;
     void *ctx;
     /* buf (n) = its sum over ranks, in place */
     int (*allreduce_f32)(void *ctx, float *buf, size_t n);
@@ -136,9 +140,15 @@ typedef struct amdim_comm {
     const char *(*error)(void *ctx);
 } amdim_comm;
 
-/* Joins the model to a process group (NULL or size 1: a single process).
- * The comm must outlive the model. Only the CPU backend communicates yet;
- * mixtures (K > 1) stay single-process. */
+/* Joins the model to a process group (NULL, or size 1 without force: a
+ * single process). The comm must outlive the model. The CPU backend
+ * communicates through the comm's collectives; the CUDA backend (in a
+ * build with NCCL) makes one NCCL communicator at its first step - the
+ * id broadcast with bcast_f32 - and moves targets, gradients and running
+ * statistics over it, the loss terms and counts over the comm.
+ * AMDIM_E_UNSUPPORTED for mixtures (K > 1), for CUDA in a build without
+ * NCCL, and for sync_bn on CUDA (not built); AMDIM_E_INVALID for a bad
+ * rank or a missing collective. */
 int amdim_model_set_comm(amdim_model *m, const amdim_comm *comm);
 /* Every rank's weights, running statistics and Adam state := root's. */
 int amdim_model_bcast_state(amdim_model *m, int root);

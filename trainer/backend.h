@@ -113,8 +113,9 @@ struct amdim_model {
     int32_t *src5;
     float *mask_in, *mask_hidden;
     int draws_rows;
-    /* data parallelism (amdim_model_set_comm): the process group, and this
-     * rank's rows of the global batch's draws */
+    /* data parallelism (amdim_model_set_comm): the process group (NULL:
+     * none; else size > 1 or forced), and this rank's rows of the global
+     * batch's draws */
     const amdim_comm *comm;
     int32_t *src5_local;
     float *mask_in_local, *mask_hidden_local;

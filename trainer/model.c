@@ -190,20 +190,32 @@ int amdim_model_push(amdim_model *m) { return m->be->push ? m->be->push(m) : AMD
 
 int amdim_model_set_comm(amdim_model *m, const amdim_comm *c)
 {
-    if (c && c->size > 1) {
-        if (c->rank < 0 || c->rank >= c->size)
+    int on = c && (c->size > 1 || c->force);
+    if (on) {
+        if (c->size < 1 || c->rank < 0 || c->rank >= c->size)
             return MFAIL(AMDIM_E_INVALID, "process group: rank %d of %d", c->rank, c->size);
         if (!c->allreduce_f32 || !c->allreduce_f64 || !c->allgather_f32 || !c->reduce_scatter_f32 || !c->bcast_f32)
             return MFAIL(AMDIM_E_INVALID, "process group: a collective is missing");
-        if (m->device != AMDIM_DEVICE_CPU)
+        if (m->device == AMDIM_DEVICE_CUDA) {
+#ifndef AMDIM_HAVE_NCCL
             return MFAIL(AMDIM_E_UNSUPPORTED,
-                         "%d ranks on %s: data-parallel training runs on the CPU backend only so far (NCCL for CUDA is not built yet)",
-                         c->size, amdim_device_name(m->device));
+                         "%d ranks on cuda: this build has no NCCL (nccl.h and libnccl next to the CUDA toolkit, or "
+                         "AMDIM_NCCL_DIR); data-parallel training runs on the CPU backend only",
+                         c->size);
+#endif
+            /* synchronised BatchNorm needs collectives inside the BN
+             * kernels' forward and backward: not built on CUDA */
+            if (c->sync_bn)
+                return MFAIL(AMDIM_E_UNSUPPORTED,
+                             "%d ranks on cuda with --sync-bn: synchronised BatchNorm runs on the CPU backend only "
+                             "(CUDA ranks use per-rank BatchNorm)",
+                             c->size);
+        }
         if (m->cfg.mixtures > 1)
             return MFAIL(AMDIM_E_UNSUPPORTED, "mixtures %d: data-parallel training supports --mixtures 1 only",
                          m->cfg.mixtures);
     }
-    m->comm = c && c->size > 1 ? c : NULL;
+    m->comm = on ? c : NULL;
     return AMDIM_OK;
 }
 

@@ -33,13 +33,14 @@ typedef struct {
     float *mix_h[2], *mix[2], *dmix[2];
     double *mix_lsm, *mix_q;
     int32_t *labels2;
-    /* data parallelism (m->comm of size N > 1): the global batch's r5 and
-     * r7 targets per view and their gradients, (R, N B hw) each, and the
-     * packed send / receive blocks of the all-gather and reduce-scatter */
+    /* data parallelism (m->comm: N ranks, N > 1 or forced): the global
+     * batch's r5 and r7 targets per view and their gradients, (R, N B hw)
+     * each, and the packed send / receive blocks of the all-gather and
+     * reduce-scatter */
     float *tg[2][2], *dtg[2][2], *pack, *unpack;
     double *bn_avg;
     int comm_on;   /* inside a training step: BatchNorm may synchronise */
-    int comm_size; /* the group size the buffers were made for */
+    int comm_size; /* the group size the buffers were made for (0: no group) */
     cpu_op_scratch scr, scr2;
     cpu_nce_scratch nce;
 } cpu_state;
@@ -73,7 +74,7 @@ static float *G(amdim_model *m, int i)
 static const amdim_comm *step_comm(const amdim_model *m)
 {
     const cpu_state *c = m->bs;
-    return c->comm_on && m->comm && m->comm->size > 1 ? m->comm : NULL;
+    return c->comm_on ? m->comm : NULL; /* m->comm: size > 1, or forced */
 }
 
 static cpu_bn_params bn_view(amdim_model *m, amdim_bn_ref r)
@@ -206,7 +207,7 @@ static int alloc_buffers(amdim_model *m, cpu_state *c, int B)
     ALLOC(c->srcT, (size_t)R * B);
     ALLOC(c->dsrcT, (size_t)R * B);
     ALLOC(c->labels2, (size_t)2 * B);
-    if (m->comm && m->comm->size > 1) {
+    if (m->comm) {
         size_t N = (size_t)m->comm->size;
         for (int v = 0; v < 2; v++)
             for (int f = 0; f < 2; f++) {
@@ -218,7 +219,7 @@ static int alloc_buffers(amdim_model *m, cpu_state *c, int B)
         ALLOC(c->bn_avg, 2 * a->weights_size);
     }
     c->batch = B;
-    c->comm_size = m->comm ? m->comm->size : 1;
+    c->comm_size = m->comm ? m->comm->size : 0;
     return 0;
 }
 
@@ -226,7 +227,7 @@ static int alloc_buffers(amdim_model *m, cpu_state *c, int B)
 static int ensure_buffers(amdim_model *m, int B)
 {
     cpu_state *c = m->bs;
-    int size = m->comm ? m->comm->size : 1;
+    int size = m->comm ? m->comm->size : 0;
     if (c->batch == B && c->comm_size == size)
         return AMDIM_OK;
     free_buffers(m, c);
@@ -635,8 +636,9 @@ static int gather_targets(amdim_model *m, int B)
     return AMDIM_OK;
 }
 
-/* Sums the ranks' gradients of the gathered targets and adds this rank's
- * images' share into dr5 / dr7 (reduce-scatter). */
+/* Sums the ranks' gradients of the gathered targets (the drawn r5
+ * sources' included) and adds this rank's images' share into dr5 / dr7,
+ * which hold nothing else yet (reduce-scatter). */
 static int scatter_target_grads(amdim_model *m, int B)
 {
     cpu_state *c = m->bs;
@@ -778,10 +780,13 @@ static int objectives(amdim_model *m, int B, const int32_t *src5, amdim_step_sta
                                    0.5f, 0.5f, NULL, NULL, &loss, &reg1, dsrc, dfeat[b][d->tgt_feature], &c->nce));
         task[d->task] += 0.5 * loss;
         reg += reg1;
+        /* the drawn r5 sources' gradient joins the targets' (image first + i
+         * of the global batch): the reduce-scatter then brings this rank's
+         * whole r5 gradient, summed in the order one process sums it */
         if (d->src_feature == 5)
             for (int ch = 0; ch < R; ch++)
                 for (int i = 0; i < B; i++)
-                    c->dr5[a][((size_t)ch * B + i) * 25 + idx[i]] += c->dsrcT[(size_t)ch * B + i];
+                    dfeat[a][5][((size_t)ch * Bg + first + i) * 25 + idx[i]] += c->dsrcT[(size_t)ch * B + i];
     }
     if (cm && (rc = scatter_target_grads(m, B)))
         return rc;
