@@ -261,7 +261,9 @@ static void test_dropout(void)
     free(x), free(mask), free(ref), free(got);
 }
 
-static void test_classifier(int n, int K)
+/* ranks > 1: the rows are one rank's share of ranks x n rows, with
+ * ranks x valid + 1 labelled rows in all (the means' divisors). */
+static void test_classifier(int n, int K, int ranks)
 {
     float *l = hrand((size_t)n * K, -15, 15), *ref = malloc((size_t)n * K * 4);
     int32_t *labels = malloc(n * sizeof *labels);
@@ -270,12 +272,13 @@ static void test_classifier(int n, int K)
         labels[i] = i % 5 == 3 ? -1 : amdim_rng_int(&rng, 0, K - 1);
         valid += labels[i] >= 0;
     }
-    double loss = cpu_classifier_loss(l, n, K, labels, ref, 0.75f, &corr, &lab);
+    double n_all = (double)n * ranks, valid_all = ranks > 1 ? (double)valid * ranks + 1 : valid;
+    double loss = cpu_classifier_loss_part(l, n, K, labels, ref, 0.75f, n_all, valid_all, &corr, &lab);
     float *dl = up(l, (size_t)n * K * 4), *dd = dev((size_t)n * K * 4);
     int32_t *dlab = up(labels, n * sizeof *labels);
     double *drows = dev(3 * (size_t)n * sizeof(double)), *rows = malloc(3 * (size_t)n * sizeof(double));
-    double inv_valid = valid ? 1.0 / valid : 0.0, *dinv = up(&inv_valid, sizeof inv_valid);
-    OK(classifier_loss_cuda(&ctx, dl, n, K, dlab, dinv, 0.75f, dd, drows));
+    double inv_valid = valid_all > 0 ? 1.0 / valid_all : 0.0, *dinv = up(&inv_valid, sizeof inv_valid);
+    OK(classifier_loss_cuda(&ctx, dl, n, n * ranks, K, dlab, dinv, 0.75f, dd, drows));
     float *got = down(dd, (size_t)n * K);
     REQUIRE(cudaMemcpy(rows, drows, 3 * (size_t)n * sizeof(double), cudaMemcpyDeviceToHost) == cudaSuccess, "copy");
     double xent = 0, reg = 0;
@@ -283,9 +286,76 @@ static void test_classifier(int n, int K)
     for (int i = 0; i < n; i++)
         xent += rows[3 * i], reg += rows[3 * i + 1], hits += rows[3 * i + 2] > 0.5;
     compare("classifier dlogits", got, ref, (size_t)n * K);
-    compare_d("classifier loss", xent / valid + AMDIM_CLS_REG * reg / ((double)n * K), loss);
+    compare_d("classifier loss", xent / valid_all + AMDIM_CLS_REG * reg / (n_all * K), loss);
     CHECK(hits == corr, "classifier hits %d vs %d", hits, corr);
     free(l), free(ref), free(labels), free(rows), free(got);
+}
+
+/* A rank's share of the sources: images [first, first + Bs) of B against
+ * all B L targets, every mean over the B images' counts, against
+ * cpu_nce_direction_part (the data-parallel step's row work). */
+static void test_nce_share(int objective, int B, int Bs, int first, int L, int R)
+{
+    size_t BL = (size_t)B * L, ns = (size_t)Bs * BL;
+    float scale = 1.0f / sqrtf((float)R), tclip = 2.5f;
+    float *src = hrand((size_t)Bs * R, -3, 3), *tgt = hrand(BL * R, -3, 3); /* rows (Bs, R), (BL, R) */
+    float *srcT = malloc((size_t)Bs * R * 4), *tgtT = malloc(BL * R * 4), *dsT = calloc((size_t)Bs * R, 4),
+          *dtT = calloc(BL * R, 4);
+    for (int i = 0; i < Bs; i++)
+        for (int c = 0; c < R; c++)
+            srcT[(size_t)c * Bs + i] = src[(size_t)i * R + c];
+    for (size_t j = 0; j < BL; j++)
+        for (int c = 0; c < R; c++)
+            tgtT[(size_t)c * BL + j] = tgt[j * R + c];
+    double loss, reg;
+    cpu_nce_scratch nsc = {0};
+    REQUIRE(cpu_nce_direction_part(srcT, Bs, first, tgtT, R, B, L, tclip, objective, 0.7f, 0.3f, NULL, NULL, &loss,
+                                   &reg, dsT, dtT, &nsc) == 0,
+            "cpu nce part");
+    cpu_nce_scratch_free(&nsc);
+    float *S = malloc(ns * 4);
+    for (int i = 0; i < Bs; i++)
+        for (size_t j = 0; j < BL; j++) {
+            double a = 0;
+            for (int c = 0; c < R; c++)
+                a += (double)src[(size_t)i * R + c] * tgt[j * R + c];
+            S[(size_t)i * BL + j] = (float)(a * scale);
+        }
+    float *dS_ = up(S, ns * 4), *ddS = dev(ns * 4);
+    double *drows = dev(2 * (size_t)Bs * sizeof(double)), *rows = malloc(2 * (size_t)Bs * sizeof(double));
+    OK(nce_rows_cuda(&ctx, dS_, ddS, Bs, first, B, L, tclip, objective, 0.7f, 0.3f, drows));
+    float *dS = down(ddS, ns);
+    REQUIRE(cudaMemcpy(rows, drows, 2 * (size_t)Bs * sizeof(double), cudaMemcpyDeviceToHost) == cudaSuccess, "copy");
+    double gl = 0, gs = 0;
+    for (int i = 0; i < Bs; i++)
+        gl += rows[2 * i], gs += rows[2 * i + 1];
+    if (objective == AMDIM_OBJECTIVE_NCE)
+        gl /= (double)BL;
+    compare_d("nce share loss", gl, loss);
+    compare_d("nce share reg", AMDIM_NCE_REG * gs / ((double)B * BL), reg);
+    float *gsrc = malloc((size_t)Bs * R * 4), *rsrc = malloc((size_t)Bs * R * 4), *gtgt = malloc(BL * R * 4),
+          *rtgt = malloc(BL * R * 4);
+    for (int i = 0; i < Bs; i++)
+        for (int c = 0; c < R; c++) {
+            double a = 0;
+            for (size_t j = 0; j < BL; j++)
+                a += (double)dS[(size_t)i * BL + j] * tgt[j * R + c];
+            gsrc[(size_t)i * R + c] = (float)(a * scale);
+            rsrc[(size_t)i * R + c] = dsT[(size_t)c * Bs + i];
+        }
+    for (size_t j = 0; j < BL; j++)
+        for (int c = 0; c < R; c++) {
+            double a = 0;
+            for (int i = 0; i < Bs; i++)
+                a += (double)dS[(size_t)i * BL + j] * src[(size_t)i * R + c];
+            gtgt[j * R + c] = (float)(a * scale);
+            rtgt[j * R + c] = dtT[(size_t)c * BL + j];
+        }
+    compare("nce share dsrc", gsrc, rsrc, (size_t)Bs * R);
+    compare("nce share dtgt", gtgt, rtgt, BL * R);
+    cudaFree(dS_), cudaFree(ddS), cudaFree(drows);
+    free(src), free(tgt), free(srcT), free(tgtT), free(dsT), free(dtT), free(S), free(rows), free(dS);
+    free(gsrc), free(rsrc), free(gtgt), free(rtgt);
 }
 
 static void test_nce(int objective, int B, int L, int R)
@@ -318,7 +388,7 @@ static void test_nce(int objective, int B, int L, int R)
         }
     float *dS_ = up(S, n * 4), *ddS = dev(n * 4);
     double *drows = dev(2 * (size_t)B * sizeof(double)), *rows = malloc(2 * (size_t)B * sizeof(double));
-    OK(nce_rows_cuda(&ctx, dS_, ddS, B, L, tclip, objective, 0.7f, 0.3f, drows));
+    OK(nce_rows_cuda(&ctx, dS_, ddS, B, 0, B, L, tclip, objective, 0.7f, 0.3f, drows));
     float *dS = down(ddS, n);
     REQUIRE(cudaMemcpy(rows, drows, 2 * (size_t)B * sizeof(double), cudaMemcpyDeviceToHost) == cudaSuccess, "copy");
     double gl = 0, gs = 0;
@@ -435,11 +505,14 @@ int main(void)
     test_batchnorm(1000, 37);
     test_batchnorm(70000, 70);
     test_dropout();
-    test_classifier(9, 10);
-    test_classifier(5, 1000);
+    test_classifier(9, 10, 1);
+    test_classifier(5, 1000, 1);
+    test_classifier(9, 10, 3); /* a rank's share */
     for (int obj = 0; obj < 3; obj++) {
         test_nce(obj, 4, 25, 16);
         test_nce(obj, 7, 49, 8);
+        test_nce_share(obj, 6, 2, 2, 25, 16); /* rank 1 of 3 */
+        test_nce_share(obj, 8, 4, 4, 49, 8);  /* rank 1 of 2 */
     }
     test_adam_layout();
     return test_finish("test_cuda_kernels");

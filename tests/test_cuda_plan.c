@@ -31,13 +31,14 @@ static size_t extent_at(const amdim_cuda_plan *p, size_t off)
     return 0;
 }
 
-static double check_plan(const char *name, const amdim_model_config *cfg, int B)
+/* ranks: 0 without a process group, else its size */
+static double check_plan(const char *name, const amdim_model_config *cfg, int B, int ranks)
 {
     amdim_arch a;
     char err[256];
     REQUIRE(amdim_arch_build(&a, cfg, err, sizeof err) == 0, "%s", err);
     amdim_cuda_plan p;
-    REQUIRE(amdim_cuda_plan_build(&p, &a, B) == 0, "plan");
+    REQUIRE(amdim_cuda_plan_build(&p, &a, B, ranks) == 0, "plan");
     int S = cfg->encoder_size, R = cfg->n_rkhs;
     /* each layer's output is the (B, hout, hout, cout) arch.h describes */
     for (int v = 0; v < 2; v++) {
@@ -56,7 +57,26 @@ static double check_plan(const char *name, const amdim_model_config *cfg, int B)
         CHECK(extent_at(&p, p.heads[v][1].out) == (size_t)B * 49 * R, "%s: r7", name);
         CHECK(a.layers[a.nlayers - 1].hout == 1 && a.layers[a.nlayers - 1].cout == R, "%s: r1", name);
     }
-    CHECK(extent_at(&p, p.scores) == (size_t)B * B * 49, "%s: scores", name);
+    /* with N ranks: this rank's B sources against the N B images' targets,
+     * gathered into (N B, hw, hw, R) buffers (rank r's block at row r B hw) */
+    size_t Bg = (size_t)B * (ranks ? ranks : 1);
+    CHECK(p.ranks == ranks, "%s: ranks", name);
+    for (int v = 0; v < 2; v++)
+        for (int f = 0; f < 2; f++) {
+            size_t hw = f ? 49 : 25;
+            if (!ranks) {
+                CHECK(p.tg[v][f] == AMDIM_CUDA_NONE && p.dtg[v][f] == AMDIM_CUDA_NONE, "%s: targets without a group",
+                      name);
+                continue;
+            }
+            CHECK(extent_at(&p, p.tg[v][f]) == Bg * hw * R && extent_at(&p, p.dtg[v][f]) == Bg * hw * R,
+                  "%s: %d ranks: global targets of view %d r%d", name, ranks, v, f ? 7 : 5);
+            /* one rank's block is exactly its heads output */
+            CHECK(extent_at(&p, p.heads[v][f].out) * (size_t)ranks == extent_at(&p, p.tg[v][f]),
+                  "%s: %d ranks: rank blocks of view %d r%d", name, ranks, v, f ? 7 : 5);
+        }
+    CHECK(extent_at(&p, p.scores) == (size_t)B * Bg * 49 && extent_at(&p, p.dscores) == (size_t)B * Bg * 49,
+          "%s: scores", name);
     CHECK(extent_at(&p, p.stats) == 2 * (size_t)(AMDIM_CUDA_STATS_CLS + 12) * B, "%s: stats", name);
     CHECK(p.maxact >= (size_t)B * 49 * R, "%s: maxact", name);
     /* aligned, inside, disjoint */
@@ -77,8 +97,8 @@ static double check_plan(const char *name, const amdim_model_config *cfg, int B)
             CHECK(pp.ohwi[i] % 64 == 0 && pp.ohwi[i] + a.tensors[i].size <= pp.dw_ohwi, "%s: ohwi %d", name, i);
         }
     CHECK(pp.grads >= pp.weights + a.weights_size && pp.adam_v + a.grads_size <= pp.total, "%s: blocks", name);
-    printf("%-22s B %3d: %4zu buffers, activations %8.1f MiB, parameters %7.1f MiB (%zu cuDNN filters)\n", name, B,
-           p.nextents, p.total * 4.0 / (1 << 20), pp.total * 4.0 / (1 << 20), nohwi);
+    printf("%-22s B %3d N %d: %4zu buffers, activations %8.1f MiB, parameters %7.1f MiB (%zu cuDNN filters)\n", name, B,
+           ranks, p.nextents, p.total * 4.0 / (1 << 20), pp.total * 4.0 / (1 << 20), nohwi);
 #ifdef AMDIM_HAVE_CUDA_BACKEND
     /* cuDNN's own shape arithmetic (no GPU needed) agrees with arch.h */
     for (int l = 0; l < a.nlayers; l++) {
@@ -243,7 +263,9 @@ int main(void)
         c.ndf = cfgs[i].ndf;
         c.n_rkhs = cfgs[i].n_rkhs;
         c.n_depth = cfgs[i].depth;
-        double bytes = check_plan(cfgs[i].name, &c, cfgs[i].batch);
+        double bytes = check_plan(cfgs[i].name, &c, cfgs[i].batch, 0);
+        for (int ranks = 1; ranks <= 8; ranks *= 2) /* a process group: forced one rank, 2, 4, 8 */
+            check_plan(cfgs[i].name, &c, cfgs[i].batch, ranks);
         /* the published ImageNet-small run (batch 480) fits an 80 GB card in
          * fp32, with the cuDNN workspace (256 MiB) and 1 GiB to spare */
         if (cfgs[i].size == 128 && cfgs[i].batch == 480)

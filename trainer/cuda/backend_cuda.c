@@ -30,7 +30,19 @@
  * workspace and algorithms found in the eager warm-up. A failed capture
  * warns once and leaves the model eager; AMDIM_CUDA_GRAPHS=0 turns graphs
  * off, and profiling (which synchronises per stage) runs eagerly.
- * Every CUDA / cuBLAS / cuDNN status is checked and named in m->err. */
+ *
+ * Data parallelism (build with NCCL; amdim_model_set_comm): one NCCL
+ * communicator per run, made at the first step (rank 0's id broadcast
+ * over m->comm). Each step all-gathers r5 and r7 of both views into
+ * global target buffers (NHWC, batch outermost: rank blocks contiguous),
+ * scores this rank's sources against them (nce_rows_cuda's first / B),
+ * reduce-scatters the target gradients into dr5 / dr7, and after the
+ * backward sums the gradients and averages the BatchNorm running
+ * statistics (one grouped call, not overlapped with the backward); the
+ * labelled count and the loss terms go over m->comm on the host. Such
+ * steps run eagerly (no graph). Per-rank BatchNorm only: sync_bn is
+ * refused on CUDA (model.c). See "data parallelism" below.
+ * Every CUDA / cuBLAS / cuDNN / NCCL status is checked and named in m->err. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -38,6 +50,9 @@
 #include <cublasLt.h>
 #include <cublas_v2.h>
 #include <cuda_runtime_api.h>
+#ifdef AMDIM_HAVE_NCCL
+#include <nccl.h>
+#endif
 
 #include "../backend.h"
 #include "backend_cuda.h"
@@ -103,6 +118,12 @@ typedef struct {
     cudaGraphExec_t fb_graph, adam_graph[2];
     int fb_warm, adam_warm[2], graphs_failed;
     unsigned long graph_captures, graph_launches;
+#ifdef AMDIM_HAVE_NCCL
+    /* data parallelism: the run's NCCL communicator over m->comm's ranks,
+     * made at the first step with a group (nccl_open); NULL until then */
+    ncclComm_t nccl;
+    const amdim_comm *nccl_group; /* the group it was made for */
+#endif
 } cuda_state;
 
 #define MFAIL(st, ...) AMDIM_MFAIL(m, (st), __VA_ARGS__)
@@ -448,7 +469,8 @@ void amdim_cuda_graph_counts(const amdim_model *m, unsigned long *captures, unsi
 static int ensure_buffers(amdim_model *m, int B)
 {
     cuda_state *c = m->bs;
-    if (c->plan.batch == B)
+    int ranks = m->comm ? m->comm->size : 0; /* the global target buffers with a group */
+    if (c->plan.batch == B && c->plan.ranks == ranks)
         return AMDIM_OK;
     m->batch = 0; /* the outputs of the last training step go with the old arena */
     drop_graph(&c->fb_graph, &c->fb_warm); /* so does the step's graph */
@@ -459,7 +481,7 @@ static int ensure_buffers(amdim_model *m, int B)
     free(c->labels2);
     c->stats = NULL;
     c->labels2 = NULL;
-    if (amdim_cuda_plan_build(&c->plan, &m->arch, B))
+    if (amdim_cuda_plan_build(&c->plan, &m->arch, B, ranks))
         return MFAIL(AMDIM_E_NOMEM, "out of memory (activation plan)");
     c->stats = malloc((AMDIM_CUDA_STATS_CLS * (size_t)B + 12 * (size_t)B) * sizeof(double));
     c->labels2 = malloc(2 * (size_t)B * sizeof(int32_t));
@@ -711,9 +733,11 @@ static int probes_backward(amdim_model *m, int n, const double *inv_valid)
     const amdim_cuda_plan *P = &CS(m)->plan;
     const amdim_probes *p = &m->arch.probes;
     int R = m->cfg.n_rkhs, H = m->cfg.mlp_hidden, K = m->cfg.n_classes;
+    /* n_all: the rows of the global batch (the probes' means are over it) */
+    int n_all = n * (P->ranks ? P->ranks : 1);
     const int32_t *labels = (const int32_t *)(const void *)A(m, P->labels2);
     float *dl = A(m, P->dlogits), *dtmp = A(m, P->dtmp), *dtmp2 = A(m, P->dtmp2);
-    TRY(classifier_loss_cuda(X(m), A(m, P->logits[0]), n, K, labels, inv_valid, 1.0f, dl, cls_rows(m, 0)));
+    TRY(classifier_loss_cuda(X(m), A(m, P->logits[0]), n, n_all, K, labels, inv_valid, 1.0f, dl, cls_rows(m, 0)));
     TRY(linear_backward(m, A(m, P->mlp_h2), (size_t)n, H, W(m, p->mlp_w2), K, dl, dtmp, 0.0f, G(m, p->mlp_w2),
                         G(m, p->mlp_b2)));
     TRY(dropout_cuda(X(m), dtmp, A(m, P->mask_hidden), (size_t)n * H, dtmp));
@@ -723,15 +747,24 @@ static int probes_backward(amdim_model *m, int n, const double *inv_valid)
                                 dtmp2, BNS(m)));
     TRY(linear_backward(m, A(m, P->mlp_h0), (size_t)n, R, W(m, p->mlp_w1), H, dtmp2, NULL, 0.0f, G(m, p->mlp_w1),
                         NULL));
-    TRY(classifier_loss_cuda(X(m), A(m, P->logits[1]), n, K, labels, inv_valid, 1.0f, dl, cls_rows(m, 1)));
+    TRY(classifier_loss_cuda(X(m), A(m, P->logits[1]), n, n_all, K, labels, inv_valid, 1.0f, dl, cls_rows(m, 1)));
     return linear_backward(m, A(m, P->feat), (size_t)n, R, W(m, p->lin_w), K, dl, NULL, 0.0f, G(m, p->lin_w),
                            G(m, p->lin_b));
 }
 
+/* The host side of a collective of m->comm failing. */
+static int comm_fail(amdim_model *m, int rc, const char *what)
+{
+    return MFAIL(rc, "rank %d of %d: %s: %s", m->comm->rank, m->comm->size, what,
+                 m->comm->error ? m->comm->error(m->comm->ctx) : "collective failed");
+}
+
 /* Labels of both views and the step's draws to the device; when labelled
- * is given, the labelled count, and its inverse to the device scalars. */
+ * is given, this rank's labelled count, the global batch's in *valid_all
+ * (summed over m->comm's ranks: a host collective, outside any graph) and
+ * its inverse to the device scalars. */
 static int upload_step(amdim_model *m, int B, int rows, const int32_t *labels, const amdim_step_draws *d,
-                       int *labelled)
+                       int *labelled, double *valid_all)
 {
     cuda_state *c = m->bs;
     const amdim_cuda_plan *P = &c->plan;
@@ -744,7 +777,11 @@ static int upload_step(amdim_model *m, int B, int rows, const int32_t *labels, c
         TRY(copy(m, A(m, P->labels2), c->labels2, (size_t)rows * sizeof(int32_t), cudaMemcpyHostToDevice));
     }
     if (labelled) {
-        double inv_valid = valid ? 1.0 / valid : 0.0;
+        int rc;
+        *valid_all = valid;
+        if (m->comm && (rc = m->comm->allreduce_f64(m->comm->ctx, valid_all, 1)))
+            return comm_fail(m, rc, "summing the labelled counts");
+        double inv_valid = *valid_all > 0 ? 1.0 / *valid_all : 0.0;
         *labelled = valid;
         TRY(copy(m, &c->scalars->inv_valid, &inv_valid, sizeof inv_valid, cudaMemcpyHostToDevice));
     }
@@ -759,12 +796,15 @@ static int upload_step(amdim_model *m, int B, int rows, const int32_t *labels, c
     return AMDIM_OK;
 }
 
-/* The classifier statistics from the host copy of the stats (n rows). */
-static void cls_stats(amdim_model *m, int n, int valid, amdim_step_stats *st)
+/* The classifier statistics from the host copy of the stats (n rows, valid
+ * of them labelled): the losses are this rank's share of the global
+ * batch's means (valid_all labelled rows, n times the ranks in all). */
+static void cls_stats(amdim_model *m, int n, int valid, double valid_all, amdim_step_stats *st)
 {
-    double inv_valid = valid ? 1.0 / valid : 0.0;
-    const double *base = CS(m)->stats + AMDIM_CUDA_STATS_CLS * (size_t)CS(m)->plan.batch;
-    double inv_all = 1.0 / ((double)n * m->cfg.n_classes);
+    const amdim_cuda_plan *P = &CS(m)->plan;
+    double inv_valid = valid_all > 0 ? 1.0 / valid_all : 0.0;
+    const double *base = CS(m)->stats + AMDIM_CUDA_STATS_CLS * (size_t)P->batch;
+    double inv_all = 1.0 / ((double)n * (P->ranks ? P->ranks : 1) * m->cfg.n_classes);
     for (int h = 0; h < 2; h++) {
         const double *r = base + (size_t)h * 6 * CS(m)->plan.batch;
         double xent = 0, reg = 0;
@@ -801,54 +841,70 @@ static int probes_train(amdim_model *m, int B)
 
 /* ---- objective ------------------------------------------------------------------ */
 
+/* The six directions: this rank's B sources (r1, and the drawn r5
+ * location) against the targets of the global batch of Bg = N B images -
+ * with a group (N ranks) the gathered r5 / r7 (tg, gather_targets), whose
+ * gradients (dtg) the reduce-scatter brings back; without one, this
+ * batch's own, Bg = B. Source si is image first + si of the global batch. */
 static int objectives(amdim_model *m, int B)
 {
     const amdim_cuda_plan *P = &CS(m)->plan;
     const amdim_model_config *cfg = &m->cfg;
-    int R = cfg->n_rkhs;
+    int R = cfg->n_rkhs, Bg = B * (P->ranks ? P->ranks : 1), first = P->ranks ? B * m->comm->rank : 0;
     float *feat[2][8], *dfeat[2][8]; /* [view][1, 5, 7] */
     for (int v = 0; v < 2; v++) {
         feat[v][1] = A(m, P->layers[v][m->arch.nlayers - 1].out); /* (B, R) */
-        feat[v][5] = A(m, P->heads[v][0].out);                    /* (B, 5, 5, R) */
-        feat[v][7] = A(m, P->heads[v][1].out);                    /* (B, 7, 7, R) */
-        dfeat[v][1] = A(m, P->dr1[v]), dfeat[v][5] = A(m, P->dr5[v]), dfeat[v][7] = A(m, P->dr7[v]);
+        dfeat[v][1] = A(m, P->dr1[v]);
         TRY(zero(m, dfeat[v][1], (size_t)R * B * sizeof(float)));
+        if (P->ranks) { /* (Bg, 5, 5, R), (Bg, 7, 7, R); dtg zeroed by gather_targets */
+            feat[v][5] = A(m, P->tg[v][0]), feat[v][7] = A(m, P->tg[v][1]);
+            dfeat[v][5] = A(m, P->dtg[v][0]), dfeat[v][7] = A(m, P->dtg[v][1]);
+            continue;
+        }
+        feat[v][5] = A(m, P->heads[v][0].out); /* (B, 5, 5, R) */
+        feat[v][7] = A(m, P->heads[v][1].out); /* (B, 7, 7, R) */
+        dfeat[v][5] = A(m, P->dr5[v]), dfeat[v][7] = A(m, P->dr7[v]);
         TRY(zero(m, dfeat[v][5], (size_t)R * B * 25 * sizeof(float)));
         TRY(zero(m, dfeat[v][7], (size_t)R * B * 49 * sizeof(float)));
     }
     float scale = 1.0f / sqrtf((float)R), *S = A(m, P->scores), *dS = A(m, P->dscores);
     for (int k = 0; k < AMDIM_NCE_DIRECTIONS; k++) {
         const amdim_nce_direction *d = &m->arch.dirs[k];
-        int a = d->src_view, b = 1 - a, BL = B * d->L;
+        int a = d->src_view, b = 1 - a, BL = Bg * d->L;
         const int32_t *idx = (const int32_t *)(const void *)A(m, P->src5) + (size_t)a * B;
         const float *src = feat[a][1], *tgt = feat[b][d->tgt_feature];
         float *dsrc = dfeat[a][1], *dtgt = dfeat[b][d->tgt_feature];
-        if (d->src_feature == 5) { /* one drawn location of r5 per image */
-            TRY(gather_rows_cuda(X(m), feat[a][5], idx, B, R, A(m, P->src)));
+        if (d->src_feature == 5) { /* one drawn location of this rank's r5 per image */
+            TRY(gather_rows_cuda(X(m), A(m, P->heads[a][0].out), idx, B, R, A(m, P->src)));
             TRY(zero(m, A(m, P->dsrc), (size_t)R * B * sizeof(float)));
             src = A(m, P->src);
             dsrc = A(m, P->dsrc);
         }
-        /* S (B, B L) = src (B, R) tgt (B L, R)^T / sqrt(R) */
+        /* S (B, Bg L) = src (B, R) tgt (Bg L, R)^T / sqrt(R) */
         TRY(nce_gemm(m, 0, 1, B, BL, R, scale, src, R, tgt, R, 0.0f, S, BL));
-        TRY(nce_rows_cuda(X(m), S, dS, B, d->L, cfg->tclip, cfg->objective, 0.5f, 0.5f,
+        TRY(nce_rows_cuda(X(m), S, dS, B, first, Bg, d->L, cfg->tclip, cfg->objective, 0.5f, 0.5f,
                           (double *)(void *)A(m, P->stats) + (size_t)k * 2 * B));
         TRY(nce_gemm(m, 0, 0, B, R, BL, scale, dS, BL, tgt, R, 1.0f, dsrc, R));
         TRY(nce_gemm(m, 1, 0, BL, R, B, scale, dS, BL, src, R, 1.0f, dtgt, R));
+        /* the drawn sources' gradient joins the targets' at image first + i
+         * (with a group: summed by the reduce-scatter in the order one
+         * process sums it) */
         if (d->src_feature == 5)
-            TRY(scatter_rows_add_cuda(X(m), A(m, P->dsrc), idx, B, R, dfeat[a][5]));
+            TRY(scatter_rows_add_cuda(X(m), A(m, P->dsrc), idx, B, R, dfeat[a][5] + (size_t)first * 25 * R));
     }
     return AMDIM_OK;
 }
 
-/* The objective's statistics from the host copy of the stats. */
+/* The objective's statistics from the host copy of the stats; with a
+ * group, this rank's B rows' share of the global batch's means (Bg = N B
+ * images), which the ranks' sum (reduce_stats) completes. */
 static void nce_stats(amdim_model *m, int B, amdim_step_stats *st)
 {
-    double reg = 0, task[3] = {0, 0, 0};
+    double reg = 0, task[3] = {0, 0, 0}, Bg = (double)B * (CS(m)->plan.ranks ? CS(m)->plan.ranks : 1);
     for (int k = 0; k < AMDIM_NCE_DIRECTIONS; k++) {
         const amdim_nce_direction *d = &m->arch.dirs[k];
         const double *r = CS(m)->stats + (size_t)k * 2 * B;
-        double BL = (double)B * d->L, loss = 0, sq = 0;
+        double BL = Bg * d->L, loss = 0, sq = 0;
         for (int i = 0; i < B; i++) {
             loss += r[2 * i];
             sq += r[2 * i + 1];
@@ -856,7 +912,7 @@ static void nce_stats(amdim_model *m, int B, amdim_step_stats *st)
         if (m->cfg.objective == AMDIM_OBJECTIVE_NCE)
             loss /= BL;
         task[d->task] += 0.5 * loss;
-        reg += AMDIM_NCE_REG * sq / ((double)B * BL);
+        reg += AMDIM_NCE_REG * sq / (Bg * BL);
     }
     st->nce_1t5 = task[0];
     st->nce_1t7 = task[1];
@@ -870,6 +926,189 @@ static int pull_stats(amdim_model *m)
     return copy(m, CS(m)->stats, A(m, P->stats), (AMDIM_CUDA_STATS_CLS + 12) * (size_t)P->batch * sizeof(double),
                 cudaMemcpyDeviceToHost);
 }
+
+/* ---- data parallelism ------------------------------------------------------------ */
+
+/* With m->comm (N ranks; N > 1, or one forced rank) a training step moves
+ * over NCCL, on the compute stream, in the step's order: the all-gather
+ * of r5 and r7 of both views into the global target buffers (after the
+ * forward), the reduce-scatter of their gradients into dr5 / dr7 (after
+ * the objective), and after the backward the sum of the gradients and the
+ * average of the BatchNorm running statistics - one grouped call at the
+ * end, not overlapped with the backward. The labelled count (before the
+ * step) and the loss terms and counts (after it) are summed on the host
+ * over m->comm. Steps with a group run eagerly (no CUDA graph): the host
+ * collectives stay outside the device work and NCCL is never captured. */
+
+/* The loss terms and counts summed over the ranks (each rank's are its
+ * share of the global batch's means). */
+static int reduce_stats(amdim_model *m, amdim_step_stats *st)
+{
+    double v[9] = {st->nce_1t5, st->nce_1t7, st->nce_5t5, st->reg, st->cls_mlp, st->cls_lin,
+                   st->correct_mlp, st->correct_lin, st->labelled};
+    int rc = m->comm->allreduce_f64(m->comm->ctx, v, 9);
+    if (rc)
+        return comm_fail(m, rc, "summing the loss terms");
+    st->nce_1t5 = v[0], st->nce_1t7 = v[1], st->nce_5t5 = v[2], st->reg = v[3], st->cls_mlp = v[4];
+    st->cls_lin = v[5], st->correct_mlp = (int)v[6], st->correct_lin = (int)v[7], st->labelled = (int)v[8];
+    return AMDIM_OK;
+}
+
+#ifdef AMDIM_HAVE_NCCL
+/* Running statistics of every BatchNorm (BN_MEAN, BN_VAR tensors). */
+static int is_running_stat(const amdim_tensor *t)
+{
+    return t->role == AMDIM_ROLE_BN_MEAN || t->role == AMDIM_ROLE_BN_VAR;
+}
+
+/* A failed NCCL call, with NCCL's last error message (thread-local in
+ * NCCL; the comm argument is unused, NULL before ncclCommInitRank). */
+static int nccl_fail(amdim_model *m, ncclResult_t r, const char *call)
+{
+    const char *last = ncclGetLastError(CS(m)->nccl);
+    return MFAIL(AMDIM_E_IO, "rank %d of %d: %s(): %s%s%s", m->comm->rank, m->comm->size, call,
+                 ncclGetErrorString(r), last && *last ? ": " : "", last && *last ? last : "");
+}
+
+#define NC(call, name)                                  \
+    do {                                                \
+        ncclResult_t r_ = (call);                       \
+        if (r_ != ncclSuccess)                          \
+            return nccl_fail(m, r_, name);              \
+    } while (0)
+
+/* Ends a group of NCCL calls; the first failure inside it (r, call) or
+ * the group's own. */
+static int nccl_group_end(amdim_model *m, ncclResult_t r, const char *call)
+{
+    ncclResult_t e = ncclGroupEnd();
+    if (r != ncclSuccess)
+        return nccl_fail(m, r, call);
+    NC(e, "ncclGroupEnd");
+    return AMDIM_OK;
+}
+
+/* Destroys the communicator (aborts it after an asynchronous error, when
+ * a peer may never complete an operation). */
+static void nccl_close(cuda_state *c)
+{
+    if (!c->nccl)
+        return;
+    ncclResult_t async = ncclSuccess;
+    if (ncclCommGetAsyncError(c->nccl, &async) != ncclSuccess || async != ncclSuccess)
+        ncclCommAbort(c->nccl);
+    else
+        ncclCommDestroy(c->nccl);
+    c->nccl = NULL;
+    c->nccl_group = NULL;
+}
+
+/* The run's communicator over m->comm, made once (a collective of all
+ * ranks, at their first step): rank 0's ncclGetUniqueId goes to every rank
+ * through bcast_f32 - its 128 bytes as 32 floats, which the comm moves
+ * unchanged - then ncclCommInitRank on the current device. */
+static int nccl_open(amdim_model *m)
+{
+    cuda_state *c = m->bs;
+    const amdim_comm *g = m->comm;
+    if (c->nccl && c->nccl_group == g)
+        return AMDIM_OK;
+    CU(cudaStreamSynchronize(c->stream), "cudaStreamSynchronize");
+    nccl_close(c); /* made for another group */
+    ncclUniqueId id;
+    float buf[(sizeof id + sizeof(float) - 1) / sizeof(float)];
+    memset(&id, 0, sizeof id);
+    memset(buf, 0, sizeof buf);
+    if (g->rank == 0)
+        NC(ncclGetUniqueId(&id), "ncclGetUniqueId");
+    memcpy(buf, &id, sizeof id);
+    int rc = g->bcast_f32(g->ctx, buf, sizeof buf / sizeof *buf, 0);
+    if (rc)
+        return comm_fail(m, rc, "broadcasting the NCCL id");
+    memcpy(&id, buf, sizeof id);
+    ncclComm_t comm = NULL;
+    NC(ncclCommInitRank(&comm, g->size, id, g->rank), "ncclCommInitRank");
+    c->nccl = comm;
+    c->nccl_group = g;
+    return AMDIM_OK;
+}
+
+/* r5 and r7 of both views, every rank's (B, hw, hw, R) block in rank
+ * order, into tg (N B, hw, hw, R): the global batch's targets. Zeroes
+ * their gradients dtg. */
+static int gather_targets(amdim_model *m, int B)
+{
+    cuda_state *c = m->bs;
+    const amdim_cuda_plan *P = &c->plan;
+    ncclResult_t r = ncclSuccess;
+    NC(ncclGroupStart(), "ncclGroupStart");
+    for (int v = 0; v < 2 && r == ncclSuccess; v++)
+        for (int f = 0; f < 2 && r == ncclSuccess; f++)
+            r = ncclAllGather(A(m, P->heads[v][f].out), A(m, P->tg[v][f]),
+                              (size_t)B * (f ? 49 : 25) * m->cfg.n_rkhs, ncclFloat, c->nccl, c->stream);
+    TRY(nccl_group_end(m, r, "ncclAllGather"));
+    for (int v = 0; v < 2; v++)
+        for (int f = 0; f < 2; f++)
+            TRY(zero(m, A(m, P->dtg[v][f]), (size_t)B * P->ranks * (f ? 49 : 25) * m->cfg.n_rkhs * sizeof(float)));
+    return AMDIM_OK;
+}
+
+/* dr5 / dr7 of this rank's images = the ranks' sum of their gradients of
+ * its block of the gathered targets (the drawn r5 sources' included). */
+static int scatter_target_grads(amdim_model *m, int B)
+{
+    cuda_state *c = m->bs;
+    const amdim_cuda_plan *P = &c->plan;
+    ncclResult_t r = ncclSuccess;
+    NC(ncclGroupStart(), "ncclGroupStart");
+    for (int v = 0; v < 2 && r == ncclSuccess; v++)
+        for (int f = 0; f < 2 && r == ncclSuccess; f++)
+            r = ncclReduceScatter(A(m, P->dtg[v][f]), A(m, f ? P->dr7[v] : P->dr5[v]),
+                                  (size_t)B * (f ? 49 : 25) * m->cfg.n_rkhs, ncclFloat, ncclSum, c->nccl, c->stream);
+    return nccl_group_end(m, r, "ncclReduceScatter");
+}
+
+/* After the backward: the gradients summed over the ranks (so every rank
+ * applies the same update) and, per-rank BatchNorm, the running
+ * statistics averaged (ncclAvg, in fp32; the CPU averages in double). */
+static int reduce_device(amdim_model *m)
+{
+    cuda_state *c = m->bs;
+    float *g = c->params + c->pp.grads;
+    ncclResult_t r;
+    NC(ncclGroupStart(), "ncclGroupStart");
+    r = ncclAllReduce(g, g, m->arch.grads_size, ncclFloat, ncclSum, c->nccl, c->stream);
+    const char *call = "ncclAllReduce (gradients)";
+    for (int i = 0; i < m->arch.ntensors && r == ncclSuccess; i++)
+        if (is_running_stat(&m->arch.tensors[i])) {
+            r = ncclAllReduce(W(m, i), W(m, i), m->arch.tensors[i].size, ncclFloat, ncclAvg, c->nccl, c->stream);
+            call = "ncclAllReduce (running statistics)";
+        }
+    return nccl_group_end(m, r, call);
+}
+
+/* An asynchronous NCCL failure (a peer lost, a network error), once the
+ * step's work is done. */
+static int nccl_check(amdim_model *m)
+{
+    ncclResult_t async = ncclSuccess;
+    NC(ncclCommGetAsyncError(CS(m)->nccl, &async), "ncclCommGetAsyncError");
+    NC(async, "ncclCommGetAsyncError (asynchronous)");
+    return AMDIM_OK;
+}
+#undef NC
+#else
+/* Without NCCL, amdim_model_set_comm refuses CUDA ranks: never reached. */
+static int no_nccl(amdim_model *m)
+{
+    return MFAIL(AMDIM_E_UNSUPPORTED, "data-parallel CUDA ranks: this build has no NCCL");
+}
+static int nccl_open(amdim_model *m) { return no_nccl(m); }
+static int gather_targets(amdim_model *m, int B) { (void)B; return no_nccl(m); }
+static int scatter_target_grads(amdim_model *m, int B) { (void)B; return no_nccl(m); }
+static int reduce_device(amdim_model *m) { return no_nccl(m); }
+static int nccl_check(amdim_model *m) { return no_nccl(m); }
+#endif
 
 /* ---- inputs ------------------------------------------------------------------------ */
 
@@ -1015,6 +1254,9 @@ static void cuda_close(amdim_model *m)
     drop_graph(&c->fb_graph, &c->fb_warm);
     for (int i = 0; i < 2; i++)
         drop_graph(&c->adam_graph[i], &c->adam_warm[i]);
+#ifdef AMDIM_HAVE_NCCL
+    nccl_close(c);
+#endif
     for (int i = 0; i < 2; i++) {
         cudaFree(c->input[i]);
         if (c->copied[i])
@@ -1105,9 +1347,13 @@ static int forward_backward_body(amdim_model *m, int B)
     TRY(zero(m, CS(m)->params + CS(m)->pp.grads, m->arch.grads_size * sizeof(float)));
     for (int v = 0; v < 2; v++)
         TRY(encoder_forward(m, v, B, 1, 1));
-    int stage = m->arch.nlayers + AMDIM_STAGE_OBJECTIVE_OFFSET;
+    int stage = m->arch.nlayers + AMDIM_STAGE_OBJECTIVE_OFFSET, group = CS(m)->plan.ranks > 0;
     double t0 = now_if(m);
+    if (group)
+        TRY(gather_targets(m, B));
     TRY(objectives(m, B));
+    if (group)
+        TRY(scatter_target_grads(m, B));
     prof(m, stage, 0, t0, B);
     prof(m, stage, 1, amdim_now(), B); /* the backward FLOPs; its time is in the forward's */
     TRY(gather_r1(m, 0, B));
@@ -1115,24 +1361,35 @@ static int forward_backward_body(amdim_model *m, int B)
     TRY(probes_train(m, B));
     for (int v = 0; v < 2; v++)
         TRY(encoder_backward(m, v, B));
-    return AMDIM_OK;
+    return group ? reduce_device(m) : AMDIM_OK;
 }
 
 /* Inputs first (eager: host copies, the staged slot's events), then the
- * body (a graph after the warm-up), then the statistics to the host. */
+ * body (a graph after the warm-up; eager with a group), then the
+ * statistics to the host (summed over the group). */
 static int cuda_forward_backward(amdim_model *m, const amdim_step_input *in, const amdim_step_draws *d,
                                  amdim_step_stats *st)
 {
     cuda_state *c = m->bs;
     int B = in->batch, valid;
+    double valid_all;
     TRY(ensure_buffers(m, B));
-    TRY(upload_step(m, B, 2 * B, in->labels, d, &valid));
+    if (m->comm)
+        TRY(nccl_open(m));
+    TRY(upload_step(m, B, 2 * B, in->labels, d, &valid, &valid_all));
     for (int v = 0; v < 2; v++)
         TRY(load_input(m, in, v));
-    TRY(graph_run(m, &c->fb_graph, &c->fb_warm, forward_backward_body, B));
+    if (m->comm)
+        TRY(forward_backward_body(m, B));
+    else
+        TRY(graph_run(m, &c->fb_graph, &c->fb_warm, forward_backward_body, B));
     TRY(pull_stats(m));
     nce_stats(m, B, st);
-    cls_stats(m, 2 * B, valid, st);
+    cls_stats(m, 2 * B, valid, valid_all, st);
+    if (m->comm) {
+        TRY(nccl_check(m));
+        TRY(reduce_stats(m, st));
+    }
     st->total = st->nce_1t5 + st->nce_1t7 + st->nce_5t5 + st->reg + st->cls_mlp + st->cls_lin;
     return AMDIM_OK;
 }
@@ -1141,17 +1398,26 @@ static int cuda_probe_step(amdim_model *m, const amdim_step_input *in, const amd
                            amdim_step_stats *st)
 {
     int B = in->batch, valid;
+    double valid_all;
     TRY(ensure_buffers(m, B));
+    if (m->comm)
+        TRY(nccl_open(m));
     TRY(zero(m, CS(m)->params + CS(m)->pp.grads, m->arch.grads_size * sizeof(float)));
-    TRY(upload_step(m, B, 2 * B, in->labels, d, &valid));
+    TRY(upload_step(m, B, 2 * B, in->labels, d, &valid, &valid_all));
     for (int v = 0; v < 2; v++) { /* frozen encoder: eval mode */
         TRY(load_input(m, in, v));
         TRY(encoder_forward(m, v, B, 0, 0));
         TRY(gather_r1(m, v, B));
     }
     TRY(probes_train(m, B));
+    if (m->comm)
+        TRY(reduce_device(m));
     TRY(pull_stats(m));
-    cls_stats(m, 2 * B, valid, st);
+    cls_stats(m, 2 * B, valid, valid_all, st);
+    if (m->comm) {
+        TRY(nccl_check(m));
+        TRY(reduce_stats(m, st));
+    }
     st->total = st->cls_mlp + st->cls_lin;
     return AMDIM_OK;
 }
@@ -1205,7 +1471,7 @@ static int cuda_refresh_bn(amdim_model *m, const uint8_t *images, int B, const a
 {
     TRY(ensure_buffers(m, B));
     m->batch = 0;
-    TRY(upload_step(m, B, B, NULL, d, NULL));
+    TRY(upload_step(m, B, B, NULL, d, NULL, NULL));
     TRY(load_u8(m, images, B, A(m, CS(m)->plan.x[0])));
     TRY(encoder_forward(m, 0, B, 1, 1));
     TRY(gather_r1(m, 0, B));

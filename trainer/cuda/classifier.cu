@@ -4,7 +4,7 @@
 
 enum { CLS_THREADS = 256 };
 
-__global__ void classifier_kernel(const float *logits, int n, int classes, const int32_t *labels,
+__global__ void classifier_kernel(const float *logits, int n_all, int classes, const int32_t *labels,
                                   const double *inv_valid_p, float scale, float *dlogits, double *rows)
 {
     __shared__ double sh[CLS_THREADS];
@@ -12,7 +12,7 @@ __global__ void classifier_kernel(const float *logits, int n, int classes, const
     int i = blockIdx.x;
     const float *l = logits + (size_t)i * classes;
     float *dl = dlogits ? dlogits + (size_t)i * classes : NULL;
-    double inv_all = 1.0 / ((double)n * classes), reg = 0;
+    double inv_all = 1.0 / ((double)n_all * classes), reg = 0;
     for (int k = threadIdx.x; k < classes; k += blockDim.x) {
         reg += (double)l[k] * l[k];
         if (dl)
@@ -50,10 +50,11 @@ __global__ void classifier_kernel(const float *logits, int n, int classes, const
     }
 }
 
-extern "C" int classifier_loss_cuda(const amdim_cuda_ctx *c, const float *logits, int n, int classes,
+extern "C" int classifier_loss_cuda(const amdim_cuda_ctx *c, const float *logits, int n, int n_all, int classes,
                                     const int32_t *labels, const double *inv_valid, float scale, float *dlogits,
                                     double *rows)
 {
-    classifier_kernel<<<n, CLS_THREADS, 0, c->stream>>>(logits, n, classes, labels, inv_valid, scale, dlogits, rows);
+    classifier_kernel<<<n, CLS_THREADS, 0, c->stream>>>(logits, n_all, classes, labels, inv_valid, scale, dlogits,
+                                                        rows);
     return launch_check(c, "classifier_loss_cuda");
 }

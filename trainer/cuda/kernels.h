@@ -94,20 +94,24 @@ int dropout_cuda(const amdim_cuda_ctx *c, const float *x, const float *mask, siz
 /* One block per row of logits (n, classes). Writes per row: rows[3*i] =
  * the row's cross-entropy (0 if unlabelled), rows[3*i+1] = sum of l^2,
  * rows[3*i+2] = 1 if the argmax hits the label. dlogits (may be NULL) =
- * scale * gradient of xent * inv_valid + 1e-3 mean(l^2); inv_valid is ONE
- * double in device memory (read when the kernel runs, so a captured graph
- * takes each step's value). The host sums rows in order. */
-int classifier_loss_cuda(const amdim_cuda_ctx *c, const float *logits, int n, int classes, const int32_t *labels,
-                         const double *inv_valid, float scale, float *dlogits, double *rows);
+ * scale * gradient of xent * inv_valid + 1e-3 mean(l^2), the mean over
+ * n_all rows (n, or the global batch's rows when n is a rank's share);
+ * inv_valid is ONE double in device memory (read when the kernel runs, so
+ * a captured graph takes each step's value). The host sums rows in order. */
+int classifier_loss_cuda(const amdim_cuda_ctx *c, const float *logits, int n, int n_all, int classes,
+                         const int32_t *labels, const double *inv_valid, float scale, float *dlogits, double *rows);
 
 /* ---- nce.cu ---- */
-/* One direction's row work. S (B, B*L) holds the raw scores s (from the
- * GEMM, scaled by 1/sqrt(C)); dS (B, B*L) receives the gradient of
- * (wloss * loss + wreg * reg) with respect to s. rows[2*i] = row i's loss
- * contribution (NCE: before the 1/(B L) mean), rows[2*i+1] = sum of s^2 of
- * the row. S is left holding the clipped scores. */
-int nce_rows_cuda(const amdim_cuda_ctx *c, float *S, float *dS, int B, int L, float tclip, int objective, float wloss,
-                  float wreg, double *rows);
+/* One direction's row work for Bs sources, images [first, first + Bs) of
+ * a batch of B (a rank's share of the global batch; Bs = B, first = 0 in
+ * one process). S (Bs, B*L) holds the raw scores s (from the GEMM, scaled
+ * by 1/sqrt(C)); dS (Bs, B*L) receives the gradient of (wloss * loss +
+ * wreg * reg) with respect to s, every mean over the B images' counts as
+ * cpu_nce_direction_part. rows[2*si] = row si's loss contribution (NCE:
+ * before the 1/(B L) mean), rows[2*si+1] = sum of s^2 of the row. S is
+ * left holding the clipped scores. */
+int nce_rows_cuda(const amdim_cuda_ctx *c, float *S, float *dS, int Bs, int first, int B, int L, float tclip,
+                  int objective, float wloss, float wreg, double *rows);
 /* src (B, R) = r5 (B*25, R) rows i*25 + idx[i]. */
 int gather_rows_cuda(const amdim_cuda_ctx *c, const float *r5, const int32_t *idx, int B, int R, float *src);
 /* r5 rows i*25 + idx[i] += src rows. */

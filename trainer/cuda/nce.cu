@@ -6,14 +6,16 @@
 
 enum { NCE_THREADS = 256 };
 
-/* S, dS (B, B*L): row i = source i against every target location. */
-__global__ void nce_rows_kernel(float *S, float *dS, int B, int L, float tclip, int objective, float wloss, float wreg,
-                                double *rows)
+/* S, dS (Bs, B*L): row si = source si, image first + si of the B, against
+ * every target location; the means divide by the B images' counts
+ * (cpu_nce_direction_part). */
+__global__ void nce_rows_kernel(float *S, float *dS, int first, int B, int L, float tclip, int objective, float wloss,
+                                float wreg, double *rows)
 {
     __shared__ double sh[NCE_THREADS];
-    int i = blockIdx.x;
+    int si = blockIdx.x, i = first + si;
     size_t BL = (size_t)B * L, n = (size_t)B * BL, lo = (size_t)i * L, hi = lo + L; /* positives [lo, hi) */
-    float *t = S + (size_t)i * BL, *g = dS + (size_t)i * BL;
+    float *t = S + (size_t)si * BL, *g = dS + (size_t)si * BL;
     double sq = 0, loss = 0;
     for (size_t k = threadIdx.x; k < BL; k += blockDim.x) {
         float s = t[k];
@@ -81,8 +83,8 @@ __global__ void nce_rows_kernel(float *S, float *dS, int B, int L, float tclip, 
         }
     }
     if (threadIdx.x == 0) {
-        rows[2 * (size_t)i] = loss;
-        rows[2 * (size_t)i + 1] = sq;
+        rows[2 * (size_t)si] = loss;
+        rows[2 * (size_t)si + 1] = sq;
     }
 }
 
@@ -100,10 +102,10 @@ __global__ void rows_kernel(const float *a, const int32_t *idx, int B, int R, in
     }
 }
 
-extern "C" int nce_rows_cuda(const amdim_cuda_ctx *c, float *S, float *dS, int B, int L, float tclip, int objective,
-                             float wloss, float wreg, double *rows)
+extern "C" int nce_rows_cuda(const amdim_cuda_ctx *c, float *S, float *dS, int Bs, int first, int B, int L,
+                             float tclip, int objective, float wloss, float wreg, double *rows)
 {
-    nce_rows_kernel<<<B, NCE_THREADS, 0, c->stream>>>(S, dS, B, L, tclip, objective, wloss, wreg, rows);
+    nce_rows_kernel<<<Bs, NCE_THREADS, 0, c->stream>>>(S, dS, first, B, L, tclip, objective, wloss, wreg, rows);
     return launch_check(c, "nce_rows_cuda");
 }
 

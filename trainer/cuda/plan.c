@@ -61,13 +61,16 @@ void amdim_cuda_param_plan_free(amdim_cuda_param_plan *p)
     memset(p, 0, sizeof *p);
 }
 
-int amdim_cuda_plan_build(amdim_cuda_plan *p, const amdim_arch *a, int B)
+int amdim_cuda_plan_build(amdim_cuda_plan *p, const amdim_arch *a, int B, int ranks)
 {
     memset(p, 0, sizeof *p);
     const amdim_model_config *c = &a->cfg;
     int S = c->encoder_size, R = c->n_rkhs, H = c->mlp_hidden, K = c->n_classes;
     size_t top = 0, b = (size_t)B, maxact = 3 * b * S * S, bn = 0;
+    AMDIM_ASSERT(ranks >= 0);
+    size_t bg = b * (size_t)(ranks > 0 ? ranks : 1); /* the global batch */
     p->batch = B;
+    p->ranks = ranks;
     p->nlayers = a->nlayers;
     p->capextents = 128 + 12 * (size_t)a->nlayers;
     p->extents = malloc(p->capextents * sizeof *p->extents);
@@ -139,8 +142,14 @@ int amdim_cuda_plan_build(amdim_cuda_plan *p, const amdim_arch *a, int B)
     p->dtmp2 = take_rec(p, &top, 2 * b * HR);
     p->src = take_rec(p, &top, b * R);
     p->dsrc = take_rec(p, &top, b * R);
-    p->scores = take_rec(p, &top, b * b * 49);
-    p->dscores = take_rec(p, &top, b * b * 49);
+    for (int v = 0; v < 2; v++)
+        for (int f = 0; f < 2; f++) {
+            size_t hw = f ? 49 : 25;
+            p->tg[v][f] = ranks ? take_rec(p, &top, bg * hw * R) : AMDIM_CUDA_NONE;
+            p->dtg[v][f] = ranks ? take_rec(p, &top, bg * hw * R) : AMDIM_CUDA_NONE;
+        }
+    p->scores = take_rec(p, &top, b * bg * 49);
+    p->dscores = take_rec(p, &top, b * bg * 49);
     p->mask_in = take_rec(p, &top, 2 * b * R);
     p->mask_hidden = take_rec(p, &top, 2 * b * H);
     p->labels2 = take_rec(p, &top, 2 * b);

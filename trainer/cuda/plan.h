@@ -56,7 +56,15 @@ typedef struct {
     size_t logits[2], dlogits;        /* (2B, K) */
     size_t dtmp, dtmp2;               /* (2B, max(H, R)) */
     size_t src, dsrc;                 /* drawn r5 sources (B, R) */
-    size_t scores, dscores;           /* (B, B*49) */
+    /* data parallelism over N ranks (ranks >= 1): the global batch's r5 and
+     * r7 targets per view [view][0: r5, 1: r7], (N B, hw, hw, R) each - the
+     * batch outermost, so rank r's (B, hw, hw, R) block starts at row r B hw
+     * and an all-gather of the ranks' heads outputs fills them in place -
+     * and their gradients, same shape (reduce-scattered back into dr5 /
+     * dr7). AMDIM_CUDA_NONE without a group (ranks 0). */
+    int ranks;
+    size_t tg[2][2], dtg[2][2];
+    size_t scores, dscores;           /* (B, N B 49): this rank's sources against every target (N 1 without a group) */
     size_t mask_in, mask_hidden;      /* (2B, R), (2B, H) */
     size_t labels2, src5;             /* int32 (2B) each */
     size_t stats;                     /* doubles: 6 directions x 2B, then 2 heads x 3 x 2B */
@@ -92,7 +100,8 @@ int amdim_cuda_gemm_layout_make(amdim_cuda_gemm_layout *l, int ta, int tb, int M
  * which accept a zeroed plan. */
 int amdim_cuda_param_plan_build(amdim_cuda_param_plan *p, const amdim_arch *a);
 void amdim_cuda_param_plan_free(amdim_cuda_param_plan *p);
-int amdim_cuda_plan_build(amdim_cuda_plan *p, const amdim_arch *a, int B);
+/* ranks: 0 without a process group, else its size N (1 for a forced one-rank group). */
+int amdim_cuda_plan_build(amdim_cuda_plan *p, const amdim_arch *a, int B, int ranks);
 void amdim_cuda_plan_free(amdim_cuda_plan *p);
 
 #endif
