@@ -15,7 +15,11 @@
 #           test_model_staging_cuda (the copy-stream input double buffer),
 #           test_cuda_graphs (graph replay bit-identical to eager steps),
 #           test_cuda_curve (200 steps CPU vs CUDA side by side, checkpoints
-#           across devices both ways)
+#           across devices both ways),
+#           test_cuda_dist (a forced one-rank NCCL group bit-identical to no
+#           group; SKIP, with the reason, when the build there has no NCCL:
+#           libnccl is ~210 MiB, too large for gpu-deps/, so NCCL is used
+#           only where that machine's CUDA toolkit has nccl.h and libnccl)
 #         3 compute-sanitizer memcheck of test_cuda_kernels
 #         4 compute-sanitizer racecheck (shared-memory hazards) of
 #           test_cuda_model --quick (one tiny configuration, two steps)
