@@ -2,7 +2,7 @@
  * every build): the device memory plans of the three published encoders
  * (every buffer aligned, inside the arena, no two overlapping, each layer's
  * activation the size arch.h gives), the OIHW <-> OHWI filter maps, the
- * reduction chunks, and - in CUDA builds, without a GPU - that cuDNN's
+ * reduction chunks, the gradient buckets of a data-parallel step, and - in CUDA builds, without a GPU - that cuDNN's
  * output shape of every convolution it runs equals arch.h's layer size. */
 #include <stdlib.h>
 #include <string.h>
@@ -245,6 +245,47 @@ static void check_gemm_layouts(void)
     CHECK(amdim_cuda_gemm_layout_make(&l, 0, 0, 0, 3, 4, 4, 3, 3) == AMDIM_E_INVALID, "M 0");
 }
 
+/* The gradient buckets of a data-parallel step: one per backward unit,
+ * disjoint, together the whole grads block from the first gradient on,
+ * every gradient inside its own unit's range (each layer's, head's and the
+ * probes' tensors contiguous); mixtures (a unit of their own) give none. */
+static void check_buckets(const char *name, const amdim_model_config *cfg)
+{
+    amdim_arch a;
+    char err[256];
+    REQUIRE(amdim_arch_build(&a, cfg, err, sizeof err) == 0, "%s", err);
+    int U = AMDIM_CUDA_BUCKETS(&a);
+    size_t *lo = calloc((size_t)U, sizeof *lo), *hi = calloc((size_t)U, sizeof *hi);
+    int n = amdim_cuda_grad_buckets(&a, lo, hi);
+    if (cfg->mixtures > 1) {
+        CHECK(n == 0, "%s with mixtures: %d buckets, expected none", name, n);
+    } else {
+        CHECK(n == U, "%s: %d buckets, expected %d", name, n, U);
+        size_t first = SIZE_MAX, covered = 0;
+        for (int u = 0; u < U; u++) {
+            CHECK(lo[u] <= hi[u] && hi[u] <= a.grads_size, "%s: bucket %d [%zu, %zu)", name, u, lo[u], hi[u]);
+            if (hi[u] > lo[u])
+                first = lo[u] < first ? lo[u] : first, covered += hi[u] - lo[u];
+            for (int v = 0; v < u; v++)
+                CHECK(hi[u] <= lo[v] || hi[v] <= lo[u] || lo[u] == hi[u] || lo[v] == hi[v],
+                      "%s: buckets %d and %d overlap", name, u, v);
+        }
+        CHECK(covered == a.grads_size - first, "%s: the buckets cover %zu of %zu floats", name, covered,
+              a.grads_size - first);
+        for (int i = 0; i < a.ntensors; i++) {
+            const amdim_tensor *t = &a.tensors[i];
+            int inside = 0;
+            for (int u = 0; u < U && t->has_grad; u++)
+                inside += t->goffset >= lo[u] && t->goffset + t->size <= hi[u];
+            CHECK(!t->has_grad || inside == 1, "%s: %s lies in %d buckets", name, t->name, inside);
+        }
+        /* the first encoder layer's bucket starts at the first gradient; the probes' is the last */
+        CHECK(lo[0] == first && hi[a.nlayers + 2] == a.grads_size, "%s: bucket order", name);
+    }
+    free(lo), free(hi);
+    amdim_arch_free(&a);
+}
+
 int main(void)
 {
     struct {
@@ -264,6 +305,11 @@ int main(void)
         c.n_rkhs = cfgs[i].n_rkhs;
         c.n_depth = cfgs[i].depth;
         double bytes = check_plan(cfgs[i].name, &c, cfgs[i].batch, 0);
+        for (int bn = 0; bn < 2; bn++) {
+            c.use_bn = bn;
+            check_buckets(cfgs[i].name, &c);
+        }
+        c.use_bn = 0;
         for (int ranks = 1; ranks <= 8; ranks *= 2) /* a process group: forced one rank, 2, 4, 8 */
             check_plan(cfgs[i].name, &c, cfgs[i].batch, ranks);
         /* the published ImageNet-small run (batch 480) fits an 80 GB card in
@@ -271,6 +317,10 @@ int main(void)
         if (cfgs[i].size == 128 && cfgs[i].batch == 480)
             CHECK(bytes + (256.0 + 1024.0) * (1 << 20) <= 80e9, "ImageNet-small at batch 480 needs %.1f GB", bytes / 1e9);
     }
+    amdim_model_config mix;
+    amdim_model_config_default(&mix, 32);
+    mix.ndf = 8, mix.n_rkhs = 32, mix.n_depth = 1, mix.mixtures = 4;
+    check_buckets("tiny 32, mixtures 4", &mix);
     int shapes[][3] = {{1, 1, 1}, {4, 3, 3}, {8, 5, 4}, {16, 7, 2}, {3, 2, 5}, {6, 4, 1}};
     for (size_t i = 0; i < sizeof shapes / sizeof *shapes; i++)
         check_layout(shapes[i][0], shapes[i][1], shapes[i][2]);

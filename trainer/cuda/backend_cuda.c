@@ -36,9 +36,11 @@
  * over m->comm). Each step all-gathers r5 and r7 of both views into
  * global target buffers (NHWC, batch outermost: rank blocks contiguous),
  * scores this rank's sources against them (nce_rows_cuda's first / B),
- * reduce-scatters the target gradients into dr5 / dr7, and after the
- * backward sums the gradients and averages the BatchNorm running
- * statistics (one grouped call, not overlapped with the backward); the
+ * reduce-scatters the target gradients into dr5 / dr7, sums each backward
+ * unit's gradients (a layer's, a head's, the probes') on a stream of its
+ * own as soon as the unit's backward is done, overlapping the backward of
+ * the units before it, and at the end averages the BatchNorm running
+ * statistics; the
  * labelled count and the loss terms go over m->comm on the host. Such
  * steps run eagerly (no graph). Per-rank BatchNorm only: sync_bn is
  * refused on CUDA (model.c). See "data parallelism" below.
@@ -123,6 +125,15 @@ typedef struct {
      * made at the first step with a group (nccl_open); NULL until then */
     ncclComm_t nccl;
     const amdim_comm *nccl_group; /* the group it was made for */
+    /* gradient buckets (plan_buckets): per backward unit - encoder layer
+     * l, head nlayers + h, the probes nlayers + 2 - its range [lo, hi) of
+     * the grads block, all-reduced on nstream once the unit's last
+     * backward is done (nev orders the two streams); buckets 0: one
+     * all-reduce of the whole block after the backward instead */
+    cudaStream_t nstream;
+    cudaEvent_t nev;
+    size_t *bucket_lo, *bucket_hi;
+    int buckets;
 #endif
 } cuda_state;
 
@@ -657,7 +668,11 @@ static int encoder_forward(amdim_model *m, int v, int B, int train, int heads)
     return AMDIM_OK;
 }
 
-static int encoder_backward(amdim_model *m, int v, int B)
+static int bucket_launch(amdim_model *m, int u);
+
+/* launch: the last view's backward in a group - each unit's gradient
+ * bucket goes to the ranks as soon as the unit is done. */
+static int encoder_backward(amdim_model *m, int v, int B, int launch)
 {
     const amdim_cuda_plan *p = &CS(m)->plan;
     const amdim_arch *a = &m->arch;
@@ -667,6 +682,8 @@ static int encoder_backward(amdim_model *m, int v, int B)
         TRY(head_backward(m, hd, &p->heads[v][h], A(m, p->layers[v][hd->src_layer].out), B,
                           A(m, h ? p->dr7[v] : p->dr5[v]), A(m, p->dhead[h])));
         prof(m, a->nlayers + h, 1, t0, B);
+        if (launch)
+            TRY(bucket_launch(m, a->nlayers + h));
     }
     float *dy = A(m, p->grad_a), *dx = A(m, p->grad_b);
     TRY(copy(m, dy, A(m, p->dr1[v]), (size_t)m->cfg.n_rkhs * B * sizeof(float), cudaMemcpyDeviceToDevice));
@@ -680,6 +697,8 @@ static int encoder_backward(amdim_model *m, int v, int B)
         double t0 = now_if(m);
         TRY(layer_backward(m, L, &p->layers[v][l], x, B, dy, l ? dx : NULL));
         prof(m, l, 1, t0, B);
+        if (launch)
+            TRY(bucket_launch(m, l));
         float *t = dy;
         dy = dx;
         dx = t;
@@ -933,9 +952,12 @@ static int pull_stats(amdim_model *m)
  * over NCCL, on the compute stream, in the step's order: the all-gather
  * of r5 and r7 of both views into the global target buffers (after the
  * forward), the reduce-scatter of their gradients into dr5 / dr7 (after
- * the objective), and after the backward the sum of the gradients and the
- * average of the BatchNorm running statistics - one grouped call at the
- * end, not overlapped with the backward. The labelled count (before the
+ * the objective); the gradients in buckets on the NCCL stream during the
+ * last view's backward (plan.h: amdim_cuda_grad_buckets; one call at the
+ * end if the table's layout did not allow buckets), then the average of
+ * the BatchNorm running statistics, and the compute stream waits for all
+ * of it before Adam. The classifier phase sums the whole block at the end.
+ * The labelled count (before the
  * step) and the loss terms and counts (after it) are summed on the host
  * over m->comm. Steps with a group run eagerly (no CUDA graph): the host
  * collectives stay outside the device work and NCCL is never captured. */
@@ -988,10 +1010,29 @@ static int nccl_group_end(amdim_model *m, ncclResult_t r, const char *call)
     return AMDIM_OK;
 }
 
+/* The gradient buckets (see cuda_state, plan.h). */
+static int plan_buckets(amdim_model *m)
+{
+    cuda_state *c = m->bs;
+    size_t U = (size_t)AMDIM_CUDA_BUCKETS(&m->arch);
+    c->bucket_lo = calloc(U, sizeof *c->bucket_lo);
+    c->bucket_hi = calloc(U, sizeof *c->bucket_hi);
+    if (!c->bucket_lo || !c->bucket_hi)
+        return MFAIL(AMDIM_E_NOMEM, "out of memory");
+    c->buckets = amdim_cuda_grad_buckets(&m->arch, c->bucket_lo, c->bucket_hi);
+    return AMDIM_OK;
+}
+
 /* Destroys the communicator (aborts it after an asynchronous error, when
  * a peer may never complete an operation). */
 static void nccl_close(cuda_state *c)
 {
+    if (c->nstream)
+        cudaStreamSynchronize(c->nstream), cudaStreamDestroy(c->nstream);
+    if (c->nev)
+        cudaEventDestroy(c->nev);
+    free(c->bucket_lo), free(c->bucket_hi);
+    c->nstream = NULL, c->nev = NULL, c->bucket_lo = c->bucket_hi = NULL, c->buckets = 0;
     if (!c->nccl)
         return;
     ncclResult_t async = ncclSuccess;
@@ -1030,7 +1071,9 @@ static int nccl_open(amdim_model *m)
     NC(ncclCommInitRank(&comm, g->size, id, g->rank), "ncclCommInitRank");
     c->nccl = comm;
     c->nccl_group = g;
-    return AMDIM_OK;
+    CU(cudaStreamCreateWithFlags(&c->nstream, cudaStreamNonBlocking), "cudaStreamCreateWithFlags (NCCL)");
+    CU(cudaEventCreateWithFlags(&c->nev, cudaEventDisableTiming), "cudaEventCreateWithFlags (NCCL)");
+    return plan_buckets(m);
 }
 
 /* r5 and r7 of both views, every rank's (B, hw, hw, R) block in rank
@@ -1066,6 +1109,44 @@ static int scatter_target_grads(amdim_model *m, int B)
             r = ncclReduceScatter(A(m, P->dtg[v][f]), A(m, f ? P->dr7[v] : P->dr5[v]),
                                   (size_t)B * (f ? 49 : 25) * m->cfg.n_rkhs, ncclFloat, ncclSum, c->nccl, c->stream);
     return nccl_group_end(m, r, "ncclReduceScatter");
+}
+
+/* Unit u's backward is done (its last view's): its gradient bucket is
+ * summed over the ranks on the NCCL stream while the compute stream goes
+ * on with the units before it. */
+static int bucket_launch(amdim_model *m, int u)
+{
+    cuda_state *c = m->bs;
+    if (!c->buckets || c->bucket_hi[u] <= c->bucket_lo[u])
+        return AMDIM_OK;
+    float *g = c->params + c->pp.grads + c->bucket_lo[u];
+    CU(cudaEventRecord(c->nev, c->stream), "cudaEventRecord (gradient bucket)");
+    CU(cudaStreamWaitEvent(c->nstream, c->nev, 0), "cudaStreamWaitEvent (gradient bucket)");
+    NC(ncclAllReduce(g, g, c->bucket_hi[u] - c->bucket_lo[u], ncclFloat, ncclSum, c->nccl, c->nstream),
+       "ncclAllReduce (gradient bucket)");
+    return AMDIM_OK;
+}
+
+/* After a training step's backward: with buckets, the running statistics
+ * averaged on the NCCL stream behind the buckets, and the compute stream
+ * made to wait for all of it (Adam reads the sums); without, reduce_device. */
+static int reduce_device(amdim_model *m);
+static int reduce_device_tail(amdim_model *m)
+{
+    cuda_state *c = m->bs;
+    if (!c->buckets)
+        return reduce_device(m);
+    ncclResult_t r = ncclSuccess;
+    CU(cudaEventRecord(c->nev, c->stream), "cudaEventRecord (running statistics)");
+    CU(cudaStreamWaitEvent(c->nstream, c->nev, 0), "cudaStreamWaitEvent (running statistics)");
+    NC(ncclGroupStart(), "ncclGroupStart");
+    for (int i = 0; i < m->arch.ntensors && r == ncclSuccess; i++)
+        if (is_running_stat(&m->arch.tensors[i]))
+            r = ncclAllReduce(W(m, i), W(m, i), m->arch.tensors[i].size, ncclFloat, ncclAvg, c->nccl, c->nstream);
+    TRY(nccl_group_end(m, r, "ncclAllReduce (running statistics)"));
+    CU(cudaEventRecord(c->nev, c->nstream), "cudaEventRecord (NCCL done)");
+    CU(cudaStreamWaitEvent(c->stream, c->nev, 0), "cudaStreamWaitEvent (NCCL done)");
+    return AMDIM_OK;
 }
 
 /* After the backward: the gradients summed over the ranks (so every rank
@@ -1107,6 +1188,8 @@ static int nccl_open(amdim_model *m) { return no_nccl(m); }
 static int gather_targets(amdim_model *m, int B) { (void)B; return no_nccl(m); }
 static int scatter_target_grads(amdim_model *m, int B) { (void)B; return no_nccl(m); }
 static int reduce_device(amdim_model *m) { return no_nccl(m); }
+static int reduce_device_tail(amdim_model *m) { return no_nccl(m); }
+static int bucket_launch(amdim_model *m, int u) { (void)u; return no_nccl(m); }
 static int nccl_check(amdim_model *m) { return no_nccl(m); }
 #endif
 
@@ -1359,9 +1442,11 @@ static int forward_backward_body(amdim_model *m, int B)
     TRY(gather_r1(m, 0, B));
     TRY(gather_r1(m, 1, B));
     TRY(probes_train(m, B));
+    if (group)
+        TRY(bucket_launch(m, m->arch.nlayers + 2));
     for (int v = 0; v < 2; v++)
-        TRY(encoder_backward(m, v, B));
-    return group ? reduce_device(m) : AMDIM_OK;
+        TRY(encoder_backward(m, v, B, group && v == 1));
+    return group ? reduce_device_tail(m) : AMDIM_OK;
 }
 
 /* Inputs first (eager: host copies, the staged slot's events), then the

@@ -1,6 +1,7 @@
 /* Device memory plans (see plan.h). */
 #include "plan.h"
 
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -184,4 +185,64 @@ int amdim_cuda_gemm_layout_make(amdim_cuda_gemm_layout *l, int ta, int tb, int M
     };
     *l = g;
     return AMDIM_OK;
+}
+
+/* unit[idx[k]] = u for the tensor indices given (-1: none). */
+static void own(int *unit, int nt, const int *idx, int n, int u)
+{
+    for (int k = 0; k < n; k++)
+        if (idx[k] >= 0 && idx[k] < nt)
+            unit[idx[k]] = u;
+}
+
+int amdim_cuda_grad_buckets(const amdim_arch *a, size_t *lo, size_t *hi)
+{
+    int U = AMDIM_CUDA_BUCKETS(a), nt = a->ntensors, ok = 1;
+    int *unit = malloc((size_t)(nt > 0 ? nt : 1) * sizeof *unit);
+    if (!unit)
+        return 0;
+    for (int i = 0; i < nt; i++)
+        unit[i] = -1;
+    for (int l = 0; l < a->nlayers; l++) {
+        const amdim_layer *L = &a->layers[l];
+        int idx[5] = {L->w1, L->b1, L->w2, -1, -1};
+        if (L->kind != AMDIM_LAYER_STEM) /* the stem has no BatchNorm (its bn ref is empty) */
+            idx[3] = L->bn.t, idx[4] = L->bn.t + 1;
+        own(unit, nt, idx, 5, l);
+    }
+    for (int h = 0; h < 2; h++) {
+        const amdim_head *H = &a->heads[h];
+        int idx[8] = {H->w1, H->w2, H->ws, H->bs, H->bn_hid.t, H->bn_hid.t + 1, H->bn_out.t, H->bn_out.t + 1};
+        own(unit, nt, idx, 8, a->nlayers + h);
+    }
+    const amdim_probes *P = &a->probes;
+    int pidx[7] = {P->mlp_w1, P->mlp_w2, P->mlp_b2, P->lin_w, P->lin_b, P->mlp_bn.t, P->mlp_bn.t + 1};
+    own(unit, nt, pidx, 7, a->nlayers + 2);
+    for (int u = 0; u < U; u++)
+        lo[u] = SIZE_MAX, hi[u] = 0;
+    for (int i = 0; i < nt && ok; i++)
+        if (a->tensors[i].has_grad) {
+            if (unit[i] < 0)
+                ok = 0; /* a gradient of no unit (mixtures): no buckets */
+            else if (a->tensors[i].goffset < lo[unit[i]])
+                lo[unit[i]] = a->tensors[i].goffset;
+        }
+    for (int u = 0; u < U && ok; u++) { /* up to the next unit's start */
+        if (lo[u] == SIZE_MAX)
+            continue;
+        hi[u] = a->grads_size;
+        for (int v = 0; v < U; v++)
+            if (lo[v] != SIZE_MAX && lo[v] > lo[u] && lo[v] < hi[u])
+                hi[u] = lo[v];
+    }
+    for (int u = 0; u < U; u++)
+        if (lo[u] == SIZE_MAX)
+            lo[u] = hi[u] = 0;
+    for (int i = 0; i < nt && ok; i++) { /* every gradient in its own unit's range */
+        const amdim_tensor *t = &a->tensors[i];
+        if (t->has_grad)
+            ok = t->goffset >= lo[unit[i]] && t->goffset + t->size <= hi[unit[i]];
+    }
+    free(unit);
+    return ok ? U : 0;
 }

@@ -98,6 +98,18 @@ int amdim_cuda_gemm_layout_make(amdim_cuda_gemm_layout *l, int ta, int tb, int M
 
 /* 0 or AMDIM_E_NOMEM (the per-layer tables). Free with the _free calls,
  * which accept a zeroed plan. */
+/* Gradient buckets of a data-parallel step: one per backward unit - the
+ * encoder layers 0..nlayers-1, the heads nlayers and nlayers + 1, the
+ * probes nlayers + 2 (AMDIM_CUDA_BUCKETS(a) units) - each unit's range
+ * [lo, hi) of the grads block, from its first gradient to the next unit's
+ * (hi = lo for a unit without gradients). A unit's range holds only its
+ * own tensors' gradients, so it can be summed over the ranks as soon as
+ * the unit's backward is done. Returns the unit count, or 0 when some
+ * gradient lies outside its unit's range (then the caller sums the whole
+ * block at once). */
+#define AMDIM_CUDA_BUCKETS(a) ((a)->nlayers + 3)
+int amdim_cuda_grad_buckets(const amdim_arch *a, size_t *lo, size_t *hi);
+
 int amdim_cuda_param_plan_build(amdim_cuda_param_plan *p, const amdim_arch *a);
 void amdim_cuda_param_plan_free(amdim_cuda_param_plan *p);
 /* ranks: 0 without a process group, else its size N (1 for a forced one-rank group). */
