@@ -22,7 +22,10 @@ int amdim_dist_launched_size(void);
  * thread ends this process (exit 1, with a line naming the rank and the
  * collective) when a collective waits longer than AMDIM_COLLECTIVE_TIMEOUT
  * seconds (default 900; 0: no watchdog) - a rank that is stopped or hung,
- * which MPI itself does not notice; mpirun then ends every rank. */
+ * which MPI itself does not notice; mpirun then ends every rank - or when
+ * a training step runs that long (amdim_comm.watch; on a GPU the ranks
+ * wait for a hung peer inside NCCL, on the device). Waits the run expects
+ * (rank 0 evaluating) are not counted. */
 int amdim_dist_open(amdim_comm **out, int sync_bn, char *err, size_t n);
 
 /* Seconds this rank spent in collectives, bytes it contributed, calls. */

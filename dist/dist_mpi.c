@@ -26,6 +26,8 @@ typedef struct {
     /* the watchdog: the collective under way (NULL: none) and since when */
     _Atomic(const char *) busy_call;
     _Atomic double busy_since;
+    _Atomic double step_since; /* a training step under way since (0: none) */
+    atomic_int hold;           /* waits expected (amdim_comm.watch, AMDIM_WATCH_HOLD) */
     double timeout;
     pthread_t watchdog;
     int watchdog_on;
@@ -53,26 +55,44 @@ static void leave(dist_mpi *d, size_t bytes)
     atomic_store(&d->busy_call, (const char *)NULL);
 }
 
-/* A collective that has waited past the timeout: another rank is stopped,
- * hung or gone without MPI noticing. Say so and exit; mpirun then ends
- * every rank (MPI_Abort is not for a second thread under FUNNELED). */
+/* A collective that has waited past the timeout, or a training step that
+ * has run that long (on a GPU a rank waits for a hung peer inside NCCL,
+ * on the device, not in MPI): some rank is stopped, hung or gone without
+ * MPI noticing. Say so and exit; mpirun then ends every rank (MPI_Abort
+ * is not for a second thread under FUNNELED). */
 static void *watchdog_main(void *arg)
 {
     dist_mpi *d = arg;
     while (!atomic_load(&d->stop)) {
         usleep(200000);
+        if (atomic_load(&d->hold))
+            continue;
         const char *call = atomic_load(&d->busy_call);
-        double waited = mono_now() - atomic_load(&d->busy_since);
-        if (call && waited > d->timeout) {
-            fprintf(stderr,
-                    "amdim-train: rank %d of %d: %s has waited %.0f s for the other ranks (AMDIM_COLLECTIVE_TIMEOUT=%g): "
-                    "one of them is stopped, hung or lost; ending this rank so that the job ends\n",
-                    d->comm.rank, d->comm.size, call, waited, d->timeout);
+        double now = mono_now(), waited = now - atomic_load(&d->busy_since), step = atomic_load(&d->step_since);
+        if ((call && waited > d->timeout) || (step > 0 && now - step > d->timeout)) {
+            if (call && waited > d->timeout)
+                fprintf(stderr, "amdim-train: rank %d of %d: %s has waited %.0f s for the other ranks", d->comm.rank,
+                        d->comm.size, call, waited);
+            else
+                fprintf(stderr, "amdim-train: rank %d of %d: a training step has run for %.0f s", d->comm.rank,
+                        d->comm.size, now - step);
+            fprintf(stderr, " (AMDIM_COLLECTIVE_TIMEOUT=%g): a rank is stopped, hung or lost; ending this rank so that "
+                            "the job ends\n",
+                    d->timeout);
             fflush(stderr);
             _exit(1);
         }
     }
     return NULL;
+}
+
+static void dist_watch(void *ctx, int kind, int on)
+{
+    dist_mpi *d = ctx;
+    if (kind == AMDIM_WATCH_STEP)
+        atomic_store(&d->step_since, on ? mono_now() : 0.0);
+    else
+        atomic_store(&d->hold, on);
 }
 
 /* Elements per MPI call: counts are int. */
@@ -181,6 +201,13 @@ int amdim_dist_open(amdim_comm **out, int sync_bn, char *err, size_t n)
     MPI_Initialized(&inited);
     if (!inited && (rc = MPI_Init_thread(NULL, NULL, MPI_THREAD_FUNNELED, &provided)) != MPI_SUCCESS)
         return amdim_fail(err, n, AMDIM_E_IO, "MPI_Init_thread failed (%d)", rc);
+    if (inited)
+        MPI_Query_thread(&provided);
+    /* only the main thread calls MPI; the watchdog thread never does */
+    if (provided < MPI_THREAD_FUNNELED)
+        return amdim_fail(err, n, AMDIM_E_UNSUPPORTED,
+                          "this MPI provides thread level %d, below MPI_THREAD_FUNNELED (the trainer has other threads)",
+                          provided);
     dist_mpi *d = calloc(1, sizeof *d);
     if (!d)
         return amdim_fail(err, n, AMDIM_E_NOMEM, "out of memory");
@@ -196,6 +223,7 @@ int amdim_dist_open(amdim_comm **out, int sync_bn, char *err, size_t n)
     d->comm.reduce_scatter_f32 = reduce_scatter_f32;
     d->comm.bcast_f32 = bcast_f32;
     d->comm.error = dist_error;
+    d->comm.watch = dist_watch;
     d->timeout = 900;
     const char *t = getenv("AMDIM_COLLECTIVE_TIMEOUT");
     if (t && *t) {

@@ -6,7 +6,8 @@
  *  - a rank's trainer killed (SIGKILL), or its loader, ends every rank
  *    within 10 s with a non-zero exit, and the message names the rank; a
  *    stopped rank (SIGSTOP) too, through the collective watchdog;
- *  - loaders that do not shard, and --sync-bn without a group, are refused.
+ *  - ranks started with another batch or seed, loaders that do not shard,
+ *    and --sync-bn without a group, are refused.
  * Arguments: amdim-load, amdim-train, mpirun. */
 #include <math.h>
 #include <stdio.h>
@@ -184,6 +185,21 @@ int main(int argc, char **argv)
           "a stopped rank: mpirun exit %d, %.1f s after the stop, rank 0's watchdog must name itself\n%s", rc, took, e);
     printf("rank 1's trainer stopped: mpirun exit %d, every rank gone %.2f s later (collective timeout 3 s)\n", rc, took);
     free(at), free(e);
+
+    /* ranks started with other flags: refused before anything is
+     * exchanged, naming what differs (a smaller batch share used to
+     * overflow the all-gather; another seed silently duplicated images) */
+    snprintf(targs, sizeof targs, "--out %s " MODEL " --steps 5", test_path("mismatch-batch"));
+    rc = mpi(2, "--batch 16 --shard auto", targs,
+             "if [ \"$OMPI_COMM_WORLD_RANK\" = 1 ]; then L=\"$L --batch 32\"; fi; $L 2>/dev/null | $T", &e);
+    CHECK(rc != 0 && strstr(e, "rank 1's loader batch share is 16, rank 0's 8"), "ranks with other batches: exit %d\n%s",
+          rc, e);
+    free(e);
+    snprintf(targs, sizeof targs, "--out %s " MODEL " --steps 5", test_path("mismatch-seed"));
+    rc = mpi(2, "--batch 16 --shard auto", targs,
+             "if [ \"$OMPI_COMM_WORLD_RANK\" = 1 ]; then L=\"$L --seed 9\"; fi; $L 2>/dev/null | $T", &e);
+    CHECK(rc != 0 && strstr(e, "rank 1's loader seed is 9, rank 0's 3"), "ranks with other seeds: exit %d\n%s", rc, e);
+    free(e);
 
     /* loaders that do not shard the batch */
     snprintf(targs, sizeof targs, "--out %s " MODEL " --steps 5", test_path("unsharded"));

@@ -138,7 +138,14 @@ typedef struct amdim_comm {
     /* buf (n) = root's buf */
     int (*bcast_f32)(void *ctx, float *buf, size_t n, int root);
     const char *(*error)(void *ctx);
+    /* Optional (NULL: none), for a watchdog: kind AMDIM_WATCH_STEP on = 1 /
+     * 0 around each training step (a step that never ends is a hung rank),
+     * AMDIM_WATCH_HOLD around a phase in which collectives may wait long
+     * (rank 0 evaluating while the others wait for its statistics). */
+    void (*watch)(void *ctx, int kind, int on);
 } amdim_comm;
+
+enum { AMDIM_WATCH_STEP = 0, AMDIM_WATCH_HOLD = 1 };
 
 /* Joins the model to a process group (NULL, or size 1 without force: a
  * single process). The comm must outlive the model. The CPU backend

@@ -149,13 +149,83 @@ static int take_batch(amdim_loader *l, amdim_model *m, int slot, amdim_batch *b,
 }
 
 /* 1 when any rank was asked to stop (a collective in a group, so every
- * rank leaves the loop at the same step). */
-static int cancelled(const amdim_train_options *o)
+ * rank leaves the loop at the same step), 0 to go on, or a negative
+ * status with the reason in err when the group failed. */
+static int cancelled(const amdim_train_options *o, char *err, size_t n)
 {
     double c = o->cancel && *o->cancel;
-    if (o->comm && o->comm->allreduce_f64(o->comm->ctx, &c, 1))
-        return 1; /* the group is broken: stop, the caller reports it */
+    int rc = o->comm ? o->comm->allreduce_f64(o->comm->ctx, &c, 1) : AMDIM_OK;
+    if (rc)
+        return amdim_fail(err, n, rc, "rank %d of %d: %s", o->comm->rank, o->comm->size,
+                          o->comm->error ? o->comm->error(o->comm->ctx) : "collective failed");
     return c > 0;
+}
+
+static void watch(const amdim_train_options *o, int kind, int on)
+{
+    if (o->comm && o->comm->watch)
+        o->comm->watch(o->comm->ctx, kind, on);
+}
+
+/* Every rank runs the same run: the loader's share, order and span, the
+ * model and the state it starts from. Compared through the group (each
+ * value as four exact 16-bit pieces) before anything else is exchanged;
+ * a rank started with other flags, or resumed from another checkpoint, is
+ * named with the value that differs. */
+static uint64_t fnv(uint64_t h, const void *p, size_t n)
+{
+    const unsigned char *b = p;
+    for (size_t i = 0; i < n; i++)
+        h = (h ^ b[i]) * 1099511628211ull;
+    return h;
+}
+
+static int ranks_agree(const amdim_train_options *o, const amdim_loader_info *li, const run_plan *p, amdim_model *m,
+                       char *err, size_t n)
+{
+    const amdim_comm *g = o->comm;
+    if (!g)
+        return AMDIM_OK;
+    const amdim_model_config *c = &p->cfg;
+    uint64_t h = 1469598103934665603ull;
+#define H(x) h = fnv(h, &(x), sizeof(x))
+    H(c->encoder_size), H(c->ndf), H(c->n_rkhs), H(c->n_depth), H(c->use_bn), H(c->n_classes), H(c->mlp_hidden);
+    H(c->tclip), H(c->objective), H(c->lr), H(c->beta1), H(c->beta2), H(c->eps), H(c->weight_decay), H(c->warmup);
+    H(c->lr_decay), H(c->milestones), H(c->n_milestones), H(c->mean), H(c->std), H(c->seed), H(c->mixtures);
+    H(c->mix_tau), H(c->mix_entropy), H(c->probe_features);
+#undef H
+    static const char *names[] = {"loader batch share", "loader seed", "batches per epoch", "epochs",
+                                  "start epoch", "start batch", "step limit", "updates so far",
+                                  "model options (hash)", "classifier phase", "--sync-bn"};
+    enum { K = 11 };
+    uint64_t v[K] = {li->batch, li->seed, li->batches_per_epoch, li->epochs, li->start_epoch, li->start_batch,
+                     (uint64_t)p->ci.max_steps, amdim_model_updates(m), h, (uint64_t)p->probes,
+                     (uint64_t)g->sync_bn};
+    float mine[4 * K], *all = malloc((size_t)4 * K * g->size * sizeof(float));
+    if (!all)
+        return amdim_fail(err, n, AMDIM_E_NOMEM, "out of memory");
+    for (int k = 0; k < K; k++)
+        for (int q = 0; q < 4; q++)
+            mine[4 * k + q] = (float)((v[k] >> (16 * q)) & 0xffff);
+    int rc = g->allgather_f32(g->ctx, mine, all, 4 * K);
+    if (rc) {
+        free(all);
+        return amdim_fail(err, n, rc, "rank %d of %d: comparing the ranks' runs: %s", g->rank, g->size,
+                          g->error ? g->error(g->ctx) : "collective failed");
+    }
+    for (int r = 1; r < g->size && rc == AMDIM_OK; r++)
+        for (int k = 0; k < K && rc == AMDIM_OK; k++) {
+            uint64_t a = 0, b = 0;
+            for (int q = 0; q < 4; q++)
+                a |= (uint64_t)all[4 * k + q] << (16 * q), b |= (uint64_t)all[(size_t)4 * K * r + 4 * k + q] << (16 * q);
+            if (a != b)
+                rc = amdim_fail(err, n, AMDIM_E_INVALID,
+                                "rank %d's %s is %lld, rank 0's %lld: every rank must run the same amdim-load and "
+                                "amdim-train flags (and resume the same checkpoint)",
+                                r, names[k], (long long)b, (long long)a);
+        }
+    free(all);
+    return rc;
 }
 
 int amdim_train_run(const amdim_train_options *o, char *err, size_t n)
@@ -179,8 +249,14 @@ int amdim_train_run(const amdim_train_options *o, char *err, size_t n)
     uint32_t global_batch = li->batch * (uint32_t)ranks;
     FILE *metrics = NULL;
     uint32_t registered = 0; /* rings registered with the model */
-    if ((st = run_plan_configure(o, li, &plan, err, n)) || (st = run_plan_model(o, li, &plan, &m, err, n)))
+    if ((st = run_plan_configure(o, li, &plan, err, n)) || (st = run_plan_model(o, li, &plan, &m, err, n)) ||
+        (st = ranks_agree(o, li, &plan, m, err, n)))
         goto done;
+    /* every rank starts from rank 0's state, whatever each read */
+    if ((st = amdim_model_bcast_state(m, 0))) {
+        amdim_fail(err, n, st, "%s", amdim_model_error(m));
+        goto done;
+    }
     /* compute threads: the cores the loader's workers leave, at least one */
     int threads = o->threads > 0 ? o->threads : amdim_cpu_count() - (int)li->workers;
     threads = threads < 1 ? 1 : threads;
@@ -254,7 +330,12 @@ int amdim_train_run(const amdim_train_options *o, char *err, size_t n)
     batch_meta cur = {0}, nxt = {0};
     int slot = 0, have_cur = 0, ended = 0;
     for (;;) {
-        if (cancelled(o)) {
+        int stop = cancelled(o, err, n);
+        if (stop < 0) {
+            st = stop;
+            break;
+        }
+        if (stop) {
             st = amdim_fail(err, n, AMDIM_E_CANCELLED, "interrupted");
             break;
         }
@@ -285,8 +366,10 @@ int amdim_train_run(const amdim_train_options *o, char *err, size_t n)
         }
         epoch = cur.epoch;
         amdim_step_stats s;
+        watch(o, AMDIM_WATCH_STEP, 1);
         rc = probes ? amdim_model_train_probes_step_staged(m, slot, (int)cur.epoch, &s)
                     : amdim_model_train_step_staged(m, slot, (int)cur.epoch, &s);
+        watch(o, AMDIM_WATCH_STEP, 0);
         if (ahead) { /* its copy ran beside the step: the loader may have the slot back */
             int rw = amdim_model_stage_wait(m, 1 - slot);
             amdim_loader_release(l, &held);
@@ -329,10 +412,14 @@ int amdim_train_run(const amdim_train_options *o, char *err, size_t n)
         if (last) {
             if (iv.steps)
                 log_interval(metrics, &iv, m, epoch, amdim_loader_wait_seconds(l), probes, !rank0);
-            /* rank 0 evaluates; its refreshed BatchNorm statistics go to every rank */
+            /* rank 0 evaluates; its refreshed BatchNorm statistics go to every
+             * rank, which wait for them without the watchdog counting */
+            watch(o, AMDIM_WATCH_HOLD, 1);
             if (rank0 && (st = evaluate(o, m, li->preset, metrics, epoch, err, n)))
                 break;
-            if ((st = amdim_model_bcast_state(m, 0))) {
+            st = amdim_model_bcast_state(m, 0);
+            watch(o, AMDIM_WATCH_HOLD, 0);
+            if (st) {
                 amdim_fail(err, n, st, "%s", amdim_model_error(m));
                 break;
             }

@@ -240,9 +240,6 @@ int run_plan_model(const amdim_train_options *o, const amdim_loader_info *li, ru
         if (st == AMDIM_OK && (st = amdim_model_reset_probes(m, li->seed)))
             amdim_fail(err, n, st, "%s", amdim_model_error(m));
     }
-    /* every rank starts from rank 0's state, whatever each read */
-    if (st == AMDIM_OK && (st = amdim_model_bcast_state(m, 0)))
-        amdim_fail(err, n, st, "%s", amdim_model_error(m));
     if (st) {
         amdim_model_destroy(m);
         return st;

@@ -134,7 +134,7 @@ static void free_buffers(amdim_model *m, cpu_state *c)
             return -1;                                      \
     } while (0)
 
-static int alloc_buffers(amdim_model *m, cpu_state *c, int B)
+static int alloc_buffers(amdim_model *m, cpu_state *c, int B, int group)
 {
     const amdim_arch *a = &m->arch;
     int S = m->cfg.encoder_size, R = m->cfg.n_rkhs;
@@ -207,7 +207,7 @@ static int alloc_buffers(amdim_model *m, cpu_state *c, int B)
     ALLOC(c->srcT, (size_t)R * B);
     ALLOC(c->dsrcT, (size_t)R * B);
     ALLOC(c->labels2, (size_t)2 * B);
-    if (m->comm) {
+    if (group) {
         size_t N = (size_t)m->comm->size;
         for (int v = 0; v < 2; v++)
             for (int f = 0; f < 2; f++) {
@@ -219,24 +219,28 @@ static int alloc_buffers(amdim_model *m, cpu_state *c, int B)
         ALLOC(c->bn_avg, 2 * a->weights_size);
     }
     c->batch = B;
-    c->comm_size = m->comm ? m->comm->size : 0;
+    c->comm_size = group ? m->comm->size : 0;
     return 0;
 }
 
-/* Buffers for batch B (reallocated when the batch changes). */
-static int ensure_buffers(amdim_model *m, int B)
+/* Buffers for batch B (reallocated when the batch changes); with `group`
+ * (a training step with a process group) also the global batch's target
+ * buffers, which evaluation and BN refresh never need. */
+static int ensure_buffers_for(amdim_model *m, int B, int group)
 {
     cpu_state *c = m->bs;
-    int size = m->comm ? m->comm->size : 0;
-    if (c->batch == B && c->comm_size == size)
+    int size = group && m->comm ? m->comm->size : 0;
+    if (c->batch == B && (c->comm_size == size || (!group && c->comm_size)))
         return AMDIM_OK;
     free_buffers(m, c);
-    if (alloc_buffers(m, c, B)) {
+    if (alloc_buffers(m, c, B, size > 0)) {
         free_buffers(m, c);
         return MFAIL(AMDIM_E_NOMEM, "out of memory for the activations of batch %d", B);
     }
     return AMDIM_OK;
 }
+
+static int ensure_buffers(amdim_model *m, int B) { return ensure_buffers_for(m, B, 0); }
 
 /* ---- encoder ------------------------------------------------------------ */
 
@@ -697,8 +701,8 @@ static int reduce_step(amdim_model *m, amdim_step_stats *st)
     for (int pass = 0; pass < 2; pass++) {
         for (int i = 0; i < m->arch.ntensors; i++) {
             const amdim_tensor *t = &m->arch.tensors[i];
-            if (t->role != AMDIM_ROLE_BN_MEAN && t->role != AMDIM_ROLE_BN_VAR)
-                continue;
+            if ((t->role != AMDIM_ROLE_BN_MEAN && t->role != AMDIM_ROLE_BN_VAR) || (m->probes_only && !t->probe))
+                continue; /* the classifier phase: the frozen encoder's statistics do not move */
             float *w = m->weights + t->offset;
             for (size_t j = 0; j < t->size; j++, k++)
                 if (pass == 0)
@@ -911,7 +915,7 @@ static int cpu_step(amdim_model *m, const amdim_step_input *in, const amdim_step
                     int probes)
 {
     cpu_state *c = m->bs;
-    int rc = ensure_buffers(m, in->batch);
+    int rc = ensure_buffers_for(m, in->batch, 1);
     if (rc)
         return rc;
     c->comm_on = 1;

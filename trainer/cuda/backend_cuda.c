@@ -477,11 +477,14 @@ void amdim_cuda_graph_counts(const amdim_model *m, unsigned long *captures, unsi
 
 /* ---- buffers ------------------------------------------------------------------ */
 
-static int ensure_buffers(amdim_model *m, int B)
+/* The activation arena for batch B; with `group` (a training step with a
+ * process group) also the global batch's target buffers, which
+ * evaluation and BN refresh never need. */
+static int ensure_buffers_for(amdim_model *m, int B, int group)
 {
     cuda_state *c = m->bs;
-    int ranks = m->comm ? m->comm->size : 0; /* the global target buffers with a group */
-    if (c->plan.batch == B && c->plan.ranks == ranks)
+    int ranks = group && m->comm ? m->comm->size : 0; /* the global target buffers with a group */
+    if (c->plan.batch == B && (c->plan.ranks == ranks || (!group && c->plan.ranks)))
         return AMDIM_OK;
     m->batch = 0; /* the outputs of the last training step go with the old arena */
     drop_graph(&c->fb_graph, &c->fb_warm); /* so does the step's graph */
@@ -509,6 +512,8 @@ static int ensure_buffers(amdim_model *m, int B)
     }
     return AMDIM_OK;
 }
+
+static int ensure_buffers(amdim_model *m, int B) { return ensure_buffers_for(m, B, 0); }
 
 /* The OHWI copy of tensor i from its OIHW master (no-op for GEMM weights). */
 static int refresh_ohwi(amdim_model *m, int i)
@@ -1027,18 +1032,19 @@ static int plan_buckets(amdim_model *m)
  * a peer may never complete an operation). */
 static void nccl_close(cuda_state *c)
 {
+    /* after an asynchronous error first abort (a peer may never complete
+     * an operation still queued on the NCCL stream), then wait */
+    ncclResult_t async = ncclSuccess;
+    int failed = c->nccl && (ncclCommGetAsyncError(c->nccl, &async) != ncclSuccess || async != ncclSuccess);
+    if (failed)
+        ncclCommAbort(c->nccl);
     if (c->nstream)
         cudaStreamSynchronize(c->nstream), cudaStreamDestroy(c->nstream);
     if (c->nev)
         cudaEventDestroy(c->nev);
     free(c->bucket_lo), free(c->bucket_hi);
     c->nstream = NULL, c->nev = NULL, c->bucket_lo = c->bucket_hi = NULL, c->buckets = 0;
-    if (!c->nccl)
-        return;
-    ncclResult_t async = ncclSuccess;
-    if (ncclCommGetAsyncError(c->nccl, &async) != ncclSuccess || async != ncclSuccess)
-        ncclCommAbort(c->nccl);
-    else
+    if (c->nccl && !failed)
         ncclCommDestroy(c->nccl);
     c->nccl = NULL;
     c->nccl_group = NULL;
@@ -1155,13 +1161,16 @@ static int reduce_device_tail(amdim_model *m)
 static int reduce_device(amdim_model *m)
 {
     cuda_state *c = m->bs;
-    float *g = c->params + c->pp.grads;
+    /* the classifier phase: the probes' gradients (the block's tail) and
+     * running statistics only; the frozen encoder's do not move */
+    size_t from = m->probes_only && c->buckets ? c->bucket_lo[m->arch.nlayers + 2] : 0;
+    float *g = c->params + c->pp.grads + from;
     ncclResult_t r;
     NC(ncclGroupStart(), "ncclGroupStart");
-    r = ncclAllReduce(g, g, m->arch.grads_size, ncclFloat, ncclSum, c->nccl, c->stream);
+    r = ncclAllReduce(g, g, m->arch.grads_size - from, ncclFloat, ncclSum, c->nccl, c->stream);
     const char *call = "ncclAllReduce (gradients)";
     for (int i = 0; i < m->arch.ntensors && r == ncclSuccess; i++)
-        if (is_running_stat(&m->arch.tensors[i])) {
+        if (is_running_stat(&m->arch.tensors[i]) && (!m->probes_only || m->arch.tensors[i].probe)) {
             r = ncclAllReduce(W(m, i), W(m, i), m->arch.tensors[i].size, ncclFloat, ncclAvg, c->nccl, c->stream);
             call = "ncclAllReduce (running statistics)";
         }
@@ -1481,7 +1490,7 @@ static int cuda_forward_backward(amdim_model *m, const amdim_step_input *in, con
     cuda_state *c = m->bs;
     int B = in->batch, valid;
     double valid_all;
-    TRY(ensure_buffers(m, B));
+    TRY(ensure_buffers_for(m, B, 1));
     if (m->comm)
         TRY(nccl_open(m));
     TRY(upload_step(m, B, 2 * B, in->labels, d, &valid, &valid_all));
