@@ -7,10 +7,13 @@
  * the module's gradient; 1e-4 at steps 2 and 3, whose weights already
  * differ), and the weights after each of 3 Adam steps (over the module's
  * norm) within 1e-5, for the
- * three objectives, with and without BatchNorm in the encoder; every rank
+ * three objectives, with and without BatchNorm in the encoder, and the
+ * running statistics after the first step (means within 1e-5 of the
+ * running deviation, variances within 1e-5); every rank
  * holds bit-identical weights after each update (amdim_model_check_replicas).
- * With per-rank BatchNorm (the default), on different images per rank, the
- * replicas stay identical too (the running statistics are averaged). The
+ * With per-rank BatchNorm (the default) the running statistics are, bit for
+ * bit, the mean over ranks of what one process makes of each rank's share,
+ * and the replicas stay identical on different images per rank. The
  * classifier phase (probes on the frozen encoder) equals one process too. */
 #include <math.h>
 #include <stdlib.h>
@@ -145,6 +148,33 @@ static double compare_weights(amdim_model *d, amdim_model *r, int use_bn, const 
     return worst;
 }
 
+/* Running means within 1e-5 of the channel's running standard deviation,
+ * running variances within 1e-5 (relative): a mean near zero carries
+ * rounding noise of that scale, not of its own. */
+static void compare_running(amdim_model *d, amdim_model *r, const char *ctx)
+{
+    for (int i = 0; i < amdim_model_param_count(r); i++) {
+        amdim_param pd, pr, var;
+        amdim_model_param(d, i, &pd);
+        amdim_model_param(r, i, &pr);
+        if (pr.role == AMDIM_ROLE_BN_MEAN) {
+            amdim_model_param(r, i + 1, &var);
+            REQUIRE(var.role == AMDIM_ROLE_BN_VAR, "%s: no running_var after %s", ctx, pr.name);
+            double worst = 0;
+            for (size_t k = 0; k < pr.size; k++)
+                worst = fmax(worst, fabs((double)pd.data[k] - pr.data[k]) / sqrt(fmax(var.data[k], 1e-12)));
+            CHECK(worst <= TOL, "%s: %s differs by %.2g of the running deviation", ctx, pr.name, worst);
+        } else if (pr.role == AMDIM_ROLE_BN_VAR) {
+            double d2 = diff2(pd.data, pr.data, pr.size), n2 = 0;
+            for (size_t k = 0; k < pr.size; k++)
+                n2 += (double)pr.data[k] * pr.data[k];
+            CHECK(sqrt(d2 / n2) <= TOL, "%s: %s differs by %.2g (relative)", ctx, pr.name, sqrt(d2 / n2));
+        } else if (pr.role == AMDIM_ROLE_BN_COUNT) {
+            CHECK(pd.data[0] == pr.data[0], "%s: %s %g vs %g", ctx, pr.name, pd.data[0], pr.data[0]);
+        }
+    }
+}
+
 static void equivalence(int objective, int use_bn)
 {
     int N = comm->size, B = 4, Bg = B * N;
@@ -193,6 +223,8 @@ static void equivalence(int objective, int use_bn)
         CHECK(sd.labelled == sr.labelled && sd.correct_mlp == sr.correct_mlp && sd.correct_lin == sr.correct_lin,
               "%s: counts %d/%d/%d vs %d/%d/%d", ctx, sd.labelled, sd.correct_mlp, sd.correct_lin, sr.labelled,
               sr.correct_mlp, sr.correct_lin);
+        if (step == 0) /* the running statistics of the global batch, before any update */
+            compare_running(d, r, ctx);
         /* the first step's gradients come from the same weights: summation
          * order only; later ones from weights that already differ by up to
          * ~1e-5 after Adam's per-element normalisation */
@@ -281,6 +313,56 @@ static void per_rank_bn(void)
     amdim_rng_init(&rng, 5, 9, (uint64_t)comm->rank);
     for (size_t i = 0; i < nv; i++)
         v1[i] = (uint8_t)amdim_rng_int(&rng, 0, 255), v2[i] = (uint8_t)amdim_rng_int(&rng, 0, 255);
+    /* one forward/backward on float views: the running statistics are the
+     * mean over ranks (in double) of what one process makes of each rank's
+     * share alone - bit for bit */
+    {
+        amdim_model *one = make(&cfg, NULL);
+        int Bg = B * N;
+        size_t view = (size_t)3 * S * S, R = (size_t)cfg.n_rkhs, H = (size_t)cfg.mlp_hidden, off = (size_t)comm->rank * B;
+        float *x1 = malloc(B * view * 4), *x2 = malloc(B * view * 4), *mi = malloc(2 * Bg * R * 4),
+              *mh = malloc(2 * Bg * H * 4), *mil = malloc(2 * B * R * 4), *mhl = malloc(2 * B * H * 4);
+        int32_t *src5 = malloc(2 * Bg * 4), src5l[8];
+        for (size_t i = 0; i < B * view; i++)
+            x1[i] = amdim_rng_uniform(&rng, -2, 2), x2[i] = amdim_rng_uniform(&rng, -2, 2);
+        amdim_rng shared; /* the global draws: the same on every rank */
+        amdim_rng_init(&shared, 6, 1, 0);
+        for (int i = 0; i < 2 * Bg; i++)
+            src5[i] = (int32_t)amdim_rng_int(&shared, 0, 24);
+        for (size_t i = 0; i < 2 * Bg * R; i++)
+            mi[i] = amdim_rng_uniform(&shared, 0, 1) >= 0.2f;
+        for (size_t i = 0; i < 2 * Bg * H; i++)
+            mh[i] = amdim_rng_uniform(&shared, 0, 1) >= 0.2f;
+        for (int h = 0; h < 2; h++) { /* this rank's rows of each half */
+            memcpy(src5l + h * B, src5 + h * Bg + off, B * 4);
+            memcpy(mil + h * B * R, mi + (h * Bg + off) * R, B * R * 4);
+            memcpy(mhl + h * B * H, mh + (h * Bg + off) * H, B * H * 4);
+        }
+        amdim_step_stats s1, s2;
+        REQUIRE(amdim_model_forward_backward(d, x1, x2, labels, B, src5, mi, mh, &s1) == 0, "%s", amdim_model_error(d));
+        REQUIRE(amdim_model_forward_backward(one, x1, x2, labels, B, src5l, mil, mhl, &s2) == 0, "%s",
+                amdim_model_error(one));
+        int checked = 0, bad = 0;
+        for (int i = 0; i < amdim_model_param_count(d); i++) {
+            amdim_param pd, po;
+            amdim_model_param(d, i, &pd);
+            amdim_model_param(one, i, &po);
+            if (pd.role != AMDIM_ROLE_BN_MEAN && pd.role != AMDIM_ROLE_BN_VAR)
+                continue;
+            double *sum = malloc(po.size * sizeof(double));
+            for (size_t k = 0; k < po.size; k++)
+                sum[k] = po.data[k];
+            REQUIRE(comm->allreduce_f64(comm->ctx, sum, po.size) == 0, "allreduce");
+            for (size_t k = 0; k < po.size; k++)
+                bad += pd.data[k] != (float)(sum[k] / N);
+            CHECK(!bad, "per-rank BatchNorm: %s is not the mean over ranks of the shares' statistics", pd.name);
+            checked++;
+            free(sum);
+        }
+        CHECK(checked >= 8, "per-rank BatchNorm: %d running statistics compared", checked);
+        free(x1), free(x2), free(mi), free(mh), free(mil), free(mhl), free(src5);
+        amdim_model_destroy(one);
+    }
     amdim_step_stats st;
     REQUIRE(amdim_model_train_step(d, v1, v2, labels, B, 0, &st) == 0, "%s", amdim_model_error(d));
     CHECK(isfinite(st.total), "per-rank BatchNorm: loss %g", st.total);
