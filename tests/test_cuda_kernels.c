@@ -19,7 +19,7 @@
 
 static amdim_rng rng;
 static char errbuf[512];
-static amdim_cuda_ctx ctx = {0, errbuf, sizeof errbuf};
+static amdim_cuda_ctx ctx = {.stream = 0, .err = errbuf, .errn = sizeof errbuf};
 
 static float *hrand(size_t n, float lo, float hi)
 {

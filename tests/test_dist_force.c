@@ -11,7 +11,9 @@
  *                         backend with a one-rank NCCL communicator; 77
  *                         without a usable GPU or in a build without NCCL
  *
- * A table of configurations: BatchNorm on and off with the three
+ * A table of configurations: BatchNorm off, on, and on with the group
+ * synchronising it (--sync-bn: the statistics go through the collectives),
+ * with the three
  * objectives on the CPU, with NCE in both precisions on CUDA (kept short
  * for tools/gpu-check.sh's test stage); the batch changes (4, 4, 2, 4: buffers made
  * again), the labelled count changes, and a classifier-phase step ends
@@ -105,16 +107,18 @@ int main(int argc, char **argv)
     amdim_comm one;
     test_single_rank_comm(&one);
     int cuda = dev == AMDIM_DEVICE_CUDA, nprec = cuda ? 2 : 1, nobj = cuda ? 1 : 3, configs = 0;
+    /* use_bn 2: BatchNorm in the encoder and the group synchronising it (--sync-bn) */
     for (int objective = 0; objective < nobj; objective++)
-        for (int use_bn = 0; use_bn < 2; use_bn++)
+        for (int use_bn = 0; use_bn < 3; use_bn++)
             for (int bf16 = 0; bf16 < nprec; bf16++) {
+                one.sync_bn = use_bn == 2;
                 amdim_model_config cfg;
                 amdim_model_config_default(&cfg, S);
-                cfg.ndf = 8, cfg.n_rkhs = 32, cfg.n_depth = 2, cfg.use_bn = use_bn, cfg.mlp_hidden = 16;
+                cfg.ndf = 8, cfg.n_rkhs = 32, cfg.n_depth = 2, cfg.use_bn = use_bn > 0, cfg.mlp_hidden = 16;
                 cfg.objective = objective, cfg.seed = 11 + objective, cfg.warmup = 20;
                 char ctx[96];
-                snprintf(ctx, sizeof ctx, "%s objective %d use_bn %d %s", amdim_device_name(dev), objective, use_bn,
-                         bf16 ? "bf16" : "fp32");
+                snprintf(ctx, sizeof ctx, "%s objective %d use_bn %d%s %s", amdim_device_name(dev), objective,
+                         use_bn > 0, use_bn == 2 ? " --sync-bn" : "", bf16 ? "bf16" : "fp32");
                 outcome alone = {0}, group = {0};
                 run(&cfg, dev, bf16, NULL, &alone, why, sizeof why);
                 if (run(&cfg, dev, bf16, &one, &group, why, sizeof why)) {

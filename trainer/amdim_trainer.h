@@ -153,8 +153,8 @@ enum { AMDIM_WATCH_STEP = 0, AMDIM_WATCH_HOLD = 1 };
  * build with NCCL) makes one NCCL communicator at its first step - the
  * id broadcast with bcast_f32 - and moves targets, gradients and running
  * statistics over it, the loss terms and counts over the comm.
- * AMDIM_E_UNSUPPORTED for mixtures (K > 1), for CUDA in a build without
- * NCCL, and for sync_bn on CUDA (not built); AMDIM_E_INVALID for a bad
+ * AMDIM_E_UNSUPPORTED for mixtures (K > 1) and for CUDA in a build without
+ * NCCL; AMDIM_E_INVALID for a bad
  * rank or a missing collective. */
 int amdim_model_set_comm(amdim_model *m, const amdim_comm *comm);
 /* Every rank's weights, running statistics and Adam state := root's. */

@@ -203,13 +203,6 @@ int amdim_model_set_comm(amdim_model *m, const amdim_comm *c)
                          "AMDIM_NCCL_DIR); data-parallel training runs on the CPU backend only",
                          c->size);
 #endif
-            /* synchronised BatchNorm needs collectives inside the BN
-             * kernels' forward and backward: not built on CUDA */
-            if (c->sync_bn)
-                return MFAIL(AMDIM_E_UNSUPPORTED,
-                             "%d ranks on cuda with --sync-bn: synchronised BatchNorm runs on the CPU backend only "
-                             "(CUDA ranks use per-rank BatchNorm)",
-                             c->size);
         }
         if (m->cfg.mixtures > 1)
             return MFAIL(AMDIM_E_UNSUPPORTED, "mixtures %d: data-parallel training supports --mixtures 1 only",

@@ -221,14 +221,14 @@ void cpu_avgpool_pad_backward(const float *dy, int cin, int n, int h, int w, int
 /* Sums per channel, over ranks when p->sync asks for it. */
 static int bn_sum_over_ranks(const cpu_bn_params *p, double *acc, size_t n)
 {
-    if (!p->sync || !p->sync->sync_bn || p->sync->size <= 1)
+    if (!p->sync || !p->sync->sync_bn) /* a forced one-rank group goes through it too */
         return AMDIM_OK;
     return p->sync->allreduce_f64(p->sync->ctx, acc, n);
 }
 
 static double bn_total(const cpu_bn_params *p, size_t count)
 {
-    int ranks = p->sync && p->sync->sync_bn && p->sync->size > 1 ? p->sync->size : 1;
+    int ranks = p->sync && p->sync->sync_bn ? p->sync->size : 1;
     return (double)count * ranks;
 }
 

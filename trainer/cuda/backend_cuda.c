@@ -42,8 +42,10 @@
  * the units before it, and at the end averages the BatchNorm running
  * statistics; the
  * labelled count and the loss terms go over m->comm on the host. Such
- * steps run eagerly (no graph). Per-rank BatchNorm only: sync_bn is
- * refused on CUDA (model.c). See "data parallelism" below.
+ * steps run eagerly (no graph). With sync_bn the BatchNorm kernels sum
+ * their per-channel sums over the ranks (amdim_cuda_ctx.bn_sync, an NCCL
+ * all-reduce of doubles on the compute stream) between their reductions
+ * and their use. See "data parallelism" below.
  * Every CUDA / cuBLAS / cuDNN / NCCL status is checked and named in m->err. */
 #include <stdio.h>
 #include <stdlib.h>
@@ -1177,6 +1179,27 @@ static int reduce_device(amdim_model *m)
     return nccl_group_end(m, r, call);
 }
 
+/* Synchronised BatchNorm (kernels.h: amdim_cuda_ctx.bn_sync): the
+ * per-channel sums over the ranks, on the compute stream. */
+static int nccl_bn_sync(void *arg, double *fin, size_t n)
+{
+    amdim_model *m = arg;
+    NC(ncclAllReduce(fin, fin, n, ncclDouble, ncclSum, CS(m)->nccl, CS(m)->stream),
+       "ncclAllReduce (synchronised BatchNorm)");
+    return AMDIM_OK;
+}
+
+/* A training step of a group with --sync-bn: the BatchNorm kernels sum
+ * their statistics over the ranks while `on`; never in evaluation. */
+static void bn_sync_set(amdim_model *m, int on)
+{
+    cuda_state *c = m->bs;
+    on = on && m->comm && m->comm->sync_bn;
+    c->ctx.bn_sync = on ? nccl_bn_sync : NULL;
+    c->ctx.bn_sync_arg = on ? m : NULL;
+    c->ctx.ranks = on ? m->comm->size : 1;
+}
+
 /* An asynchronous NCCL failure (a peer lost, a network error), once the
  * step's work is done. */
 static int nccl_check(amdim_model *m)
@@ -1200,6 +1223,7 @@ static int reduce_device(amdim_model *m) { return no_nccl(m); }
 static int reduce_device_tail(amdim_model *m) { return no_nccl(m); }
 static int bucket_launch(amdim_model *m, int u) { (void)u; return no_nccl(m); }
 static int nccl_check(amdim_model *m) { return no_nccl(m); }
+static void bn_sync_set(amdim_model *m, int on) { (void)m, (void)on; }
 #endif
 
 /* ---- inputs ------------------------------------------------------------------------ */
@@ -1496,9 +1520,12 @@ static int cuda_forward_backward(amdim_model *m, const amdim_step_input *in, con
     TRY(upload_step(m, B, 2 * B, in->labels, d, &valid, &valid_all));
     for (int v = 0; v < 2; v++)
         TRY(load_input(m, in, v));
-    if (m->comm)
-        TRY(forward_backward_body(m, B));
-    else
+    if (m->comm) {
+        bn_sync_set(m, 1);
+        int rc = forward_backward_body(m, B);
+        bn_sync_set(m, 0);
+        TRY(rc);
+    } else
         TRY(graph_run(m, &c->fb_graph, &c->fb_warm, forward_backward_body, B));
     TRY(pull_stats(m));
     nce_stats(m, B, st);
@@ -1526,7 +1553,10 @@ static int cuda_probe_step(amdim_model *m, const amdim_step_input *in, const amd
         TRY(encoder_forward(m, v, B, 0, 0));
         TRY(gather_r1(m, v, B));
     }
-    TRY(probes_train(m, B));
+    bn_sync_set(m, 1); /* the probe MLP's BatchNorm */
+    int rc = probes_train(m, B);
+    bn_sync_set(m, 0);
+    TRY(rc);
     if (m->comm)
         TRY(reduce_device(m));
     TRY(pull_stats(m));

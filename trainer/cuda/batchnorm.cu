@@ -151,22 +151,31 @@ __global__ void channel_add_kernel(const double *fin, int C, float *out)
         out[ch] += (float)fin[2 * ch];
 }
 
+/* Synchronised BatchNorm: fin (C, 2) summed over the ranks, and the
+ * count the statistics are over. */
+static int sync_fin(const amdim_cuda_ctx *c, double *fin, int C)
+{
+    return c->bn_sync ? c->bn_sync(c->bn_sync_arg, fin, 2 * (size_t)C) : 0;
+}
+
+static size_t total_count(const amdim_cuda_ctx *c, size_t N) { return c->bn_sync ? N * (size_t)c->ranks : N; }
+
 extern "C" int batchnorm_forward_train_cuda(const amdim_cuda_ctx *c, const float *x, size_t N, int C,
                                             const amdim_cuda_bn *p, float *y, float *mean, float *inv_std,
                                             double *scratch)
 {
     const char *op = "batchnorm_forward_train_cuda";
-    size_t P = chunks(N);
+    size_t P = chunks(N), T = total_count(c, N);
     double *fin = scratch + P * 2 * C, *mean_d = fin + 2 * (size_t)C;
     int rc = reduce(c, x, NULL, N, C, MODE_SUM, NULL, NULL, NULL, scratch, op);
-    if (rc)
+    if (rc || (rc = sync_fin(c, fin, C)))
         return rc;
-    mean_kernel<<<(C + 127) / 128, 128, 0, c->stream>>>(fin, N, C, mean_d);
+    mean_kernel<<<(C + 127) / 128, 128, 0, c->stream>>>(fin, T, C, mean_d);
     if ((rc = launch_check(c, op)))
         return rc;
-    if ((rc = reduce(c, x, NULL, N, C, MODE_VAR, mean_d, NULL, NULL, scratch, op)))
+    if ((rc = reduce(c, x, NULL, N, C, MODE_VAR, mean_d, NULL, NULL, scratch, op)) || (rc = sync_fin(c, fin, C)))
         return rc;
-    train_stats_kernel<<<(C + 127) / 128, 128, 0, c->stream>>>(mean_d, fin, N, C, *p, mean, inv_std);
+    train_stats_kernel<<<(C + 127) / 128, 128, 0, c->stream>>>(mean_d, fin, T, C, *p, mean, inv_std);
     if ((rc = launch_check(c, op)))
         return rc;
     size_t n = N * C;
@@ -191,11 +200,12 @@ extern "C" int batchnorm_backward_cuda(const amdim_cuda_ctx *c, const float *x, 
     int rc = reduce(c, x, dy, N, C, MODE_BWD, NULL, mean, inv_std, scratch, op);
     if (rc)
         return rc;
-    param_grad_kernel<<<(C + 127) / 128, 128, 0, c->stream>>>(fin, C, *p);
-    if ((rc = launch_check(c, op)))
+    param_grad_kernel<<<(C + 127) / 128, 128, 0, c->stream>>>(fin, C, *p); /* this rank's share */
+    if ((rc = launch_check(c, op)) || (rc = sync_fin(c, fin, C)))
         return rc;
     size_t n = N * C;
-    backward_kernel<<<grid_for(n), AMDIM_THREADS, 0, c->stream>>>(x, dy, n, N, C, p->gamma, mean, inv_std, fin, dx);
+    backward_kernel<<<grid_for(n), AMDIM_THREADS, 0, c->stream>>>(x, dy, n, total_count(c, N), C, p->gamma, mean,
+                                                                  inv_std, fin, dx);
     return launch_check(c, op);
 }
 

@@ -31,6 +31,13 @@ typedef struct {
     cudaStream_t stream;
     char *err;
     size_t errn;
+    /* synchronised BatchNorm (NULL: each call's own statistics): sums the
+     * per-channel sums fin (n doubles, device) over `ranks` processes in
+     * place, on the stream; the statistics are then those of ranks x N
+     * values per channel. Parameter gradients keep this rank's share. */
+    int (*bn_sync)(void *arg, double *fin, size_t n);
+    void *bn_sync_arg;
+    int ranks;
 } amdim_cuda_ctx;
 
 /* ---- input.cu ---- */
