@@ -310,12 +310,21 @@ int main(void)
             check_buckets(cfgs[i].name, &c);
         }
         c.use_bn = 0;
+        double bytes8 = 0;
         for (int ranks = 1; ranks <= 8; ranks *= 2) /* a process group: forced one rank, 2, 4, 8 */
-            check_plan(cfgs[i].name, &c, cfgs[i].batch, ranks);
+            bytes8 = check_plan(cfgs[i].name, &c, cfgs[i].batch, ranks);
         /* the published ImageNet-small run (batch 480) fits an 80 GB card in
          * fp32, with the cuDNN workspace (256 MiB) and 1 GiB to spare */
-        if (cfgs[i].size == 128 && cfgs[i].batch == 480)
+        if (cfgs[i].size == 128 && cfgs[i].batch == 480) {
             CHECK(bytes + (256.0 + 1024.0) * (1 << 20) <= 80e9, "ImageNet-small at batch 480 needs %.1f GB", bytes / 1e9);
+            /* the same global batch on 8 GPUs (60 each, the global batch's targets held too) */
+            double shared = check_plan(cfgs[i].name, &c, 480 / 8, 8);
+            CHECK(shared + (256.0 + 1024.0) * (1 << 20) <= 80e9, "ImageNet-small at 8 x 60 needs %.1f GB per GPU",
+                  shared / 1e9);
+            printf("ImageNet-small plans: batch 480 on one GPU %.1f GB; 8 GPUs x 60 %.1f GB each; 8 GPUs x 480 %.1f GB "
+                   "each\n",
+                   bytes / 1e9, shared / 1e9, bytes8 / 1e9);
+        }
     }
     amdim_model_config mix;
     amdim_model_config_default(&mix, 32);
