@@ -95,6 +95,27 @@ static double wall_now(void)
     return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
 }
 
+/* 2 ranks training for ever; 2 s in, rank 1's shell does `act` ($p: its
+ * trainer's pid). mpirun's exit code, its stderr in *e, and in *took the
+ * seconds from the act to mpirun's end. */
+static int rank1_fault(const char *env, const char *act, const char *run, char **e, double *took)
+{
+    char stamp[4300], script[8192], targs[4400];
+    snprintf(stamp, sizeof stamp, "%s/%s-at", test_tmpdir(), run);
+    snprintf(script, sizeof script,
+             "%s$L 2>/dev/null | $T & p=$!; if [ \"$OMPI_COMM_WORLD_RANK\" = 1 ]; then sleep 2; date +%%s.%%N > %s; "
+             "%s; fi; wait $p",
+             env, stamp, act);
+    snprintf(targs, sizeof targs, "--out %s " MODEL " --steps 1000000", test_path(run));
+    int rc = mpi(2, "--batch 16 --shard auto", targs, script, e);
+    double ended = wall_now();
+    char *at = test_read_file(stamp, NULL);
+    REQUIRE(at, "%s: rank 1's fault never happened:\n%s", run, *e);
+    *took = ended - strtod(at, NULL);
+    free(at);
+    return rc;
+}
+
 static int count(const char *s, const char *needle)
 {
     int n = 0;
@@ -138,57 +159,30 @@ int main(int argc, char **argv)
     same_curve(two, one, 51, 10, "resumed 2 -> 1 vs 1 -> 2");
 
     /* a rank's trainer killed: every rank ends within 10 s, non-zero */
-    char stamp[4300];
-    snprintf(stamp, sizeof stamp, "%s/killed-at", test_tmpdir());
-    snprintf(cmd, sizeof cmd,
-             "$L 2>/dev/null | $T & p=$!; if [ \"$OMPI_COMM_WORLD_RANK\" = 1 ]; then sleep 2; date +%%s.%%N > %s; "
-             "kill -KILL $p; fi; wait $p",
-             stamp);
     char targs[4400];
-    snprintf(targs, sizeof targs, "--out %s " MODEL " --steps 1000000", test_path("killed"));
-    rc = mpi(2, "--batch 16 --shard auto", targs, cmd, &e);
-    double ended = wall_now();
-    char *at = test_read_file(stamp, NULL);
-    REQUIRE(at, "the kill did not happen:\n%s", e);
-    double took = ended - strtod(at, NULL);
+    double took;
+    rc = rank1_fault("", "kill -KILL $p", "killed", &e, &took);
     CHECK(rc != 0 && took < 10, "a killed rank: mpirun exit %d, %.1f s after the kill\n%s", rc, took, e);
     printf("rank 1's trainer killed: mpirun exit %d, every rank gone %.2f s later\n", rc, took);
-    free(at), free(e);
+    free(e);
 
     /* a rank's loader killed: that rank's trainer names itself and ends all */
-    snprintf(cmd, sizeof cmd,
-             "$L 2>/dev/null | $T & p=$!; if [ \"$OMPI_COMM_WORLD_RANK\" = 1 ]; then sleep 2; date +%%s.%%N > %s; "
-             "pkill -KILL -P $$ -x amdim-load; fi; wait $p",
-             stamp);
-    snprintf(targs, sizeof targs, "--out %s " MODEL " --steps 1000000", test_path("loader-killed"));
-    rc = mpi(2, "--batch 16 --shard auto", targs, cmd, &e);
-    ended = wall_now();
-    at = test_read_file(stamp, NULL);
-    took = ended - strtod(at, NULL);
+    rc = rank1_fault("", "pkill -KILL -P $$ -x amdim-load", "loader-killed", &e, &took);
     CHECK(rc != 0 && took < 10 && strstr(e, "rank 1 of 2: training failed"),
           "a killed loader: mpirun exit %d, %.1f s after the kill, the message must name rank 1\n%s", rc, took, e);
     printf("rank 1's loader killed: mpirun exit %d, every rank gone %.2f s later\n", rc, took);
-    free(at), free(e);
+    free(e);
 
     /* a rank stopped (SIGSTOP): MPI does not notice; the other rank's
-     * collective watchdog ends it after AMDIM_COLLECTIVE_TIMEOUT, then mpirun
-     * ends the job */
-    snprintf(cmd, sizeof cmd,
-             "export AMDIM_COLLECTIVE_TIMEOUT=3; $L 2>/dev/null | $T & p=$!; if [ \"$OMPI_COMM_WORLD_RANK\" = 1 ]; "
-             "then sleep 2; date +%%s.%%N > %s; kill -STOP $p; fi; wait $p",
-             stamp);
-    snprintf(targs, sizeof targs, "--out %s " MODEL " --steps 1000000", test_path("stopped"));
-    rc = mpi(2, "--batch 16 --shard auto", targs, cmd, &e);
-    ended = wall_now();
-    at = test_read_file(stamp, NULL);
-    took = ended - strtod(at, NULL);
-    /* rank 0's watchdog names what it waited in: the collective, or the step
-     * around it (whichever passed the timeout first) */
+     * watchdog ends it after AMDIM_COLLECTIVE_TIMEOUT, naming what it waited
+     * in - the collective, or the step around it (whichever passed the
+     * timeout first) - then mpirun ends the job */
+    rc = rank1_fault("export AMDIM_COLLECTIVE_TIMEOUT=3; ", "kill -STOP $p", "stopped", &e, &took);
     CHECK(rc != 0 && took < 20 && (strstr(e, "rank 0 of 2: MPI_") || strstr(e, "rank 0 of 2: a training step has run")) &&
               strstr(e, "AMDIM_COLLECTIVE_TIMEOUT=3"),
           "a stopped rank: mpirun exit %d, %.1f s after the stop, rank 0's watchdog must name itself\n%s", rc, took, e);
     printf("rank 1's trainer stopped: mpirun exit %d, every rank gone %.2f s later (collective timeout 3 s)\n", rc, took);
-    free(at), free(e);
+    free(e);
 
     /* ranks started with other flags: refused before anything is
      * exchanged, naming what differs (a smaller batch share used to

@@ -84,6 +84,24 @@ static cpu_bn_params bn_view(amdim_model *m, amdim_bn_ref r)
     return b;
 }
 
+/* BatchNorm r over x (C channels of cnt values) into y: the batch's
+ * statistics when training (kept in mean / istd), the running ones
+ * otherwise, a copy when r is off. */
+static int bn_forward(amdim_model *m, amdim_bn_ref r, const float *x, int C, size_t cnt, int train, float *y,
+                      float *mean, float *istd)
+{
+    if (!r.on) {
+        memcpy(y, x, (size_t)C * cnt * sizeof(float));
+        return AMDIM_OK;
+    }
+    cpu_bn_params bp = bn_view(m, r);
+    if (train)
+        TRY(cpu_batchnorm_forward_train(x, C, cnt, &bp, y, mean, istd));
+    else
+        cpu_batchnorm_forward_eval(x, C, cnt, &bp, y);
+    return AMDIM_OK;
+}
+
 static double now_if(const amdim_model *m) { return m->profile ? amdim_now() : 0; }
 static void prof(amdim_model *m, int stage, int backward, double t0, int B)
 {
@@ -263,15 +281,7 @@ static int layer_forward(amdim_model *m, const amdim_layer *L, layer_cache *lc, 
     }
     case AMDIM_LAYER_RES: {
         TRY(cpu_conv2d_forward(x, L->cin, B, L->hin, L->hin, W(m, L->w1), NULL, L->cout, L->k, L->s, lc->h1, &c->scr));
-        if (L->bn.on) {
-            cpu_bn_params bp = bn_view(m, L->bn);
-            if (train)
-                TRY(cpu_batchnorm_forward_train(lc->h1, L->cout, cnt, &bp, lc->r, lc->mean, lc->istd));
-            else
-                cpu_batchnorm_forward_eval(lc->h1, L->cout, cnt, &bp, lc->r);
-        } else {
-            memcpy(lc->r, lc->h1, outn * sizeof(float));
-        }
+        TRY(bn_forward(m, L->bn, lc->h1, L->cout, cnt, train, lc->r, lc->mean, lc->istd));
         cpu_relu_forward(lc->r, outn);
         TRY(cpu_conv2d_forward(lc->r, L->cout, B, L->hout, L->hout, W(m, L->w2), NULL, L->cout, 1, 1, lc->out, &c->scr));
         float *sc = cpu_op_scratch_get(&c->scr2, outn);
@@ -283,15 +293,7 @@ static int layer_forward(amdim_model *m, const amdim_layer *L, layer_cache *lc, 
         break;
     }
     default: /* AMDIM_LAYER_BN */
-        if (L->bn.on) {
-            cpu_bn_params bp = bn_view(m, L->bn);
-            if (train)
-                TRY(cpu_batchnorm_forward_train(x, L->cout, cnt, &bp, lc->out, lc->mean, lc->istd));
-            else
-                cpu_batchnorm_forward_eval(x, L->cout, cnt, &bp, lc->out);
-        } else {
-            memcpy(lc->out, x, outn * sizeof(float));
-        }
+        TRY(bn_forward(m, L->bn, x, L->cout, cnt, train, lc->out, lc->mean, lc->istd));
     }
     return AMDIM_OK;
 }
@@ -346,15 +348,7 @@ static int head_forward(amdim_model *m, const amdim_head *h, head_cache *hc, con
     cpu_state *c = m->bs;
     size_t n = (size_t)h->cout * B * h->hw * h->hw, cnt = (size_t)B * h->hw * h->hw;
     TRY(cpu_conv2d_forward(x, h->cin, B, h->hw, h->hw, W(m, h->w1), NULL, h->cout, 1, 1, hc->h1, &c->scr));
-    if (h->bn_hid.on) {
-        cpu_bn_params bp = bn_view(m, h->bn_hid);
-        if (train)
-            TRY(cpu_batchnorm_forward_train(hc->h1, h->cout, cnt, &bp, hc->r, hc->mean1, hc->istd1));
-        else
-            cpu_batchnorm_forward_eval(hc->h1, h->cout, cnt, &bp, hc->r);
-    } else {
-        memcpy(hc->r, hc->h1, n * sizeof(float));
-    }
+    TRY(bn_forward(m, h->bn_hid, hc->h1, h->cout, cnt, train, hc->r, hc->mean1, hc->istd1));
     cpu_relu_forward(hc->r, n);
     TRY(cpu_conv2d_forward(hc->r, h->cout, B, h->hw, h->hw, W(m, h->w2), NULL, h->cout, 1, 1, hc->sum, &c->scr));
     float *sc = cpu_op_scratch_get(&c->scr2, n);
@@ -363,12 +357,7 @@ static int head_forward(amdim_model *m, const amdim_head *h, head_cache *hc, con
     TRY(cpu_conv2d_forward(x, h->cin, B, h->hw, h->hw, W(m, h->ws), W(m, h->bs), h->cout, 1, 1, sc, &c->scr));
     for (size_t i = 0; i < n; i++)
         hc->sum[i] += sc[i];
-    cpu_bn_params bo = bn_view(m, h->bn_out);
-    if (train)
-        TRY(cpu_batchnorm_forward_train(hc->sum, h->cout, cnt, &bo, hc->out, hc->mean2, hc->istd2));
-    else
-        cpu_batchnorm_forward_eval(hc->sum, h->cout, cnt, &bo, hc->out);
-    return AMDIM_OK;
+    return bn_forward(m, h->bn_out, hc->sum, h->cout, cnt, train, hc->out, hc->mean2, hc->istd2);
 }
 
 /* dy: gradient of the head output (modified); dx: gradient of the head
