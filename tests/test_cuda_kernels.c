@@ -278,7 +278,7 @@ static void test_classifier(int n, int K, int ranks)
     int32_t *dlab = up(labels, n * sizeof *labels);
     double *drows = dev(3 * (size_t)n * sizeof(double)), *rows = malloc(3 * (size_t)n * sizeof(double));
     double inv_valid = valid_all > 0 ? 1.0 / valid_all : 0.0, *dinv = up(&inv_valid, sizeof inv_valid);
-    OK(classifier_loss_cuda(&ctx, dl, n, n * ranks, K, dlab, dinv, 0.75f, dd, drows));
+    OK(classifier_loss_cuda(&ctx, dl, n, n * ranks, K, dlab, dinv, 0.75f, dd, NULL, drows));
     float *got = down(dd, (size_t)n * K);
     REQUIRE(cudaMemcpy(rows, drows, 3 * (size_t)n * sizeof(double), cudaMemcpyDeviceToHost) == cudaSuccess, "copy");
     double xent = 0, reg = 0;
@@ -323,7 +323,7 @@ static void test_nce_share(int objective, int B, int Bs, int first, int L, int R
         }
     float *dS_ = up(S, ns * 4), *ddS = dev(ns * 4);
     double *drows = dev(2 * (size_t)Bs * sizeof(double)), *rows = malloc(2 * (size_t)Bs * sizeof(double));
-    OK(nce_rows_cuda(&ctx, dS_, ddS, Bs, first, B, L, tclip, objective, 0.7f, 0.3f, drows));
+    OK(nce_rows_cuda(&ctx, dS_, ddS, NULL, Bs, first, B, L, tclip, objective, 0.7f, 0.3f, drows));
     float *dS = down(ddS, ns);
     REQUIRE(cudaMemcpy(rows, drows, 2 * (size_t)Bs * sizeof(double), cudaMemcpyDeviceToHost) == cudaSuccess, "copy");
     double gl = 0, gs = 0;
@@ -388,7 +388,7 @@ static void test_nce(int objective, int B, int L, int R)
         }
     float *dS_ = up(S, n * 4), *ddS = dev(n * 4);
     double *drows = dev(2 * (size_t)B * sizeof(double)), *rows = malloc(2 * (size_t)B * sizeof(double));
-    OK(nce_rows_cuda(&ctx, dS_, ddS, B, 0, B, L, tclip, objective, 0.7f, 0.3f, drows));
+    OK(nce_rows_cuda(&ctx, dS_, ddS, NULL, B, 0, B, L, tclip, objective, 0.7f, 0.3f, drows));
     float *dS = down(ddS, n);
     REQUIRE(cudaMemcpy(rows, drows, 2 * (size_t)B * sizeof(double), cudaMemcpyDeviceToHost) == cudaSuccess, "copy");
     double gl = 0, gs = 0;

@@ -31,21 +31,26 @@ static size_t extent_at(const amdim_cuda_plan *p, size_t off)
     return 0;
 }
 
-/* ranks: 0 without a process group, else its size */
-static double check_plan(const char *name, const amdim_model_config *cfg, int B, int ranks)
+/* ranks: 0 without a process group, else its size; es: bytes per
+ * activation (4 float, 2 bfloat16). Every size below is in bytes: es per
+ * activation or activation gradient, 4 per float statistic / score /
+ * logit, whatever the activation type. */
+static double check_plan(const char *name, const amdim_model_config *cfg, int B, int ranks, int es)
 {
     amdim_arch a;
     char err[256];
     REQUIRE(amdim_arch_build(&a, cfg, err, sizeof err) == 0, "%s", err);
     amdim_cuda_plan p;
-    REQUIRE(amdim_cuda_plan_build(&p, &a, B, ranks) == 0, "plan");
-    int S = cfg->encoder_size, R = cfg->n_rkhs;
+    REQUIRE(amdim_cuda_plan_build(&p, &a, B, ranks, es) == 0, "plan");
+    CHECK(p.act_bytes == es, "%s: activation bytes", name);
+    int S = cfg->encoder_size, R = cfg->n_rkhs, K = cfg->n_classes;
     /* each layer's output is the (B, hout, hout, cout) arch.h describes */
     for (int v = 0; v < 2; v++) {
-        CHECK(extent_at(&p, p.x[v]) == (size_t)B * S * S * 3, "%s: view %d", name, v);
+        CHECK(extent_at(&p, p.x[v]) == (size_t)B * S * S * 3 * es, "%s: view %d", name, v);
         for (int l = 0; l < a.nlayers; l++) {
             const amdim_layer *L = &a.layers[l];
-            size_t outn = (size_t)B * L->hout * L->hout * L->cout;
+            size_t outn = (size_t)B * L->hout * L->hout * L->cout * es;
+            CHECK(extent_at(&p, p.layers[v][l].mean) == (size_t)L->cout * 4, "%s: layer %d statistics", name, l);
             CHECK(extent_at(&p, p.layers[v][l].out) == outn, "%s: layer %d output", name, l);
             if (L->kind == AMDIM_LAYER_RES)
                 CHECK(extent_at(&p, p.layers[v][l].h1) == outn && extent_at(&p, p.layers[v][l].r) == outn,
@@ -53,8 +58,8 @@ static double check_plan(const char *name, const amdim_model_config *cfg, int B,
             if (l > 0)
                 CHECK(L->hin == a.layers[l - 1].hout && L->cin == a.layers[l - 1].cout, "%s: layer %d chain", name, l);
         }
-        CHECK(extent_at(&p, p.heads[v][0].out) == (size_t)B * 25 * R, "%s: r5", name);
-        CHECK(extent_at(&p, p.heads[v][1].out) == (size_t)B * 49 * R, "%s: r7", name);
+        CHECK(extent_at(&p, p.heads[v][0].out) == (size_t)B * 25 * R * es, "%s: r5", name);
+        CHECK(extent_at(&p, p.heads[v][1].out) == (size_t)B * 49 * R * es, "%s: r7", name);
         CHECK(a.layers[a.nlayers - 1].hout == 1 && a.layers[a.nlayers - 1].cout == R, "%s: r1", name);
     }
     /* with N ranks: this rank's B sources against the N B images' targets,
@@ -69,20 +74,30 @@ static double check_plan(const char *name, const amdim_model_config *cfg, int B,
                       name);
                 continue;
             }
-            CHECK(extent_at(&p, p.tg[v][f]) == Bg * hw * R && extent_at(&p, p.dtg[v][f]) == Bg * hw * R,
+            CHECK(extent_at(&p, p.tg[v][f]) == Bg * hw * R * es && extent_at(&p, p.dtg[v][f]) == Bg * hw * R * es,
                   "%s: %d ranks: global targets of view %d r%d", name, ranks, v, f ? 7 : 5);
             /* one rank's block is exactly its heads output */
             CHECK(extent_at(&p, p.heads[v][f].out) * (size_t)ranks == extent_at(&p, p.tg[v][f]),
                   "%s: %d ranks: rank blocks of view %d r%d", name, ranks, v, f ? 7 : 5);
         }
-    CHECK(extent_at(&p, p.scores) == (size_t)B * Bg * 49 && extent_at(&p, p.dscores) == (size_t)B * Bg * 49,
-          "%s: scores", name);
-    CHECK(extent_at(&p, p.stats) == 2 * (size_t)(AMDIM_CUDA_STATS_CLS + 12) * B, "%s: stats", name);
+    /* scores and logits float in both modes; in the bf16 mode their
+     * gradients also as activations for the GEMMs, in fp32 the same buffer */
+    size_t ns = (size_t)B * Bg * 49, nl = 2 * (size_t)B * K;
+    CHECK(extent_at(&p, p.scores) == ns * 4 && extent_at(&p, p.dscores) == ns * 4, "%s: scores", name);
+    CHECK(extent_at(&p, p.logits[0]) == nl * 4 && extent_at(&p, p.dlogits) == nl * 4, "%s: logits", name);
+    if (es == 4)
+        CHECK(p.dscores_act == p.dscores && p.dlogits_act == p.dlogits, "%s: fp32 gradients are their own", name);
+    else
+        CHECK(extent_at(&p, p.dscores_act) == ns * 2 && extent_at(&p, p.dlogits_act) == nl * 2,
+              "%s: bf16 copies of the score and logit gradients", name);
+    CHECK(extent_at(&p, p.stats) == 8 * (size_t)(AMDIM_CUDA_STATS_CLS + 12) * B, "%s: stats", name);
     CHECK(p.maxact >= (size_t)B * 49 * R, "%s: maxact", name);
+    /* the scratch stages maxact floats (features, NCHW outputs, NCHW inputs) */
+    CHECK(extent_at(&p, p.scratch) >= p.maxact * 4 && p.maxact >= (size_t)B * S * S * 3, "%s: scratch", name);
     /* aligned, inside, disjoint */
     qsort(p.extents, p.nextents, sizeof *p.extents, cmp_extent);
     for (size_t i = 0; i < p.nextents; i++) {
-        CHECK(p.extents[i][0] % 64 == 0, "%s: buffer %zu unaligned", name, i);
+        CHECK(p.extents[i][0] % 256 == 0, "%s: buffer %zu unaligned", name, i);
         CHECK(p.extents[i][0] + p.extents[i][1] <= p.total, "%s: buffer %zu outside", name, i);
         if (i)
             CHECK(p.extents[i - 1][0] + p.extents[i - 1][1] <= p.extents[i][0], "%s: buffers %zu and %zu overlap",
@@ -96,9 +111,11 @@ static double check_plan(const char *name, const amdim_model_config *cfg, int B,
             nohwi++;
             CHECK(pp.ohwi[i] % 64 == 0 && pp.ohwi[i] + a.tensors[i].size <= pp.dw_ohwi, "%s: ohwi %d", name, i);
         }
-    CHECK(pp.grads >= pp.weights + a.weights_size && pp.adam_v + a.grads_size <= pp.total, "%s: blocks", name);
-    printf("%-22s B %3d N %d: %4zu buffers, activations %8.1f MiB, parameters %7.1f MiB (%zu cuDNN filters)\n", name, B,
-           ranks, p.nextents, p.total * 4.0 / (1 << 20), pp.total * 4.0 / (1 << 20), nohwi);
+    CHECK(pp.grads >= pp.weights + a.weights_size && pp.adam_v + a.grads_size <= pp.wbf, "%s: blocks", name);
+    CHECK(pp.wbf % 64 == 0 && pp.wbf + (a.weights_size + 1) / 2 <= pp.total, "%s: bf16 weight copy", name);
+    printf("%-22s B %3d N %d %s: %4zu buffers, activations %8.1f MiB, parameters %7.1f MiB (%zu cuDNN filters)\n",
+           name, B, ranks, es == 2 ? "bf16" : "fp32", p.nextents, p.total / (double)(1 << 20),
+           pp.total * 4.0 / (1 << 20), nohwi);
 #ifdef AMDIM_HAVE_CUDA_BACKEND
     /* cuDNN's own shape arithmetic (no GPU needed) agrees with arch.h */
     for (int l = 0; l < a.nlayers; l++) {
@@ -107,14 +124,14 @@ static double check_plan(const char *name, const amdim_model_config *cfg, int B,
             continue;
         int h = L->hin + 2 * L->pad, out[4];
         amdim_conv_shape sh = {B, L->cin, h, h, L->cout, L->k, L->s};
-        int rc = amdim_conv_output_dim(&sh, out, err, sizeof err);
+        int rc = amdim_conv_output_dim(&sh, es == 2, out, err, sizeof err);
         CHECK(rc == 0, "%s", err);
         CHECK(rc || (out[0] == B && out[1] == L->cout && out[2] == L->hout && out[3] == L->hout),
               "%s: layer %d: cuDNN says (%d, %d, %d, %d), arch.h %d x %d", name, l, out[0], out[1], out[2], out[3],
               L->hout, L->cout);
     }
 #endif
-    double bytes = 4.0 * ((double)p.total + (double)pp.total);
+    double bytes = (double)p.total + 4.0 * (double)pp.total;
     amdim_cuda_param_plan_free(&pp);
     amdim_cuda_plan_free(&p);
     amdim_arch_free(&a);
@@ -304,26 +321,36 @@ int main(void)
         c.ndf = cfgs[i].ndf;
         c.n_rkhs = cfgs[i].n_rkhs;
         c.n_depth = cfgs[i].depth;
-        double bytes = check_plan(cfgs[i].name, &c, cfgs[i].batch, 0);
+        double bytes = check_plan(cfgs[i].name, &c, cfgs[i].batch, 0, 4);
+        double bytes_bf16 = check_plan(cfgs[i].name, &c, cfgs[i].batch, 0, 2);
+        /* bf16 halves the activations; floats (scores, statistics, parameters) stay */
+        CHECK(cfgs[i].batch < 200 || bytes_bf16 < 0.6 * bytes, "%s: bf16 plan %.2f GB vs fp32 %.2f GB", cfgs[i].name, bytes_bf16 / 1e9,
+              bytes / 1e9);
         for (int bn = 0; bn < 2; bn++) {
             c.use_bn = bn;
             check_buckets(cfgs[i].name, &c);
         }
         c.use_bn = 0;
-        double bytes8 = 0;
-        for (int ranks = 1; ranks <= 8; ranks *= 2) /* a process group: forced one rank, 2, 4, 8 */
-            bytes8 = check_plan(cfgs[i].name, &c, cfgs[i].batch, ranks);
+        double bytes8 = 0, bytes8_bf16 = 0;
+        for (int ranks = 1; ranks <= 8; ranks *= 2) { /* a process group: forced one rank, 2, 4, 8 */
+            bytes8 = check_plan(cfgs[i].name, &c, cfgs[i].batch, ranks, 4);
+            bytes8_bf16 = check_plan(cfgs[i].name, &c, cfgs[i].batch, ranks, 2);
+        }
         /* the published ImageNet-small run (batch 480) fits an 80 GB card in
          * fp32, with the cuDNN workspace (256 MiB) and 1 GiB to spare */
         if (cfgs[i].size == 128 && cfgs[i].batch == 480) {
             CHECK(bytes + (256.0 + 1024.0) * (1 << 20) <= 80e9, "ImageNet-small at batch 480 needs %.1f GB", bytes / 1e9);
             /* the same global batch on 8 GPUs (60 each, the global batch's targets held too) */
-            double shared = check_plan(cfgs[i].name, &c, 480 / 8, 8);
+            double shared = check_plan(cfgs[i].name, &c, 480 / 8, 8, 4);
+            double shared_bf16 = check_plan(cfgs[i].name, &c, 480 / 8, 8, 2);
             CHECK(shared + (256.0 + 1024.0) * (1 << 20) <= 80e9, "ImageNet-small at 8 x 60 needs %.1f GB per GPU",
                   shared / 1e9);
-            printf("ImageNet-small plans: batch 480 on one GPU %.1f GB; 8 GPUs x 60 %.1f GB each; 8 GPUs x 480 %.1f GB "
-                   "each\n",
-                   bytes / 1e9, shared / 1e9, bytes8 / 1e9);
+            /* bf16: 8 x 480 fits an 80 GB card too */
+            CHECK(bytes8_bf16 + (256.0 + 1024.0) * (1 << 20) <= 80e9, "ImageNet-small bf16 at 8 x 480 needs %.1f GB",
+                  bytes8_bf16 / 1e9);
+            printf("ImageNet-small plans (fp32 / bf16 activations): batch 480 on one GPU %.1f / %.1f GB; 8 GPUs x 60 "
+                   "%.1f / %.1f GB each; 8 GPUs x 480 %.1f / %.1f GB each\n",
+                   bytes / 1e9, bytes_bf16 / 1e9, shared / 1e9, shared_bf16 / 1e9, bytes8 / 1e9, bytes8_bf16 / 1e9);
         }
     }
     amdim_model_config mix;

@@ -20,6 +20,37 @@
 #define AMDIM_CLS_REG 1e-3    /* + 1e-3 mean(l^2) */
 #define AMDIM_NCE_REG 0.05    /* 0.05 mean(s^2), before clipping */
 
+/* bfloat16, carried as its 16 bits (C has no bf16 type): the upper half
+ * of the float, rounded to nearest even; every NaN becomes the canonical
+ * 0x7fff. The same map as CUDA's __float2bfloat16_rn (checked for the
+ * rounding-relevant bit patterns by test_bf16_round); the CPU side of the
+ * bf16 storage mode's tests. */
+AMDIM_HD uint16_t amdim_bf16_bits(float f)
+{
+    union {
+        float f;
+        uint32_t u;
+    } v;
+    v.f = f;
+    if ((v.u & 0x7fffffffu) > 0x7f800000u)
+        return 0x7fffu;
+    uint32_t rem = v.u & 0xffffu, r = v.u >> 16;
+    if (rem > 0x8000u || (rem == 0x8000u && (r & 1u)))
+        r++;
+    return (uint16_t)r;
+}
+AMDIM_HD float amdim_bf16_value(uint16_t b)
+{
+    union {
+        float f;
+        uint32_t u;
+    } v;
+    v.u = (uint32_t)b << 16;
+    return v.f;
+}
+/* f rounded to the nearest bfloat16. */
+AMDIM_HD float amdim_bf16_round(float f) { return amdim_bf16_value(amdim_bf16_bits(f)); }
+
 /* Adam hyper-parameters of one update, computed on the host. */
 typedef struct {
     float lr;           /* scheduled learning rate */

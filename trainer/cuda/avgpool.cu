@@ -4,7 +4,8 @@
 #include "launch.cuh"
 
 /* y (B, Ho, Wo, cout) += pool(x (B, H, W, cin)) on channels < cin */
-__global__ void avgpool_forward_kernel(const float *x, int B, int H, int W, int cin, int k, int s, int cout, float *y)
+template <typename T>
+__global__ void avgpool_forward_kernel(const void *x, int B, int H, int W, int cin, int k, int s, int cout, void *y)
 {
     int Ho = (H - k) / s + 1, Wo = (W - k) / s + 1;
     size_t n = (size_t)B * Ho * Wo * cin;
@@ -18,13 +19,15 @@ __global__ void avgpool_forward_kernel(const float *x, int B, int H, int W, int 
         float acc = 0;
         for (int ky = 0; ky < k; ky++)
             for (int kx = 0; kx < k; kx++)
-                acc += x[((b * H + oy * s + ky) * W + ox * s + kx) * cin + ch];
-        y[((b * Ho + oy) * Wo + ox) * cout + ch] += acc * inv;
+                acc += ld<T>(x, ((b * H + oy * s + ky) * W + ox * s + kx) * cin + ch);
+        size_t o = ((b * Ho + oy) * Wo + ox) * cout + ch;
+        st<T>(y, o, ld<T>(y, o) + acc * inv);
     }
 }
 
 /* dx (B, H, W, cin) += sum over the outputs that pooled (iy, ix) of dy / k^2 */
-__global__ void avgpool_backward_kernel(const float *dy, int B, int H, int W, int cin, int k, int s, int cout, float *dx)
+template <typename T>
+__global__ void avgpool_backward_kernel(const void *dy, int B, int H, int W, int cin, int k, int s, int cout, void *dx)
 {
     int Ho = (H - k) / s + 1, Wo = (W - k) / s + 1;
     size_t n = (size_t)B * H * W * cin;
@@ -38,26 +41,26 @@ __global__ void avgpool_backward_kernel(const float *dy, int B, int H, int W, in
         /* outputs o with o*s <= i < o*s + k */
         int oy0 = iy - k + 1 > 0 ? (iy - k + 1 + s - 1) / s : 0, oy1 = iy / s < Ho - 1 ? iy / s : Ho - 1;
         int ox0 = ix - k + 1 > 0 ? (ix - k + 1 + s - 1) / s : 0, ox1 = ix / s < Wo - 1 ? ix / s : Wo - 1;
-        float acc = dx[i];
+        float acc = ld<T>(dx, i);
         for (int oy = oy0; oy <= oy1; oy++)
             for (int ox = ox0; ox <= ox1; ox++)
-                acc += dy[((b * Ho + oy) * Wo + ox) * cout + ch] * inv;
-        dx[i] = acc;
+                acc += ld<T>(dy, ((b * Ho + oy) * Wo + ox) * cout + ch) * inv;
+        st<T>(dx, i, acc);
     }
 }
 
-extern "C" int avgpool_pad_forward_add_cuda(const amdim_cuda_ctx *c, const float *x, int B, int H, int W, int cin,
-                                            int k, int s, int cout, float *y)
+extern "C" int avgpool_pad_forward_add_cuda(const amdim_cuda_ctx *c, const void *x, int B, int H, int W, int cin,
+                                            int k, int s, int cout, void *y)
 {
     size_t n = (size_t)B * ((H - k) / s + 1) * ((W - k) / s + 1) * cin;
-    avgpool_forward_kernel<<<grid_for(n), AMDIM_THREADS, 0, c->stream>>>(x, B, H, W, cin, k, s, cout, y);
+    LAUNCH_ACT(c, avgpool_forward_kernel, grid_for(n), AMDIM_THREADS, x, B, H, W, cin, k, s, cout, y);
     return launch_check(c, "avgpool_pad_forward_add_cuda");
 }
 
-extern "C" int avgpool_pad_backward_add_cuda(const amdim_cuda_ctx *c, const float *dy, int B, int H, int W, int cin,
-                                             int k, int s, int cout, float *dx)
+extern "C" int avgpool_pad_backward_add_cuda(const amdim_cuda_ctx *c, const void *dy, int B, int H, int W, int cin,
+                                             int k, int s, int cout, void *dx)
 {
     size_t n = (size_t)B * H * W * cin;
-    avgpool_backward_kernel<<<grid_for(n), AMDIM_THREADS, 0, c->stream>>>(dy, B, H, W, cin, k, s, cout, dx);
+    LAUNCH_ACT(c, avgpool_backward_kernel, grid_for(n), AMDIM_THREADS, dy, B, H, W, cin, k, s, cout, dx);
     return launch_check(c, "avgpool_pad_backward_add_cuda");
 }

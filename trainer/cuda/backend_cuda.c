@@ -1,7 +1,14 @@
 /* The CUDA backend: the same step-level functions as the CPU backend
  * (trainer/cpu/backend_cpu.c, the reference), on one GPU.
  *
- * Activations are float32 NHWC, (B, H, W, C) = rows of channels, so a 1x1
+ * Activations are NHWC, (B, H, W, C) = rows of channels, stored as float32
+ * (the fp32 mode: FMA convolutions, pedantic fp32 GEMMs, the CPU parity
+ * path) or bfloat16 (the bf16 mode: bf16 activations and activation
+ * gradients, bf16 weight copies for the GEMMs and cuDNN, tensor cores with
+ * fp32 accumulation; fp32 master weights, Adam moments, parameter
+ * gradients, BatchNorm statistics, NCE scores and their softmax, logits
+ * and losses - the arithmetic of every kernel is float / double either
+ * way, see kernels.h). A 1x1
  * convolution or a linear layer is one row-major GEMM (cuBLAS, written as
  * the CPU's cblas calls through gemm(); the NCE score matrix and its two
  * backward GEMMs go through nce_gemm(): cuBLASLt with the algorithm its
@@ -83,7 +90,7 @@ typedef struct {
  * heuristic's algorithm, or none (have_algo 0: gemm() computes it). */
 typedef struct {
     amdim_cuda_gemm_layout l;
-    int bf16;
+    int bf16, c_f32; /* the precision mode; C float in the bf16 mode */
     cublasLtMatmulDesc_t op;
     cublasLtMatrixLayout_t a, b, c;
     cublasLtMatmulAlgo_t algo;
@@ -103,13 +110,14 @@ typedef struct {
     cublasLtHandle_t lt;
     lt_plan *lt_plans; /* one per shape and precision mode, made on first use */
     int n_lt, cap_lt;
-    int bf16; /* precision mode: GEMMs in bf16 (fp32 accumulation), convolutions in TF32 */
+    int bf16; /* precision mode: bfloat16 activations and GEMM / convolution operands (fp32 accumulation) */
+    size_t es; /* bytes per activation: 4, or 2 in the bf16 mode */
     amdim_conv conv;
     amdim_cuda_ctx ctx;
     amdim_cuda_param_plan pp;
     float *params; /* parameter arena (pp.total floats) */
     amdim_cuda_plan plan;
-    float *act;    /* activation arena (plan.total floats) for plan.batch */
+    void *act;     /* activation arena (plan.total bytes) for plan.batch and es */
     double *stats; /* host copy of the plan's stats */
     int32_t *labels2;
     step_scalars *scalars; /* device */
@@ -168,16 +176,29 @@ static float *G(const amdim_model *m, int i)
     AMDIM_ASSERT(m->arch.tensors[i].has_grad);
     return CS(m)->params + CS(m)->pp.grads + m->arch.tensors[i].goffset;
 }
-static float *WK(const amdim_model *m, int i) /* the OHWI copy of a cuDNN filter */
+/* A GEMM's weight operand: the float master, or its bf16 copy in the bf16 mode. */
+static const void *WG(const amdim_model *m, int i)
+{
+    const cuda_state *c = CS(m);
+    if (!c->bf16)
+        return W(m, i);
+    return (const uint16_t *)(const void *)(c->params + c->pp.wbf) + m->arch.tensors[i].offset;
+}
+static void *WK(const amdim_model *m, int i) /* the OHWI copy of a cuDNN filter, in the activation type */
 {
     AMDIM_ASSERT(CS(m)->pp.ohwi[i] != AMDIM_CUDA_NONE);
     return CS(m)->params + CS(m)->pp.ohwi[i];
 }
-static float *A(const amdim_model *m, size_t off)
+/* The activation buffer at byte offset off (plan.h), and elems
+ * activations into it; AF: a float buffer. */
+static void *A(const amdim_model *m, size_t off)
 {
     AMDIM_ASSERT(off != AMDIM_CUDA_NONE);
-    return CS(m)->act + off;
+    return (char *)CS(m)->act + off;
 }
+static void *AE(const amdim_model *m, size_t off, size_t elems) { return (char *)A(m, off) + elems * CS(m)->es; }
+static float *AF(const amdim_model *m, size_t off) { return A(m, off); }
+static size_t ES(const amdim_model *m) { return CS(m)->es; }
 static const amdim_cuda_ctx *X(const amdim_model *m) { return &CS(m)->ctx; }
 
 static amdim_cuda_bn bn_view(const amdim_model *m, amdim_bn_ref r)
@@ -228,11 +249,14 @@ static void prof(amdim_model *m, int stage, int backward, double t0, int B)
 /* ---- GEMMs ------------------------------------------------------------------ */
 
 /* Row-major C (M, N) = alpha op(A) op(B) + beta C, as cblas_sgemm(CblasRowMajor,
- * ...): the column-major product C^T = op(B)^T op(A)^T. fp32 operands; in
- * the bf16 mode the products use bf16-rounded operands on the tensor cores
- * with fp32 accumulation (CUBLAS_COMPUTE_32F_FAST_16BF). */
-static int gemm(amdim_model *m, int ta, int tb, int M, int N, int K, float alpha, const float *a, int lda,
-                const float *b, int ldb, float beta, float *c, int ldc)
+ * ...): the column-major product C^T = op(B)^T op(A)^T. fp32 mode: float
+ * operands, pedantic fp32. bf16 mode: A and B bfloat16 (activations, the
+ * weights' bf16 copies), C bfloat16 (an activation) or float (c_f32:
+ * parameter gradients, logits, scores), fp32 accumulation on the tensor
+ * cores (CUBLAS_COMPUTE_32F). */
+enum { C_ACT = 0, C_F32 = 1 };
+static int gemm(amdim_model *m, int ta, int tb, int M, int N, int K, float alpha, const void *a, int lda,
+                const void *b, int ldb, float beta, void *c, int ldc, int c_f32)
 {
     amdim_cuda_gemm_layout l;
     if (amdim_cuda_gemm_layout_make(&l, ta, tb, M, N, K, lda, ldb, ldc))
@@ -240,8 +264,8 @@ static int gemm(amdim_model *m, int ta, int tb, int M, int N, int K, float alpha
     cublasOperation_t o1 = l.trans1 ? CUBLAS_OP_T : CUBLAS_OP_N, o2 = l.trans2 ? CUBLAS_OP_T : CUBLAS_OP_N;
     cublasStatus_t st;
     if (CS(m)->bf16)
-        st = cublasGemmEx(CS(m)->blas, o1, o2, l.m, l.n, l.k, &alpha, b, CUDA_R_32F, l.ld1, a, CUDA_R_32F, l.ld2,
-                          &beta, c, CUDA_R_32F, l.ld_c, CUBLAS_COMPUTE_32F_FAST_16BF, CUBLAS_GEMM_DEFAULT);
+        st = cublasGemmEx(CS(m)->blas, o1, o2, l.m, l.n, l.k, &alpha, b, CUDA_R_16BF, l.ld1, a, CUDA_R_16BF, l.ld2,
+                          &beta, c, c_f32 ? CUDA_R_32F : CUDA_R_16BF, l.ld_c, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT);
     else
         st = cublasSgemm(CS(m)->blas, o1, o2, l.m, l.n, l.k, &alpha, b, l.ld1, a, l.ld2, &beta, c, l.ld_c);
     if (st != CUBLAS_STATUS_SUCCESS)
@@ -280,15 +304,15 @@ static void lt_plan_free(lt_plan *p)
     memset(p, 0, sizeof *p);
 }
 
-/* The plan of shape l in the current precision mode, made on first use:
- * descriptors (fp32 data; fp32 compute, or bf16-rounded operands with
- * fp32 accumulation as gemm() in the bf16 mode) and the heuristic's first
- * algorithm for the shared workspace, if it returns one. */
-static int lt_plan_get(amdim_model *m, const amdim_cuda_gemm_layout *l, lt_plan **out)
+/* The plan of shape l (and C's type) in the current precision mode, made
+ * on first use: descriptors (the types gemm() uses; fp32 compute) and the
+ * heuristic's first algorithm for the shared workspace, if it returns one. */
+static int lt_plan_get(amdim_model *m, const amdim_cuda_gemm_layout *l, int c_f32, lt_plan **out)
 {
     cuda_state *c = m->bs;
+    c_f32 = c->bf16 ? c_f32 : C_F32;
     for (int i = 0; i < c->n_lt; i++)
-        if (c->lt_plans[i].bf16 == c->bf16 && !memcmp(&c->lt_plans[i].l, l, sizeof *l)) {
+        if (c->lt_plans[i].bf16 == c->bf16 && c->lt_plans[i].c_f32 == c_f32 && !memcmp(&c->lt_plans[i].l, l, sizeof *l)) {
             *out = &c->lt_plans[i];
             return AMDIM_OK;
         }
@@ -304,23 +328,24 @@ static int lt_plan_get(amdim_model *m, const amdim_cuda_gemm_layout *l, lt_plan 
     memset(p, 0, sizeof *p);
     p->l = *l;
     p->bf16 = c->bf16;
+    p->c_f32 = c_f32;
+    cudaDataType_t ab = c->bf16 ? CUDA_R_16BF : CUDA_R_32F, ct = c_f32 ? CUDA_R_32F : CUDA_R_16BF;
     cublasLtMatmulPreference_t pref = NULL;
     cublasOperation_t o1 = l->trans1 ? CUBLAS_OP_T : CUBLAS_OP_N, o2 = l->trans2 ? CUBLAS_OP_T : CUBLAS_OP_N;
     size_t ws = BLAS_WORKSPACE_BYTES;
     cublasLtMatmulHeuristicResult_t res;
     cublasStatus_t st;
     int n = 0, rc = AMDIM_OK;
-    LT(cublasLtMatmulDescCreate(&p->op, c->bf16 ? CUBLAS_COMPUTE_32F_FAST_16BF : CUBLAS_COMPUTE_32F, CUDA_R_32F),
-       "cublasLtMatmulDescCreate");
+    LT(cublasLtMatmulDescCreate(&p->op, CUBLAS_COMPUTE_32F, CUDA_R_32F), "cublasLtMatmulDescCreate");
     LT(cublasLtMatmulDescSetAttribute(p->op, CUBLASLT_MATMUL_DESC_TRANSA, &o1, sizeof o1),
        "cublasLtMatmulDescSetAttribute (TRANSA)");
     LT(cublasLtMatmulDescSetAttribute(p->op, CUBLASLT_MATMUL_DESC_TRANSB, &o2, sizeof o2),
        "cublasLtMatmulDescSetAttribute (TRANSB)");
-    LT(cublasLtMatrixLayoutCreate(&p->a, CUDA_R_32F, (uint64_t)l->rows1, (uint64_t)l->cols1, l->ld1),
+    LT(cublasLtMatrixLayoutCreate(&p->a, ab, (uint64_t)l->rows1, (uint64_t)l->cols1, l->ld1),
        "cublasLtMatrixLayoutCreate (A)");
-    LT(cublasLtMatrixLayoutCreate(&p->b, CUDA_R_32F, (uint64_t)l->rows2, (uint64_t)l->cols2, l->ld2),
+    LT(cublasLtMatrixLayoutCreate(&p->b, ab, (uint64_t)l->rows2, (uint64_t)l->cols2, l->ld2),
        "cublasLtMatrixLayoutCreate (B)");
-    LT(cublasLtMatrixLayoutCreate(&p->c, CUDA_R_32F, (uint64_t)l->rows_c, (uint64_t)l->cols_c, l->ld_c),
+    LT(cublasLtMatrixLayoutCreate(&p->c, ct, (uint64_t)l->rows_c, (uint64_t)l->cols_c, l->ld_c),
        "cublasLtMatrixLayoutCreate (C)");
     LT(cublasLtMatmulPreferenceCreate(&pref), "cublasLtMatmulPreferenceCreate");
     LT(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws, sizeof ws),
@@ -348,8 +373,8 @@ done:
 /* gemm() for the NCE score matrices on cuBLASLt with the shape's planned
  * algorithm (gemm() itself where the heuristic had none). Every operand
  * starts an activation buffer: 256-byte aligned, the heuristic's default. */
-static int nce_gemm(amdim_model *m, int ta, int tb, int M, int N, int K, float alpha, const float *a, int lda,
-                    const float *b, int ldb, float beta, float *c, int ldc)
+static int nce_gemm(amdim_model *m, int ta, int tb, int M, int N, int K, float alpha, const void *a, int lda,
+                    const void *b, int ldb, float beta, void *c, int ldc, int c_f32)
 {
     cuda_state *cs = m->bs;
     amdim_cuda_gemm_layout l;
@@ -357,9 +382,9 @@ static int nce_gemm(amdim_model *m, int ta, int tb, int M, int N, int K, float a
     if (amdim_cuda_gemm_layout_make(&l, ta, tb, M, N, K, lda, ldb, ldc))
         return MFAIL(AMDIM_E_INVALID, "nce_gemm(%d x %d x %d, ld %d %d %d): bad shape", M, N, K, lda, ldb, ldc);
     AMDIM_ASSERT((uintptr_t)a % 256 == 0 && (uintptr_t)b % 256 == 0 && (uintptr_t)c % 256 == 0);
-    TRY(lt_plan_get(m, &l, &p));
+    TRY(lt_plan_get(m, &l, c_f32, &p));
     if (!p->have_algo)
-        return gemm(m, ta, tb, M, N, K, alpha, a, lda, b, ldb, beta, c, ldc);
+        return gemm(m, ta, tb, M, N, K, alpha, a, lda, b, ldb, beta, c, ldc, c_f32);
     /* the first column-major operand is the row-major b (amdim_cuda_gemm_layout) */
     cublasStatus_t st = cublasLtMatmul(cs->lt, p->op, &alpha, b, p->a, a, p->b, &beta, c, p->c, c, p->c, &p->algo,
                                        cs->blas_ws, BLAS_WORKSPACE_BYTES, cs->stream);
@@ -368,32 +393,42 @@ static int nce_gemm(amdim_model *m, int ta, int tb, int M, int N, int K, float a
     return AMDIM_OK;
 }
 
-/* y (n, out) = x (n, in) W^T [+ bias] (+ beta y before): a linear layer or 1x1 convolution. */
-static int linear_forward(amdim_model *m, const float *x, size_t n, int in, const float *w, const float *bias, int out,
-                          float beta, float *y)
+/* y (n, out) = x (n, in) W^T [+ bias] (+ beta y before): a linear layer
+ * or 1x1 convolution; x activations, w a GEMM weight (WG), y activations
+ * or (y_f32: the logits) float. */
+static int linear_forward(amdim_model *m, const void *x, size_t n, int in, const void *w, const float *bias, int out,
+                          float beta, void *y, int y_f32)
 {
-    TRY(gemm(m, 0, 1, (int)n, out, in, 1.0f, x, in, w, in, beta, y, out));
-    return bias ? bias_add_cuda(X(m), y, bias, n, out) : AMDIM_OK;
+    TRY(gemm(m, 0, 1, (int)n, out, in, 1.0f, x, in, w, in, beta, y, out, y_f32));
+    if (!bias)
+        return AMDIM_OK;
+    if (y_f32 && CS(m)->bf16) { /* float logits: the activation kernel's type is bf16 */
+        amdim_cuda_ctx f = *X(m);
+        f.bf16 = 0;
+        return bias_add_cuda(&f, y, bias, n, out);
+    }
+    return bias_add_cuda(X(m), y, bias, n, out);
 }
 
-/* dw (out, in) += dy^T x; dbias += column sums of dy; dx (n, in) = dy W (+ beta dx), when dx. */
-static int linear_backward(amdim_model *m, const float *x, size_t n, int in, const float *w, int out, const float *dy,
-                           float *dx, float beta, float *dw, float *dbias)
+/* dw (out, in, float) += dy^T x; dbias += column sums of dy; dx (n, in) =
+ * dy W (+ beta dx), when dx. x, dy, dx activations; w a GEMM weight (WG). */
+static int linear_backward(amdim_model *m, const void *x, size_t n, int in, const void *w, int out, const void *dy,
+                           void *dx, float beta, float *dw, float *dbias)
 {
-    TRY(gemm(m, 1, 0, out, in, (int)n, 1.0f, dy, out, x, in, 1.0f, dw, in));
+    TRY(gemm(m, 1, 0, out, in, (int)n, 1.0f, dy, out, x, in, 1.0f, dw, in, C_F32));
     if (dbias)
         TRY(channel_sum_add_cuda(X(m), dy, n, out, dbias, BNS(m)));
     if (dx)
-        TRY(gemm(m, 0, 0, (int)n, in, out, 1.0f, dy, out, w, in, beta, dx, in));
+        TRY(gemm(m, 0, 0, (int)n, in, out, 1.0f, dy, out, w, in, beta, dx, in, C_ACT));
     return AMDIM_OK;
 }
 
 /* Training or eval BatchNorm of x (n, C) into y, or a copy when off. */
-static int bn_forward(amdim_model *m, amdim_bn_ref r, const float *x, size_t n, int C, int train, float *y,
+static int bn_forward(amdim_model *m, amdim_bn_ref r, const void *x, size_t n, int C, int train, void *y,
                       float *mean, float *istd)
 {
     if (!r.on)
-        return copy(m, y, x, n * C * sizeof(float), cudaMemcpyDeviceToDevice);
+        return copy(m, y, x, n * C * ES(m), cudaMemcpyDeviceToDevice);
     amdim_cuda_bn p = bn_view(m, r);
     if (train)
         return batchnorm_forward_train_cuda(X(m), x, n, C, &p, y, mean, istd, BNS(m));
@@ -486,7 +521,7 @@ static int ensure_buffers_for(amdim_model *m, int B, int group)
 {
     cuda_state *c = m->bs;
     int ranks = group && m->comm ? m->comm->size : 0; /* the global target buffers with a group */
-    if (c->plan.batch == B && (c->plan.ranks == ranks || (!group && c->plan.ranks)))
+    if (c->plan.batch == B && c->plan.act_bytes == (int)c->es && (c->plan.ranks == ranks || (!group && c->plan.ranks)))
         return AMDIM_OK;
     m->batch = 0; /* the outputs of the last training step go with the old arena */
     drop_graph(&c->fb_graph, &c->fb_warm); /* so does the step's graph */
@@ -497,7 +532,7 @@ static int ensure_buffers_for(amdim_model *m, int B, int group)
     free(c->labels2);
     c->stats = NULL;
     c->labels2 = NULL;
-    if (amdim_cuda_plan_build(&c->plan, &m->arch, B, ranks))
+    if (amdim_cuda_plan_build(&c->plan, &m->arch, B, ranks, (int)c->es))
         return MFAIL(AMDIM_E_NOMEM, "out of memory (activation plan)");
     c->stats = malloc((AMDIM_CUDA_STATS_CLS * (size_t)B + 12 * (size_t)B) * sizeof(double));
     c->labels2 = malloc(2 * (size_t)B * sizeof(int32_t));
@@ -505,25 +540,40 @@ static int ensure_buffers_for(amdim_model *m, int B, int group)
         amdim_cuda_plan_free(&c->plan);
         return MFAIL(AMDIM_E_NOMEM, "out of memory");
     }
-    cudaError_t e = cudaMalloc((void **)&c->act, c->plan.total * sizeof(float));
+    cudaError_t e = cudaMalloc(&c->act, c->plan.total);
     if (e != cudaSuccess) {
         c->act = NULL;
         amdim_cuda_plan_free(&c->plan);
-        return MFAIL(AMDIM_E_NOMEM, "cudaMalloc(%zu MiB of activations for batch %d): %s",
-                     c->plan.total * sizeof(float) >> 20, B, cudaGetErrorString(e));
+        return MFAIL(AMDIM_E_NOMEM, "cudaMalloc(%zu MiB of %s activations for batch %d): %s", c->plan.total >> 20,
+                     c->bf16 ? "bf16" : "fp32", B, cudaGetErrorString(e));
     }
     return AMDIM_OK;
 }
 
 static int ensure_buffers(amdim_model *m, int B) { return ensure_buffers_for(m, B, 0); }
 
-/* The OHWI copy of tensor i from its OIHW master (no-op for GEMM weights). */
+/* The OHWI copy of tensor i from its OIHW master, in the activation type
+ * (no-op for GEMM weights). */
 static int refresh_ohwi(amdim_model *m, int i)
 {
     const amdim_tensor *t = &m->arch.tensors[i];
     if (CS(m)->pp.ohwi[i] == AMDIM_CUDA_NONE)
         return AMDIM_OK;
     return oihw_to_ohwi_cuda(X(m), W(m, i), t->shape[0], t->shape[1], t->shape[2], WK(m, i));
+}
+
+/* Every weight's compute copies from the masters: the OHWI filters and,
+ * in the bf16 mode, the bf16 copy of the weights block (Adam keeps both
+ * after each update). */
+static int refresh_copies(amdim_model *m)
+{
+    cuda_state *c = m->bs;
+    if (c->bf16)
+        TRY(f32_to_bf16_cuda(X(m), c->params + c->pp.weights, m->arch.weights_size,
+                             (uint16_t *)(void *)(c->params + c->pp.wbf)));
+    for (int i = 0; i < m->arch.ntensors; i++)
+        TRY(refresh_ohwi(m, i));
+    return AMDIM_OK;
 }
 
 /* ---- encoder ------------------------------------------------------------------- */
@@ -536,15 +586,15 @@ static amdim_conv_shape conv_shape(const amdim_layer *L, int B)
 }
 
 /* x (B, hin, hin, cin) -> lp->out (B, hout, hout, cout) */
-static int layer_forward(amdim_model *m, const amdim_layer *L, const amdim_cuda_layer_plan *lp, const float *x, int B,
+static int layer_forward(amdim_model *m, const amdim_layer *L, const amdim_cuda_layer_plan *lp, const void *x, int B,
                          int train)
 {
     cuda_state *c = m->bs;
     size_t rows = (size_t)B * L->hout * L->hout, outn = rows * L->cout;
-    float *out = A(m, lp->out);
+    void *out = A(m, lp->out);
     switch (L->kind) {
     case AMDIM_LAYER_STEM: {
-        const float *in = x;
+        const void *in = x;
         if (L->pad) {
             TRY(reflect_pad_forward_cuda(X(m), x, B, L->hin, L->hin, L->cin, L->pad, A(m, lp->padded)));
             in = A(m, lp->padded);
@@ -554,60 +604,61 @@ static int layer_forward(amdim_model *m, const amdim_layer *L, const amdim_cuda_
         return bias_relu_forward_cuda(X(m), out, W(m, L->b1), rows, L->cout);
     }
     case AMDIM_LAYER_RES: {
-        float *h1 = A(m, lp->h1), *r = A(m, lp->r);
+        void *h1 = A(m, lp->h1), *r = A(m, lp->r);
         if (amdim_cuda_conv_uses_cudnn(L)) {
             amdim_conv_shape sh = conv_shape(L, B);
             TRY(amdim_conv_forward(&c->conv, &sh, x, WK(m, L->w1), h1));
         } else {
-            TRY(linear_forward(m, x, rows, L->cin, W(m, L->w1), NULL, L->cout, 0.0f, h1));
+            TRY(linear_forward(m, x, rows, L->cin, WG(m, L->w1), NULL, L->cout, 0.0f, h1, C_ACT));
         }
-        TRY(bn_forward(m, L->bn, h1, rows, L->cout, train, r, A(m, lp->mean), A(m, lp->istd)));
+        TRY(bn_forward(m, L->bn, h1, rows, L->cout, train, r, AF(m, lp->mean), AF(m, lp->istd)));
         TRY(relu_forward_cuda(X(m), r, outn));
-        TRY(linear_forward(m, r, rows, L->cout, W(m, L->w2), NULL, L->cout, 0.0f, out));
+        TRY(linear_forward(m, r, rows, L->cout, WG(m, L->w2), NULL, L->cout, 0.0f, out, C_ACT));
         return avgpool_pad_forward_add_cuda(X(m), x, B, L->hin, L->hin, L->cin, L->k, L->s, L->cout, out);
     }
     default:
-        return bn_forward(m, L->bn, x, rows, L->cout, train, out, A(m, lp->mean), A(m, lp->istd));
+        return bn_forward(m, L->bn, x, rows, L->cout, train, out, AF(m, lp->mean), AF(m, lp->istd));
     }
 }
 
 /* dy: gradient of the layer output (may be modified); dx: of its input (NULL: not needed). */
-static int layer_backward(amdim_model *m, const amdim_layer *L, const amdim_cuda_layer_plan *lp, const float *x, int B,
-                          float *dy, float *dx)
+static int layer_backward(amdim_model *m, const amdim_layer *L, const amdim_cuda_layer_plan *lp, const void *x, int B,
+                          void *dy, void *dx)
 {
     cuda_state *c = m->bs;
     size_t rows = (size_t)B * L->hout * L->hout, outn = rows * L->cout;
-    const float *out = A(m, lp->out);
+    const void *out = A(m, lp->out);
     switch (L->kind) {
     case AMDIM_LAYER_STEM: {
         TRY(relu_backward_cuda(X(m), out, dy, outn));
         TRY(channel_sum_add_cuda(X(m), dy, rows, L->cout, G(m, L->b1), BNS(m)));
-        const float *in = L->pad ? A(m, lp->padded) : x;
+        const void *in = L->pad ? A(m, lp->padded) : x;
         AMDIM_ASSERT(!(L->pad && dx)); /* only the first layer pads: no input gradient */
         amdim_conv_shape sh = conv_shape(L, B);
-        float *dw = c->params + c->pp.dw_ohwi;
+        void *dw = c->params + c->pp.dw_ohwi; /* activation type */
         TRY(amdim_conv_backward_filter(&c->conv, &sh, in, dy, dw));
         TRY(ohwi_to_oihw_add_cuda(X(m), dw, L->cout, L->cin, L->k, G(m, L->w1)));
         return dx ? amdim_conv_backward_data(&c->conv, &sh, WK(m, L->w1), dy, dx) : AMDIM_OK;
     }
     case AMDIM_LAYER_RES: {
-        const float *h1 = A(m, lp->h1), *r = A(m, lp->r);
-        float *dr = A(m, c->plan.scratch);
-        TRY(linear_backward(m, r, rows, L->cout, W(m, L->w2), L->cout, dy, dr, 0.0f, G(m, L->w2), NULL));
+        const void *h1 = A(m, lp->h1), *r = A(m, lp->r);
+        void *dr = A(m, c->plan.scratch);
+        TRY(linear_backward(m, r, rows, L->cout, WG(m, L->w2), L->cout, dy, dr, 0.0f, G(m, L->w2), NULL));
         TRY(relu_backward_cuda(X(m), r, dr, outn));
         if (L->bn.on) {
             amdim_cuda_bn p = bn_view(m, L->bn);
-            TRY(batchnorm_backward_cuda(X(m), h1, rows, L->cout, &p, A(m, lp->mean), A(m, lp->istd), dr, dr, BNS(m)));
+            TRY(batchnorm_backward_cuda(X(m), h1, rows, L->cout, &p, AF(m, lp->mean), AF(m, lp->istd), dr, dr,
+                                        BNS(m)));
         }
         if (amdim_cuda_conv_uses_cudnn(L)) {
             amdim_conv_shape sh = conv_shape(L, B);
-            float *dw = c->params + c->pp.dw_ohwi;
+            void *dw = c->params + c->pp.dw_ohwi;
             TRY(amdim_conv_backward_filter(&c->conv, &sh, x, dr, dw));
             TRY(ohwi_to_oihw_add_cuda(X(m), dw, L->cout, L->cin, L->k, G(m, L->w1)));
             if (dx)
                 TRY(amdim_conv_backward_data(&c->conv, &sh, WK(m, L->w1), dr, dx));
         } else {
-            TRY(linear_backward(m, x, rows, L->cin, W(m, L->w1), L->cout, dr, dx, 0.0f, G(m, L->w1), NULL));
+            TRY(linear_backward(m, x, rows, L->cin, WG(m, L->w1), L->cout, dr, dx, 0.0f, G(m, L->w1), NULL));
         }
         return dx ? avgpool_pad_backward_add_cuda(X(m), dy, B, L->hin, L->hin, L->cin, L->k, L->s, L->cout, dx)
                   : AMDIM_OK;
@@ -615,51 +666,52 @@ static int layer_backward(amdim_model *m, const amdim_layer *L, const amdim_cuda
     default:
         if (L->bn.on) {
             amdim_cuda_bn p = bn_view(m, L->bn);
-            return batchnorm_backward_cuda(X(m), x, rows, L->cout, &p, A(m, lp->mean), A(m, lp->istd), dy, dx,
+            return batchnorm_backward_cuda(X(m), x, rows, L->cout, &p, AF(m, lp->mean), AF(m, lp->istd), dy, dx,
                                            BNS(m));
         }
-        return copy(m, dx, dy, outn * sizeof(float), cudaMemcpyDeviceToDevice);
+        return copy(m, dx, dy, outn * ES(m), cudaMemcpyDeviceToDevice);
     }
 }
 
 /* x (B, hw, hw, cin) -> hp->out (B, hw, hw, R) */
-static int head_forward(amdim_model *m, const amdim_head *h, const amdim_cuda_head_plan *hp, const float *x, int B,
+static int head_forward(amdim_model *m, const amdim_head *h, const amdim_cuda_head_plan *hp, const void *x, int B,
                         int train)
 {
     size_t rows = (size_t)B * h->hw * h->hw;
-    float *h1 = A(m, hp->h1), *r = A(m, hp->r), *sum = A(m, hp->sum);
-    TRY(linear_forward(m, x, rows, h->cin, W(m, h->w1), NULL, h->cout, 0.0f, h1));
-    TRY(bn_forward(m, h->bn_hid, h1, rows, h->cout, train, r, A(m, hp->mean1), A(m, hp->istd1)));
+    void *h1 = A(m, hp->h1), *r = A(m, hp->r), *sum = A(m, hp->sum);
+    TRY(linear_forward(m, x, rows, h->cin, WG(m, h->w1), NULL, h->cout, 0.0f, h1, C_ACT));
+    TRY(bn_forward(m, h->bn_hid, h1, rows, h->cout, train, r, AF(m, hp->mean1), AF(m, hp->istd1)));
     TRY(relu_forward_cuda(X(m), r, rows * h->cout));
-    TRY(linear_forward(m, r, rows, h->cout, W(m, h->w2), NULL, h->cout, 0.0f, sum));
-    TRY(linear_forward(m, x, rows, h->cin, W(m, h->ws), W(m, h->bs), h->cout, 1.0f, sum)); /* + shortcut */
-    return bn_forward(m, h->bn_out, sum, rows, h->cout, train, A(m, hp->out), A(m, hp->mean2), A(m, hp->istd2));
+    TRY(linear_forward(m, r, rows, h->cout, WG(m, h->w2), NULL, h->cout, 0.0f, sum, C_ACT));
+    TRY(linear_forward(m, x, rows, h->cin, WG(m, h->ws), W(m, h->bs), h->cout, 1.0f, sum, C_ACT)); /* + shortcut */
+    return bn_forward(m, h->bn_out, sum, rows, h->cout, train, A(m, hp->out), AF(m, hp->mean2), AF(m, hp->istd2));
 }
 
 /* dy: gradient of the head output (modified); dx: of the head input (overwritten). */
-static int head_backward(amdim_model *m, const amdim_head *h, const amdim_cuda_head_plan *hp, const float *x, int B,
-                         float *dy, float *dx)
+static int head_backward(amdim_model *m, const amdim_head *h, const amdim_cuda_head_plan *hp, const void *x, int B,
+                         void *dy, void *dx)
 {
     size_t rows = (size_t)B * h->hw * h->hw;
-    const float *h1 = A(m, hp->h1), *r = A(m, hp->r), *sum = A(m, hp->sum);
-    float *dr = A(m, CS(m)->plan.scratch);
+    const void *h1 = A(m, hp->h1), *r = A(m, hp->r), *sum = A(m, hp->sum);
+    void *dr = A(m, CS(m)->plan.scratch);
     amdim_cuda_bn bo = bn_view(m, h->bn_out);
-    TRY(batchnorm_backward_cuda(X(m), sum, rows, h->cout, &bo, A(m, hp->mean2), A(m, hp->istd2), dy, dy, BNS(m)));
-    TRY(linear_backward(m, x, rows, h->cin, W(m, h->ws), h->cout, dy, dx, 0.0f, G(m, h->ws), G(m, h->bs)));
-    TRY(linear_backward(m, r, rows, h->cout, W(m, h->w2), h->cout, dy, dr, 0.0f, G(m, h->w2), NULL));
+    TRY(batchnorm_backward_cuda(X(m), sum, rows, h->cout, &bo, AF(m, hp->mean2), AF(m, hp->istd2), dy, dy, BNS(m)));
+    TRY(linear_backward(m, x, rows, h->cin, WG(m, h->ws), h->cout, dy, dx, 0.0f, G(m, h->ws), G(m, h->bs)));
+    TRY(linear_backward(m, r, rows, h->cout, WG(m, h->w2), h->cout, dy, dr, 0.0f, G(m, h->w2), NULL));
     TRY(relu_backward_cuda(X(m), r, dr, rows * h->cout));
     if (h->bn_hid.on) {
         amdim_cuda_bn p = bn_view(m, h->bn_hid);
-        TRY(batchnorm_backward_cuda(X(m), h1, rows, h->cout, &p, A(m, hp->mean1), A(m, hp->istd1), dr, dr, BNS(m)));
+        TRY(batchnorm_backward_cuda(X(m), h1, rows, h->cout, &p, AF(m, hp->mean1), AF(m, hp->istd1), dr, dr,
+                                    BNS(m)));
     }
-    return linear_backward(m, x, rows, h->cin, W(m, h->w1), h->cout, dr, dx, 1.0f, G(m, h->w1), NULL);
+    return linear_backward(m, x, rows, h->cin, WG(m, h->w1), h->cout, dr, dx, 1.0f, G(m, h->w1), NULL);
 }
 
 static int encoder_forward(amdim_model *m, int v, int B, int train, int heads)
 {
     const amdim_cuda_plan *p = &CS(m)->plan;
     const amdim_arch *a = &m->arch;
-    const float *in = A(m, p->x[v]);
+    const void *in = A(m, p->x[v]);
     for (int l = 0; l < a->nlayers; l++) {
         double t0 = now_if(m);
         TRY(layer_forward(m, &a->layers[l], &p->layers[v][l], in, B, train));
@@ -692,21 +744,21 @@ static int encoder_backward(amdim_model *m, int v, int B, int launch)
         if (launch)
             TRY(bucket_launch(m, a->nlayers + h));
     }
-    float *dy = A(m, p->grad_a), *dx = A(m, p->grad_b);
-    TRY(copy(m, dy, A(m, p->dr1[v]), (size_t)m->cfg.n_rkhs * B * sizeof(float), cudaMemcpyDeviceToDevice));
+    void *dy = A(m, p->grad_a), *dx = A(m, p->grad_b);
+    TRY(copy(m, dy, A(m, p->dr1[v]), (size_t)m->cfg.n_rkhs * B * ES(m), cudaMemcpyDeviceToDevice));
     for (int l = a->nlayers - 1; l >= 0; l--) {
         const amdim_layer *L = &a->layers[l];
         size_t outn = (size_t)L->cout * B * L->hout * L->hout;
         for (int h = 0; h < 2; h++)
             if (l == a->heads[h].src_layer)
                 TRY(add_cuda(X(m), dy, A(m, p->dhead[h]), outn));
-        const float *x = l ? A(m, p->layers[v][l - 1].out) : A(m, p->x[v]);
+        const void *x = l ? A(m, p->layers[v][l - 1].out) : A(m, p->x[v]);
         double t0 = now_if(m);
         TRY(layer_backward(m, L, &p->layers[v][l], x, B, dy, l ? dx : NULL));
         prof(m, l, 1, t0, B);
         if (launch)
             TRY(bucket_launch(m, l));
-        float *t = dy;
+        void *t = dy;
         dy = dx;
         dx = t;
     }
@@ -718,7 +770,7 @@ static int gather_r1(amdim_model *m, int v, int B)
 {
     const amdim_cuda_plan *p = &CS(m)->plan;
     size_t n = (size_t)B * m->cfg.n_rkhs;
-    return copy(m, A(m, p->feat) + v * n, A(m, p->layers[v][m->arch.nlayers - 1].out), n * sizeof(float),
+    return copy(m, AE(m, p->feat, v * n), A(m, p->layers[v][m->arch.nlayers - 1].out), n * ES(m),
                 cudaMemcpyDeviceToDevice);
 }
 
@@ -729,21 +781,22 @@ static int probes_forward(amdim_model *m, int n, int train)
     const amdim_cuda_plan *P = &CS(m)->plan;
     const amdim_probes *p = &m->arch.probes;
     int R = m->cfg.n_rkhs, H = m->cfg.mlp_hidden, K = m->cfg.n_classes;
-    const float *feat = A(m, P->feat), *in = feat, *h2 = A(m, P->mlp_a1);
+    const void *feat = A(m, P->feat), *in = feat, *h2 = A(m, P->mlp_a1);
     if (train) {
-        TRY(dropout_cuda(X(m), feat, A(m, P->mask_in), (size_t)n * R, A(m, P->mlp_h0)));
+        TRY(dropout_cuda(X(m), feat, AF(m, P->mask_in), (size_t)n * R, A(m, P->mlp_h0)));
         in = A(m, P->mlp_h0);
     }
-    TRY(linear_forward(m, in, (size_t)n, R, W(m, p->mlp_w1), NULL, H, 0.0f, A(m, P->mlp_z1)));
-    TRY(bn_forward(m, p->mlp_bn, A(m, P->mlp_z1), (size_t)n, H, train, A(m, P->mlp_a1), A(m, P->mlp_mean),
-                   A(m, P->mlp_istd)));
+    TRY(linear_forward(m, in, (size_t)n, R, WG(m, p->mlp_w1), NULL, H, 0.0f, A(m, P->mlp_z1), C_ACT));
+    TRY(bn_forward(m, p->mlp_bn, A(m, P->mlp_z1), (size_t)n, H, train, A(m, P->mlp_a1), AF(m, P->mlp_mean),
+                   AF(m, P->mlp_istd)));
     TRY(relu_forward_cuda(X(m), A(m, P->mlp_a1), (size_t)n * H));
     if (train) {
-        TRY(dropout_cuda(X(m), A(m, P->mlp_a1), A(m, P->mask_hidden), (size_t)n * H, A(m, P->mlp_h2)));
+        TRY(dropout_cuda(X(m), A(m, P->mlp_a1), AF(m, P->mask_hidden), (size_t)n * H, A(m, P->mlp_h2)));
         h2 = A(m, P->mlp_h2);
     }
-    TRY(linear_forward(m, h2, (size_t)n, H, W(m, p->mlp_w2), W(m, p->mlp_b2), K, 0.0f, A(m, P->logits[0])));
-    return linear_forward(m, feat, (size_t)n, R, W(m, p->lin_w), W(m, p->lin_b), K, 0.0f, A(m, P->logits[1]));
+    TRY(linear_forward(m, h2, (size_t)n, H, WG(m, p->mlp_w2), W(m, p->mlp_b2), K, 0.0f, A(m, P->logits[0]), C_F32));
+    return linear_forward(m, feat, (size_t)n, R, WG(m, p->lin_w), W(m, p->lin_b), K, 0.0f, A(m, P->logits[1]),
+                          C_F32);
 }
 
 /* Classifier rows of head h (n rows) in the stats block. */
@@ -762,19 +815,23 @@ static int probes_backward(amdim_model *m, int n, const double *inv_valid)
     /* n_all: the rows of the global batch (the probes' means are over it) */
     int n_all = n * (P->ranks ? P->ranks : 1);
     const int32_t *labels = (const int32_t *)(const void *)A(m, P->labels2);
-    float *dl = A(m, P->dlogits), *dtmp = A(m, P->dtmp), *dtmp2 = A(m, P->dtmp2);
-    TRY(classifier_loss_cuda(X(m), A(m, P->logits[0]), n, n_all, K, labels, inv_valid, 1.0f, dl, cls_rows(m, 0)));
-    TRY(linear_backward(m, A(m, P->mlp_h2), (size_t)n, H, W(m, p->mlp_w2), K, dl, dtmp, 0.0f, G(m, p->mlp_w2),
+    /* dl: the float gradient of the logits; dla: the same as activations (the GEMMs' operand) */
+    float *dl = AF(m, P->dlogits);
+    void *dla = A(m, P->dlogits_act), *dtmp = A(m, P->dtmp), *dtmp2 = A(m, P->dtmp2);
+    TRY(classifier_loss_cuda(X(m), AF(m, P->logits[0]), n, n_all, K, labels, inv_valid, 1.0f, dl, dla,
+                             cls_rows(m, 0)));
+    TRY(linear_backward(m, A(m, P->mlp_h2), (size_t)n, H, WG(m, p->mlp_w2), K, dla, dtmp, 0.0f, G(m, p->mlp_w2),
                         G(m, p->mlp_b2)));
-    TRY(dropout_cuda(X(m), dtmp, A(m, P->mask_hidden), (size_t)n * H, dtmp));
+    TRY(dropout_cuda(X(m), dtmp, AF(m, P->mask_hidden), (size_t)n * H, dtmp));
     TRY(relu_backward_cuda(X(m), A(m, P->mlp_a1), dtmp, (size_t)n * H));
     amdim_cuda_bn bp = bn_view(m, p->mlp_bn);
-    TRY(batchnorm_backward_cuda(X(m), A(m, P->mlp_z1), (size_t)n, H, &bp, A(m, P->mlp_mean), A(m, P->mlp_istd), dtmp,
-                                dtmp2, BNS(m)));
-    TRY(linear_backward(m, A(m, P->mlp_h0), (size_t)n, R, W(m, p->mlp_w1), H, dtmp2, NULL, 0.0f, G(m, p->mlp_w1),
+    TRY(batchnorm_backward_cuda(X(m), A(m, P->mlp_z1), (size_t)n, H, &bp, AF(m, P->mlp_mean), AF(m, P->mlp_istd),
+                                dtmp, dtmp2, BNS(m)));
+    TRY(linear_backward(m, A(m, P->mlp_h0), (size_t)n, R, WG(m, p->mlp_w1), H, dtmp2, NULL, 0.0f, G(m, p->mlp_w1),
                         NULL));
-    TRY(classifier_loss_cuda(X(m), A(m, P->logits[1]), n, n_all, K, labels, inv_valid, 1.0f, dl, cls_rows(m, 1)));
-    return linear_backward(m, A(m, P->feat), (size_t)n, R, W(m, p->lin_w), K, dl, NULL, 0.0f, G(m, p->lin_w),
+    TRY(classifier_loss_cuda(X(m), AF(m, P->logits[1]), n, n_all, K, labels, inv_valid, 1.0f, dl, dla,
+                             cls_rows(m, 1)));
+    return linear_backward(m, A(m, P->feat), (size_t)n, R, WG(m, p->lin_w), K, dla, NULL, 0.0f, G(m, p->lin_w),
                            G(m, p->lin_b));
 }
 
@@ -877,11 +934,11 @@ static int objectives(amdim_model *m, int B)
     const amdim_cuda_plan *P = &CS(m)->plan;
     const amdim_model_config *cfg = &m->cfg;
     int R = cfg->n_rkhs, Bg = B * (P->ranks ? P->ranks : 1), first = P->ranks ? B * m->comm->rank : 0;
-    float *feat[2][8], *dfeat[2][8]; /* [view][1, 5, 7] */
+    void *feat[2][8], *dfeat[2][8]; /* [view][1, 5, 7]: activations */
     for (int v = 0; v < 2; v++) {
         feat[v][1] = A(m, P->layers[v][m->arch.nlayers - 1].out); /* (B, R) */
         dfeat[v][1] = A(m, P->dr1[v]);
-        TRY(zero(m, dfeat[v][1], (size_t)R * B * sizeof(float)));
+        TRY(zero(m, dfeat[v][1], (size_t)R * B * ES(m)));
         if (P->ranks) { /* (Bg, 5, 5, R), (Bg, 7, 7, R); dtg zeroed by gather_targets */
             feat[v][5] = A(m, P->tg[v][0]), feat[v][7] = A(m, P->tg[v][1]);
             dfeat[v][5] = A(m, P->dtg[v][0]), dfeat[v][7] = A(m, P->dtg[v][1]);
@@ -890,33 +947,35 @@ static int objectives(amdim_model *m, int B)
         feat[v][5] = A(m, P->heads[v][0].out); /* (B, 5, 5, R) */
         feat[v][7] = A(m, P->heads[v][1].out); /* (B, 7, 7, R) */
         dfeat[v][5] = A(m, P->dr5[v]), dfeat[v][7] = A(m, P->dr7[v]);
-        TRY(zero(m, dfeat[v][5], (size_t)R * B * 25 * sizeof(float)));
-        TRY(zero(m, dfeat[v][7], (size_t)R * B * 49 * sizeof(float)));
+        TRY(zero(m, dfeat[v][5], (size_t)R * B * 25 * ES(m)));
+        TRY(zero(m, dfeat[v][7], (size_t)R * B * 49 * ES(m)));
     }
-    float scale = 1.0f / sqrtf((float)R), *S = A(m, P->scores), *dS = A(m, P->dscores);
+    float scale = 1.0f / sqrtf((float)R), *S = AF(m, P->scores), *dS = AF(m, P->dscores);
+    void *dSa = A(m, P->dscores_act); /* dS as activations: the backward GEMMs' operand (dS itself in fp32) */
     for (int k = 0; k < AMDIM_NCE_DIRECTIONS; k++) {
         const amdim_nce_direction *d = &m->arch.dirs[k];
         int a = d->src_view, b = 1 - a, BL = Bg * d->L;
         const int32_t *idx = (const int32_t *)(const void *)A(m, P->src5) + (size_t)a * B;
-        const float *src = feat[a][1], *tgt = feat[b][d->tgt_feature];
-        float *dsrc = dfeat[a][1], *dtgt = dfeat[b][d->tgt_feature];
+        const void *src = feat[a][1], *tgt = feat[b][d->tgt_feature];
+        void *dsrc = dfeat[a][1], *dtgt = dfeat[b][d->tgt_feature];
         if (d->src_feature == 5) { /* one drawn location of this rank's r5 per image */
             TRY(gather_rows_cuda(X(m), A(m, P->heads[a][0].out), idx, B, R, A(m, P->src)));
-            TRY(zero(m, A(m, P->dsrc), (size_t)R * B * sizeof(float)));
+            TRY(zero(m, A(m, P->dsrc), (size_t)R * B * ES(m)));
             src = A(m, P->src);
             dsrc = A(m, P->dsrc);
         }
         /* S (B, Bg L) = src (B, R) tgt (Bg L, R)^T / sqrt(R) */
-        TRY(nce_gemm(m, 0, 1, B, BL, R, scale, src, R, tgt, R, 0.0f, S, BL));
-        TRY(nce_rows_cuda(X(m), S, dS, B, first, Bg, d->L, cfg->tclip, cfg->objective, 0.5f, 0.5f,
-                          (double *)(void *)A(m, P->stats) + (size_t)k * 2 * B));
-        TRY(nce_gemm(m, 0, 0, B, R, BL, scale, dS, BL, tgt, R, 1.0f, dsrc, R));
-        TRY(nce_gemm(m, 1, 0, BL, R, B, scale, dS, BL, src, R, 1.0f, dtgt, R));
+        TRY(nce_gemm(m, 0, 1, B, BL, R, scale, src, R, tgt, R, 0.0f, S, BL, C_F32));
+        TRY(nce_rows_cuda(X(m), S, dS, dSa, B, first, Bg, d->L, cfg->tclip, cfg->objective, 0.5f, 0.5f,
+                          (double *)A(m, P->stats) + (size_t)k * 2 * B));
+        TRY(nce_gemm(m, 0, 0, B, R, BL, scale, dSa, BL, tgt, R, 1.0f, dsrc, R, C_ACT));
+        TRY(nce_gemm(m, 1, 0, BL, R, B, scale, dSa, BL, src, R, 1.0f, dtgt, R, C_ACT));
         /* the drawn sources' gradient joins the targets' at image first + i
          * (with a group: summed by the reduce-scatter in the order one
          * process sums it) */
         if (d->src_feature == 5)
-            TRY(scatter_rows_add_cuda(X(m), A(m, P->dsrc), idx, B, R, dfeat[a][5] + (size_t)first * 25 * R));
+            TRY(scatter_rows_add_cuda(X(m), A(m, P->dsrc), idx, B, R,
+                                      (char *)dfeat[a][5] + (size_t)first * 25 * R * ES(m)));
     }
     return AMDIM_OK;
 }
@@ -1084,6 +1143,9 @@ static int nccl_open(amdim_model *m)
     return plan_buckets(m);
 }
 
+/* NCCL's type of the activations. */
+static ncclDataType_t nccl_act(const amdim_model *m) { return CS(m)->bf16 ? ncclBfloat16 : ncclFloat; }
+
 /* r5 and r7 of both views, every rank's (B, hw, hw, R) block in rank
  * order, into tg (N B, hw, hw, R): the global batch's targets. Zeroes
  * their gradients dtg. */
@@ -1096,16 +1158,17 @@ static int gather_targets(amdim_model *m, int B)
     for (int v = 0; v < 2 && r == ncclSuccess; v++)
         for (int f = 0; f < 2 && r == ncclSuccess; f++)
             r = ncclAllGather(A(m, P->heads[v][f].out), A(m, P->tg[v][f]),
-                              (size_t)B * (f ? 49 : 25) * m->cfg.n_rkhs, ncclFloat, c->nccl, c->stream);
+                              (size_t)B * (f ? 49 : 25) * m->cfg.n_rkhs, nccl_act(m), c->nccl, c->stream);
     TRY(nccl_group_end(m, r, "ncclAllGather"));
     for (int v = 0; v < 2; v++)
         for (int f = 0; f < 2; f++)
-            TRY(zero(m, A(m, P->dtg[v][f]), (size_t)B * P->ranks * (f ? 49 : 25) * m->cfg.n_rkhs * sizeof(float)));
+            TRY(zero(m, A(m, P->dtg[v][f]), (size_t)B * P->ranks * (f ? 49 : 25) * m->cfg.n_rkhs * ES(m)));
     return AMDIM_OK;
 }
 
 /* dr5 / dr7 of this rank's images = the ranks' sum of their gradients of
- * its block of the gathered targets (the drawn r5 sources' included). */
+ * its block of the gathered targets (the drawn r5 sources' included; in
+ * the bf16 mode a bf16 sum, as the activation gradients are bf16). */
 static int scatter_target_grads(amdim_model *m, int B)
 {
     cuda_state *c = m->bs;
@@ -1115,7 +1178,8 @@ static int scatter_target_grads(amdim_model *m, int B)
     for (int v = 0; v < 2 && r == ncclSuccess; v++)
         for (int f = 0; f < 2 && r == ncclSuccess; f++)
             r = ncclReduceScatter(A(m, P->dtg[v][f]), A(m, f ? P->dr7[v] : P->dr5[v]),
-                                  (size_t)B * (f ? 49 : 25) * m->cfg.n_rkhs, ncclFloat, ncclSum, c->nccl, c->stream);
+                                  (size_t)B * (f ? 49 : 25) * m->cfg.n_rkhs, nccl_act(m), ncclSum, c->nccl,
+                                  c->stream);
     return nccl_group_end(m, r, "ncclReduceScatter");
 }
 
@@ -1228,9 +1292,8 @@ static void bn_sync_set(amdim_model *m, int on) { (void)m, (void)on; }
 
 /* ---- inputs ------------------------------------------------------------------------ */
 
-/* uint8 (B, S, S, 3) views into x (B, S, S, 3) float. */
-/* Device uint8 (B, S, S, 3) -> x (B, S, S, 3) float, normalised. */
-static int normalise(amdim_model *m, const uint8_t *u8, int B, float *x)
+/* Device uint8 (B, S, S, 3) -> x (B, S, S, 3) activations, normalised. */
+static int normalise(amdim_model *m, const uint8_t *u8, int B, void *x)
 {
     int S = m->cfg.encoder_size;
     float scale[3], shift[3];
@@ -1241,7 +1304,7 @@ static int normalise(amdim_model *m, const uint8_t *u8, int B, float *x)
     return normalise_u8_cuda(X(m), u8, (size_t)B * S * S, scale, shift, x);
 }
 
-static int load_u8(amdim_model *m, const uint8_t *u8, int B, float *x)
+static int load_u8(amdim_model *m, const uint8_t *u8, int B, void *x)
 {
     const amdim_cuda_plan *P = &CS(m)->plan;
     int S = m->cfg.encoder_size;
@@ -1264,7 +1327,7 @@ static int load_input(amdim_model *m, const amdim_step_input *in, int v)
     }
     if (in->u8[v])
         return load_u8(m, in->u8[v], B, A(m, P->x[v]));
-    /* (B, 3, S, S) float via the scratch */
+    /* (B, 3, S, S) float via the scratch (float staging, plan.h) */
     TRY(copy(m, A(m, P->scratch), in->f32[v], (size_t)B * 3 * S * S * sizeof(float), cudaMemcpyHostToDevice));
     return nchw_to_nhwc_cuda(X(m), A(m, P->scratch), B, 3, S * S, A(m, P->x[v]));
 }
@@ -1364,21 +1427,31 @@ static int cuda_stage_wait(amdim_model *m, int slot)
     return AMDIM_OK;
 }
 
-/* fp32: FMA convolutions and pedantic fp32 GEMMs (the CPU parity path);
- * bf16: TF32 convolutions and bf16 GEMMs, fp32 storage throughout. */
+/* fp32: float activations, FMA convolutions and pedantic fp32 GEMMs (the
+ * CPU parity path); bf16: bfloat16 activations and operands, tensor cores
+ * with fp32 accumulation (see the top of this file). A change of type
+ * gives up the last step's outputs (the arena is rebuilt for the new
+ * type at the next step) and rewrites the weights' compute copies. */
 static int cuda_set_precision(amdim_model *m, int bf16)
 {
     cuda_state *c = m->bs;
+    bf16 = !!bf16;
     cublasStatus_t st = cublasSetMathMode(c->blas, bf16 ? CUBLAS_DEFAULT_MATH : CUBLAS_PEDANTIC_MATH);
     if (st != CUBLAS_STATUS_SUCCESS)
         return MFAIL(AMDIM_E_IO, "cublasSetMathMode(): %s", cublasGetStatusString(st));
-    amdim_conv_set_tensor_ops(&c->conv, bf16);
+    CU(cudaStreamSynchronize(c->stream), "cudaStreamSynchronize"); /* nothing in flight reads the old types */
+    if (bf16 != c->bf16)
+        m->batch = 0;
+    amdim_conv_set_bf16(&c->conv, bf16);
     c->bf16 = bf16;
+    c->ctx.bf16 = bf16;
+    c->es = bf16 ? 2 : sizeof(float);
     /* other GEMM kernels and convolution algorithms: capture again after a warm-up */
     drop_graph(&c->fb_graph, &c->fb_warm);
     for (int i = 0; i < 2; i++)
         drop_graph(&c->adam_graph[i], &c->adam_warm[i]);
-    return AMDIM_OK;
+    TRY(refresh_copies(m));
+    return finish(m);
 }
 
 static void cuda_close(amdim_model *m)
@@ -1435,6 +1508,7 @@ static int cuda_open(amdim_model *m)
     m->bs = c;
     c->ctx.err = m->err;
     c->ctx.errn = sizeof m->err;
+    c->es = sizeof(float); /* fp32 until set_precision */
     CU(cudaStreamCreateWithFlags(&c->stream, cudaStreamNonBlocking), "cudaStreamCreateWithFlags");
     c->ctx.stream = c->stream;
     CU(cudaStreamCreateWithFlags(&c->copy, cudaStreamNonBlocking), "cudaStreamCreateWithFlags (copy)");
@@ -1578,7 +1652,8 @@ static int adam_body(amdim_model *m, int probes_only)
         if (!t->trainable || (probes_only && !t->probe))
             continue;
         float *mm = c->params + c->pp.adam_m + t->goffset, *vv = c->params + c->pp.adam_v + t->goffset;
-        TRY(adam_cuda(X(m), W(m, i), G(m, i), mm, vv, t->size, &c->scalars->adam, NULL));
+        uint16_t *wbf = c->bf16 ? (uint16_t *)(void *)(c->params + c->pp.wbf) + t->offset : NULL;
+        TRY(adam_cuda(X(m), W(m, i), G(m, i), mm, vv, t->size, &c->scalars->adam, wbf));
         TRY(refresh_ohwi(m, i));
     }
     return AMDIM_OK;
@@ -1602,8 +1677,10 @@ static int cuda_evaluate(amdim_model *m, const uint8_t *images, int B, float *fe
     TRY(load_u8(m, images, B, A(m, P->x[0])));
     TRY(encoder_forward(m, 0, B, 0, 0));
     TRY(gather_r1(m, 0, B));
-    if (features)
-        TRY(copy(m, features, A(m, P->feat), (size_t)B * R * sizeof(float), cudaMemcpyDeviceToHost));
+    if (features) { /* as float, via the scratch */
+        TRY(act_to_f32_cuda(X(m), A(m, P->feat), (size_t)B * R, AF(m, P->scratch)));
+        TRY(copy(m, features, A(m, P->scratch), (size_t)B * R * sizeof(float), cudaMemcpyDeviceToHost));
+    }
     if (lm || ll) {
         TRY(probes_forward(m, B, 0));
         if (lm)
@@ -1632,9 +1709,9 @@ static int cuda_output(const amdim_model *cm, int view, int which, float *out)
     amdim_model *m = (amdim_model *)cm;
     const amdim_cuda_plan *P = &CS(m)->plan;
     int B = m->batch, R = m->cfg.n_rkhs, hw = which == 1 ? 1 : which == 5 ? 25 : 49;
-    const float *src = which == 1 ? A(m, P->layers[view][m->arch.nlayers - 1].out)
-                                  : A(m, P->heads[view][which == 5 ? 0 : 1].out);
-    float *t = A(m, P->scratch); /* (B, R, hw): the NCHW the interface promises */
+    const void *src = which == 1 ? A(m, P->layers[view][m->arch.nlayers - 1].out)
+                                 : A(m, P->heads[view][which == 5 ? 0 : 1].out);
+    float *t = AF(m, P->scratch); /* (B, R, hw) float: the NCHW the interface promises */
     TRY(nhwc_to_nchw_cuda(X(m), src, B, R, hw, t));
     return copy(m, out, t, (size_t)B * R * hw * sizeof(float), cudaMemcpyDeviceToHost);
 }
@@ -1664,8 +1741,7 @@ static int cuda_push(amdim_model *m)
     TRY(copy(m, c->params + c->pp.grads, m->grads, gs, cudaMemcpyHostToDevice));
     TRY(copy(m, c->params + c->pp.adam_m, m->adam_m, gs, cudaMemcpyHostToDevice));
     TRY(copy(m, c->params + c->pp.adam_v, m->adam_v, gs, cudaMemcpyHostToDevice));
-    for (int i = 0; i < m->arch.ntensors; i++)
-        TRY(refresh_ohwi(m, i));
+    TRY(refresh_copies(m));
     return finish(m);
 }
 

@@ -1,6 +1,7 @@
 /* BatchNorm over NHWC activations x (N, C): training (batch statistics,
  * running statistics), eval, backward, and the per-channel sums that bias
- * gradients need. Reductions are two-level and deterministic: the rows are
+ * gradients need. Activations in the context's type (launch.cuh);
+ * statistics, parameters and sums float / double. Reductions are two-level and deterministic: the rows are
  * cut into P fixed chunks; a (32 channels x 8 rows) block sums one chunk of
  * 32 channels in double in a fixed order; a second kernel adds the P
  * partials of each channel in chunk order. */
@@ -16,7 +17,8 @@ extern "C" size_t batchnorm_scratch_doubles(size_t N, int C) { return amdim_bn_s
 
 /* partial[(p, ch)] = sums over chunk p of:
  *   MODE_SUM: x;  MODE_VAR: (x - mean_d)^2;  MODE_BWD: dy and dy * xhat */
-__global__ void partials_kernel(const float *x, const float *dy, size_t N, int C, int mode, const double *mean_d,
+template <typename T>
+__global__ void partials_kernel(const void *x, const void *dy, size_t N, int C, int mode, const double *mean_d,
                                 const float *mean, const float *inv_std, double *partial)
 {
     __shared__ double sh[2][BN_ROWS][BN_CH];
@@ -25,14 +27,14 @@ __global__ void partials_kernel(const float *x, const float *dy, size_t N, int C
     double a = 0, b = 0;
     if (ch < C)
         for (size_t r = r0 + threadIdx.y; r < r1; r += BN_ROWS) {
-            float v = x[r * C + ch];
+            float v = ld<T>(x, r * C + ch);
             if (mode == MODE_SUM) {
                 a += v;
             } else if (mode == MODE_VAR) {
                 double d = (double)v - mean_d[ch];
                 a += d * d;
             } else {
-                double g = dy[r * C + ch], xh = (double)(v - mean[ch]) * inv_std[ch];
+                double g = ld<T>(dy, r * C + ch), xh = (double)(v - mean[ch]) * inv_std[ch];
                 a += g;
                 b += g * xh;
             }
@@ -65,12 +67,12 @@ __global__ void finals_kernel(const double *partial, size_t P, int C, double *fi
     fin[2 * ch + 1] = b;
 }
 
-static int reduce(const amdim_cuda_ctx *c, const float *x, const float *dy, size_t N, int C, int mode,
+static int reduce(const amdim_cuda_ctx *c, const void *x, const void *dy, size_t N, int C, int mode,
                   const double *mean_d, const float *mean, const float *inv_std, double *scratch, const char *op)
 {
     size_t P = chunks(N);
     dim3 grid((unsigned)((C + BN_CH - 1) / BN_CH), (unsigned)P), block(BN_CH, BN_ROWS);
-    partials_kernel<<<grid, block, 0, c->stream>>>(x, dy, N, C, mode, mean_d, mean, inv_std, scratch);
+    LAUNCH_ACT(c, partials_kernel, grid, block, x, dy, N, C, mode, mean_d, mean, inv_std, scratch);
     int rc = launch_check(c, op);
     if (rc)
         return rc;
@@ -103,22 +105,23 @@ __global__ void train_stats_kernel(const double *mean_d, const double *fin_var, 
         p.nbt[0] += 1;
 }
 
-__global__ void apply_kernel(const float *x, size_t n, int C, const float *mean, const float *inv_std,
-                             const float *gamma, const float *beta, float *y)
+template <typename T>
+__global__ void apply_kernel(const void *x, size_t n, int C, const float *mean, const float *inv_std,
+                             const float *gamma, const float *beta, void *y)
 {
     GRID_STRIDE(i, n)
     {
         int ch = (int)(i % C);
-        y[i] = amdim_bn_apply(x[i], mean[ch], inv_std[ch], gamma[ch], beta[ch]);
+        st<T>(y, i, amdim_bn_apply(ld<T>(x, i), mean[ch], inv_std[ch], gamma[ch], beta[ch]));
     }
 }
 
-__global__ void eval_kernel(const float *x, size_t n, int C, amdim_cuda_bn p, float *y)
+template <typename T> __global__ void eval_kernel(const void *x, size_t n, int C, amdim_cuda_bn p, void *y)
 {
     GRID_STRIDE(i, n)
     {
         int ch = (int)(i % C);
-        y[i] = amdim_bn_apply(x[i], p.rmean[ch], amdim_bn_inv_std(p.rvar[ch]), p.gamma[ch], p.beta[ch]);
+        st<T>(y, i, amdim_bn_apply(ld<T>(x, i), p.rmean[ch], amdim_bn_inv_std(p.rvar[ch]), p.gamma[ch], p.beta[ch]));
     }
 }
 
@@ -132,15 +135,17 @@ __global__ void param_grad_kernel(const double *fin, int C, amdim_cuda_bn p)
     p.dbeta[ch] += (float)fin[2 * ch];
 }
 
-__global__ void backward_kernel(const float *x, const float *dy, size_t n, size_t N, int C, const float *gamma,
-                                const float *mean, const float *inv_std, const double *fin, float *dx)
+template <typename T>
+__global__ void backward_kernel(const void *x, const void *dy, size_t n, size_t N, int C, const float *gamma,
+                                const float *mean, const float *inv_std, const double *fin, void *dx)
 {
     GRID_STRIDE(i, n)
     {
         int ch = (int)(i % C);
-        dx[i] = amdim_bn_backward_element(x[i], dy[i], mean[ch], inv_std[ch],
-                                          amdim_bn_backward_scale(gamma[ch], inv_std[ch], (double)N), (double)N,
-                                          fin[2 * ch], fin[2 * ch + 1]);
+        st<T>(dx, i,
+              amdim_bn_backward_element(ld<T>(x, i), ld<T>(dy, i), mean[ch], inv_std[ch],
+                                        amdim_bn_backward_scale(gamma[ch], inv_std[ch], (double)N), (double)N,
+                                        fin[2 * ch], fin[2 * ch + 1]));
     }
 }
 
@@ -160,8 +165,8 @@ static int sync_fin(const amdim_cuda_ctx *c, double *fin, int C)
 
 static size_t total_count(const amdim_cuda_ctx *c, size_t N) { return c->bn_sync ? N * (size_t)c->ranks : N; }
 
-extern "C" int batchnorm_forward_train_cuda(const amdim_cuda_ctx *c, const float *x, size_t N, int C,
-                                            const amdim_cuda_bn *p, float *y, float *mean, float *inv_std,
+extern "C" int batchnorm_forward_train_cuda(const amdim_cuda_ctx *c, const void *x, size_t N, int C,
+                                            const amdim_cuda_bn *p, void *y, float *mean, float *inv_std,
                                             double *scratch)
 {
     const char *op = "batchnorm_forward_train_cuda";
@@ -179,21 +184,21 @@ extern "C" int batchnorm_forward_train_cuda(const amdim_cuda_ctx *c, const float
     if ((rc = launch_check(c, op)))
         return rc;
     size_t n = N * C;
-    apply_kernel<<<grid_for(n), AMDIM_THREADS, 0, c->stream>>>(x, n, C, mean, inv_std, p->gamma, p->beta, y);
+    LAUNCH_ACT(c, apply_kernel, grid_for(n), AMDIM_THREADS, x, n, C, mean, inv_std, p->gamma, p->beta, y);
     return launch_check(c, op);
 }
 
-extern "C" int batchnorm_forward_eval_cuda(const amdim_cuda_ctx *c, const float *x, size_t N, int C,
-                                           const amdim_cuda_bn *p, float *y)
+extern "C" int batchnorm_forward_eval_cuda(const amdim_cuda_ctx *c, const void *x, size_t N, int C,
+                                           const amdim_cuda_bn *p, void *y)
 {
     size_t n = N * C;
-    eval_kernel<<<grid_for(n), AMDIM_THREADS, 0, c->stream>>>(x, n, C, *p, y);
+    LAUNCH_ACT(c, eval_kernel, grid_for(n), AMDIM_THREADS, x, n, C, *p, y);
     return launch_check(c, "batchnorm_forward_eval_cuda");
 }
 
-extern "C" int batchnorm_backward_cuda(const amdim_cuda_ctx *c, const float *x, size_t N, int C,
+extern "C" int batchnorm_backward_cuda(const amdim_cuda_ctx *c, const void *x, size_t N, int C,
                                        const amdim_cuda_bn *p, const float *mean, const float *inv_std,
-                                       const float *dy, float *dx, double *scratch)
+                                       const void *dy, void *dx, double *scratch)
 {
     const char *op = "batchnorm_backward_cuda";
     double *fin = scratch + chunks(N) * 2 * C;
@@ -204,12 +209,12 @@ extern "C" int batchnorm_backward_cuda(const amdim_cuda_ctx *c, const float *x, 
     if ((rc = launch_check(c, op)) || (rc = sync_fin(c, fin, C)))
         return rc;
     size_t n = N * C;
-    backward_kernel<<<grid_for(n), AMDIM_THREADS, 0, c->stream>>>(x, dy, n, total_count(c, N), C, p->gamma, mean,
-                                                                  inv_std, fin, dx);
+    LAUNCH_ACT(c, backward_kernel, grid_for(n), AMDIM_THREADS, x, dy, n, total_count(c, N), C, p->gamma, mean,
+               inv_std, fin, dx);
     return launch_check(c, op);
 }
 
-extern "C" int channel_sum_add_cuda(const amdim_cuda_ctx *c, const float *x, size_t N, int C, float *out,
+extern "C" int channel_sum_add_cuda(const amdim_cuda_ctx *c, const void *x, size_t N, int C, float *out,
                                     double *scratch)
 {
     const char *op = "channel_sum_add_cuda";

@@ -4,8 +4,10 @@
 
 enum { CLS_THREADS = 256 };
 
+template <typename T>
 __global__ void classifier_kernel(const float *logits, int n_all, int classes, const int32_t *labels,
-                                  const double *inv_valid_p, float scale, float *dlogits, double *rows)
+                                  const double *inv_valid_p, float scale, float *dlogits, void *dlogits_act,
+                                  double *rows)
 {
     __shared__ double sh[CLS_THREADS];
     double inv_valid = *inv_valid_p;
@@ -43,6 +45,9 @@ __global__ void classifier_kernel(const float *logits, int n_all, int classes, c
             for (int k = threadIdx.x; k < classes; k += blockDim.x)
                 dl[k] += (float)(scale * amdim_cls_xent_grad(l[k], lse, k == y, inv_valid));
     }
+    if (dl && dlogits_act) /* each thread converts the elements it wrote */
+        for (int k = threadIdx.x; k < classes; k += blockDim.x)
+            st<T>(dlogits_act, (size_t)i * classes + k, dl[k]);
     if (threadIdx.x == 0) {
         rows[3 * (size_t)i] = xent;
         rows[3 * (size_t)i + 1] = reg;
@@ -52,9 +57,11 @@ __global__ void classifier_kernel(const float *logits, int n_all, int classes, c
 
 extern "C" int classifier_loss_cuda(const amdim_cuda_ctx *c, const float *logits, int n, int n_all, int classes,
                                     const int32_t *labels, const double *inv_valid, float scale, float *dlogits,
-                                    double *rows)
+                                    void *dlogits_act, double *rows)
 {
-    classifier_kernel<<<n, CLS_THREADS, 0, c->stream>>>(logits, n_all, classes, labels, inv_valid, scale, dlogits,
-                                                        rows);
+    if (!c->bf16)
+        dlogits_act = NULL; /* the float dlogits are the GEMMs' operand */
+    LAUNCH_ACT(c, classifier_kernel, n, CLS_THREADS, logits, n_all, classes, labels, inv_valid, scale, dlogits,
+               dlogits_act, rows);
     return launch_check(c, "classifier_loss_cuda");
 }

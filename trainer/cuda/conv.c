@@ -62,33 +62,36 @@ void amdim_conv_close(amdim_conv *c)
 }
 
 /* The four descriptors for sh. */
+/* The four descriptors for sh: data (x, y, w) float or bfloat16 (c->bf16),
+ * computed in float either way (cuDNN's FLOAT and BFLOAT16 configs). */
 static int describe(amdim_conv *c, const amdim_conv_shape *sh, cudnnTensorDescriptor_t xd, cudnnTensorDescriptor_t yd,
                     cudnnFilterDescriptor_t wd, cudnnConvolutionDescriptor_t cd)
 {
     int ho = (sh->h - sh->k) / sh->s + 1, wo = (sh->w - sh->k) / sh->s + 1;
-    DNN(c, cudnnSetTensor4dDescriptor(xd, CUDNN_TENSOR_NHWC, CUDNN_DATA_FLOAT, sh->n, sh->cin, sh->h, sh->w),
+    cudnnDataType_t dt = c->bf16 ? CUDNN_DATA_BFLOAT16 : CUDNN_DATA_FLOAT;
+    DNN(c, cudnnSetTensor4dDescriptor(xd, CUDNN_TENSOR_NHWC, dt, sh->n, sh->cin, sh->h, sh->w),
         "cudnnSetTensor4dDescriptor");
-    DNN(c, cudnnSetTensor4dDescriptor(yd, CUDNN_TENSOR_NHWC, CUDNN_DATA_FLOAT, sh->n, sh->cout, ho, wo),
+    DNN(c, cudnnSetTensor4dDescriptor(yd, CUDNN_TENSOR_NHWC, dt, sh->n, sh->cout, ho, wo),
         "cudnnSetTensor4dDescriptor");
-    DNN(c, cudnnSetFilter4dDescriptor(wd, CUDNN_DATA_FLOAT, CUDNN_TENSOR_NHWC, sh->cout, sh->cin, sh->k, sh->k),
+    DNN(c, cudnnSetFilter4dDescriptor(wd, dt, CUDNN_TENSOR_NHWC, sh->cout, sh->cin, sh->k, sh->k),
         "cudnnSetFilter4dDescriptor");
     DNN(c, cudnnSetConvolution2dDescriptor(cd, 0, 0, sh->s, sh->s, 1, 1, CUDNN_CROSS_CORRELATION, CUDNN_DATA_FLOAT),
         "cudnnSetConvolution2dDescriptor");
-    DNN(c, cudnnSetConvolutionMathType(cd, c->tensor_ops ? CUDNN_TENSOR_OP_MATH : CUDNN_FMA_MATH),
+    DNN(c, cudnnSetConvolutionMathType(cd, c->bf16 ? CUDNN_TENSOR_OP_MATH : CUDNN_FMA_MATH),
         "cudnnSetConvolutionMathType");
     return AMDIM_OK;
 }
 
-void amdim_conv_set_tensor_ops(amdim_conv *c, int on)
+void amdim_conv_set_bf16(amdim_conv *c, int on)
 {
-    if (c->tensor_ops != !!on)
+    if (c->bf16 != !!on)
         c->ncache = 0;
-    c->tensor_ops = !!on;
+    c->bf16 = !!on;
 }
 
-int amdim_conv_output_dim(const amdim_conv_shape *sh, int out[4], char *err, size_t errn)
+int amdim_conv_output_dim(const amdim_conv_shape *sh, int bf16, int out[4], char *err, size_t errn)
 {
-    amdim_conv c = {.err = err, .errn = errn};
+    amdim_conv c = {.err = err, .errn = errn, .bf16 = !!bf16};
     int rc = AMDIM_E_IO;
     cudnnStatus_t st;
     if ((st = cudnnCreateTensorDescriptor(&c.xd)) || (st = cudnnCreateTensorDescriptor(&c.yd)) ||
@@ -161,7 +164,7 @@ static amdim_conv_algos *entry(amdim_conv *c, const amdim_conv_shape *sh)
 
 static const float one = 1.0f, zero = 0.0f;
 
-int amdim_conv_forward(amdim_conv *c, const amdim_conv_shape *sh, const float *x, const float *w, float *y)
+int amdim_conv_forward(amdim_conv *c, const amdim_conv_shape *sh, const void *x, const void *w, void *y)
 {
     ENTRY(c, sh, a);
     if (!a->have[0]) {
@@ -179,7 +182,7 @@ int amdim_conv_forward(amdim_conv *c, const amdim_conv_shape *sh, const float *x
     return AMDIM_OK;
 }
 
-int amdim_conv_backward_data(amdim_conv *c, const amdim_conv_shape *sh, const float *w, const float *dy, float *dx)
+int amdim_conv_backward_data(amdim_conv *c, const amdim_conv_shape *sh, const void *w, const void *dy, void *dx)
 {
     ENTRY(c, sh, a);
     if (!a->have[1]) {
@@ -199,7 +202,7 @@ int amdim_conv_backward_data(amdim_conv *c, const amdim_conv_shape *sh, const fl
     return AMDIM_OK;
 }
 
-int amdim_conv_backward_filter(amdim_conv *c, const amdim_conv_shape *sh, const float *x, const float *dy, float *dw)
+int amdim_conv_backward_filter(amdim_conv *c, const amdim_conv_shape *sh, const void *x, const void *dy, void *dw)
 {
     ENTRY(c, sh, a);
     if (!a->have[2]) {

@@ -1,9 +1,11 @@
 /* Private to the CUDA backend: the convolutions that are not plain GEMMs
- * (k > 1 or stride > 1), on cuDNN. Activations NHWC float32, filters OHWI
- * (cuDNN's NHWC filter format; layout.h), no padding (the 128 px stem pads
- * explicitly), cross-correlation as PyTorch. FMA math (no TF32) unless
- * tensor_ops is set (amdim_conv_set_tensor_ops: TF32 tensor-core math on
- * the fp32 data, the bf16 precision mode's convolutions). Algorithms are
+ * (k > 1 or stride > 1), on cuDNN. Activations NHWC, filters OHWI (cuDNN's
+ * NHWC filter format; layout.h), no padding (the 128 px stem pads
+ * explicitly), cross-correlation as PyTorch. Data float32 with FMA math
+ * (no TF32: the parity path), or - amdim_conv_set_bf16, the bf16
+ * precision mode - bfloat16 data, filters and filter gradients
+ * (CUDNN_DATA_BFLOAT16) on the tensor cores with float accumulation. cuDNN
+ * takes the 3-channel input as it is (NHWC bf16, any C). Algorithms are
  * chosen once per shape with cudnnFind*Ex (fastest deterministic one that
  * fits the workspace), cached in the handle with the math type cuDNN
  * measured them with. */
@@ -30,7 +32,7 @@ typedef struct {
     size_t ws_size;
     amdim_conv_algos *cache;
     int ncache, cap;
-    int tensor_ops; /* 0: CUDNN_FMA_MATH; 1: CUDNN_TENSOR_OP_MATH */
+    int bf16; /* 0: float data, CUDNN_FMA_MATH; 1: bfloat16 data, CUDNN_TENSOR_OP_MATH */
     char *err;
     size_t errn;
 } amdim_conv;
@@ -40,17 +42,18 @@ typedef struct {
  * amdim_conv_close accepts a handle whose open failed. */
 int amdim_conv_open(amdim_conv *c, cudaStream_t s, size_t ws_bytes, char *err, size_t errn);
 void amdim_conv_close(amdim_conv *c);
-/* Math for the convolutions from now on (0 FMA, 1 tensor ops); forgets
+/* Data type of the convolutions from now on (0 float, 1 bfloat16); forgets
  * the chosen algorithms, measured again on next use. */
-void amdim_conv_set_tensor_ops(amdim_conv *c, int on);
+void amdim_conv_set_bf16(amdim_conv *c, int on);
 
 /* y = conv(x, w); dx = the input gradient; dw = the filter gradient (all
- * overwritten: beta 0). */
-int amdim_conv_forward(amdim_conv *c, const amdim_conv_shape *sh, const float *x, const float *w, float *y);
-int amdim_conv_backward_data(amdim_conv *c, const amdim_conv_shape *sh, const float *w, const float *dy, float *dx);
-int amdim_conv_backward_filter(amdim_conv *c, const amdim_conv_shape *sh, const float *x, const float *dy, float *dw);
+ * overwritten: beta 0); every buffer in the handle's data type. */
+int amdim_conv_forward(amdim_conv *c, const amdim_conv_shape *sh, const void *x, const void *w, void *y);
+int amdim_conv_backward_data(amdim_conv *c, const amdim_conv_shape *sh, const void *w, const void *dy, void *dx);
+int amdim_conv_backward_filter(amdim_conv *c, const amdim_conv_shape *sh, const void *x, const void *dy, void *dw);
 
-/* The output (n, c, h, w) cuDNN computes for sh; needs no GPU. */
-int amdim_conv_output_dim(const amdim_conv_shape *sh, int out[4], char *err, size_t errn);
+/* The output (n, c, h, w) cuDNN computes for sh with float (bf16 0) or
+ * bfloat16 descriptors; needs no GPU. */
+int amdim_conv_output_dim(const amdim_conv_shape *sh, int bf16, int out[4], char *err, size_t errn);
 
 #endif

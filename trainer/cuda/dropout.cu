@@ -1,13 +1,13 @@
 /* Inverted dropout from host-drawn 0/1 masks (forward and backward are the same map). */
 #include "launch.cuh"
 
-__global__ void dropout_kernel(const float *x, const float *mask, size_t n, float *y)
+template <typename T> __global__ void dropout_kernel(const void *x, const float *mask, size_t n, void *y)
 {
-    GRID_STRIDE(i, n) y[i] = amdim_dropout(x[i], mask[i]);
+    GRID_STRIDE(i, n) st<T>(y, i, amdim_dropout(ld<T>(x, i), mask[i]));
 }
 
-extern "C" int dropout_cuda(const amdim_cuda_ctx *c, const float *x, const float *mask, size_t n, float *y)
+extern "C" int dropout_cuda(const amdim_cuda_ctx *c, const void *x, const float *mask, size_t n, void *y)
 {
-    dropout_kernel<<<grid_for(n), AMDIM_THREADS, 0, c->stream>>>(x, mask, n, y);
+    LAUNCH_ACT(c, dropout_kernel, grid_for(n), AMDIM_THREADS, x, mask, n, y);
     return launch_check(c, "dropout_cuda");
 }

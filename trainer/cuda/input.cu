@@ -1,19 +1,22 @@
-/* Input views: uint8 NHWC -> normalised float NHWC; NCHW <-> NHWC. */
+/* Input views: uint8 NHWC -> normalised NHWC activations; NCHW <-> NHWC;
+ * activation / float / bf16 conversions. */
 #include "launch.cuh"
 
+template <typename T>
 __global__ void normalise_u8_kernel(const uint8_t *x, size_t n, float s0, float s1, float s2, float h0, float h1,
-                                    float h2, float *y)
+                                    float h2, void *y)
 {
     GRID_STRIDE(i, n)
     {
         int c = (int)(i % 3);
         float sc = c == 0 ? s0 : c == 1 ? s1 : s2, sh = c == 0 ? h0 : c == 1 ? h1 : h2;
-        y[i] = amdim_normalise_pixel(x[i], sc, sh);
+        st<T>(y, i, amdim_normalise_pixel(x[i], sc, sh));
     }
 }
 
-/* x (B, C, HW) -> y (B, HW, C), or back when to_nchw */
-__global__ void transpose_kernel(const float *x, int B, int C, int HW, int to_nchw, float *y)
+/* x (B, C, HW) float -> y (B, HW, C) activations, or x (B, HW, C)
+ * activations -> y (B, C, HW) float when to_nchw */
+template <typename T> __global__ void transpose_kernel(const void *x, int B, int C, int HW, int to_nchw, void *y)
 {
     size_t n = (size_t)B * C * HW;
     GRID_STRIDE(i, n)
@@ -22,31 +25,53 @@ __global__ void transpose_kernel(const float *x, int B, int C, int HW, int to_nc
         size_t c = r / HW, p = r % HW; /* i is the NCHW index (b, c, p) */
         size_t j = (b * HW + p) * C + c;
         if (to_nchw)
-            y[i] = x[j];
+            ((float *)y)[i] = ld<T>(x, j);
         else
-            y[j] = x[i];
+            st<T>(y, j, ((const float *)x)[i]);
     }
 }
 
+template <typename T> __global__ void to_f32_kernel(const void *x, size_t n, float *y)
+{
+    GRID_STRIDE(i, n) y[i] = ld<T>(x, i);
+}
+
+__global__ void to_bf16_kernel(const float *x, size_t n, uint16_t *y)
+{
+    GRID_STRIDE(i, n) y[i] = __bfloat16_as_ushort(__float2bfloat16_rn(x[i]));
+}
+
 extern "C" int normalise_u8_cuda(const amdim_cuda_ctx *c, const uint8_t *x, size_t pixels, const float scale[3],
-                                 const float shift[3], float *y)
+                                 const float shift[3], void *y)
 {
     size_t n = pixels * 3;
-    normalise_u8_kernel<<<grid_for(n), AMDIM_THREADS, 0, c->stream>>>(x, n, scale[0], scale[1], scale[2], shift[0],
-                                                                     shift[1], shift[2], y);
+    LAUNCH_ACT(c, normalise_u8_kernel, grid_for(n), AMDIM_THREADS, x, n, scale[0], scale[1], scale[2], shift[0],
+               shift[1], shift[2], y);
     return launch_check(c, "normalise_u8_cuda");
 }
 
-extern "C" int nchw_to_nhwc_cuda(const amdim_cuda_ctx *c, const float *x, int B, int C, int HW, float *y)
+extern "C" int nchw_to_nhwc_cuda(const amdim_cuda_ctx *c, const float *x, int B, int C, int HW, void *y)
 {
     size_t n = (size_t)B * C * HW;
-    transpose_kernel<<<grid_for(n), AMDIM_THREADS, 0, c->stream>>>(x, B, C, HW, 0, y);
+    LAUNCH_ACT(c, transpose_kernel, grid_for(n), AMDIM_THREADS, x, B, C, HW, 0, y);
     return launch_check(c, "nchw_to_nhwc_cuda");
 }
 
-extern "C" int nhwc_to_nchw_cuda(const amdim_cuda_ctx *c, const float *x, int B, int C, int HW, float *y)
+extern "C" int nhwc_to_nchw_cuda(const amdim_cuda_ctx *c, const void *x, int B, int C, int HW, float *y)
 {
     size_t n = (size_t)B * C * HW;
-    transpose_kernel<<<grid_for(n), AMDIM_THREADS, 0, c->stream>>>(x, B, C, HW, 1, y);
+    LAUNCH_ACT(c, transpose_kernel, grid_for(n), AMDIM_THREADS, x, B, C, HW, 1, y);
     return launch_check(c, "nhwc_to_nchw_cuda");
+}
+
+extern "C" int act_to_f32_cuda(const amdim_cuda_ctx *c, const void *x, size_t n, float *y)
+{
+    LAUNCH_ACT(c, to_f32_kernel, grid_for(n), AMDIM_THREADS, x, n, y);
+    return launch_check(c, "act_to_f32_cuda");
+}
+
+extern "C" int f32_to_bf16_cuda(const amdim_cuda_ctx *c, const float *x, size_t n, uint16_t *y)
+{
+    to_bf16_kernel<<<grid_for(n), AMDIM_THREADS, 0, c->stream>>>(x, n, y);
+    return launch_check(c, "f32_to_bf16_cuda");
 }

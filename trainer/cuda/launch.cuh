@@ -5,6 +5,7 @@
 
 #include <stdio.h>
 
+#include <cuda_bf16.h>
 #include <cuda_runtime.h>
 
 #include "kernels.h"
@@ -31,6 +32,36 @@ static inline unsigned grid_for(size_t n)
 
 #define GRID_STRIDE(i, n) \
     for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < (n); i += (size_t)gridDim.x * blockDim.x)
+
+/* Activation storage (kernels.h: amdim_cuda_ctx.bf16): a kernel over
+ * activations is a template on T = float or bf16 that takes them as void *
+ * and reads / writes them through ld<T> / st<T>; arithmetic stays float
+ * or double. Stores round to nearest even (amdim_bf16_bits on the CPU). */
+typedef __nv_bfloat16 bf16_t;
+
+template <typename T> __device__ inline float ld(const void *p, size_t i);
+template <> __device__ inline float ld<float>(const void *p, size_t i) { return ((const float *)p)[i]; }
+template <> __device__ inline float ld<bf16_t>(const void *p, size_t i)
+{
+    return __bfloat162float(((const bf16_t *)p)[i]);
+}
+
+template <typename T> __device__ inline void st(void *p, size_t i, float v);
+template <> __device__ inline void st<float>(void *p, size_t i, float v) { ((float *)p)[i] = v; }
+template <> __device__ inline void st<bf16_t>(void *p, size_t i, float v)
+{
+    ((bf16_t *)p)[i] = __float2bfloat16_rn(v);
+}
+
+/* kernel<T><<<grid, block, 0, stream>>>(args) with T the context's
+ * activation type. */
+#define LAUNCH_ACT(c, kernel, grid, block, ...)                                        \
+    do {                                                                               \
+        if ((c)->bf16)                                                                 \
+            kernel<bf16_t><<<(grid), (block), 0, (c)->stream>>>(__VA_ARGS__);          \
+        else                                                                           \
+            kernel<float><<<(grid), (block), 0, (c)->stream>>>(__VA_ARGS__);           \
+    } while (0)
 
 /* Sum / max over the block (blockDim.x a power of two <= 1024) by a fixed
  * tree: the same result on every run. All threads get the value. */

@@ -1,32 +1,40 @@
-/* Filter layouts: OIHW (mirror, master) <-> OHWI (cuDNN NHWC filters); maps in layout.h. */
+/* Filter layouts: OIHW (float masters) <-> OHWI (cuDNN NHWC filters, in
+ * the activation type); maps in layout.h. */
 #include "launch.cuh"
 #include "layout.h"
 
-/* one thread per OIHW element: to_ohwi copies out, else adds back */
-__global__ void filter_kernel(const float *src, int O, int I, int K, int to_ohwi, float *dst)
+/* one thread per OIHW element: the OHWI copy of w */
+template <typename T> __global__ void to_ohwi_kernel(const float *w, int O, int I, int K, void *out)
 {
     size_t n = (size_t)O * I * K * K;
     GRID_STRIDE(j, n)
     {
         int x = (int)(j % K), y = (int)(j / K % K), i = (int)(j / ((size_t)K * K) % I), o = (int)(j / ((size_t)K * K * I));
-        size_t a = amdim_oihw_index(o, i, y, x, I, K), b = amdim_ohwi_index(o, i, y, x, I, K);
-        if (to_ohwi)
-            dst[b] = src[a];
-        else
-            dst[a] += src[b];
+        st<T>(out, amdim_ohwi_index(o, i, y, x, I, K), w[amdim_oihw_index(o, i, y, x, I, K)]);
     }
 }
 
-extern "C" int oihw_to_ohwi_cuda(const amdim_cuda_ctx *c, const float *w, int O, int I, int K, float *out)
+/* one thread per OIHW element: out (OIHW) += w (OHWI) */
+template <typename T> __global__ void add_oihw_kernel(const void *w, int O, int I, int K, float *out)
 {
     size_t n = (size_t)O * I * K * K;
-    filter_kernel<<<grid_for(n), AMDIM_THREADS, 0, c->stream>>>(w, O, I, K, 1, out);
+    GRID_STRIDE(j, n)
+    {
+        int x = (int)(j % K), y = (int)(j / K % K), i = (int)(j / ((size_t)K * K) % I), o = (int)(j / ((size_t)K * K * I));
+        out[amdim_oihw_index(o, i, y, x, I, K)] += ld<T>(w, amdim_ohwi_index(o, i, y, x, I, K));
+    }
+}
+
+extern "C" int oihw_to_ohwi_cuda(const amdim_cuda_ctx *c, const float *w, int O, int I, int K, void *out)
+{
+    size_t n = (size_t)O * I * K * K;
+    LAUNCH_ACT(c, to_ohwi_kernel, grid_for(n), AMDIM_THREADS, w, O, I, K, out);
     return launch_check(c, "oihw_to_ohwi_cuda");
 }
 
-extern "C" int ohwi_to_oihw_add_cuda(const amdim_cuda_ctx *c, const float *w, int O, int I, int K, float *out)
+extern "C" int ohwi_to_oihw_add_cuda(const amdim_cuda_ctx *c, const void *w, int O, int I, int K, float *out)
 {
     size_t n = (size_t)O * I * K * K;
-    filter_kernel<<<grid_for(n), AMDIM_THREADS, 0, c->stream>>>(w, O, I, K, 0, out);
+    LAUNCH_ACT(c, add_oihw_kernel, grid_for(n), AMDIM_THREADS, w, O, I, K, out);
     return launch_check(c, "ohwi_to_oihw_add_cuda");
 }

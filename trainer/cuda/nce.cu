@@ -9,8 +9,9 @@ enum { NCE_THREADS = 256 };
 /* S, dS (Bs, B*L): row si = source si, image first + si of the B, against
  * every target location; the means divide by the B images' counts
  * (cpu_nce_direction_part). */
-__global__ void nce_rows_kernel(float *S, float *dS, int first, int B, int L, float tclip, int objective, float wloss,
-                                float wreg, double *rows)
+template <typename T>
+__global__ void nce_rows_kernel(float *S, float *dS, void *dS_act, int first, int B, int L, float tclip, int objective,
+                                float wloss, float wreg, double *rows)
 {
     __shared__ double sh[NCE_THREADS];
     int si = blockIdx.x, i = first + si;
@@ -82,6 +83,11 @@ __global__ void nce_rows_kernel(float *S, float *dS, int first, int B, int L, fl
             g[k] += (float)(wloss * d * amdim_tanh_clip_grad(t[k], tclip));
         }
     }
+    if (dS_act) { /* every thread's writes (the positives' by another mapping) done first */
+        __syncthreads();
+        for (size_t k = threadIdx.x; k < BL; k += blockDim.x)
+            st<T>(dS_act, (size_t)si * BL + k, g[k]);
+    }
     if (threadIdx.x == 0) {
         rows[2 * (size_t)si] = loss;
         rows[2 * (size_t)si + 1] = sq;
@@ -89,37 +95,39 @@ __global__ void nce_rows_kernel(float *S, float *dS, int first, int B, int L, fl
 }
 
 /* one thread per (i, ch) */
-__global__ void rows_kernel(const float *a, const int32_t *idx, int B, int R, int scatter, float *b)
+template <typename T> __global__ void rows_kernel(const void *a, const int32_t *idx, int B, int R, int scatter, void *b)
 {
     size_t n = (size_t)B * R;
     GRID_STRIDE(j, n)
     {
         size_t i = j / R, ch = j % R, row = i * 25 + idx[i];
         if (scatter)
-            b[row * R + ch] += a[j];
+            st<T>(b, row * R + ch, ld<T>(b, row * R + ch) + ld<T>(a, j));
         else
-            b[j] = a[row * R + ch];
+            st<T>(b, j, ld<T>(a, row * R + ch));
     }
 }
 
-extern "C" int nce_rows_cuda(const amdim_cuda_ctx *c, float *S, float *dS, int Bs, int first, int B, int L,
-                             float tclip, int objective, float wloss, float wreg, double *rows)
+extern "C" int nce_rows_cuda(const amdim_cuda_ctx *c, float *S, float *dS, void *dS_act, int Bs, int first, int B,
+                             int L, float tclip, int objective, float wloss, float wreg, double *rows)
 {
-    nce_rows_kernel<<<Bs, NCE_THREADS, 0, c->stream>>>(S, dS, first, B, L, tclip, objective, wloss, wreg, rows);
+    if (!c->bf16)
+        dS_act = NULL; /* the float dS is the GEMMs' operand */
+    LAUNCH_ACT(c, nce_rows_kernel, Bs, NCE_THREADS, S, dS, dS_act, first, B, L, tclip, objective, wloss, wreg, rows);
     return launch_check(c, "nce_rows_cuda");
 }
 
-extern "C" int gather_rows_cuda(const amdim_cuda_ctx *c, const float *r5, const int32_t *idx, int B, int R, float *src)
+extern "C" int gather_rows_cuda(const amdim_cuda_ctx *c, const void *r5, const int32_t *idx, int B, int R, void *src)
 {
     size_t n = (size_t)B * R;
-    rows_kernel<<<grid_for(n), AMDIM_THREADS, 0, c->stream>>>(r5, idx, B, R, 0, src);
+    LAUNCH_ACT(c, rows_kernel, grid_for(n), AMDIM_THREADS, r5, idx, B, R, 0, src);
     return launch_check(c, "gather_rows_cuda");
 }
 
-extern "C" int scatter_rows_add_cuda(const amdim_cuda_ctx *c, const float *src, const int32_t *idx, int B, int R,
-                                     float *r5)
+extern "C" int scatter_rows_add_cuda(const amdim_cuda_ctx *c, const void *src, const int32_t *idx, int B, int R,
+                                     void *r5)
 {
     size_t n = (size_t)B * R;
-    rows_kernel<<<grid_for(n), AMDIM_THREADS, 0, c->stream>>>(src, idx, B, R, 1, r5);
+    LAUNCH_ACT(c, rows_kernel, grid_for(n), AMDIM_THREADS, src, idx, B, R, 1, r5);
     return launch_check(c, "scatter_rows_add_cuda");
 }

@@ -7,21 +7,24 @@
 
 #include "bn_chunks.h"
 
-/* Next buffer of n floats, 256-byte aligned. */
-static size_t take(size_t *top, size_t n)
+/* Next buffer of n units (floats in the parameter plan, bytes in the
+ * activation plan), starting on a multiple of align units (256 bytes). */
+static size_t take_aligned(size_t *top, size_t n, size_t align)
 {
-    size_t at = (*top + 63) & ~(size_t)63;
+    size_t at = (*top + align - 1) / align * align;
     *top = at + n;
     return at;
 }
+static size_t take(size_t *top, size_t n) { return take_aligned(top, n, 64); }
 
-/* take() that also records the extent (the activation plan). */
-static size_t take_rec(amdim_cuda_plan *p, size_t *top, size_t n)
+/* The activation plan's next buffer of n elements of `bytes` bytes each,
+ * its extent recorded. */
+static size_t take_rec(amdim_cuda_plan *p, size_t *top, size_t n, size_t bytes)
 {
-    size_t at = take(top, n);
+    size_t at = take_aligned(top, n * bytes, 256);
     AMDIM_ASSERT(p->nextents < p->capextents);
     p->extents[p->nextents][0] = at;
-    p->extents[p->nextents][1] = n;
+    p->extents[p->nextents][1] = n * bytes;
     p->nextents++;
     return at;
 }
@@ -43,6 +46,7 @@ int amdim_cuda_param_plan_build(amdim_cuda_param_plan *p, const amdim_arch *a)
     p->grads = take(&top, a->grads_size);
     p->adam_m = take(&top, a->grads_size);
     p->adam_v = take(&top, a->grads_size);
+    p->wbf = take(&top, (a->weights_size + 1) / 2); /* uint16_t per weight */
     for (int l = 0; l < a->nlayers; l++) {
         const amdim_layer *L = &a->layers[l];
         if (L->kind == AMDIM_LAYER_BN || !amdim_cuda_conv_uses_cudnn(L))
@@ -62,104 +66,116 @@ void amdim_cuda_param_plan_free(amdim_cuda_param_plan *p)
     memset(p, 0, sizeof *p);
 }
 
-int amdim_cuda_plan_build(amdim_cuda_plan *p, const amdim_arch *a, int B, int ranks)
+int amdim_cuda_plan_build(amdim_cuda_plan *p, const amdim_arch *a, int B, int ranks, int act_bytes)
 {
     memset(p, 0, sizeof *p);
     const amdim_model_config *c = &a->cfg;
     int S = c->encoder_size, R = c->n_rkhs, H = c->mlp_hidden, K = c->n_classes;
     size_t top = 0, b = (size_t)B, maxact = 3 * b * S * S, bn = 0;
-    AMDIM_ASSERT(ranks >= 0);
+    AMDIM_ASSERT(ranks >= 0 && (act_bytes == 2 || act_bytes == 4));
+    size_t es = (size_t)act_bytes;
+#define ACT(n) take_rec(p, &top, (n), es)        /* activations and their gradients */
+#define F32(n) take_rec(p, &top, (n), 4)         /* float in both modes (also int32) */
+#define F64(n) take_rec(p, &top, (n), 8)         /* doubles */
     size_t bg = b * (size_t)(ranks > 0 ? ranks : 1); /* the global batch */
     p->batch = B;
     p->ranks = ranks;
+    p->act_bytes = act_bytes;
     p->nlayers = a->nlayers;
     p->capextents = 128 + 12 * (size_t)a->nlayers;
     p->extents = malloc(p->capextents * sizeof *p->extents);
     if (!p->extents)
         return AMDIM_E_NOMEM;
-    p->u8 = take_rec(p, &top, (3 * b * S * S + 3) / 4);
+    p->u8 = take_rec(p, &top, 3 * b * S * S, 1);
     for (int v = 0; v < 2; v++) {
         p->layers[v] = calloc((size_t)(a->nlayers > 0 ? a->nlayers : 1), sizeof *p->layers[v]);
         if (!p->layers[v]) {
             amdim_cuda_plan_free(p);
             return AMDIM_E_NOMEM;
         }
-        p->x[v] = take_rec(p, &top, 3 * b * S * S);
+        p->x[v] = ACT(3 * b * S * S);
         for (int l = 0; l < a->nlayers; l++) {
             const amdim_layer *L = &a->layers[l];
             amdim_cuda_layer_plan *lp = &p->layers[v][l];
             size_t rows = b * L->hout * L->hout, in = b * L->hin * L->hin * L->cin, outn = rows * L->cout;
             maxact = max2(maxact, max2(in, outn));
-            lp->out = take_rec(p, &top, outn);
-            lp->mean = take_rec(p, &top, (size_t)L->cout);
-            lp->istd = take_rec(p, &top, (size_t)L->cout);
+            lp->out = ACT(outn);
+            lp->mean = F32((size_t)L->cout);
+            lp->istd = F32((size_t)L->cout);
             lp->padded = lp->h1 = lp->r = AMDIM_CUDA_NONE;
             if (L->kind == AMDIM_LAYER_STEM && L->pad) {
                 size_t hp = (size_t)L->hin + 2 * L->pad;
-                lp->padded = take_rec(p, &top, b * hp * hp * L->cin);
+                lp->padded = ACT(b * hp * hp * L->cin);
             }
             if (L->kind == AMDIM_LAYER_RES) {
-                lp->h1 = take_rec(p, &top, outn);
-                lp->r = take_rec(p, &top, outn);
+                lp->h1 = ACT(outn);
+                lp->r = ACT(outn);
             }
             bn = max2(bn, amdim_bn_scratch_doubles(rows, L->cout)); /* BN or the stem's bias gradient */
         }
         for (int h = 0; h < 2; h++) {
             amdim_cuda_head_plan *hp = &p->heads[v][h];
             size_t rows = b * a->heads[h].hw * a->heads[h].hw, n = rows * R;
-            hp->h1 = take_rec(p, &top, n);
-            hp->r = take_rec(p, &top, n);
-            hp->sum = take_rec(p, &top, n);
-            hp->out = take_rec(p, &top, n);
-            hp->mean1 = take_rec(p, &top, (size_t)R);
-            hp->istd1 = take_rec(p, &top, (size_t)R);
-            hp->mean2 = take_rec(p, &top, (size_t)R);
-            hp->istd2 = take_rec(p, &top, (size_t)R);
+            hp->h1 = ACT(n);
+            hp->r = ACT(n);
+            hp->sum = ACT(n);
+            hp->out = ACT(n);
+            hp->mean1 = F32((size_t)R);
+            hp->istd1 = F32((size_t)R);
+            hp->mean2 = F32((size_t)R);
+            hp->istd2 = F32((size_t)R);
             maxact = max2(maxact, n);
             bn = max2(bn, amdim_bn_scratch_doubles(rows, R));
         }
-        p->dr1[v] = take_rec(p, &top, b * R);
-        p->dr5[v] = take_rec(p, &top, b * 25 * R);
-        p->dr7[v] = take_rec(p, &top, b * 49 * R);
+        p->dr1[v] = ACT(b * R);
+        p->dr5[v] = ACT(b * 25 * R);
+        p->dr7[v] = ACT(b * 49 * R);
     }
     p->maxact = maxact;
-    p->grad_a = take_rec(p, &top, maxact);
-    p->grad_b = take_rec(p, &top, maxact);
-    p->scratch = take_rec(p, &top, 2 * maxact); /* shortcut / head input gradient + inner gradient */
+    p->grad_a = ACT(maxact);
+    p->grad_b = ACT(maxact);
+    /* the inner gradient of a layer or head; also float staging of up to
+     * maxact values (2 maxact es >= 4 maxact bytes) */
+    p->scratch = ACT(2 * maxact);
     for (int h = 0; h < 2; h++)
-        p->dhead[h] = take_rec(p, &top, b * a->heads[h].hw * a->heads[h].hw * a->heads[h].cin);
+        p->dhead[h] = ACT(b * a->heads[h].hw * a->heads[h].hw * a->heads[h].cin);
     size_t HR = (size_t)(H > R ? H : R);
-    p->feat = take_rec(p, &top, 2 * b * R);
-    p->mlp_h0 = take_rec(p, &top, 2 * b * R);
-    p->mlp_z1 = take_rec(p, &top, 2 * b * H);
-    p->mlp_a1 = take_rec(p, &top, 2 * b * H);
-    p->mlp_h2 = take_rec(p, &top, 2 * b * H);
-    p->mlp_mean = take_rec(p, &top, (size_t)H);
-    p->mlp_istd = take_rec(p, &top, (size_t)H);
-    p->logits[0] = take_rec(p, &top, 2 * b * K);
-    p->logits[1] = take_rec(p, &top, 2 * b * K);
-    p->dlogits = take_rec(p, &top, 2 * b * K);
-    p->dtmp = take_rec(p, &top, 2 * b * HR);
-    p->dtmp2 = take_rec(p, &top, 2 * b * HR);
-    p->src = take_rec(p, &top, b * R);
-    p->dsrc = take_rec(p, &top, b * R);
+    p->feat = ACT(2 * b * R);
+    p->mlp_h0 = ACT(2 * b * R);
+    p->mlp_z1 = ACT(2 * b * H);
+    p->mlp_a1 = ACT(2 * b * H);
+    p->mlp_h2 = ACT(2 * b * H);
+    p->mlp_mean = F32((size_t)H);
+    p->mlp_istd = F32((size_t)H);
+    p->logits[0] = F32(2 * b * K);
+    p->logits[1] = F32(2 * b * K);
+    p->dlogits = F32(2 * b * K);
+    p->dlogits_act = es == 4 ? p->dlogits : ACT(2 * b * K);
+    p->dtmp = ACT(2 * b * HR);
+    p->dtmp2 = ACT(2 * b * HR);
+    p->src = ACT(b * R);
+    p->dsrc = ACT(b * R);
     for (int v = 0; v < 2; v++)
         for (int f = 0; f < 2; f++) {
             size_t hw = f ? 49 : 25;
-            p->tg[v][f] = ranks ? take_rec(p, &top, bg * hw * R) : AMDIM_CUDA_NONE;
-            p->dtg[v][f] = ranks ? take_rec(p, &top, bg * hw * R) : AMDIM_CUDA_NONE;
+            p->tg[v][f] = ranks ? ACT(bg * hw * R) : AMDIM_CUDA_NONE;
+            p->dtg[v][f] = ranks ? ACT(bg * hw * R) : AMDIM_CUDA_NONE;
         }
-    p->scores = take_rec(p, &top, b * bg * 49);
-    p->dscores = take_rec(p, &top, b * bg * 49);
-    p->mask_in = take_rec(p, &top, 2 * b * R);
-    p->mask_hidden = take_rec(p, &top, 2 * b * H);
-    p->labels2 = take_rec(p, &top, 2 * b);
-    p->src5 = take_rec(p, &top, 2 * b);
-    p->stats = take_rec(p, &top, 2 * (AMDIM_CUDA_STATS_CLS * b + 12 * b)); /* doubles */
+    p->scores = F32(b * bg * 49);
+    p->dscores = F32(b * bg * 49);
+    p->dscores_act = es == 4 ? p->dscores : ACT(b * bg * 49);
+    p->mask_in = F32(2 * b * R);
+    p->mask_hidden = F32(2 * b * H);
+    p->labels2 = F32(2 * b);
+    p->src5 = F32(2 * b);
+    p->stats = F64(AMDIM_CUDA_STATS_CLS * b + 12 * b);
     bn = max2(bn, max2(amdim_bn_scratch_doubles(2 * b, H), amdim_bn_scratch_doubles(2 * b, K)));
-    p->bn_scratch = take_rec(p, &top, 2 * bn); /* doubles */
-    p->total = take(&top, 0);
+    p->bn_scratch = F64(bn);
+    p->total = take_aligned(&top, 0, 256);
     return AMDIM_OK;
+#undef ACT
+#undef F32
+#undef F64
 }
 
 void amdim_cuda_plan_free(amdim_cuda_plan *p)

@@ -4,12 +4,18 @@
  * Two arenas, one cudaMalloc each:
  *   parameters (at open): the arch blocks weights | grads | adam_m | adam_v
  *     (same layout as the host mirror, so pull / push are one copy per
- *     block), then an OHWI copy of every k x k (k > 1) convolution weight
- *     for cuDNN (layout.h), then one OHWI filter-gradient scratch as large
- *     as the largest such weight;
- *   activations (per batch size B, on the first step with that B).
- * Offsets count floats from the arena start; every buffer starts on a
- * 256-byte boundary. Activations are float32 NHWC: (B, H, W, C). */
+ *     block; float masters), a bfloat16 copy of the weights block (wbf:
+ *     uint16_t at the same per-tensor offsets; the GEMMs' operands in the
+ *     bf16 mode, written by Adam), then an OHWI copy of every k x k (k > 1)
+ *     convolution weight for cuDNN (layout.h; in the activation type, room
+ *     for float), then one OHWI filter-gradient scratch as large as the
+ *     largest such weight. Offsets count floats.
+ *   activations (per batch size B and activation type, on the first step
+ *     with that B): offsets and sizes count BYTES. Activations and their
+ *     gradients are NHWC (B, H, W, C) of act_bytes each (4: float, 2:
+ *     bfloat16); BatchNorm statistics, NCE scores, logits, masks and
+ *     labels are float (int32) in both modes, the loss rows double.
+ * Every buffer starts on a 256-byte boundary. */
 #ifndef AMDIM_CUDA_PLAN_H
 #define AMDIM_CUDA_PLAN_H
 
@@ -21,6 +27,7 @@
 
 typedef struct {
     size_t weights, grads, adam_m, adam_v; /* arch blocks */
+    size_t wbf;                            /* bfloat16 copy of the weights block */
     size_t *ohwi;                          /* per tensor: its OHWI copy, or AMDIM_CUDA_NONE */
     size_t dw_ohwi;                        /* filter-gradient scratch */
     size_t total;                          /* floats */
@@ -44,6 +51,7 @@ typedef struct {
 
 typedef struct {
     int batch, nlayers;
+    int act_bytes;                    /* 4: float activations, 2: bfloat16 */
     size_t u8;                        /* staging for one uint8 view (B, S, S, 3) */
     size_t x[2];                      /* normalised views (B, S, S, 3) */
     amdim_cuda_layer_plan *layers[2]; /* nlayers each */
@@ -53,7 +61,8 @@ typedef struct {
     size_t dhead[2];                  /* head input gradients (B, hw, hw, cin) */
     size_t feat;                      /* r1 of both views (2B, R) */
     size_t mlp_h0, mlp_z1, mlp_a1, mlp_h2, mlp_mean, mlp_istd; /* (2B, R), (2B, H) x 3, (H) x 2 */
-    size_t logits[2], dlogits;        /* (2B, K) */
+    size_t logits[2], dlogits;        /* (2B, K) float */
+    size_t dlogits_act;               /* dlogits as activations (= dlogits with float activations) */
     size_t dtmp, dtmp2;               /* (2B, max(H, R)) */
     size_t src, dsrc;                 /* drawn r5 sources (B, R) */
     /* data parallelism over N ranks (ranks >= 1): the global batch's r5 and
@@ -64,14 +73,15 @@ typedef struct {
      * dr7). AMDIM_CUDA_NONE without a group (ranks 0). */
     int ranks;
     size_t tg[2][2], dtg[2][2];
-    size_t scores, dscores;           /* (B, N B 49): this rank's sources against every target (N 1 without a group) */
+    size_t scores, dscores;           /* float (B, N B 49): this rank's sources against every target (N 1 without a group) */
+    size_t dscores_act;               /* dscores as activations (= dscores with float activations) */
     size_t mask_in, mask_hidden;      /* (2B, R), (2B, H) */
     size_t labels2, src5;             /* int32 (2B) each */
     size_t stats;                     /* doubles: 6 directions x 2B, then 2 heads x 3 x 2B */
     size_t bn_scratch;                /* doubles: the largest per-channel reduction */
-    size_t maxact;                    /* floats in grad_a / grad_b */
-    size_t total;                     /* floats */
-    size_t (*extents)[2];             /* every buffer's (offset, floats), for checks */
+    size_t maxact;                    /* elements in grad_a / grad_b */
+    size_t total;                     /* bytes */
+    size_t (*extents)[2];             /* every buffer's (offset, bytes), for checks */
     size_t nextents, capextents;
 } amdim_cuda_plan;
 
@@ -112,8 +122,9 @@ int amdim_cuda_grad_buckets(const amdim_arch *a, size_t *lo, size_t *hi);
 
 int amdim_cuda_param_plan_build(amdim_cuda_param_plan *p, const amdim_arch *a);
 void amdim_cuda_param_plan_free(amdim_cuda_param_plan *p);
-/* ranks: 0 without a process group, else its size N (1 for a forced one-rank group). */
-int amdim_cuda_plan_build(amdim_cuda_plan *p, const amdim_arch *a, int B, int ranks);
+/* ranks: 0 without a process group, else its size N (1 for a forced
+ * one-rank group); act_bytes 4 (float activations) or 2 (bfloat16). */
+int amdim_cuda_plan_build(amdim_cuda_plan *p, const amdim_arch *a, int B, int ranks, int act_bytes);
 void amdim_cuda_plan_free(amdim_cuda_plan *p);
 
 #endif
