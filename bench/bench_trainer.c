@@ -13,8 +13,8 @@
  *
  * CUDA (--precision bf16 by default, see amdim_precision): first one
  * training step of a tiny configuration on both backends, whose losses must
- * agree within 1e-3 relative in fp32 (and 3e-2 in bf16, when timing bf16)
- * - no timing otherwise; then
+ * agree within 1e-3 relative in fp32 (and 8e-2 in bf16, when timing bf16:
+ * test_cuda_bf16's loss tolerance) - no timing otherwise; then
  * the GPU's name, memory and the rate of a square --gemm^3 cublasGemmEx
  * (bf16 in / fp32 accumulate, and fp32 without TF32), timed with CUDA
  * events; then CIFAR small (32 px, 128/1024/10), STL-10 (64 px,
@@ -348,7 +348,7 @@ int main(int argc, char **argv)
     printf("# CUDA path, %s\n", prec == AMDIM_PRECISION_BF16
                                    ? "bf16 (bf16 GEMMs with fp32 accumulation, TF32 convolutions, fp32 storage)"
                                    : "fp32 (no TF32)");
-    if (validate(dev, AMDIM_PRECISION_FP32, 1e-3) || (prec == AMDIM_PRECISION_BF16 && validate(dev, prec, 3e-2)))
+    if (validate(dev, AMDIM_PRECISION_FP32, 1e-3) || (prec == AMDIM_PRECISION_BF16 && validate(dev, prec, 8e-2)))
         return 1;
     amdim_device_info info;
     if (amdim_device_probe(dev, gemm, &info, err, sizeof err))

@@ -1,13 +1,23 @@
-/* The CUDA backend's bf16 precision mode (amdim_precision: bf16 GEMM
- * operands with fp32 accumulation, TF32 convolutions, fp32 storage)
+/* The CUDA backend's bf16 precision mode (amdim_precision: bf16
+ * activations and activation gradients, bf16 convolutions and GEMM
+ * operands with fp32 accumulation, fp32 masters, scores and losses)
  * against the CPU's fp32 (label gpu; exits 77 without a usable GPU), and
- * the CPU's refusal of bf16 (runs everywhere). Tolerances, stated once:
- *   every loss term                 2e-2 relative (floor 1e-3)
- *   r1, r5, r7, logits              ||gpu - cpu|| <= 3e-2 ||cpu|| per tensor
- *   every gradient                  ||gpu - cpu|| <= 6e-2 ||cpu|| + 1e-3 x the
- *                                   largest gradient tensor's norm
- *   3 training steps                losses as above; every weight within
- *                                   3 x 7 lr of the CPU's (Adam's step bound)
+ * the CPU's refusal of bf16 (runs everywhere). bf16 storage moves these
+ * tiny random steps far from fp32 (batch 4; without BatchNorm the heads
+ * normalise features whose spread is small beside their rounding), so the
+ * tolerances are about twice the worst error tests/ref/bf16_error.py
+ * measures with PyTorch's bf16 autocast on the same configs over 10 seeds
+ * (in brackets, BatchNorm on / off). They catch a broken bf16 path (a
+ * wrong type or layout gives errors of order 1 or NaN); test_cuda_kernels
+ * holds each kernel to one bf16 step. Stated once:
+ *   every loss term       8e-2 relative, floor 1e-3          [0.036 / 0.021]
+ *   r1, r5, r7            ||gpu - cpu|| <= 0.15 / 0.4 ||cpu||  [0.059 / 0.18]
+ *   logits                0.15 / 0.2                         [0.059 / 0.091]
+ *   each gradient tensor  ||gpu - cpu|| <= 0.1 / 1.0 ||cpu|| + 3e-2 x the
+ *                         largest gradient tensor's norm     [0.022 / 0.51]
+ *   the whole gradient    0.12 / 0.6 of its norm             [0.052 / 0.31]
+ *   3 training steps      losses as above; every weight within 3 x 7 lr
+ *                         of the CPU's (Adam's step bound)
  * then fp32 again on the same model: one step within test_cuda_model's
  * 2e-3 of the CPU, so switching back restores the parity path. Built in
  * every configuration: the CPU checks run first, then 77 without a GPU. */
@@ -72,7 +82,10 @@ static void run(const char *name, int size, int ndf, int n_rkhs, int depth, int 
     amdim_step_stats sg, sc;
     REQUIRE(amdim_model_forward_backward(cm, x1, x2, labels, B, src5, mi, mh, &sc) == 0, "%s", amdim_model_error(cm));
     REQUIRE(amdim_model_forward_backward(gm, x1, x2, labels, B, src5, mi, mh, &sg) == 0, "%s", amdim_model_error(gm));
-    losses(name, "forward", &sg, &sc, 2e-2);
+    /* tolerances: see the top of the file */
+    double tl = 8e-2, to = use_bn ? 0.15 : 0.4, tg = use_bn ? 0.1 : 1.0, tw = use_bn ? 0.12 : 0.6;
+    double tlog = use_bn ? 0.15 : 0.2;
+    losses(name, "forward", &sg, &sc, tl);
     float *a = malloc((size_t)B * R * 49 * 4), *b = malloc((size_t)B * R * 49 * 4);
     for (int v = 0; v < 2; v++)
         for (int which = 1; which <= 7; which += which == 1 ? 4 : 2) {
@@ -80,11 +93,11 @@ static void run(const char *name, int size, int ndf, int n_rkhs, int depth, int 
             REQUIRE(amdim_model_output(gm, v, which, a) == 0 && amdim_model_output(cm, v, which, b) == 0, "output");
             char what[64];
             snprintf(what, sizeof what, "r%d of view %d", which, v);
-            normwise(name, what, a, b, n, 3e-2, 0);
+            normwise(name, what, a, b, n, to, 0);
         }
     for (int h = 0; h < 2; h++) {
         REQUIRE(amdim_model_logits(gm, h, a) == 0 && amdim_model_logits(cm, h, b) == 0, "logits");
-        normwise(name, h ? "linear logits" : "MLP logits", a, b, 2 * (size_t)B * K, 3e-2, 0);
+        normwise(name, h ? "linear logits" : "MLP logits", a, b, 2 * (size_t)B * K, tlog, 0);
     }
     REQUIRE(amdim_model_pull(gm) == 0, "pull: %s", amdim_model_error(gm));
     double largest = 0; /* the largest gradient tensor's norm sets the floor */
@@ -94,18 +107,27 @@ static void run(const char *name, int size, int ndf, int n_rkhs, int depth, int 
         if (c.grad && c.used)
             largest = fmax(largest, norm(c.grad, c.size));
     }
+    double dall = 0, nall = 0;
     for (int i = 0; i < amdim_model_param_count(cm); i++) {
         amdim_param g, c;
         amdim_model_param(gm, i, &g);
         amdim_model_param(cm, i, &c);
-        if (c.grad && c.used)
-            normwise(name, c.name, g.grad, c.grad, c.size, 6e-2, 1e-3 * largest);
+        if (!c.grad || !c.used)
+            continue;
+        normwise(name, c.name, g.grad, c.grad, c.size, tg, 3e-2 * largest);
+        for (size_t j = 0; j < c.size; j++) {
+            double d = (double)g.grad[j] - c.grad[j];
+            dall += d * d;
+            nall += (double)c.grad[j] * c.grad[j];
+        }
     }
+    CHECK(sqrt(dall) <= tw * sqrt(nall), "%s: the whole gradient: error %.3g of its norm (limit %.2g)", name,
+          sqrt(dall / fmax(nall, 1e-300)), tw);
     /* three training steps on uint8 views */
     for (int s = 0; s < 3; s++) {
         REQUIRE(amdim_model_train_step(cm, u1, u2, labels, B, 0, &sc) == 0, "%s", amdim_model_error(cm));
         REQUIRE(amdim_model_train_step(gm, u1, u2, labels, B, 0, &sg) == 0, "%s", amdim_model_error(gm));
-        losses(name, "training step", &sg, &sc, 2e-2);
+        losses(name, "training step", &sg, &sc, tl);
     }
     REQUIRE(amdim_model_pull(gm) == 0, "pull: %s", amdim_model_error(gm));
     double bound = 3 * 7 * cfg.lr;

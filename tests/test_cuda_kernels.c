@@ -3,7 +3,13 @@
  * are poisoned (NaN bytes) or, for accumulating ops, filled with random
  * values before each run; fp32 results must agree within 1e-4 relative
  * (|gpu - cpu| <= 1e-4 max(|cpu|, 1e-2 max|cpu|)). Activations on the GPU
- * are NHWC, on the CPU CNHW: the test converts. */
+ * are NHWC, on the CPU CNHW: the test converts.
+ * Then every family that reads or writes activations again with bf16
+ * activations (ctx.bf16): the host inputs rounded to bf16 first, so the
+ * CPU reference sees the values the GPU reads; each kernel computes in
+ * float and rounds once, so its results must agree within 4e-3 relative
+ * (one bf16 step, 2^-8, plus float noise), and the bf16 copies of the NCE
+ * score gradients are exactly the float gradients rounded. */
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -20,6 +26,10 @@
 static amdim_rng rng;
 static char errbuf[512];
 static amdim_cuda_ctx ctx = {.stream = 0, .err = errbuf, .errn = sizeof errbuf};
+
+/* The activation type under test (ctx.bf16 the same). */
+static int act16;
+static double tol_rel(void) { return act16 ? 4e-3 : 1e-4; }
 
 static float *hrand(size_t n, float lo, float hi)
 {
@@ -58,7 +68,7 @@ static void compare(const char *what, const float *gpu, const float *ref, size_t
     for (size_t i = 0; i < n; i++)
         big = fmax(big, fabs(ref[i]));
     for (size_t i = 0; i < n; i++) {
-        double tol = 1e-4 * fmax(fabs(ref[i]), 1e-2 * big) + 1e-30;
+        double tol = tol_rel() * fmax(fabs(ref[i]), 1e-2 * big) + 1e-30;
         double e = isnan(gpu[i]) ? INFINITY : fabs(gpu[i] - ref[i]) / tol;
         if (e > worst)
             worst = e, at = i;
@@ -68,7 +78,7 @@ static void compare(const char *what, const float *gpu, const float *ref, size_t
 
 static void compare_d(const char *what, double gpu, double ref)
 {
-    CHECK(fabs(gpu - ref) <= 1e-4 * fmax(fabs(ref), 1e-6), "%s: gpu %.9g cpu %.9g", what, gpu, ref);
+    CHECK(fabs(gpu - ref) <= tol_rel() * fmax(fabs(ref), 1e-6), "%s: gpu %.9g cpu %.9g", what, gpu, ref);
 }
 
 /* (B, H*W, C) <-> (C, B, H*W) */
@@ -93,6 +103,42 @@ static float *to_nhwc(const float *x, int B, int HW, int C)
 
 #define OK(call) REQUIRE((call) == 0, "%s", errbuf)
 
+/* Random activations: rounded to bf16 when those are under test. */
+static float *hact(size_t n, float lo, float hi)
+{
+    float *p = hrand(n, lo, hi);
+    for (size_t i = 0; act16 && i < n; i++)
+        p[i] = amdim_bf16_round(p[i]);
+    return p;
+}
+/* n activations to / from the device in the type under test; deva: poisoned (0xffff is a bf16 NaN too). */
+static void *upa(const float *h, size_t n)
+{
+    if (!act16)
+        return up(h, n * 4);
+    uint16_t *b = malloc((n ? n : 1) * 2);
+    REQUIRE(b, "oom");
+    for (size_t i = 0; i < n; i++)
+        b[i] = amdim_bf16_bits(h[i]);
+    void *d = up(b, n * 2);
+    free(b);
+    return d;
+}
+static void *deva(size_t n) { return dev(n * (act16 ? 2 : 4)); }
+static float *downa(const void *d, size_t n)
+{
+    if (!act16)
+        return down(d, n);
+    uint16_t *b = malloc((n ? n : 1) * 2);
+    float *h = malloc((n ? n : 1) * sizeof *h);
+    REQUIRE(b && h && cudaDeviceSynchronize() == cudaSuccess, "sync: %s", cudaGetErrorString(cudaGetLastError()));
+    REQUIRE(cudaMemcpy(b, d, n * 2, cudaMemcpyDeviceToHost) == cudaSuccess, "download");
+    for (size_t i = 0; i < n; i++)
+        h[i] = amdim_bf16_value(b[i]);
+    free(b);
+    return h;
+}
+
 static void test_input(void)
 {
     int B = 3, S = 9, C = 5;
@@ -104,16 +150,21 @@ static void test_input(void)
     for (size_t i = 0; i < n; i++)
         ref[i] = amdim_normalise_pixel(u8[i], scale[i % 3], shift[i % 3]);
     uint8_t *du8 = up(u8, n);
-    float *dy = dev(n * 4);
+    void *dy = deva(n);
     OK(normalise_u8_cuda(&ctx, du8, px, scale, shift, dy));
-    float *got = down(dy, n);
+    float *got = downa(dy, n);
     compare("normalise_u8", got, ref, n);
-    /* NCHW <-> NHWC */
+    /* NCHW float <-> NHWC activations */
     size_t m = (size_t)B * C * S * S;
-    float *x = hrand(m, -1, 1), *dx = up(x, m * 4), *dt = dev(m * 4), *db = dev(m * 4);
+    float *x = hact(m, -1, 1), *dx = up(x, m * 4), *db = dev(m * 4);
+    void *dt = deva(m);
     OK(nchw_to_nhwc_cuda(&ctx, dx, B, C, S * S, dt));
     OK(nhwc_to_nchw_cuda(&ctx, dt, B, C, S * S, db));
-    float *t = down(dt, m), *back = down(db, m);
+    float *t = downa(dt, m), *back = down(db, m);
+    /* activations -> float */
+    float *df = dev(m * 4);
+    OK(act_to_f32_cuda(&ctx, dt, m, df));
+    float *flat = down(df, m);
     float *tref = malloc(m * 4);
     for (int b = 0; b < B; b++)
         for (int c = 0; c < C; c++)
@@ -121,19 +172,21 @@ static void test_input(void)
                 tref[((size_t)b * S * S + p) * C + c] = x[((size_t)b * C + c) * S * S + p];
     compare("nchw_to_nhwc", t, tref, m);
     compare("nhwc_to_nchw", back, x, m);
-    free(u8), free(ref), free(got), free(x), free(t), free(back), free(tref);
-    cudaFree(du8), cudaFree(dy), cudaFree(dx), cudaFree(dt), cudaFree(db);
+    compare("act_to_f32", flat, tref, m);
+    free(u8), free(ref), free(got), free(x), free(t), free(back), free(tref), free(flat);
+    cudaFree(du8), cudaFree(dy), cudaFree(dx), cudaFree(dt), cudaFree(db), cudaFree(df);
 }
 
 static void test_pad(void)
 {
     int B = 2, H = 7, C = 3, p = 2, Hp = H + 2 * p;
     size_t n = (size_t)B * H * H * C, np = (size_t)B * Hp * Hp * C;
-    float *x = hrand(n, -1, 1), *xc = to_cnhw(x, B, H * H, C), *yc = malloc(np * 4);
+    float *x = hact(n, -1, 1), *xc = to_cnhw(x, B, H * H, C), *yc = malloc(np * 4);
     cpu_reflect_pad_forward(xc, C, B, H, H, p, yc);
-    float *ref = to_nhwc(yc, B, Hp * Hp, C), *dx = up(x, n * 4), *dy = dev(np * 4);
+    float *ref = to_nhwc(yc, B, Hp * Hp, C);
+    void *dx = upa(x, n), *dy = deva(np);
     OK(reflect_pad_forward_cuda(&ctx, dx, B, H, H, C, p, dy));
-    float *got = down(dy, np);
+    float *got = downa(dy, np);
     compare("reflect_pad", got, ref, np);
     free(x), free(xc), free(yc), free(ref), free(got), cudaFree(dx), cudaFree(dy);
 }
@@ -143,7 +196,7 @@ static void test_activation(void)
     size_t rows = 37;
     int C = 19;
     size_t n = rows * C;
-    float *y = hrand(n, -1, 1), *g = hrand(n, -1, 1), *bias = hrand((size_t)C, -1, 1), *acc = hrand(n, -1, 1);
+    float *y = hact(n, -1, 1), *g = hact(n, -1, 1), *bias = hrand((size_t)C, -1, 1), *acc = hact(n, -1, 1);
     float *ry = malloc(n * 4), *rg = malloc(n * 4), *rb = malloc(n * 4), *radd = malloc(n * 4);
     memcpy(ry, y, n * 4);
     cpu_relu_forward(ry, n);
@@ -153,26 +206,27 @@ static void test_activation(void)
         rb[i] = amdim_relu(y[i] + bias[i % C]);
         radd[i] = acc[i] + y[i];
     }
-    float *dy = up(y, n * 4), *dg = up(g, n * 4), *dbias = up(bias, (size_t)C * 4), *db = up(y, n * 4),
-          *dacc = up(acc, n * 4);
+    void *dy = upa(y, n), *dg = upa(g, n), *db = upa(y, n), *dacc = upa(acc, n), *dy2 = upa(y, n);
+    float *dbias = up(bias, (size_t)C * 4);
     OK(relu_forward_cuda(&ctx, dy, n));
     OK(relu_backward_cuda(&ctx, dy, dg, n));
     OK(bias_relu_forward_cuda(&ctx, db, dbias, rows, C));
-    OK(add_cuda(&ctx, dacc, up(y, n * 4), n));
-    float *gy = down(dy, n), *gg = down(dg, n), *gb = down(db, n), *ga = down(dacc, n);
+    OK(add_cuda(&ctx, dacc, dy2, n));
+    float *gy = downa(dy, n), *gg = downa(dg, n), *gb = downa(db, n), *ga = downa(dacc, n);
     compare("relu_forward", gy, ry, n);
     compare("relu_backward", gg, rg, n);
     compare("bias_relu_forward", gb, rb, n);
     compare("add", ga, radd, n);
     free(y), free(g), free(bias), free(acc), free(ry), free(rg), free(rb), free(radd);
     free(gy), free(gg), free(gb), free(ga);
+    cudaFree(dy), cudaFree(dg), cudaFree(db), cudaFree(dacc), cudaFree(dy2), cudaFree(dbias);
 }
 
 static void test_avgpool(int k, int s)
 {
     int B = 3, H = 9, cin = 4, cout = 7, Ho = (H - k) / s + 1;
     size_t nx = (size_t)B * H * H * cin, ny = (size_t)B * Ho * Ho * cout;
-    float *x = hrand(nx, -1, 1), *y0 = hrand(ny, -1, 1), *dy = hrand(ny, -1, 1), *dx0 = hrand(nx, -1, 1);
+    float *x = hact(nx, -1, 1), *y0 = hact(ny, -1, 1), *dy = hact(ny, -1, 1), *dx0 = hact(nx, -1, 1);
     /* CPU: y = pool(x) padded; reference = y0 + that */
     float *xc = to_cnhw(x, B, H * H, cin), *yc = malloc(ny * 4);
     cpu_avgpool_pad_forward(xc, cin, B, H, H, k, s, cout, yc);
@@ -182,10 +236,10 @@ static void test_avgpool(int k, int s)
     float *dyc = to_cnhw(dy, B, Ho * Ho, cout), *dxc = to_cnhw(dx0, B, H * H, cin);
     cpu_avgpool_pad_backward(dyc, cin, B, H, H, k, s, dxc);
     float *dref = to_nhwc(dxc, B, H * H, cin);
-    float *d_x = up(x, nx * 4), *d_y = up(y0, ny * 4), *d_dy = up(dy, ny * 4), *d_dx = up(dx0, nx * 4);
+    void *d_x = upa(x, nx), *d_y = upa(y0, ny), *d_dy = upa(dy, ny), *d_dx = upa(dx0, nx);
     OK(avgpool_pad_forward_add_cuda(&ctx, d_x, B, H, H, cin, k, s, cout, d_y));
     OK(avgpool_pad_backward_add_cuda(&ctx, d_dy, B, H, H, cin, k, s, cout, d_dx));
-    float *gy = down(d_y, ny), *gdx = down(d_dx, nx);
+    float *gy = downa(d_y, ny), *gdx = downa(d_dx, nx);
     compare("avgpool_pad_forward_add", gy, ref, ny);
     compare("avgpool_pad_backward_add", gdx, dref, nx);
     free(x), free(y0), free(dy), free(dx0), free(xc), free(yc), free(pooled), free(ref), free(dyc), free(dxc);
@@ -195,7 +249,7 @@ static void test_avgpool(int k, int s)
 static void test_batchnorm(size_t N, int C)
 {
     size_t n = N * C;
-    float *x = hrand(n, -2, 3), *dy = hrand(n, -1, 1), *gamma = hrand((size_t)C, 0.5f, 1.5f),
+    float *x = hact(n, -2, 3), *dy = hact(n, -1, 1), *gamma = hrand((size_t)C, 0.5f, 1.5f),
           *beta = hrand((size_t)C, -0.5f, 0.5f), *rm = hrand((size_t)C, -0.1f, 0.1f),
           *rv = hrand((size_t)C, 0.5f, 1.5f), *dg = hrand((size_t)C, -1, 1), *dbt = hrand((size_t)C, -1, 1);
     float nbt = 3;
@@ -212,13 +266,13 @@ static void test_batchnorm(size_t N, int C)
     cpu_op_scratch_free(&scr);
     amdim_cuda_bn gp = {up(gamma, C * 4), up(beta, C * 4), up(rm, C * 4), up(rv, C * 4), up(&nbt, 4),
                         up(dg, C * 4), up(dbt, C * 4)};
-    float *d_x = up(x, n * 4), *d_dy = up(dy, n * 4), *d_y = dev(n * 4), *d_m = dev(C * 4), *d_i = dev(C * 4),
-          *d_dx = dev(n * 4), *d_ey = dev(n * 4);
+    void *d_x = upa(x, n), *d_dy = upa(dy, n), *d_y = deva(n), *d_dx = deva(n), *d_ey = deva(n);
+    float *d_m = dev(C * 4), *d_i = dev(C * 4);
     double *s = dev(batchnorm_scratch_doubles(N, C) * sizeof(double));
     OK(batchnorm_forward_train_cuda(&ctx, d_x, N, C, &gp, d_y, d_m, d_i, s));
     OK(batchnorm_backward_cuda(&ctx, d_x, N, C, &gp, d_m, d_i, d_dy, d_dx, s));
     OK(batchnorm_forward_eval_cuda(&ctx, d_x, N, C, &gp, d_ey));
-    float *gy = down(d_y, n), *gm = down(d_m, C), *gi = down(d_i, C), *gdx = down(d_dx, n), *gey = down(d_ey, n),
+    float *gy = downa(d_y, n), *gm = down(d_m, C), *gi = down(d_i, C), *gdx = downa(d_dx, n), *gey = downa(d_ey, n),
           *grm = down(gp.rmean, C), *grv = down(gp.rvar, C), *gdg = down(gp.dgamma, C), *gdb = down(gp.dbeta, C),
           *gn = down(gp.nbt, 1);
     compare("batchnorm y", gy, ry, n);
@@ -245,18 +299,21 @@ static void test_batchnorm(size_t N, int C)
     free(x), free(dy), free(gamma), free(beta), free(rm), free(rv), free(dg), free(dbt), free(crm), free(crv);
     free(cdg), free(cdb), free(ry), free(rmean), free(ristd), free(rdx), free(rey), free(gy), free(gm), free(gi);
     free(gdx), free(gey), free(grm), free(grv), free(gdg), free(gdb), free(gn), free(acc), free(racc), free(gacc);
+    cudaFree(d_x), cudaFree(d_dy), cudaFree(d_y), cudaFree(d_dx), cudaFree(d_ey), cudaFree(d_m), cudaFree(d_i);
+    cudaFree(d_acc), cudaFree(s);
 }
 
 static void test_dropout(void)
 {
     size_t n = 1001;
-    float *x = hrand(n, -1, 1), *mask = malloc(n * 4), *ref = malloc(n * 4);
+    float *x = hact(n, -1, 1), *mask = malloc(n * 4), *ref = malloc(n * 4);
     for (size_t i = 0; i < n; i++)
         mask[i] = amdim_rng_uniform(&rng, 0, 1) >= AMDIM_DROPOUT_P;
     cpu_dropout_forward(x, mask, AMDIM_DROPOUT_P, n, ref);
-    float *dx = up(x, n * 4), *dm = up(mask, n * 4), *dy = dev(n * 4);
+    void *dx = upa(x, n), *dy = deva(n);
+    float *dm = up(mask, n * 4);
     OK(dropout_cuda(&ctx, dx, dm, n, dy));
-    float *got = down(dy, n);
+    float *got = downa(dy, n);
     compare("dropout", got, ref, n);
     free(x), free(mask), free(ref), free(got);
 }
@@ -278,8 +335,18 @@ static void test_classifier(int n, int K, int ranks)
     int32_t *dlab = up(labels, n * sizeof *labels);
     double *drows = dev(3 * (size_t)n * sizeof(double)), *rows = malloc(3 * (size_t)n * sizeof(double));
     double inv_valid = valid_all > 0 ? 1.0 / valid_all : 0.0, *dinv = up(&inv_valid, sizeof inv_valid);
-    OK(classifier_loss_cuda(&ctx, dl, n, n * ranks, K, dlab, dinv, 0.75f, dd, NULL, drows));
+    void *dda = act16 ? deva((size_t)n * K) : NULL; /* the bf16 copy for the GEMMs */
+    OK(classifier_loss_cuda(&ctx, dl, n, n * ranks, K, dlab, dinv, 0.75f, dd, dda, drows));
     float *got = down(dd, (size_t)n * K);
+    if (dda) { /* exactly the float gradient, rounded */
+        float *ga = downa(dda, (size_t)n * K);
+        size_t bad = 0;
+        for (size_t i = 0; i < (size_t)n * K; i++)
+            bad += ga[i] != amdim_bf16_round(got[i]);
+        CHECK(bad == 0, "classifier dlogits_act: %zu of %zu differ from the rounded float gradient", bad,
+              (size_t)n * K);
+        free(ga), cudaFree(dda);
+    }
     REQUIRE(cudaMemcpy(rows, drows, 3 * (size_t)n * sizeof(double), cudaMemcpyDeviceToHost) == cudaSuccess, "copy");
     double xent = 0, reg = 0;
     int hits = 0;
@@ -387,9 +454,18 @@ static void test_nce(int objective, int B, int L, int R)
             S[(size_t)i * BL + j] = (float)(a * scale);
         }
     float *dS_ = up(S, n * 4), *ddS = dev(n * 4);
+    void *ddSa = act16 ? deva(n) : NULL; /* the bf16 copy for the GEMMs */
     double *drows = dev(2 * (size_t)B * sizeof(double)), *rows = malloc(2 * (size_t)B * sizeof(double));
-    OK(nce_rows_cuda(&ctx, dS_, ddS, NULL, B, 0, B, L, tclip, objective, 0.7f, 0.3f, drows));
+    OK(nce_rows_cuda(&ctx, dS_, ddS, ddSa, B, 0, B, L, tclip, objective, 0.7f, 0.3f, drows));
     float *dS = down(ddS, n);
+    if (ddSa) { /* exactly the float gradient, rounded */
+        float *ga = downa(ddSa, n);
+        size_t bad = 0;
+        for (size_t i = 0; i < n; i++)
+            bad += ga[i] != amdim_bf16_round(dS[i]);
+        CHECK(bad == 0, "nce dS_act: %zu of %zu differ from the rounded float gradient", bad, n);
+        free(ga), cudaFree(ddSa);
+    }
     REQUIRE(cudaMemcpy(rows, drows, 2 * (size_t)B * sizeof(double), cudaMemcpyDeviceToHost) == cudaSuccess, "copy");
     double gl = 0, gs = 0;
     for (int i = 0; i < B; i++)
@@ -422,18 +498,19 @@ static void test_nce(int objective, int B, int L, int R)
     int32_t *idx = malloc(B * sizeof *idx);
     for (int i = 0; i < B; i++)
         idx[i] = amdim_rng_int(&rng, 0, 24);
-    float *r5 = hrand((size_t)B * 25 * R, -1, 1), *r5ref = malloc((size_t)B * 25 * R * 4), *gref = malloc(B * R * 4);
+    float *r5 = hact((size_t)B * 25 * R, -1, 1), *r5ref = malloc((size_t)B * 25 * R * 4), *gref = malloc(B * R * 4);
     memcpy(r5ref, r5, (size_t)B * 25 * R * 4);
     for (int i = 0; i < B; i++)
         for (int c = 0; c < R; c++) {
             gref[(size_t)i * R + c] = r5[((size_t)i * 25 + idx[i]) * R + c];
-            r5ref[((size_t)i * 25 + idx[i]) * R + c] += src[(size_t)i * R + c];
+            r5ref[((size_t)i * 25 + idx[i]) * R + c] += act16 ? amdim_bf16_round(src[(size_t)i * R + c])
+                                                              : src[(size_t)i * R + c];
         }
     int32_t *didx = up(idx, B * sizeof *idx);
-    float *dr5 = up(r5, (size_t)B * 25 * R * 4), *dg = dev((size_t)B * R * 4), *dsrc = up(src, (size_t)B * R * 4);
+    void *dr5 = upa(r5, (size_t)B * 25 * R), *dg = deva((size_t)B * R), *dsrc = upa(src, (size_t)B * R);
     OK(gather_rows_cuda(&ctx, dr5, didx, B, R, dg));
     OK(scatter_rows_add_cuda(&ctx, dsrc, didx, B, R, dr5));
-    float *gg = down(dg, (size_t)B * R), *gr5 = down(dr5, (size_t)B * 25 * R);
+    float *gg = downa(dg, (size_t)B * R), *gr5 = downa(dr5, (size_t)B * 25 * R);
     compare("gather_rows", gg, gref, (size_t)B * R);
     compare("scatter_rows_add", gr5, r5ref, (size_t)B * 25 * R);
     free(src), free(tgt), free(srcT), free(tgtT), free(dsT), free(dtT), free(S), free(rows), free(dS), free(gsrc);
@@ -474,17 +551,20 @@ static void test_adam_layout(void)
                 for (int x = 0; x < K; x++) {
                     size_t a = amdim_oihw_index(o, i, y, x, I, K);
                     ohwi[amdim_ohwi_index(o, i, y, x, I, K)] = f[a];
-                    racc[a] = acc[a] + f[a];
+                    racc[a] = acc[a] + (act16 ? amdim_bf16_round(f[a]) : f[a]); /* the copy is what comes back */
                 }
-    float *df = up(f, fn * 4), *dt = dev(fn * 4), *dacc = up(acc, fn * 4);
+    float *df = up(f, fn * 4), *dacc = up(acc, fn * 4);
+    void *dt = deva(fn); /* the OHWI copy in the activation type */
     OK(oihw_to_ohwi_cuda(&ctx, df, O, I, K, dt));
     OK(ohwi_to_oihw_add_cuda(&ctx, dt, O, I, K, dacc));
-    float *gt = down(dt, fn), *gacc = down(dacc, fn);
+    float *gt = downa(dt, fn), *gacc = down(dacc, fn);
     compare("oihw_to_ohwi", gt, ohwi, fn);
     compare("ohwi_to_oihw_add", gacc, racc, fn);
     free(w), free(g), free(m), free(v), free(rw), free(rm), free(rv), free(hb), free(gw), free(gm), free(gv);
     free(f), free(acc), free(ohwi), free(racc), free(gt), free(gacc);
 }
+
+static void run_families(void);
 
 int main(void)
 {
@@ -494,6 +574,16 @@ int main(void)
         return TEST_SKIP;
     }
     amdim_rng_init(&rng, 7, 1, 0);
+    for (act16 = 0; act16 < 2; act16++) {
+        ctx.bf16 = act16;
+        run_families();
+    }
+    return test_finish("test_cuda_kernels");
+}
+
+/* every family in the activation type act16 */
+static void run_families(void)
+{
     test_input();
     test_pad();
     test_activation();
@@ -515,5 +605,4 @@ int main(void)
         test_nce_share(obj, 8, 4, 4, 49, 8);  /* rank 1 of 2 */
     }
     test_adam_layout();
-    return test_finish("test_cuda_kernels");
 }

@@ -67,13 +67,16 @@ typedef enum { AMDIM_DEVICE_CPU = 0, AMDIM_DEVICE_CUDA = 1 } amdim_device;
 int amdim_device_resolve(const char *name, amdim_device *out, char *err, size_t n);
 const char *amdim_device_name(amdim_device d);
 
-/* How a device computes; master weights, Adam moments and checkpoints
- * are fp32 in both. FP32: fp32 throughout, no TF32 (the CPU's only mode,
- * and CUDA's parity mode). BF16 (CUDA only, its default in amdim-train):
- * GEMMs with bf16-rounded operands and fp32 accumulation
- * (CUBLAS_COMPUTE_32F_FAST_16BF), convolutions in TF32 tensor-core math;
- * activations are still stored in fp32, and the NCE log-softmax, clip,
- * regulariser, BatchNorm statistics and losses are fp32 / fp64 as in FP32. */
+/* How a device computes; master weights, Adam moments, parameter
+ * gradients and checkpoints are fp32 in both. FP32: fp32 throughout, no
+ * TF32 (the CPU's only mode, and CUDA's parity mode). BF16 (CUDA only, its
+ * default in amdim-train): activations and activation gradients stored as
+ * bfloat16 (NHWC), convolutions on bf16 data (CUDNN_DATA_BFLOAT16) and
+ * GEMMs on bf16 operands (bf16 copies of the weights, written by Adam),
+ * tensor cores with fp32 accumulation; every kernel computes in fp32 /
+ * fp64 and rounds only when it stores, and the NCE scores and their
+ * log-softmax, clip and regulariser, BatchNorm statistics, logits and
+ * losses stay fp32 / fp64 as in FP32. */
 typedef enum { AMDIM_PRECISION_FP32 = 0, AMDIM_PRECISION_BF16 = 1 } amdim_precision;
 /* "fp32" or "bf16"; AMDIM_E_INVALID with the reason otherwise. */
 int amdim_precision_parse(const char *name, amdim_precision *out, char *err, size_t n);
