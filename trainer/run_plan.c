@@ -226,7 +226,13 @@ int run_plan_model(const amdim_train_options *o, const amdim_loader_info *li, ru
     amdim_precision prec = o->precision >= 0                  ? (amdim_precision)o->precision
                            : o->device == AMDIM_DEVICE_CUDA ? AMDIM_PRECISION_BF16
                                                              : AMDIM_PRECISION_FP32;
-    if ((st = amdim_model_set_precision(m, prec))) {
+    st = amdim_model_set_precision(m, prec);
+    if (st == AMDIM_E_UNSUPPORTED && o->precision < 0 && prec == AMDIM_PRECISION_BF16) {
+        /* the default on a GPU without bf16 (compute capability < 8.0): fp32, said once */
+        fprintf(stderr, "amdim-train: %s; training in fp32\n", amdim_model_error(m));
+        st = amdim_model_set_precision(m, AMDIM_PRECISION_FP32);
+    }
+    if (st) {
         amdim_fail(err, n, st, "%s", amdim_model_error(m));
         amdim_model_destroy(m);
         return st;

@@ -176,7 +176,9 @@ static float *G(const amdim_model *m, int i)
     AMDIM_ASSERT(m->arch.tensors[i].has_grad);
     return CS(m)->params + CS(m)->pp.grads + m->arch.tensors[i].goffset;
 }
-/* A GEMM's weight operand: the float master, or its bf16 copy in the bf16 mode. */
+/* A GEMM's weight operand: the float master, or its bf16 copy in the bf16
+ * mode (at the master's index: tensor offsets are multiples of
+ * AMDIM_TENSOR_ALIGN = 16, so every copy starts 32-byte aligned). */
 static const void *WG(const amdim_model *m, int i)
 {
     const cuda_state *c = CS(m);
@@ -200,6 +202,14 @@ static void *AE(const amdim_model *m, size_t off, size_t elems) { return (char *
 static float *AF(const amdim_model *m, size_t off) { return A(m, off); }
 static size_t ES(const amdim_model *m) { return CS(m)->es; }
 static const amdim_cuda_ctx *X(const amdim_model *m) { return &CS(m)->ctx; }
+/* The context with float activations: for a kernel over a float buffer
+ * (the logits and their gradient) in either mode. */
+static amdim_cuda_ctx X32(const amdim_model *m)
+{
+    amdim_cuda_ctx f = CS(m)->ctx;
+    f.bf16 = 0;
+    return f;
+}
 
 static amdim_cuda_bn bn_view(const amdim_model *m, amdim_bn_ref r)
 {
@@ -402,12 +412,8 @@ static int linear_forward(amdim_model *m, const void *x, size_t n, int in, const
     TRY(gemm(m, 0, 1, (int)n, out, in, 1.0f, x, in, w, in, beta, y, out, y_f32));
     if (!bias)
         return AMDIM_OK;
-    if (y_f32 && CS(m)->bf16) { /* float logits: the activation kernel's type is bf16 */
-        amdim_cuda_ctx f = *X(m);
-        f.bf16 = 0;
-        return bias_add_cuda(&f, y, bias, n, out);
-    }
-    return bias_add_cuda(X(m), y, bias, n, out);
+    amdim_cuda_ctx f = X32(m);
+    return bias_add_cuda(y_f32 ? &f : X(m), y, bias, n, out);
 }
 
 /* dw (out, in, float) += dy^T x; dbias += column sums of dy; dx (n, in) =
@@ -820,8 +826,10 @@ static int probes_backward(amdim_model *m, int n, const double *inv_valid)
     void *dla = A(m, P->dlogits_act), *dtmp = A(m, P->dtmp), *dtmp2 = A(m, P->dtmp2);
     TRY(classifier_loss_cuda(X(m), AF(m, P->logits[0]), n, n_all, K, labels, inv_valid, 1.0f, dl, dla,
                              cls_rows(m, 0)));
+    amdim_cuda_ctx f32 = X32(m); /* the probes' bias gradients from the float dl */
+    TRY(channel_sum_add_cuda(&f32, dl, (size_t)n, K, G(m, p->mlp_b2), BNS(m)));
     TRY(linear_backward(m, A(m, P->mlp_h2), (size_t)n, H, WG(m, p->mlp_w2), K, dla, dtmp, 0.0f, G(m, p->mlp_w2),
-                        G(m, p->mlp_b2)));
+                        NULL));
     TRY(dropout_cuda(X(m), dtmp, AF(m, P->mask_hidden), (size_t)n * H, dtmp));
     TRY(relu_backward_cuda(X(m), A(m, P->mlp_a1), dtmp, (size_t)n * H));
     amdim_cuda_bn bp = bn_view(m, p->mlp_bn);
@@ -831,8 +839,9 @@ static int probes_backward(amdim_model *m, int n, const double *inv_valid)
                         NULL));
     TRY(classifier_loss_cuda(X(m), AF(m, P->logits[1]), n, n_all, K, labels, inv_valid, 1.0f, dl, dla,
                              cls_rows(m, 1)));
+    TRY(channel_sum_add_cuda(&f32, dl, (size_t)n, K, G(m, p->lin_b), BNS(m)));
     return linear_backward(m, A(m, P->feat), (size_t)n, R, WG(m, p->lin_w), K, dla, NULL, 0.0f, G(m, p->lin_w),
-                           G(m, p->lin_b));
+                           NULL);
 }
 
 /* The host side of a collective of m->comm failing. */
@@ -1436,6 +1445,16 @@ static int cuda_set_precision(amdim_model *m, int bf16)
 {
     cuda_state *c = m->bs;
     bf16 = !!bf16;
+    if (bf16) { /* bf16 tensor-core math and CUDNN_DATA_BFLOAT16 convolutions need sm_80 or later */
+        int dev = 0, major = 0, minor = 0;
+        CU(cudaGetDevice(&dev), "cudaGetDevice");
+        CU(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev), "cudaDeviceGetAttribute");
+        CU(cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, dev), "cudaDeviceGetAttribute");
+        if (major < 8)
+            return MFAIL(AMDIM_E_UNSUPPORTED,
+                         "bf16: GPU %d has compute capability %d.%d; bf16 storage needs 8.0 or later (--precision fp32)",
+                         dev, major, minor);
+    }
     cublasStatus_t st = cublasSetMathMode(c->blas, bf16 ? CUBLAS_DEFAULT_MATH : CUBLAS_PEDANTIC_MATH);
     if (st != CUBLAS_STATUS_SUCCESS)
         return MFAIL(AMDIM_E_IO, "cublasSetMathMode(): %s", cublasGetStatusString(st));
