@@ -141,24 +141,36 @@ static float *downa(const void *d, size_t n)
 
 static void test_input(void)
 {
-    int B = 3, S = 9, C = 5;
-    size_t px = (size_t)B * S * S, n = px * 3;
+    /* the bf16 mode stores the views with 8 channels, the 3 then zeros */
+    int B = 3, S = 9, C = 5, cout = act16 ? 8 : 3, ldc = act16 ? 8 : C;
+    size_t px = (size_t)B * S * S, n = px * 3, no = px * cout;
     uint8_t *u8 = malloc(n);
     for (size_t i = 0; i < n; i++)
         u8[i] = (uint8_t)amdim_rng_int(&rng, 0, 255);
-    float scale[3] = {0.013f, 0.02f, 0.017f}, shift[3] = {1.9f, 2.1f, 1.7f}, *ref = malloc(n * sizeof *ref);
-    for (size_t i = 0; i < n; i++)
-        ref[i] = amdim_normalise_pixel(u8[i], scale[i % 3], shift[i % 3]);
+    float scale[3] = {0.013f, 0.02f, 0.017f}, shift[3] = {1.9f, 2.1f, 1.7f}, *ref = malloc(no * sizeof *ref);
+    for (size_t i = 0; i < no; i++) {
+        size_t c = i % cout;
+        ref[i] = c < 3 ? amdim_normalise_pixel(u8[i / cout * 3 + c], scale[c], shift[c]) : 0.0f;
+    }
     uint8_t *du8 = up(u8, n);
-    void *dy = deva(n);
-    OK(normalise_u8_cuda(&ctx, du8, px, scale, shift, dy));
-    float *got = downa(dy, n);
-    compare("normalise_u8", got, ref, n);
+    void *dy = deva(no);
+    OK(normalise_u8_cuda(&ctx, du8, px, scale, shift, cout, dy));
+    float *got = downa(dy, no);
+    compare("normalise_u8", got, ref, no);
+    /* NCHW float -> NHWC activations with ldc channels (zeros past C) */
+    size_t m = (size_t)B * C * S * S, mp = (size_t)B * S * S * ldc;
+    float *x = hact(m, -1, 1), *dx = up(x, m * 4), *db = dev(m * 4), *pref = calloc(mp, 4);
+    void *dp = deva(mp), *dt = deva(m);
+    OK(nchw_to_nhwc_cuda(&ctx, dx, B, C, S * S, ldc, dp));
+    float *gp = downa(dp, mp);
+    for (int b = 0; b < B; b++)
+        for (int c = 0; c < C; c++)
+            for (int p = 0; p < S * S; p++)
+                pref[((size_t)b * S * S + p) * ldc + c] = x[((size_t)b * C + c) * S * S + p];
+    compare("nchw_to_nhwc (channels padded)", gp, pref, mp);
+    free(gp), free(pref), cudaFree(dp);
     /* NCHW float <-> NHWC activations */
-    size_t m = (size_t)B * C * S * S;
-    float *x = hact(m, -1, 1), *dx = up(x, m * 4), *db = dev(m * 4);
-    void *dt = deva(m);
-    OK(nchw_to_nhwc_cuda(&ctx, dx, B, C, S * S, dt));
+    OK(nchw_to_nhwc_cuda(&ctx, dx, B, C, S * S, C, dt));
     OK(nhwc_to_nchw_cuda(&ctx, dt, B, C, S * S, db));
     float *t = downa(dt, m), *back = down(db, m);
     /* activations -> float */
@@ -541,24 +553,25 @@ static void test_adam_layout(void)
         memcpy(&b, &bits, 4);
         CHECK(fabsf(b - gw[i]) <= 4e-3f * fabsf(gw[i]) + 1e-30f, "bf16 copy %zu: %g vs %g", i, b, gw[i]);
     }
-    /* filters OIHW -> OHWI -> added back */
-    int O = 5, I = 3, K = 4;
-    size_t fn = (size_t)O * I * K * K;
-    float *f = hrand(fn, -1, 1), *acc = hrand(fn, -1, 1), *ohwi = malloc(fn * 4), *racc = malloc(fn * 4);
+    /* filters OIHW -> OHWI (input channels padded to Ipad with zeros, as
+     * the bf16 mode's first layer) -> added back */
+    int O = 5, I = 3, K = 4, Ipad = act16 ? 8 : I;
+    size_t fn = (size_t)O * I * K * K, fp = (size_t)O * Ipad * K * K;
+    float *f = hrand(fn, -1, 1), *acc = hrand(fn, -1, 1), *ohwi = calloc(fp, 4), *racc = malloc(fn * 4);
     for (int o = 0; o < O; o++)
         for (int i = 0; i < I; i++)
             for (int y = 0; y < K; y++)
                 for (int x = 0; x < K; x++) {
                     size_t a = amdim_oihw_index(o, i, y, x, I, K);
-                    ohwi[amdim_ohwi_index(o, i, y, x, I, K)] = f[a];
+                    ohwi[amdim_ohwi_index(o, i, y, x, Ipad, K)] = f[a];
                     racc[a] = acc[a] + (act16 ? amdim_bf16_round(f[a]) : f[a]); /* the copy is what comes back */
                 }
     float *df = up(f, fn * 4), *dacc = up(acc, fn * 4);
-    void *dt = deva(fn); /* the OHWI copy in the activation type */
-    OK(oihw_to_ohwi_cuda(&ctx, df, O, I, K, dt));
-    OK(ohwi_to_oihw_add_cuda(&ctx, dt, O, I, K, dacc));
-    float *gt = downa(dt, fn), *gacc = down(dacc, fn);
-    compare("oihw_to_ohwi", gt, ohwi, fn);
+    void *dt = deva(fp); /* the OHWI copy in the activation type */
+    OK(oihw_to_ohwi_cuda(&ctx, df, O, I, K, Ipad, dt));
+    OK(ohwi_to_oihw_add_cuda(&ctx, dt, O, I, K, Ipad, dacc));
+    float *gt = downa(dt, fp), *gacc = down(dacc, fn);
+    compare("oihw_to_ohwi", gt, ohwi, fp);
     compare("ohwi_to_oihw_add", gacc, racc, fn);
     free(w), free(g), free(m), free(v), free(rw), free(rm), free(rv), free(hb), free(gw), free(gm), free(gv);
     free(f), free(acc), free(ohwi), free(racc), free(gt), free(gacc);

@@ -46,7 +46,9 @@ static double check_plan(const char *name, const amdim_model_config *cfg, int B,
     int S = cfg->encoder_size, R = cfg->n_rkhs, K = cfg->n_classes;
     /* each layer's output is the (B, hout, hout, cout) arch.h describes */
     for (int v = 0; v < 2; v++) {
-        CHECK(extent_at(&p, p.x[v]) == (size_t)B * S * S * 3 * es, "%s: view %d", name, v);
+        /* the views: 3 channels, 8 (zero-padded) with bf16 activations */
+        CHECK(p.in_ch == (es == 2 ? 8 : 3), "%s: input channels", name);
+        CHECK(extent_at(&p, p.x[v]) == (size_t)B * S * S * p.in_ch * es, "%s: view %d", name, v);
         for (int l = 0; l < a.nlayers; l++) {
             const amdim_layer *L = &a.layers[l];
             size_t outn = (size_t)B * L->hout * L->hout * L->cout * es;
@@ -109,7 +111,11 @@ static double check_plan(const char *name, const amdim_model_config *cfg, int B,
     for (int i = 0; i < a.ntensors; i++)
         if (pp.ohwi[i] != AMDIM_CUDA_NONE) {
             nohwi++;
-            CHECK(pp.ohwi[i] % 64 == 0 && pp.ohwi[i] + a.tensors[i].size <= pp.dw_ohwi, "%s: ohwi %d", name, i);
+            /* the first layer's copy has room for 8 input channels (the bf16 mode's padding) */
+            size_t need = a.tensors[i].size / a.tensors[i].shape[1] *
+                          (i == a.layers[0].w1 && a.tensors[i].shape[1] < 8 ? 8 : a.tensors[i].shape[1]);
+            CHECK(pp.ohwi[i] % 64 == 0 && pp.ohwi[i] + need <= pp.dw_ohwi, "%s: ohwi %d", name, i);
+            CHECK(pp.dw_ohwi + need <= pp.total, "%s: filter gradient scratch for %d", name, i);
         }
     CHECK(pp.grads >= pp.weights + a.weights_size && pp.adam_v + a.grads_size <= pp.wbf, "%s: blocks", name);
     CHECK(pp.wbf % 64 == 0 && pp.wbf + (a.weights_size + 1) / 2 <= pp.total, "%s: bf16 weight copy", name);
@@ -123,7 +129,7 @@ static double check_plan(const char *name, const amdim_model_config *cfg, int B,
         if (L->kind == AMDIM_LAYER_BN || !amdim_cuda_conv_uses_cudnn(L))
             continue;
         int h = L->hin + 2 * L->pad, out[4];
-        amdim_conv_shape sh = {B, L->cin, h, h, L->cout, L->k, L->s};
+        amdim_conv_shape sh = {B, l ? L->cin : p.in_ch, h, h, L->cout, L->k, L->s};
         int rc = amdim_conv_output_dim(&sh, es == 2, out, err, sizeof err);
         CHECK(rc == 0, "%s", err);
         CHECK(rc || (out[0] == B && out[1] == L->cout && out[2] == L->hout && out[3] == L->hout),

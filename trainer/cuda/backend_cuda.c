@@ -558,14 +558,23 @@ static int ensure_buffers_for(amdim_model *m, int B, int group)
 
 static int ensure_buffers(amdim_model *m, int B) { return ensure_buffers_for(m, B, 0); }
 
-/* The OHWI copy of tensor i from its OIHW master, in the activation type
- * (no-op for GEMM weights). */
+/* Input channels layer L's convolution sees: the stored views' (3, or
+ * zero-padded to AMDIM_CUDA_BF16_IN_CH in the bf16 mode; plan.h) for the
+ * first layer, cin otherwise. */
+static int conv_cin(const amdim_model *m, const amdim_layer *L)
+{
+    return L == &m->arch.layers[0] ? amdim_cuda_in_channels((int)CS(m)->es) : L->cin;
+}
+
+/* The OHWI copy of tensor i from its OIHW master, in the activation type,
+ * with the first layer's input channels padded (no-op for GEMM weights). */
 static int refresh_ohwi(amdim_model *m, int i)
 {
     const amdim_tensor *t = &m->arch.tensors[i];
     if (CS(m)->pp.ohwi[i] == AMDIM_CUDA_NONE)
         return AMDIM_OK;
-    return oihw_to_ohwi_cuda(X(m), W(m, i), t->shape[0], t->shape[1], t->shape[2], WK(m, i));
+    int ipad = i == m->arch.layers[0].w1 ? conv_cin(m, &m->arch.layers[0]) : t->shape[1];
+    return oihw_to_ohwi_cuda(X(m), W(m, i), t->shape[0], t->shape[1], t->shape[2], ipad, WK(m, i));
 }
 
 /* Every weight's compute copies from the masters: the OHWI filters and,
@@ -584,10 +593,10 @@ static int refresh_copies(amdim_model *m)
 
 /* ---- encoder ------------------------------------------------------------------- */
 
-static amdim_conv_shape conv_shape(const amdim_layer *L, int B)
+static amdim_conv_shape conv_shape(const amdim_model *m, const amdim_layer *L, int B)
 {
     int h = L->hin + 2 * L->pad;
-    amdim_conv_shape s = {B, L->cin, h, h, L->cout, L->k, L->s};
+    amdim_conv_shape s = {B, conv_cin(m, L), h, h, L->cout, L->k, L->s};
     return s;
 }
 
@@ -602,17 +611,17 @@ static int layer_forward(amdim_model *m, const amdim_layer *L, const amdim_cuda_
     case AMDIM_LAYER_STEM: {
         const void *in = x;
         if (L->pad) {
-            TRY(reflect_pad_forward_cuda(X(m), x, B, L->hin, L->hin, L->cin, L->pad, A(m, lp->padded)));
+            TRY(reflect_pad_forward_cuda(X(m), x, B, L->hin, L->hin, conv_cin(m, L), L->pad, A(m, lp->padded)));
             in = A(m, lp->padded);
         }
-        amdim_conv_shape sh = conv_shape(L, B);
+        amdim_conv_shape sh = conv_shape(m, L, B);
         TRY(amdim_conv_forward(&c->conv, &sh, in, WK(m, L->w1), out));
         return bias_relu_forward_cuda(X(m), out, W(m, L->b1), rows, L->cout);
     }
     case AMDIM_LAYER_RES: {
         void *h1 = A(m, lp->h1), *r = A(m, lp->r);
         if (amdim_cuda_conv_uses_cudnn(L)) {
-            amdim_conv_shape sh = conv_shape(L, B);
+            amdim_conv_shape sh = conv_shape(m, L, B);
             TRY(amdim_conv_forward(&c->conv, &sh, x, WK(m, L->w1), h1));
         } else {
             TRY(linear_forward(m, x, rows, L->cin, WG(m, L->w1), NULL, L->cout, 0.0f, h1, C_ACT));
@@ -640,10 +649,10 @@ static int layer_backward(amdim_model *m, const amdim_layer *L, const amdim_cuda
         TRY(channel_sum_add_cuda(X(m), dy, rows, L->cout, G(m, L->b1), BNS(m)));
         const void *in = L->pad ? A(m, lp->padded) : x;
         AMDIM_ASSERT(!(L->pad && dx)); /* only the first layer pads: no input gradient */
-        amdim_conv_shape sh = conv_shape(L, B);
+        amdim_conv_shape sh = conv_shape(m, L, B);
         void *dw = c->params + c->pp.dw_ohwi; /* activation type */
         TRY(amdim_conv_backward_filter(&c->conv, &sh, in, dy, dw));
-        TRY(ohwi_to_oihw_add_cuda(X(m), dw, L->cout, L->cin, L->k, G(m, L->w1)));
+        TRY(ohwi_to_oihw_add_cuda(X(m), dw, L->cout, L->cin, L->k, sh.cin, G(m, L->w1)));
         return dx ? amdim_conv_backward_data(&c->conv, &sh, WK(m, L->w1), dy, dx) : AMDIM_OK;
     }
     case AMDIM_LAYER_RES: {
@@ -657,10 +666,10 @@ static int layer_backward(amdim_model *m, const amdim_layer *L, const amdim_cuda
                                         BNS(m)));
         }
         if (amdim_cuda_conv_uses_cudnn(L)) {
-            amdim_conv_shape sh = conv_shape(L, B);
+            amdim_conv_shape sh = conv_shape(m, L, B);
             void *dw = c->params + c->pp.dw_ohwi;
             TRY(amdim_conv_backward_filter(&c->conv, &sh, x, dr, dw));
-            TRY(ohwi_to_oihw_add_cuda(X(m), dw, L->cout, L->cin, L->k, G(m, L->w1)));
+            TRY(ohwi_to_oihw_add_cuda(X(m), dw, L->cout, L->cin, L->k, sh.cin, G(m, L->w1)));
             if (dx)
                 TRY(amdim_conv_backward_data(&c->conv, &sh, WK(m, L->w1), dr, dx));
         } else {
@@ -1310,7 +1319,7 @@ static int normalise(amdim_model *m, const uint8_t *u8, int B, void *x)
         scale[c] = 1.0f / (255.0f * m->cfg.std[c]);
         shift[c] = m->cfg.mean[c] / m->cfg.std[c];
     }
-    return normalise_u8_cuda(X(m), u8, (size_t)B * S * S, scale, shift, x);
+    return normalise_u8_cuda(X(m), u8, (size_t)B * S * S, scale, shift, amdim_cuda_in_channels((int)ES(m)), x);
 }
 
 static int load_u8(amdim_model *m, const uint8_t *u8, int B, void *x)
@@ -1338,7 +1347,7 @@ static int load_input(amdim_model *m, const amdim_step_input *in, int v)
         return load_u8(m, in->u8[v], B, A(m, P->x[v]));
     /* (B, 3, S, S) float via the scratch (float staging, plan.h) */
     TRY(copy(m, A(m, P->scratch), in->f32[v], (size_t)B * 3 * S * S * sizeof(float), cudaMemcpyHostToDevice));
-    return nchw_to_nhwc_cuda(X(m), A(m, P->scratch), B, 3, S * S, A(m, P->x[v]));
+    return nchw_to_nhwc_cuda(X(m), A(m, P->scratch), B, 3, S * S, P->in_ch, A(m, P->x[v]));
 }
 
 /* ---- the backend functions ----------------------------------------------------------- */

@@ -4,8 +4,8 @@
  * explicitly), cross-correlation as PyTorch. Data float32 with FMA math
  * (no TF32: the parity path), or - amdim_conv_set_bf16, the bf16
  * precision mode - bfloat16 data, filters and filter gradients
- * (CUDNN_DATA_BFLOAT16) on the tensor cores with float accumulation. cuDNN
- * takes the 3-channel input as it is (NHWC bf16, any C). Algorithms are
+ * (CUDNN_DATA_BFLOAT16) on the tensor cores with float accumulation (the
+ * backend pads the image's 3 channels to 8 for them, plan.h). Algorithms are
  * chosen once per shape with cudnnFind*Ex (fastest deterministic one that
  * fits the workspace), cached in the handle with the math type cuDNN
  * measured them with. */

@@ -46,11 +46,13 @@ typedef struct {
 } amdim_cuda_ctx;
 
 /* ---- input.cu ---- */
-/* x (B, S, S, 3) uint8 -> y (B, S, S, 3) activations: x * scale[c] - shift[c]. */
+/* x (B, S, S, 3) uint8 -> y (B, S, S, cout) activations: channel c < 3
+ * x * scale[c] - shift[c], channels 3 .. cout-1 zero (cout >= 3). */
 int normalise_u8_cuda(const amdim_cuda_ctx *c, const uint8_t *x, size_t pixels, const float scale[3],
-                      const float shift[3], void *y);
-/* x (B, C, HW) float -> y (B, HW, C) activations (the tests' NCHW float views). */
-int nchw_to_nhwc_cuda(const amdim_cuda_ctx *c, const float *x, int B, int C, int HW, void *y);
+                      const float shift[3], int cout, void *y);
+/* x (B, C, HW) float -> y (B, HW, ldc) activations, channels C .. ldc-1
+ * zero (the tests' NCHW float views). */
+int nchw_to_nhwc_cuda(const amdim_cuda_ctx *c, const float *x, int B, int C, int HW, int ldc, void *y);
 /* x (B, HW, C) activations -> y (B, C, HW) float. */
 int nhwc_to_nchw_cuda(const amdim_cuda_ctx *c, const void *x, int B, int C, int HW, float *y);
 /* n activations -> float. */
@@ -151,9 +153,10 @@ int adam_cuda(const amdim_cuda_ctx *c, float *w, const float *g, float *m, float
  * (cuDNN's NHWC filter format, "KRSC", in the activation type: cuDNN's
  * filters and filter gradients have the data's type); see layout.h for
  * the index maps. */
-int oihw_to_ohwi_cuda(const amdim_cuda_ctx *c, const float *w, int O, int I, int K, void *out);
-/* out (OIHW, float) += w (OHWI, activation type). */
-int ohwi_to_oihw_add_cuda(const amdim_cuda_ctx *c, const void *w, int O, int I, int K, float *out);
+/* out (O, K, K, Ipad) = w (O, I, K, K), input channels I .. Ipad-1 zero. */
+int oihw_to_ohwi_cuda(const amdim_cuda_ctx *c, const float *w, int O, int I, int K, int Ipad, void *out);
+/* out (OIHW, float) += w (O, K, K, Ipad; activation type) on its first I input channels. */
+int ohwi_to_oihw_add_cuda(const amdim_cuda_ctx *c, const void *w, int O, int I, int K, int Ipad, float *out);
 
 #ifdef __cplusplus
 }

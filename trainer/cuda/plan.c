@@ -52,6 +52,8 @@ int amdim_cuda_param_plan_build(amdim_cuda_param_plan *p, const amdim_arch *a)
         if (L->kind == AMDIM_LAYER_BN || !amdim_cuda_conv_uses_cudnn(L))
             continue;
         size_t n = a->tensors[L->w1].size;
+        if (l == 0) /* room for the bf16 mode's zero-padded input channels */
+            n = n / (size_t)L->cin * (size_t)(L->cin > AMDIM_CUDA_BF16_IN_CH ? L->cin : AMDIM_CUDA_BF16_IN_CH);
         p->ohwi[L->w1] = take(&top, n);
         dw = max2(dw, n);
     }
@@ -71,7 +73,8 @@ int amdim_cuda_plan_build(amdim_cuda_plan *p, const amdim_arch *a, int B, int ra
     memset(p, 0, sizeof *p);
     const amdim_model_config *c = &a->cfg;
     int S = c->encoder_size, R = c->n_rkhs, H = c->mlp_hidden, K = c->n_classes;
-    size_t top = 0, b = (size_t)B, maxact = 3 * b * S * S, bn = 0;
+    int xc = amdim_cuda_in_channels(act_bytes);
+    size_t top = 0, b = (size_t)B, maxact = (size_t)xc * b * S * S, bn = 0;
     AMDIM_ASSERT(ranks >= 0 && (act_bytes == 2 || act_bytes == 4));
     size_t es = (size_t)act_bytes;
 #define ACT(n) take_rec(p, &top, (n), es)        /* activations and their gradients */
@@ -81,6 +84,7 @@ int amdim_cuda_plan_build(amdim_cuda_plan *p, const amdim_arch *a, int B, int ra
     p->batch = B;
     p->ranks = ranks;
     p->act_bytes = act_bytes;
+    p->in_ch = xc;
     p->nlayers = a->nlayers;
     p->capextents = 128 + 12 * (size_t)a->nlayers;
     p->extents = malloc(p->capextents * sizeof *p->extents);
@@ -93,11 +97,12 @@ int amdim_cuda_plan_build(amdim_cuda_plan *p, const amdim_arch *a, int B, int ra
             amdim_cuda_plan_free(p);
             return AMDIM_E_NOMEM;
         }
-        p->x[v] = ACT(3 * b * S * S);
+        p->x[v] = ACT((size_t)xc * b * S * S);
         for (int l = 0; l < a->nlayers; l++) {
             const amdim_layer *L = &a->layers[l];
             amdim_cuda_layer_plan *lp = &p->layers[v][l];
-            size_t rows = b * L->hout * L->hout, in = b * L->hin * L->hin * L->cin, outn = rows * L->cout;
+            size_t cin = l ? (size_t)L->cin : (size_t)xc; /* the first layer reads the stored views */
+            size_t rows = b * L->hout * L->hout, in = b * L->hin * L->hin * cin, outn = rows * L->cout;
             maxact = max2(maxact, max2(in, outn));
             lp->out = ACT(outn);
             lp->mean = F32((size_t)L->cout);
@@ -105,7 +110,7 @@ int amdim_cuda_plan_build(amdim_cuda_plan *p, const amdim_arch *a, int B, int ra
             lp->padded = lp->h1 = lp->r = AMDIM_CUDA_NONE;
             if (L->kind == AMDIM_LAYER_STEM && L->pad) {
                 size_t hp = (size_t)L->hin + 2 * L->pad;
-                lp->padded = ACT(b * hp * hp * L->cin);
+                lp->padded = ACT(b * hp * hp * cin);
             }
             if (L->kind == AMDIM_LAYER_RES) {
                 lp->h1 = ACT(outn);

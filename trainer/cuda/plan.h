@@ -8,8 +8,9 @@
  *     uint16_t at the same per-tensor offsets; the GEMMs' operands in the
  *     bf16 mode, written by Adam), then an OHWI copy of every k x k (k > 1)
  *     convolution weight for cuDNN (layout.h; in the activation type, room
- *     for float), then one OHWI filter-gradient scratch as large as the
- *     largest such weight. Offsets count floats.
+ *     for float and, for the first layer, for AMDIM_CUDA_BF16_IN_CH input
+ *     channels), then one OHWI filter-gradient scratch as large as the
+ *     largest such copy. Offsets count floats.
  *   activations (per batch size B and activation type, on the first step
  *     with that B): offsets and sizes count BYTES. Activations and their
  *     gradients are NHWC (B, H, W, C) of act_bytes each (4: float, 2:
@@ -25,6 +26,13 @@
 
 #define AMDIM_CUDA_NONE ((size_t)-1)
 
+/* Channels of the stored input views and of the first convolution's
+ * input: 3 with float activations; with bfloat16 ones 8, the image's 3
+ * then zeros, so that cuDNN's bf16 tensor-core kernels (channels a
+ * multiple of 8) take the first convolution too. */
+#define AMDIM_CUDA_BF16_IN_CH 8
+static inline int amdim_cuda_in_channels(int act_bytes) { return act_bytes == 2 ? AMDIM_CUDA_BF16_IN_CH : 3; }
+
 typedef struct {
     size_t weights, grads, adam_m, adam_v; /* arch blocks */
     size_t wbf;                            /* bfloat16 copy of the weights block */
@@ -39,7 +47,7 @@ int amdim_cuda_conv_uses_cudnn(const amdim_layer *L);
 
 typedef struct {
     size_t out;    /* (B, hout, hout, cout) */
-    size_t padded; /* STEM with pad: (B, hin+2p, hin+2p, cin) */
+    size_t padded; /* STEM with pad: (B, hin+2p, hin+2p, cin; in_ch for the first layer) */
     size_t h1, r;  /* RES: conv1 output, after [BN] ReLU: (B, hout, hout, cout) */
     size_t mean, istd; /* (cout) */
 } amdim_cuda_layer_plan;
@@ -52,8 +60,9 @@ typedef struct {
 typedef struct {
     int batch, nlayers;
     int act_bytes;                    /* 4: float activations, 2: bfloat16 */
+    int in_ch;                        /* amdim_cuda_in_channels(act_bytes) */
     size_t u8;                        /* staging for one uint8 view (B, S, S, 3) */
-    size_t x[2];                      /* normalised views (B, S, S, 3) */
+    size_t x[2];                      /* normalised views (B, S, S, in_ch) */
     amdim_cuda_layer_plan *layers[2]; /* nlayers each */
     amdim_cuda_head_plan heads[2][2]; /* [view][0: 5x5, 1: 7x7] */
     size_t dr1[2], dr5[2], dr7[2];    /* gradients of r1 (B, R), r5 (B, 5, 5, R), r7 (B, 7, 7, R) */
