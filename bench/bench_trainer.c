@@ -346,7 +346,7 @@ int main(int argc, char **argv)
                run(dev, prec, &small, batch, steps, warmup, csv, NULL);
     }
     printf("# CUDA path, %s\n", prec == AMDIM_PRECISION_BF16
-                                   ? "bf16 (bf16 GEMMs with fp32 accumulation, TF32 convolutions, fp32 storage)"
+                                   ? "bf16 (bf16 activations, convolutions and GEMMs with fp32 accumulation)"
                                    : "fp32 (no TF32)");
     if (validate(dev, AMDIM_PRECISION_FP32, 1e-3) || (prec == AMDIM_PRECISION_BF16 && validate(dev, prec, 8e-2)))
         return 1;

@@ -139,10 +139,12 @@ static float *downa(const void *d, size_t n)
     return h;
 }
 
-static void test_input(void)
+/* cout: channels of the stored views (3; the bf16 mode's 8, the image's 3
+ * then zeros); ldc: of the NHWC test views (>= C = 5, zeros past C).
+ * Both paddings in both activation types. */
+static void test_input(int cout, int ldc)
 {
-    /* the bf16 mode stores the views with 8 channels, the 3 then zeros */
-    int B = 3, S = 9, C = 5, cout = act16 ? 8 : 3, ldc = act16 ? 8 : C;
+    int B = 3, S = 9, C = 5;
     size_t px = (size_t)B * S * S, n = px * 3, no = px * cout;
     uint8_t *u8 = malloc(n);
     for (size_t i = 0; i < n; i++)
@@ -529,6 +531,8 @@ static void test_nce(int objective, int B, int L, int R)
     free(rsrc), free(gtgt), free(rtgt), free(idx), free(r5), free(r5ref), free(gref), free(gg), free(gr5);
 }
 
+static void test_layout(int O, int I, int K, int Ipad);
+
 static void test_adam_layout(void)
 {
     size_t n = 777;
@@ -554,8 +558,14 @@ static void test_adam_layout(void)
         CHECK(fabsf(b - gw[i]) <= 4e-3f * fabsf(gw[i]) + 1e-30f, "bf16 copy %zu: %g vs %g", i, b, gw[i]);
     }
     /* filters OIHW -> OHWI (input channels padded to Ipad with zeros, as
-     * the bf16 mode's first layer) -> added back */
-    int O = 5, I = 3, K = 4, Ipad = act16 ? 8 : I;
+     * the bf16 mode's first layer; both in both types) -> added back */
+    for (int Ipad = 3; Ipad <= 8; Ipad += 5)
+        test_layout(5, 3, 4, Ipad);
+    free(w), free(g), free(m), free(v), free(rw), free(rm), free(rv), free(hb), free(gw), free(gm), free(gv);
+}
+
+static void test_layout(int O, int I, int K, int Ipad)
+{
     size_t fn = (size_t)O * I * K * K, fp = (size_t)O * Ipad * K * K;
     float *f = hrand(fn, -1, 1), *acc = hrand(fn, -1, 1), *ohwi = calloc(fp, 4), *racc = malloc(fn * 4);
     for (int o = 0; o < O; o++)
@@ -573,8 +583,8 @@ static void test_adam_layout(void)
     float *gt = downa(dt, fp), *gacc = down(dacc, fn);
     compare("oihw_to_ohwi", gt, ohwi, fp);
     compare("ohwi_to_oihw_add", gacc, racc, fn);
-    free(w), free(g), free(m), free(v), free(rw), free(rm), free(rv), free(hb), free(gw), free(gm), free(gv);
     free(f), free(acc), free(ohwi), free(racc), free(gt), free(gacc);
+    cudaFree(df), cudaFree(dacc), cudaFree(dt);
 }
 
 static void run_families(void);
@@ -597,7 +607,8 @@ int main(void)
 /* every family in the activation type act16 */
 static void run_families(void)
 {
-    test_input();
+    test_input(3, 5);
+    test_input(8, 8);
     test_pad();
     test_activation();
     test_avgpool(4, 2);

@@ -196,11 +196,13 @@ static int ranks_agree(const amdim_train_options *o, const amdim_loader_info *li
 #undef H
     static const char *names[] = {"loader batch share", "loader seed", "batches per epoch", "epochs",
                                   "start epoch", "start batch", "step limit", "updates so far",
-                                  "model options (hash)", "classifier phase", "--sync-bn"};
-    enum { K = 11 };
+                                  "model options (hash)", "classifier phase", "--sync-bn",
+                                  "device (0 CPU, 1 CUDA)", "precision (0 fp32, 1 bf16; a GPU below compute "
+                                  "capability 8.0 falls back to fp32)"};
+    enum { K = 13 };
     uint64_t v[K] = {li->batch, li->seed, li->batches_per_epoch, li->epochs, li->start_epoch, li->start_batch,
                      (uint64_t)p->ci.max_steps, amdim_model_updates(m), h, (uint64_t)p->probes,
-                     (uint64_t)g->sync_bn};
+                     (uint64_t)g->sync_bn, (uint64_t)amdim_model_device(m), (uint64_t)amdim_model_precision(m)};
     float mine[4 * K], *all = malloc((size_t)4 * K * g->size * sizeof(float));
     if (!all)
         return amdim_fail(err, n, AMDIM_E_NOMEM, "out of memory");

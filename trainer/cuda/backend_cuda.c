@@ -1310,7 +1310,8 @@ static void bn_sync_set(amdim_model *m, int on) { (void)m, (void)on; }
 
 /* ---- inputs ------------------------------------------------------------------------ */
 
-/* Device uint8 (B, S, S, 3) -> x (B, S, S, 3) activations, normalised. */
+/* Device uint8 (B, S, S, 3) -> x (B, S, S, in_ch) activations, normalised
+ * (channels past 3 zero: plan.h, amdim_cuda_in_channels). */
 static int normalise(amdim_model *m, const uint8_t *u8, int B, void *x)
 {
     int S = m->cfg.encoder_size;

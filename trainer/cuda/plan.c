@@ -74,7 +74,10 @@ int amdim_cuda_plan_build(amdim_cuda_plan *p, const amdim_arch *a, int B, int ra
     const amdim_model_config *c = &a->cfg;
     int S = c->encoder_size, R = c->n_rkhs, H = c->mlp_hidden, K = c->n_classes;
     int xc = amdim_cuda_in_channels(act_bytes);
-    size_t top = 0, b = (size_t)B, maxact = (size_t)xc * b * S * S, bn = 0;
+    /* maxact: the largest activation gradient (the first layer's input
+     * never gets one) and at least the 3 B S S floats of an NCHW test view
+     * staged in the scratch */
+    size_t top = 0, b = (size_t)B, maxact = 3 * b * S * S, bn = 0;
     AMDIM_ASSERT(ranks >= 0 && (act_bytes == 2 || act_bytes == 4));
     size_t es = (size_t)act_bytes;
 #define ACT(n) take_rec(p, &top, (n), es)        /* activations and their gradients */
@@ -103,7 +106,7 @@ int amdim_cuda_plan_build(amdim_cuda_plan *p, const amdim_arch *a, int B, int ra
             amdim_cuda_layer_plan *lp = &p->layers[v][l];
             size_t cin = l ? (size_t)L->cin : (size_t)xc; /* the first layer reads the stored views */
             size_t rows = b * L->hout * L->hout, in = b * L->hin * L->hin * cin, outn = rows * L->cout;
-            maxact = max2(maxact, max2(in, outn));
+            maxact = max2(maxact, max2(l ? in : 0, outn));
             lp->out = ACT(outn);
             lp->mean = F32((size_t)L->cout);
             lp->istd = F32((size_t)L->cout);

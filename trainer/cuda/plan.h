@@ -66,7 +66,7 @@ typedef struct {
     amdim_cuda_layer_plan *layers[2]; /* nlayers each */
     amdim_cuda_head_plan heads[2][2]; /* [view][0: 5x5, 1: 7x7] */
     size_t dr1[2], dr5[2], dr7[2];    /* gradients of r1 (B, R), r5 (B, 5, 5, R), r7 (B, 7, 7, R) */
-    size_t grad_a, grad_b, scratch;   /* maxact floats each (the scratch twice that) */
+    size_t grad_a, grad_b, scratch;   /* maxact activations each (the scratch twice that) */
     size_t dhead[2];                  /* head input gradients (B, hw, hw, cin) */
     size_t feat;                      /* r1 of both views (2B, R) */
     size_t mlp_h0, mlp_z1, mlp_a1, mlp_h2, mlp_mean, mlp_istd; /* (2B, R), (2B, H) x 3, (H) x 2 */
