@@ -500,8 +500,8 @@ int amdim_dataset_locate(amdim_dataset *ds, const char *split, uint64_t index, c
 
 int amdim_dataset_get(amdim_dataset *ds, const char *split, uint64_t index, amdim_record *rec)
 {
-    const void *val;
-    size_t len;
+    const void *val = NULL; /* set on success; initialised for -O3's -Wmaybe-uninitialized */
+    size_t len = 0;
     int st = amdim_dataset_locate(ds, split, index, &val, &len, NULL);
     if (st)
         return st;
