@@ -6,16 +6,16 @@
  * tiny random steps far from fp32 (batch 4; without BatchNorm the heads
  * normalise features whose spread is small beside their rounding), so the
  * tolerances are about twice the worst error tests/ref/bf16_error.py
- * measures with PyTorch's bf16 autocast on the same configs over 10 seeds
- * (in brackets, BatchNorm on / off). They catch a broken bf16 path (a
- * wrong type or layout gives errors of order 1 or NaN); test_cuda_kernels
- * holds each kernel to one bf16 step. Stated once:
- *   every loss term       8e-2 relative, floor 1e-3          [0.036 / 0.021]
- *   r1, r5, r7            ||gpu - cpu|| <= 0.15 / 0.4 ||cpu||  [0.059 / 0.18]
- *   logits                0.15 / 0.2                         [0.059 / 0.091]
- *   each gradient tensor  ||gpu - cpu|| <= 0.1 / 1.0 ||cpu|| + 3e-2 x the
- *                         largest gradient tensor's norm     [0.022 / 0.51]
- *   the whole gradient    0.12 / 0.6 of its norm             [0.052 / 0.31]
+ * measures with PyTorch's bf16 autocast on the same configs and input
+ * distributions over 30 seeds (in brackets, BatchNorm on / off). They
+ * catch a broken bf16 path (a wrong type or layout gives errors of order 1
+ * or NaN); test_cuda_kernels holds each kernel to one bf16 step. Stated once:
+ *   every loss term       8e-2 relative, floor 1e-3          [0.016 / 0.037]
+ *   r1, r5, r7            ||gpu - cpu|| <= 0.15 / 0.4 ||cpu||  [0.064 / 0.17]
+ *   logits                0.15 / 0.4                         [0.055 / 0.19]
+ *   each gradient tensor  ||gpu - cpu|| <= 0.1 / 1.5 ||cpu|| + 3e-2 x the
+ *                         largest gradient tensor's norm     [0.047 / 0.74]
+ *   the whole gradient    0.15 / 0.6 of its norm             [0.076 / 0.29]
  *   3 training steps      losses as above; every weight within 3 x 7 lr
  *                         of the CPU's (Adam's step bound)
  * then fp32 again on the same model: one step within test_cuda_model's
@@ -83,8 +83,8 @@ static void run(const char *name, int size, int ndf, int n_rkhs, int depth, int 
     REQUIRE(amdim_model_forward_backward(cm, x1, x2, labels, B, src5, mi, mh, &sc) == 0, "%s", amdim_model_error(cm));
     REQUIRE(amdim_model_forward_backward(gm, x1, x2, labels, B, src5, mi, mh, &sg) == 0, "%s", amdim_model_error(gm));
     /* tolerances: see the top of the file */
-    double tl = 8e-2, to = use_bn ? 0.15 : 0.4, tg = use_bn ? 0.1 : 1.0, tw = use_bn ? 0.12 : 0.6;
-    double tlog = use_bn ? 0.15 : 0.2;
+    double tl = 8e-2, to = use_bn ? 0.15 : 0.4, tg = use_bn ? 0.1 : 1.5, tw = use_bn ? 0.15 : 0.6;
+    double tlog = use_bn ? 0.15 : 0.4;
     losses(name, "forward", &sg, &sc, tl);
     float *a = malloc((size_t)B * R * 49 * 4), *b = malloc((size_t)B * R * 49 * 4);
     for (int v = 0; v < 2; v++)
