@@ -50,6 +50,9 @@ static double norm(const float *x, size_t n)
 
 /* ||g - c|| <= tol ||c|| + floor (floor: for tensors whose exact value is
  * zero, e.g. the bias before a training-mode BatchNorm, and holds noise). */
+static double worst_ratio; /* the largest error / limit of a run, printed */
+static char worst_what[160];
+
 static void normwise(const char *cfg, const char *what, const float *g, const float *c, size_t n, double tol,
                      double floor)
 {
@@ -60,6 +63,8 @@ static void normwise(const char *cfg, const char *what, const float *g, const fl
     double r = norm(c, n);
     CHECK(d <= tol * r + floor + 1e-12, "%s: %s: error %.3g, %.3g relative (limit %.0e, floor %.3g)", cfg, what, d,
           d / fmax(r, 1e-300), tol, floor);
+    if (d / (tol * r + floor + 1e-12) > worst_ratio)
+        worst_ratio = d / (tol * r + floor + 1e-12), snprintf(worst_what, sizeof worst_what, "%s", what);
 }
 
 static void run(const char *name, int size, int ndf, int n_rkhs, int depth, int use_bn)
@@ -158,7 +163,8 @@ static void run(const char *name, int size, int ndf, int n_rkhs, int depth, int 
     REQUIRE(amdim_model_forward_backward(cm, x1, x2, labels, B, src5, mi, mh, &sc) == 0, "%s", amdim_model_error(cm));
     REQUIRE(amdim_model_forward_backward(gm, x1, x2, labels, B, src5, mi, mh, &sg) == 0, "%s", amdim_model_error(gm));
     losses(name, "fp32 again", &sg, &sc, 2e-3);
-    printf("%s: compared\n", name);
+    printf("%s: compared; the closest to its limit: %s at %.2f of it\n", name, worst_what, worst_ratio);
+    worst_ratio = 0;
     test_step_inputs_free(&in);
     free(a), free(b);
     amdim_model_destroy(cm);

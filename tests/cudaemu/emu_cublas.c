@@ -1,0 +1,594 @@
+/* CPU emulation of the cuBLAS and cuBLASLt calls the CUDA backend makes
+ * (the emulated-device tests only; never in a real build, which links
+ * NVIDIA's libcublas and libcublasLt). "Device memory" is host memory and
+ * streams are ignored: every call does its work before it returns.
+ *
+ * The semantics are NVIDIA's documented ones, written independently of how
+ * the backend calls them, so that a mistake in the backend's calls shows up
+ * as an error status or as wrong numbers:
+ *  - Column-major matrices: element (i, j) of a matrix with leading
+ *    dimension ld is at index i + j ld. C (m x n) = alpha op(A) op(B) +
+ *    beta C with op(A) m x k and op(B) k x n; op(X) = X for CUBLAS_OP_N and
+ *    X^T for CUBLAS_OP_T (and CUBLAS_OP_C, the same for real data), so A is
+ *    stored m x k (N) or k x m (T), B k x n (N) or n x k (T). Each leading
+ *    dimension must be at least max(1, rows of the matrix as stored).
+ *  - Data fp32 or bf16 (uint16_t bits) in the combinations cuBLAS lists for
+ *    float compute: A, B, C all CUDA_R_32F; or A, B CUDA_R_16BF with C
+ *    CUDA_R_16BF or CUDA_R_32F. alpha and beta are host floats.
+ *  - Products are summed in double; each result is rounded to float and,
+ *    for bf16, on to bf16 (nearest even, as __float2bfloat16_rn). The math
+ *    mode and the "fast" compute types are accepted but the arithmetic is
+ *    not degraded to TF32 or bf16 inputs.
+ *  - beta == 0 never reads C (it may hold NaN); alpha == 0 or k == 0 does
+ *    not read A or B (as reference BLAS).
+ * cuBLASLt: D = alpha op(A) op(B) + beta C with the shapes, types and
+ * leading dimensions taken from the matrix layouts (column-major, batch 1)
+ * and the transposes from the matmul descriptor; C may be D (same layout). */
+#include <stddef.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <cublasLt.h>
+#include <cublas_v2.h>
+
+#include "elementwise.h"
+
+struct cublasContext {
+    cudaStream_t stream;
+    cublasMath_t math;
+    void *workspace;
+    size_t workspace_bytes;
+};
+
+struct cublasLtContext {
+    int unused;
+};
+
+/* The cuBLASLt descriptors are pointers to the headers' fixed-size opaque
+ * structs; each is the first member of the emulation's own struct, so the
+ * handle converts back to the struct (C11 6.7.2.1p15). */
+typedef struct {
+    cublasLtMatmulDescOpaque_t opaque;
+    cublasComputeType_t compute;
+    cudaDataType_t scale;
+    cublasOperation_t transa, transb;
+} lt_desc;
+
+typedef struct {
+    cublasLtMatrixLayoutOpaque_t opaque;
+    cudaDataType_t type;
+    uint64_t rows, cols;
+    int64_t ld;
+} lt_layout;
+
+typedef struct {
+    cublasLtMatmulPreferenceOpaque_t opaque;
+    uint64_t max_workspace;
+} lt_pref;
+
+static lt_desc *desc_of(cublasLtMatmulDesc_t d) { return (lt_desc *)(void *)d; }
+static lt_layout *layout_of(cublasLtMatrixLayout_t l) { return (lt_layout *)(void *)l; }
+static lt_pref *pref_of(cublasLtMatmulPreference_t p) { return (lt_pref *)(void *)p; }
+
+/* One GEMM operand as stored: data, type, leading dimension, transposed or not. */
+typedef struct {
+    const void *p;
+    cudaDataType_t type;
+    int64_t ld;
+    int trans;
+} operand;
+
+/* Element i of an fp32 or bf16 array. */
+static float load(const void *p, cudaDataType_t type, size_t i)
+{
+    return type == CUDA_R_32F ? ((const float *)p)[i] : amdim_bf16_value(((const uint16_t *)p)[i]);
+}
+
+/* Whether op is a valid operation for real data (CUBLAS_OP_C is the transpose; CUBLAS_OP_CONJG is not
+ * supported by cuBLAS). */
+static int valid_op(cublasOperation_t op) { return op == CUBLAS_OP_N || op == CUBLAS_OP_T || op == CUBLAS_OP_C; }
+
+/* Whether (A and B type, C type, compute type) is a combination cuBLAS documents for float compute with float
+ * scale: CUBLAS_STATUS_SUCCESS or CUBLAS_STATUS_NOT_SUPPORTED. */
+static cublasStatus_t check_types(cudaDataType_t ab, cudaDataType_t c, cublasComputeType_t compute)
+{
+    switch (compute) {
+    case CUBLAS_COMPUTE_32F:
+    case CUBLAS_COMPUTE_32F_PEDANTIC:
+        if (ab == CUDA_R_32F && c == CUDA_R_32F)
+            return CUBLAS_STATUS_SUCCESS;
+        if (ab == CUDA_R_16BF && (c == CUDA_R_16BF || c == CUDA_R_32F))
+            return CUBLAS_STATUS_SUCCESS;
+        return CUBLAS_STATUS_NOT_SUPPORTED;
+    case CUBLAS_COMPUTE_32F_FAST_16F:
+    case CUBLAS_COMPUTE_32F_FAST_16BF:
+    case CUBLAS_COMPUTE_32F_FAST_TF32:
+        return ab == CUDA_R_32F && c == CUDA_R_32F ? CUBLAS_STATUS_SUCCESS : CUBLAS_STATUS_NOT_SUPPORTED;
+    default:
+        return CUBLAS_STATUS_NOT_SUPPORTED;
+    }
+}
+
+/* op(X) of operand x converted to float and packed with the summation index contiguous: pk[a * depth + l] is
+ * op(X)(a, l) when x is the left factor (op(A), outer = m) and op(X)(l, a) when it is the right one (op(B),
+ * outer = n). NULL when out of memory. */
+static float *pack(const operand *x, int64_t outer, int64_t depth, int left)
+{
+    size_t count = (size_t)outer * (size_t)depth;
+    float *pk = malloc((count ? count : 1) * sizeof *pk);
+    if (!pk)
+        return NULL;
+    for (int64_t a = 0; a < outer; a++)
+        for (int64_t l = 0; l < depth; l++) {
+            /* left: op(X)(a, l); right: op(X)(l, a); stored index of X(row, col) is row + col ld */
+            int64_t row, col;
+            if (left) {
+                row = x->trans ? l : a;
+                col = x->trans ? a : l;
+            } else {
+                row = x->trans ? a : l;
+                col = x->trans ? l : a;
+            }
+            pk[a * depth + l] = load(x->p, x->type, (size_t)(row + col * x->ld));
+        }
+    return pk;
+}
+
+/* D(i, j) = alpha sum_l op(A)(i, l) op(B)(l, j) + beta C(i, j) for i < m, j < n, summed in double, rounded to
+ * float and stored as D's type. C is read (element by element, just before D(i, j) is written) only when beta != 0, so
+ * C may be D when both have the same layout. */
+static cublasStatus_t gemm(int64_t m, int64_t n, int64_t k, float alpha, const operand *a, const operand *b, float beta,
+                           const void *c, cudaDataType_t ct, int64_t ldc, void *d, cudaDataType_t dt, int64_t ldd)
+{
+    if (m == 0 || n == 0)
+        return CUBLAS_STATUS_SUCCESS;
+    int product = alpha != 0.0f && k > 0;
+    float *ap = NULL, *bp = NULL;
+    if (product) {
+        ap = pack(a, m, k, 1);
+        bp = pack(b, n, k, 0);
+        if (!ap || !bp) {
+            free(ap);
+            free(bp);
+            return CUBLAS_STATUS_ALLOC_FAILED;
+        }
+    }
+    for (int64_t j = 0; j < n; j++)
+        for (int64_t i = 0; i < m; i++) {
+            double acc = 0;
+            if (product) {
+                const float *ar = ap + i * k, *bc = bp + j * k;
+                for (int64_t l = 0; l < k; l++)
+                    acc += (double)ar[l] * (double)bc[l];
+            }
+            double v = (double)alpha * acc;
+            if (beta != 0.0f)
+                v += (double)beta * load(c, ct, (size_t)(i + j * ldc));
+            size_t di = (size_t)(i + j * ldd);
+            if (dt == CUDA_R_32F)
+                ((float *)d)[di] = (float)v;
+            else
+                ((uint16_t *)d)[di] = amdim_bf16_bits((float)v);
+        }
+    free(ap);
+    free(bp);
+    return CUBLAS_STATUS_SUCCESS;
+}
+
+/* The argument checks cublas<t>gemm and cublasGemmEx document as CUBLAS_STATUS_INVALID_VALUE: negative sizes,
+ * invalid operations, leading dimensions below the stored matrices' rows, missing scalars. */
+static cublasStatus_t check_blas_args(cublasOperation_t transa, cublasOperation_t transb, int m, int n, int k,
+                                      const void *alpha, int lda, int ldb, const void *beta, int ldc)
+{
+    if (!valid_op(transa) || !valid_op(transb) || m < 0 || n < 0 || k < 0 || !alpha || !beta)
+        return CUBLAS_STATUS_INVALID_VALUE;
+    int a_rows = transa == CUBLAS_OP_N ? m : k, b_rows = transb == CUBLAS_OP_N ? k : n;
+    if (lda < (a_rows > 1 ? a_rows : 1) || ldb < (b_rows > 1 ? b_rows : 1) || ldc < (m > 1 ? m : 1))
+        return CUBLAS_STATUS_INVALID_VALUE;
+    return CUBLAS_STATUS_SUCCESS;
+}
+
+/* ---- cuBLAS ---- */
+
+/* Creates a handle: legacy default stream, CUBLAS_DEFAULT_MATH, the library's own workspace. */
+cublasStatus_t cublasCreate(cublasHandle_t *handle)
+{
+    if (!handle)
+        return CUBLAS_STATUS_INVALID_VALUE;
+    *handle = calloc(1, sizeof **handle);
+    if (!*handle)
+        return CUBLAS_STATUS_ALLOC_FAILED;
+    (*handle)->math = CUBLAS_DEFAULT_MATH;
+    return CUBLAS_STATUS_SUCCESS;
+}
+
+/* Frees a handle (not the user's workspace). */
+cublasStatus_t cublasDestroy(cublasHandle_t handle)
+{
+    if (!handle)
+        return CUBLAS_STATUS_NOT_INITIALIZED;
+    free(handle);
+    return CUBLAS_STATUS_SUCCESS;
+}
+
+/* Records the stream (ignored); as documented, this also resets the workspace to the library's default. */
+cublasStatus_t cublasSetStream(cublasHandle_t handle, cudaStream_t streamId)
+{
+    if (!handle)
+        return CUBLAS_STATUS_NOT_INITIALIZED;
+    handle->stream = streamId;
+    handle->workspace = NULL;
+    handle->workspace_bytes = 0;
+    return CUBLAS_STATUS_SUCCESS;
+}
+
+/* Records the math mode: one of the documented modes, optionally with
+ * CUBLAS_MATH_DISALLOW_REDUCED_PRECISION_REDUCTION; it does not change the emulated arithmetic. */
+cublasStatus_t cublasSetMathMode(cublasHandle_t handle, cublasMath_t mode)
+{
+    if (!handle)
+        return CUBLAS_STATUS_NOT_INITIALIZED;
+    unsigned base = (unsigned)mode & ~(unsigned)CUBLAS_MATH_DISALLOW_REDUCED_PRECISION_REDUCTION;
+    if (base != CUBLAS_DEFAULT_MATH && base != CUBLAS_TENSOR_OP_MATH && base != CUBLAS_PEDANTIC_MATH &&
+        base != CUBLAS_TF32_TENSOR_OP_MATH && base != CUBLAS_FP32_EMULATED_BF16X9_MATH &&
+        base != CUBLAS_FP64_EMULATED_FIXEDPOINT_MATH)
+        return CUBLAS_STATUS_INVALID_VALUE;
+    handle->math = mode;
+    return CUBLAS_STATUS_SUCCESS;
+}
+
+/* Records the user's workspace (unused: the emulation needs none). The documented 256-byte alignment of the
+ * pointer is not checked, as the emulated cudaMalloc need not align that far. */
+cublasStatus_t cublasSetWorkspace(cublasHandle_t handle, void *workspace, size_t workspaceSizeInBytes)
+{
+    if (!handle)
+        return CUBLAS_STATUS_NOT_INITIALIZED;
+    if (!workspace && workspaceSizeInBytes)
+        return CUBLAS_STATUS_INVALID_VALUE;
+    handle->workspace = workspace;
+    handle->workspace_bytes = workspaceSizeInBytes;
+    return CUBLAS_STATUS_SUCCESS;
+}
+
+/* fp32 C = alpha op(A) op(B) + beta C (column-major). */
+cublasStatus_t cublasSgemm(cublasHandle_t handle, cublasOperation_t transa, cublasOperation_t transb, int m, int n,
+                           int k, const float *alpha, const float *A, int lda, const float *B, int ldb,
+                           const float *beta, float *C, int ldc)
+{
+    if (!handle)
+        return CUBLAS_STATUS_NOT_INITIALIZED;
+    cublasStatus_t st = check_blas_args(transa, transb, m, n, k, alpha, lda, ldb, beta, ldc);
+    if (st != CUBLAS_STATUS_SUCCESS)
+        return st;
+    operand a = {A, CUDA_R_32F, lda, transa != CUBLAS_OP_N}, b = {B, CUDA_R_32F, ldb, transb != CUBLAS_OP_N};
+    return gemm(m, n, k, *alpha, &a, &b, *beta, C, CUDA_R_32F, ldc, C, CUDA_R_32F, ldc);
+}
+
+/* C = alpha op(A) op(B) + beta C with typed A, B, C (column-major); float compute and float alpha, beta. */
+cublasStatus_t cublasGemmEx(cublasHandle_t handle, cublasOperation_t transa, cublasOperation_t transb, int m, int n,
+                            int k, const void *alpha, const void *A, cudaDataType Atype, int lda, const void *B,
+                            cudaDataType Btype, int ldb, const void *beta, void *C, cudaDataType Ctype, int ldc,
+                            cublasComputeType_t computeType, cublasGemmAlgo_t algo)
+{
+    if (!handle)
+        return CUBLAS_STATUS_NOT_INITIALIZED;
+    cublasStatus_t st = check_blas_args(transa, transb, m, n, k, alpha, lda, ldb, beta, ldc);
+    if (st != CUBLAS_STATUS_SUCCESS)
+        return st;
+    int a = (int)algo;
+    if (!(a >= CUBLAS_GEMM_DEFAULT && a <= CUBLAS_GEMM_ALGO23) &&
+        !(a >= CUBLAS_GEMM_DEFAULT_TENSOR_OP && a <= CUBLAS_GEMM_ALGO15_TENSOR_OP))
+        return CUBLAS_STATUS_NOT_SUPPORTED;
+    if (Atype != Btype)
+        return CUBLAS_STATUS_NOT_SUPPORTED;
+    if ((st = check_types(Atype, Ctype, computeType)) != CUBLAS_STATUS_SUCCESS)
+        return st;
+    operand oa = {A, Atype, lda, transa != CUBLAS_OP_N}, ob = {B, Btype, ldb, transb != CUBLAS_OP_N};
+    return gemm(m, n, k, *(const float *)alpha, &oa, &ob, *(const float *)beta, C, Ctype, ldc, C, Ctype, ldc);
+}
+
+/* A description of a status code, led by its name. */
+const char *cublasGetStatusString(cublasStatus_t status)
+{
+    switch (status) {
+    case CUBLAS_STATUS_SUCCESS:
+        return "CUBLAS_STATUS_SUCCESS: success";
+    case CUBLAS_STATUS_NOT_INITIALIZED:
+        return "CUBLAS_STATUS_NOT_INITIALIZED: the library was not initialized";
+    case CUBLAS_STATUS_ALLOC_FAILED:
+        return "CUBLAS_STATUS_ALLOC_FAILED: the resource allocation failed";
+    case CUBLAS_STATUS_INVALID_VALUE:
+        return "CUBLAS_STATUS_INVALID_VALUE: an invalid numeric value was used as an argument";
+    case CUBLAS_STATUS_ARCH_MISMATCH:
+        return "CUBLAS_STATUS_ARCH_MISMATCH: an absent device architectural feature is required";
+    case CUBLAS_STATUS_MAPPING_ERROR:
+        return "CUBLAS_STATUS_MAPPING_ERROR: an access to GPU memory space failed";
+    case CUBLAS_STATUS_EXECUTION_FAILED:
+        return "CUBLAS_STATUS_EXECUTION_FAILED: the GPU program failed to execute";
+    case CUBLAS_STATUS_INTERNAL_ERROR:
+        return "CUBLAS_STATUS_INTERNAL_ERROR: an internal operation failed";
+    case CUBLAS_STATUS_NOT_SUPPORTED:
+        return "CUBLAS_STATUS_NOT_SUPPORTED: the functionality requested is not supported";
+    case CUBLAS_STATUS_LICENSE_ERROR:
+        return "CUBLAS_STATUS_LICENSE_ERROR: error detected trying to check the license";
+    }
+    return "CUBLAS_STATUS_UNKNOWN: not a cublasStatus_t value";
+}
+
+/* ---- cuBLASLt ---- */
+
+/* Creates a cuBLASLt handle. */
+cublasStatus_t cublasLtCreate(cublasLtHandle_t *lightHandle)
+{
+    if (!lightHandle)
+        return CUBLAS_STATUS_INVALID_VALUE;
+    *lightHandle = calloc(1, sizeof **lightHandle);
+    return *lightHandle ? CUBLAS_STATUS_SUCCESS : CUBLAS_STATUS_ALLOC_FAILED;
+}
+
+/* Frees a cuBLASLt handle. */
+cublasStatus_t cublasLtDestroy(cublasLtHandle_t lightHandle)
+{
+    if (!lightHandle)
+        return CUBLAS_STATUS_NOT_INITIALIZED;
+    free(lightHandle);
+    return CUBLAS_STATUS_SUCCESS;
+}
+
+/* As cublasGetStatusString (cuBLASLt shares cuBLAS's status codes). */
+const char *cublasLtGetStatusString(cublasStatus_t status) { return cublasGetStatusString(status); }
+
+/* A matmul descriptor with the compute and scale (alpha, beta) types; no transposes. */
+cublasStatus_t cublasLtMatmulDescCreate(cublasLtMatmulDesc_t *matmulDesc, cublasComputeType_t computeType,
+                                        cudaDataType_t scaleType)
+{
+    if (!matmulDesc)
+        return CUBLAS_STATUS_INVALID_VALUE;
+    lt_desc *d = calloc(1, sizeof *d);
+    if (!d)
+        return CUBLAS_STATUS_ALLOC_FAILED;
+    d->compute = computeType;
+    d->scale = scaleType;
+    d->transa = d->transb = CUBLAS_OP_N;
+    *matmulDesc = &d->opaque;
+    return CUBLAS_STATUS_SUCCESS;
+}
+
+/* Frees a matmul descriptor (NULL is allowed). */
+cublasStatus_t cublasLtMatmulDescDestroy(cublasLtMatmulDesc_t matmulDesc)
+{
+    free(matmulDesc ? desc_of(matmulDesc) : NULL);
+    return CUBLAS_STATUS_SUCCESS;
+}
+
+/* The int32_t value of an attribute buffer, after the documented size check. */
+static int get_i32(const void *buf, size_t size, int32_t *v)
+{
+    if (size != sizeof *v)
+        return 0;
+    memcpy(v, buf, sizeof *v);
+    return 1;
+}
+
+/* Sets one matmul descriptor attribute. TRANSA, TRANSB, COMPUTE_TYPE and SCALE_TYPE are used; POINTER_MODE
+ * host or device, TRANSC N, FILL_MODE full, EPILOGUE default, SM_COUNT_TARGET and FAST_ACCUM change nothing here
+ * and are accepted; other values of those are CUBLAS_STATUS_NOT_SUPPORTED, other attributes
+ * CUBLAS_STATUS_INVALID_VALUE. A buffer of the wrong size is CUBLAS_STATUS_INVALID_VALUE. */
+cublasStatus_t cublasLtMatmulDescSetAttribute(cublasLtMatmulDesc_t matmulDesc, cublasLtMatmulDescAttributes_t attr,
+                                              const void *buf, size_t sizeInBytes)
+{
+    if (!matmulDesc || !buf)
+        return CUBLAS_STATUS_INVALID_VALUE;
+    lt_desc *d = desc_of(matmulDesc);
+    int32_t v;
+    switch (attr) {
+    case CUBLASLT_MATMUL_DESC_TRANSA:
+    case CUBLASLT_MATMUL_DESC_TRANSB:
+        if (!get_i32(buf, sizeInBytes, &v) || !valid_op((cublasOperation_t)v))
+            return CUBLAS_STATUS_INVALID_VALUE;
+        if (attr == CUBLASLT_MATMUL_DESC_TRANSA)
+            d->transa = (cublasOperation_t)v;
+        else
+            d->transb = (cublasOperation_t)v;
+        return CUBLAS_STATUS_SUCCESS;
+    case CUBLASLT_MATMUL_DESC_COMPUTE_TYPE:
+        if (!get_i32(buf, sizeInBytes, &v))
+            return CUBLAS_STATUS_INVALID_VALUE;
+        d->compute = (cublasComputeType_t)v;
+        return CUBLAS_STATUS_SUCCESS;
+    case CUBLASLT_MATMUL_DESC_SCALE_TYPE:
+        if (!get_i32(buf, sizeInBytes, &v))
+            return CUBLAS_STATUS_INVALID_VALUE;
+        d->scale = (cudaDataType_t)v;
+        return CUBLAS_STATUS_SUCCESS;
+    case CUBLASLT_MATMUL_DESC_POINTER_MODE:
+        if (!get_i32(buf, sizeInBytes, &v))
+            return CUBLAS_STATUS_INVALID_VALUE;
+        return v == CUBLASLT_POINTER_MODE_HOST || v == CUBLASLT_POINTER_MODE_DEVICE ? CUBLAS_STATUS_SUCCESS
+                                                                                    : CUBLAS_STATUS_NOT_SUPPORTED;
+    case CUBLASLT_MATMUL_DESC_TRANSC:
+        if (!get_i32(buf, sizeInBytes, &v))
+            return CUBLAS_STATUS_INVALID_VALUE;
+        return v == CUBLAS_OP_N ? CUBLAS_STATUS_SUCCESS : CUBLAS_STATUS_NOT_SUPPORTED;
+    case CUBLASLT_MATMUL_DESC_FILL_MODE:
+        if (!get_i32(buf, sizeInBytes, &v))
+            return CUBLAS_STATUS_INVALID_VALUE;
+        return v == CUBLAS_FILL_MODE_FULL ? CUBLAS_STATUS_SUCCESS : CUBLAS_STATUS_NOT_SUPPORTED;
+    case CUBLASLT_MATMUL_DESC_EPILOGUE: {
+        uint32_t e;
+        if (sizeInBytes != sizeof e)
+            return CUBLAS_STATUS_INVALID_VALUE;
+        memcpy(&e, buf, sizeof e);
+        return e == CUBLASLT_EPILOGUE_DEFAULT ? CUBLAS_STATUS_SUCCESS : CUBLAS_STATUS_NOT_SUPPORTED;
+    }
+    case CUBLASLT_MATMUL_DESC_SM_COUNT_TARGET:
+        return get_i32(buf, sizeInBytes, &v) ? CUBLAS_STATUS_SUCCESS : CUBLAS_STATUS_INVALID_VALUE;
+    case CUBLASLT_MATMUL_DESC_FAST_ACCUM:
+        return sizeInBytes == sizeof(int8_t) ? CUBLAS_STATUS_SUCCESS : CUBLAS_STATUS_INVALID_VALUE;
+    default:
+        return CUBLAS_STATUS_INVALID_VALUE;
+    }
+}
+
+/* A column-major rows x cols matrix of the type with leading dimension ld (checked when it is used). */
+cublasStatus_t cublasLtMatrixLayoutCreate(cublasLtMatrixLayout_t *matLayout, cudaDataType type, uint64_t rows,
+                                          uint64_t cols, int64_t ld)
+{
+    if (!matLayout)
+        return CUBLAS_STATUS_INVALID_VALUE;
+    lt_layout *l = calloc(1, sizeof *l);
+    if (!l)
+        return CUBLAS_STATUS_ALLOC_FAILED;
+    l->type = type;
+    l->rows = rows;
+    l->cols = cols;
+    l->ld = ld;
+    *matLayout = &l->opaque;
+    return CUBLAS_STATUS_SUCCESS;
+}
+
+/* Frees a matrix layout (NULL is allowed). */
+cublasStatus_t cublasLtMatrixLayoutDestroy(cublasLtMatrixLayout_t matLayout)
+{
+    free(matLayout ? layout_of(matLayout) : NULL);
+    return CUBLAS_STATUS_SUCCESS;
+}
+
+/* A heuristic search preference (no workspace allowed by default). */
+cublasStatus_t cublasLtMatmulPreferenceCreate(cublasLtMatmulPreference_t *pref)
+{
+    if (!pref)
+        return CUBLAS_STATUS_INVALID_VALUE;
+    lt_pref *p = calloc(1, sizeof *p);
+    if (!p)
+        return CUBLAS_STATUS_ALLOC_FAILED;
+    *pref = &p->opaque;
+    return CUBLAS_STATUS_SUCCESS;
+}
+
+/* Frees a preference (NULL is allowed). */
+cublasStatus_t cublasLtMatmulPreferenceDestroy(cublasLtMatmulPreference_t pref)
+{
+    free(pref ? pref_of(pref) : NULL);
+    return CUBLAS_STATUS_SUCCESS;
+}
+
+/* Sets one preference attribute, with the documented buffer sizes (uint64_t workspace bytes and implementation
+ * mask, uint32_t search mode, reduction mask and alignments, float waves count); none restricts the emulation's
+ * single algorithm, which needs no workspace. Unknown attributes are CUBLAS_STATUS_INVALID_VALUE. */
+cublasStatus_t cublasLtMatmulPreferenceSetAttribute(cublasLtMatmulPreference_t pref,
+                                                    cublasLtMatmulPreferenceAttributes_t attr, const void *buf,
+                                                    size_t sizeInBytes)
+{
+    if (!pref || !buf)
+        return CUBLAS_STATUS_INVALID_VALUE;
+    size_t want;
+    switch (attr) {
+    case CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES:
+    case CUBLASLT_MATMUL_PREF_IMPL_MASK:
+        want = sizeof(uint64_t);
+        break;
+    case CUBLASLT_MATMUL_PREF_SEARCH_MODE:
+    case CUBLASLT_MATMUL_PREF_REDUCTION_SCHEME_MASK:
+    case CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES:
+    case CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES:
+    case CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES:
+    case CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES:
+        want = sizeof(uint32_t);
+        break;
+    case CUBLASLT_MATMUL_PREF_MAX_WAVES_COUNT:
+        want = sizeof(float);
+        break;
+    default:
+        return CUBLAS_STATUS_INVALID_VALUE;
+    }
+    if (sizeInBytes != want)
+        return CUBLAS_STATUS_INVALID_VALUE;
+    if (attr == CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES)
+        memcpy(&pref_of(pref)->max_workspace, buf, sizeof(uint64_t));
+    return CUBLAS_STATUS_SUCCESS;
+}
+
+/* The problem a matmul descriptor and four layouts describe, checked: op(A) m x k, op(B) k x n, C and D m x n,
+ * every ld >= max(1, rows) (CUBLAS_STATUS_INVALID_VALUE otherwise); A, B, C/D types and compute type a
+ * documented float-compute combination with float scale, D's type C's (CUBLAS_STATUS_NOT_SUPPORTED otherwise). */
+static cublasStatus_t lt_problem(const lt_desc *d, const lt_layout *a, const lt_layout *b, const lt_layout *c,
+                                 const lt_layout *dd, int64_t *m, int64_t *n, int64_t *k)
+{
+    if (!d || !a || !b || !c || !dd)
+        return CUBLAS_STATUS_INVALID_VALUE;
+    const lt_layout *all[4] = {a, b, c, dd};
+    for (int i = 0; i < 4; i++) {
+        const lt_layout *l = all[i];
+        if (l->rows > INT64_MAX / 2 || l->cols > INT64_MAX / 2)
+            return CUBLAS_STATUS_INVALID_VALUE;
+        if (l->ld < 1 || l->ld < (int64_t)l->rows)
+            return CUBLAS_STATUS_INVALID_VALUE;
+    }
+    int ta = d->transa != CUBLAS_OP_N, tb = d->transb != CUBLAS_OP_N;
+    *m = (int64_t)dd->rows;
+    *n = (int64_t)dd->cols;
+    *k = (int64_t)(ta ? a->rows : a->cols);
+    int64_t am = (int64_t)(ta ? a->cols : a->rows);
+    int64_t bk = (int64_t)(tb ? b->cols : b->rows), bn = (int64_t)(tb ? b->rows : b->cols);
+    if (am != *m || bk != *k || bn != *n || c->rows != dd->rows || c->cols != dd->cols)
+        return CUBLAS_STATUS_INVALID_VALUE;
+    if (d->scale != CUDA_R_32F || a->type != b->type || c->type != dd->type)
+        return CUBLAS_STATUS_NOT_SUPPORTED;
+    return check_types(a->type, c->type, d->compute);
+}
+
+/* One algorithm for a valid problem: state CUBLAS_STATUS_SUCCESS, no workspace; nothing stored in the algo. */
+cublasStatus_t cublasLtMatmulAlgoGetHeuristic(cublasLtHandle_t lightHandle, cublasLtMatmulDesc_t operationDesc,
+                                              cublasLtMatrixLayout_t Adesc, cublasLtMatrixLayout_t Bdesc,
+                                              cublasLtMatrixLayout_t Cdesc, cublasLtMatrixLayout_t Ddesc,
+                                              cublasLtMatmulPreference_t preference, int requestedAlgoCount,
+                                              cublasLtMatmulHeuristicResult_t heuristicResultsArray[],
+                                              int *returnAlgoCount)
+{
+    if (!lightHandle)
+        return CUBLAS_STATUS_NOT_INITIALIZED;
+    if (!operationDesc || !Adesc || !Bdesc || !Cdesc || !Ddesc || !preference || requestedAlgoCount <= 0 ||
+        !heuristicResultsArray || !returnAlgoCount)
+        return CUBLAS_STATUS_INVALID_VALUE;
+    int64_t m, n, k;
+    cublasStatus_t st = lt_problem(desc_of(operationDesc), layout_of(Adesc), layout_of(Bdesc), layout_of(Cdesc),
+                                   layout_of(Ddesc), &m, &n, &k);
+    if (st != CUBLAS_STATUS_SUCCESS)
+        return st;
+    memset(&heuristicResultsArray[0], 0, sizeof heuristicResultsArray[0]);
+    heuristicResultsArray[0].workspaceSize = 0;
+    heuristicResultsArray[0].state = CUBLAS_STATUS_SUCCESS;
+    heuristicResultsArray[0].wavesCount = 1.0f;
+    *returnAlgoCount = 1;
+    return CUBLAS_STATUS_SUCCESS;
+}
+
+/* D = alpha op(A) op(B) + beta C per the layouts and the descriptor; algo may be NULL. In-place (C == D) needs
+ * C's layout to be D's. */
+cublasStatus_t cublasLtMatmul(cublasLtHandle_t lightHandle, cublasLtMatmulDesc_t computeDesc, const void *alpha,
+                              const void *A, cublasLtMatrixLayout_t Adesc, const void *B, cublasLtMatrixLayout_t Bdesc,
+                              const void *beta, const void *C, cublasLtMatrixLayout_t Cdesc, void *D,
+                              cublasLtMatrixLayout_t Ddesc, const cublasLtMatmulAlgo_t *algo, void *workspace,
+                              size_t workspaceSizeInBytes, cudaStream_t stream)
+{
+    (void)algo, (void)workspace, (void)workspaceSizeInBytes, (void)stream;
+    if (!lightHandle)
+        return CUBLAS_STATUS_NOT_INITIALIZED;
+    if (!computeDesc || !alpha || !beta || !Adesc || !Bdesc || !Cdesc || !Ddesc)
+        return CUBLAS_STATUS_INVALID_VALUE;
+    const lt_desc *d = desc_of(computeDesc);
+    const lt_layout *la = layout_of(Adesc), *lb = layout_of(Bdesc), *lc = layout_of(Cdesc), *lo = layout_of(Ddesc);
+    int64_t m, n, k;
+    cublasStatus_t st = lt_problem(d, la, lb, lc, lo, &m, &n, &k);
+    if (st != CUBLAS_STATUS_SUCCESS)
+        return st;
+    float fa = *(const float *)alpha, fb = *(const float *)beta;
+    if ((m && n && !D) || (m && n && k && fa != 0.0f && (!A || !B)) || (m && n && fb != 0.0f && !C))
+        return CUBLAS_STATUS_INVALID_VALUE;
+    if (C == D && C && (lc->ld != lo->ld || lc->type != lo->type))
+        return CUBLAS_STATUS_INVALID_VALUE;
+    operand oa = {A, la->type, la->ld, d->transa != CUBLAS_OP_N}, ob = {B, lb->type, lb->ld, d->transb != CUBLAS_OP_N};
+    return gemm(m, n, k, fa, &oa, &ob, fb, C, lc->type, lc->ld, D, lo->type, lo->ld);
+}
