@@ -227,8 +227,27 @@ static int finish(amdim_model *m)
     return AMDIM_OK;
 }
 
+/* A range in the activation arena lies inside one planned buffer (the
+ * plan's extents): every copy and clear is checked, so a size in the wrong
+ * unit (floats for bf16 activations) cannot spill into the next buffer
+ * unnoticed. Pointers elsewhere (host, the parameter arena) pass. */
+static void check_range(const amdim_model *m, const void *p, size_t bytes)
+{
+    const cuda_state *c = CS(m);
+    const char *a = c->act, *q = p;
+    if (!a || q < a || q >= a + c->plan.total)
+        return;
+    size_t off = (size_t)(q - a);
+    for (size_t i = 0; i < c->plan.nextents; i++)
+        if (off >= c->plan.extents[i][0] && off + bytes <= c->plan.extents[i][0] + c->plan.extents[i][1])
+            return;
+    AMDIM_ASSERT(!"a copy or clear crosses the end of a planned activation buffer");
+}
+
 static int copy(amdim_model *m, void *dst, const void *src, size_t bytes, enum cudaMemcpyKind kind)
 {
+    check_range(m, dst, bytes);
+    check_range(m, src, bytes);
     CU(cudaMemcpyAsync(dst, src, bytes, kind, CS(m)->stream), "cudaMemcpyAsync");
     if (kind == cudaMemcpyDeviceToHost)
         return finish(m);
@@ -237,6 +256,7 @@ static int copy(amdim_model *m, void *dst, const void *src, size_t bytes, enum c
 
 static int zero(amdim_model *m, void *p, size_t bytes)
 {
+    check_range(m, p, bytes);
     CU(cudaMemsetAsync(p, 0, bytes, CS(m)->stream), "cudaMemsetAsync");
     return AMDIM_OK;
 }
