@@ -834,6 +834,11 @@ static int probes_forward(amdim_model *m, int n, int train)
                           C_F32);
 }
 
+/* The ranks whose rows make the global batch the probes' means run over:
+ * the process group's, also in the classifier phase, whose steps plan no
+ * global target buffers (plan.ranks 0). */
+static int group_size(const amdim_model *m) { return m->comm ? m->comm->size : 1; }
+
 /* Classifier rows of head h (n rows) in the stats block. */
 static double *cls_rows(const amdim_model *m, int h)
 {
@@ -848,7 +853,7 @@ static int probes_backward(amdim_model *m, int n, const double *inv_valid)
     const amdim_probes *p = &m->arch.probes;
     int R = m->cfg.n_rkhs, H = m->cfg.mlp_hidden, K = m->cfg.n_classes;
     /* n_all: the rows of the global batch (the probes' means are over it) */
-    int n_all = n * (P->ranks ? P->ranks : 1);
+    int n_all = n * group_size(m);
     const int32_t *labels = (const int32_t *)(const void *)A(m, P->labels2);
     /* dl: the float gradient of the logits; dla: the same as activations (the GEMMs' operand) */
     float *dl = AF(m, P->dlogits);
@@ -925,7 +930,7 @@ static void cls_stats(amdim_model *m, int n, int valid, double valid_all, amdim_
     const amdim_cuda_plan *P = &CS(m)->plan;
     double inv_valid = valid_all > 0 ? 1.0 / valid_all : 0.0;
     const double *base = CS(m)->stats + AMDIM_CUDA_STATS_CLS * (size_t)P->batch;
-    double inv_all = 1.0 / ((double)n * (P->ranks ? P->ranks : 1) * m->cfg.n_classes);
+    double inv_all = 1.0 / ((double)n * group_size(m) * m->cfg.n_classes);
     for (int h = 0; h < 2; h++) {
         const double *r = base + (size_t)h * 6 * CS(m)->plan.batch;
         double xent = 0, reg = 0;
