@@ -6,14 +6,19 @@
  *   fp32: 12 steps with the same loader, every logged loss within 1e-4
  *         relative of the CPU's (fp32 on both, other summation orders);
  *   bf16: 8 steps with an evaluation, a checkpoint, and the CPU resuming it
- *         to step 12 (a bf16 CUDA checkpoint is an ordinary one).
+ *         to step 12 (a bf16 CUDA checkpoint is an ordinary one);
+ *   amdim-embed --device cuda of the fp32 run's checkpoint: the features
+ *         within 1e-4 of the CPU's amdim-embed (relative, floor 1e-2 of the
+ *         largest).
  * Arguments: amdim-load, amdim-train (CPU build), amdim-train on the
- * emulated device. */
+ * emulated device, amdim-embed (CPU build), amdim-embed on the emulated
+ * device. */
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/wait.h>
 
+#include "amdim_checkpoint.h"
 #include "testutil.h"
 
 static const char *load_bin;
@@ -63,7 +68,8 @@ static int losses(const char *run, double *out, int max)
 
 int main(int argc, char **argv)
 {
-    REQUIRE(argc == 4, "usage: test_cudaemu_train AMDIM-LOAD AMDIM-TRAIN AMDIM-TRAIN-EMULATED");
+    REQUIRE(argc == 6, "usage: test_cudaemu_train AMDIM-LOAD AMDIM-TRAIN AMDIM-TRAIN-EMULATED AMDIM-EMBED "
+                       "AMDIM-EMBED-EMULATED");
     load_bin = argv[1];
     const char *cpu_bin = argv[2], *emu_bin = argv[3];
     snprintf(data, sizeof data, "%s", test_path("data.lmdb"));
@@ -110,5 +116,34 @@ int main(int argc, char **argv)
     CHECK(nh == 12, "after the resume %d loss lines, want 12", nh);
     printf("bf16: 8 steps (loss %.4f -> %.4f), evaluated, resumed on the CPU to step 12 (loss %.4f)\n", lh[0], lh[7],
            nh == 12 ? lh[11] : NAN);
+
+    /* amdim-embed of the fp32 run's checkpoint on both */
+    char ck[4300], fc[4300], fg[4300];
+    REQUIRE(amdim_checkpoint_latest(runC, ck, sizeof ck) == 0, "no checkpoint in %s", runC);
+    snprintf(fc, sizeof fc, "%s", test_path("feats_cpu.npy"));
+    snprintf(fg, sizeof fg, "%s", test_path("feats_cuda.npy"));
+    char *ec[] = {(char *)argv[4], "--checkpoint", ck, "--device", "cpu", "--out", fc, data, NULL};
+    char *eg[] = {(char *)argv[5], "--checkpoint", ck, "--device", "cuda", "--out", fg, data, NULL};
+    char *o, *er;
+    int s1 = test_run(ec, &o, &er);
+    CHECK(WIFEXITED(s1) && WEXITSTATUS(s1) == 0, "amdim-embed (CPU): %s", er);
+    free(o), free(er);
+    int s2 = test_run(eg, &o, &er);
+    CHECK(WIFEXITED(s2) && WEXITSTATUS(s2) == 0, "amdim-embed --device cuda: %s", er);
+    free(o), free(er);
+    size_t lc_, lg_;
+    char *a = test_read_file(fc, &lc_), *b = test_read_file(fg, &lg_);
+    REQUIRE(a && b && lc_ == lg_ && lc_ > 128, "feature files");
+    size_t h = 10 + ((uint8_t)a[8] | (uint8_t)a[9] << 8), n = (lc_ - h) / 4;
+    CHECK(memcmp(a, b, h) == 0, "npy headers differ");
+    const float *fa = (const float *)(const void *)(a + h), *fb = (const float *)(const void *)(b + h);
+    double big = 0, worst_e = 0;
+    for (size_t i = 0; i < n; i++)
+        big = fmax(big, fabs(fa[i]));
+    for (size_t i = 0; i < n; i++)
+        worst_e = fmax(worst_e, fabs(fb[i] - fa[i]) / fmax(fabs(fa[i]), 1e-2 * big));
+    CHECK(worst_e <= 1e-4, "amdim-embed features differ by %.3g relative", worst_e);
+    printf("amdim-embed --device cuda: %zu features within %.2g of the CPU's\n", n, worst_e);
+    free(a), free(b);
     return test_finish("test_cudaemu_train");
 }
