@@ -571,6 +571,18 @@ static cudnnStatus_t find_common(cudnnHandle_t handle, const struct cudnnTensorS
     return CUDNN_STATUS_SUCCESS;
 }
 
+/* The Find*Ex calls' single result (each family has its own perf struct). */
+#define ONE_RESULT(perf, algo_, conv, count)                  \
+    do {                                                      \
+        memset((perf), 0, sizeof *(perf));                    \
+        (perf)->algo = (algo_);                               \
+        (perf)->status = CUDNN_STATUS_SUCCESS;                \
+        (perf)->determinism = CUDNN_DETERMINISTIC;            \
+        (perf)->mathType = (conv)->math;                      \
+        *(count) = 1;                                         \
+        return CUDNN_STATUS_SUCCESS;                          \
+    } while (0)
+
 /* One result: CUDNN_CONVOLUTION_FWD_ALGO_IMPLICIT_GEMM, deterministic, no workspace, the descriptor's math type.
  * y's contents are overwritten. */
 cudnnStatus_t cudnnFindConvolutionForwardAlgorithmEx(cudnnHandle_t handle, const cudnnTensorDescriptor_t xDesc,
@@ -586,15 +598,7 @@ cudnnStatus_t cudnnFindConvolutionForwardAlgorithmEx(cudnnHandle_t handle, const
                                    returnedAlgoCount, perfResults);
     if (st != CUDNN_STATUS_SUCCESS)
         return st;
-    memset(perfResults, 0, sizeof *perfResults);
-    perfResults->algo = CUDNN_CONVOLUTION_FWD_ALGO_IMPLICIT_GEMM;
-    perfResults->status = CUDNN_STATUS_SUCCESS;
-    perfResults->time = 0;
-    perfResults->memory = 0;
-    perfResults->determinism = CUDNN_DETERMINISTIC;
-    perfResults->mathType = convDesc->math;
-    *returnedAlgoCount = 1;
-    return CUDNN_STATUS_SUCCESS;
+    ONE_RESULT(perfResults, CUDNN_CONVOLUTION_FWD_ALGO_IMPLICIT_GEMM, convDesc, returnedAlgoCount);
 }
 
 /* One result: CUDNN_CONVOLUTION_BWD_DATA_ALGO_1 (ALGO_0 is documented non-deterministic), deterministic, no
@@ -612,15 +616,7 @@ cudnnStatus_t cudnnFindConvolutionBackwardDataAlgorithmEx(cudnnHandle_t handle, 
                                    returnedAlgoCount, perfResults);
     if (st != CUDNN_STATUS_SUCCESS)
         return st;
-    memset(perfResults, 0, sizeof *perfResults);
-    perfResults->algo = CUDNN_CONVOLUTION_BWD_DATA_ALGO_1;
-    perfResults->status = CUDNN_STATUS_SUCCESS;
-    perfResults->time = 0;
-    perfResults->memory = 0;
-    perfResults->determinism = CUDNN_DETERMINISTIC;
-    perfResults->mathType = convDesc->math;
-    *returnedAlgoCount = 1;
-    return CUDNN_STATUS_SUCCESS;
+    ONE_RESULT(perfResults, CUDNN_CONVOLUTION_BWD_DATA_ALGO_1, convDesc, returnedAlgoCount);
 }
 
 /* One result: CUDNN_CONVOLUTION_BWD_FILTER_ALGO_1 (ALGO_0 is documented non-deterministic), deterministic, no
@@ -638,15 +634,7 @@ cudnnStatus_t cudnnFindConvolutionBackwardFilterAlgorithmEx(cudnnHandle_t handle
                                    returnedAlgoCount, perfResults);
     if (st != CUDNN_STATUS_SUCCESS)
         return st;
-    memset(perfResults, 0, sizeof *perfResults);
-    perfResults->algo = CUDNN_CONVOLUTION_BWD_FILTER_ALGO_1;
-    perfResults->status = CUDNN_STATUS_SUCCESS;
-    perfResults->time = 0;
-    perfResults->memory = 0;
-    perfResults->determinism = CUDNN_DETERMINISTIC;
-    perfResults->mathType = convDesc->math;
-    *returnedAlgoCount = 1;
-    return CUDNN_STATUS_SUCCESS;
+    ONE_RESULT(perfResults, CUDNN_CONVOLUTION_BWD_FILTER_ALGO_1, convDesc, returnedAlgoCount);
 }
 
 /* ---- convolutions ---- */
