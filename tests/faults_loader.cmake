@@ -1,0 +1,1 @@
+# Ring and loader fault tests (issue 26).

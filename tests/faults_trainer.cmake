@@ -1,0 +1,1 @@
+# Trainer-side fault tests (issue 26): run directory, checkpoints, outputs.
