@@ -49,6 +49,21 @@ double amdim_now(void);
 /* Number of online CPUs (at least 1). */
 int amdim_cpu_count(void);
 
+/* How much memory this process may still allocate: the smaller of
+ * /proc/meminfo's MemAvailable and, for each memory cgroup from the
+ * process's own up to the root of the hierarchy that has a limit, the
+ * limit minus current usage (cgroup v2: memory.max and memory.current;
+ * v1: memory.limit_in_bytes and memory.usage_in_bytes). On success returns
+ * 0 with the figure in *bytes and, in `why` (may be NULL), the bound that
+ * applied, e.g. "MemAvailable 21.3 GiB" or "cgroup memory.max 4.0 GiB,
+ * 1.2 GiB in use (/sys/fs/cgroup/app)". Returns AMDIM_E_IO when neither
+ * /proc/meminfo nor a cgroup limit can be read and AMDIM_E_CORRUPT when
+ * /proc/meminfo has no MemAvailable line, with the reason in `why`. */
+int amdim_mem_available(uint64_t *bytes, char *why, size_t whyn);
+
+/* Writes a byte count for people: "1.5 TiB", "4.0 GiB" or "12.5 MiB". */
+void amdim_format_bytes(char *buf, size_t n, uint64_t bytes);
+
 /* SIMD instruction sets the CPU paths choose between at run time, each
  * including the ones below it: AVX2 with FMA (every AVX2 CPU has both);
  * AVX-512 F/BW/VL/DQ with VNNI and VBMI (Intel Ice Lake and later, AMD Zen 4

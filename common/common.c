@@ -1,6 +1,8 @@
 #include "amdim_common.h"
+#include "common_internal.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -164,4 +166,184 @@ int amdim_cli_int(const char *prog, const char *name, const char *s, long long l
     }
     *out = v;
     return 0;
+}
+
+int amdim_mem_parse_meminfo(const char *text, uint64_t *bytes)
+{
+    for (const char *line = text; line && *line; line = strchr(line, '\n') ? strchr(line, '\n') + 1 : NULL) {
+        if (strncmp(line, "MemAvailable:", 13) != 0)
+            continue;
+        char *end;
+        errno = 0;
+        unsigned long long kb = strtoull(line + 13, &end, 10);
+        while (*end == ' ')
+            end++;
+        if (errno || end == line + 13 || strncmp(end, "kB", 2) != 0 || kb > UINT64_MAX / 1024)
+            return AMDIM_E_CORRUPT;
+        *bytes = (uint64_t)kb * 1024;
+        return AMDIM_OK;
+    }
+    return AMDIM_E_CORRUPT;
+}
+
+int amdim_mem_parse_cgroup(const char *text, int *version, char *path, size_t pathn)
+{
+    const char *v2 = NULL;
+    for (const char *line = text; line && *line; line = strchr(line, '\n') ? strchr(line, '\n') + 1 : NULL) {
+        const char *c1 = strchr(line, ':');
+        const char *eol = strchr(line, '\n');
+        if (!eol)
+            eol = line + strlen(line);
+        if (!c1 || c1 > eol)
+            continue;
+        const char *c2 = memchr(c1 + 1, ':', (size_t)(eol - c1 - 1));
+        if (!c2)
+            continue;
+        if (c2 == c1 + 1 && strncmp(line, "0:", 2) == 0) {
+            v2 = c2 + 1;
+            continue;
+        }
+        /* controller list "cpu,memory": look for a whole "memory" entry */
+        for (const char *c = c1 + 1; c < c2;) {
+            const char *comma = memchr(c, ',', (size_t)(c2 - c));
+            const char *e = comma ? comma : c2;
+            if (e - c == 6 && strncmp(c, "memory", 6) == 0) {
+                size_t n = (size_t)(eol - c2 - 1);
+                if (n + 1 > pathn)
+                    return AMDIM_E_TOO_LARGE;
+                memcpy(path, c2 + 1, n);
+                path[n] = 0;
+                *version = 1;
+                return AMDIM_OK;
+            }
+            c = e + 1;
+        }
+    }
+    if (!v2)
+        return AMDIM_E_NOT_FOUND;
+    const char *eol = strchr(v2, '\n');
+    size_t n = eol ? (size_t)(eol - v2) : strlen(v2);
+    if (n + 1 > pathn)
+        return AMDIM_E_TOO_LARGE;
+    memcpy(path, v2, n);
+    path[n] = 0;
+    *version = 2;
+    return AMDIM_OK;
+}
+
+int amdim_mem_parse_value(const char *text, uint64_t *bytes, int *unlimited)
+{
+    *unlimited = 0;
+    if (strncmp(text, "max", 3) == 0 && (text[3] == 0 || text[3] == '\n')) {
+        *unlimited = 1;
+        *bytes = UINT64_MAX;
+        return AMDIM_OK;
+    }
+    char *end;
+    errno = 0;
+    unsigned long long v = strtoull(text, &end, 10);
+    if (errno || end == text || (*end && *end != '\n') || text[0] == '-')
+        return AMDIM_E_CORRUPT;
+    *bytes = v;
+    *unlimited = v >= (1ull << 60);
+    return AMDIM_OK;
+}
+
+void amdim_format_bytes(char *buf, size_t n, uint64_t b)
+{
+    if (b >= (1ull << 40))
+        snprintf(buf, n, "%.1f TiB", (double)b / (double)(1ull << 40));
+    else if (b >= (1ull << 30))
+        snprintf(buf, n, "%.1f GiB", (double)b / (double)(1ull << 30));
+    else
+        snprintf(buf, n, "%.1f MiB", (double)b / (double)(1ull << 20));
+}
+
+int amdim_mem_available_with(amdim_mem_reader read, void *ctx, const char *cgroot, uint64_t *bytes, char *why,
+                             size_t whyn)
+{
+    char buf[8192], cgpath[1024], dir[1400], file[1500], a[32], u[32];
+    char ignored[256];
+    if (!why || !whyn) {
+        why = ignored;
+        whyn = sizeof ignored;
+    }
+    uint64_t best = UINT64_MAX;
+    int have = 0, st;
+    const char *mem_err = "";
+
+    st = read(ctx, "/proc/meminfo", buf, sizeof buf);
+    if (st == 0 && amdim_mem_parse_meminfo(buf, &best) == 0) {
+        have = 1;
+        amdim_format_bytes(a, sizeof a, best);
+        snprintf(why, whyn, "MemAvailable %s", a);
+    } else {
+        mem_err = st ? "/proc/meminfo cannot be read" : "/proc/meminfo has no valid MemAvailable line";
+        st = st ? AMDIM_E_IO : AMDIM_E_CORRUPT;
+    }
+
+    int version = 0;
+    if (read(ctx, "/proc/self/cgroup", buf, sizeof buf) == 0 &&
+        amdim_mem_parse_cgroup(buf, &version, cgpath, sizeof cgpath) == 0) {
+        const char *limit_name = version == 2 ? "memory.max" : "memory.limit_in_bytes";
+        const char *usage_name = version == 2 ? "memory.current" : "memory.usage_in_bytes";
+        /* A limit on any ancestor binds too, and inside a container the
+         * leaf path may not exist under the mount: walk up to the root. */
+        size_t len = strlen(cgpath);
+        while (len > 0 && cgpath[len - 1] == '/')
+            cgpath[--len] = 0;
+        for (;;) {
+            snprintf(dir, sizeof dir, "%s%s%s", cgroot, version == 1 ? "/memory" : "", cgpath);
+            uint64_t limit, usage;
+            int unlimited, dummy;
+            snprintf(file, sizeof file, "%s/%s", dir, limit_name);
+            if (read(ctx, file, buf, sizeof buf) == 0 && amdim_mem_parse_value(buf, &limit, &unlimited) == 0 &&
+                !unlimited) {
+                snprintf(file, sizeof file, "%s/%s", dir, usage_name);
+                if (read(ctx, file, buf, sizeof buf) == 0 && amdim_mem_parse_value(buf, &usage, &dummy) == 0) {
+                    uint64_t left = usage < limit ? limit - usage : 0;
+                    if (!have || left < best) {
+                        best = left;
+                        have = 1;
+                        amdim_format_bytes(a, sizeof a, limit);
+                        amdim_format_bytes(u, sizeof u, usage);
+                        snprintf(why, whyn, "cgroup %s %s, %s in use (%s)", limit_name, a, u, dir);
+                    }
+                }
+            }
+            char *slash = strrchr(cgpath, '/');
+            if (!slash || !cgpath[0])
+                break;
+            *slash = 0;
+        }
+    }
+    if (!have)
+        return amdim_fail(why, whyn, st, "amdim_mem_available(): %s and no cgroup memory limit applies", mem_err);
+    *bytes = best;
+    return AMDIM_OK;
+}
+
+static int read_small_file(void *ctx, const char *path, char *buf, size_t n)
+{
+    (void)ctx;
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return AMDIM_E_IO;
+    size_t got = 0;
+    while (got + 1 < n) {
+        ssize_t r = read(fd, buf + got, n - 1 - got);
+        if (r < 0 && errno == EINTR)
+            continue;
+        if (r <= 0)
+            break;
+        got += (size_t)r;
+    }
+    close(fd);
+    buf[got] = 0;
+    return AMDIM_OK;
+}
+
+int amdim_mem_available(uint64_t *bytes, char *why, size_t whyn)
+{
+    return amdim_mem_available_with(read_small_file, NULL, "/sys/fs/cgroup", bytes, why, whyn);
 }

@@ -135,7 +135,10 @@ const amdim_loader_info *amdim_loader_get_info(const amdim_loader *l);
  * Returns 0, 1 when every requested epoch has been delivered, or
  * AMDIM_E_WORKER (a worker died, failed or stalled: the message names
  * it, its signal, error or state, and the batch it held), AMDIM_E_PROTOCOL (the loader
- * vanished) or AMDIM_E_CORRUPT (a slot header does not match). */
+ * vanished) or AMDIM_E_CORRUPT (a slot header does not match, a label or
+ * record index is out of range, or the ring was overwritten: the message
+ * names the ring and its worker). labels and records point to copies the
+ * loader owns and has checked; view1 and view2 point into the ring. */
 int amdim_loader_next(amdim_loader *l, amdim_batch *b);
 void amdim_loader_release(amdim_loader *l, amdim_batch *b);
 /* Seconds spent inside amdim_loader_next waiting for data so far. */

@@ -27,6 +27,10 @@ struct amdim_loader {
     double wait_seconds;
     uint64_t *perm;
     uint64_t perm_epoch;
+    /* the delivered batch's labels and record indices, copied out of the
+     * ring and checked there: a worker can rewrite the ring at any time */
+    int32_t *labels;
+    uint64_t *records;
     double stall_seconds; /* no progress for this long while waiting: fail (0: never) */
     int failed;           /* amdim_loader_next reported a failure */
     char err[1024];
@@ -256,7 +260,7 @@ int amdim_loader_attach(amdim_loader **out, int fd, const amdim_loader_request *
             CFAIL(st, "ring %u from amdim-load: %s", w, why);
             goto fail;
         }
-        const amdim_ring_header *h = l->rings[w].hdr;
+        const amdim_ring_layout *h = &l->rings[w].geom;
         if (h->batch != in->batch || h->height != in->size || h->width != in->size || h->channels != 3 ||
             h->ring_id != w || h->ring_count != in->workers) {
             for (uint32_t k = w + 1; k < in->workers; k++)
@@ -267,7 +271,9 @@ int amdim_loader_attach(amdim_loader **out, int fd, const amdim_loader_request *
         }
     }
     l->perm = malloc((in->records ? in->records : 1) * sizeof *l->perm);
-    if (!l->perm) {
+    l->labels = malloc(in->batch * sizeof *l->labels);
+    l->records = malloc(in->batch * sizeof *l->records);
+    if (!l->perm || !l->labels || !l->records) {
         st = CFAIL(AMDIM_E_NOMEM, "out of memory");
         goto fail;
     }
@@ -299,6 +305,49 @@ static int stalled(amdim_loader *l, uint32_t w, double secs)
 
 static int loader_next(amdim_loader *l, amdim_batch *b);
 
+/* Copies batch (l->epoch, l->index) out of slot s of ring w and checks
+ * every field a worker wrote against what is due and the ring's private
+ * geometry. */
+static int take_slot(amdim_loader *l, uint32_t w, const amdim_slot *s, amdim_batch *b)
+{
+    const amdim_loader_info *in = &l->info;
+    int pid = atomic_load(&l->rings[w].hdr->producer_pid);
+    amdim_slot_header h;
+    memcpy(&h, s->header, sizeof h); /* read once: what is checked is what is used */
+    uint32_t want = loader_batch_count(in->records, in->batch, l->index);
+    if (h.magic != AMDIM_SLOT_MAGIC || h.epoch != l->epoch || h.batch_index != l->index || h.count != want ||
+        h.ring_id != w)
+        return CFAIL(AMDIM_E_CORRUPT,
+                     "ring %u (worker pid %d) holds epoch %llu batch %llu (%u samples) where epoch %llu batch %llu (%u) was due",
+                     w, pid, (unsigned long long)h.epoch, (unsigned long long)h.batch_index, h.count,
+                     (unsigned long long)l->epoch, (unsigned long long)l->index, want);
+    AMDIM_ASSERT(want <= l->rings[w].geom.batch);
+    memcpy(l->labels, s->labels, want * sizeof *l->labels);
+    memcpy(l->records, s->indices, want * sizeof *l->records);
+    for (uint32_t k = 0; k < want; k++) {
+        if (l->labels[k] < -1 || (in->classes > 0 && l->labels[k] >= in->classes))
+            return CFAIL(AMDIM_E_CORRUPT,
+                         "ring %u (worker pid %d): epoch %llu batch %llu sample %u has label %d, outside -1..%d",
+                         w, pid, (unsigned long long)l->epoch, (unsigned long long)l->index, k, l->labels[k],
+                         in->classes - 1);
+        if (l->records[k] >= in->records)
+            return CFAIL(AMDIM_E_CORRUPT,
+                         "ring %u (worker pid %d): epoch %llu batch %llu sample %u is record %llu of a split of %llu",
+                         w, pid, (unsigned long long)l->epoch, (unsigned long long)l->index, k,
+                         (unsigned long long)l->records[k], (unsigned long long)in->records);
+    }
+    b->epoch = l->epoch;
+    b->index = l->index;
+    b->count = want;
+    b->last_in_epoch = l->index + 1 == in->batches_per_epoch;
+    b->labels = l->labels;
+    b->records = l->records;
+    b->view1 = s->view1;
+    b->view2 = s->view2;
+    b->ring = w;
+    return AMDIM_OK;
+}
+
 int amdim_loader_next(amdim_loader *l, amdim_batch *b)
 {
     int st = loader_next(l, b);
@@ -324,6 +373,14 @@ static int loader_next(amdim_loader *l, amdim_batch *b)
         int rc = amdim_ring_next(ring, &s, 100);
         if (rc == 0)
             break;
+        if (rc < 0) {
+            l->wait_seconds += amdim_now() - t0;
+            return CFAIL(AMDIM_E_CORRUPT,
+                         "ring %u (worker pid %d) claims %u batches ready after %u, more than its %u slots: the "
+                         "ring was overwritten",
+                         w, atomic_load(&ring->hdr->producer_pid), atomic_load(&ring->hdr->head) - ring->local,
+                         ring->local, ring->geom.slot_count);
+        }
         read_control(l, 0);
         uint32_t now_progress = atomic_load_explicit(&ring->hdr->progress, memory_order_relaxed);
         double now = amdim_now();
@@ -336,7 +393,9 @@ static int loader_next(amdim_loader *l, amdim_batch *b)
         }
         if (rc == 2) {
             l->wait_seconds += amdim_now() - t0;
-            const char *why = ring->hdr->error[0] ? ring->hdr->error : l->last_error;
+            char ring_why[AMDIM_RING_ERROR_MAX];
+            amdim_ring_get_error(ring, ring_why, sizeof ring_why);
+            const char *why = ring_why[0] ? ring_why : l->last_error;
             return CFAIL(AMDIM_E_WORKER, "epoch %llu batch %llu never arrived: %s", (unsigned long long)l->epoch,
                          (unsigned long long)l->index, why[0] ? why : "its worker stopped");
         }
@@ -349,22 +408,9 @@ static int loader_next(amdim_loader *l, amdim_batch *b)
         }
     }
     l->wait_seconds += amdim_now() - t0;
-    const amdim_slot_header *h = s.header;
-    uint32_t want = loader_batch_count(in->records, in->batch, l->index);
-    if (h->magic != AMDIM_SLOT_MAGIC || h->epoch != l->epoch || h->batch_index != l->index || h->count != want ||
-        h->ring_id != w)
-        return CFAIL(AMDIM_E_CORRUPT, "ring %u holds epoch %llu batch %llu (%u samples) where epoch %llu batch %llu (%u) was due",
-                     w, (unsigned long long)h->epoch, (unsigned long long)h->batch_index, h->count,
-                     (unsigned long long)l->epoch, (unsigned long long)l->index, want);
-    b->epoch = l->epoch;
-    b->index = l->index;
-    b->count = h->count;
-    b->last_in_epoch = l->index + 1 == in->batches_per_epoch;
-    b->labels = s.labels;
-    b->records = s.indices;
-    b->view1 = s.view1;
-    b->view2 = s.view2;
-    b->ring = w;
+    int st = take_slot(l, w, &s, b);
+    if (st)
+        return st;
     l->holding = 1;
     return 0;
 }
@@ -422,5 +468,7 @@ void amdim_loader_close(amdim_loader *l)
         close(l->sock);
     free(l->rings);
     free(l->perm);
+    free(l->labels);
+    free(l->records);
     free(l);
 }

@@ -52,6 +52,9 @@ typedef struct {
     int *pidfds, *state, *respawns; /* state: 0 running, 1 finished, 2 failed */
     int listen_fd, conn_fd;
     pid_t parent;
+    uint64_t oom_kills0; /* /proc/vmstat oom_kill when the workers started */
+    uint64_t intruders, intruders_unshown; /* connections that were not the consumer */
+    double intruders_t;                    /* when the last summary of them was printed */
     char sockname[64];
     char *err;
     size_t errlen;
@@ -303,6 +306,37 @@ static int spawn(loader *L, uint32_t w)
     return AMDIM_OK;
 }
 
+/* The kernel's count of processes its out-of-memory killer ended (0 if
+ * /proc/vmstat cannot be read). */
+static uint64_t oom_kills(void)
+{
+    FILE *f = fopen("/proc/vmstat", "re");
+    unsigned long long n = 0;
+    char line[128];
+    while (f && fgets(line, sizeof line, f))
+        if (sscanf(line, "oom_kill %llu", &n) == 1)
+            break;
+    if (f)
+        fclose(f);
+    return n;
+}
+
+/* Words after "killed by signal N": for SIGKILL, whether the OOM killer
+ * is the likely sender (its count rose since the workers started). */
+static void kill_hint(loader *L, int sig, char *buf, size_t n)
+{
+    buf[0] = 0;
+    if (sig != SIGKILL)
+        return;
+    uint64_t k = oom_kills();
+    if (k > L->oom_kills0)
+        snprintf(buf, n, ", probably by the kernel's out-of-memory killer (oom_kill in /proc/vmstat rose by %llu; "
+                         "see dmesg): lower --batch, --slots or --workers",
+                 (unsigned long long)(k - L->oom_kills0));
+    else
+        snprintf(buf, n, " (SIGKILL: sent by another process or by the kernel's out-of-memory killer; see dmesg)");
+}
+
 static void kill_workers(loader *L)
 {
     for (uint32_t w = 0; w < L->W; w++)
@@ -311,6 +345,44 @@ static void kill_workers(loader *L)
             waitpid(L->pids[w], NULL, 0);
             L->state[w] = 2;
         }
+}
+
+/* Connections that are not the consumer: the first few are logged, then
+ * one summary line per interval, so that another local user (one connect
+ * per line) cannot fill the log. */
+#define INTRUDERS_SHOWN 5
+#define INTRUDERS_SUMMARY_SECONDS 10.0
+
+static void intruder_summary(loader *L, double now)
+{
+    if (!L->intruders_unshown)
+        return;
+    fprintf(stderr,
+            "amdim-load: refused or dropped %llu more connections that were not the consumer in the last %.0f s "
+            "(%llu in all); still waiting for the consumer\n",
+            (unsigned long long)L->intruders_unshown, now - L->intruders_t, (unsigned long long)L->intruders);
+    L->intruders_unshown = 0;
+    L->intruders_t = now;
+}
+
+static void log_intruder(loader *L, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void log_intruder(loader *L, const char *fmt, ...)
+{
+    double now = amdim_now();
+    if (++L->intruders <= INTRUDERS_SHOWN) {
+        va_list ap;
+        va_start(ap, fmt);
+        vfprintf(stderr, fmt, ap);
+        va_end(ap);
+        if (L->intruders == INTRUDERS_SHOWN)
+            fprintf(stderr, "amdim-load: %d connections that were not the consumer; further ones are counted in one "
+                            "line every %.0f s\n", INTRUDERS_SHOWN, INTRUDERS_SUMMARY_SECONDS);
+        L->intruders_t = now;
+        return;
+    }
+    L->intruders_unshown++;
+    if (now - L->intruders_t >= INTRUDERS_SUMMARY_SECONDS)
+        intruder_summary(L, now);
 }
 
 /* Reads the consumer's START line (with a deadline) and answers it. */
@@ -322,6 +394,8 @@ again:
     for (;;) {
         if (opt->cancel && *opt->cancel)
             return LFAIL(AMDIM_E_CANCELLED, "interrupted");
+        if (L->intruders_unshown && amdim_now() - L->intruders_t >= INTRUDERS_SUMMARY_SECONDS)
+            intruder_summary(L, amdim_now());
         struct pollfd p[2] = {{L->listen_fd, POLLIN, 0}, {opt->out_fd, 0, 0}};
         int n = poll(p, 2, 200);
         if (n < 0 && errno != EINTR)
@@ -345,8 +419,8 @@ again:
     if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &cl) != 0 || cred.uid != getuid()) {
         ctl_write(fd, "ERR the consumer must run as the same user");
         close(fd);
-        fprintf(stderr, "amdim-load: refused a connection from uid %d (pid %d): not this user; still waiting for the consumer\n",
-                (int)cred.uid, (int)cred.pid);
+        log_intruder(L, "amdim-load: refused a connection from uid %d (pid %d): not this user; still waiting for the consumer\n",
+                     (int)cred.uid, (int)cred.pid);
         goto again;
     }
     char line[512];
@@ -372,10 +446,11 @@ again:
     if (why) {
         ctl_write(fd, "ERR expected START");
         close(fd);
-        fprintf(stderr, "amdim-load: dropped a connection from pid %d: %s; still waiting for the consumer\n",
-                (int)cred.pid, why);
+        log_intruder(L, "amdim-load: dropped a connection from pid %d: %s; still waiting for the consumer\n",
+                     (int)cred.pid, why);
         goto again;
     }
+    intruder_summary(L, amdim_now());
     L->conn_fd = fd;
     char v[64];
     L->seed = opt->seed;
@@ -519,8 +594,10 @@ static int supervise(loader *L)
             }
             for (uint32_t w = 0; w < L->W; w++)
                 if (atomic_load(&L->rings[w].hdr->producer_state) == AMDIM_PRODUCER_FAILED) {
-                    fprintf(stderr, "amdim-load: worker %u: %s\n", w, L->rings[w].hdr->error);
-                    st = LFAIL(AMDIM_E_WORKER, "worker %u: %s", w, L->rings[w].hdr->error);
+                    char why[AMDIM_RING_ERROR_MAX];
+                    amdim_ring_get_error(&L->rings[w], why, sizeof why);
+                    fprintf(stderr, "amdim-load: worker %u: %s\n", w, why);
+                    st = LFAIL(AMDIM_E_WORKER, "worker %u: %s", w, why);
                     break;
                 }
             break;
@@ -542,22 +619,26 @@ static int supervise(loader *L)
             char msg[AMDIM_RING_ERROR_MAX + 64];
             if (WIFSIGNALED(status)) {
                 int sig = WTERMSIG(status);
+                char hint[256];
+                kill_hint(L, sig, hint, sizeof hint);
                 if (L->respawns[w] < opt->respawn) {
                     L->respawns[w]++;
-                    fprintf(stderr, "amdim-load: worker %u (pid %d) killed by signal %d (%s) while making epoch %llu batch %llu; respawning it (%d of %d)\n",
+                    fprintf(stderr, "amdim-load: worker %u (pid %d) killed by signal %d (%s) while making epoch %llu batch %llu%s; respawning it (%d of %d)\n",
                             w, (int)L->pids[w], sig, strsignal(sig), (unsigned long long)e, (unsigned long long)b,
-                            L->respawns[w], opt->respawn);
+                            hint, L->respawns[w], opt->respawn);
                     ctl_write(opt->out_fd, "RESPAWN worker=%u signal=%d epoch=%llu batch=%llu", w, sig,
                               (unsigned long long)e, (unsigned long long)b);
                     if ((st = spawn(L, w)))
                         break;
                     continue;
                 }
-                snprintf(msg, sizeof msg, "worker %u (pid %d) killed by signal %d (%s) while making epoch %llu batch %llu",
-                         w, (int)L->pids[w], sig, strsignal(sig), (unsigned long long)e, (unsigned long long)b);
+                snprintf(msg, sizeof msg, "worker %u (pid %d) killed by signal %d (%s) while making epoch %llu batch %llu%s",
+                         w, (int)L->pids[w], sig, strsignal(sig), (unsigned long long)e, (unsigned long long)b, hint);
                 amdim_ring_set_state(&L->rings[w], AMDIM_PRODUCER_FAILED, msg);
             } else {
-                snprintf(msg, sizeof msg, "worker %u: %s", w, L->rings[w].hdr->error[0] ? L->rings[w].hdr->error : "exited with an error");
+                char why[AMDIM_RING_ERROR_MAX];
+                amdim_ring_get_error(&L->rings[w], why, sizeof why);
+                snprintf(msg, sizeof msg, "worker %u: %s", w, why[0] ? why : "exited with an error");
             }
             L->state[w] = 2;
             fprintf(stderr, "amdim-load: %s\n", msg);
@@ -587,7 +668,7 @@ static int supervise(loader *L)
         for (uint32_t w = 0; stall > 0 && w < L->W; w++) {
             const amdim_ring_header *h = L->rings[w].hdr;
             uint32_t pg = atomic_load(&h->progress), phase = atomic_load(&h->phase);
-            int full = atomic_load(&h->head) - atomic_load(&h->tail) >= h->slot_count;
+            int full = atomic_load(&h->head) - atomic_load(&h->tail) >= L->rings[w].geom.slot_count;
             if (L->state[w] != 0 || pg != last_prog[w] || full) {
                 last_prog[w] = pg; /* working, done, or its ring is full (the consumer is slower): not stalled */
                 last_change[w] = now;
@@ -626,6 +707,35 @@ out:
     free(last_prog);
     free(last_change);
     return st;
+}
+
+/* Once a slow consumer lets them fill, the rings of every worker are
+ * resident memory: refuse, before creating any, rings that would not fit
+ * beside the consumer. They may take half of what the process may still
+ * allocate; the rest is the consumer's (a trainer's model, its copies of
+ * the batches), the decoders' and the page cache's. */
+static int check_ring_memory(loader *L)
+{
+    const amdim_load_options *opt = L->opt;
+    uint32_t size = (uint32_t)L->aug.size;
+    uint64_t ring = amdim_ring_total_bytes((uint32_t)opt->slots, L->B, size, size, 3);
+    uint64_t total = ring * L->W, avail;
+    char why[256], t[32], a[32], sl[32];
+    int st = amdim_mem_available(&avail, why, sizeof why);
+    if (st) {
+        fprintf(stderr, "amdim-load: warning: cannot tell how much memory is available (%s); not checking the "
+                        "size of the rings\n", why);
+        return AMDIM_OK;
+    }
+    if (total <= avail / 2)
+        return AMDIM_OK;
+    amdim_format_bytes(t, sizeof t, total);
+    amdim_format_bytes(a, sizeof a, avail);
+    amdim_format_bytes(sl, sizeof sl, amdim_ring_slot_bytes(L->B, size, size, 3));
+    return LFAIL(AMDIM_E_TOO_LARGE,
+                 "the rings need %s (--workers %u x --slots %d x %s per batch of --batch %u %ux%u pairs), more than "
+                 "half of the %s this process may still use (%s): lower --slots, --batch or --workers",
+                 t, L->W, opt->slots, sl, L->B, size, size, a, why);
 }
 
 int amdim_load_run(const amdim_load_options *opt, char *err, size_t errlen)
@@ -674,6 +784,8 @@ int amdim_load_run(const amdim_load_options *opt, char *err, size_t errlen)
                    preset, L->aug.size, L->aug.size, split, L->info.width, L->info.height);
         goto done;
     }
+    if ((st = check_ring_memory(L)))
+        goto done;
     if ((st = amdim_dataset_index(L->ds, split, &L->offsets, &L->lengths, &L->records))) {
         LFAIL(st, "%s", amdim_dataset_error(L->ds));
         goto done;
@@ -756,6 +868,7 @@ int amdim_load_run(const amdim_load_options *opt, char *err, size_t errlen)
             L->use_uring ? "io_uring" : "pread",
             opt->decode == AMDIM_LOAD_DECODE_FULL ? "full" : opt->decode == AMDIM_LOAD_DECODE_REGION ? "region" : "scaled",
             amdim_simd_name(amdim_simd_detect()));
+    L->oom_kills0 = oom_kills();
     for (uint32_t w = 0; w < L->W; w++)
         if ((st = spawn(L, w)))
             goto done;

@@ -18,7 +18,12 @@
  * since creation (32 bits: 4 billion batches per ring).
  *
  * Every field of the header is validated by amdim_ring_attach before any
- * other is trusted. */
+ * other is trusted, from a private copy that both sides use from then on:
+ * every process that maps the ring (a loader worker decoding untrusted
+ * JPEGs among them) can rewrite the header, so neither side reads geometry
+ * from shared memory again, and the indices it does read there (head,
+ * tail) are checked against the private copy. The memfd is sealed against
+ * shrinking and growing, and attach refuses one that is not. */
 #ifndef AMDIM_RING_H
 #define AMDIM_RING_H
 
@@ -74,13 +79,21 @@ typedef struct {
     uint8_t pad[64 - 32];
 } amdim_slot_header;
 
+/* A ring's layout as created or as validated by attach. */
+typedef struct {
+    uint32_t slot_count, batch, height, width, channels, ring_id, ring_count;
+    uint64_t slot_bytes, total_bytes;
+    uint64_t off_labels, off_indices, off_view1, off_view2; /* within a slot */
+} amdim_ring_layout;
+
 /* A mapped ring (either side). */
 typedef struct {
     int fd;
-    amdim_ring_header *hdr;
+    amdim_ring_header *hdr; /* shared: only its atomics and error are used after create/attach */
     uint8_t *base;
     size_t bytes;
     uint32_t local; /* producer: next head; consumer: next tail */
+    amdim_ring_layout geom; /* private: the only geometry used after create/attach */
 } amdim_ring;
 
 /* A slot as the producer fills it or the consumer reads it. */
@@ -93,23 +106,30 @@ typedef struct {
 
 /* Bytes of one slot for the given geometry (page multiple). */
 size_t amdim_ring_slot_bytes(uint32_t batch, uint32_t height, uint32_t width, uint32_t channels);
+/* Bytes of a whole ring (header page and slot_count slots) for the geometry. */
+uint64_t amdim_ring_total_bytes(uint32_t slot_count, uint32_t batch, uint32_t height, uint32_t width,
+                                uint32_t channels);
 
-/* Creates a ring in a new memfd (mode 0600, never in /dev/shm) and maps it.
+/* Creates a ring in a new memfd (mode 0600, never in /dev/shm, sealed with
+ * F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL once sized) and maps it.
  * Returns 0, AMDIM_E_INVALID, AMDIM_E_NOMEM or AMDIM_E_IO with err set. */
 int amdim_ring_create(amdim_ring *r, uint32_t slot_count, uint32_t batch, uint32_t height,
                       uint32_t width, uint32_t channels, uint32_t ring_id, uint32_t ring_count,
                       char *err, size_t n);
 
 /* Maps a ring received as a file descriptor (takes ownership of fd) after
- * checking its size and every header field. Returns 0, AMDIM_E_CORRUPT
- * (foreign or damaged header, with the field named), AMDIM_E_TRUNCATED
- * (segment smaller than its header says), AMDIM_E_VERSION or AMDIM_E_IO. */
+ * checking its seals, its size and every header field, and keeps the
+ * checked layout in r->geom. Returns 0, AMDIM_E_UNSUPPORTED (not sealed
+ * against shrinking and growing: any process holding it could cut the
+ * mapping short), AMDIM_E_CORRUPT (foreign or damaged header, with the
+ * field named), AMDIM_E_TRUNCATED (segment smaller than its header says),
+ * AMDIM_E_VERSION or AMDIM_E_IO. */
 int amdim_ring_attach(amdim_ring *r, int fd, char *err, size_t n);
 
 /* Unmaps and closes. Accepts a zeroed ring. */
 void amdim_ring_close(amdim_ring *r);
 
-/* Slot i (0 <= i < slot_count) as pointers into the mapping. */
+/* Slot i (0 <= i < slot_count) as pointers into the mapping, from r->geom. */
 void amdim_ring_slot(const amdim_ring *r, uint32_t i, amdim_slot *s);
 
 /* Producer: waits until a slot is free and returns it (its index is
@@ -123,10 +143,18 @@ void amdim_ring_publish(amdim_ring *r);
 void amdim_ring_set_state(amdim_ring *r, uint32_t state, const char *message);
 
 /* Consumer: waits for the next published slot. Returns 0 with *s set,
- * 1 on timeout, or 2 if the producer has stopped (finished or failed)
- * and every published slot has been consumed. */
+ * 1 on timeout, 2 if the producer has stopped (finished or failed) and
+ * every published slot has been consumed, or AMDIM_E_CORRUPT if the
+ * shared head claims more published slots than the ring has. The slot's
+ * header, labels and indices are shared memory: copy them before
+ * checking them. */
 int amdim_ring_next(amdim_ring *r, amdim_slot *s, int timeout_ms);
 /* Consumer: hands the slot obtained by the last amdim_ring_next back. */
 void amdim_ring_release(amdim_ring *r);
+
+/* Copies the producer's failure message (shared memory, possibly without
+ * its NUL) into buf: at most AMDIM_RING_ERROR_MAX - 1 bytes, control
+ * characters replaced by '?', always NUL-terminated. */
+void amdim_ring_get_error(const amdim_ring *r, char *buf, size_t n);
 
 #endif

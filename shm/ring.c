@@ -2,6 +2,7 @@
 #include "amdim_ring.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <linux/futex.h>
 #include <stdio.h>
 #include <string.h>
@@ -13,6 +14,9 @@
 
 #define PAGE 4096u
 #define ALIGN(x, a) (((x) + (a) - 1) / (a) * (a))
+/* A process holding the memfd must not be able to cut the mapping short
+ * (SIGBUS in the other) nor change the seals afterwards. */
+#define RING_SEALS (F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL)
 
 _Static_assert(sizeof(amdim_ring_header) <= PAGE, "ring header must fit one page");
 _Static_assert(sizeof(amdim_slot_header) == 64, "slot header is 64 bytes");
@@ -42,13 +46,22 @@ size_t amdim_ring_slot_bytes(uint32_t batch, uint32_t height, uint32_t width, ui
     return ALIGN(bytes, PAGE);
 }
 
-static void layout(amdim_ring_header *h)
+uint64_t amdim_ring_total_bytes(uint32_t slot_count, uint32_t batch, uint32_t height, uint32_t width,
+                                uint32_t channels)
 {
-    size_t view = (size_t)h->batch * h->height * h->width * h->channels;
-    h->off_labels = sizeof(amdim_slot_header);
-    h->off_indices = h->off_labels + ALIGN((size_t)h->batch * 4, 64);
-    h->off_view1 = h->off_indices + ALIGN((size_t)h->batch * 8, 64);
-    h->off_view2 = h->off_view1 + ALIGN(view, 64);
+    return PAGE + (uint64_t)slot_count * amdim_ring_slot_bytes(batch, height, width, channels);
+}
+
+/* Fills the sizes and offsets of g from its slot count and geometry. */
+static void layout(amdim_ring_layout *g)
+{
+    size_t view = (size_t)g->batch * g->height * g->width * g->channels;
+    g->off_labels = sizeof(amdim_slot_header);
+    g->off_indices = g->off_labels + ALIGN((size_t)g->batch * 4, 64);
+    g->off_view1 = g->off_indices + ALIGN((size_t)g->batch * 8, 64);
+    g->off_view2 = g->off_view1 + ALIGN(view, 64);
+    g->slot_bytes = amdim_ring_slot_bytes(g->batch, g->height, g->width, g->channels);
+    g->total_bytes = PAGE + (uint64_t)g->slot_count * g->slot_bytes;
 }
 
 int amdim_ring_create(amdim_ring *r, uint32_t slot_count, uint32_t batch, uint32_t height, uint32_t width,
@@ -59,9 +72,11 @@ int amdim_ring_create(amdim_ring *r, uint32_t slot_count, uint32_t batch, uint32
     if (!slot_count || slot_count > 1024 || !batch || !height || !width || !channels)
         return amdim_fail(err, n, AMDIM_E_INVALID, "ring geometry %u slots of %u x %ux%ux%u", slot_count, batch,
                           height, width, channels);
-    size_t slot = amdim_ring_slot_bytes(batch, height, width, channels);
-    size_t total = PAGE + (size_t)slot_count * slot;
-    int fd = memfd_create("amdim-ring", MFD_CLOEXEC);
+    amdim_ring_layout g = {.slot_count = slot_count, .batch = batch, .height = height, .width = width,
+                           .channels = channels, .ring_id = ring_id, .ring_count = ring_count};
+    layout(&g);
+    size_t total = g.total_bytes;
+    int fd = memfd_create("amdim-ring", MFD_CLOEXEC | MFD_ALLOW_SEALING);
     if (fd < 0)
         return amdim_fail(err, n, AMDIM_E_IO, "memfd_create(): %s", strerror(errno));
     fchmod(fd, 0600);
@@ -69,6 +84,11 @@ int amdim_ring_create(amdim_ring *r, uint32_t slot_count, uint32_t batch, uint32
         int e = errno;
         close(fd);
         return amdim_fail(err, n, AMDIM_E_NOMEM, "ftruncate() of a %zu-byte ring: %s", total, strerror(e));
+    }
+    if (fcntl(fd, F_ADD_SEALS, RING_SEALS) != 0) {
+        int e = errno;
+        close(fd);
+        return amdim_fail(err, n, AMDIM_E_IO, "sealing the %zu-byte ring (F_ADD_SEALS): %s", total, strerror(e));
     }
     void *p = mmap(NULL, total, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
     if (p == MAP_FAILED) {
@@ -79,16 +99,19 @@ int amdim_ring_create(amdim_ring *r, uint32_t slot_count, uint32_t batch, uint32
     amdim_ring_header *h = p;
     memset(h, 0, PAGE);
     h->header_bytes = sizeof *h;
-    h->slot_count = slot_count;
-    h->slot_bytes = slot;
-    h->total_bytes = total;
-    h->batch = batch;
-    h->height = height;
-    h->width = width;
-    h->channels = channels;
-    h->ring_id = ring_id;
-    h->ring_count = ring_count;
-    layout(h);
+    h->slot_count = g.slot_count;
+    h->slot_bytes = g.slot_bytes;
+    h->total_bytes = g.total_bytes;
+    h->batch = g.batch;
+    h->height = g.height;
+    h->width = g.width;
+    h->channels = g.channels;
+    h->ring_id = g.ring_id;
+    h->ring_count = g.ring_count;
+    h->off_labels = g.off_labels;
+    h->off_indices = g.off_indices;
+    h->off_view1 = g.off_view1;
+    h->off_view2 = g.off_view2;
     h->version = AMDIM_RING_VERSION;
     atomic_thread_fence(memory_order_release);
     h->magic = AMDIM_RING_MAGIC;
@@ -96,6 +119,7 @@ int amdim_ring_create(amdim_ring *r, uint32_t slot_count, uint32_t batch, uint32
     r->hdr = h;
     r->base = p;
     r->bytes = total;
+    r->geom = g;
     return AMDIM_OK;
 }
 
@@ -103,6 +127,14 @@ int amdim_ring_attach(amdim_ring *r, int fd, char *err, size_t n)
 {
     memset(r, 0, sizeof *r);
     r->fd = -1;
+    int seals = fcntl(fd, F_GET_SEALS);
+    if (seals < 0 || (seals & RING_SEALS) != RING_SEALS) {
+        int e = errno;
+        close(fd);
+        return amdim_fail(err, n, AMDIM_E_UNSUPPORTED,
+                          "ring segment is not sealed against shrinking and growing (%s); refusing to map it",
+                          seals < 0 ? strerror(e) : "seals are missing");
+    }
     struct stat sb;
     if (fstat(fd, &sb) != 0) {
         int e = errno;
@@ -120,19 +152,19 @@ int amdim_ring_attach(amdim_ring *r, int fd, char *err, size_t n)
         close(fd);
         return amdim_fail(err, n, AMDIM_E_IO, "mmap() of the ring header: %s", strerror(e));
     }
-    /* Copy the layout, then check it: the other side cannot change what we check. */
+    /* Copy the layout, check the copy and keep it (r->geom): nothing after
+     * this reads geometry from shared memory, which the other side can rewrite. */
     amdim_ring_header c;
     memcpy(&c, h, offsetof(amdim_ring_header, head));
     munmap(h, PAGE);
     int st = AMDIM_OK;
-    amdim_ring_header want;
-    memset(&want, 0, sizeof want);
-    want.batch = c.batch, want.height = c.height, want.width = c.width, want.channels = c.channels;
-    layout(&want);
-    size_t slot = c.batch && c.height && c.width && c.channels && c.batch < (1u << 20) && c.height < 65536 &&
-                          c.width < 65536 && c.channels <= 4
-                      ? amdim_ring_slot_bytes(c.batch, c.height, c.width, c.channels)
-                      : 0;
+    amdim_ring_layout want = {.slot_count = c.slot_count, .batch = c.batch, .height = c.height, .width = c.width,
+                              .channels = c.channels, .ring_id = c.ring_id, .ring_count = c.ring_count};
+    int sane = c.batch && c.height && c.width && c.channels && c.batch < (1u << 20) && c.height < 65536 &&
+               c.width < 65536 && c.channels <= 4;
+    if (sane)
+        layout(&want);
+    size_t slot = sane ? want.slot_bytes : 0;
     if (c.magic != AMDIM_RING_MAGIC)
         st = amdim_fail(err, n, AMDIM_E_CORRUPT, "not an amdim ring (magic 0x%08x)", c.magic);
     else if (c.version != AMDIM_RING_VERSION)
@@ -169,6 +201,7 @@ int amdim_ring_attach(amdim_ring *r, int fd, char *err, size_t n)
     r->hdr = p;
     r->base = p;
     r->bytes = c.total_bytes;
+    r->geom = want;
     r->local = atomic_load_explicit(&r->hdr->tail, memory_order_acquire);
     return AMDIM_OK;
 }
@@ -185,13 +218,14 @@ void amdim_ring_close(amdim_ring *r)
 
 void amdim_ring_slot(const amdim_ring *r, uint32_t i, amdim_slot *s)
 {
-    const amdim_ring_header *h = r->hdr;
-    uint8_t *p = r->base + PAGE + (size_t)i * h->slot_bytes;
+    const amdim_ring_layout *g = &r->geom;
+    AMDIM_ASSERT(i < g->slot_count);
+    uint8_t *p = r->base + PAGE + (size_t)i * g->slot_bytes;
     s->header = (amdim_slot_header *)p;
-    s->labels = (int32_t *)(p + h->off_labels);
-    s->indices = (uint64_t *)(p + h->off_indices);
-    s->view1 = p + h->off_view1;
-    s->view2 = p + h->off_view2;
+    s->labels = (int32_t *)(p + g->off_labels);
+    s->indices = (uint64_t *)(p + g->off_indices);
+    s->view1 = p + g->off_view1;
+    s->view2 = p + g->off_view2;
 }
 
 int amdim_ring_acquire(amdim_ring *r, amdim_slot *s, int timeout_ms, const volatile int *stop)
@@ -201,14 +235,14 @@ int amdim_ring_acquire(amdim_ring *r, amdim_slot *s, int timeout_ms, const volat
         if (stop && *stop)
             return AMDIM_E_CANCELLED;
         uint32_t tail = atomic_load_explicit(&h->tail, memory_order_acquire);
-        if (r->local - tail < h->slot_count) {
-            amdim_ring_slot(r, r->local % h->slot_count, s);
+        if (r->local - tail < r->geom.slot_count) {
+            amdim_ring_slot(r, r->local % r->geom.slot_count, s);
             return 0;
         }
         /* Announce, re-check, sleep: the consumer wakes us only if it sees the flag. */
         atomic_store(&h->producer_waiting, 1);
         tail = atomic_load(&h->tail);
-        if (r->local - tail < h->slot_count) {
+        if (r->local - tail < r->geom.slot_count) {
             atomic_store(&h->producer_waiting, 0);
             continue;
         }
@@ -247,7 +281,9 @@ int amdim_ring_next(amdim_ring *r, amdim_slot *s, int timeout_ms)
         uint32_t ev = atomic_load(&h->event);
         uint32_t head = atomic_load_explicit(&h->head, memory_order_acquire);
         if (head != r->local) {
-            amdim_ring_slot(r, r->local % h->slot_count, s);
+            if (head - r->local > r->geom.slot_count)
+                return AMDIM_E_CORRUPT;
+            amdim_ring_slot(r, r->local % r->geom.slot_count, s);
             return 0;
         }
         if (atomic_load_explicit(&h->producer_state, memory_order_acquire) != AMDIM_PRODUCER_RUNNING) {
@@ -277,4 +313,19 @@ void amdim_ring_release(amdim_ring *r)
     atomic_store(&h->tail, r->local);
     if (atomic_load(&h->producer_waiting))
         futex_wake(&h->tail);
+}
+
+void amdim_ring_get_error(const amdim_ring *r, char *buf, size_t n)
+{
+    if (!n)
+        return;
+    size_t i = 0;
+    const volatile char *e = r->hdr->error;
+    for (; i + 1 < n && i + 1 < AMDIM_RING_ERROR_MAX; i++) {
+        char c = e[i];
+        if (!c)
+            break;
+        buf[i] = (unsigned char)c < 32 || c == 127 ? '?' : c;
+    }
+    buf[i] = 0;
 }

@@ -2,15 +2,16 @@
  * N ranks, each with its share of a global batch of 4N, against one
  * process with the whole batch (every rank builds that reference itself).
  * With synchronised BatchNorm they compute the same thing up to the order
- * of summation: every loss term within 1e-5, every gradient of the first
- * step within 1e-5 (relative: the L2 norm of the difference over that of
- * the module's gradient; 1e-4 at steps 2 and 3, whose weights already
- * differ), and the weights after each of 3 Adam steps (over the module's
- * norm) within 1e-5, for the
- * three objectives, with and without BatchNorm in the encoder, and the
- * running statistics after the first step (means within 1e-5 of the
- * running deviation, variances within 1e-5); every rank
- * holds bit-identical weights after each update (amdim_model_check_replicas).
+ * of summation: every loss term (relative), every gradient of the first
+ * step and of steps 2 and 3, whose weights already differ (relative: the
+ * L2 norm of the difference over that of the module's gradient), the
+ * weights after each of 3 Adam steps (over the module's norm) and the
+ * running statistics after the first step (means relative to the running
+ * deviation, variances relative) within the tolerances of the table
+ * below, for the three objectives, with and without BatchNorm in the
+ * encoder; every rank holds bit-identical weights after each update
+ * (amdim_model_check_replicas). Each run prints the worst error of every
+ * kind beside its tolerance.
  * With per-rank BatchNorm (the default) the running statistics are, bit for
  * bit, the mean over ranks of what one process makes of each rank's share,
  * and the replicas stay identical on different images per rank. The
@@ -31,7 +32,43 @@
 #include "testutil.h"
 
 #define S 32
-#define TOL 1e-5
+
+/* Tolerances of one configuration. The order of summation is all that
+ * differs, and it changes with the BLAS kernels of the CPU, so each
+ * tolerance is the worst error measured over the kernels users have
+ * (OPENBLAS_CORETYPE Cooperlake, SkylakeX, Zen, Haswell, Sandybridge and
+ * Nehalem: AVX-512, AVX2, AVX and SSE orders; 1, 2 and more BLAS threads;
+ * 2 and 3 ranks; the emulated CUDA device) times three, rounded up to 1,
+ * 2 or 5 in its decade, and never below the 1e-5 (1e-4 for the later
+ * gradients) the test used before it was measured: kernels nobody measured
+ * (other CPUs, other OpenBLAS versions) keep that margin.
+ * They differ by configuration because Adam's per-element normalisation
+ * turns rounding noise in near-zero gradients into lr-sized steps, and
+ * without BatchNorm the zero-initialised conv2 of the residual blocks
+ * starts with such gradients. The output prints each worst error beside
+ * its tolerance; re-derive them from it. */
+typedef struct {
+    double loss;       /* loss terms, relative */
+    double running;    /* running statistics after the first step */
+    double grad;       /* gradients of the first step */
+    double grad_later; /* gradients of steps 2 and 3 (weights already differ) */
+    double weight;     /* weights after each Adam step */
+} tolerances;
+
+typedef struct {
+    int objective, use_bn;
+    tolerances tol;
+} config;
+
+static const config configs[] = {
+    /* objective, use_bn, {loss, running, grad, grad_later, weight} */
+    {AMDIM_OBJECTIVE_NCE, 1, {1e-5, 1e-5, 1e-5, 1e-4, 2e-5}},
+    {AMDIM_OBJECTIVE_JSD, 0, {1e-5, 1e-5, 2e-5, 2e-4, 1e-4}},
+    {AMDIM_OBJECTIVE_DV, 1, {1e-5, 1e-5, 1e-5, 1e-4, 1e-5}},
+};
+
+/* The classifier phase: probe losses and weights after 2 updates. */
+static const double tol_cls_loss = 1e-5, tol_cls_weight = 1e-5;
 
 static amdim_comm *comm;
 static amdim_device device = AMDIM_DEVICE_CPU;
@@ -60,10 +97,25 @@ static double max_abs(const float *a, size_t n)
     return m;
 }
 
-static void check_stat(const char *what, double got, double want, const char *ctx)
+static void check_stat(const char *what, double got, double want, double tol, double *worst, const char *ctx)
 {
     double rel = fabs(got - want) / fmax(fabs(want), 1e-12);
-    CHECK(rel <= TOL, "%s: %s %.9g vs one process %.9g (relative %.2g)", ctx, what, got, want, rel);
+    *worst = fmax(*worst, rel);
+    CHECK(rel <= tol, "%s: %s %.9g vs one process %.9g (relative %.2g, tolerance %.2g)", ctx, what, got, want, rel,
+          tol);
+}
+
+/* The largest of v over all ranks (on every rank). */
+static double max_over_ranks(double v)
+{
+    double all[256] = {0};
+    REQUIRE(comm->size <= 256, "%d ranks", comm->size);
+    all[comm->rank] = v;
+    REQUIRE(comm->allreduce_f64(comm->ctx, all, (size_t)comm->size) == 0, "allreduce");
+    double m = 0;
+    for (int i = 0; i < comm->size; i++)
+        m = fmax(m, all[i]);
+    return m;
 }
 
 /* Tensors whose exact gradient is zero: a bias whose every path ends in a
@@ -140,12 +192,13 @@ static double compare_grads(amdim_model *d, amdim_model *r, int use_bn, double t
         double d2 = diff2(pd.grad, pr.grad, pr.size), norm2 = module_norm2(r, &pr, 1, use_bn);
         double rel = norm2 > 0 ? sqrt(d2 / norm2) : sqrt(d2);
         worst = fmax(worst, rel);
-        CHECK(rel <= tol, "%s: gradient of %s differs by %.2g (relative to its module's)", ctx, pr.name, rel);
+        CHECK(rel <= tol, "%s: gradient of %s differs by %.2g (relative to its module's; tolerance %.2g)", ctx, pr.name,
+              rel, tol);
     }
     return worst;
 }
 
-static double compare_weights(amdim_model *d, amdim_model *r, int use_bn, const char *ctx)
+static double compare_weights(amdim_model *d, amdim_model *r, int use_bn, double tol, const char *ctx)
 {
     double worst = 0;
     host(d), host(r);
@@ -158,16 +211,18 @@ static double compare_weights(amdim_model *d, amdim_model *r, int use_bn, const 
         double d2 = diff2(pd.data, pr.data, pr.size), norm2 = module_norm2(r, &pr, 0, use_bn);
         double rel = norm2 > 0 ? sqrt(d2 / norm2) : sqrt(d2);
         worst = fmax(worst, rel);
-        CHECK(rel <= TOL, "%s: %s differs by %.2g (relative to its module's) after Adam", ctx, pr.name, rel);
+        CHECK(rel <= tol, "%s: %s differs by %.2g (relative to its module's; tolerance %.2g) after Adam", ctx, pr.name,
+              rel, tol);
     }
     return worst;
 }
 
-/* Running means within 1e-5 of the channel's running standard deviation,
- * running variances within 1e-5 (relative): a mean near zero carries
- * rounding noise of that scale, not of its own. */
-static void compare_running(amdim_model *d, amdim_model *r, const char *ctx)
+/* Running means relative to the channel's running standard deviation,
+ * running variances relative: a mean near zero carries rounding noise of
+ * that scale, not of its own. Returns the worst. */
+static double compare_running(amdim_model *d, amdim_model *r, double tol, const char *ctx)
 {
+    double worst_all = 0;
     host(d), host(r);
     for (int i = 0; i < amdim_model_param_count(r); i++) {
         amdim_param pd, pr, var;
@@ -179,20 +234,27 @@ static void compare_running(amdim_model *d, amdim_model *r, const char *ctx)
             double worst = 0;
             for (size_t k = 0; k < pr.size; k++)
                 worst = fmax(worst, fabs((double)pd.data[k] - pr.data[k]) / sqrt(fmax(var.data[k], 1e-12)));
-            CHECK(worst <= TOL, "%s: %s differs by %.2g of the running deviation", ctx, pr.name, worst);
+            worst_all = fmax(worst_all, worst);
+            CHECK(worst <= tol, "%s: %s differs by %.2g of the running deviation (tolerance %.2g)", ctx, pr.name,
+                  worst, tol);
         } else if (pr.role == AMDIM_ROLE_BN_VAR) {
             double d2 = diff2(pd.data, pr.data, pr.size), n2 = 0;
             for (size_t k = 0; k < pr.size; k++)
                 n2 += (double)pr.data[k] * pr.data[k];
-            CHECK(sqrt(d2 / n2) <= TOL, "%s: %s differs by %.2g (relative)", ctx, pr.name, sqrt(d2 / n2));
+            worst_all = fmax(worst_all, sqrt(d2 / n2));
+            CHECK(sqrt(d2 / n2) <= tol, "%s: %s differs by %.2g (relative; tolerance %.2g)", ctx, pr.name,
+                  sqrt(d2 / n2), tol);
         } else if (pr.role == AMDIM_ROLE_BN_COUNT) {
             CHECK(pd.data[0] == pr.data[0], "%s: %s %g vs %g", ctx, pr.name, pd.data[0], pr.data[0]);
         }
     }
+    return worst_all;
 }
 
-static void equivalence(int objective, int use_bn)
+static void equivalence(const config *c)
 {
+    int objective = c->objective, use_bn = c->use_bn;
+    const tolerances *tol = &c->tol;
     int N = comm->size, B = 4, Bg = B * N;
     amdim_model_config cfg;
     amdim_model_config_default(&cfg, S);
@@ -206,7 +268,7 @@ static void equivalence(int objective, int use_bn)
     REQUIRE(x1 && x2 && mi && mh && labels && src5, "out of memory");
     char ctx[96];
     memset(noise, 0, sizeof noise);
-    double worst_g = 0, worst_g_later = 0, worst_w = 0;
+    double worst_g = 0, worst_g_later = 0, worst_w = 0, worst_loss = 0, worst_run = 0;
     for (int step = 0; step < 3; step++) {
         amdim_rng rng; /* the same global batch on every rank */
         amdim_rng_init(&rng, 99, 7, (uint64_t)step);
@@ -229,34 +291,38 @@ static void equivalence(int objective, int use_bn)
                 "%s", amdim_model_error(d));
         snprintf(ctx, sizeof ctx, "objective %d use_bn %d step %d, rank %d of %d", objective, use_bn, step, comm->rank,
                  N);
-        check_stat("nce_1t5", sd.nce_1t5, sr.nce_1t5, ctx);
-        check_stat("nce_1t7", sd.nce_1t7, sr.nce_1t7, ctx);
-        check_stat("nce_5t5", sd.nce_5t5, sr.nce_5t5, ctx);
-        check_stat("reg", sd.reg, sr.reg, ctx);
-        check_stat("cls_mlp", sd.cls_mlp, sr.cls_mlp, ctx);
-        check_stat("cls_lin", sd.cls_lin, sr.cls_lin, ctx);
-        check_stat("total", sd.total, sr.total, ctx);
+        check_stat("nce_1t5", sd.nce_1t5, sr.nce_1t5, tol->loss, &worst_loss, ctx);
+        check_stat("nce_1t7", sd.nce_1t7, sr.nce_1t7, tol->loss, &worst_loss, ctx);
+        check_stat("nce_5t5", sd.nce_5t5, sr.nce_5t5, tol->loss, &worst_loss, ctx);
+        check_stat("reg", sd.reg, sr.reg, tol->loss, &worst_loss, ctx);
+        check_stat("cls_mlp", sd.cls_mlp, sr.cls_mlp, tol->loss, &worst_loss, ctx);
+        check_stat("cls_lin", sd.cls_lin, sr.cls_lin, tol->loss, &worst_loss, ctx);
+        check_stat("total", sd.total, sr.total, tol->loss, &worst_loss, ctx);
         CHECK(sd.labelled == sr.labelled && sd.correct_mlp == sr.correct_mlp && sd.correct_lin == sr.correct_lin,
               "%s: counts %d/%d/%d vs %d/%d/%d", ctx, sd.labelled, sd.correct_mlp, sd.correct_lin, sr.labelled,
               sr.correct_mlp, sr.correct_lin);
         if (step == 0) /* the running statistics of the global batch, before any update */
-            compare_running(d, r, ctx);
+            worst_run = compare_running(d, r, tol->running, ctx);
         /* the first step's gradients come from the same weights: summation
-         * order only; later ones from weights that already differ by up to
-         * ~1e-5 after Adam's per-element normalisation */
-        double g = compare_grads(d, r, use_bn, step ? 10 * TOL : TOL, ctx);
+         * order only; later ones from weights that Adam's per-element
+         * normalisation has already moved apart */
+        double g = compare_grads(d, r, use_bn, step ? tol->grad_later : tol->grad, ctx);
         if (step == 0)
             worst_g = g;
         else
             worst_g_later = fmax(worst_g_later, g);
         REQUIRE(amdim_model_adam_step(d, 0) == 0 && amdim_model_adam_step(r, 0) == 0, "adam");
-        worst_w = fmax(worst_w, compare_weights(d, r, use_bn, ctx));
+        worst_w = fmax(worst_w, compare_weights(d, r, use_bn, tol->weight, ctx));
         CHECK(amdim_model_check_replicas(d) == 0, "%s: %s", ctx, amdim_model_error(d));
     }
+    worst_loss = max_over_ranks(worst_loss), worst_run = max_over_ranks(worst_run);
+    worst_g = max_over_ranks(worst_g), worst_g_later = max_over_ranks(worst_g_later), worst_w = max_over_ranks(worst_w);
     if (comm->rank == 0) {
-        printf("objective %d use_bn %d, %d ranks x %d: loss terms within 1e-5 and gradients within %.2g (steps 2-3: "
-               "%.2g), weights after each of 3 Adam steps within %.2g (relative); rounding-noise gradients:",
-               objective, use_bn, N, B, worst_g, worst_g_later, worst_w);
+        printf("objective %d use_bn %d, %d ranks x %d, worst error (tolerance): loss terms %.2g (%.0e), running "
+               "statistics %.2g (%.0e), gradients %.2g (%.0e), at steps 2-3 %.2g (%.0e), weights after each of 3 Adam "
+               "steps %.2g (%.0e); rounding-noise gradients:",
+               objective, use_bn, N, B, worst_loss, tol->loss, worst_run, tol->running, worst_g, tol->grad,
+               worst_g_later, tol->grad_later, worst_w, tol->weight);
         for (int i = 0; i < amdim_model_param_count(r); i++)
             if (noise[i]) {
                 amdim_param p;
@@ -292,22 +358,24 @@ static void classifier_phase(void)
         labels[i] = i % 3 == 2 ? -1 : i % 5;
     memset(noise, 0, sizeof noise);
     char ctx[96];
-    double worst = 0;
+    double worst = 0, worst_loss = 0;
     for (int step = 0; step < 2; step++) {
         amdim_step_stats sd, sr;
         REQUIRE(amdim_model_train_probes_step(r, v1, v2, labels, Bg, 0, &sr) == 0, "%s", amdim_model_error(r));
         REQUIRE(amdim_model_train_probes_step(d, v1 + off * view, v2 + off * view, labels + off, B, 0, &sd) == 0, "%s",
                 amdim_model_error(d));
         snprintf(ctx, sizeof ctx, "classifier phase step %d, rank %d of %d", step, comm->rank, N);
-        check_stat("cls_mlp", sd.cls_mlp, sr.cls_mlp, ctx);
-        check_stat("cls_lin", sd.cls_lin, sr.cls_lin, ctx);
+        check_stat("cls_mlp", sd.cls_mlp, sr.cls_mlp, tol_cls_loss, &worst_loss, ctx);
+        check_stat("cls_lin", sd.cls_lin, sr.cls_lin, tol_cls_loss, &worst_loss, ctx);
         CHECK(sd.labelled == sr.labelled, "%s: labelled %d vs %d", ctx, sd.labelled, sr.labelled);
-        worst = fmax(worst, compare_weights(d, r, 1, ctx));
+        worst = fmax(worst, compare_weights(d, r, 1, tol_cls_weight, ctx));
         CHECK(amdim_model_check_replicas(d) == 0, "%s: %s", ctx, amdim_model_error(d));
     }
+    worst = max_over_ranks(worst), worst_loss = max_over_ranks(worst_loss);
     if (comm->rank == 0)
-        printf("classifier phase, %d ranks x %d: probe losses within 1e-5, weights after 2 updates within %.2g\n", N, B,
-               worst);
+        printf("classifier phase, %d ranks x %d, worst error (tolerance): probe losses %.2g (%.0e), weights after 2 "
+               "updates %.2g (%.0e)\n",
+               N, B, worst_loss, tol_cls_loss, worst, tol_cls_weight);
     free(v1), free(v2), free(labels);
     amdim_model_destroy(d);
     amdim_model_destroy(r);
@@ -411,9 +479,11 @@ int main(int argc, char **argv)
     }
     REQUIRE(amdim_dist_open(&comm, 1, err, sizeof err) == 0, "%s", err);
     REQUIRE(comm->size >= 2, "run under mpirun -np 2 or more (size %d)", comm->size);
-    equivalence(AMDIM_OBJECTIVE_NCE, 1);
-    equivalence(AMDIM_OBJECTIVE_JSD, 0);
-    equivalence(AMDIM_OBJECTIVE_DV, 1);
+    if (comm->rank == 0)
+        printf("OpenBLAS core %s, AMDIM_SIMD %s\n", getenv("OPENBLAS_CORETYPE") ? getenv("OPENBLAS_CORETYPE") : "(detected)",
+               getenv("AMDIM_SIMD") ? getenv("AMDIM_SIMD") : "(detected)");
+    for (size_t i = 0; i < sizeof configs / sizeof configs[0]; i++)
+        equivalence(&configs[i]);
     classifier_phase();
     per_rank_bn();
     int rc = test_finish("test_dist_step");

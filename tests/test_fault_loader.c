@@ -3,9 +3,10 @@
  * abort the pipeline: a process of another user (when the test runs as
  * root and can become one), one that sends junk and one that connects and
  * hangs up are each refused, and the real consumer, arriving after them,
- * gets every batch. The test is the consumer: it reads the handshake line
- * from amdim-load's pipe, connects the intruders, then attaches with the
- * loader API. Arguments: the amdim-load binary. */
+ * gets every batch. A flood of such connections is logged as a few lines
+ * and then a count, not one line each. The test is the consumer: it reads
+ * the handshake line from amdim-load's pipe, connects the intruders, then
+ * attaches with the loader API. Arguments: the amdim-load binary. */
 #include <signal.h>
 #include <stddef.h>
 #include <stdlib.h>
@@ -82,6 +83,7 @@ int main(int argc, char **argv)
         if (c == 0) {
             if (setgid(65534) != 0 || setuid(65534) != 0)
                 _exit(77);
+            signal(SIGPIPE, SIG_IGN); /* the loader may close first: it was still refused */
             int fd = connect_abstract(name);
             if (fd < 0)
                 _exit(1);
@@ -101,6 +103,14 @@ int main(int argc, char **argv)
     j = connect_abstract(name);
     REQUIRE(j >= 0, "connect");
     close(j);
+    /* 4. A flood of junk connections. */
+    enum { FLOOD = 300 };
+    for (int i = 0; i < FLOOD; i++) {
+        j = connect_abstract(name);
+        REQUIRE(j >= 0, "connect %d", i);
+        (void)!send(j, "junk\n", 5, MSG_NOSIGNAL);
+        drain(j);
+    }
 
     /* The real consumer: the handshake line again, then the loader's pipe. */
     int cp[2];
@@ -130,6 +140,19 @@ int main(int argc, char **argv)
     CHECK(lerr && strstr(lerr, "dropped a connection") && strstr(lerr, "did not send START") &&
               strstr(lerr, "disconnected before START"),
           "the dropped connections are not reported: %s", lerr ? lerr : "");
+    /* The flood: a few lines, then counts that add up to every connection. */
+    int lines = 0;
+    unsigned long long summarised = 0;
+    for (const char *q = lerr; q && (q = strstr(q, "a connection from")); q++)
+        lines++;
+    for (const char *q = lerr; q && (q = strstr(q, "refused or dropped ")); q++)
+        summarised += strtoull(q + strlen("refused or dropped "), NULL, 10);
+    int total = foreign + 2 + FLOOD;
+    printf("test_fault_loader: %d connections that were not the consumer: %d lines, %llu counted in summaries, log %zu "
+           "bytes\n",
+           total, lines, summarised, lerr ? strlen(lerr) : 0);
+    CHECK(lines <= 5 && lines + (int)summarised == total,
+          "%d intruders logged as %d lines and %llu in summaries", total, lines, summarised);
     if (foreign)
         CHECK(lerr && strstr(lerr, "refused a connection from uid 65534"), "the foreign user is not reported: %s", lerr ? lerr : "");
     else

@@ -108,8 +108,9 @@ int main(int argc, char **argv)
     char *perr = test_read_file(p.peek_err, NULL), *lerr = test_read_file(p.load_err, NULL);
     CHECK(code(p.peek_status) == 1, "peek exit %d after a worker was killed", code(p.peek_status));
     CHECK(dt < 1.5, "the consumer took %.2f s to report the dead worker (it had slots to drain first)", dt);
-    CHECK(perr && strstr(perr, "worker 1") && strstr(perr, "signal 9") && strstr(perr, "batch"),
-          "peek's report does not name the worker, signal and batch: %s", perr);
+    CHECK(perr && strstr(perr, "worker 1") && strstr(perr, "signal 9") && strstr(perr, "batch") &&
+              strstr(perr, "out-of-memory killer"),
+          "peek's report does not name the worker, signal, batch and the likely OOM killer: %s", perr);
     CHECK(code(p.load_status) == 1 && lerr && strstr(lerr, "killed by signal 9"), "loader exit %d: %s", code(p.load_status), lerr);
     free(perr);
     free(lerr);
@@ -285,6 +286,16 @@ int main(int argc, char **argv)
     CHECK(code(st) == 2 && strstr(e2, "--workers"), "--workers 0: %d %s", code(st), e2);
     free(out), free(e2);
     const char *nope[] = {NULL};
+    /* Rings larger than memory are refused before anything is made. */
+    const char *huge[] = {"--workers", "64", "--batch", "10000", "--slots", "1024", NULL};
+    start(&p, raw, huge, nope);
+    test_pipeline_wait(&p);
+    lerr = test_read_file(p.load_err, NULL);
+    CHECK(code(p.load_status) == 1 && lerr && strstr(lerr, "the rings need") && strstr(lerr, "TiB") &&
+              strstr(lerr, "--slots") && strstr(lerr, "--batch") && strstr(lerr, "--workers") &&
+              strstr(lerr, "may still use") && !strstr(lerr, "worker 0 pid"),
+          "rings of 4 TiB: loader exit %d: %s", code(p.load_status), lerr ? lerr : "");
+    free(lerr);
     start(&p, test_path("nope.lmdb"), nope, nope);
     test_pipeline_wait(&p);
     lerr = test_read_file(p.load_err, NULL);

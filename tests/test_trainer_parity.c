@@ -1,8 +1,9 @@
 /* Parity of the CPU trainer with PyTorch (tests/ref/make_model_ref.py):
  * parameter names and shapes equal the authors' state_dict; r1/r5/r7,
- * logits and every loss term within 1e-4 relative; every parameter
- * gradient within 1e-4 + 1e-3*|ref|; then 3 Adam steps (warm-up lr) with
- * matching losses, weights and BatchNorm running statistics. A reference
+ * logits and every loss term (relative) and every parameter gradient
+ * (absolute plus relative to |ref|) within the tolerances below; then 3
+ * Adam steps (warm-up lr) with matching losses, weights and BatchNorm
+ * running statistics. The output prints each worst error. A reference
  * with "mix" (K, tau, alpha, probe features) is a model with mixtures
  * (trainer/MIXTURES.md); its mixture entropy is compared as a loss term.
  * Argument: a model_ref_*.bin.gz file. */
@@ -13,6 +14,20 @@
 #include "amdim_trainer.h"
 #include "reffile.h"
 #include "testutil.h"
+
+/* Each tolerance is the worst error measured over the BLAS kernels users
+ * have (OPENBLAS_CORETYPE Cooperlake, SkylakeX, Haswell, Sandybridge and
+ * Nehalem, 1 and 2 threads) and the six references, times three, rounded
+ * up to 1, 2 or 5 in its decade, and never below what the test used
+ * before it was measured (kernels nobody measured keep that margin):
+ * PyTorch and this trainer sum in different orders, and which order this
+ * trainer uses depends on the CPU. */
+#define TOL_OUT 1e-4               /* r1/r5/r7 and logits, relative to the tensor's largest value */
+#define TOL_LOSS 1e-4              /* loss terms, relative (absolute for terms near 0) */
+#define TOL_GRAD_ABS 2e-4          /* gradients: TOL_GRAD_ABS + TOL_GRAD_REL |ref| */
+#define TOL_GRAD_REL 2e-3
+#define TOL_FINAL_ABS 1e-5         /* after 3 Adam steps: TOL_FINAL_ABS + TOL_FINAL_REL |ref| */
+#define TOL_FINAL_REL 1e-4
 
 static double worst_out, worst_loss, worst_grad, worst_final;
 static char worst_grad_name[200];
@@ -40,7 +55,7 @@ static void cmp_loss(const char *what, double got, const ref_file *rf, const cha
     double err = fabs(got - r) / (fabs(r) > 1e-12 ? fabs(r) : 1e-12);
     if (fabs(r) < 1e-6)
         err = fabs(got - r); /* a loss term that is ~0 (e.g. reg) */
-    CHECK(err <= 1e-4, "%s: %.8f vs PyTorch %.8f (relative %.3g)", what, got, r, err);
+    CHECK(err <= TOL_LOSS, "%s: %.8f vs PyTorch %.8f (relative %.3g, tolerance %.1g)", what, got, r, err, TOL_LOSS);
     if (err > worst_loss)
         worst_loss = err;
 }
@@ -136,12 +151,12 @@ int main(int argc, char **argv)
             for (int o = 0; o < 6; o++) {
                 amdim_model_output(m, o / 3, which[o % 3], buf);
                 snprintf(name, sizeof name, "out/%s", outs[o]);
-                cmp_scaled(outs[o], buf, ref_get(&rf, name, REF_F32), 1e-4);
+                cmp_scaled(outs[o], buf, ref_get(&rf, name, REF_F32), TOL_OUT);
             }
             REQUIRE(amdim_model_logits(m, 0, logits) == 0, "logits");
-            cmp_scaled("logits_mlp", logits, ref_get(&rf, "out/logits_mlp", REF_F32), 1e-4);
+            cmp_scaled("logits_mlp", logits, ref_get(&rf, "out/logits_mlp", REF_F32), TOL_OUT);
             REQUIRE(amdim_model_logits(m, 1, logits) == 0, "logits");
-            cmp_scaled("logits_lin", logits, ref_get(&rf, "out/logits_lin", REF_F32), 1e-4);
+            cmp_scaled("logits_lin", logits, ref_get(&rf, "out/logits_lin", REF_F32), TOL_OUT);
             free(buf);
             REQUIRE(amdim_model_pull(m) == 0, "pull: %s", amdim_model_error(m));
             for (int i = 0; i < n; i++) {
@@ -154,10 +169,11 @@ int main(int argc, char **argv)
                 double worst = 0;
                 for (size_t k = 0; k < p.size; k++) {
                     double r = ((const double *)g->data)[k], d = fabs(p.grad[k] - r);
-                    double rel = d / (1e-4 + 1e-3 * fabs(r));
+                    double rel = d / (TOL_GRAD_ABS + TOL_GRAD_REL * fabs(r));
                     worst = rel > worst ? rel : worst;
                 }
-                CHECK(worst <= 1.0, "gradient of %s: error %.2f x the tolerance 1e-4 + 1e-3|ref|", p.name, worst);
+                CHECK(worst <= 1.0, "gradient of %s: error %.2f x the tolerance %.1g + %.1g|ref|", p.name, worst,
+                      TOL_GRAD_ABS, TOL_GRAD_REL);
                 if (worst > worst_grad) {
                     worst_grad = worst;
                     snprintf(worst_grad_name, sizeof worst_grad_name, "%s", p.name);
@@ -182,15 +198,18 @@ int main(int argc, char **argv)
         double worst = 0;
         for (size_t j = 0; j < p.size; j++) {
             double r = ((const double *)rf.t[i].data)[j];
-            double rel = fabs(p.data[j] - r) / (1e-5 + 1e-4 * fabs(r));
+            double rel = fabs(p.data[j] - r) / (TOL_FINAL_ABS + TOL_FINAL_REL * fabs(r));
             worst = rel > worst ? rel : worst;
         }
-        CHECK(worst <= 1.0, "%s after 3 Adam steps: error %.2f x the tolerance 1e-5 + 1e-4|ref|", pname, worst);
+        CHECK(worst <= 1.0, "%s after 3 Adam steps: error %.2f x the tolerance %.1g + %.1g|ref|", pname, worst,
+              TOL_FINAL_ABS, TOL_FINAL_REL);
         worst_final = worst > worst_final ? worst : worst_final;
     }
-    printf("largest errors: outputs %.2g (relative to the tensor's scale), losses %.2g (relative), gradients %.3f x "
-           "tolerance (%s), after 3 Adam steps %.3f x tolerance\n",
-           worst_out, worst_loss, worst_grad, worst_grad_name, worst_final);
+    printf("largest errors (tolerance): outputs %.2g (%.1g, relative to the tensor's scale), losses %.2g (%.1g, "
+           "relative), gradients %.3f x the tolerance %.1g + %.1g|ref| (%s), after 3 Adam steps %.3f x the tolerance "
+           "%.1g + %.1g|ref|\n",
+           worst_out, TOL_OUT, worst_loss, TOL_LOSS, worst_grad, TOL_GRAD_ABS, TOL_GRAD_REL, worst_grad_name,
+           worst_final, TOL_FINAL_ABS, TOL_FINAL_REL);
     amdim_model_destroy(m);
     ref_free(&rf);
     return test_finish("test_trainer_parity");
