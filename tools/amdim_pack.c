@@ -48,7 +48,8 @@ static const char *usage_text =
     "  -h, --help              show this help\n"
     "\n"
     "Skipped images are listed in OUT.<split>.report.txt. Exit status: 0 done,\n"
-    "1 failed (nothing written under OUT), 2 bad usage.\n";
+    "1 failed (nothing written under OUT), 2 bad usage. OUT is created with mode\n"
+    "0644 less the umask: pack under 'umask 077' to keep a dataset private.\n";
 
 static volatile sig_atomic_t g_cancel;
 

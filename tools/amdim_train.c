@@ -3,6 +3,7 @@
 #include <errno.h>
 #include <getopt.h>
 #include <limits.h>
+#include <math.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -19,6 +20,12 @@ static const char *usage_text =
     "Trains AMDIM on the batches amdim-load makes (it tells the loader the seed\n"
     "and where to start), logs to stderr and RUN/metrics.jsonl, evaluates the\n"
     "online probes every epoch, and writes safetensors checkpoints to RUN.\n"
+    "One process at a time uses RUN (a lock on RUN/run.lock, released when it\n"
+    "ends however it ends): a second --out or --resume RUN is refused, naming the\n"
+    "holder's pid. A model and batch that would not fit in the memory this process\n"
+    "may use (MemAvailable, the cgroup's limit) are refused before they are\n"
+    "allocated, with both figures. Files are created with mode 0644 and RUN with\n"
+    "0755, less the umask: run under 'umask 077' to keep a run private.\n"
     "\n"
     "Run:\n"
     "  -o, --out RUN           directory of a new run\n"
@@ -40,6 +47,8 @@ static const char *usage_text =
     "Model (defaults from the encoder size the data implies):\n"
     "      --ndf N --n-rkhs N --n-depth N --use-bn 0|1 --tclip X\n"
     "      --objective nce|jsd|dv --lr X --warmup N --classes N\n"
+    "      --allow-fewer-classes  accept --classes below the data's class count (labels from\n"
+    "                          N up then train as unlabelled; refused otherwise)\n"
     "Mixture-based representations (trainer/MIXTURES.md; CPU only for now):\n"
     "      --mixtures K        K mixture features of r1 for the 1t5/1t7 directions, 1..16 (default 1: off)\n"
     "      --mix-tau X         assignment temperature, q = softmax(X * s) (default 1)\n"
@@ -70,7 +79,7 @@ static int real(const char *s, float *out)
 {
     char *end;
     float v = strtof(s, &end);
-    if (*end || end == s || !(v > 0))
+    if (*end || end == s || !(v > 0) || !isfinite(v))
         return -1;
     *out = v;
     return 0;
@@ -80,7 +89,7 @@ int main(int argc, char **argv)
 {
     enum { O_EVAL = 256, O_ESPLIT, O_EREF, O_DEVICE, O_STEPS, O_SEED, O_LOG, O_CKPT, O_KEEP, O_NDF, O_RKHS, O_DEPTH,
            O_BN, O_TCLIP, O_OBJ, O_LR, O_CLASSES, O_CLS, O_INIT, O_WARMUP, O_THREADS,
-           O_MIX, O_MIX_TAU, O_MIX_ENT, O_PROBE_FEAT, O_PRECISION, O_DIST, O_SYNC_BN };
+           O_MIX, O_MIX_TAU, O_MIX_ENT, O_PROBE_FEAT, O_PRECISION, O_DIST, O_SYNC_BN, O_FEWER };
     static const struct option longopts[] = {
         {"out", required_argument, NULL, 'o'},        {"resume", required_argument, NULL, 'r'},
         {"eval", required_argument, NULL, O_EVAL},    {"eval-split", required_argument, NULL, O_ESPLIT},
@@ -99,6 +108,7 @@ int main(int argc, char **argv)
         {"mix-entropy", required_argument, NULL, O_MIX_ENT}, {"probe-features", required_argument, NULL, O_PROBE_FEAT},
         {"precision", required_argument, NULL, O_PRECISION},
         {"dist", required_argument, NULL, O_DIST},    {"sync-bn", no_argument, NULL, O_SYNC_BN},
+        {"allow-fewer-classes", no_argument, NULL, O_FEWER},
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0}};
     amdim_train_options o;
@@ -163,6 +173,7 @@ int main(int argc, char **argv)
             dist = optarg;
             break;
         case O_SYNC_BN: sync_bn = 1; break;
+        case O_FEWER: o.allow_fewer_classes = 1; break;
         case O_CLS: classifiers = 1; break;
         case O_INIT: o.init_path = optarg; break;
         case 'h': fputs(usage_text, stdout); return 0;

@@ -50,6 +50,8 @@ int main(int argc, char **argv)
     amdim_model *m = NULL;
     int st = amdim_checkpoint_read_meta(ckpt, &cfg, &info, err, sizeof err);
     if (st == AMDIM_OK)
+        st = amdim_model_memory_check(&cfg, AMDIM_DEVICE_CPU, (int)batch, 0, 0, ckpt, err, sizeof err);
+    if (st == AMDIM_OK)
         st = amdim_model_create(&m, &cfg, err, sizeof err);
     if (st == AMDIM_OK)
         st = amdim_checkpoint_load(m, ckpt, 0, err, sizeof err);

@@ -34,6 +34,9 @@ typedef struct {
                                0: write the initial checkpoint and stop */
     int batch;              /* 0: accept the loader's */
     amdim_model_overrides model;
+    /* model.n_classes below the data's class count: labels from there on
+     * train as unlabelled (refused unless set) */
+    int allow_fewer_classes;
     int has_seed;
     uint64_t seed;
     int log_every;          /* updates between log lines (default 50) */
@@ -52,7 +55,11 @@ typedef struct {
 void amdim_train_options_default(amdim_train_options *o);
 
 /* Returns 0 when the run finished (or stopped at its step limit), or a
- * negative status with the reason in err. */
+ * negative status with the reason in err. Rank 0 holds the run
+ * directory's lock (RUN/run.lock) throughout: AMDIM_E_EXISTS, naming the
+ * holder's pid, while another process has it. A write to metrics.jsonl
+ * that fails, a non-finite loss and a model that cannot be saved because
+ * it holds non-finite values end the run with the reason. */
 int amdim_train_run(const amdim_train_options *o, char *err, size_t n);
 
 typedef struct {

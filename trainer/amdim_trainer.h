@@ -87,6 +87,29 @@ int amdim_model_create_on(amdim_model **out, const amdim_model_config *cfg, amdi
                           size_t errlen);
 /* amdim_model_create_on(..., AMDIM_DEVICE_CPU, ...) */
 int amdim_model_create(amdim_model **out, const amdim_model_config *cfg, char *err, size_t errlen);
+
+/* Host memory a model of cfg needs, in bytes, known before any of it is
+ * allocated. state: the host mirror amdim_model_create_on allocates
+ * (weights and buffers, gradients, Adam's two moments). activations: the
+ * input copies and draws of a training step at `batch` (per rank, in a
+ * group of `ranks`; 0 or 1 for one process) and, on the CPU, the
+ * activation buffers and scratch its backend allocates for that step, or
+ * with training 0 for an evaluation batch (no objective); a CUDA
+ * device's own memory is not counted. AMDIM_E_INVALID for a bad cfg or
+ * batch. */
+typedef struct {
+    uint64_t state, activations;
+} amdim_memory_need;
+int amdim_model_memory_need(const amdim_model_config *cfg, amdim_device device, int batch, int ranks, int training,
+                            amdim_memory_need *need, char *err, size_t n);
+/* The check every entry point makes before creating a model (amdim-train
+ * new, resumed and classifier runs, amdim-embed, amdim-viz): the need
+ * against what this process may still allocate (amdim_mem_available:
+ * MemAvailable and the cgroup's limit less its usage). AMDIM_E_TOO_LARGE
+ * naming `what`, both figures and the bound that applies; 0 when it fits
+ * or when neither figure can be read. */
+int amdim_model_memory_check(const amdim_model_config *cfg, amdim_device device, int batch, int ranks, int training,
+                             const char *what, char *err, size_t n);
 void amdim_model_destroy(amdim_model *m); /* accepts NULL */
 amdim_device amdim_model_device(const amdim_model *m);
 /* Registers host memory that input views will be read from (the loader's

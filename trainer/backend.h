@@ -86,6 +86,11 @@ typedef struct amdim_backend {
 } amdim_backend;
 
 extern const amdim_backend amdim_backend_cpu;
+/* Bytes the CPU backend allocates for a training step at batch B (per
+ * rank, in a group of `ranks`; 1 or 0: one process), or with training 0
+ * for evaluation at batch B: activation buffers and the scratch its ops
+ * grow to. */
+size_t amdim_cpu_step_bytes(const amdim_arch *a, int B, int ranks, int training);
 #ifdef AMDIM_HAVE_CUDA_BACKEND
 extern const amdim_backend amdim_backend_cuda;
 /* 1 when a CUDA device can be used, else 0 with the reason. */

@@ -121,8 +121,9 @@ int amdim_model_create_on(amdim_model **out, const amdim_model_config *cfg, amdi
     m->adam_m = block_alloc(gs);
     m->adam_v = block_alloc(gs);
     if (!m->weights || !m->grads || !m->adam_m || !m->adam_v) {
+        size_t floats = a->weights_size; /* a points into m */
         amdim_model_destroy(m);
-        return amdim_fail(err, n, AMDIM_E_NOMEM, "out of memory for %zu parameters", a->weights_size);
+        return amdim_fail(err, n, AMDIM_E_NOMEM, "out of memory for %zu parameters", floats);
     }
     amdim_arch_init_weights(a, m->weights);
     m->device = device;
@@ -147,6 +148,57 @@ int amdim_model_create_on(amdim_model **out, const amdim_model_config *cfg, amdi
 int amdim_model_create(amdim_model **out, const amdim_model_config *cfg, char *err, size_t n)
 {
     return amdim_model_create_on(out, cfg, AMDIM_DEVICE_CPU, err, n);
+}
+
+/* ---- memory ------------------------------------------------------------------ */
+
+int amdim_model_memory_need(const amdim_model_config *cfg, amdim_device device, int batch, int ranks, int training,
+                            amdim_memory_need *need, char *err, size_t n)
+{
+    memset(need, 0, sizeof *need);
+    if (batch < 1 || ranks < 0)
+        return amdim_fail(err, n, AMDIM_E_INVALID, "memory estimate: batch %d, %d ranks", batch, ranks);
+    amdim_arch a;
+    memset(&a, 0, sizeof a);
+    int st = amdim_arch_build(&a, cfg, err, n);
+    if (st) {
+        amdim_arch_free(&a);
+        return st;
+    }
+    /* the host mirror as amdim_model_create_on allocates it */
+    need->state = ((uint64_t)a.weights_size + 3 * (uint64_t)(a.grads_size ? a.grads_size : 1)) * sizeof(float);
+    /* input slots (two, both views) and the draws of the global batch */
+    uint64_t S = (uint64_t)cfg->encoder_size, Bg = (uint64_t)batch * (ranks > 1 ? ranks : 1);
+    need->activations = 2 * (2 * (uint64_t)batch * S * S * 3 + (uint64_t)batch * 4) +
+                        2 * Bg * (4 + 4 * ((uint64_t)cfg->n_rkhs + (uint64_t)cfg->mlp_hidden));
+    if (device == AMDIM_DEVICE_CPU)
+        need->activations += amdim_cpu_step_bytes(&a, batch, ranks, training);
+    amdim_arch_free(&a);
+    return AMDIM_OK;
+}
+
+int amdim_model_memory_check(const amdim_model_config *cfg, amdim_device device, int batch, int ranks, int training,
+                             const char *what, char *err, size_t n)
+{
+    amdim_memory_need need;
+    int st = amdim_model_memory_need(cfg, device, batch, ranks, training, &need, err, n);
+    if (st)
+        return st;
+    uint64_t avail, total = need.state + need.activations;
+    char bound[512];
+    if (amdim_mem_available(&avail, bound, sizeof bound) != AMDIM_OK)
+        return AMDIM_OK; /* nothing to compare with (no /proc, no cgroup files) */
+    if (total <= avail)
+        return AMDIM_OK;
+    const double G = 1024.0 * 1024.0 * 1024.0;
+    return amdim_fail(err, n, AMDIM_E_TOO_LARGE,
+                      "%s needs about %.2f GiB of memory (ndf %d, n_rkhs %d, depth %d: weights, gradients and Adam "
+                      "moments %.2f GiB; %s for %s batch %d %.2f GiB), but this process may use %.2f GiB (%s): "
+                      "give a smaller model or batch",
+                      what, total / G, cfg->ndf, cfg->n_rkhs, cfg->n_depth, need.state / G,
+                      device == AMDIM_DEVICE_CPU ? "activations and scratch" : "input copies",
+                      training ? "a training" : "an evaluation", batch,
+                      need.activations / G, avail / G, bound);
 }
 
 const amdim_model_config *amdim_model_get_config(const amdim_model *m) { return &m->cfg; }

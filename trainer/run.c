@@ -2,6 +2,7 @@
 #include "amdim_run.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -11,6 +12,7 @@
 
 #include "amdim_checkpoint.h"
 #include "amdim_loader.h"
+#include "output.h"
 #include "run_plan.h"
 
 void amdim_train_options_default(amdim_train_options *o)
@@ -36,15 +38,18 @@ typedef struct {
     double t0, wait0;
 } interval;
 
-static void log_interval(FILE *metrics, interval *iv, amdim_model *m, uint64_t epoch, double wait_now, int probes_only,
-                         int quiet)
+/* Logs an interval to stderr and a line to metrics (NULL on ranks other
+ * than 0, which log nothing). 0 or AMDIM_E_IO naming metrics.jsonl. */
+static int log_interval(amdim_output *metrics, interval *iv, amdim_model *m, uint64_t epoch, double wait_now,
+                        int probes_only, char *err, size_t n)
 {
+    int quiet = metrics == NULL;
     double now = amdim_now(), dt = now - iv->t0;
     if (quiet) { /* ranks other than 0: rank 0 logs the group's figures */
         memset(iv, 0, sizeof *iv);
         iv->t0 = now;
         iv->wait0 = wait_now;
-        return;
+        return AMDIM_OK;
     }
     double k = iv->steps ? 1.0 / iv->steps : 0;
     double acc_m = iv->labelled ? (double)iv->correct_mlp / iv->labelled : NAN;
@@ -67,7 +72,8 @@ static void log_interval(FILE *metrics, interval *iv, amdim_model *m, uint64_t e
                 iv->nce_5t5 * k, iv->reg * k, iv->cls_mlp * k, iv->cls_lin * k, acc_m, acc_l, lr,
                 dt > 0 ? iv->pairs / dt : 0, 100 * wait);
     /* %.17g: losses round-trip exactly, so runs can be compared bit for bit */
-    fprintf(metrics,
+    char line[1024];
+    int len = snprintf(line, sizeof line,
             "{\"kind\":\"train\",\"step\":%llu,\"epoch\":%llu,\"loss\":%.17g,\"nce_1t5\":%.17g,\"nce_1t7\":%.17g,"
             "\"nce_5t5\":%.17g,\"reg\":%.17g,\"cls_mlp\":%.17g,\"cls_lin\":%.17g,\"train_acc_mlp\":%.6g,"
             "\"train_acc_lin\":%.6g,\"lr\":%.9g,\"pairs_per_s\":%.3f,\"data_wait\":%.4f,\"steps\":%llu",
@@ -75,16 +81,68 @@ static void log_interval(FILE *metrics, interval *iv, amdim_model *m, uint64_t e
             iv->nce_5t5 * k, iv->reg * k, iv->cls_mlp * k, iv->cls_lin * k, isnan(acc_m) ? -1.0 : acc_m,
             isnan(acc_l) ? -1.0 : acc_l, lr, dt > 0 ? iv->pairs / dt : 0, wait, (unsigned long long)iv->steps);
     if (amdim_model_get_config(m)->mixtures > 1 && !probes_only)
-        fprintf(metrics, ",\"mix_entropy\":%.17g", iv->mix_entropy * k);
-    fprintf(metrics, "}\n");
-    fflush(metrics);
+        len += snprintf(line + len, sizeof line - (size_t)len, ",\"mix_entropy\":%.17g", iv->mix_entropy * k);
+    len += snprintf(line + len, sizeof line - (size_t)len, "}\n");
     memset(iv, 0, sizeof *iv);
     iv->t0 = now;
     iv->wait0 = wait_now;
+    AMDIM_ASSERT(len < (int)sizeof line);
+    return amdim_output_write(metrics, line, (size_t)len, err, n);
 }
 
-static int evaluate(const amdim_train_options *o, amdim_model *m, const char *preset, FILE *metrics, uint64_t epoch,
-                    char *err, size_t n)
+/* Resuming from the checkpoint of `step`: metrics.jsonl keeps its complete
+ * lines up to that step. Lines after it were logged by a run killed before
+ * its next checkpoint (the resumed run logs those steps again), and a line
+ * cut mid-way would have the next line glued on. A metrics file that is
+ * not a regular file (a device, a FIFO) is left alone. */
+static int trim_metrics(const char *path, uint64_t step, char *err, size_t n)
+{
+    int fd = open(path, O_RDWR | O_NONBLOCK | O_CLOEXEC);
+    if (fd < 0)
+        return errno == ENOENT ? AMDIM_OK : amdim_fail(err, n, AMDIM_E_IO, "cannot open %s: %s", path, strerror(errno));
+    struct stat sb;
+    if (fstat(fd, &sb) != 0 || !S_ISREG(sb.st_mode) || sb.st_size == 0) {
+        close(fd);
+        return AMDIM_OK;
+    }
+    size_t size = (size_t)sb.st_size, keep = 0, dropped = 0;
+    char *text = malloc(size + 1);
+    ssize_t got = text ? pread(fd, text, size, 0) : -1;
+    if (got != (ssize_t)size) {
+        int e = errno;
+        free(text);
+        close(fd);
+        return amdim_fail(err, n, AMDIM_E_IO, "cannot read %s: %s", path, got < 0 ? strerror(e) : "short read");
+    }
+    text[size] = 0;
+    for (size_t at = 0; at < size;) {
+        char *nl = memchr(text + at, '\n', size - at);
+        if (!nl)
+            break; /* cut mid-line */
+        *nl = 0;
+        const char *sp = strstr(text + at, "\"step\":");
+        if (sp && strtoull(sp + 7, NULL, 10) > step)
+            break;
+        at = keep = (size_t)(nl - text) + 1;
+    }
+    for (size_t i = keep; i < size; i++)
+        dropped += text[i] == '\n' || text[i] == 0 || i + 1 == size;
+    free(text);
+    int st = AMDIM_OK;
+    if (keep < size) {
+        if (ftruncate(fd, (off_t)keep) != 0)
+            st = amdim_fail(err, n, AMDIM_E_IO, "cannot truncate %s: %s", path, strerror(errno));
+        else
+            fprintf(stderr, "amdim-train: %s: dropped %zu line%s after step %llu (logged after that checkpoint, or cut "
+                            "mid-line); the resumed run logs those steps again\n",
+                    path, dropped, dropped == 1 ? "" : "s", (unsigned long long)step);
+    }
+    close(fd);
+    return st;
+}
+
+static int evaluate(const amdim_train_options *o, amdim_model *m, const char *preset, amdim_output *metrics,
+                    uint64_t epoch, char *err, size_t n)
 {
     if (!o->eval_path)
         return AMDIM_OK;
@@ -96,20 +154,29 @@ static int evaluate(const amdim_train_options *o, amdim_model *m, const char *pr
     fprintf(stderr, "amdim-train: evaluation after step %llu (epoch %llu): test accuracy linear %.4f, MLP %.4f on %llu images (%.1f s)\n",
             (unsigned long long)amdim_model_updates(m), (unsigned long long)epoch, r.acc_lin, r.acc_mlp,
             (unsigned long long)r.images, amdim_now() - t0);
-    fprintf(metrics, "{\"kind\":\"eval\",\"step\":%llu,\"epoch\":%llu,\"test_acc_lin\":%.6f,\"test_acc_mlp\":%.6f,\"images\":%llu}\n",
-            (unsigned long long)amdim_model_updates(m), (unsigned long long)epoch, r.acc_lin, r.acc_mlp,
-            (unsigned long long)r.images);
-    fflush(metrics);
-    return AMDIM_OK;
+    char line[512];
+    int len = snprintf(line, sizeof line,
+                       "{\"kind\":\"eval\",\"step\":%llu,\"epoch\":%llu,\"test_acc_lin\":%.6f,\"test_acc_mlp\":%.6f,"
+                       "\"images\":%llu}\n",
+                       (unsigned long long)amdim_model_updates(m), (unsigned long long)epoch, r.acc_lin, r.acc_mlp,
+                       (unsigned long long)r.images);
+    return amdim_output_write(metrics, line, (size_t)len, err, n);
 }
 
+/* A failed save is reported with what remains: the previous checkpoint
+ * when there is one. AMDIM_E_INVALID (the model diverged) stops the run. */
 static int save(const char *dir, amdim_model *m, amdim_checkpoint_info *ci, int keep, char *err, size_t n)
 {
     ci->step = amdim_model_updates(m);
     int st = amdim_checkpoint_save(m, dir, ci, err, n);
     if (st) {
-        fprintf(stderr, "amdim-train: checkpoint at step %llu failed (%s); the previous one is intact\n",
-                (unsigned long long)ci->step, err);
+        char prev[4300];
+        if (amdim_checkpoint_latest(dir, prev, sizeof prev) == AMDIM_OK)
+            fprintf(stderr, "amdim-train: checkpoint at step %llu failed (%s); the previous one is intact (%s)\n",
+                    (unsigned long long)ci->step, err, prev);
+        else
+            fprintf(stderr, "amdim-train: checkpoint at step %llu failed (%s); %s holds no earlier checkpoint\n",
+                    (unsigned long long)ci->step, err, dir);
         return st;
     }
     amdim_checkpoint_prune(dir, keep);
@@ -243,13 +310,15 @@ int amdim_train_run(const amdim_train_options *o, char *err, size_t n)
     amdim_checkpoint_info *ci = &plan.ci;
     amdim_loader *l;
     char why[2048];
-    if ((st = amdim_loader_attach(&l, o->in_fd, &req, why, sizeof why)))
+    if ((st = amdim_loader_attach(&l, o->in_fd, &req, why, sizeof why))) {
+        run_plan_end(&plan);
         return amdim_fail(err, n, st, "attaching to amdim-load: %s", why);
+    }
     const amdim_loader_info *li = amdim_loader_get_info(l);
     amdim_model *m = NULL;
     int rank0 = !o->comm || o->comm->rank == 0, ranks = o->comm ? o->comm->size : 1;
     uint32_t global_batch = li->batch * (uint32_t)ranks;
-    FILE *metrics = NULL;
+    amdim_output metrics = {.fd = -1}, *mout = NULL; /* rank 0 alone logs */
     uint32_t registered = 0; /* rings registered with the model */
     if ((st = run_plan_configure(o, li, &plan, err, n)) || (st = run_plan_model(o, li, &plan, &m, err, n)) ||
         (st = ranks_agree(o, li, &plan, m, err, n)))
@@ -279,10 +348,17 @@ int amdim_train_run(const amdim_train_options *o, char *err, size_t n)
     }
     char mpath[4300];
     snprintf(mpath, sizeof mpath, "%s/metrics.jsonl", dir);
-    metrics = rank0 ? fopen(mpath, resuming ? "a" : "w") : fopen("/dev/null", "w");
-    if (!metrics) {
-        st = amdim_fail(err, n, AMDIM_E_IO, "cannot open %s: %s", mpath, strerror(errno));
-        goto done;
+    if (rank0) {
+        /* a new run starts the file afresh; a resumed one continues it from its checkpoint's step */
+        struct stat sb;
+        if (!resuming && stat(mpath, &sb) == 0 && S_ISREG(sb.st_mode) && truncate(mpath, 0) != 0) {
+            st = amdim_fail(err, n, AMDIM_E_IO, "cannot truncate %s: %s", mpath, strerror(errno));
+            goto done;
+        }
+        if ((resuming && (st = trim_metrics(mpath, ci->step, err, n))) ||
+            (st = amdim_output_open(&metrics, mpath, AMDIM_OUTPUT_APPEND, err, n)))
+            goto done;
+        mout = &metrics;
     }
     static const char *objn[] = {"nce", "jsd", "dv"};
     if (rank0 && ranks > 1)
@@ -405,19 +481,19 @@ int amdim_train_run(const amdim_train_options *o, char *err, size_t n)
             amdim_progress_clear(&live); /* lines print under the live line */
         else if (live.is_tty)
             amdim_progress_update(&live, step - first_step, total_steps);
-        if (log_now)
-            log_interval(metrics, &iv, m, epoch, amdim_loader_wait_seconds(l), probes, !rank0);
+        if (log_now && (st = log_interval(mout, &iv, m, epoch, amdim_loader_wait_seconds(l), probes, err, n)))
+            break;
         if ((last || ckpt_now) && (st = amdim_model_check_replicas(m))) {
             amdim_fail(err, n, st, "%s", amdim_model_error(m));
             break;
         }
         if (last) {
-            if (iv.steps)
-                log_interval(metrics, &iv, m, epoch, amdim_loader_wait_seconds(l), probes, !rank0);
+            if (iv.steps && (st = log_interval(mout, &iv, m, epoch, amdim_loader_wait_seconds(l), probes, err, n)))
+                break;
             /* rank 0 evaluates; its refreshed BatchNorm statistics go to every
              * rank, which wait for them without the watchdog counting */
             watch(o, AMDIM_WATCH_HOLD, 1);
-            if (rank0 && (st = evaluate(o, m, li->preset, metrics, epoch, err, n)))
+            if (rank0 && (st = evaluate(o, m, li->preset, mout, epoch, err, n)))
                 break;
             st = amdim_model_bcast_state(m, 0);
             watch(o, AMDIM_WATCH_HOLD, 0);
@@ -425,16 +501,24 @@ int amdim_train_run(const amdim_train_options *o, char *err, size_t n)
                 amdim_fail(err, n, st, "%s", amdim_model_error(m));
                 break;
             }
-            if (!rank0 || save(dir, m, ci, o->keep, why, sizeof why) == AMDIM_OK)
+        }
+        if (last || ckpt_now) {
+            /* a failed save (disk full) is reported and training goes on; a diverged model stops */
+            int s2 = rank0 ? save(dir, m, ci, o->keep, why, sizeof why) : AMDIM_OK;
+            if (s2 == AMDIM_OK)
                 last_ckpt = step;
-        } else if (ckpt_now) {
-            if (!rank0 || save(dir, m, ci, o->keep, why, sizeof why) == AMDIM_OK)
-                last_ckpt = step;
+            else if (s2 == AMDIM_E_INVALID) {
+                st = amdim_fail(err, n, s2, "%s", why);
+                break;
+            }
         }
     }
     amdim_progress_clear(&live);
-    if (iv.steps)
-        log_interval(metrics, &iv, m, epoch, amdim_loader_wait_seconds(l), probes, !rank0);
+    if (iv.steps && st != AMDIM_E_IO) {
+        int s2 = log_interval(mout, &iv, m, epoch, amdim_loader_wait_seconds(l), probes, why, sizeof why);
+        if (s2 && st == AMDIM_OK)
+            st = amdim_fail(err, n, s2, "%s", why);
+    }
     /* Checkpoint before the final evaluation, so a run stopped here and
      * resumed continues from exactly the state an unbroken run has. */
     if (rank0 && (st == AMDIM_OK || st == AMDIM_E_CANCELLED) && last_ckpt != amdim_model_updates(m)) {
@@ -445,7 +529,7 @@ int amdim_train_run(const amdim_train_options *o, char *err, size_t n)
             fprintf(stderr, "amdim-train: checkpoint at step %llu in %s\n", (unsigned long long)amdim_model_updates(m), dir);
     }
     if (rank0 && st == AMDIM_OK && last_ckpt != amdim_model_updates(m))
-        st = evaluate(o, m, li->preset, metrics, epoch, err, n);
+        st = evaluate(o, m, li->preset, mout, epoch, err, n);
 done:
     for (uint32_t i = 0; m && i < registered; i++) {
         void *base;
@@ -453,9 +537,13 @@ done:
         amdim_loader_ring_memory(l, i, &base, &bytes);
         amdim_model_unregister_host(m, base);
     }
-    if (metrics)
-        fclose(metrics);
+    if (mout) {
+        int s2 = amdim_output_close(mout, why, sizeof why);
+        if (s2 && st == AMDIM_OK)
+            st = amdim_fail(err, n, s2, "%s", why);
+    }
     amdim_model_destroy(m);
     amdim_loader_close(l);
+    run_plan_end(&plan);
     return st;
 }

@@ -2,9 +2,13 @@
 #include "run_plan.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
+#include <sys/file.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include "amdim_augment.h"
 #include "amdim_dataset.h"
@@ -52,10 +56,93 @@ static int check_resume_options(const amdim_model_overrides *v, const amdim_mode
     return AMDIM_OK;
 }
 
+/* The run directory's lock: an exclusive flock on DIR/run.lock, which the
+ * kernel drops when the process ends however it ends, so a killed run
+ * leaves no stale lock; the file names the holder's pid for the next
+ * one's message. The file itself stays. */
+static int lock_dir(const char *dir, int *fd_out, char *err, size_t n)
+{
+    char path[4300];
+    snprintf(path, sizeof path, "%s/run.lock", dir);
+    int fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0644);
+    if (fd < 0)
+        return amdim_fail(err, n, AMDIM_E_IO, "cannot open the run directory's lock file %s: %s", path,
+                          strerror(errno));
+    if (flock(fd, LOCK_EX | LOCK_NB) != 0) {
+        int e = errno;
+        char text[32] = "";
+        ssize_t r = pread(fd, text, sizeof text - 1, 0);
+        close(fd);
+        if (e != EWOULDBLOCK)
+            return amdim_fail(err, n, AMDIM_E_IO, "cannot lock %s: %s", path, strerror(e));
+        long pid = r > 0 ? strtol(text, NULL, 10) : 0;
+        char holder[64] = "pid unknown";
+        if (pid > 0)
+            snprintf(holder, sizeof holder, "pid %ld", pid);
+        return amdim_fail(err, n, AMDIM_E_EXISTS,
+                          "the run directory %s is in use by another amdim-train (%s holds %s): one process at a time "
+                          "trains, resumes or runs classifiers in a run directory; wait for it to end or stop it",
+                          dir, holder, path);
+    }
+    char text[32];
+    int len = snprintf(text, sizeof text, "%ld\n", (long)getpid());
+    if (ftruncate(fd, 0) != 0 || pwrite(fd, text, (size_t)len, 0) != len) {
+        int e = errno;
+        close(fd);
+        return amdim_fail(err, n, AMDIM_E_IO, "cannot write %s: %s", path, strerror(e));
+    }
+    *fd_out = fd;
+    return AMDIM_OK;
+}
+
+void run_plan_end(run_plan *p)
+{
+    if (p->lock_fd >= 0)
+        close(p->lock_fd);
+    p->lock_fd = -1;
+}
+
+/* Rank 0 under the lock: nobody else writes here, so every temporary
+ * checkpoint file is a killed write's. */
+static int remove_temporaries(const char *dir, char *err, size_t n)
+{
+    int removed, st = amdim_checkpoint_remove_temporaries(dir, &removed, err, n);
+    if (st == AMDIM_OK && removed)
+        fprintf(stderr, "amdim-train: removed %d temporary checkpoint file%s a killed run left in %s\n", removed,
+                removed == 1 ? "" : "s", dir);
+    return st;
+}
+
+static int begin_dir(const amdim_train_options *o, run_plan *p, char *err, size_t n)
+{
+    int rank0 = !o->comm || o->comm->rank == 0, st, complete;
+    if (!p->resuming && mkdir(p->dir, 0755) != 0 && errno != EEXIST)
+        return amdim_fail(err, n, AMDIM_E_IO, "cannot create %s: %s", p->dir, strerror(errno));
+    if (rank0 && (st = lock_dir(p->dir, &p->lock_fd, err, n)))
+        return st;
+    char newest[4200];
+    int found = amdim_checkpoint_newest(p->dir, newest, sizeof newest, &complete) == AMDIM_OK;
+    if (!p->resuming && found)
+        return amdim_fail(err, n, AMDIM_E_EXISTS, "%s already holds a run (%s); use --resume %s or another --out",
+                          p->dir, newest, p->dir);
+    if (p->resuming && !found)
+        return amdim_fail(err, n, AMDIM_E_NOT_FOUND, "%s holds no complete checkpoint to resume from", p->dir);
+    if (p->resuming && !complete)
+        return amdim_fail(err, n, AMDIM_E_NOT_FOUND,
+                          "the newest checkpoint in %s, %s, has no optimiser file (.optim.safetensors, Adam's "
+                          "moments): resuming from an older one would silently drop its updates; restore the file, or "
+                          "move %s away to resume from the checkpoint before it",
+                          p->dir, newest, newest);
+    if (p->resuming)
+        snprintf(p->ckpt, sizeof p->ckpt, "%s", newest);
+    return rank0 ? remove_temporaries(p->dir, err, n) : AMDIM_OK;
+}
+
 int run_plan_begin(const amdim_train_options *o, run_plan *p, amdim_loader_request *req, char *err, size_t n)
 {
     memset(p, 0, sizeof *p);
     memset(req, 0, sizeof *req);
+    p->lock_fd = -1;
     p->dir = o->resume_dir ? o->resume_dir : o->out_dir;
     if (!p->dir)
         return amdim_fail(err, n, AMDIM_E_INVALID, "give --out RUN for a new run or --resume RUN");
@@ -64,18 +151,20 @@ int run_plan_begin(const amdim_train_options *o, run_plan *p, amdim_loader_reque
     req->start_epoch = -1;
     req->start_batch = -1;
     req->epochs = o->epochs > 0 ? o->epochs : -1;
-    int st;
     amdim_checkpoint_info *ci = &p->ci;
+    int st = begin_dir(o, p, err, n);
+    if (st)
+        goto fail;
     if (p->resuming) {
-        if (amdim_checkpoint_latest(p->dir, p->ckpt, sizeof p->ckpt))
-            return amdim_fail(err, n, AMDIM_E_NOT_FOUND, "%s holds no complete checkpoint to resume from", p->dir);
         if ((st = amdim_checkpoint_read_meta(p->ckpt, &p->cfg, ci, err, n)) ||
             (st = check_resume_options(&o->model, &p->cfg, p->dir, err, n)))
-            return st;
+            goto fail;
         p->probes = ci->probes_only;
-        if (ci->epochs > 0 && (int64_t)ci->next_epoch >= ci->epochs)
-            return amdim_fail(err, n, AMDIM_E_INVALID, "the run in %s is complete (%lld epochs)", p->dir,
-                              (long long)ci->epochs);
+        if (ci->epochs > 0 && (int64_t)ci->next_epoch >= ci->epochs) {
+            st = amdim_fail(err, n, AMDIM_E_INVALID, "the run in %s is complete (%lld epochs)", p->dir,
+                            (long long)ci->epochs);
+            goto fail;
+        }
         req->has_seed = 1;
         req->seed = ci->seed;
         req->start_epoch = (int64_t)ci->next_epoch;
@@ -83,19 +172,14 @@ int run_plan_begin(const amdim_train_options *o, run_plan *p, amdim_loader_reque
         req->epochs = ci->epochs > 0 ? ci->epochs - (int64_t)ci->next_epoch : 1000000;
         if (o->steps > 0)
             ci->max_steps = o->steps;
-        if (ci->max_steps >= 0 && ci->step >= (uint64_t)ci->max_steps)
-            return amdim_fail(err, n, AMDIM_E_INVALID,
-                              "the run in %s already made its %lld steps (give a larger --steps)", p->dir,
-                              (long long)ci->max_steps);
+        if (ci->max_steps >= 0 && ci->step >= (uint64_t)ci->max_steps) {
+            st = amdim_fail(err, n, AMDIM_E_INVALID,
+                            "the run in %s already made its %lld steps (give a larger --steps)", p->dir,
+                            (long long)ci->max_steps);
+            goto fail;
+        }
         return AMDIM_OK;
     }
-    struct stat sb;
-    char probe[4200];
-    if (stat(p->dir, &sb) == 0 && amdim_checkpoint_latest(p->dir, probe, sizeof probe) == AMDIM_OK)
-        return amdim_fail(err, n, AMDIM_E_EXISTS, "%s already holds a run (%s); use --resume %s or another --out",
-                          p->dir, probe, p->dir);
-    if (mkdir(p->dir, 0755) != 0 && errno != EEXIST)
-        return amdim_fail(err, n, AMDIM_E_IO, "cannot create %s: %s", p->dir, strerror(errno));
     if (o->has_seed) {
         req->has_seed = 1;
         req->seed = o->seed;
@@ -103,11 +187,15 @@ int run_plan_begin(const amdim_train_options *o, run_plan *p, amdim_loader_reque
     if (o->epochs < 0 && o->steps >= 0)
         req->epochs = 1000000; /* step-limited: as many epochs as it takes */
     return AMDIM_OK;
+fail:
+    run_plan_end(p);
+    return st;
 }
 
 /* The evaluation data exists, is labelled and fits the preset: checked now,
  * not after the first epoch. */
-static int check_eval_data(const amdim_train_options *o, const amdim_loader_info *li, char *err, size_t n)
+static int check_eval_data(const amdim_train_options *o, const amdim_loader_info *li, const run_plan *p, char *err,
+                           size_t n)
 {
     if (!o->eval_path)
         return AMDIM_OK;
@@ -125,6 +213,12 @@ static int check_eval_data(const amdim_train_options *o, const amdim_loader_info
                         o->eval_split, einfo.width, einfo.height, li->size, li->size);
     else if (einfo.classes == 0)
         st = amdim_fail(err, n, AMDIM_E_INVALID, "--eval split %s of %s is unlabelled", o->eval_split, o->eval_path);
+    else if (!p->resuming && einfo.classes > p->cfg.n_classes && !o->allow_fewer_classes)
+        st = amdim_fail(err, n, AMDIM_E_INVALID,
+                        "--eval split %s of %s has %d classes, but the probes classify %d: its labels %d..%d would "
+                        "never count; give --classes %d, or --allow-fewer-classes to evaluate on labels 0..%d only",
+                        o->eval_split, o->eval_path, einfo.classes, p->cfg.n_classes, p->cfg.n_classes,
+                        einfo.classes - 1, einfo.classes, p->cfg.n_classes - 1);
     amdim_dataset_close(eds);
     return st;
 }
@@ -202,7 +296,22 @@ int run_plan_configure(const amdim_train_options *o, const amdim_loader_info *li
         ci->epochs = o->epochs > 0 ? o->epochs : (o->steps >= 0 ? -1 : (int64_t)li->epochs);
         ci->max_steps = o->steps;
     }
-    if ((st = check_eval_data(o, li, err, n)))
+    /* --classes below the data's classes: labels from there on would train as unlabelled */
+    if (!p->resuming && o->model.n_classes > 0 && li->classes > o->model.n_classes && !o->allow_fewer_classes)
+        return amdim_fail(err, n, AMDIM_E_INVALID,
+                          "--classes %d, but the data amdim-load delivers has %d classes: its labels %d..%d would "
+                          "train as unlabelled; give --classes %d, or --allow-fewer-classes to use labels 0..%d only",
+                          o->model.n_classes, li->classes, o->model.n_classes, li->classes - 1, li->classes,
+                          o->model.n_classes - 1);
+    if ((st = check_eval_data(o, li, p, err, n)))
+        return st;
+    /* the host memory of the model and of its largest batch (training, or evaluation's) */
+    int act = (int)li->batch, evb = o->eval_path && o->eval_batch > act ? o->eval_batch : act;
+    char what[4400];
+    snprintf(what, sizeof what, "%s %s", p->resuming ? "resuming" : p->probes ? "the classifier phase in" : "the run in",
+             p->resuming ? p->ckpt : p->dir);
+    if ((st = amdim_model_memory_check(cfg, o->device, act, size, 1, what, err, n)) ||
+        (evb != act && (st = amdim_model_memory_check(cfg, o->device, evb, 0, 0, what, err, n))))
         return st;
     snprintf(ci->preset, sizeof ci->preset, "%s", li->preset);
     ci->batch = (int)batch;

@@ -144,25 +144,34 @@ static void free_buffers(amdim_model *m, cpu_state *c)
     c->scr = s1, c->scr2 = s2, c->nce = ns;
 }
 
-#define ALLOC(ptr, count)                                   \
-    do {                                                    \
-        size_t n_ = (size_t)(count);                        \
-        (ptr) = calloc(n_ > 0 ? n_ : 1, sizeof *(ptr));     \
-        if (!(ptr))                                         \
-            return -1;                                      \
+/* With `bytes` non-NULL, alloc_buffers only counts what it would allocate
+ * (amdim_cpu_step_bytes). */
+#define ALLOC(ptr, count)                                       \
+    do {                                                        \
+        size_t n_ = (size_t)(count);                            \
+        if (bytes) {                                            \
+            *bytes += (n_ > 0 ? n_ : 1) * sizeof *(ptr);        \
+            (ptr) = NULL;                                       \
+            break;                                              \
+        }                                                       \
+        (ptr) = calloc(n_ > 0 ? n_ : 1, sizeof *(ptr));         \
+        if (!(ptr))                                             \
+            return -1;                                          \
     } while (0)
 
-static int alloc_buffers(amdim_model *m, cpu_state *c, int B, int group)
+/* Buffers for batch B; ranks > 0: also those of a training step in a
+ * process group of that size. */
+static int alloc_buffers(const amdim_arch *a, cpu_state *c, int B, int ranks, size_t *bytes)
 {
-    const amdim_arch *a = &m->arch;
-    int S = m->cfg.encoder_size, R = m->cfg.n_rkhs;
+    int S = a->cfg.encoder_size, R = a->cfg.n_rkhs;
+    layer_cache counted;
     size_t maxact = (size_t)3 * B * S * S;
     for (int v = 0; v < 2; v++) {
         ALLOC(c->x[v], (size_t)3 * B * S * S);
         ALLOC(c->lc[v], a->nlayers);
         for (int l = 0; l < a->nlayers; l++) {
             const amdim_layer *L = &a->layers[l];
-            layer_cache *lc = &c->lc[v][l];
+            layer_cache *lc = bytes ? &counted : &c->lc[v][l];
             size_t in = (size_t)L->cin * B * L->hin * L->hin, outn = (size_t)L->cout * B * L->hout * L->hout;
             maxact = in > maxact ? in : maxact;
             maxact = outn > maxact ? outn : maxact;
@@ -193,15 +202,15 @@ static int alloc_buffers(amdim_model *m, cpu_state *c, int B, int group)
         ALLOC(c->dr5[v], (size_t)R * B * 25);
         ALLOC(c->dr7[v], (size_t)R * B * 49);
         ALLOC(c->dr1[v], (size_t)R * B);
-        if (m->cfg.mixtures > 1) {
+        if (a->cfg.mixtures > 1) {
             ALLOC(c->mix_h[v], (size_t)R * B);
-            ALLOC(c->mix[v], (size_t)m->cfg.mixtures * R * B);
-            ALLOC(c->dmix[v], (size_t)m->cfg.mixtures * R * B);
+            ALLOC(c->mix[v], (size_t)a->cfg.mixtures * R * B);
+            ALLOC(c->dmix[v], (size_t)a->cfg.mixtures * R * B);
         }
     }
-    if (m->cfg.mixtures > 1) {
-        ALLOC(c->mix_lsm, (size_t)m->cfg.mixtures * B * 49);
-        ALLOC(c->mix_q, (size_t)m->cfg.mixtures * B * 49);
+    if (a->cfg.mixtures > 1) {
+        ALLOC(c->mix_lsm, (size_t)a->cfg.mixtures * B * 49);
+        ALLOC(c->mix_q, (size_t)a->cfg.mixtures * B * 49);
     }
     size_t headmax = (size_t)R * B * 49;
     maxact = headmax > maxact ? headmax : maxact;
@@ -209,7 +218,7 @@ static int alloc_buffers(amdim_model *m, cpu_state *c, int B, int group)
     ALLOC(c->grad_b, maxact);
     ALLOC(c->dhead[0], (size_t)R * B * 49);
     ALLOC(c->dhead[1], (size_t)R * B * 49);
-    int H = m->cfg.mlp_hidden, K = m->cfg.n_classes, HR = H > R ? H : R;
+    int H = a->cfg.mlp_hidden, K = a->cfg.n_classes, HR = H > R ? H : R;
     ALLOC(c->feat, (size_t)2 * B * R);
     ALLOC(c->mlp_h0, (size_t)2 * B * R);
     ALLOC(c->mlp_z1, (size_t)2 * B * H);
@@ -225,8 +234,8 @@ static int alloc_buffers(amdim_model *m, cpu_state *c, int B, int group)
     ALLOC(c->srcT, (size_t)R * B);
     ALLOC(c->dsrcT, (size_t)R * B);
     ALLOC(c->labels2, (size_t)2 * B);
-    if (group) {
-        size_t N = (size_t)m->comm->size;
+    if (ranks > 0) {
+        size_t N = (size_t)ranks;
         for (int v = 0; v < 2; v++)
             for (int f = 0; f < 2; f++) {
                 ALLOC(c->tg[v][f], N * R * B * (f ? 49 : 25));
@@ -236,8 +245,10 @@ static int alloc_buffers(amdim_model *m, cpu_state *c, int B, int group)
         ALLOC(c->unpack, N * R * B * 2 * (25 + 49));
         ALLOC(c->bn_avg, 2 * a->weights_size);
     }
+    if (bytes)
+        return 0;
     c->batch = B;
-    c->comm_size = group ? m->comm->size : 0;
+    c->comm_size = ranks;
     return 0;
 }
 
@@ -251,7 +262,7 @@ static int ensure_buffers_for(amdim_model *m, int B, int group)
     if (c->batch == B && (c->comm_size == size || (!group && c->comm_size)))
         return AMDIM_OK;
     free_buffers(m, c);
-    if (alloc_buffers(m, c, B, size > 0)) {
+    if (alloc_buffers(&m->arch, c, B, size, NULL)) {
         free_buffers(m, c);
         return MFAIL(AMDIM_E_NOMEM, "out of memory for the activations of batch %d", B);
     }
@@ -259,6 +270,36 @@ static int ensure_buffers_for(amdim_model *m, int B, int group)
 }
 
 static int ensure_buffers(amdim_model *m, int B) { return ensure_buffers_for(m, B, 0); }
+
+size_t amdim_cpu_step_bytes(const amdim_arch *a, int B, int ranks, int training)
+{
+    cpu_state c;
+    memset(&c, 0, sizeof c);
+    size_t bytes = 0, conv = 0, scr2 = 0, R = (size_t)a->cfg.n_rkhs;
+    alloc_buffers(a, &c, B, ranks > 1 ? ranks : 0, &bytes);
+    /* the scratch the ops grow to: im2col columns (scr), a residual unit's
+     * shortcut or a head's input gradient (scr2), the NCE scores and their
+     * gradient of the 7x7 directions (2 B x N B x 49) */
+    for (int l = 0; l < a->nlayers; l++) {
+        const amdim_layer *L = &a->layers[l];
+        if (L->kind == AMDIM_LAYER_BN)
+            continue;
+        int h = L->kind == AMDIM_LAYER_STEM ? L->hin + 2 * L->pad : L->hin;
+        size_t cf = cpu_conv2d_scratch_floats(L->cin, B, h, L->k, L->s);
+        size_t outn = (size_t)L->cout * B * L->hout * L->hout;
+        conv = cf > conv ? cf : conv;
+        scr2 = outn > scr2 ? outn : scr2;
+    }
+    for (int h = 0; h < 2; h++) {
+        size_t hw = (size_t)a->heads[h].hw * a->heads[h].hw;
+        size_t in2 = ((size_t)a->heads[h].cin + R) * B * hw;
+        scr2 = in2 > scr2 ? in2 : scr2;
+    }
+    size_t N = ranks > 1 ? (size_t)ranks : 1, nce = 2 * (size_t)B * (N * B) * 49;
+    if (!training) /* forward only: half the columns, no objective */
+        return bytes + (conv / 2 + scr2) * sizeof(float);
+    return bytes + (conv + scr2 + nce) * sizeof(float);
+}
 
 /* ---- encoder ------------------------------------------------------------ */
 

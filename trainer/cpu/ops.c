@@ -79,6 +79,14 @@ static int chunk_images(int n, size_t K, size_t hwo)
     return c < 1 ? 1 : c > (size_t)n ? n : (int)c;
 }
 
+size_t cpu_conv2d_scratch_floats(int cin, int n, int h, int k, int s)
+{
+    if (k == 1 && s == 1)
+        return 0; /* one GEMM on the activations */
+    size_t K = (size_t)cin * k * k, ho = (size_t)(h - k) / s + 1, hwo = ho * ho;
+    return 2 * K * (size_t)chunk_images(n, K, hwo) * hwo;
+}
+
 int cpu_conv2d_forward(const float *x, int cin, int n, int h, int w, const float *wt, const float *bias, int cout, int k,
                        int s, float *y, cpu_op_scratch *scr)
 {

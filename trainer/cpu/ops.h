@@ -24,6 +24,9 @@ void cpu_op_scratch_free(cpu_op_scratch *s);
  * ho = (h - k) / s + 1; w (cout, cin, k, k); bias (cout) or NULL. */
 int cpu_conv2d_forward(const float *x, int cin, int n, int h, int w, const float *wt, const float *bias, int cout,
                     int k, int s, float *y, cpu_op_scratch *scr);
+/* Scratch floats cpu_conv2d_backward takes for x (cin, n, h, h) (the
+ * forward takes half): im2col columns, in chunks of the batch. */
+size_t cpu_conv2d_scratch_floats(int cin, int n, int h, int k, int s);
 /* dx may be NULL (input gradient not needed). dw, dbias accumulate. */
 int cpu_conv2d_backward(const float *x, int cin, int n, int h, int w, const float *wt, int cout, int k, int s,
                      const float *dy, float *dx, float *dw, float *dbias, cpu_op_scratch *scr);
