@@ -1,7 +1,10 @@
 /* CPU emulation of the cuBLAS and cuBLASLt calls the CUDA backend makes
  * (the emulated-device tests only; never in a real build, which links
- * NVIDIA's libcublas and libcublasLt). "Device memory" is host memory and
- * streams are ignored: every call does its work before it returns.
+ * NVIDIA's libcublas and libcublasLt). "Device memory" is host memory; a
+ * call checks its arguments when it is made (the statuses below) and its
+ * GEMM runs on the handle's stream (cuBLASLt: the call's stream) when the
+ * emulated device gets to it (emu_device.h), or is recorded into the
+ * stream's graph during a capture. Operands must be device memory.
  *
  * The semantics are NVIDIA's documented ones, written independently of how
  * the backend calls them, so that a mistake in the backend's calls shows up
@@ -14,11 +17,13 @@
  *    dimension must be at least max(1, rows of the matrix as stored).
  *  - Data fp32 or bf16 (uint16_t bits) in the combinations cuBLAS lists for
  *    float compute: A, B, C all CUDA_R_32F; or A, B CUDA_R_16BF with C
- *    CUDA_R_16BF or CUDA_R_32F. alpha and beta are host floats.
+ *    CUDA_R_16BF or CUDA_R_32F. alpha and beta are host floats, read when
+ *    the call is made (CUBLAS_POINTER_MODE_HOST).
  *  - Products are summed in double; each result is rounded to float and,
- *    for bf16, on to bf16 (nearest even, as __float2bfloat16_rn). The math
- *    mode and the "fast" compute types are accepted but the arithmetic is
- *    not degraded to TF32 or bf16 inputs.
+ *    for bf16, on to bf16 (nearest even, as __float2bfloat16_rn). fp32
+ *    data with CUBLAS_TF32_TENSOR_OP_MATH or a FAST_TF32 compute type
+ *    rounds A and B to TF32 (10 mantissa bits) first, as tensor cores do,
+ *    so that TF32 in the fp32 parity path shows as an error.
  *  - beta == 0 never reads C (it may hold NaN); alpha == 0 or k == 0 does
  *    not read A or B (as reference BLAS).
  * cuBLASLt: D = alpha op(A) op(B) + beta C with the shapes, types and
@@ -33,6 +38,7 @@
 #include <cublas_v2.h>
 
 #include "elementwise.h"
+#include "emu_device.h"
 
 struct cublasContext {
     cudaStream_t stream;
@@ -77,7 +83,20 @@ typedef struct {
     cudaDataType_t type;
     int64_t ld;
     int trans;
+    int tf32; /* fp32 data read as TF32 (tensor-core fp32 math) */
 } operand;
+
+/* f with its mantissa rounded to TF32's 10 bits (nearest, ties away from zero, as the tensor cores' conversion). */
+static float tf32_round(float f)
+{
+    union {
+        float f;
+        uint32_t u;
+    } v = {f};
+    if ((v.u & 0x7f800000u) != 0x7f800000u)
+        v.u = (v.u + 0x1000u) & ~0x1fffu;
+    return v.f;
+}
 
 /* Element i of an fp32 or bf16 array. */
 static float load(const void *p, cudaDataType_t type, size_t i)
@@ -130,7 +149,8 @@ static float *pack(const operand *x, int64_t outer, int64_t depth, int left)
                 row = x->trans ? a : l;
                 col = x->trans ? l : a;
             }
-            pk[a * depth + l] = load(x->p, x->type, (size_t)(row + col * x->ld));
+            float v = load(x->p, x->type, (size_t)(row + col * x->ld));
+            pk[a * depth + l] = x->tf32 ? tf32_round(v) : v;
         }
     return pk;
 }
@@ -138,8 +158,9 @@ static float *pack(const operand *x, int64_t outer, int64_t depth, int left)
 /* D(i, j) = alpha sum_l op(A)(i, l) op(B)(l, j) + beta C(i, j) for i < m, j < n, summed in double, rounded to
  * float and stored as D's type. C is read (element by element, just before D(i, j) is written) only when beta != 0, so
  * C may be D when both have the same layout. */
-static cublasStatus_t gemm(int64_t m, int64_t n, int64_t k, float alpha, const operand *a, const operand *b, float beta,
-                           const void *c, cudaDataType_t ct, int64_t ldc, void *d, cudaDataType_t dt, int64_t ldd)
+static cublasStatus_t gemm_now(int64_t m, int64_t n, int64_t k, float alpha, const operand *a, const operand *b,
+                               float beta, const void *c, cudaDataType_t ct, int64_t ldc, void *d, cudaDataType_t dt,
+                               int64_t ldd)
 {
     if (m == 0 || n == 0)
         return CUBLAS_STATUS_SUCCESS;
@@ -174,6 +195,57 @@ static cublasStatus_t gemm(int64_t m, int64_t n, int64_t k, float alpha, const o
     free(ap);
     free(bp);
     return CUBLAS_STATUS_SUCCESS;
+}
+
+/* A GEMM as recorded when the call is made. */
+typedef struct {
+    int64_t m, n, k, ldc, ldd;
+    float alpha, beta;
+    operand a, b;
+    const void *c;
+    void *d;
+    cudaDataType_t ct, dt;
+} gemm_work;
+
+static cudaError_t gemm_run(void *arg)
+{
+    gemm_work *g = arg;
+    return gemm_now(g->m, g->n, g->k, g->alpha, &g->a, &g->b, g->beta, g->c, g->ct, g->ldc, g->d, g->dt, g->ldd) ==
+                   CUBLAS_STATUS_SUCCESS
+               ? cudaSuccess
+               : cudaErrorMemoryAllocation;
+}
+
+/* Bytes of type t an operand of rows x cols (as stored) with leading dimension ld spans. */
+static size_t span(cudaDataType_t t, int64_t rows, int64_t cols, int64_t ld)
+{
+    if (rows <= 0 || cols <= 0)
+        return 0;
+    return (size_t)((cols - 1) * ld + rows) * (t == CUDA_R_32F ? 4 : 2);
+}
+
+/* Checks that the operands the GEMM reads and writes are device memory,
+ * then enqueues it on stream s. */
+static cublasStatus_t gemm(cudaStream_t s, const char *what, int64_t m, int64_t n, int64_t k, float alpha,
+                           const operand *a, const operand *b, float beta, const void *c, cudaDataType_t ct,
+                           int64_t ldc, void *d, cudaDataType_t dt, int64_t ldd)
+{
+    if (m == 0 || n == 0)
+        return CUBLAS_STATUS_SUCCESS;
+    if (alpha != 0.0f && k > 0 &&
+        (!emu_device_range(a->p, span(a->type, a->trans ? k : m, a->trans ? m : k, a->ld)) ||
+         !emu_device_range(b->p, span(b->type, b->trans ? n : k, b->trans ? k : n, b->ld))))
+        return CUBLAS_STATUS_INVALID_VALUE; /* not device memory (CUDA would fault) */
+    if ((beta != 0.0f && !emu_device_range(c, span(ct, m, n, ldc))) || !emu_device_range(d, span(dt, m, n, ldd)))
+        return CUBLAS_STATUS_INVALID_VALUE;
+    gemm_work *g = malloc(sizeof *g);
+    if (!g)
+        return CUBLAS_STATUS_ALLOC_FAILED;
+    *g = (gemm_work){m, n, k, ldc, ldd, alpha, beta, *a, *b, c, d, ct, dt};
+    cudaError_t e = emu_enqueue(s, what, gemm_run, g, free);
+    return e == cudaSuccess ? CUBLAS_STATUS_SUCCESS
+           : e == cudaErrorMemoryAllocation ? CUBLAS_STATUS_ALLOC_FAILED
+                                            : CUBLAS_STATUS_EXECUTION_FAILED;
 }
 
 /* The argument checks cublas<t>gemm and cublasGemmEx document as CUBLAS_STATUS_INVALID_VALUE: negative sizes,
@@ -212,7 +284,7 @@ cublasStatus_t cublasDestroy(cublasHandle_t handle)
     return CUBLAS_STATUS_SUCCESS;
 }
 
-/* Records the stream (ignored); as documented, this also resets the workspace to the library's default. */
+/* The stream later calls run on; as documented, this also resets the workspace to the library's default. */
 cublasStatus_t cublasSetStream(cublasHandle_t handle, cudaStream_t streamId)
 {
     if (!handle)
@@ -261,8 +333,9 @@ cublasStatus_t cublasSgemm(cublasHandle_t handle, cublasOperation_t transa, cubl
     cublasStatus_t st = check_blas_args(transa, transb, m, n, k, alpha, lda, ldb, beta, ldc);
     if (st != CUBLAS_STATUS_SUCCESS)
         return st;
-    operand a = {A, CUDA_R_32F, lda, transa != CUBLAS_OP_N}, b = {B, CUDA_R_32F, ldb, transb != CUBLAS_OP_N};
-    return gemm(m, n, k, *alpha, &a, &b, *beta, C, CUDA_R_32F, ldc, C, CUDA_R_32F, ldc);
+    int tf32 = (handle->math & ~CUBLAS_MATH_DISALLOW_REDUCED_PRECISION_REDUCTION) == CUBLAS_TF32_TENSOR_OP_MATH;
+    operand a = {A, CUDA_R_32F, lda, transa != CUBLAS_OP_N, tf32}, b = {B, CUDA_R_32F, ldb, transb != CUBLAS_OP_N, tf32};
+    return gemm(handle->stream, "cublasSgemm", m, n, k, *alpha, &a, &b, *beta, C, CUDA_R_32F, ldc, C, CUDA_R_32F, ldc);
 }
 
 /* C = alpha op(A) op(B) + beta C with typed A, B, C (column-major); float compute and float alpha, beta. */
@@ -284,8 +357,13 @@ cublasStatus_t cublasGemmEx(cublasHandle_t handle, cublasOperation_t transa, cub
         return CUBLAS_STATUS_NOT_SUPPORTED;
     if ((st = check_types(Atype, Ctype, computeType)) != CUBLAS_STATUS_SUCCESS)
         return st;
-    operand oa = {A, Atype, lda, transa != CUBLAS_OP_N}, ob = {B, Btype, ldb, transb != CUBLAS_OP_N};
-    return gemm(m, n, k, *(const float *)alpha, &oa, &ob, *(const float *)beta, C, Ctype, ldc, C, Ctype, ldc);
+    int tf32 = Atype == CUDA_R_32F &&
+               (computeType == CUBLAS_COMPUTE_32F_FAST_TF32 ||
+                ((handle->math & ~CUBLAS_MATH_DISALLOW_REDUCED_PRECISION_REDUCTION) == CUBLAS_TF32_TENSOR_OP_MATH &&
+                 computeType == CUBLAS_COMPUTE_32F));
+    operand oa = {A, Atype, lda, transa != CUBLAS_OP_N, tf32}, ob = {B, Btype, ldb, transb != CUBLAS_OP_N, tf32};
+    return gemm(handle->stream, "cublasGemmEx", m, n, k, *(const float *)alpha, &oa, &ob, *(const float *)beta, C,
+                Ctype, ldc, C, Ctype, ldc);
 }
 
 /* A description of a status code, led by its name. */
@@ -573,7 +651,7 @@ cublasStatus_t cublasLtMatmul(cublasLtHandle_t lightHandle, cublasLtMatmulDesc_t
                               cublasLtMatrixLayout_t Ddesc, const cublasLtMatmulAlgo_t *algo, void *workspace,
                               size_t workspaceSizeInBytes, cudaStream_t stream)
 {
-    (void)algo, (void)workspace, (void)workspaceSizeInBytes, (void)stream;
+    (void)algo, (void)workspace, (void)workspaceSizeInBytes;
     if (!lightHandle)
         return CUBLAS_STATUS_NOT_INITIALIZED;
     if (!computeDesc || !alpha || !beta || !Adesc || !Bdesc || !Cdesc || !Ddesc)
@@ -589,6 +667,8 @@ cublasStatus_t cublasLtMatmul(cublasLtHandle_t lightHandle, cublasLtMatmulDesc_t
         return CUBLAS_STATUS_INVALID_VALUE;
     if (C == D && C && (lc->ld != lo->ld || lc->type != lo->type))
         return CUBLAS_STATUS_INVALID_VALUE;
-    operand oa = {A, la->type, la->ld, d->transa != CUBLAS_OP_N}, ob = {B, lb->type, lb->ld, d->transb != CUBLAS_OP_N};
-    return gemm(m, n, k, fa, &oa, &ob, fb, C, lc->type, lc->ld, D, lo->type, lo->ld);
+    int tf32 = la->type == CUDA_R_32F && d->compute == CUBLAS_COMPUTE_32F_FAST_TF32;
+    operand oa = {A, la->type, la->ld, d->transa != CUBLAS_OP_N, tf32},
+            ob = {B, lb->type, lb->ld, d->transb != CUBLAS_OP_N, tf32};
+    return gemm(stream, "cublasLtMatmul", m, n, k, fa, &oa, &ob, fb, C, lc->type, lc->ld, D, lo->type, lo->ld);
 }

@@ -1,7 +1,11 @@
 /* CPU emulation of the cuDNN calls the CUDA backend makes (the
  * emulated-device tests only; never in a real build, which links NVIDIA's
- * libcudnn). "Device memory" is host memory and streams are ignored: every
- * call does its work before it returns.
+ * libcudnn). "Device memory" is host memory. Descriptors and arguments are
+ * checked when a call is made (the statuses below); a convolution runs on
+ * the handle's stream when the emulated device gets to it (emu_device.h),
+ * or is recorded into the stream's graph during a capture. The Find*Ex
+ * calls are synchronous, as cuDNN's are: they run the stream's pending
+ * work first and are refused during a capture.
  *
  * The semantics are NVIDIA's documented ones, written independently of how
  * the backend calls them, so that a mistake in the backend's calls shows up
@@ -13,15 +17,32 @@
  *    flipped in both spatial dimensions), group count 1.
  *  - Data FLOAT_CONFIG (x, w, y CUDNN_DATA_FLOAT) or BFLOAT16_CONFIG (x, w,
  *    y CUDNN_DATA_BFLOAT16, carried as uint16_t bits), both with a
- *    CUDNN_DATA_FLOAT convolution compute type; alpha and beta are floats.
- *    Sums are accumulated in double, the scaled result rounded to float
- *    and, for bf16, on to bf16 (nearest even, as __float2bfloat16_rn).
+ *    CUDNN_DATA_FLOAT convolution compute type; alpha and beta are host
+ *    floats, read when the call is made.
  *  - dst = alpha * result + beta * dst, where beta == 0 never reads dst (it
  *    may hold NaN).
- * Every algorithm computes the same (exact-sum) result. The Find*Ex calls
- * overwrite their output buffer with NaN, which the documentation allows
- * ("overwritten with arbitrary values"). The math type is stored and
- * reported but does not change the arithmetic (no TF32 emulation). */
+ *  - Algorithms as a GPU has them: several per operation, each summing an
+ *    output's terms in its own order in float (one running FMA sum; eight
+ *    interleaved partial sums; an exact double sum), so that two algorithms
+ *    round differently. The algorithms cuDNN documents as non-deterministic
+ *    (CUDNN_CONVOLUTION_BWD_DATA_ALGO_0, BWD_FILTER_ALGO_0 and _3: "the sum
+ *    is done using the atomic add operation") add their terms in a random
+ *    order, different at every call, and are reported as such. Find*Ex
+ *    reports every algorithm with a time that varies from handle to handle
+ *    and call to call by up to 12 %, more than the deterministic ones
+ *    differ, as measured times do on small shapes; one needs more
+ *    workspace than the backend gives.
+ *  - Tensor-core rules (cuDNN developer guide, Legacy API, "Convolution
+ *    Functions": tensor-core operations run only with mathType
+ *    CUDNN_TENSOR_OP_MATH or _ALLOW_CONVERSION, only for
+ *    IMPLICIT_PRECOMP_GEMM (forward), BWD_DATA_ALGO_1, BWD_FILTER_ALGO_1
+ *    (and WINOGRAD_NONFUSED, not emulated), only when the input and output
+ *    feature maps (C and K) are multiples of 8, and with NHWC filters only
+ *    on 128-bit aligned data pointers). bf16 data runs on those alone: any
+ *    other bf16 case is CUDNN_STATUS_NOT_SUPPORTED. fp32 data with a
+ *    tensor-op or default math type on those algorithms rounds x, w and dy
+ *    to TF32 (10 mantissa bits) first, as cuDNN's default TF32 on sm_80+
+ *    does; CUDNN_FMA_MATH keeps full fp32. */
 #include <math.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -31,10 +52,15 @@
 #include <cudnn.h>
 
 #include "elementwise.h"
+#include "emu_device.h"
 
 struct cudnnContext {
     cudaStream_t stream;
+    unsigned serial;      /* which handle: the Find timings' noise differs between handles */
+    unsigned long finds;  /* Find calls so far: ... and between calls */
 };
+
+static unsigned handles_made;
 
 struct cudnnTensorStruct {
     int set; /* cudnnSetTensor4dDescriptor succeeded */
@@ -72,6 +98,7 @@ typedef struct {
     int pad_h, pad_w, u, v, dil_h, dil_w;
     int flip; /* CUDNN_CONVOLUTION: the filter is used flipped */
     cudnnDataType_t type;
+    cudnnMathType_t math;
     strides4 xs, ws, ys;
     size_t x_count, w_count, y_count;
 } conv_geom;
@@ -173,6 +200,7 @@ static cudnnStatus_t check_conv(const struct cudnnTensorStruct *x, const struct 
     g->dil_w = cd->dil_w;
     g->flip = cd->mode == CUDNN_CONVOLUTION;
     g->type = x->type;
+    g->math = cd->math;
     g->xs = strides_of(x->format, x->c, x->h, x->w);
     g->ws = strides_of(w->format, w->c, w->r, w->s);
     g->ys = strides_of(y->format, y->c, y->h, y->w);
@@ -180,23 +208,6 @@ static cudnnStatus_t check_conv(const struct cudnnTensorStruct *x, const struct 
     g->w_count = (size_t)w->k * (size_t)w->c * (size_t)w->r * (size_t)w->s;
     g->y_count = (size_t)y->n * (size_t)y->c * (size_t)y->h * (size_t)y->w;
     return CUDNN_STATUS_SUCCESS;
-}
-
-/* The count elements at p as floats: p itself for float data, else a
- * converted copy in *owned (to free). NULL when out of memory. */
-static const float *as_float(const void *p, cudnnDataType_t type, size_t count, float **owned)
-{
-    *owned = NULL;
-    if (type == CUDNN_DATA_FLOAT)
-        return p;
-    float *f = malloc((count ? count : 1) * sizeof *f);
-    if (!f)
-        return NULL;
-    const uint16_t *b = p;
-    for (size_t i = 0; i < count; i++)
-        f[i] = amdim_bf16_value(b[i]);
-    *owned = f;
-    return f;
 }
 
 /* dst[i] = alpha * acc + beta * dst[i], rounded to float (and on to bf16
@@ -241,68 +252,199 @@ static size_t filter_at(const conv_geom *g, int k, int r, int s)
     return (size_t)k * g->ws.n + (size_t)r * g->ws.h + (size_t)s * g->ws.w;
 }
 
-/* y[n, k, p, q] = sum over c, r, s of x[n, c, p u - pad_h + r dil_h, q v - pad_w + s dil_w] w[k, c, r, s]
- * (w flipped in CUDNN_CONVOLUTION mode), then scaled into y. */
-static void run_forward(const conv_geom *g, const float *x, const float *w, void *y, float alpha, float beta)
+/* ---- algorithms ---- */
+
+enum { OP_FWD, OP_DATA, OP_FILTER };
+/* How an algorithm sums one output's terms. */
+enum { SUM_FMA, SUM_BLOCKED, SUM_EXACT, SUM_RANDOM };
+
+typedef struct {
+    int algo;
+    int sum;         /* SUM_*: deterministic unless SUM_RANDOM */
+    int tensor_core; /* the documented tensor-core algorithms */
+    int ws_kind;     /* workspace: 0 none, 1 an index table, 2 an im2col / FFT copy */
+    double rate;     /* relative speed before the timing noise */
+} algo_info;
+
+static const algo_info fwd_algos[] = {
+    {CUDNN_CONVOLUTION_FWD_ALGO_IMPLICIT_GEMM, SUM_FMA, 0, 0, 1.00},
+    {CUDNN_CONVOLUTION_FWD_ALGO_IMPLICIT_PRECOMP_GEMM, SUM_BLOCKED, 1, 1, 1.04},
+    {CUDNN_CONVOLUTION_FWD_ALGO_GEMM, SUM_EXACT, 0, 2, 1.02},
+};
+static const algo_info data_algos[] = {
+    {CUDNN_CONVOLUTION_BWD_DATA_ALGO_0, SUM_RANDOM, 0, 0, 1.25},
+    {CUDNN_CONVOLUTION_BWD_DATA_ALGO_1, SUM_BLOCKED, 1, 0, 1.00},
+    {CUDNN_CONVOLUTION_BWD_DATA_ALGO_FFT_TILING, SUM_EXACT, 0, 2, 0.97},
+};
+static const algo_info filter_algos[] = {
+    {CUDNN_CONVOLUTION_BWD_FILTER_ALGO_0, SUM_RANDOM, 0, 0, 1.30},
+    {CUDNN_CONVOLUTION_BWD_FILTER_ALGO_1, SUM_BLOCKED, 1, 1, 1.00},
+    {CUDNN_CONVOLUTION_BWD_FILTER_ALGO_FFT, SUM_EXACT, 0, 2, 0.98},
+    {CUDNN_CONVOLUTION_BWD_FILTER_ALGO_3, SUM_RANDOM, 0, 0, 1.20},
+};
+
+static const algo_info *algo_table(int op, int *n)
 {
-    for (int n = 0; n < g->n; n++)
-        for (int p = 0; p < g->p; p++)
-            for (int q = 0; q < g->q; q++)
-                for (int k = 0; k < g->k; k++) {
-                    double acc = 0;
-                    for (int r = 0; r < g->r; r++) {
-                        int hh = p * g->u - g->pad_h + r * g->dil_h;
-                        if (hh < 0 || hh >= g->h)
-                            continue;
-                        for (int s = 0; s < g->s; s++) {
-                            int ww = q * g->v - g->pad_w + s * g->dil_w;
-                            if (ww < 0 || ww >= g->w)
-                                continue;
-                            const float *xp = x + (size_t)n * g->xs.n + (size_t)hh * g->xs.h + (size_t)ww * g->xs.w;
-                            const float *wp = w + filter_at(g, k, r, s);
-                            for (int c = 0; c < g->c; c++)
-                                acc += (double)xp[(size_t)c * g->xs.c] * (double)wp[(size_t)c * g->ws.c];
-                        }
-                    }
-                    size_t yi = (size_t)n * g->ys.n + (size_t)k * g->ys.c + (size_t)p * g->ys.h + (size_t)q * g->ys.w;
-                    store(y, g->type, yi, acc, alpha, beta);
-                }
+    if (op == OP_FWD) {
+        *n = (int)(sizeof fwd_algos / sizeof *fwd_algos);
+        return fwd_algos;
+    }
+    if (op == OP_DATA) {
+        *n = (int)(sizeof data_algos / sizeof *data_algos);
+        return data_algos;
+    }
+    *n = (int)(sizeof filter_algos / sizeof *filter_algos);
+    return filter_algos;
 }
 
-/* The adjoint of the forward map in x: dx[n, c, h, w] = sum of dy[n, k, p, q] w[k, c, r, s] over the (k, p, q,
- * r, s) whose window position is (h, w). Accumulated in acc (x's layout, x_count doubles). */
-static void run_backward_data(const conv_geom *g, const float *w, const float *dy, double *acc)
+static const algo_info *algo_find(int op, int algo)
 {
-    for (int n = 0; n < g->n; n++)
-        for (int p = 0; p < g->p; p++)
-            for (int q = 0; q < g->q; q++)
-                for (int k = 0; k < g->k; k++) {
-                    double d =
-                        dy[(size_t)n * g->ys.n + (size_t)k * g->ys.c + (size_t)p * g->ys.h + (size_t)q * g->ys.w];
-                    for (int r = 0; r < g->r; r++) {
-                        int hh = p * g->u - g->pad_h + r * g->dil_h;
-                        if (hh < 0 || hh >= g->h)
-                            continue;
-                        for (int s = 0; s < g->s; s++) {
-                            int ww = q * g->v - g->pad_w + s * g->dil_w;
-                            if (ww < 0 || ww >= g->w)
-                                continue;
-                            double *ap = acc + (size_t)n * g->xs.n + (size_t)hh * g->xs.h + (size_t)ww * g->xs.w;
-                            const float *wp = w + filter_at(g, k, r, s);
-                            for (int c = 0; c < g->c; c++)
-                                ap[(size_t)c * g->xs.c] += d * (double)wp[(size_t)c * g->ws.c];
-                        }
-                    }
-                }
+    int n;
+    const algo_info *t = algo_table(op, &n);
+    for (int i = 0; i < n; i++)
+        if (t[i].algo == algo)
+            return &t[i];
+    return NULL;
 }
 
-/* The adjoint of the forward map in w: dw[k, c, r, s] = sum over n, p, q of dy[n, k, p, q] x[n, c, window]
- * (stored flipped in CUDNN_CONVOLUTION mode). Accumulated in acc (w's layout, w_count doubles). */
-static void run_backward_filter(const conv_geom *g, const float *x, const float *dy, double *acc)
+static int tensor_op_math(cudnnMathType_t m)
+{
+    return m == CUDNN_TENSOR_OP_MATH || m == CUDNN_TENSOR_OP_MATH_ALLOW_CONVERSION;
+}
+
+/* Whether algorithm a runs geometry g (its math type included): SUCCESS
+ * or CUDNN_STATUS_NOT_SUPPORTED by the tensor-core rules above. */
+static cudnnStatus_t algo_supports(const algo_info *a, const conv_geom *g)
+{
+    if (!a)
+        return CUDNN_STATUS_NOT_SUPPORTED;
+    if (g->type != CUDNN_DATA_BFLOAT16)
+        return CUDNN_STATUS_SUCCESS;
+    if (!a->tensor_core || !tensor_op_math(g->math) || g->c % 8 || g->k % 8)
+        return CUDNN_STATUS_NOT_SUPPORTED;
+    return CUDNN_STATUS_SUCCESS;
+}
+
+/* Whether the algorithm reads fp32 inputs as TF32 under g's math type. */
+static int uses_tf32(const algo_info *a, const conv_geom *g)
+{
+    return g->type == CUDNN_DATA_FLOAT && a->tensor_core && g->math != CUDNN_FMA_MATH;
+}
+
+static size_t algo_workspace(const algo_info *a, const conv_geom *g)
+{
+    size_t es = g->type == CUDNN_DATA_FLOAT ? 4 : 2;
+    if (a->ws_kind == 1)
+        return (size_t)g->p * g->q * sizeof(int32_t) + 4096;
+    if (a->ws_kind == 2) /* im2col: every output position's window */
+        return (size_t)g->n * g->p * g->q * (size_t)g->c * g->r * g->s * es + ((size_t)64 << 20);
+    return 0;
+}
+
+/* f with its mantissa rounded to TF32's 10 bits (tensor cores' fp32 inputs). */
+static float tf32(float f)
+{
+    union {
+        float f;
+        uint32_t u;
+    } v = {f};
+    if ((v.u & 0x7f800000u) != 0x7f800000u)
+        v.u = (v.u + 0x1000u) & ~0x1fffu;
+    return v.f;
+}
+
+/* The random order of the non-deterministic algorithms (one stream for the process). */
+static uint64_t random_state = 0x9e3779b97f4a7c15ull;
+static unsigned next_random(void)
+{
+    random_state ^= random_state << 13;
+    random_state ^= random_state >> 7;
+    random_state ^= random_state << 17;
+    return (unsigned)(random_state >> 32);
+}
+
+/* The running sums of n outputs (a contiguous run of channels), each
+ * summing its terms in an algorithm's order: term t of every output is
+ * a * b[c * stride] (acc_add), the terms in the same order for all. */
+typedef struct {
+    int kind;
+    size_t n;
+    unsigned long t; /* terms so far */
+    float *f;        /* SUM_FMA: n; SUM_BLOCKED / SUM_RANDOM: 8 partial sums of n */
+    double *d;       /* SUM_EXACT: n */
+} sums;
+
+static int sums_open(sums *u, int kind, size_t n)
+{
+    memset(u, 0, sizeof *u);
+    u->kind = kind;
+    u->n = n;
+    u->f = malloc((8 * n + 1) * sizeof *u->f);
+    u->d = malloc((n + 1) * sizeof *u->d);
+    return u->f && u->d;
+}
+
+static void sums_close(sums *u)
+{
+    free(u->f);
+    free(u->d);
+}
+
+static void sums_reset(sums *u)
+{
+    u->t = 0;
+    if (u->kind == SUM_EXACT)
+        memset(u->d, 0, u->n * sizeof *u->d);
+    else
+        memset(u->f, 0, (u->kind == SUM_FMA ? 1 : 8) * u->n * sizeof *u->f);
+}
+
+static void sums_add(sums *u, float a, const float *b, size_t stride)
+{
+    size_t n = u->n;
+    switch (u->kind) {
+    case SUM_EXACT:
+        for (size_t c = 0; c < n; c++)
+            u->d[c] += (double)a * (double)b[c * stride];
+        break;
+    case SUM_FMA:
+        for (size_t c = 0; c < n; c++)
+            u->f[c] = fmaf(a, b[c * stride], u->f[c]);
+        break;
+    case SUM_BLOCKED: { /* term t into partial sum t mod 8 */
+        float *p = u->f + (u->t & 7) * n;
+        for (size_t c = 0; c < n; c++)
+            p[c] = fmaf(a, b[c * stride], p[c]);
+        break;
+    }
+    default: /* SUM_RANDOM: atomics, each term into a partial sum no one chose */
+        for (size_t c = 0; c < n; c++)
+            u->f[(next_random() & 7) * n + c] += a * b[c * stride];
+    }
+    u->t++;
+}
+
+/* Output c's sum. */
+static double sums_get(const sums *u, size_t c)
+{
+    if (u->kind == SUM_EXACT)
+        return u->d[c];
+    if (u->kind == SUM_FMA)
+        return u->f[c];
+    const float *p = u->f + c;
+    size_t n = u->n;
+    float s0 = p[0] + p[4 * n], s1 = p[n] + p[5 * n], s2 = p[2 * n] + p[6 * n], s3 = p[3 * n] + p[7 * n];
+    return (s0 + s2) + (s1 + s3);
+}
+
+/* y[n, k, p, q] = sum over r, s, c (in that order) of x[n, c, p u - pad_h + r dil_h, q v - pad_w + s dil_w]
+ * w[k, c, r, s] (w flipped in CUDNN_CONVOLUTION mode), then scaled into y; u: sums over k. */
+static void run_forward(const conv_geom *g, sums *u, const float *x, const float *w, void *y, float alpha, float beta)
 {
     for (int n = 0; n < g->n; n++)
         for (int p = 0; p < g->p; p++)
-            for (int q = 0; q < g->q; q++)
+            for (int q = 0; q < g->q; q++) {
+                sums_reset(u);
                 for (int r = 0; r < g->r; r++) {
                     int hh = p * g->u - g->pad_h + r * g->dil_h;
                     if (hh < 0 || hh >= g->h)
@@ -312,15 +454,124 @@ static void run_backward_filter(const conv_geom *g, const float *x, const float 
                         if (ww < 0 || ww >= g->w)
                             continue;
                         const float *xp = x + (size_t)n * g->xs.n + (size_t)hh * g->xs.h + (size_t)ww * g->xs.w;
-                        for (int k = 0; k < g->k; k++) {
-                            double d = dy[(size_t)n * g->ys.n + (size_t)k * g->ys.c + (size_t)p * g->ys.h +
-                                          (size_t)q * g->ys.w];
-                            double *ap = acc + filter_at(g, k, r, s);
-                            for (int c = 0; c < g->c; c++)
-                                ap[(size_t)c * g->ws.c] += d * (double)xp[(size_t)c * g->xs.c];
-                        }
+                        const float *wp = w + filter_at(g, 0, r, s);
+                        for (int c = 0; c < g->c; c++)
+                            sums_add(u, xp[(size_t)c * g->xs.c], wp + (size_t)c * g->ws.c, g->ws.n);
                     }
                 }
+                for (int k = 0; k < g->k; k++)
+                    store(y, g->type,
+                          (size_t)n * g->ys.n + (size_t)k * g->ys.c + (size_t)p * g->ys.h + (size_t)q * g->ys.w,
+                          sums_get(u, (size_t)k), alpha, beta);
+            }
+}
+
+/* The adjoint of the forward map in x: dx[n, c, h, w] = sum over (r, s, k), in that order, of dy[n, k, p, q]
+ * w[k, c, r, s] with (p, q) the output position whose window puts tap (r, s) at (h, w); u: sums over c. */
+static void run_backward_data(const conv_geom *g, sums *u, const float *w, const float *dy, void *dx, float alpha,
+                              float beta)
+{
+    for (int n = 0; n < g->n; n++)
+        for (int hh = 0; hh < g->h; hh++)
+            for (int ww = 0; ww < g->w; ww++) {
+                sums_reset(u);
+                for (int r = 0; r < g->r; r++) {
+                    int ph = hh + g->pad_h - r * g->dil_h; /* = p u */
+                    if (ph < 0 || ph % g->u || ph / g->u >= g->p)
+                        continue;
+                    for (int s = 0; s < g->s; s++) {
+                        int qw = ww + g->pad_w - s * g->dil_w;
+                        if (qw < 0 || qw % g->v || qw / g->v >= g->q)
+                            continue;
+                        const float *yp =
+                            dy + (size_t)n * g->ys.n + (size_t)(ph / g->u) * g->ys.h + (size_t)(qw / g->v) * g->ys.w;
+                        const float *wp = w + filter_at(g, 0, r, s);
+                        for (int k = 0; k < g->k; k++)
+                            sums_add(u, yp[(size_t)k * g->ys.c], wp + (size_t)k * g->ws.n, g->ws.c);
+                    }
+                }
+                for (int c = 0; c < g->c; c++)
+                    store(dx, g->type,
+                          (size_t)n * g->xs.n + (size_t)c * g->xs.c + (size_t)hh * g->xs.h + (size_t)ww * g->xs.w,
+                          sums_get(u, (size_t)c), alpha, beta);
+            }
+}
+
+/* The adjoint of the forward map in w: dw[k, c, r, s] = sum over (n, p, q), in that order, of dy[n, k, p, q]
+ * x[n, c, window] (stored flipped in CUDNN_CONVOLUTION mode); u: sums over c. */
+static void run_backward_filter(const conv_geom *g, sums *u, const float *x, const float *dy, void *dw, float alpha,
+                                float beta)
+{
+    for (int k = 0; k < g->k; k++)
+        for (int r = 0; r < g->r; r++)
+            for (int s = 0; s < g->s; s++) {
+                sums_reset(u);
+                for (int n = 0; n < g->n; n++)
+                    for (int p = 0; p < g->p; p++) {
+                        int hh = p * g->u - g->pad_h + r * g->dil_h;
+                        if (hh < 0 || hh >= g->h)
+                            continue;
+                        for (int q = 0; q < g->q; q++) {
+                            int ww = q * g->v - g->pad_w + s * g->dil_w;
+                            if (ww < 0 || ww >= g->w)
+                                continue;
+                            float d = dy[(size_t)n * g->ys.n + (size_t)k * g->ys.c + (size_t)p * g->ys.h +
+                                         (size_t)q * g->ys.w];
+                            sums_add(u, d, x + (size_t)n * g->xs.n + (size_t)hh * g->xs.h + (size_t)ww * g->xs.w,
+                                     g->xs.c);
+                        }
+                    }
+                for (int c = 0; c < g->c; c++)
+                    store(dw, g->type, filter_at(g, k, r, s) + (size_t)c * g->ws.c, sums_get(u, (size_t)c), alpha,
+                          beta);
+            }
+}
+
+/* A convolution as recorded when the call is made. */
+typedef struct {
+    int op;
+    conv_geom g;
+    const algo_info *a;
+    const void *in1, *in2; /* FWD: x, w; DATA: w, dy; FILTER: x, dy */
+    void *out;
+    float alpha, beta;
+} conv_work;
+
+/* The count elements of data type t at p as floats (TF32-rounded when tf), or NULL when out of memory. */
+static float *floats(const void *p, cudnnDataType_t t, size_t count, int tf)
+{
+    float *f = malloc((count ? count : 1) * sizeof *f);
+    if (!f)
+        return NULL;
+    for (size_t i = 0; i < count; i++) {
+        float v = t == CUDNN_DATA_FLOAT ? ((const float *)p)[i] : amdim_bf16_value(((const uint16_t *)p)[i]);
+        f[i] = tf ? tf32(v) : v;
+    }
+    return f;
+}
+
+static cudaError_t conv_run(void *arg)
+{
+    conv_work *c = arg;
+    const conv_geom *g = &c->g;
+    int tf = uses_tf32(c->a, g);
+    size_t n1 = c->op == OP_DATA ? g->w_count : g->x_count, n2 = c->op == OP_FWD ? g->w_count : g->y_count;
+    float *a = floats(c->in1, g->type, n1, tf), *b = floats(c->in2, g->type, n2, tf);
+    sums u;
+    int ok = sums_open(&u, c->a->sum, c->op == OP_FWD ? (size_t)g->k : (size_t)g->c);
+    cudaError_t e = a && b && ok ? cudaSuccess : cudaErrorMemoryAllocation;
+    if (e == cudaSuccess) {
+        if (c->op == OP_FWD)
+            run_forward(g, &u, a, b, c->out, c->alpha, c->beta);
+        else if (c->op == OP_DATA)
+            run_backward_data(g, &u, a, b, c->out, c->alpha, c->beta);
+        else
+            run_backward_filter(g, &u, a, b, c->out, c->alpha, c->beta);
+    }
+    sums_close(&u);
+    free(a);
+    free(b);
+    return e;
 }
 
 /* ---- handle ---- */
@@ -331,7 +582,12 @@ cudnnStatus_t cudnnCreate(cudnnHandle_t *handle)
     if (!handle)
         return CUDNN_STATUS_BAD_PARAM;
     *handle = calloc(1, sizeof **handle);
-    return *handle ? CUDNN_STATUS_SUCCESS : CUDNN_STATUS_INTERNAL_ERROR_HOST_ALLOCATION_FAILED;
+    if (!*handle)
+        return CUDNN_STATUS_INTERNAL_ERROR_HOST_ALLOCATION_FAILED;
+    emu_lock();
+    (*handle)->serial = ++handles_made;
+    emu_unlock();
+    return CUDNN_STATUS_SUCCESS;
 }
 
 /* Frees a handle. */
@@ -343,7 +599,7 @@ cudnnStatus_t cudnnDestroy(cudnnHandle_t handle)
     return CUDNN_STATUS_SUCCESS;
 }
 
-/* Records the stream later calls run on (ignored: everything is synchronous). */
+/* The stream later calls run on. */
 cudnnStatus_t cudnnSetStream(cudnnHandle_t handle, cudaStream_t streamId)
 {
     if (!handle)
@@ -529,7 +785,7 @@ cudnnStatus_t cudnnSetConvolution2dDescriptor(cudnnConvolutionDescriptor_t convD
     return CUDNN_STATUS_SUCCESS;
 }
 
-/* Records the math type (reported back by Find*Ex; it does not change the emulated arithmetic). */
+/* The math type: whether the tensor-core algorithms run (bf16) and read fp32 inputs as TF32 (see the top). */
 cudnnStatus_t cudnnSetConvolutionMathType(cudnnConvolutionDescriptor_t convDesc, cudnnMathType_t mathType)
 {
     if (!convDesc)
@@ -553,38 +809,103 @@ cudnnStatus_t cudnnGetConvolution2dForwardOutputDim(const cudnnConvolutionDescri
     return output_dims(convDesc, inputTensorDesc, filterDesc, n, c, h, w);
 }
 
+
 /* ---- algorithm search ---- */
 
-/* Common checks of the Find*Ex calls; on success overwrites the output (count elements at out) with NaN. */
-static cudnnStatus_t find_common(cudnnHandle_t handle, const struct cudnnTensorStruct *x,
-                                 const struct cudnnFilterStruct *w, const struct cudnnConvolutionStruct *cd,
-                                 const struct cudnnTensorStruct *y, const void *in1, const void *in2, void *out,
-                                 int which, int requested, const int *returned, const void *perf)
+/* Find*Ex's results before they go into each family's own perf struct. */
+typedef struct {
+    int algo;
+    cudnnStatus_t status;
+    float time;
+    size_t memory;
+    cudnnDeterminism_t determinism;
+    cudnnMathType_t math;
+} perf;
+
+/* A time in ms for algorithm a on g: its rate on the multiply-adds, times
+ * up to +-12 % of noise that depends on the handle and the call. */
+static float find_time(cudnnHandle_t h, int op, const algo_info *a, const conv_geom *g)
+{
+    uint64_t z = ((uint64_t)h->serial << 40) ^ ((uint64_t)h->finds << 8) ^ (uint64_t)(op * 16 + a->algo);
+    z ^= (uint64_t)g->n * 1000003u ^ (uint64_t)g->c * 7919u ^ (uint64_t)g->k * 104729u ^ (uint64_t)g->h * 31u;
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+    z ^= z >> 31;
+    double noise = ((double)(z >> 11) / 9007199254740992.0 * 2 - 1) * 0.12;
+    double macs = (double)g->n * g->p * g->q * g->k * g->c * g->r * g->s;
+    return (float)((macs / 1e9 / a->rate + 1e-3) * (1 + noise));
+}
+
+static int by_time(const void *pa, const void *pb)
+{
+    const perf *a = pa, *b = pb;
+    int fa = a->status != CUDNN_STATUS_SUCCESS, fb = b->status != CUDNN_STATUS_SUCCESS;
+    if (fa != fb)
+        return fa - fb;
+    return a->time < b->time ? -1 : a->time > b->time;
+}
+
+/* The common part of the Find*Ex calls: checks, the stream's pending work
+ * (Find is synchronous), every algorithm of op reported (sorted by time,
+ * failures last), the output overwritten. Returns the status and *count. */
+static cudnnStatus_t find(cudnnHandle_t handle, int op, const struct cudnnTensorStruct *x,
+                          const struct cudnnFilterStruct *w, const struct cudnnConvolutionStruct *cd,
+                          const struct cudnnTensorStruct *y, const void *in1, const void *in2, void *out,
+                          int requested, int *returned, size_t ws_bytes, perf *res, int *count)
 {
     conv_geom g;
-    if (!handle || !in1 || !in2 || !out || !returned || !perf || requested < 1)
+    if (!handle || !in1 || !in2 || !out || !returned || requested < 1)
         return CUDNN_STATUS_BAD_PARAM;
     cudnnStatus_t st = check_conv(x, w, cd, y, &g);
     if (st != CUDNN_STATUS_SUCCESS)
         return st;
-    fill_nan(out, g.type, which == 0 ? g.y_count : which == 1 ? g.x_count : g.w_count);
+    size_t out_count = op == OP_FWD ? g.y_count : op == OP_DATA ? g.x_count : g.w_count;
+    size_t es = g.type == CUDNN_DATA_FLOAT ? 4 : 2;
+    if (!emu_device_range(out, out_count * es))
+        return CUDNN_STATUS_BAD_PARAM;
+    if (emu_stream_drain(handle->stream) != cudaSuccess) /* refused in a capture, or a failed device */
+        return CUDNN_STATUS_EXECUTION_FAILED_CUDART;
+    int n;
+    const algo_info *t = algo_table(op, &n);
+    emu_lock();
+    handle->finds++;
+    for (int i = 0; i < n; i++) {
+        perf *r = &res[i];
+        memset(r, 0, sizeof *r);
+        r->algo = t[i].algo;
+        r->status = algo_supports(&t[i], &g);
+        r->memory = algo_workspace(&t[i], &g);
+        if (r->status == CUDNN_STATUS_SUCCESS && r->memory > ws_bytes)
+            r->status = CUDNN_STATUS_INTERNAL_ERROR_DEVICE_ALLOCATION_FAILED; /* could not run it to time it */
+        r->determinism = t[i].sum == SUM_RANDOM ? CUDNN_NON_DETERMINISTIC : CUDNN_DETERMINISTIC;
+        r->math = g.math;
+        r->time = r->status == CUDNN_STATUS_SUCCESS ? find_time(handle, op, &t[i], &g) : -1.0f;
+    }
+    emu_unlock();
+    qsort(res, (size_t)n, sizeof *res, by_time);
+    *count = n < requested ? n : requested;
+    fill_nan(out, g.type, out_count); /* "overwritten with arbitrary values" */
     return CUDNN_STATUS_SUCCESS;
 }
 
-/* The Find*Ex calls' single result (each family has its own perf struct). */
-#define ONE_RESULT(perf, algo_, conv, count)                  \
-    do {                                                      \
-        memset((perf), 0, sizeof *(perf));                    \
-        (perf)->algo = (algo_);                               \
-        (perf)->status = CUDNN_STATUS_SUCCESS;                \
-        (perf)->determinism = CUDNN_DETERMINISTIC;            \
-        (perf)->mathType = (conv)->math;                      \
-        *(count) = 1;                                         \
-        return CUDNN_STATUS_SUCCESS;                          \
+/* Copies the common results into each family's perf struct (they have the same members). */
+#define FIND_RESULTS(res, count, out, returned, algo_type)                              \
+    do {                                                                                \
+        for (int i_ = 0; i_ < (count); i_++) {                                          \
+            memset(&(out)[i_], 0, sizeof (out)[i_]);                                    \
+            (out)[i_].algo = (algo_type)(res)[i_].algo;                                 \
+            (out)[i_].status = (res)[i_].status;                                        \
+            (out)[i_].time = (res)[i_].time;                                            \
+            (out)[i_].memory = (res)[i_].memory;                                        \
+            (out)[i_].determinism = (res)[i_].determinism;                              \
+            (out)[i_].mathType = (res)[i_].math;                                        \
+        }                                                                               \
+        *(returned) = (count);                                                          \
     } while (0)
 
-/* One result: CUDNN_CONVOLUTION_FWD_ALGO_IMPLICIT_GEMM, deterministic, no workspace, the descriptor's math type.
- * y's contents are overwritten. */
+enum { MAX_ALGOS = 8 };
+
+/* Every forward algorithm, fastest first; y is overwritten. */
 cudnnStatus_t cudnnFindConvolutionForwardAlgorithmEx(cudnnHandle_t handle, const cudnnTensorDescriptor_t xDesc,
                                                      const void *x, const cudnnFilterDescriptor_t wDesc, const void *w,
                                                      const cudnnConvolutionDescriptor_t convDesc,
@@ -593,16 +914,18 @@ cudnnStatus_t cudnnFindConvolutionForwardAlgorithmEx(cudnnHandle_t handle, const
                                                      cudnnConvolutionFwdAlgoPerf_t *perfResults, void *workSpace,
                                                      size_t workSpaceSizeInBytes)
 {
-    (void)workSpace, (void)workSpaceSizeInBytes;
-    cudnnStatus_t st = find_common(handle, xDesc, wDesc, convDesc, yDesc, x, w, y, 0, requestedAlgoCount,
-                                   returnedAlgoCount, perfResults);
-    if (st != CUDNN_STATUS_SUCCESS)
-        return st;
-    ONE_RESULT(perfResults, CUDNN_CONVOLUTION_FWD_ALGO_IMPLICIT_GEMM, convDesc, returnedAlgoCount);
+    perf res[MAX_ALGOS];
+    int count = 0;
+    if (!perfResults || (workSpaceSizeInBytes && !workSpace))
+        return CUDNN_STATUS_BAD_PARAM;
+    cudnnStatus_t st = find(handle, OP_FWD, xDesc, wDesc, convDesc, yDesc, x, w, y, requestedAlgoCount,
+                            returnedAlgoCount, workSpaceSizeInBytes, res, &count);
+    if (st == CUDNN_STATUS_SUCCESS)
+        FIND_RESULTS(res, count, perfResults, returnedAlgoCount, cudnnConvolutionFwdAlgo_t);
+    return st;
 }
 
-/* One result: CUDNN_CONVOLUTION_BWD_DATA_ALGO_1 (ALGO_0 is documented non-deterministic), deterministic, no
- * workspace, the descriptor's math type. dx's contents are overwritten. */
+/* Every backward-data algorithm, fastest first; dx is overwritten. */
 cudnnStatus_t cudnnFindConvolutionBackwardDataAlgorithmEx(cudnnHandle_t handle, const cudnnFilterDescriptor_t wDesc,
                                                           const void *w, const cudnnTensorDescriptor_t dyDesc,
                                                           const void *dy, const cudnnConvolutionDescriptor_t convDesc,
@@ -611,16 +934,18 @@ cudnnStatus_t cudnnFindConvolutionBackwardDataAlgorithmEx(cudnnHandle_t handle, 
                                                           cudnnConvolutionBwdDataAlgoPerf_t *perfResults,
                                                           void *workSpace, size_t workSpaceSizeInBytes)
 {
-    (void)workSpace, (void)workSpaceSizeInBytes;
-    cudnnStatus_t st = find_common(handle, dxDesc, wDesc, convDesc, dyDesc, w, dy, dx, 1, requestedAlgoCount,
-                                   returnedAlgoCount, perfResults);
-    if (st != CUDNN_STATUS_SUCCESS)
-        return st;
-    ONE_RESULT(perfResults, CUDNN_CONVOLUTION_BWD_DATA_ALGO_1, convDesc, returnedAlgoCount);
+    perf res[MAX_ALGOS];
+    int count = 0;
+    if (!perfResults || (workSpaceSizeInBytes && !workSpace))
+        return CUDNN_STATUS_BAD_PARAM;
+    cudnnStatus_t st = find(handle, OP_DATA, dxDesc, wDesc, convDesc, dyDesc, w, dy, dx, requestedAlgoCount,
+                            returnedAlgoCount, workSpaceSizeInBytes, res, &count);
+    if (st == CUDNN_STATUS_SUCCESS)
+        FIND_RESULTS(res, count, perfResults, returnedAlgoCount, cudnnConvolutionBwdDataAlgo_t);
+    return st;
 }
 
-/* One result: CUDNN_CONVOLUTION_BWD_FILTER_ALGO_1 (ALGO_0 is documented non-deterministic), deterministic, no
- * workspace, the descriptor's math type. dw's contents are overwritten. */
+/* Every backward-filter algorithm, fastest first; dw is overwritten. */
 cudnnStatus_t cudnnFindConvolutionBackwardFilterAlgorithmEx(cudnnHandle_t handle, const cudnnTensorDescriptor_t xDesc,
                                                             const void *x, const cudnnTensorDescriptor_t dyDesc,
                                                             const void *y, const cudnnConvolutionDescriptor_t convDesc,
@@ -629,15 +954,62 @@ cudnnStatus_t cudnnFindConvolutionBackwardFilterAlgorithmEx(cudnnHandle_t handle
                                                             cudnnConvolutionBwdFilterAlgoPerf_t *perfResults,
                                                             void *workSpace, size_t workSpaceSizeInBytes)
 {
-    (void)workSpace, (void)workSpaceSizeInBytes;
-    cudnnStatus_t st = find_common(handle, xDesc, dwDesc, convDesc, dyDesc, x, y, dw, 2, requestedAlgoCount,
-                                   returnedAlgoCount, perfResults);
-    if (st != CUDNN_STATUS_SUCCESS)
-        return st;
-    ONE_RESULT(perfResults, CUDNN_CONVOLUTION_BWD_FILTER_ALGO_1, convDesc, returnedAlgoCount);
+    perf res[MAX_ALGOS];
+    int count = 0;
+    if (!perfResults || (workSpaceSizeInBytes && !workSpace))
+        return CUDNN_STATUS_BAD_PARAM;
+    cudnnStatus_t st = find(handle, OP_FILTER, xDesc, dwDesc, convDesc, dyDesc, x, y, dw, requestedAlgoCount,
+                            returnedAlgoCount, workSpaceSizeInBytes, res, &count);
+    if (st == CUDNN_STATUS_SUCCESS)
+        FIND_RESULTS(res, count, perfResults, returnedAlgoCount, cudnnConvolutionBwdFilterAlgo_t);
+    return st;
 }
 
 /* ---- convolutions ---- */
+
+/* The common part of the three convolutions: checks (descriptors, the
+ * algorithm for this configuration, its workspace, device memory, the
+ * tensor cores' 128-bit alignment), then the work on the handle's stream. */
+static cudnnStatus_t convolve(cudnnHandle_t handle, int op, int algo, const void *alpha, const void *beta,
+                              const struct cudnnTensorStruct *x, const struct cudnnFilterStruct *w,
+                              const struct cudnnConvolutionStruct *cd, const struct cudnnTensorStruct *y,
+                              const void *in1, const void *in2, void *out, void *ws, size_t ws_bytes)
+{
+    if (!handle || !alpha || !beta || !in1 || !in2 || !out)
+        return CUDNN_STATUS_BAD_PARAM;
+    conv_geom g;
+    cudnnStatus_t st = check_conv(x, w, cd, y, &g);
+    if (st != CUDNN_STATUS_SUCCESS)
+        return st;
+    const algo_info *a = algo_find(op, algo);
+    if (!a) /* a valid enum the emulation does not implement, or not an algorithm at all */
+        return algo >= 0 && algo < (op == OP_FWD    ? CUDNN_CONVOLUTION_FWD_ALGO_COUNT
+                                    : op == OP_DATA ? CUDNN_CONVOLUTION_BWD_DATA_ALGO_COUNT
+                                                    : CUDNN_CONVOLUTION_BWD_FILTER_ALGO_COUNT)
+                   ? CUDNN_STATUS_NOT_SUPPORTED
+                   : CUDNN_STATUS_BAD_PARAM;
+    if ((st = algo_supports(a, &g)) != CUDNN_STATUS_SUCCESS)
+        return st;
+    size_t need = algo_workspace(a, &g);
+    if (ws_bytes < need || (need && !emu_device_range(ws, need)))
+        return CUDNN_STATUS_BAD_PARAM;
+    size_t es = g.type == CUDNN_DATA_FLOAT ? 4 : 2;
+    size_t n1 = op == OP_DATA ? g.w_count : g.x_count, n2 = op == OP_FWD ? g.w_count : g.y_count;
+    size_t no = op == OP_FWD ? g.y_count : op == OP_DATA ? g.x_count : g.w_count;
+    if (!emu_device_range(in1, n1 * es) || !emu_device_range(in2, n2 * es) || !emu_device_range(out, no * es))
+        return CUDNN_STATUS_BAD_PARAM; /* not device memory (CUDA would fault) */
+    if (a->tensor_core && g.type == CUDNN_DATA_BFLOAT16 &&
+        (((uintptr_t)in1 | (uintptr_t)in2 | (uintptr_t)out) & 15))
+        return CUDNN_STATUS_BAD_PARAM_MISALIGNED_POINTER;
+    conv_work *c = malloc(sizeof *c);
+    if (!c)
+        return CUDNN_STATUS_INTERNAL_ERROR_HOST_ALLOCATION_FAILED;
+    *c = (conv_work){op, g, a, in1, in2, out, *(const float *)alpha, *(const float *)beta};
+    static const char *names[] = {"cudnnConvolutionForward", "cudnnConvolutionBackwardData",
+                                  "cudnnConvolutionBackwardFilter"};
+    cudaError_t e = emu_enqueue(handle->stream, names[op], conv_run, c, free);
+    return e == cudaSuccess ? CUDNN_STATUS_SUCCESS : CUDNN_STATUS_EXECUTION_FAILED_CUDART;
+}
 
 /* y = alpha * conv(x, w) + beta * y. */
 cudnnStatus_t cudnnConvolutionForward(cudnnHandle_t handle, const void *alpha, const cudnnTensorDescriptor_t xDesc,
@@ -646,24 +1018,8 @@ cudnnStatus_t cudnnConvolutionForward(cudnnHandle_t handle, const void *alpha, c
                                       void *workSpace, size_t workSpaceSizeInBytes, const void *beta,
                                       const cudnnTensorDescriptor_t yDesc, void *y)
 {
-    (void)workSpace, (void)workSpaceSizeInBytes;
-    if (!handle || !alpha || !beta || !x || !w || !y)
-        return CUDNN_STATUS_BAD_PARAM;
-    if ((int)algo < 0 || (int)algo >= CUDNN_CONVOLUTION_FWD_ALGO_COUNT)
-        return CUDNN_STATUS_BAD_PARAM;
-    conv_geom g;
-    cudnnStatus_t st = check_conv(xDesc, wDesc, convDesc, yDesc, &g);
-    if (st != CUDNN_STATUS_SUCCESS)
-        return st;
-    float *xo, *wo;
-    const float *xf = as_float(x, g.type, g.x_count, &xo), *wf = as_float(w, g.type, g.w_count, &wo);
-    if (xf && wf)
-        run_forward(&g, xf, wf, y, *(const float *)alpha, *(const float *)beta);
-    else
-        st = CUDNN_STATUS_INTERNAL_ERROR_HOST_ALLOCATION_FAILED;
-    free(xo);
-    free(wo);
-    return st;
+    return convolve(handle, OP_FWD, (int)algo, alpha, beta, xDesc, wDesc, convDesc, yDesc, x, w, y, workSpace,
+                    workSpaceSizeInBytes);
 }
 
 /* dx = alpha * (the adjoint in x of conv(., w) applied to dy) + beta * dx. */
@@ -674,30 +1030,8 @@ cudnnStatus_t cudnnConvolutionBackwardData(cudnnHandle_t handle, const void *alp
                                            size_t workSpaceSizeInBytes, const void *beta,
                                            const cudnnTensorDescriptor_t dxDesc, void *dx)
 {
-    (void)workSpace, (void)workSpaceSizeInBytes;
-    if (!handle || !alpha || !beta || !w || !dy || !dx)
-        return CUDNN_STATUS_BAD_PARAM;
-    if ((int)algo < 0 || (int)algo >= CUDNN_CONVOLUTION_BWD_DATA_ALGO_COUNT)
-        return CUDNN_STATUS_BAD_PARAM;
-    conv_geom g;
-    cudnnStatus_t st = check_conv(dxDesc, wDesc, convDesc, dyDesc, &g);
-    if (st != CUDNN_STATUS_SUCCESS)
-        return st;
-    float *wo, *dyo;
-    const float *wf = as_float(w, g.type, g.w_count, &wo), *dyf = as_float(dy, g.type, g.y_count, &dyo);
-    double *acc = calloc(g.x_count, sizeof *acc);
-    if (wf && dyf && acc) {
-        run_backward_data(&g, wf, dyf, acc);
-        float a = *(const float *)alpha, b = *(const float *)beta;
-        for (size_t i = 0; i < g.x_count; i++)
-            store(dx, g.type, i, acc[i], a, b);
-    } else {
-        st = CUDNN_STATUS_INTERNAL_ERROR_HOST_ALLOCATION_FAILED;
-    }
-    free(acc);
-    free(wo);
-    free(dyo);
-    return st;
+    return convolve(handle, OP_DATA, (int)algo, alpha, beta, dxDesc, wDesc, convDesc, dyDesc, w, dy, dx, workSpace,
+                    workSpaceSizeInBytes);
 }
 
 /* dw = alpha * (the adjoint in w of conv(x, .) applied to dy) + beta * dw. */
@@ -709,28 +1043,6 @@ cudnnStatus_t cudnnConvolutionBackwardFilter(cudnnHandle_t handle, const void *a
                                              size_t workSpaceSizeInBytes, const void *beta,
                                              const cudnnFilterDescriptor_t dwDesc, void *dw)
 {
-    (void)workSpace, (void)workSpaceSizeInBytes;
-    if (!handle || !alpha || !beta || !x || !dy || !dw)
-        return CUDNN_STATUS_BAD_PARAM;
-    if ((int)algo < 0 || (int)algo >= CUDNN_CONVOLUTION_BWD_FILTER_ALGO_COUNT)
-        return CUDNN_STATUS_BAD_PARAM;
-    conv_geom g;
-    cudnnStatus_t st = check_conv(xDesc, dwDesc, convDesc, dyDesc, &g);
-    if (st != CUDNN_STATUS_SUCCESS)
-        return st;
-    float *xo, *dyo;
-    const float *xf = as_float(x, g.type, g.x_count, &xo), *dyf = as_float(dy, g.type, g.y_count, &dyo);
-    double *acc = calloc(g.w_count, sizeof *acc);
-    if (xf && dyf && acc) {
-        run_backward_filter(&g, xf, dyf, acc);
-        float a = *(const float *)alpha, b = *(const float *)beta;
-        for (size_t i = 0; i < g.w_count; i++)
-            store(dw, g.type, i, acc[i], a, b);
-    } else {
-        st = CUDNN_STATUS_INTERNAL_ERROR_HOST_ALLOCATION_FAILED;
-    }
-    free(acc);
-    free(xo);
-    free(dyo);
-    return st;
+    return convolve(handle, OP_FILTER, (int)algo, alpha, beta, xDesc, dwDesc, convDesc, dyDesc, x, dy, dw, workSpace,
+                    workSpaceSizeInBytes);
 }

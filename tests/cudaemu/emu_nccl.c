@@ -1,5 +1,12 @@
 /* CPU emulation of the NCCL calls the CUDA backend makes (the emulated-
- * device tests only). A communicator of one rank (a forced one-rank
+ * device tests only). A collective is work on its stream like any other
+ * (emu_device.h), and it is run, with the stream's earlier work, when
+ * the call is made (or, inside ncclGroupStart / ncclGroupEnd, at the
+ * group's end): every rank then runs its collectives in its call order,
+ * as NCCL requires of the calls, and no rank's host waits in a
+ * collective its peer's device has not reached. Collectives are not
+ * captured into graphs here (refused with ncclInvalidUsage).
+ * A communicator of one rank (a forced one-rank
  * process group, tests/test_dist_force) makes every collective a copy. In
  * a build with MPI, a communicator of all the MPI_COMM_WORLD ranks (one
  * emulated device per process, started by mpirun) moves the data over MPI
@@ -16,9 +23,11 @@
 #endif
 
 #include "elementwise.h" /* amdim_bf16_bits / amdim_bf16_value */
+#include "emu_device.h"
 
 struct ncclComm {
     int nranks, rank;
+    ncclResult_t async; /* a collective that failed when it ran */
 };
 
 static const char *last = "";
@@ -163,7 +172,7 @@ ncclResult_t ncclCommGetAsyncError(ncclComm_t comm, ncclResult_t *async)
 {
     if (!comm)
         return fail("emulated NCCL: no communicator");
-    *async = ncclSuccess;
+    *async = comm->async;
     return ncclSuccess;
 }
 
@@ -178,36 +187,138 @@ const char *ncclGetLastError(ncclComm_t comm)
     return last;
 }
 
-ncclResult_t ncclGroupStart(void) { return ncclSuccess; }
-ncclResult_t ncclGroupEnd(void) { return ncclSuccess; }
+typedef struct {
+    const void *send;
+    void *recv;
+    size_t count, recv_count;
+    ncclDataType_t t;
+    ncclComm_t comm;
+    int what; /* GATHER, SUM, AVG, SCATTER_SUM */
+    cudaStream_t s;
+} coll;
+
+/* One rank: the copy, when the stream gets to it. */
+static cudaError_t copy_run(void *arg)
+{
+    coll *c = arg;
+    ncclResult_t r = copy(c->send, c->recv, c->count, c->t, c->comm);
+    if (r != ncclSuccess && c->comm->async == ncclSuccess)
+        c->comm->async = r; /* NCCL reports a failure on the device through ncclCommGetAsyncError */
+    return cudaSuccess;
+}
+
+/* Over MPI: the exchanged result into the receive buffer, when the stream gets to it. */
+typedef struct {
+    void *recv;
+    size_t bytes;
+    char result[];
+} delivery;
+
+static cudaError_t deliver_run(void *arg)
+{
+    delivery *d = arg;
+    memcpy(d->recv, d->result, d->bytes);
+    return cudaSuccess;
+}
+
+static ncclResult_t launch(const coll *c, const char *name)
+{
+    if (c->comm->nranks == 1) {
+        coll *w = malloc(sizeof *w);
+        if (!w)
+            return ncclSystemError;
+        *w = *c;
+        return emu_enqueue(c->s, name, copy_run, w, free) == cudaSuccess ? ncclSuccess
+                                                                           : fail("emulated NCCL: the stream failed");
+    }
+    if (emu_stream_drain(c->s) != cudaSuccess) /* the send buffer as the stream would send it */
+        return fail("emulated NCCL: the stream failed");
+    size_t bytes = c->recv_count * type_size(c->t);
+    delivery *d = malloc(sizeof *d + bytes + 1);
+    if (!d)
+        return ncclSystemError;
+    d->recv = c->recv;
+    d->bytes = bytes;
+    ncclResult_t r = over_mpi(c->send, d->result, c->count, c->t, c->comm, c->what);
+    if (r != ncclSuccess) {
+        free(d);
+        if (c->comm->async == ncclSuccess)
+            c->comm->async = r;
+        return ncclSuccess; /* as NCCL: the failure surfaces through ncclCommGetAsyncError */
+    }
+    return emu_enqueue(c->s, name, deliver_run, d, free) == cudaSuccess ? ncclSuccess
+                                                                          : fail("emulated NCCL: the stream failed");
+}
+
+/* Inside ncclGroupStart / ncclGroupEnd: the calls to launch at the end, in order. */
+static int group_depth;
+static coll group_calls[64];
+static const char *group_names[64];
+static int group_n;
+
+ncclResult_t ncclGroupStart(void)
+{
+    group_depth++;
+    return ncclSuccess;
+}
+
+ncclResult_t ncclGroupEnd(void)
+{
+    if (group_depth <= 0)
+        return fail("emulated NCCL: ncclGroupEnd without ncclGroupStart");
+    if (--group_depth > 0)
+        return ncclSuccess;
+    ncclResult_t r = ncclSuccess;
+    for (int i = 0; i < group_n && r == ncclSuccess; i++)
+        r = launch(&group_calls[i], group_names[i]);
+    group_n = 0;
+    return r;
+}
+
+/* A collective on stream s: checked, then launched now or at the group's
+ * end. recv_count: the elements written. */
+static ncclResult_t collective(const void *send, void *recv, size_t count, size_t recv_count, ncclDataType_t t,
+                               ncclComm_t comm, cudaStream_t s, int what, const char *name)
+{
+    size_t es = type_size(t);
+    if (!comm || comm->nranks < 1)
+        return fail("emulated NCCL: no communicator");
+    if (!es)
+        return fail("emulated NCCL: unsupported data type");
+    size_t send_count = what == SCATTER_SUM ? count * (size_t)comm->nranks : count;
+    if (count && (!emu_device_range(send, send_count * es) || !emu_device_range(recv, recv_count * es)))
+        return fail("emulated NCCL: a buffer is not device memory of that size");
+    if (emu_stream_capturing(s))
+        return ncclInvalidUsage; /* not emulated */
+    coll c = {send, recv, count, recv_count, t, comm, what, s};
+    if (group_depth == 0)
+        return launch(&c, name);
+    if (group_n == (int)(sizeof group_calls / sizeof *group_calls))
+        return fail("emulated NCCL: too many calls in one group");
+    group_names[group_n] = name;
+    group_calls[group_n++] = c;
+    return ncclSuccess;
+}
 
 ncclResult_t ncclAllReduce(const void *send, void *recv, size_t count, ncclDataType_t t, ncclRedOp_t op,
                            ncclComm_t comm, cudaStream_t s)
 {
-    (void)s;
     if (op != ncclSum && op != ncclAvg)
         return fail("emulated NCCL: unsupported reduction");
-    if (comm && comm->nranks > 1)
-        return over_mpi(send, recv, count, t, comm, op == ncclAvg ? AVG : SUM);
-    return copy(send, recv, count, t, comm);
+    return collective(send, recv, count, count, t, comm, s, op == ncclAvg ? AVG : SUM, "ncclAllReduce");
 }
 
 ncclResult_t ncclAllGather(const void *send, void *recv, size_t count, ncclDataType_t t, ncclComm_t comm,
                            cudaStream_t s)
 {
-    (void)s;
-    if (comm && comm->nranks > 1)
-        return over_mpi(send, recv, count, t, comm, GATHER);
-    return copy(send, recv, count, t, comm);
+    return collective(send, recv, count, comm ? count * (size_t)comm->nranks : 0, t, comm, s, GATHER,
+                      "ncclAllGather");
 }
 
 ncclResult_t ncclReduceScatter(const void *send, void *recv, size_t count, ncclDataType_t t, ncclRedOp_t op,
                                ncclComm_t comm, cudaStream_t s)
 {
-    (void)s;
     if (op != ncclSum)
         return fail("emulated NCCL: unsupported reduction");
-    if (comm && comm->nranks > 1)
-        return over_mpi(send, recv, count, t, comm, SCATTER_SUM);
-    return copy(send, recv, count, t, comm);
+    return collective(send, recv, count, count, t, comm, s, SCATTER_SUM, "ncclReduceScatter");
 }

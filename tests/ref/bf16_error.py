@@ -23,8 +23,8 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import amdim_torch as at  # noqa: E402
 
-CONFIGS = [("32 px", 32, 8, 32, 2, 0), ("32 px, BatchNorm", 32, 8, 32, 2, 1), ("64 px", 64, 4, 32, 2, 0),
-           ("128 px", 128, 4, 32, 1, 1)]  # name, size, ndf, n_rkhs, depth, use_bn (test_cuda_bf16's runs)
+CONFIGS = [("32 px", 32, 8, 32, 2, 0), ("32 px, BatchNorm", 32, 8, 32, 2, 1), ("64 px", 64, 8, 64, 2, 0),
+           ("128 px", 128, 8, 64, 1, 1)]  # name, size, ndf, n_rkhs, depth, use_bn (test_cuda_bf16's runs)
 
 
 def step(m, inputs, bf16):

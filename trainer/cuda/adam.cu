@@ -22,6 +22,6 @@ __global__ void adam_kernel(float *w, const float *g, float *m, float *v, size_t
 extern "C" int adam_cuda(const amdim_cuda_ctx *c, float *w, const float *g, float *m, float *v, size_t n,
                          const amdim_adam_hparams *h, uint16_t *bf16)
 {
-    adam_kernel<<<grid_for(n), AMDIM_THREADS, 0, c->stream>>>(w, g, m, v, n, h, bf16);
+    LAUNCH(c, adam_kernel, grid_for(n), AMDIM_THREADS, w, g, m, v, n, h, bf16);
     return launch_check(c, "adam_cuda");
 }

@@ -130,6 +130,11 @@ typedef struct {
     cudaGraphExec_t fb_graph, adam_graph[2];
     int fb_warm, adam_warm[2], graphs_failed;
     unsigned long graph_captures, graph_launches;
+    /* cuDNN algorithms (conv.h): the arena's convolutions have their
+     * choices for batch prepared_batch (and their backward ones when
+     * prepared_bwd); a group's ranks took rank 0's for synced_batch */
+    int prepared_batch, prepared_bwd, synced_batch, synced_bwd;
+    const amdim_comm *synced_group;
 #ifdef AMDIM_HAVE_NCCL
     /* data parallelism: the run's NCCL communicator over m->comm's ranks,
      * made at the first step with a group (nccl_open); NULL until then */
@@ -551,6 +556,7 @@ static int ensure_buffers_for(amdim_model *m, int B, int group)
         return AMDIM_OK;
     m->batch = 0; /* the outputs of the last training step go with the old arena */
     drop_graph(&c->fb_graph, &c->fb_warm); /* so does the step's graph */
+    c->prepared_batch = c->synced_batch = 0;
     cudaFree(c->act);
     c->act = NULL;
     amdim_cuda_plan_free(&c->plan);
@@ -618,6 +624,105 @@ static amdim_conv_shape conv_shape(const amdim_model *m, const amdim_layer *L, i
     int h = L->hin + 2 * L->pad;
     amdim_conv_shape s = {B, conv_cin(m, L), h, h, L->cout, L->k, L->s};
     return s;
+}
+
+static int comm_fail(amdim_model *m, int rc, const char *what);
+
+/* Layer l's convolution into the error: "encoder layer l (3x3 stride 1,
+ * 8 -> 16 channels): " before what m->err holds. */
+static int layer_fail(amdim_model *m, int l, int rc)
+{
+    char why[sizeof m->err];
+    const amdim_layer *L = &m->arch.layers[l];
+    snprintf(why, sizeof why, "%s", m->err);
+    int odd = CS(m)->bf16 && (conv_cin(m, L) % 8 || L->cout % 8);
+    return MFAIL(rc, "encoder layer %d (%dx%d convolution, stride %d, %d -> %d channels at %d px): %s%s", l, L->k, L->k,
+                 L->s, conv_cin(m, L), L->cout, L->hin + 2 * L->pad, why,
+                 odd ? "; cuDNN's bf16 convolutions need channel counts that are multiples of 8 (an ndf that is a "
+                       "multiple of 8, or --precision fp32)"
+                     : "");
+}
+
+/* Every cuDNN convolution of a step at batch B (with backward: its
+ * gradients too) gets its algorithm from the process's table (conv.h),
+ * measured now for shapes it does not have - before the step, on buffers
+ * it does not need yet (Find overwrites its output), so that no
+ * measurement happens inside a step or a capture. */
+static int prepare_convs(amdim_model *m, int B, int backward)
+{
+    cuda_state *c = m->bs;
+    if (c->prepared_batch == B && c->prepared_bwd >= backward)
+        return AMDIM_OK;
+    const amdim_cuda_plan *P = &c->plan;
+    void *ga = A(m, P->grad_a), *gb = A(m, P->grad_b), *dw = c->params + c->pp.dw_ohwi;
+    for (int l = 0; l < m->arch.nlayers; l++) {
+        const amdim_layer *L = &m->arch.layers[l];
+        const amdim_cuda_layer_plan *lp = &P->layers[0][l];
+        if (L->kind == AMDIM_LAYER_BN || (L->kind == AMDIM_LAYER_RES && !amdim_cuda_conv_uses_cudnn(L)))
+            continue;
+        amdim_conv_shape sh = conv_shape(m, L, B);
+        const void *x = L->pad ? A(m, lp->padded) : l ? A(m, P->layers[0][l - 1].out) : A(m, P->x[0]);
+        void *y = L->kind == AMDIM_LAYER_STEM ? A(m, lp->out) : A(m, lp->h1);
+        int rc = amdim_conv_prepare(&c->conv, AMDIM_CONV_FWD, &sh, x, WK(m, L->w1), y);
+        if (!rc && backward)
+            rc = amdim_conv_prepare(&c->conv, AMDIM_CONV_FILTER, &sh, x, y, dw);
+        if (!rc && backward && l > 0)
+            rc = amdim_conv_prepare(&c->conv, AMDIM_CONV_DATA, &sh, WK(m, L->w1), ga, gb);
+        if (rc)
+            return layer_fail(m, l, rc);
+    }
+    c->prepared_batch = B;
+    c->prepared_bwd = backward;
+    return finish(m);
+}
+
+/* A group's ranks convolve with rank 0's algorithms (its choices for this
+ * step's convolutions, broadcast as (algo, math) pairs in layer order), so
+ * that they sum in the same order everywhere; once per batch size. */
+static int sync_convs(amdim_model *m, int B, int backward)
+{
+    cuda_state *c = m->bs;
+    if (!m->comm || (c->synced_batch == B && c->synced_bwd >= backward && c->synced_group == m->comm))
+        return AMDIM_OK;
+    int n = 0, cap = 3 * m->arch.nlayers;
+    float *buf = calloc((size_t)(2 * cap + 1), sizeof *buf);
+    amdim_conv_shape *sh = calloc((size_t)cap + 1, sizeof *sh);
+    int *op = calloc((size_t)cap + 1, sizeof *op), rc = AMDIM_OK;
+    if (!buf || !sh || !op) {
+        free(buf), free(sh), free(op);
+        return MFAIL(AMDIM_E_NOMEM, "out of memory");
+    }
+    for (int l = 0; l < m->arch.nlayers; l++) {
+        const amdim_layer *L = &m->arch.layers[l];
+        if (L->kind == AMDIM_LAYER_BN || (L->kind == AMDIM_LAYER_RES && !amdim_cuda_conv_uses_cudnn(L)))
+            continue;
+        for (int o = 0; o < (backward ? (l > 0 ? 3 : 2) : 1); o++) {
+            sh[n] = conv_shape(m, L, B);
+            op[n] = o == 0 ? AMDIM_CONV_FWD : o == 1 ? AMDIM_CONV_FILTER : AMDIM_CONV_DATA;
+            int algo = -1, math = -1;
+            amdim_conv_choice_get(&c->conv, op[n], &sh[n], &algo, &math);
+            buf[2 * n] = (float)algo; /* small integers: exact as floats */
+            buf[2 * n + 1] = (float)math;
+            n++;
+        }
+    }
+    int e = m->comm->bcast_f32(m->comm->ctx, buf, (size_t)(2 * n), 0);
+    if (e)
+        rc = comm_fail(m, e, "broadcasting rank 0's cuDNN algorithms");
+    for (int i = 0; !rc && i < n; i++) {
+        if (buf[2 * i] < 0) {
+            rc = MFAIL(AMDIM_E_IO, "rank 0 has no cuDNN algorithm for convolution %d of the step", i);
+            break;
+        }
+        rc = amdim_conv_choice_set(&c->conv, op[i], &sh[i], (int)buf[2 * i], (int)buf[2 * i + 1]);
+    }
+    free(buf), free(sh), free(op);
+    if (!rc) {
+        c->synced_batch = B;
+        c->synced_bwd = backward;
+        c->synced_group = m->comm;
+    }
+    return rc;
 }
 
 /* x (B, hin, hin, cin) -> lp->out (B, hout, hout, cout) */
@@ -1497,6 +1602,8 @@ static int cuda_set_precision(amdim_model *m, int bf16)
     if (bf16 != c->bf16)
         m->batch = 0;
     amdim_conv_set_bf16(&c->conv, bf16);
+    if (bf16 != c->bf16)
+        c->prepared_batch = c->synced_batch = 0;
     c->bf16 = bf16;
     c->ctx.bf16 = bf16;
     c->es = bf16 ? 2 : sizeof(float);
@@ -1643,6 +1750,8 @@ static int cuda_forward_backward(amdim_model *m, const amdim_step_input *in, con
     int B = in->batch, valid;
     double valid_all;
     TRY(ensure_buffers_for(m, B, 1));
+    TRY(prepare_convs(m, B, 1));
+    TRY(sync_convs(m, B, 1));
     if (m->comm)
         TRY(nccl_open(m));
     TRY(upload_step(m, B, 2 * B, in->labels, d, &valid, &valid_all));
@@ -1672,6 +1781,8 @@ static int cuda_probe_step(amdim_model *m, const amdim_step_input *in, const amd
     int B = in->batch, valid;
     double valid_all;
     TRY(ensure_buffers(m, B));
+    TRY(prepare_convs(m, B, 0));
+    TRY(sync_convs(m, B, 0));
     if (m->comm)
         TRY(nccl_open(m));
     TRY(zero(m, CS(m)->params + CS(m)->pp.grads, m->arch.grads_size * sizeof(float)));
@@ -1725,6 +1836,7 @@ static int cuda_adam(amdim_model *m, const amdim_adam_hparams *h, int probes_onl
 static int cuda_evaluate(amdim_model *m, const uint8_t *images, int B, float *features, float *lm, float *ll)
 {
     TRY(ensure_buffers(m, B));
+    TRY(prepare_convs(m, B, 0));
     const amdim_cuda_plan *P = &CS(m)->plan;
     int R = m->cfg.n_rkhs, K = m->cfg.n_classes;
     m->batch = 0; /* the training outputs are overwritten */
@@ -1748,6 +1860,7 @@ static int cuda_evaluate(amdim_model *m, const uint8_t *images, int B, float *fe
 static int cuda_refresh_bn(amdim_model *m, const uint8_t *images, int B, const amdim_step_draws *d)
 {
     TRY(ensure_buffers(m, B));
+    TRY(prepare_convs(m, B, 0));
     m->batch = 0;
     TRY(upload_step(m, B, B, NULL, d, NULL, NULL));
     TRY(load_u8(m, images, B, A(m, CS(m)->plan.x[0])));

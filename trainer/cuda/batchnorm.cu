@@ -76,7 +76,7 @@ static int reduce(const amdim_cuda_ctx *c, const void *x, const void *dy, size_t
     int rc = launch_check(c, op);
     if (rc)
         return rc;
-    finals_kernel<<<(C + 127) / 128, 128, 0, c->stream>>>(scratch, P, C, scratch + P * 2 * C);
+    LAUNCH(c, finals_kernel, (C + 127) / 128, 128, scratch, P, C, scratch + P * 2 * C);
     return launch_check(c, op);
 }
 
@@ -175,12 +175,12 @@ extern "C" int batchnorm_forward_train_cuda(const amdim_cuda_ctx *c, const void 
     int rc = reduce(c, x, NULL, N, C, MODE_SUM, NULL, NULL, NULL, scratch, op);
     if (rc || (rc = sync_fin(c, fin, C)))
         return rc;
-    mean_kernel<<<(C + 127) / 128, 128, 0, c->stream>>>(fin, T, C, mean_d);
+    LAUNCH(c, mean_kernel, (C + 127) / 128, 128, fin, T, C, mean_d);
     if ((rc = launch_check(c, op)))
         return rc;
     if ((rc = reduce(c, x, NULL, N, C, MODE_VAR, mean_d, NULL, NULL, scratch, op)) || (rc = sync_fin(c, fin, C)))
         return rc;
-    train_stats_kernel<<<(C + 127) / 128, 128, 0, c->stream>>>(mean_d, fin, T, C, *p, mean, inv_std);
+    LAUNCH(c, train_stats_kernel, (C + 127) / 128, 128, mean_d, fin, T, C, *p, mean, inv_std);
     if ((rc = launch_check(c, op)))
         return rc;
     size_t n = N * C;
@@ -205,7 +205,7 @@ extern "C" int batchnorm_backward_cuda(const amdim_cuda_ctx *c, const void *x, s
     int rc = reduce(c, x, dy, N, C, MODE_BWD, NULL, mean, inv_std, scratch, op);
     if (rc)
         return rc;
-    param_grad_kernel<<<(C + 127) / 128, 128, 0, c->stream>>>(fin, C, *p); /* this rank's share */
+    LAUNCH(c, param_grad_kernel, (C + 127) / 128, 128, fin, C, *p); /* this rank's share */
     if ((rc = launch_check(c, op)) || (rc = sync_fin(c, fin, C)))
         return rc;
     size_t n = N * C;
@@ -221,6 +221,6 @@ extern "C" int channel_sum_add_cuda(const amdim_cuda_ctx *c, const void *x, size
     int rc = reduce(c, x, NULL, N, C, MODE_SUM, NULL, NULL, NULL, scratch, op);
     if (rc)
         return rc;
-    channel_add_kernel<<<(C + 127) / 128, 128, 0, c->stream>>>(scratch + chunks(N) * 2 * C, C, out);
+    LAUNCH(c, channel_add_kernel, (C + 127) / 128, 128, scratch + chunks(N) * 2 * C, C, out);
     return launch_check(c, op);
 }

@@ -81,6 +81,6 @@ extern "C" int act_to_f32_cuda(const amdim_cuda_ctx *c, const void *x, size_t n,
 
 extern "C" int f32_to_bf16_cuda(const amdim_cuda_ctx *c, const float *x, size_t n, uint16_t *y)
 {
-    to_bf16_kernel<<<grid_for(n), AMDIM_THREADS, 0, c->stream>>>(x, n, y);
+    LAUNCH(c, to_bf16_kernel, grid_for(n), AMDIM_THREADS, x, n, y);
     return launch_check(c, "f32_to_bf16_cuda");
 }

@@ -1,16 +1,31 @@
-/* Private to the trainer/cuda kernel files: launch checks, grid sizes and the
- * deterministic block reductions the kernels share. */
+/* Private to the trainer/cuda kernel files: launches and their checks,
+ * grid sizes and the deterministic block reductions the kernels share.
+ *
+ * Every launch goes through AMDIM_LAUNCH(kernel, grid, block, stream,
+ * args...): kernel<<<grid, block, 0, stream>>>(args) under nvcc. The same
+ * sources compile a second time, with the host C++ compiler, for the
+ * emulated device of the tests (AMDIM_CUDAEMU, tests/cudaemu/emu_kernel.h:
+ * the CUDA keywords and built-in variables, and a deferred launch whose
+ * blocks run as fibers with a real __syncthreads). */
 #ifndef AMDIM_CUDA_LAUNCH_CUH
 #define AMDIM_CUDA_LAUNCH_CUH
 
 #include <stdio.h>
 
+#ifdef AMDIM_CUDAEMU
+#include "emu_kernel.h"
+#else
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
+#define AMDIM_LAUNCH(kernel, grid, block, stream, ...) kernel<<<(grid), (block), 0, (stream)>>>(__VA_ARGS__)
+#endif
 
 #include "kernels.h"
 
-/* After a launch: 0, or AMDIM_CUDA_E_DEVICE with "op(): CUDA message". */
+/* After a launch: 0, or AMDIM_CUDA_E_DEVICE with "op(): CUDA message".
+ * The launch macros clear the thread's last error first (an earlier
+ * library call may have left one, which that call's own status reported),
+ * so the error read here is the launch's. */
 static inline int launch_check(const amdim_cuda_ctx *c, const char *op)
 {
     cudaError_t e = cudaGetLastError();
@@ -53,14 +68,20 @@ template <> __device__ inline void st<bf16_t>(void *p, size_t i, float v)
     ((bf16_t *)p)[i] = __float2bfloat16_rn(v);
 }
 
-/* kernel<T><<<grid, block, 0, stream>>>(args) with T the context's
- * activation type. */
-#define LAUNCH_ACT(c, kernel, grid, block, ...)                                        \
-    do {                                                                               \
-        if ((c)->bf16)                                                                 \
-            kernel<bf16_t><<<(grid), (block), 0, (c)->stream>>>(__VA_ARGS__);          \
-        else                                                                           \
-            kernel<float><<<(grid), (block), 0, (c)->stream>>>(__VA_ARGS__);           \
+/* kernel<<<grid, block, 0, c->stream>>>(args), the last error cleared first. */
+#define LAUNCH(c, kernel, grid, block, ...)                                  \
+    do {                                                                     \
+        (void)cudaGetLastError();                                            \
+        AMDIM_LAUNCH(kernel, (grid), (block), (c)->stream, __VA_ARGS__);     \
+    } while (0)
+
+/* LAUNCH of kernel<T> with T the context's activation type. */
+#define LAUNCH_ACT(c, kernel, grid, block, ...)                              \
+    do {                                                                     \
+        if ((c)->bf16)                                                       \
+            LAUNCH(c, kernel<bf16_t>, grid, block, __VA_ARGS__);             \
+        else                                                                 \
+            LAUNCH(c, kernel<float>, grid, block, __VA_ARGS__);              \
     } while (0)
 
 /* Sum / max over the block (blockDim.x a power of two <= 1024) by a fixed
