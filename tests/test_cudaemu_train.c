@@ -89,7 +89,15 @@ int main(int argc, char **argv)
     rc = train(emu_bin, tg, &e);
     REQUIRE(rc == 0, "emulated CUDA run failed: %s", e);
     CHECK(strstr(e, "data wait"), "no data-wait figure in the log: %s", e);
+    CHECK(strstr(e, "cuDNN algorithms:") && strstr(e, "fwd"), "no cuDNN algorithm table in the log: %s", e);
     free(e);
+    /* the table is in the run's metrics too, once, after the first step */
+    char mpath[4300];
+    snprintf(mpath, sizeof mpath, "%s/metrics.jsonl", runG);
+    char *mt = test_read_file(mpath, NULL), *al = mt ? strstr(mt, "\"kind\":\"algorithms\",\"step\":1,") : NULL;
+    CHECK(al && strstr(al, "bwd-filter") && !strstr(al + 1, "\"kind\":\"algorithms\""),
+          "metrics.jsonl has no (or more than one) algorithms line");
+    free(mt);
     double lc[32], lg[32], worst = 0;
     int nc = losses(runC, lc, 32), ng = losses(runG, lg, 32);
     CHECK(nc == 12 && ng == 12, "%d and %d loss lines, want 12", nc, ng);

@@ -130,6 +130,10 @@ int amdim_model_pull(amdim_model *m);
 int amdim_model_push(amdim_model *m);
 const amdim_model_config *amdim_model_get_config(const amdim_model *m);
 const char *amdim_model_error(const amdim_model *m);
+/* The library algorithms the model's backend chose so far, one per line
+ * (CUDA: cuDNN's, per convolution shape; the whole process's table), in
+ * buf; "" on the CPU. Returns the length it needed (as snprintf). */
+size_t amdim_model_algorithms(const amdim_model *m, char *buf, size_t n);
 
 /* Data parallelism: the process group a model's training steps
  * communicate over (dist/amdim_dist.h makes one on MPI). Every rank holds

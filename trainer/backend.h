@@ -83,6 +83,9 @@ typedef struct amdim_backend {
     /* Device state <-> host mirror (NULL: the mirror is the state). */
     int (*pull)(amdim_model *m);
     int (*push)(amdim_model *m);
+    /* The library algorithms chosen so far, as text (amdim_model_algorithms;
+     * NULL: none to report). */
+    size_t (*algorithms)(const amdim_model *m, char *buf, size_t n);
 } amdim_backend;
 
 extern const amdim_backend amdim_backend_cpu;

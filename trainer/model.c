@@ -203,6 +203,15 @@ int amdim_model_memory_check(const amdim_model_config *cfg, amdim_device device,
 
 const amdim_model_config *amdim_model_get_config(const amdim_model *m) { return &m->cfg; }
 const char *amdim_model_error(const amdim_model *m) { return m ? m->err : "no model"; }
+
+size_t amdim_model_algorithms(const amdim_model *m, char *buf, size_t n)
+{
+    if (m->be->algorithms)
+        return m->be->algorithms(m, buf, n);
+    if (n)
+        buf[0] = 0;
+    return 0;
+}
 amdim_device amdim_model_device(const amdim_model *m) { return m->device; }
 int amdim_model_register_host(amdim_model *m, void *base, size_t bytes)
 {

@@ -141,6 +141,36 @@ static int trim_metrics(const char *path, uint64_t step, char *err, size_t n)
     return st;
 }
 
+/* After the first step: the backend's algorithm choices (cuDNN's on CUDA)
+ * to stderr and, as one JSON string, to metrics.jsonl: a run records how
+ * it convolved, so a rerun on the same GPU model can be compared bit for
+ * bit. Nothing on the CPU. */
+static int log_algorithms(amdim_output *metrics, const amdim_model *m, char *err, size_t n)
+{
+    size_t len = amdim_model_algorithms(m, NULL, 0);
+    if (!len || !metrics)
+        return AMDIM_OK;
+    char *text = malloc(len + 1), *line = malloc(2 * len + 128);
+    if (!text || !line) {
+        free(text), free(line);
+        return amdim_fail(err, n, AMDIM_E_NOMEM, "out of memory");
+    }
+    amdim_model_algorithms(m, text, len + 1);
+    fprintf(stderr, "amdim-train: cuDNN algorithms:\n%s", text);
+    size_t k = (size_t)sprintf(line, "{\"kind\":\"algorithms\",\"step\":%llu,\"cudnn\":\"",
+                               (unsigned long long)amdim_model_updates(m));
+    for (size_t i = 0; i < len; i++) { /* the table's text holds no quote or backslash */
+        if (text[i] == '\n')
+            line[k++] = '\\', line[k++] = 'n';
+        else if ((unsigned char)text[i] >= 32 && text[i] != '"' && text[i] != '\\')
+            line[k++] = text[i];
+    }
+    k += (size_t)sprintf(line + k, "\"}\n");
+    int st = amdim_output_write(metrics, line, k, err, n);
+    free(text), free(line);
+    return st;
+}
+
 static int evaluate(const amdim_train_options *o, amdim_model *m, const char *preset, amdim_output *metrics,
                     uint64_t epoch, char *err, size_t n)
 {
@@ -475,6 +505,8 @@ int amdim_train_run(const amdim_train_options *o, char *err, size_t n)
         iv.correct_mlp += (uint64_t)s.correct_mlp, iv.correct_lin += (uint64_t)s.correct_lin;
         iv.labelled += (uint64_t)s.labelled, iv.pairs += (uint64_t)pairs * (uint64_t)ranks, iv.steps++;
         uint64_t step = amdim_model_updates(m);
+        if (step == first_step + 1 && (st = log_algorithms(mout, m, err, n)))
+            break;
         int log_now = o->log_every > 0 && step % (uint64_t)o->log_every == 0;
         int ckpt_now = !last && o->ckpt_every > 0 && step % (uint64_t)o->ckpt_every == 0;
         if (log_now || last || ckpt_now)

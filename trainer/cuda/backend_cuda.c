@@ -1912,6 +1912,12 @@ static int cuda_push(amdim_model *m)
     return finish(m);
 }
 
+static size_t cuda_algorithms(const amdim_model *m, char *buf, size_t n)
+{
+    (void)m;
+    return amdim_conv_table_text(buf, n);
+}
+
 const amdim_backend amdim_backend_cuda = {
     .name = "cuda",
     .open = cuda_open,
@@ -1930,4 +1936,5 @@ const amdim_backend amdim_backend_cuda = {
     .set_precision = cuda_set_precision,
     .pull = cuda_pull,
     .push = cuda_push,
+    .algorithms = cuda_algorithms,
 };
