@@ -313,5 +313,15 @@ int main(int argc, char **argv)
     run("32 px, DV", 32, 4, 16, 1, 0, AMDIM_OBJECTIVE_DV);
     run("64 px", 64, 4, 32, 2, 0, AMDIM_OBJECTIVE_NCE);
     run("128 px", 128, 4, 32, 1, 1, AMDIM_OBJECTIVE_NCE);
+    amdim_model_config cfg; /* the process's cuDNN choices, for the log */
+    amdim_model_config_default(&cfg, 32);
+    cfg.ndf = 8, cfg.n_rkhs = 32, cfg.n_depth = 1;
+    char err[256], table[16384];
+    amdim_model *m;
+    if (amdim_model_create_on(&m, &cfg, AMDIM_DEVICE_CUDA, err, sizeof err) == 0) {
+        amdim_model_algorithms(m, table, sizeof table);
+        printf("cuDNN algorithms of these runs:\n%s", table);
+        amdim_model_destroy(m);
+    }
     return test_finish("test_cuda_model");
 }

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The GPU machine's checks in one command.
+# The GPU machine's checks in one command: one shot, at most 9 minutes with
+# the build, the most valuable results first, a summary that survives a kill.
 #
 #   tools/gpu-check.sh --package [DIR]   (here, where the Debian -dev packages are installed)
 #       copies the headers and shared libraries the build needs (libjpeg-turbo,
@@ -7,43 +8,41 @@
 #       (default gpu-deps/, git-ignored, at most 64 MiB) with .pc files of its
 #       own, so that it can travel with the tree (the device tool's `carry`).
 #   tools/gpu-check.sh OUTDIR            (on the GPU machine)
-#       builds against gpu-deps/ when present (else the system), then runs,
-#       each stage time-bounded and none stopping the next:
-#         1 build
-#         2 ctest -L gpu: test_cuda_kernels, test_cuda_model (fp32 parity),
-#           test_cuda_bf16 (bf16 mode within stated tolerances),
-#           test_model_staging_cuda (the copy-stream input double buffer),
-#           test_cuda_graphs (graph replay bit-identical to eager steps),
-#           test_cuda_curve (200 steps CPU vs CUDA side by side, checkpoints
-#           across devices both ways),
-#           test_cuda_dist (a forced one-rank NCCL group bit-identical to no
-#           group; SKIP, with the reason, when the build there has no NCCL:
-#           libnccl is ~210 MiB, too large for gpu-deps/, so NCCL is used
-#           only where that machine's CUDA toolkit has nccl.h and libnccl)
-#         3 compute-sanitizer memcheck of test_cuda_kernels
-#         4 compute-sanitizer racecheck (shared-memory hazards) of
-#           test_cuda_model --quick (one tiny configuration, two steps)
-#         5 bench_trainer --device cuda (bf16 mode): validates one step
-#           against the CPU (fp32 1e-3, bf16 8e-2), measures the bf16 and
-#           fp32 cublasGemmEx rates, then CIFAR small, STL-10 and
-#           ImageNet-small at batch 480: pairs/s, TFLOP/s, MFU against both
-#           rates, device memory in use, stage tables
-#         6 bench/torch_amdim.py (3 configs)
-#         7 end to end: a synthetic 500x375 JPEG corpus made there
-#           (bench/make_synth_corpus), amdim-pack, then amdim-load --workers 15
-#           --batch 480 | amdim-train --device cuda (bf16) at ImageNet-small
-#           for 12 steps; pairs/s and the data-wait fraction from
-#           metrics.jsonl, intervals after the warm-up one
-#       and writes OUTDIR/summary.txt (one line per stage) plus 7 logs
-#       (env, build, gpu-tests, sanitizer (memcheck then racecheck),
-#       bench-trainer, torch-bench, e2e): 8 files.
+#       builds against gpu-deps/ when present (else the system) and cuDNN and
+#       NCCL from the toolkit or from PyTorch's nvidia-cudnn / nvidia-nccl
+#       wheels, then runs, each stage time-bounded and none stopping the next:
+#         1 build: only what the stages run (no emulated device, no fuzzers,
+#           warnings not errors: a newer compiler must not cost the run)
+#         2 ctest -L gpu, 4 at a time, 60 s per test: test_cuda_kernels,
+#           test_cuda_model (fp32 parity), test_cuda_bf16, test_cuda_graphs,
+#           test_model_staging_cuda, test_cuda_curve (200 steps CPU vs CUDA,
+#           checkpoints across devices), test_cuda_dist (a forced one-rank
+#           NCCL group; skips without NCCL); every test's output kept
+#         3 bench_trainer --device cuda (bf16): one validated step, the GEMM
+#           rates on random data, then ImageNet-small, CIFAR small, STL-10 at
+#           batch 480 (2 warm-up steps outside the timing: algorithms, then
+#           graph capture): pairs/s, TFLOP/s, MFU against the datasheet
+#           peak and the measured GEMM rate, memory, stage table, the cuDNN
+#           algorithm table
+#         4 end to end: a synthetic 500x375 JPEG corpus made there, amdim-pack,
+#           amdim-load --workers 15 --batch 480 | amdim-train --device cuda
+#           (bf16) at ImageNet-small for 12 steps: pairs/s and data wait
+#         5 bench/torch_amdim.py: the PyTorch peer on the three configs
+#         6 compute-sanitizer memcheck of test_cuda_kernels and 7 racecheck of
+#           test_cuda_model --quick, both limited to our kernels (skipped
+#           cleanly when compute-sanitizer is absent)
+#       and writes OUTDIR/summary.txt - rewritten as each stage starts (marked
+#       RUNNING) and ends, so a kill leaves every result so far - plus its
+#       logs (env, build, gpu-tests, ctest-full, bench-trainer, e2e,
+#       torch-bench, sanitizer) and cudnn.log (cuDNN's own warnings and errors,
+#       CUDNN_LOGLEVEL_DBG=2).
 #
 # A stage that finds no GPU (or no tool) is SKIPPED with the reason, so the
-# script can be rehearsed on a machine without one (without a GPU stage 7
-# makes and packs a 960-image corpus, then skips). The limits (seconds,
-# each with a 5 s kill grace) add up to under 9 minutes; override them with
-# AMDIM_GC_LIMITS="build tests memcheck racecheck bench torch e2e" (default
-# "155 60 35 40 85 50 75").
+# script can be rehearsed on a machine without one (without a GPU the end-
+# to-end stage makes and packs a 960-image corpus, then skips). The limits
+# (seconds, each with a 5 s kill grace) add up to 8.5 minutes; override them
+# with AMDIM_GC_LIMITS="build tests bench e2e torch memcheck racecheck"
+# (default "150 80 90 70 50 35 35").
 set -uo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD
@@ -131,10 +130,30 @@ fi
 # ---- the checks ------------------------------------------------------------------
 skip() { echo "$1"; exit 77; } # each stage is its own process
 
-# Environment of every stage: the carried dependencies, cuDNN from the
-# toolkit or PyTorch's wheel.
+# A wheel's lib/ + include/ (PyTorch's nvidia-cudnn-cu13, nvidia-nccl-cu13),
+# linked under $root/$build/NAME with the unversioned library names the
+# linker wants; prints that folder, or nothing.
+wheel_dir() { # python module, name, library
+    local w
+    w=$(python3 -c "import $1, os; print(os.path.dirname($1.__file__))" 2>/dev/null) || return 0
+    [ -n "$w" ] && [ -d "$w/lib" ] && [ -d "$w/include" ] || return 0
+    local d=$root/$build/$2
+    mkdir -p "$d/lib"
+    ln -sfn "$w/include" "$d/include"
+    local f
+    for f in "$w"/lib/lib"$3"*.so*; do
+        [ -e "$f" ] || continue
+        ln -sf "$f" "$d/lib/$(basename "$f")"
+        ln -sf "$f" "$d/lib/$(basename "${f%%.so*}").so"
+    done
+    echo "$d"
+}
+
+# Environment of every stage: the carried dependencies, cuDNN and NCCL from
+# the toolkit or the wheels, cuDNN's own log.
 setup_env() {
-    cmake_args=(-DCMAKE_BUILD_TYPE=RelWithDebInfo)
+    cmake_args=(-DCMAKE_BUILD_TYPE=RelWithDebInfo -DAMDIM_WERROR=OFF -DAMDIM_BUILD_CUDAEMU=OFF
+                -DAMDIM_GPU_TEST_TIMEOUT=60)
     command -v ninja >/dev/null && cmake_args+=(-G Ninja)
     if [ -d "$root/gpu-deps" ]; then
         deps=$root/gpu-deps
@@ -143,30 +162,30 @@ setup_env() {
             cmake_args+=(-DPKG_CONFIG_EXECUTABLE="$deps/bin/pkg-config")
         export LD_LIBRARY_PATH=$deps/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
         cmake_args+=(-DCMAKE_PREFIX_PATH="$deps")
-        echo "gpu-check: dependencies from $deps"
     fi
     if [ -z "${AMDIM_CUDNN_DIR:-}" ] && ! ls /usr/local/cuda/lib64/libcudnn.so* >/dev/null 2>&1; then
-        wheel=$(python3 -c 'import nvidia.cudnn, os; print(os.path.dirname(nvidia.cudnn.__file__))' 2>/dev/null || true)
-        if [ -n "$wheel" ] && [ -d "$wheel/lib" ]; then
-            # the wheel has libcudnn.so.9 only: give the linker the unversioned name
-            mkdir -p "$root/$build/cudnn/lib"
-            ln -sf "$wheel/include" "$root/$build/cudnn/include"
-            for f in "$wheel"/lib/libcudnn*.so.*; do
-                ln -sf "$f" "$root/$build/cudnn/lib/$(basename "$f")"
-                ln -sf "$f" "$root/$build/cudnn/lib/$(basename "${f%%.so.*}").so"
-            done
-            export AMDIM_CUDNN_DIR=$root/$build/cudnn
-            export LD_LIBRARY_PATH=$wheel/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
-            echo "gpu-check: cuDNN from PyTorch's wheel at $wheel"
-        fi
+        local d
+        d=$(wheel_dir nvidia.cudnn cudnn cudnn)
+        [ -n "$d" ] && export AMDIM_CUDNN_DIR=$d LD_LIBRARY_PATH=$d/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
     fi
+    if [ -z "${AMDIM_NCCL_DIR:-}" ] && ! ls /usr/local/cuda/lib64/libnccl.so* >/dev/null 2>&1; then
+        local d
+        d=$(wheel_dir nvidia.nccl nccl nccl)
+        [ -n "$d" ] && export AMDIM_NCCL_DIR=$d LD_LIBRARY_PATH=$d/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
+    fi
+    export CUDNN_LOGLEVEL_DBG=2 CUDNN_LOGDEST_DBG=$out/cudnn.log # cuDNN 9: warnings and errors
 }
+
+# what the stages run, and nothing else
+targets=(test_cuda_kernels test_cuda_model test_cuda_graphs test_cuda_bf16 test_cuda_curve test_dist_force
+         test_model_staging bench_trainer make_synth_corpus amdim-pack amdim-load amdim-train)
 
 # 1: build
 build_all() {
+    echo "gpu-deps: ${deps:-none}; cuDNN: ${AMDIM_CUDNN_DIR:-beside the toolkit}; NCCL: ${AMDIM_NCCL_DIR:-beside the toolkit}"
     cmake -S "$root" -B "$root/$build" "${cmake_args[@]}" || return 1
-    cmake --build "$root/$build" -j "$jobs" || return 1
-    grep -E "^(LMDB_LIBRARY|PNG_LIBRARY_RELEASE|ZLIB_LIBRARY_RELEASE|CUDNN_LIBRARY|CMAKE_CUDA_COMPILER):" \
+    cmake --build "$root/$build" -j "$jobs" --target "${targets[@]}" || return 1
+    grep -E "^(LMDB_LIBRARY|PNG_LIBRARY_RELEASE|ZLIB_LIBRARY_RELEASE|CUDNN_LIBRARY|NCCL_LIBRARY|CMAKE_CUDA_COMPILER):" \
         "$root/$build/CMakeCache.txt"
     [ -e "$root/$build/tests/test_cuda_kernels" ] || { echo "no CUDA parts in this build (nvcc or cuDNN not found)"; return 1; }
 }
@@ -181,53 +200,23 @@ gpu_probe() {
 
 # 2: the gpu-labelled tests (they skip themselves without a device)
 gpu_tests() {
-    ctest --test-dir "$root/$build" -L gpu --output-on-failure || return 1
+    [ -x "$root/$build/tests/test_cuda_kernels" ] || skip "not built"
+    local rc=0
+    ctest --test-dir "$root/$build" -L gpu -j 4 --output-on-failure -O "$out/ctest-full.log" || rc=1
     why=$(gpu_probe) || skip "no GPU: the gpu tests ran and skipped ($why)"
-}
-
-# 3: compute-sanitizer on the kernel test
-memcheck() {
-    why=$(gpu_probe) || skip "no GPU ($why)"
-    local cs
-    cs=$(command -v compute-sanitizer || echo /usr/local/cuda/bin/compute-sanitizer)
-    [ -x "$cs" ] || skip "compute-sanitizer not found"
-    "$cs" --tool memcheck --error-exitcode 1 "$root/$build/tests/test_cuda_kernels"
-}
-
-# 4: compute-sanitizer racecheck (shared-memory hazards: the block reductions)
-# on two training steps of one tiny model
-racecheck() {
-    why=$(gpu_probe) || skip "no GPU ($why)"
-    local cs t=$root/$build/tests/test_cuda_model
-    cs=$(command -v compute-sanitizer || echo /usr/local/cuda/bin/compute-sanitizer)
-    [ -x "$cs" ] || skip "compute-sanitizer not found"
-    [ -x "$t" ] || skip "test_cuda_model not built"
-    "$cs" --tool racecheck --error-exitcode 1 "$t" --quick
-}
-
-# 5: our trainer on the GPU
-bench_ours() {
-    local b=$root/$build/bench/bench_trainer
-    [ -x "$b" ] || skip "bench_trainer not built"
-    "$b" --help | grep -q -- --device || skip "bench_trainer has no --device"
-    why=$(gpu_probe) || skip "no GPU ($why)"
-    # validates against the CPU first, then the three published configs at batch 480
-    "$b" --device cuda --precision bf16 --steps 3 --warmup 1
-}
-
-# 6: the PyTorch peer on the three published configs
-bench_torch() {
-    python3 -c 'import torch' 2>/dev/null || skip "python3 cannot import torch"
-    python3 -c 'import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)' ||
-        skip "torch.cuda.is_available() is False"
-    local cfg rc=0
-    for cfg in cifar-small stl10 imagenet-small; do
-        python3 "$root/bench/torch_amdim.py" --config "$cfg" --device cuda --warmup 2 --steps 5 || rc=1
-    done
     return $rc
 }
 
-# 7: amdim-load | amdim-train --device cuda at ImageNet-small on a corpus made here
+# 3: our trainer on the GPU
+bench_ours() {
+    local b=$root/$build/bench/bench_trainer
+    [ -x "$b" ] || skip "bench_trainer not built"
+    why=$(gpu_probe) || skip "no GPU ($why)"
+    # validates against the CPU first, then ImageNet-small, CIFAR small, STL-10 at batch 480
+    "$b" --device cuda --precision bf16 --steps 3 --warmup 2
+}
+
+# 4: amdim-load | amdim-train --device cuda at ImageNet-small on a corpus made here
 end_to_end() {
     local b=$root/$build t
     for t in bench/make_synth_corpus amdim-pack amdim-load amdim-train; do
@@ -243,7 +232,7 @@ end_to_end() {
     rm -rf "$tmp/corpus"
     [ $gpu = 1 ] || skip "no GPU ($why); a corpus of $((batch * batches)) JPEGs was made and packed"
     # leave time to read the metrics whatever happens to the run
-    local left=$(( ${AMDIM_GC_LIMIT:-80} - SECONDS - 8 ))
+    local left=$(( ${AMDIM_GC_LIMIT:-70} - SECONDS - 8 ))
     [ "$left" -gt 10 ] || { echo "no time left for the run"; return 1; }
     timeout --kill-after=3 "$left" bash -c '"$1" --workers 15 --batch "$2" "$3" |
         "$4" --device cuda --precision bf16 --out "$5" --steps "$6" --log-every 4' _ \
@@ -269,28 +258,84 @@ end_to_end() {
     echo "amdim-load | amdim-train exit status $rc"
 }
 
+# 5: the PyTorch peer on the three published configs
+bench_torch() {
+    python3 -c 'import torch' 2>/dev/null || skip "python3 cannot import torch"
+    python3 -c 'import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)' ||
+        skip "torch.cuda.is_available() is False"
+    local cfg rc=0
+    for cfg in imagenet-small cifar-small stl10; do
+        python3 "$root/bench/torch_amdim.py" --config "$cfg" --device cuda --warmup 2 --steps 5 || rc=1
+    done
+    return $rc
+}
+
+# compute-sanitizer, limited to our kernels (cuBLAS's and cuDNN's run
+# uninstrumented): a regex filter where the tool has one, else a substring
+sanitizer() {
+    cs=$(command -v compute-sanitizer || echo /usr/local/cuda/bin/compute-sanitizer)
+    [ -x "$cs" ] || skip "compute-sanitizer not found"
+    local ours='(normalise_u8|to_nhwc|to_nchw|to_f32|to_bf16|reflect_pad|relu|relu_backward|bias|add|avgpool_forward|avgpool_backward|partials|finals|mean|train_stats|apply|eval|param_grad|backward|channel_add|dropout|classifier|nce_rows|rows|adam|to_ohwi|add_oihw)_kernel'
+    if "$cs" --help 2>&1 | grep -q -- '--kernel-regex'; then
+        filter=(--kernel-regex "kns=$ours")
+    elif "$cs" --help 2>&1 | grep -q -- '--filter'; then
+        filter=(--filter kns=_kernel)
+    else
+        filter=()
+    fi
+}
+
+# 6: memcheck of the kernel test
+memcheck() {
+    why=$(gpu_probe) || skip "no GPU ($why)"
+    sanitizer
+    "$cs" --tool memcheck --error-exitcode 1 "${filter[@]}" "$root/$build/tests/test_cuda_kernels"
+}
+
+# 7: racecheck (shared-memory hazards: the block reductions) on two steps of one tiny model
+racecheck() {
+    why=$(gpu_probe) || skip "no GPU ($why)"
+    sanitizer
+    local t=$root/$build/tests/test_cuda_model
+    [ -x "$t" ] || skip "test_cuda_model not built"
+    "$cs" --tool racecheck --error-exitcode 1 "${filter[@]}" "$t" --quick
+}
+
 # A stage runs as `timeout bash gpu-check.sh --stage FUNCTION OUTDIR`.
 if [ "${1:-}" = "--stage" ]; then
     out=$3
     build=${AMDIM_GPU_BUILD_DIR:-build-gpu}
     jobs=$(nproc)
+    deps=""
     setup_env
     "$2"
     exit $?
 fi
-[ $# -eq 1 ] && [ "${1#-}" = "$1" ] || { sed -n '2,40p' "$0"; exit 2; }
+[ $# -eq 1 ] && [ "${1#-}" = "$1" ] || { sed -n '2,45p' "$0"; exit 2; }
 
 out=$1
 mkdir -p "$out" || die "cannot create $out"
 out=$(cd "$out" && pwd)
 summary=$out/summary.txt
-: >"$summary"
-read -r lim_build lim_tests lim_memcheck lim_racecheck lim_bench lim_torch lim_e2e \
-    <<<"${AMDIM_GC_LIMITS:-155 60 35 40 85 50 75}"
-# the logs of this run start empty (two stages may share one)
-for log in build gpu-tests sanitizer bench-trainer torch-bench e2e; do
+done_lines=$out/.stages-done
+: >"$done_lines"
+read -r lim_build lim_tests lim_bench lim_e2e lim_torch lim_memcheck lim_racecheck \
+    <<<"${AMDIM_GC_LIMITS:-150 80 90 70 50 35 35}"
+for log in build gpu-tests ctest-full bench-trainer e2e torch-bench sanitizer cudnn; do
     : >"$out/$log.log"
 done
+started=$(date -u +%FT%TZ)
+
+# summary.txt: the stages done, then the one running (if any)
+write_summary() {
+    {
+        echo "gpu-check started $started on $(hostname); $(date -u +%FT%TZ) now"
+        cat "$done_lines"
+        if [ -n "${1:-}" ]; then
+            printf '%-28s RUNNING since %s (limit %ss)\n' "$1" "$(date -u +%T)" "$2"
+        fi
+    } >"$summary.tmp" && mv "$summary.tmp" "$summary"
+}
 
 # stage NAME LIMIT_S LOG FUNCTION: runs FUNCTION under timeout, appends to LOG, records
 # PASS / FAIL / SKIP (exit 77, the log's last line is the reason) / TIMEOUT.
@@ -298,6 +343,7 @@ stage() {
     local name=$1 limit=$2 log=$3
     shift 3
     local t0=$SECONDS rc
+    write_summary "$name" "$limit"
     echo "== $name: $*" >>"$out/$log"
     AMDIM_GC_LIMIT=$limit timeout --kill-after=5 "$limit" bash "$root/tools/gpu-check.sh" --stage "$1" "$out" \
         >>"$out/$log" 2>&1
@@ -309,7 +355,8 @@ stage() {
     124|137) word=TIMEOUT detail="after ${limit}s" ;;
     *) word=FAIL detail="exit $rc" ;;
     esac
-    printf '%-28s %-7s %4ds  [%s] %s\n' "$name" "$word" "$dt" "$log" "$detail" >>"$summary"
+    printf '%-28s %-7s %4ds  [%s] %s\n' "$name" "$word" "$dt" "$log" "$detail" >>"$done_lines"
+    write_summary
     echo "gpu-check: $name: $word $detail ($dt s)"
     return 0
 }
@@ -325,14 +372,20 @@ stage() {
     command -v compute-sanitizer || echo "compute-sanitizer: not found"
     python3 -c 'import torch; print("torch", torch.__version__, "cuda", torch.cuda.is_available())' 2>&1 | tail -1
 } >"$out/env.log" 2>&1
+write_summary
 
 stage "build" "$lim_build" build.log build_all
 stage "ctest -L gpu" "$lim_tests" gpu-tests.log gpu_tests
+stage "bench_trainer --device cuda" "$lim_bench" bench-trainer.log bench_ours
+stage "end to end load | train" "$lim_e2e" e2e.log end_to_end
+stage "torch_amdim.py (3 configs)" "$lim_torch" torch-bench.log bench_torch
 stage "compute-sanitizer memcheck" "$lim_memcheck" sanitizer.log memcheck
 stage "compute-sanitizer racecheck" "$lim_racecheck" sanitizer.log racecheck
-stage "bench_trainer --device cuda" "$lim_bench" bench-trainer.log bench_ours
-stage "torch_amdim.py (3 configs)" "$lim_torch" torch-bench.log bench_torch
-stage "end to end load | train" "$lim_e2e" e2e.log end_to_end
+# cuDNN's log: its last 1 MiB at most
+if [ -s "$out/cudnn.log" ] && [ "$(stat -c %s "$out/cudnn.log")" -gt 1048576 ]; then
+    tail -c 1048576 "$out/cudnn.log" >"$out/cudnn.log.tmp" && mv "$out/cudnn.log.tmp" "$out/cudnn.log"
+fi
+rm -f "$done_lines"
 
 echo "gpu-check: summary in $summary"
 cat "$summary"

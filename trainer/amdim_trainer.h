@@ -283,15 +283,21 @@ double amdim_model_step_flops(const amdim_model *m, int batch);
 
 /* For benchmarks: the device's name, memory (bytes) and dense GEMM rates,
  * measured now - a square gemm_n^3 cublasGemmEx with bf16 inputs and fp32
- * accumulation, and one in fp32 without TF32 (the fp32 trainer's math) -
- * timed with CUDA events after a warm-up call. AMDIM_E_UNSUPPORTED on the
+ * accumulation, and one in fp32 without TF32 (the fp32 trainer's math) on
+ * uniformly random operands - timed with CUDA events after a warm-up call;
+ * and the card's dense bf16 peak from NVIDIA's datasheet figure for its
+ * name (0 for a card the table does not know). AMDIM_E_UNSUPPORTED on the
  * CPU or in a build without CUDA; AMDIM_E_IO / AMDIM_E_NOMEM with the
  * failing call in err. */
 typedef struct {
     char name[256];
     size_t memory;
-    double bf16_tflops, fp32_tflops;
+    double bf16_tflops, fp32_tflops; /* measured */
+    double peak_bf16_tflops;         /* datasheet, dense (no sparsity) */
 } amdim_device_info;
+/* The dense bf16 tensor-core peak in TFLOP/s of the CUDA device called
+ * `name` (cudaDeviceProp.name) by NVIDIA's datasheets, or 0 if unknown. */
+double amdim_cuda_peak_bf16_tflops(const char *name);
 int amdim_device_probe(amdim_device d, int gemm_n, amdim_device_info *info, char *err, size_t n);
 /* Device memory in use on the model's device (total - free, so the CUDA
  * context and every library's allocations count) and its total, in bytes.

@@ -442,16 +442,16 @@ void amdim_arch_stage_flops(const amdim_arch *a, int s, int B, double *fwd, doub
 {
     const amdim_model_config *c = &a->cfg;
     double f = 0, b;
-    if (s < a->nlayers) {
+    if (s < a->nlayers) { /* both views: 2B images */
         const amdim_layer *L = &a->layers[s];
         if (L->kind == AMDIM_LAYER_STEM)
-            f = conv_flops(L->cin, L->cout, L->k, L->hout, B);
+            f = conv_flops(L->cin, L->cout, L->k, L->hout, 2 * B);
         else if (L->kind == AMDIM_LAYER_RES)
-            f = conv_flops(L->cin, L->cout, L->k, L->hout, B) + conv_flops(L->cout, L->cout, 1, L->hout, B);
-        b = (s ? 2 : 1) * f;
+            f = conv_flops(L->cin, L->cout, L->k, L->hout, 2 * B) + conv_flops(L->cout, L->cout, 1, L->hout, 2 * B);
+        b = (s ? 2 : 1) * f; /* the first layer computes no input gradient */
     } else if (s < a->nlayers + 2) {
         const amdim_head *h = &a->heads[s - a->nlayers];
-        f = 2 * conv_flops(h->cin, h->cout, 1, h->hw, B) + conv_flops(h->cout, h->cout, 1, h->hw, B);
+        f = 2 * conv_flops(h->cin, h->cout, 1, h->hw, 2 * B) + conv_flops(h->cout, h->cout, 1, h->hw, 2 * B);
         b = 2 * f;
     } else if (s == a->nlayers + AMDIM_STAGE_OBJECTIVE_OFFSET) {
         /* six directions per step; scores B x B*L x n_rkhs, backward twice
@@ -469,4 +469,15 @@ void amdim_arch_stage_flops(const amdim_arch *a, int s, int B, double *fwd, doub
     }
     *fwd = f;
     *bwd = b;
+}
+
+double amdim_arch_step_flops(const amdim_arch *a, int B)
+{
+    double sum = 0;
+    for (int s = 0; s < amdim_arch_stage_count(a); s++) {
+        double f, b;
+        amdim_arch_stage_flops(a, s, B, &f, &b);
+        sum += f + b;
+    }
+    return sum;
 }

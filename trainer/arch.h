@@ -134,12 +134,17 @@ void amdim_arch_draw(const amdim_model_config *c, uint32_t stream, uint64_t inde
                      float *mask_in, float *mask_hidden);
 
 /* Stages for profiles: each layer, the two heads, the objective, the
- * probes. FLOPs (2 x multiply-adds) of one batch of B images through a
- * stage, forward and backward (the first layer computes no input
- * gradient; the objective counts all six directions of a step). */
+ * probes. FLOPs (2 x multiply-adds) of a stage in one training step at
+ * batch B, forward and backward: the layers and heads run on both views
+ * (2B images; the first layer computes no input gradient), the objective
+ * counts all six directions, the probes both views' rows. Their sum is
+ * within 0.1 % of the count of the authors' PyTorch step
+ * (tests/test_flops.c). */
 int amdim_arch_stage_count(const amdim_arch *a);
 void amdim_arch_stage_name(const amdim_arch *a, int stage, char *buf, size_t n);
 void amdim_arch_stage_flops(const amdim_arch *a, int stage, int B, double *forward, double *backward);
+/* The stages' forward and backward FLOPs summed: one training step at batch B. */
+double amdim_arch_step_flops(const amdim_arch *a, int B);
 enum { AMDIM_STAGE_HEAD5_OFFSET = 0, AMDIM_STAGE_HEAD7_OFFSET = 1, AMDIM_STAGE_OBJECTIVE_OFFSET = 2,
        AMDIM_STAGE_PROBES_OFFSET = 3 };
 

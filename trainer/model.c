@@ -647,15 +647,28 @@ int amdim_model_train_probes_step_staged(amdim_model *m, int slot, int epoch, am
 
 /* ---- figures for benchmarks ------------------------------------------------------ */
 
-double amdim_model_step_flops(const amdim_model *m, int B)
+double amdim_model_step_flops(const amdim_model *m, int B) { return amdim_arch_step_flops(&m->arch, B); }
+
+double amdim_cuda_peak_bf16_tflops(const char *name)
 {
-    double sum = 0;
-    for (int s = 0; s < amdim_arch_stage_count(&m->arch); s++) {
-        double f, b;
-        amdim_arch_stage_flops(&m->arch, s, B, &f, &b);
-        sum += f + b;
-    }
-    return sum;
+    /* Dense bf16 tensor-core TFLOP/s from NVIDIA's datasheets (the sparse
+     * figures are twice these), most specific names first. */
+    static const struct {
+        const char *part;
+        double tflops;
+    } peaks[] = {
+        {"GH200", 989.4},     /* Grace Hopper: the H100 SXM's */
+        {"H100 PCIe", 756.0}, /* H100 PCIe */
+        {"H100 NVL", 835.5},  /* H100 NVL, per GPU */
+        {"H100", 989.4},      /* H100 SXM5 ("H100 80GB HBM3") */
+        {"H200", 989.4},      /* H200 SXM: the H100 SXM's compute, more and faster memory */
+        {"H800", 989.4},
+        {"A100", 312.0},      /* A100 SXM4 and PCIe */
+    };
+    for (size_t i = 0; name && i < sizeof peaks / sizeof *peaks; i++)
+        if (strstr(name, peaks[i].part))
+            return peaks[i].tflops;
+    return 0;
 }
 
 int amdim_device_probe(amdim_device d, int gemm_n, amdim_device_info *info, char *err, size_t n)
@@ -664,9 +677,12 @@ int amdim_device_probe(amdim_device d, int gemm_n, amdim_device_info *info, char
     if (gemm_n < 256 || gemm_n > 32768)
         return amdim_fail(err, n, AMDIM_E_INVALID, "GEMM size %d: must be 256..32768", gemm_n);
 #ifdef AMDIM_HAVE_CUDA_BACKEND
-    if (d == AMDIM_DEVICE_CUDA)
-        return amdim_cuda_probe(gemm_n, info->name, sizeof info->name, &info->memory, &info->bf16_tflops,
-                                &info->fp32_tflops, err, n);
+    if (d == AMDIM_DEVICE_CUDA) {
+        int rc = amdim_cuda_probe(gemm_n, info->name, sizeof info->name, &info->memory, &info->bf16_tflops,
+                                  &info->fp32_tflops, err, n);
+        info->peak_bf16_tflops = amdim_cuda_peak_bf16_tflops(info->name);
+        return rc;
+    }
 #endif
     return amdim_fail(err, n, AMDIM_E_UNSUPPORTED, "device %s: no GEMM rate to measure", amdim_device_name(d));
 }
@@ -711,6 +727,10 @@ void amdim_model_prof_add(amdim_model *m, int stage, int backward, double second
         return;
     double f, b;
     amdim_arch_stage_flops(&m->arch, stage, B, &f, &b);
+    if (stage < m->arch.nlayers + 2) { /* a layer or head: one call per view, the step's FLOPs over both */
+        f /= 2;
+        b /= 2;
+    }
     if (backward) {
         m->prof_b[stage] += seconds;
         m->prof_fb[stage] += b;

@@ -3,12 +3,14 @@
  * measured against, taken in the same process as the figures they divide. */
 #include <stdint.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include <cublas_v2.h>
 #include <cuda_runtime_api.h>
 
 #include "../backend.h"
+#include "../elementwise.h" /* amdim_bf16_bits */
 
 #define CUF(call, name)                                                                                       \
     do {                                                                                                      \
@@ -20,9 +22,34 @@
         }                                                                                                     \
     } while (0)
 
-/* Square C (N, N) fp32 = A (N, N) B (N, N): bf16 inputs with fp32
- * accumulation, or fp32 throughout (pedantic math: no TF32, as the fp32
- * trainer). One warm-up call, then `reps` timed between two CUDA events. */
+/* n uniformly random values in [-1, 1) into the device buffer d, as
+ * bfloat16 bits (bf16) or floats: tensor cores draw less power, and clock
+ * higher, on constant or zero operands, which would flatter the rate. */
+static int random_fill(void *d, size_t n, int bf16, char *err, size_t en)
+{
+    size_t es = bf16 ? sizeof(uint16_t) : sizeof(float);
+    void *h = malloc(n * es);
+    if (!h)
+        return amdim_fail(err, en, AMDIM_E_NOMEM, "out of memory for %zu random GEMM operands", n);
+    uint64_t x = 0x9e3779b97f4a7c15ull;
+    for (size_t i = 0; i < n; i++) {
+        x ^= x << 13, x ^= x >> 7, x ^= x << 17;
+        float v = (float)(x >> 40) / 8388608.0f - 1.0f;
+        if (bf16)
+            ((uint16_t *)h)[i] = amdim_bf16_bits(v);
+        else
+            ((float *)h)[i] = v;
+    }
+    cudaError_t e = cudaMemcpy(d, h, n * es, cudaMemcpyHostToDevice);
+    free(h);
+    return e == cudaSuccess ? AMDIM_OK
+                            : amdim_fail(err, en, AMDIM_E_IO, "cudaMemcpy(): %s", cudaGetErrorString(e));
+}
+
+/* Square C (N, N) fp32 = A (N, N) B (N, N) on random operands: bf16 inputs
+ * with fp32 accumulation, or fp32 throughout (pedantic math: no TF32, as
+ * the fp32 trainer). One warm-up call, then `reps` timed between two CUDA
+ * events. */
 static int gemm_rate(cublasHandle_t h, cudaStream_t s, int N, int bf16, int reps, double *tflops, char *err, size_t n)
 {
     int st = AMDIM_OK;
@@ -32,9 +59,8 @@ static int gemm_rate(cublasHandle_t h, cudaStream_t s, int N, int bf16, int reps
     CUF(cudaMalloc(&a, (size_t)N * N * in), "cudaMalloc");
     CUF(cudaMalloc(&b, (size_t)N * N * in), "cudaMalloc");
     CUF(cudaMalloc(&c, (size_t)N * N * sizeof(float)), "cudaMalloc");
-    /* 0x3c bytes: bf16 0x3c3c = 0.0115, fp32 0x3c3c3c3c = 0.0115: finite, never zero */
-    CUF(cudaMemsetAsync(a, 0x3c, (size_t)N * N * in, s), "cudaMemsetAsync");
-    CUF(cudaMemsetAsync(b, 0x3c, (size_t)N * N * in, s), "cudaMemsetAsync");
+    if ((st = random_fill(a, (size_t)N * N, bf16, err, n)) || (st = random_fill(b, (size_t)N * N, bf16, err, n)))
+        goto done;
     CUF(cudaEventCreate(&e0), "cudaEventCreate");
     CUF(cudaEventCreate(&e1), "cudaEventCreate");
     cublasStatus_t mm = cublasSetMathMode(h, bf16 ? CUBLAS_DEFAULT_MATH : CUBLAS_PEDANTIC_MATH);
