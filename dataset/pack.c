@@ -21,7 +21,7 @@
 
 #include "amdim_dataset.h"
 #include "amdim_image.h"
-#include "pack_source.h"
+#include "pack_source_internal.h"
 
 #define DEFAULT_MAX_PIXELS 89478485ull /* PIL's decompression-bomb limit */
 #define DEFAULT_WINDOW 512

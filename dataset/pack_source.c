@@ -1,5 +1,5 @@
 /* Enumerating the items of each source format, and reading raw items. */
-#include "pack_source.h"
+#include "pack_source_internal.h"
 
 #include <ctype.h>
 #include <dirent.h>

@@ -10,7 +10,7 @@
 #include <sys/mman.h>
 #include <unistd.h>
 
-#include "pack_source.h"
+#include "pack_source_internal.h"
 
 static int memfile(const char *name, const uint8_t *d, size_t n, char *path, size_t pn)
 {

@@ -1,4 +1,4 @@
-/* amdim_bf16_bits / amdim_bf16_value (trainer/elementwise.h, the CPU side
+/* amdim_bf16_bits / amdim_bf16_value (trainer/model/elementwise_internal.h, the CPU side
  * of the CUDA backend's bf16 storage) against NVIDIA's own conversion:
  * cuda_bf16.h's host implementation of __float2bfloat16_rn, the map the
  * kernels' stores use. Host code only (nvcc), runs without a GPU.
@@ -9,7 +9,7 @@
 #include <stdio.h>
 #include <string.h>
 
-#include "../trainer/elementwise.h"
+#include "elementwise_internal.h"
 
 static unsigned long checks, failures;
 

@@ -29,7 +29,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "../trainer/backend.h"
+#include "backend_internal.h"
 #include "testutil.h"
 
 #ifdef AMDIM_HAVE_CUDA_BACKEND

@@ -12,8 +12,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "../trainer/backend.h"
-#include "../trainer/cuda/backend_cuda.h"
+#include "backend_internal.h"
+#include "backend_cuda_internal.h"
 #include "testutil.h"
 
 #define S 32

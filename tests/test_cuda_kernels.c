@@ -16,11 +16,11 @@
 
 #include <cuda_runtime_api.h>
 
-#include "../trainer/backend.h"
-#include "../trainer/cpu/nce.h"
-#include "../trainer/cpu/ops.h"
-#include "../trainer/cuda/kernels.h"
-#include "../trainer/cuda/layout.h"
+#include "backend_internal.h"
+#include "nce_internal.h"
+#include "ops_internal.h"
+#include "kernels_internal.h"
+#include "layout_internal.h"
 #include "testutil.h"
 
 static amdim_rng rng;

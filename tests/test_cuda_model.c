@@ -18,7 +18,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "../trainer/backend.h"
+#include "backend_internal.h"
 #include "testutil.h"
 
 static amdim_rng rng;

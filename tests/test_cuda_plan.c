@@ -7,12 +7,12 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "../trainer/backend.h"
-#include "../trainer/cuda/bn_chunks.h"
-#include "../trainer/cuda/layout.h"
-#include "../trainer/cuda/plan.h"
+#include "backend_internal.h"
+#include "bn_chunks_internal.h"
+#include "layout_internal.h"
+#include "plan_internal.h"
 #ifdef AMDIM_HAVE_CUDA_BACKEND
-#include "../trainer/cuda/conv.h"
+#include "conv_internal.h"
 #endif
 #include "testutil.h"
 

@@ -21,7 +21,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "../trainer/backend.h"
+#include "backend_internal.h"
 #include "testutil.h"
 
 #define S 32

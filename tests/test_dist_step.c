@@ -26,7 +26,7 @@
 #include <string.h>
 
 #include "amdim_common.h"
-#include "amdim_dist.h"
+#include "amdim_parallel.h"
 #include "amdim_philox.h"
 #include "amdim_trainer.h"
 #include "testutil.h"
@@ -464,7 +464,7 @@ static void per_rank_bn(void)
 int main(int argc, char **argv)
 {
     char err[512];
-    if (!amdim_dist_built()) {
+    if (!amdim_parallel_built()) {
         printf("SKIP: this build has no MPI\n");
         return 77;
     }
@@ -477,7 +477,7 @@ int main(int argc, char **argv)
         fprintf(stderr, "usage: test_dist_step [cuda]\n");
         return 2;
     }
-    REQUIRE(amdim_dist_open(&comm, 1, err, sizeof err) == 0, "%s", err);
+    REQUIRE(amdim_parallel_open(&comm, 1, err, sizeof err) == 0, "%s", err);
     REQUIRE(comm->size >= 2, "run under mpirun -np 2 or more (size %d)", comm->size);
     if (comm->rank == 0)
         printf("OpenBLAS core %s, AMDIM_SIMD %s\n", getenv("OPENBLAS_CORETYPE") ? getenv("OPENBLAS_CORETYPE") : "(detected)",
@@ -487,6 +487,6 @@ int main(int argc, char **argv)
     classifier_phase();
     per_rank_bn();
     int rc = test_finish("test_dist_step");
-    amdim_dist_close(comm);
+    amdim_parallel_close(comm);
     return rc;
 }

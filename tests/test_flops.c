@@ -12,7 +12,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "../trainer/arch.h"
+#include "arch_internal.h"
 #include "amdim_trainer.h"
 #include "testutil.h"
 

@@ -6,9 +6,9 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "../trainer/cpu/nce.h"
-#include "../trainer/cpu/ops.h"
-#include "../trainer/elementwise.h"
+#include "nce_internal.h"
+#include "ops_internal.h"
+#include "elementwise_internal.h"
 #include "amdim_augment.h"
 #include "amdim_trainer.h"
 #include "testutil.h"

@@ -1,5 +1,5 @@
 /* amdim-train: AMDIM training fed by amdim-load. Parses arguments; the
- * work is in trainer/amdim_run.h. */
+ * work is in trainer/run/amdim_run.h. */
 #include <errno.h>
 #include <getopt.h>
 #include <limits.h>
@@ -9,7 +9,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "amdim_dist.h"
+#include "amdim_parallel.h"
 #include "amdim_run.h"
 
 static const char *usage_text =
@@ -201,9 +201,9 @@ int main(int argc, char **argv)
     }
     /* the process group: before anything starts threads */
     amdim_comm *comm = NULL;
-    int launched = amdim_dist_launched_size();
+    int launched = amdim_parallel_launched_size();
     if (strcmp(dist, "mpi") == 0 || (strcmp(dist, "auto") == 0 && launched > 1)) {
-        if (amdim_dist_open(&comm, sync_bn, err, sizeof err)) {
+        if (amdim_parallel_open(&comm, sync_bn, err, sizeof err)) {
             fprintf(stderr, "amdim-train: %s\n", err);
             return 2;
         }
@@ -222,7 +222,7 @@ int main(int argc, char **argv)
     if (o.comm && comm->rank == 0) {
         double secs;
         uint64_t bytes, calls;
-        amdim_dist_stats(comm, &secs, &bytes, &calls);
+        amdim_parallel_stats(comm, &secs, &bytes, &calls);
         double wall = amdim_now() - t0;
         fprintf(stderr, "amdim-train: rank 0 of %d: %.2f s in %llu collectives (%.1f %% of %.1f s), %.1f MB sent\n",
                 comm->size, secs, (unsigned long long)calls, wall > 0 ? 100 * secs / wall : 0, wall, bytes / 1e6);
@@ -232,12 +232,12 @@ int main(int argc, char **argv)
         if (o.comm && st != AMDIM_E_CANCELLED) { /* end every rank now: none may wait for this one in a collective */
             fprintf(stderr, "amdim-train: rank %d of %d: training failed: %s (%s); ending all ranks\n", comm->rank,
                     comm->size, amdim_strerror(st), err);
-            amdim_dist_abort(comm, code);
+            amdim_parallel_abort(comm, code);
         }
         fprintf(stderr, "amdim-train: training failed: %s (%s)\n", amdim_strerror(st), err);
-        amdim_dist_close(comm);
+        amdim_parallel_close(comm);
         return code;
     }
-    amdim_dist_close(comm);
+    amdim_parallel_close(comm);
     return 0;
 }

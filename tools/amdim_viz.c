@@ -1,5 +1,5 @@
 /* amdim-viz: pictures of the mixture components (paper Figure 2). Parses
- * arguments; the work is amdim_mixture_pictures (trainer/amdim_run.h). */
+ * arguments; the work is amdim_mixture_pictures (trainer/run/amdim_run.h). */
 #include <getopt.h>
 #include <stdio.h>
 #include <stdlib.h>

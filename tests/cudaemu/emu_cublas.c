@@ -37,7 +37,7 @@
 #include <cublasLt.h>
 #include <cublas_v2.h>
 
-#include "elementwise.h"
+#include "elementwise_internal.h"
 #include "emu_device.h"
 
 struct cublasContext {

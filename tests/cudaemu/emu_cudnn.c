@@ -51,7 +51,7 @@
 
 #include <cudnn.h>
 
-#include "elementwise.h"
+#include "elementwise_internal.h"
 #include "emu_device.h"
 
 struct cudnnContext {

@@ -1,4 +1,4 @@
-/* What trainer/cuda/launch.cuh includes instead of the CUDA device headers
+/* What trainer/model/cuda/kernels/launch_internal.cuh includes instead of the CUDA device headers
  * when the kernels' .cu sources are compiled by the host C++ compiler for
  * the emulated device (AMDIM_CUDAEMU; tests/CMakeLists.txt): the CUDA
  * keywords, the built-in index variables and __syncthreads as calls into

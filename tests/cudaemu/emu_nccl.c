@@ -22,7 +22,7 @@
 #include <mpi.h>
 #endif
 
-#include "elementwise.h" /* amdim_bf16_bits / amdim_bf16_value */
+#include "elementwise_internal.h" /* amdim_bf16_bits / amdim_bf16_value */
 #include "emu_device.h"
 
 struct ncclComm {

@@ -1,0 +1,226 @@
+/* BatchNorm over NHWC activations x (N, C): training (batch statistics,
+ * running statistics), eval, backward, and the per-channel sums that bias
+ * gradients need. Activations in the context's type (launch.cuh);
+ * statistics, parameters and sums float / double. Reductions are two-level and deterministic: the rows are
+ * cut into P fixed chunks; a (32 channels x 8 rows) block sums one chunk of
+ * 32 channels in double in a fixed order; a second kernel adds the P
+ * partials of each channel in chunk order. */
+#include "bn_chunks_internal.h"
+#include "launch_internal.cuh"
+
+enum { BN_CH = 32, BN_ROWS = 8 };
+enum { MODE_SUM, MODE_VAR, MODE_BWD };
+
+static size_t chunks(size_t N) { return amdim_bn_chunks(N); }
+
+extern "C" size_t batchnorm_scratch_doubles(size_t N, int C) { return amdim_bn_scratch_doubles(N, C); }
+
+/* partial[(p, ch)] = sums over chunk p of:
+ *   MODE_SUM: x;  MODE_VAR: (x - mean_d)^2;  MODE_BWD: dy and dy * xhat */
+template <typename T>
+__global__ void partials_kernel(const void *x, const void *dy, size_t N, int C, int mode, const double *mean_d,
+                                const float *mean, const float *inv_std, double *partial)
+{
+    __shared__ double sh[2][BN_ROWS][BN_CH];
+    int ch = blockIdx.x * BN_CH + threadIdx.x;
+    size_t P = gridDim.y, per = (N + P - 1) / P, r0 = blockIdx.y * per, r1 = r0 + per < N ? r0 + per : N;
+    double a = 0, b = 0;
+    if (ch < C)
+        for (size_t r = r0 + threadIdx.y; r < r1; r += BN_ROWS) {
+            float v = ld<T>(x, r * C + ch);
+            if (mode == MODE_SUM) {
+                a += v;
+            } else if (mode == MODE_VAR) {
+                double d = (double)v - mean_d[ch];
+                a += d * d;
+            } else {
+                double g = ld<T>(dy, r * C + ch), xh = (double)(v - mean[ch]) * inv_std[ch];
+                a += g;
+                b += g * xh;
+            }
+        }
+    sh[0][threadIdx.y][threadIdx.x] = a;
+    sh[1][threadIdx.y][threadIdx.x] = b;
+    __syncthreads();
+    if (threadIdx.y == 0 && ch < C) {
+        for (int k = 1; k < BN_ROWS; k++) {
+            a += sh[0][k][threadIdx.x];
+            b += sh[1][k][threadIdx.x];
+        }
+        partial[(blockIdx.y * (size_t)C + ch) * 2] = a;
+        partial[(blockIdx.y * (size_t)C + ch) * 2 + 1] = b;
+    }
+}
+
+/* finals (C, 2) = sums of the P partials in order */
+__global__ void finals_kernel(const double *partial, size_t P, int C, double *fin)
+{
+    int ch = blockIdx.x * blockDim.x + threadIdx.x;
+    if (ch >= C)
+        return;
+    double a = 0, b = 0;
+    for (size_t p = 0; p < P; p++) {
+        a += partial[(p * C + ch) * 2];
+        b += partial[(p * C + ch) * 2 + 1];
+    }
+    fin[2 * ch] = a;
+    fin[2 * ch + 1] = b;
+}
+
+static int reduce(const amdim_cuda_ctx *c, const void *x, const void *dy, size_t N, int C, int mode,
+                  const double *mean_d, const float *mean, const float *inv_std, double *scratch, const char *op)
+{
+    size_t P = chunks(N);
+    dim3 grid((unsigned)((C + BN_CH - 1) / BN_CH), (unsigned)P), block(BN_CH, BN_ROWS);
+    LAUNCH_ACT(c, partials_kernel, grid, block, x, dy, N, C, mode, mean_d, mean, inv_std, scratch);
+    int rc = launch_check(c, op);
+    if (rc)
+        return rc;
+    LAUNCH(c, finals_kernel, (C + 127) / 128, 128, scratch, P, C, scratch + P * 2 * C);
+    return launch_check(c, op);
+}
+
+/* After MODE_SUM, fin[2ch] = sum x: the double means. */
+__global__ void mean_kernel(const double *fin, size_t N, int C, double *mean_d)
+{
+    int ch = blockIdx.x * blockDim.x + threadIdx.x;
+    if (ch < C)
+        mean_d[ch] = fin[2 * ch] / (double)N;
+}
+
+/* mean_d: the means; fin_var: sums of squared deviations */
+__global__ void train_stats_kernel(const double *mean_d, const double *fin_var, size_t N, int C, amdim_cuda_bn p,
+                                   float *mean, float *inv_std)
+{
+    int ch = blockIdx.x * blockDim.x + threadIdx.x;
+    if (ch >= C)
+        return;
+    double m = mean_d[ch], v = fin_var[2 * ch], var = v / (double)N;
+    mean[ch] = (float)m;
+    inv_std[ch] = amdim_bn_inv_std(var);
+    double unbiased = N > 1 ? v / (double)(N - 1) : var;
+    p.rmean[ch] = amdim_bn_running(p.rmean[ch], (float)m);
+    p.rvar[ch] = amdim_bn_running(p.rvar[ch], (float)unbiased);
+    if (ch == 0)
+        p.nbt[0] += 1;
+}
+
+template <typename T>
+__global__ void apply_kernel(const void *x, size_t n, int C, const float *mean, const float *inv_std,
+                             const float *gamma, const float *beta, void *y)
+{
+    GRID_STRIDE(i, n)
+    {
+        int ch = (int)(i % C);
+        st<T>(y, i, amdim_bn_apply(ld<T>(x, i), mean[ch], inv_std[ch], gamma[ch], beta[ch]));
+    }
+}
+
+template <typename T> __global__ void eval_kernel(const void *x, size_t n, int C, amdim_cuda_bn p, void *y)
+{
+    GRID_STRIDE(i, n)
+    {
+        int ch = (int)(i % C);
+        st<T>(y, i, amdim_bn_apply(ld<T>(x, i), p.rmean[ch], amdim_bn_inv_std(p.rvar[ch]), p.gamma[ch], p.beta[ch]));
+    }
+}
+
+/* fin (C, 2) = (sdy, sdyx): parameter gradients */
+__global__ void param_grad_kernel(const double *fin, int C, amdim_cuda_bn p)
+{
+    int ch = blockIdx.x * blockDim.x + threadIdx.x;
+    if (ch >= C)
+        return;
+    p.dgamma[ch] += (float)fin[2 * ch + 1];
+    p.dbeta[ch] += (float)fin[2 * ch];
+}
+
+template <typename T>
+__global__ void backward_kernel(const void *x, const void *dy, size_t n, size_t N, int C, const float *gamma,
+                                const float *mean, const float *inv_std, const double *fin, void *dx)
+{
+    GRID_STRIDE(i, n)
+    {
+        int ch = (int)(i % C);
+        st<T>(dx, i,
+              amdim_bn_backward_element(ld<T>(x, i), ld<T>(dy, i), mean[ch], inv_std[ch],
+                                        amdim_bn_backward_scale(gamma[ch], inv_std[ch], (double)N), (double)N,
+                                        fin[2 * ch], fin[2 * ch + 1]));
+    }
+}
+
+__global__ void channel_add_kernel(const double *fin, int C, float *out)
+{
+    int ch = blockIdx.x * blockDim.x + threadIdx.x;
+    if (ch < C)
+        out[ch] += (float)fin[2 * ch];
+}
+
+/* Synchronised BatchNorm: fin (C, 2) summed over the ranks, and the
+ * count the statistics are over. */
+static int sync_fin(const amdim_cuda_ctx *c, double *fin, int C)
+{
+    return c->bn_sync ? c->bn_sync(c->bn_sync_arg, fin, 2 * (size_t)C) : 0;
+}
+
+static size_t total_count(const amdim_cuda_ctx *c, size_t N) { return c->bn_sync ? N * (size_t)c->ranks : N; }
+
+extern "C" int batchnorm_forward_train_cuda(const amdim_cuda_ctx *c, const void *x, size_t N, int C,
+                                            const amdim_cuda_bn *p, void *y, float *mean, float *inv_std,
+                                            double *scratch)
+{
+    const char *op = "batchnorm_forward_train_cuda";
+    size_t P = chunks(N), T = total_count(c, N);
+    double *fin = scratch + P * 2 * C, *mean_d = fin + 2 * (size_t)C;
+    int rc = reduce(c, x, NULL, N, C, MODE_SUM, NULL, NULL, NULL, scratch, op);
+    if (rc || (rc = sync_fin(c, fin, C)))
+        return rc;
+    LAUNCH(c, mean_kernel, (C + 127) / 128, 128, fin, T, C, mean_d);
+    if ((rc = launch_check(c, op)))
+        return rc;
+    if ((rc = reduce(c, x, NULL, N, C, MODE_VAR, mean_d, NULL, NULL, scratch, op)) || (rc = sync_fin(c, fin, C)))
+        return rc;
+    LAUNCH(c, train_stats_kernel, (C + 127) / 128, 128, mean_d, fin, T, C, *p, mean, inv_std);
+    if ((rc = launch_check(c, op)))
+        return rc;
+    size_t n = N * C;
+    LAUNCH_ACT(c, apply_kernel, grid_for(n), AMDIM_THREADS, x, n, C, mean, inv_std, p->gamma, p->beta, y);
+    return launch_check(c, op);
+}
+
+extern "C" int batchnorm_forward_eval_cuda(const amdim_cuda_ctx *c, const void *x, size_t N, int C,
+                                           const amdim_cuda_bn *p, void *y)
+{
+    size_t n = N * C;
+    LAUNCH_ACT(c, eval_kernel, grid_for(n), AMDIM_THREADS, x, n, C, *p, y);
+    return launch_check(c, "batchnorm_forward_eval_cuda");
+}
+
+extern "C" int batchnorm_backward_cuda(const amdim_cuda_ctx *c, const void *x, size_t N, int C,
+                                       const amdim_cuda_bn *p, const float *mean, const float *inv_std,
+                                       const void *dy, void *dx, double *scratch)
+{
+    const char *op = "batchnorm_backward_cuda";
+    double *fin = scratch + chunks(N) * 2 * C;
+    int rc = reduce(c, x, dy, N, C, MODE_BWD, NULL, mean, inv_std, scratch, op);
+    if (rc)
+        return rc;
+    LAUNCH(c, param_grad_kernel, (C + 127) / 128, 128, fin, C, *p); /* this rank's share */
+    if ((rc = launch_check(c, op)) || (rc = sync_fin(c, fin, C)))
+        return rc;
+    size_t n = N * C;
+    LAUNCH_ACT(c, backward_kernel, grid_for(n), AMDIM_THREADS, x, dy, n, total_count(c, N), C, p->gamma, mean,
+               inv_std, fin, dx);
+    return launch_check(c, op);
+}
+
+extern "C" int channel_sum_add_cuda(const amdim_cuda_ctx *c, const void *x, size_t N, int C, float *out,
+                                    double *scratch)
+{
+    const char *op = "channel_sum_add_cuda";
+    int rc = reduce(c, x, NULL, N, C, MODE_SUM, NULL, NULL, NULL, scratch, op);
+    if (rc)
+        return rc;
+    LAUNCH(c, channel_add_kernel, (C + 127) / 128, 128, scratch + chunks(N) * 2 * C, C, out);
+    return launch_check(c, op);
+}
