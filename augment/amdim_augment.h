@@ -87,9 +87,9 @@ void amdim_augment_draw_crop(const amdim_augment_config *cfg, int w, int h, amdi
 typedef struct amdim_augmenter amdim_augmenter;
 
 /* One per thread. The config is copied. */
-int amdim_augmenter_create(amdim_augmenter **out, const amdim_augment_config *cfg);
-void amdim_augmenter_destroy(amdim_augmenter *a); /* accepts NULL */
-const char *amdim_augmenter_error(const amdim_augmenter *a);
+int amdim_augment_create(amdim_augmenter **out, const amdim_augment_config *cfg);
+void amdim_augment_destroy(amdim_augmenter *a); /* accepts NULL */
+const char *amdim_augment_error(const amdim_augmenter *a);
 
 /* Records with more than max_pixels pixels (width x height from the record
  * header) are refused with AMDIM_E_TOO_LARGE before anything is decoded or
@@ -97,13 +97,13 @@ const char *amdim_augmenter_error(const amdim_augmenter *a);
  * packer's default --max-pixels). A JPEG whose own size differs from its
  * record's is AMDIM_E_CORRUPT, also before decoding. */
 #define AMDIM_AUGMENT_MAX_PIXELS_DEFAULT 89478485ull
-void amdim_augmenter_set_max_pixels(amdim_augmenter *a, uint64_t max_pixels);
+void amdim_augment_set_max_pixels(amdim_augmenter *a, uint64_t max_pixels);
 
 /* SIMD level of the crop, resize and colour steps: amdim_simd_detect() at
  * creation; every level gives the scalar oracle's bytes. A level above
  * what amdim_simd_detect() allows is lowered to it. */
-void amdim_augmenter_set_simd(amdim_augmenter *a, amdim_simd level);
-amdim_simd amdim_augmenter_simd(const amdim_augmenter *a);
+void amdim_augment_set_simd(amdim_augmenter *a, amdim_simd level);
+amdim_simd amdim_augment_simd(const amdim_augmenter *a);
 
 /* How amdim_augment_pair decodes JPEG records (resized-crop presets). */
 typedef struct {
@@ -119,8 +119,8 @@ typedef struct {
 } amdim_decode_options;
 /* The scales amdim-load uses by default: 1/2 and 1/4 (see bench/RESULTS.md). */
 #define AMDIM_DECODE_SCALES_DEFAULT ((1u << 2) | (1u << 4))
-void amdim_augmenter_set_decode(amdim_augmenter *a, const amdim_decode_options *o);
-const amdim_augment_config *amdim_augmenter_config(const amdim_augmenter *a);
+void amdim_augment_set_decode(amdim_augmenter *a, const amdim_decode_options *o);
+const amdim_augment_config *amdim_augment_get_config(const amdim_augmenter *a);
 
 /* Decodes a record into the RGB source image the views are cut from:
  * JPEG is decoded (grey and CMYK converted, no EXIF rotation), raw grey is

@@ -32,7 +32,7 @@ struct amdim_augmenter {
     char err[512];
 };
 
-void amdim_augmenter_set_simd(amdim_augmenter *a, amdim_simd level)
+void amdim_augment_set_simd(amdim_augmenter *a, amdim_simd level)
 {
     const amdim_simd best = amdim_simd_detect();
     a->simd = level = level > best ? best : level;
@@ -47,15 +47,15 @@ void amdim_augmenter_set_simd(amdim_augmenter *a, amdim_simd level)
                               amdim_adjust_hue, amdim_to_grey};
 }
 
-amdim_simd amdim_augmenter_simd(const amdim_augmenter *a) { return a->simd; }
+amdim_simd amdim_augment_simd(const amdim_augmenter *a) { return a->simd; }
 
-void amdim_augmenter_set_decode(amdim_augmenter *a, const amdim_decode_options *o)
+void amdim_augment_set_decode(amdim_augmenter *a, const amdim_decode_options *o)
 {
     a->decode = *o;
     a->decode.scales &= 0xFEu; /* M = 1..7; full size is always allowed */
 }
 
-int amdim_augmenter_create(amdim_augmenter **out, const amdim_augment_config *cfg)
+int amdim_augment_create(amdim_augmenter **out, const amdim_augment_config *cfg)
 {
     *out = NULL;
     char why[256];
@@ -67,7 +67,7 @@ int amdim_augmenter_create(amdim_augmenter **out, const amdim_augment_config *cf
         return AMDIM_E_NOMEM;
     a->cfg = *cfg;
     a->max_pixels = AMDIM_AUGMENT_MAX_PIXELS_DEFAULT;
-    amdim_augmenter_set_simd(a, amdim_simd_detect());
+    amdim_augment_set_simd(a, amdim_simd_detect());
     if ((st = amdim_codec_create(&a->codec))) {
         free(a);
         return st;
@@ -76,7 +76,7 @@ int amdim_augmenter_create(amdim_augmenter **out, const amdim_augment_config *cf
     return AMDIM_OK;
 }
 
-void amdim_augmenter_destroy(amdim_augmenter *a)
+void amdim_augment_destroy(amdim_augmenter *a)
 {
     if (!a)
         return;
@@ -90,14 +90,14 @@ void amdim_augmenter_destroy(amdim_augmenter *a)
     free(a);
 }
 
-const char *amdim_augmenter_error(const amdim_augmenter *a) { return a ? a->err : "no augmenter"; }
+const char *amdim_augment_error(const amdim_augmenter *a) { return a ? a->err : "no augmenter"; }
 
-void amdim_augmenter_set_max_pixels(amdim_augmenter *a, uint64_t max_pixels)
+void amdim_augment_set_max_pixels(amdim_augmenter *a, uint64_t max_pixels)
 {
     a->max_pixels = max_pixels ? max_pixels : AMDIM_AUGMENT_MAX_PIXELS_DEFAULT;
 }
 
-const amdim_augment_config *amdim_augmenter_config(const amdim_augmenter *a) { return &a->cfg; }
+const amdim_augment_config *amdim_augment_get_config(const amdim_augmenter *a) { return &a->cfg; }
 
 #define AFAIL(st, ...) amdim_fail(a->err, sizeof a->err, (st), __VA_ARGS__)
 

@@ -31,7 +31,7 @@ static double run(amdim_augmenter *a, const bench_records *c, int mode, double s
                 st = amdim_augment_pair(a, &c->rec[i], 1, (uint64_t)done, (uint64_t)i, v1, v2, NULL);
             }
             if (st) {
-                fprintf(stderr, "bench_augment: record %d: %s\n", i, amdim_augmenter_error(a));
+                fprintf(stderr, "bench_augment: record %d: %s\n", i, amdim_augment_error(a));
                 exit(1);
             }
         }
@@ -121,8 +121,8 @@ int main(int argc, char **argv)
         plain.p_jitter = 0;
         plain.p_grey = 0;
         amdim_augmenter *a, *b;
-        amdim_augmenter_create(&a, &cfg);
-        amdim_augmenter_create(&b, &plain);
+        amdim_augment_create(&a, &cfg);
+        amdim_augment_create(&b, &plain);
         const bench_records *cp = p == 2 ? &raw32 : &jpegs;
         uint8_t *v1 = malloc((size_t)cfg.size * cfg.size * 3), *v2 = malloc((size_t)cfg.size * cfg.size * 3);
         run(a, cp, 2, seconds / 4, v1, v2); /* warm-up */
@@ -140,8 +140,8 @@ int main(int argc, char **argv)
         fflush(stdout);
         free(v1);
         free(v2);
-        amdim_augmenter_destroy(a);
-        amdim_augmenter_destroy(b);
+        amdim_augment_destroy(a);
+        amdim_augment_destroy(b);
     }
     amdim_codec_destroy(codec);
     return 0;

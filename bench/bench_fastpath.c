@@ -39,7 +39,7 @@ static double time_pairs(amdim_augmenter *a, const bench_records *c, double seco
     do {
         for (int i = 0; i < c->n; i++)
             if (amdim_augment_pair(a, &c->rec[i], 1, (uint64_t)done, (uint64_t)i, v1, v2, NULL)) {
-                fprintf(stderr, "bench_fastpath: record %d: %s\n", i, amdim_augmenter_error(a));
+                fprintf(stderr, "bench_fastpath: record %d: %s\n", i, amdim_augment_error(a));
                 exit(1);
             }
         done += c->n;
@@ -97,11 +97,11 @@ static amdim_augmenter *make(const char *preset, const pipeline *p)
     amdim_augment_config cfg;
     amdim_augment_preset(preset, &cfg);
     amdim_augmenter *a;
-    if (amdim_augmenter_create(&a, &cfg))
+    if (amdim_augment_create(&a, &cfg))
         exit(1);
-    amdim_augmenter_set_simd(a, p->simd == 0 ? AMDIM_SIMD_SCALAR : p->simd == 1 ? AMDIM_SIMD_AVX2 : amdim_simd_detect());
+    amdim_augment_set_simd(a, p->simd == 0 ? AMDIM_SIMD_SCALAR : p->simd == 1 ? AMDIM_SIMD_AVX2 : amdim_simd_detect());
     amdim_decode_options o = {.region = p->region, .scales = p->scales};
-    amdim_augmenter_set_decode(a, &o);
+    amdim_augment_set_decode(a, &o);
     return a;
 }
 
@@ -111,7 +111,7 @@ static void compare(const char *preset, const pipeline *p, const bench_records *
 {
     static const pipeline oracle = {"oracle", 0, 0, 0};
     amdim_augmenter *a = make(preset, &oracle), *b = make(preset, p);
-    int s = amdim_augmenter_config(a)->size;
+    int s = amdim_augment_get_config(a)->size;
     size_t n = (size_t)s * s * 3;
     uint8_t *o1 = malloc(n), *o2 = malloc(n), *f1 = malloc(n), *f2 = malloc(n);
     double sum = 0;
@@ -132,8 +132,8 @@ static void compare(const char *preset, const pipeline *p, const bench_records *
     }
     *meand = sum / (2.0 * n * k);
     free(o1), free(o2), free(f1), free(f2);
-    amdim_augmenter_destroy(a);
-    amdim_augmenter_destroy(b);
+    amdim_augment_destroy(a);
+    amdim_augment_destroy(b);
 }
 
 int main(int argc, char **argv)
@@ -231,7 +231,7 @@ int main(int argc, char **argv)
         if (i == 0)
             scalar_rate = r;
         ROW(pipes[i].name, r, floor, maxd, meand);
-        amdim_augmenter_destroy(a);
+        amdim_augment_destroy(a);
     }
     /* The headline ratio on a shared, noisy machine: decode-only and the
      * default pipeline alternate in short rounds; the median round ratio. */
@@ -278,7 +278,7 @@ int main(int argc, char **argv)
             printf("# torchvision pipeline unavailable (python3-torchvision)\n");
         }
     }
-    amdim_augmenter_destroy(dflt_aug);
+    amdim_augment_destroy(dflt_aug);
     /* Raw presets: no decode. */
     static const struct { const char *preset; int side; } raws[] = {{"cifar", 32}, {"stl10", 96}};
     for (int k = 0; k < 2; k++) {
@@ -308,7 +308,7 @@ int main(int argc, char **argv)
                 printf("%s,%.1f,,%d,%.3f\n", name, r, maxd, meand);
             else
                 printf("%-44s %10.0f %10s %9d %10.3f\n", name, r, "-", maxd, meand);
-            amdim_augmenter_destroy(a);
+            amdim_augment_destroy(a);
         }
         for (int i = 0; i < raw.n; i++)
             free((void *)raw.rec[i].payload);

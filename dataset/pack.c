@@ -96,7 +96,7 @@ typedef struct {
 struct packer {
     const amdim_pack_options *opt;
     int owns_split; /* open_dbs made the split ours: a failure drops it */
-    pack_source src;
+    amdim_pack_source src;
     uint64_t max_pixels;
     /* output */
     char tmp_path[4200], report_tmp[4300];
@@ -358,9 +358,9 @@ static void process_file(packer *pk, worker_state *ws, slot *s)
 
 static void process_raw(packer *pk, worker_state *ws, slot *s)
 {
-    pack_source *src = &pk->src;
+    amdim_pack_source *src = &pk->src;
     int32_t label, aux;
-    int st = pack_source_read_raw(src, pk->opt->format, pk->opt->cifar100_coarse, s->item, ws->raw,
+    int st = amdim_pack_source_read_raw(src, pk->opt->format, pk->opt->cifar100_coarse, s->item, ws->raw,
                                   ws->px, &label, &aux, s->detail, sizeof s->detail);
     if (st) {
         s->fatal = 1;
@@ -687,7 +687,7 @@ static void account_window(packer *pk, slot *slots, int n)
         sum->items++;
         sum->bytes_in += s->bytes_in;
         if (s->skip || s->warning || s->converted)
-            pack_source_item_name(&pk->src, s->item, name, sizeof name);
+            amdim_pack_source_item_name(&pk->src, s->item, name, sizeof name);
         if (s->skip) {
             sum->skipped++;
             sum->skipped_by[s->reason]++;
@@ -993,7 +993,7 @@ int amdim_pack_run(const amdim_pack_options *opt_in, amdim_pack_summary *sum, ch
     }
     pk->in_place = !new_file;
 
-    if ((st = pack_source_open(&pk->src, &opt))) {
+    if ((st = amdim_pack_source_open(&pk->src, &opt))) {
         amdim_fail(err, errlen, st, "%s", pk->src.err);
         goto done;
     }
@@ -1147,7 +1147,7 @@ done:
         fclose(pk->report);
     if (pk->report_tmp[0])
         unlink(pk->report_tmp);
-    pack_source_close(&pk->src);
+    amdim_pack_source_close(&pk->src);
     sum->seconds = amdim_now() - t0;
     return st;
 }

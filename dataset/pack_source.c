@@ -16,7 +16,7 @@
 
 /* ---- growable arrays ---------------------------------------------------- */
 
-static int arena_add(pack_source *src, const char *s, size_t len, int32_t label)
+static int arena_add(amdim_pack_source *src, const char *s, size_t len, int32_t label)
 {
     if (src->arena_len + len + 1 > src->arena_cap) {
         size_t cap = src->arena_cap ? src->arena_cap * 2 : 1 << 16;
@@ -84,7 +84,7 @@ static int cmp_str(const void *a, const void *b)
 
 /* ---- class names -------------------------------------------------------- */
 
-static int read_lines(pack_source *src, const char *path, strvec *out)
+static int read_lines(amdim_pack_source *src, const char *path, strvec *out)
 {
     FILE *f = fopen(path, "r");
     if (!f)
@@ -109,7 +109,7 @@ static int read_lines(pack_source *src, const char *path, strvec *out)
     return st;
 }
 
-static int set_class_names(pack_source *src, strvec *names)
+static int set_class_names(amdim_pack_source *src, strvec *names)
 {
     src->class_names = names->v;
     src->nclasses = (int32_t)names->n;
@@ -119,7 +119,7 @@ static int set_class_names(pack_source *src, strvec *names)
 
 /* Loads the dataset's own class-name file from its directory if it is there
  * and names exactly `expected` classes; keeps none otherwise. */
-static int maybe_class_names(pack_source *src, const char *dir, const char *file, int32_t expected)
+static int maybe_class_names(amdim_pack_source *src, const char *dir, const char *file, int32_t expected)
 {
     char path[4096];
     snprintf(path, sizeof path, "%s/%s", dir, file);
@@ -157,7 +157,7 @@ static int has_image_extension(const char *name)
 
 /* Collects `dir` and every directory below it (following links, like
  * os.walk(followlinks=True)). */
-static int collect_dirs(pack_source *src, const char *dir, int depth, strvec *dirs)
+static int collect_dirs(amdim_pack_source *src, const char *dir, int depth, strvec *dirs)
 {
     if (depth > 40)
         return FAIL(AMDIM_E_INVALID, "directories nested more than 40 deep under %s (a symlink loop?)", dir);
@@ -182,7 +182,7 @@ static int collect_dirs(pack_source *src, const char *dir, int depth, strvec *di
     return st;
 }
 
-static int files_in_dir(pack_source *src, const char *dir, int32_t label)
+static int files_in_dir(amdim_pack_source *src, const char *dir, int32_t label)
 {
     struct dirent **ents;
     int n = scandir(dir, &ents, NULL, NULL);
@@ -216,7 +216,7 @@ static int files_in_dir(pack_source *src, const char *dir, int32_t label)
     return st;
 }
 
-static int open_imagefolder(pack_source *src, const amdim_pack_options *opt)
+static int open_imagefolder(amdim_pack_source *src, const amdim_pack_options *opt)
 {
     if (!is_dir(opt->src))
         return FAIL(AMDIM_E_NOT_FOUND, "%s is not a directory (imagefolder wants SRC/<class>/<image>)", opt->src);
@@ -279,7 +279,7 @@ static int path_inside_root(const char *p)
     return 1;
 }
 
-static int open_list(pack_source *src, const amdim_pack_options *opt)
+static int open_list(amdim_pack_source *src, const amdim_pack_options *opt)
 {
     FILE *f = fopen(opt->src, "r");
     if (!f)
@@ -357,7 +357,7 @@ static int open_list(pack_source *src, const amdim_pack_options *opt)
 
 /* ---- raw sources -------------------------------------------------------- */
 
-static int add_raw_file(pack_source *src, const char *path, size_t header, size_t record, int required)
+static int add_raw_file(amdim_pack_source *src, const char *path, size_t header, size_t record, int required)
 {
     int fd = open(path, O_RDONLY | O_CLOEXEC);
     if (fd < 0) {
@@ -391,7 +391,7 @@ static int add_raw_file(pack_source *src, const char *path, size_t header, size_
     return src->file_name[k] ? AMDIM_OK : FAIL(AMDIM_E_NOMEM, "out of memory");
 }
 
-static int open_cifar(pack_source *src, const amdim_pack_options *opt, int hundred)
+static int open_cifar(amdim_pack_source *src, const amdim_pack_options *opt, int hundred)
 {
     size_t rec = (hundred ? 2 : 1) + 3072;
     src->is_raw = 1;
@@ -433,7 +433,7 @@ static int open_cifar(pack_source *src, const amdim_pack_options *opt, int hundr
  * max + 1 bytes: the callers know from a header how long the file must be,
  * and a file that inflates beyond that (a gzip bomb) must not take memory
  * in proportion to what it would inflate to. *len > max means "too long". */
-static int slurp_gz(pack_source *src, const char *path, uint64_t max, uint8_t **data, size_t *len)
+static int slurp_gz(amdim_pack_source *src, const char *path, uint64_t max, uint8_t **data, size_t *len)
 {
     if (max >= ((uint64_t)1 << 34))
         return FAIL(AMDIM_E_TOO_LARGE, "%s: %llu bytes is too large to load (limit 16 GiB)", path,
@@ -483,7 +483,7 @@ static uint32_t be32(const uint8_t *p)
 }
 
 /* IDX header: magic, then nd big-endian uint32 dimensions. */
-static int idx_header(pack_source *src, const char *path, uint8_t hdr[20], size_t *got)
+static int idx_header(amdim_pack_source *src, const char *path, uint8_t hdr[20], size_t *got)
 {
     gzFile gz = gzopen(path, "rb");
     if (!gz)
@@ -496,7 +496,7 @@ static int idx_header(pack_source *src, const char *path, uint8_t hdr[20], size_
     return AMDIM_OK;
 }
 
-static int open_idx(pack_source *src, const amdim_pack_options *opt)
+static int open_idx(amdim_pack_source *src, const amdim_pack_options *opt)
 {
     src->is_raw = 1;
     uint8_t m[20];
@@ -576,7 +576,7 @@ static int open_idx(pack_source *src, const amdim_pack_options *opt)
     return AMDIM_OK;
 }
 
-static int open_stl10(pack_source *src, const amdim_pack_options *opt)
+static int open_stl10(amdim_pack_source *src, const amdim_pack_options *opt)
 {
     src->is_raw = 1;
     src->width = src->height = 96;
@@ -618,7 +618,7 @@ static int open_stl10(pack_source *src, const amdim_pack_options *opt)
     return st;
 }
 
-int pack_source_open(pack_source *src, const amdim_pack_options *opt)
+int amdim_pack_source_open(amdim_pack_source *src, const amdim_pack_options *opt)
 {
     memset(src, 0, sizeof *src);
     for (int i = 0; i < PACK_MAX_FILES; i++)
@@ -652,7 +652,7 @@ int pack_source_open(pack_source *src, const amdim_pack_options *opt)
     return st;
 }
 
-void pack_source_close(pack_source *src)
+void amdim_pack_source_close(amdim_pack_source *src)
 {
     free(src->arena);
     free(src->path_off);
@@ -671,7 +671,7 @@ void pack_source_close(pack_source *src)
     memset(src, 0, sizeof *src);
 }
 
-static int file_of(const pack_source *src, uint64_t i)
+static int file_of(const amdim_pack_source *src, uint64_t i)
 {
     int k = 0;
     while (k + 1 < src->nfiles && i >= src->first[k + 1])
@@ -679,7 +679,7 @@ static int file_of(const pack_source *src, uint64_t i)
     return k;
 }
 
-void pack_source_item_name(const pack_source *src, uint64_t i, char *buf, size_t n)
+void amdim_pack_source_item_name(const amdim_pack_source *src, uint64_t i, char *buf, size_t n)
 {
     if (!src->is_raw) {
         snprintf(buf, n, "%s", src->arena + src->path_off[i]);
@@ -689,7 +689,7 @@ void pack_source_item_name(const pack_source *src, uint64_t i, char *buf, size_t
     snprintf(buf, n, "%s record %llu", src->file_name[k], (unsigned long long)(i - src->first[k]));
 }
 
-int pack_source_read_raw(const pack_source *src, amdim_pack_format format, int coarse, uint64_t i,
+int amdim_pack_source_read_raw(const amdim_pack_source *src, amdim_pack_format format, int coarse, uint64_t i,
                          uint8_t *buf, uint8_t *px, int32_t *label, int32_t *aux, char *err, size_t errlen)
 {
     int k = file_of(src, i);

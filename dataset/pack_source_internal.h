@@ -33,20 +33,20 @@ typedef struct {
     char **class_names; /* nclasses entries or NULL */
     uint64_t ignored;   /* imagefolder: files without an image extension */
     char err[1024];
-} pack_source;
+} amdim_pack_source;
 
 /* Builds the item list. Returns 0 or a status with a message in src->err. */
-int pack_source_open(pack_source *src, const amdim_pack_options *opt);
-void pack_source_close(pack_source *src);
+int amdim_pack_source_open(amdim_pack_source *src, const amdim_pack_options *opt);
+void amdim_pack_source_close(amdim_pack_source *src);
 
 /* Reads raw item i into buf (record_bytes) and converts it to HWC pixels
  * (width*height*channels) in px, with its labels. AMDIM_E_IO or
  * AMDIM_E_CORRUPT (label out of range) with a message in err. */
-int pack_source_read_raw(const pack_source *src, amdim_pack_format format, int coarse, uint64_t i,
+int amdim_pack_source_read_raw(const amdim_pack_source *src, amdim_pack_format format, int coarse, uint64_t i,
                          uint8_t *buf, uint8_t *px, int32_t *label, int32_t *aux, char *err,
                          size_t errlen);
 
 /* Human-readable name of item i: its path, or "FILE record N". */
-void pack_source_item_name(const pack_source *src, uint64_t i, char *buf, size_t n);
+void amdim_pack_source_item_name(const amdim_pack_source *src, uint64_t i, char *buf, size_t n);
 
 #endif

@@ -24,10 +24,10 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         for (int i = 0; i < 2; i++) {
             amdim_augment_config cfg;
             amdim_augment_preset(names[i], &cfg);
-            if (amdim_augmenter_create(&aug[i], &cfg))
+            if (amdim_augment_create(&aug[i], &cfg))
                 abort();
             /* A smaller limit than the default keeps each run fast. */
-            amdim_augmenter_set_max_pixels(aug[i], 1u << 22);
+            amdim_augment_set_max_pixels(aug[i], 1u << 22);
         }
         if (amdim_codec_create(&codec))
             abort();
@@ -62,8 +62,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     amdim_augmenter *a = aug[(flags >> 4) & 1];
     const int mode = flags & 3;
     amdim_decode_options d = {.region = mode != 0, .scales = mode >= 2 ? AMDIM_DECODE_SCALES_DEFAULT : 0};
-    amdim_augmenter_set_decode(a, &d);
-    const int s = amdim_augmenter_config(a)->size;
+    amdim_augment_set_decode(a, &d);
+    const int s = amdim_augment_get_config(a)->size;
     uint8_t *v1 = malloc((size_t)s * s * 3), *v2 = malloc((size_t)s * s * 3);
     amdim_augment_pair(a, &rec, 1, 0, flags, v1, v2, NULL);
     amdim_augment_test_view(a, &rec, v1);

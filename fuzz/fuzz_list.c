@@ -24,11 +24,11 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     o.root = "/tmp";
     o.split = "train";
     o.allow_outside_root = size && (data[0] & 1);
-    pack_source src;
-    if (pack_source_open(&src, &o) == AMDIM_OK) {
+    amdim_pack_source src;
+    if (amdim_pack_source_open(&src, &o) == AMDIM_OK) {
         char name[8192];
         for (uint64_t i = 0; i < src.n; i++) {
-            pack_source_item_name(&src, i, name, sizeof name);
+            amdim_pack_source_item_name(&src, i, name, sizeof name);
             /* every path kept lies under the root unless allowed */
             if (!o.allow_outside_root && strncmp(name, "/tmp/", 5) != 0)
                 abort();
@@ -36,7 +36,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
                 abort();
         }
     }
-    pack_source_close(&src);
+    amdim_pack_source_close(&src);
     close(fd);
     return 0;
 }

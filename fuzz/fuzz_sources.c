@@ -44,20 +44,20 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     o.labels = (fb & 4) ? NULL : lpath;
     o.split = "train";
     o.cifar100_coarse = (fb >> 3) & 1;
-    pack_source src;
-    if (pack_source_open(&src, &o) == AMDIM_OK) {
+    amdim_pack_source src;
+    if (amdim_pack_source_open(&src, &o) == AMDIM_OK) {
         uint8_t *buf = malloc(src.record_bytes), *px = malloc((size_t)src.width * src.height * src.channels);
         char err[512];
         for (uint64_t i = 0; i < src.n && i < 64; i++) {
             int32_t label, aux;
-            pack_source_read_raw(&src, o.format, o.cifar100_coarse, i, buf, px, &label, &aux, err, sizeof err);
+            amdim_pack_source_read_raw(&src, o.format, o.cifar100_coarse, i, buf, px, &label, &aux, err, sizeof err);
             char name[256];
-            pack_source_item_name(&src, i, name, sizeof name);
+            amdim_pack_source_item_name(&src, i, name, sizeof name);
         }
         free(buf);
         free(px);
     }
-    pack_source_close(&src);
+    amdim_pack_source_close(&src);
     close(ifd);
     close(lfd);
     return 0;

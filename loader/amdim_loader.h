@@ -1,6 +1,6 @@
 /* amdim loader: `amdim-load DATA.lmdb | CONSUMER`.
  *
- * The producer side (amdim_load_run, used by the amdim-load command) starts
+ * The producer side (amdim_loader_serve, used by the amdim-load command) starts
  * N worker processes. Each owns one shared-memory ring (shm/amdim_ring.h),
  * reads its records with io_uring (pread if io_uring is unavailable),
  * makes both augmented views and publishes whole batches. Batch b of an
@@ -39,7 +39,7 @@ typedef enum {
     AMDIM_LOAD_DECODE_SCALED = 0, /* region decode at libjpeg's 1/2 or 1/4 scale when both crops allow (default) */
     AMDIM_LOAD_DECODE_REGION = 1, /* region decode at full scale: the oracle's bytes */
     AMDIM_LOAD_DECODE_FULL = 2    /* whole-image decode, as torchvision does */
-} amdim_load_decode;
+} amdim_loader_decode;
 
 typedef struct {
     const char *path;     /* DATA.lmdb */
@@ -60,16 +60,16 @@ typedef struct {
     int shard_rank, shard_size;
     int respawn;          /* how many times a dead worker may be replaced */
     int no_uring;         /* force pread */
-    int decode;           /* amdim_load_decode: how JPEG records are decoded */
+    int decode;           /* amdim_loader_decode: how JPEG records are decoded */
     double progress_interval; /* seconds between stderr reports; 0 = 10 */
     int out_fd;           /* control pipe (normally 1) */
     volatile sig_atomic_t *cancel;
-} amdim_load_options;
+} amdim_loader_serve_options;
 
 /* Runs the loader until every epoch is produced, the consumer goes away,
  * or *cancel is set. Progress and errors go to stderr. Returns 0 when all
  * batches were produced, or a negative status with the reason in err. */
-int amdim_load_run(const amdim_load_options *opt, char *err, size_t errlen);
+int amdim_loader_serve(const amdim_loader_serve_options *opt, char *err, size_t errlen);
 
 /* Measures the whole loader (a consumer in this process drains batches)
  * for 1..max_workers workers, `seconds` each after a warm-up, stopping at
@@ -77,7 +77,7 @@ int amdim_load_run(const amdim_load_options *opt, char *err, size_t errlen);
  * queue depths 4 and 64 and ring depths 2 and 6 at the chosen count.
  * Prints the table and a recommendation to stdout. Returns 0, or 1 when a
  * setting failed (its error is printed). */
-int amdim_load_tune(const amdim_load_options *opt, int max_workers, double seconds, double target);
+int amdim_loader_tune(const amdim_loader_serve_options *opt, int max_workers, double seconds, double target);
 
 /* The preset a split implies: raw images up to 32x32 -> "cifar", raw
  * 96x96 -> "stl10", anything else -> "imagenet". */

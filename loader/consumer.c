@@ -99,7 +99,7 @@ static int hello_num(const char *line, const char *key, unsigned long long lo, u
 {
     char v[32], *e;
     *out = 0;
-    if (!loader_kv(line, key, v, sizeof v) || v[0] < '0' || v[0] > '9')
+    if (!amdim_loader_kv(line, key, v, sizeof v) || v[0] < '0' || v[0] > '9')
         return 0;
     errno = 0;
     unsigned long long x = strtoull(v, &e, 10);
@@ -109,18 +109,18 @@ static int hello_num(const char *line, const char *key, unsigned long long lo, u
     return 1;
 }
 
-int loader_parse_hello(const char *line, amdim_loader_info *in, char *sockname, size_t sn, char *err, size_t n)
+int amdim_loader_parse_hello(const char *line, amdim_loader_info *in, char *sockname, size_t sn, char *err, size_t n)
 {
     char v[128];
     memset(in, 0, sizeof *in);
     if (strncmp(line, "AMDIM-LOAD ", 11) != 0)
         return amdim_fail(err, n, AMDIM_E_PROTOCOL, "standard input is not amdim-load's control pipe (it starts with '%.20s')", line);
-    if (!loader_kv(line, "v", v, sizeof v) || atoi(v) != AMDIM_LOAD_PROTOCOL_VERSION)
+    if (!amdim_loader_kv(line, "v", v, sizeof v) || atoi(v) != AMDIM_LOAD_PROTOCOL_VERSION)
         return amdim_fail(err, n, AMDIM_E_VERSION, "amdim-load speaks protocol version %s, this consumer %d", v,
                           AMDIM_LOAD_PROTOCOL_VERSION);
-    int ok = loader_kv(line, "socket", sockname, sn);
-    ok &= loader_kv(line, "preset", in->preset, sizeof in->preset);
-    ok &= loader_kv(line, "split", in->split, sizeof in->split);
+    int ok = amdim_loader_kv(line, "socket", sockname, sn);
+    ok &= amdim_loader_kv(line, "preset", in->preset, sizeof in->preset);
+    ok &= amdim_loader_kv(line, "split", in->split, sizeof in->split);
     unsigned long long x;
 #define NUM(key, field, lo, hi) (ok &= hello_num(line, key, lo, hi, &x), field = (__typeof__(field))x)
     NUM("pid", in->loader_pid, 1, INT32_MAX);
@@ -134,7 +134,7 @@ int loader_parse_hello(const char *line, amdim_loader_info *in, char *sockname, 
 #undef NUM
     /* shard=R/N (absent: no sharding); a sharded loader always drops the last partial batch */
     in->shard_size = 1;
-    if (loader_kv(line, "shard", v, sizeof v)) {
+    if (amdim_loader_kv(line, "shard", v, sizeof v)) {
         unsigned r, z;
         char tail;
         if (sscanf(v, "%u/%u%c", &r, &z, &tail) != 2 || z < 1 || z > 65536 || r >= z || (z > 1 && !in->drop_last))
@@ -158,14 +158,14 @@ int amdim_loader_attach(amdim_loader **out, int fd, const amdim_loader_request *
         return amdim_fail(err, errlen, AMDIM_E_NOMEM, "out of memory");
     l->ctl_fd = fd;
     l->sock = -1;
-    l->stall_seconds = loader_stall_seconds("AMDIM_STALL_SECONDS");
+    l->stall_seconds = amdim_loader_stall_seconds("AMDIM_STALL_SECONDS");
     l->perm_epoch = UINT64_MAX;
     int st, ok;
     char line[1024], v[128], sockname[108] = "";
     /* The loader may still be opening a large dataset: wait a while. */
     if ((st = read_line(l, fd, line, sizeof line, 600, "reading the handshake")))
         goto fail;
-    if ((st = loader_parse_hello(line, &l->info, sockname, sizeof sockname, l->err, sizeof l->err)))
+    if ((st = amdim_loader_parse_hello(line, &l->info, sockname, sizeof sockname, l->err, sizeof l->err)))
         goto fail;
     amdim_loader_info *in = &l->info;
     /* Connect and ask. */
@@ -235,13 +235,13 @@ int amdim_loader_attach(amdim_loader **out, int fd, const amdim_loader_request *
         goto fail;
     }
     ok = 1;
-    ok &= loader_kv(reply, "seed", v, sizeof v);
+    ok &= amdim_loader_kv(reply, "seed", v, sizeof v);
     in->seed = strtoull(v, NULL, 10);
-    ok &= loader_kv(reply, "epoch", v, sizeof v);
+    ok &= amdim_loader_kv(reply, "epoch", v, sizeof v);
     in->start_epoch = strtoull(v, NULL, 10);
-    ok &= loader_kv(reply, "batch", v, sizeof v);
+    ok &= amdim_loader_kv(reply, "batch", v, sizeof v);
     in->start_batch = strtoull(v, NULL, 10);
-    ok &= loader_kv(reply, "epochs", v, sizeof v);
+    ok &= amdim_loader_kv(reply, "epochs", v, sizeof v);
     in->epochs = strtoull(v, NULL, 10);
     l->rings = calloc(in->workers, sizeof *l->rings);
     if (!ok || !l->rings) {
@@ -296,7 +296,7 @@ static int stalled(amdim_loader *l, uint32_t w, double secs)
     const amdim_ring_header *h = l->rings[w].hdr;
     int pid = atomic_load(&h->producer_pid);
     const char *state, *doing;
-    loader_describe_worker(pid, atomic_load(&h->phase), &state, &doing);
+    amdim_loader_describe_worker(pid, atomic_load(&h->phase), &state, &doing);
     return CFAIL(AMDIM_E_WORKER,
                  "worker %u (pid %d) made no progress for %.0f s while epoch %llu batch %llu was due: it is %s, %s "
                  "(AMDIM_STALL_SECONDS=0 waits forever)",

@@ -38,7 +38,7 @@ const char *amdim_loader_preset_for(int encoding, uint32_t width, uint32_t heigh
     return "imagenet";
 }
 
-int loader_worker_batch(uint64_t e0, uint64_t b0, uint64_t epochs, uint64_t nb, uint32_t W, uint32_t w,
+int amdim_loader_worker_batch(uint64_t e0, uint64_t b0, uint64_t epochs, uint64_t nb, uint32_t W, uint32_t w,
                         uint64_t k, uint64_t *e, uint64_t *b)
 {
     for (uint64_t ep = e0; ep < e0 + epochs; ep++) {
@@ -57,7 +57,7 @@ int loader_worker_batch(uint64_t e0, uint64_t b0, uint64_t epochs, uint64_t nb, 
     return 0;
 }
 
-int loader_kv(const char *line, const char *key, char *buf, size_t n)
+int amdim_loader_kv(const char *line, const char *key, char *buf, size_t n)
 {
     size_t kl = strlen(key);
     const char *p = line;
@@ -119,7 +119,7 @@ int amdim_loader_parse_shard(const char *s, int *rank, int *size, char *err, siz
     return AMDIM_OK;
 }
 
-void loader_describe_worker(int pid, uint32_t phase, const char **state, const char **doing)
+void amdim_loader_describe_worker(int pid, uint32_t phase, const char **state, const char **doing)
 {
     char st = '?', path[64], buf[512];
     snprintf(path, sizeof path, "/proc/%d/stat", pid);
@@ -137,7 +137,7 @@ void loader_describe_worker(int pid, uint32_t phase, const char **state, const c
            : st == 'R' ? "running" : st == 'S' ? "sleeping" : st == 'Z' ? "a zombie" : "in an unknown state";
 }
 
-double loader_stall_seconds(const char *name)
+double amdim_loader_stall_seconds(const char *name)
 {
     const char *v = getenv(name);
     if (!v || !*v)

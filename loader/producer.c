@@ -31,7 +31,7 @@ typedef struct {
 } worker_stats;
 
 typedef struct {
-    const amdim_load_options *opt;
+    const amdim_loader_serve_options *opt;
     amdim_dataset *ds;
     uint64_t *offsets;
     uint32_t *lengths;
@@ -134,7 +134,7 @@ static void make_sample(loader *L, amdim_augmenter *aug, amdim_ring *ring, amdim
     if (st)
         worker_fail(ring, "%s: split %s record %llu (epoch %llu batch %llu): %s", L->opt->path, L->info.name,
                     (unsigned long long)rec_index, (unsigned long long)epoch, (unsigned long long)batch,
-                    amdim_augmenter_error(aug));
+                    amdim_augment_error(aug));
     slot->labels[k] = rec.label;
     slot->indices[k] = rec_index;
 }
@@ -241,12 +241,12 @@ static void __attribute__((noreturn)) worker_main(loader *L, uint32_t w)
     ring->local = atomic_load(&ring->hdr->head);
     atomic_store(&ring->hdr->producer_pid, (int32_t)getpid());
     amdim_augmenter *aug;
-    if (amdim_augmenter_create(&aug, &L->aug))
+    if (amdim_augment_create(&aug, &L->aug))
         worker_fail(ring, "cannot create the augmenter");
     amdim_decode_options dec = {.region = L->opt->decode != AMDIM_LOAD_DECODE_FULL,
                                 .scales = L->opt->decode == AMDIM_LOAD_DECODE_SCALED ? AMDIM_DECODE_SCALES_DEFAULT : 0};
-    amdim_augmenter_set_decode(aug, &dec);
-    amdim_augmenter_set_max_pixels(aug, L->max_pixels);
+    amdim_augment_set_decode(aug, &dec);
+    amdim_augment_set_max_pixels(aug, L->max_pixels);
     struct io_uring uring_s, *uring = NULL;
     int qd = L->opt->queue_depth;
     if (L->use_uring) {
@@ -260,7 +260,7 @@ static void __attribute__((noreturn)) worker_main(loader *L, uint32_t w)
     if (!bufs || !perm)
         worker_fail(ring, "out of memory for the epoch order of %llu records", (unsigned long long)L->records);
     uint64_t perm_epoch = UINT64_MAX, e, b;
-    for (uint64_t k = ring->local; loader_worker_batch(L->e0, L->b0, L->epochs, L->nb, L->W, w, k, &e, &b); k++) {
+    for (uint64_t k = ring->local; amdim_loader_worker_batch(L->e0, L->b0, L->epochs, L->nb, L->W, w, k, &e, &b); k++) {
         if (e != perm_epoch) {
             amdim_loader_epoch_order(L->seed, e, L->records, perm);
             perm_epoch = e;
@@ -388,7 +388,7 @@ static void log_intruder(loader *L, const char *fmt, ...)
 /* Reads the consumer's START line (with a deadline) and answers it. */
 static int handshake(loader *L)
 {
-    const amdim_load_options *opt = L->opt;
+    const amdim_loader_serve_options *opt = L->opt;
 again:
     /* Wait for the consumer, watching for it to vanish instead. */
     for (;;) {
@@ -457,13 +457,13 @@ again:
     L->e0 = 0;
     L->b0 = 0;
     L->epochs = (uint64_t)opt->epochs;
-    if (loader_kv(line, "seed", v, sizeof v))
+    if (amdim_loader_kv(line, "seed", v, sizeof v))
         L->seed = strtoull(v, NULL, 10);
-    if (loader_kv(line, "epoch", v, sizeof v))
+    if (amdim_loader_kv(line, "epoch", v, sizeof v))
         L->e0 = strtoull(v, NULL, 10);
-    if (loader_kv(line, "batch", v, sizeof v))
+    if (amdim_loader_kv(line, "batch", v, sizeof v))
         L->b0 = strtoull(v, NULL, 10);
-    if (loader_kv(line, "epochs", v, sizeof v))
+    if (amdim_loader_kv(line, "epochs", v, sizeof v))
         L->epochs = strtoull(v, NULL, 10);
     if (L->b0 >= L->nb || L->epochs == 0) {
         ctl_write(L->conn_fd, "ERR start batch %llu is outside 0..%llu or no epochs requested",
@@ -503,7 +503,7 @@ again:
 static void held_batch(loader *L, uint32_t w, uint64_t *e, uint64_t *b)
 {
     uint64_t k = atomic_load(&L->rings[w].hdr->head);
-    if (!loader_worker_batch(L->e0, L->b0, L->epochs, L->nb, L->W, w, k, e, b))
+    if (!amdim_loader_worker_batch(L->e0, L->b0, L->epochs, L->nb, L->W, w, k, e, b))
         *e = *b = UINT64_MAX;
 }
 
@@ -511,7 +511,7 @@ static void held_batch(loader *L, uint32_t w, uint64_t *e, uint64_t *b)
 static uint64_t batches_through(loader *L, uint32_t w, uint64_t e)
 {
     uint64_t n = 0, ee, bb;
-    while (loader_worker_batch(L->e0, L->b0, L->epochs, L->nb, L->W, w, n, &ee, &bb) && ee <= e)
+    while (amdim_loader_worker_batch(L->e0, L->b0, L->epochs, L->nb, L->W, w, n, &ee, &bb) && ee <= e)
         n++;
     return n;
 }
@@ -535,13 +535,13 @@ static int read_stop(int fd)
 
 static int supervise(loader *L)
 {
-    const amdim_load_options *opt = L->opt;
+    const amdim_loader_serve_options *opt = L->opt;
     double interval = opt->progress_interval > 0 ? opt->progress_interval : 10.0;
     double t_start = amdim_now(), t_last = t_start;
     uint64_t last_pairs = 0, epoch_marked = L->e0;
     uint64_t *last_io = calloc(L->W, sizeof *last_io), *last_slot = calloc(L->W, sizeof *last_slot);
     /* stalled workers: no progress (and not waiting for the consumer) for this long */
-    double stall = loader_stall_seconds("AMDIM_LOAD_STALL_SECONDS");
+    double stall = amdim_loader_stall_seconds("AMDIM_LOAD_STALL_SECONDS");
     uint32_t *last_prog = calloc(L->W, sizeof *last_prog);
     double *last_change = calloc(L->W, sizeof *last_change);
     int st = AMDIM_OK, consumer_stopped = 0;
@@ -675,7 +675,7 @@ static int supervise(loader *L)
             } else if (now - last_change[w] >= stall) {
                 const char *state, *doing;
                 int pid = atomic_load(&h->producer_pid);
-                loader_describe_worker(pid, phase, &state, &doing);
+                amdim_loader_describe_worker(pid, phase, &state, &doing);
                 fprintf(stderr, "amdim-load: worker %u (pid %d) has made no progress for %.0f s: it is %s, %s\n", w,
                         pid, now - last_change[w], state, doing);
                 last_change[w] = now; /* again after another `stall` seconds */
@@ -716,7 +716,7 @@ out:
  * the batches), the decoders' and the page cache's. */
 static int check_ring_memory(loader *L)
 {
-    const amdim_load_options *opt = L->opt;
+    const amdim_loader_serve_options *opt = L->opt;
     uint32_t size = (uint32_t)L->aug.size;
     uint64_t ring = amdim_ring_total_bytes((uint32_t)opt->slots, L->B, size, size, 3);
     uint64_t total = ring * L->W, avail;
@@ -738,7 +738,7 @@ static int check_ring_memory(loader *L)
                  t, L->W, opt->slots, sl, L->B, size, size, a, why);
 }
 
-int amdim_load_run(const amdim_load_options *opt, char *err, size_t errlen)
+int amdim_loader_serve(const amdim_loader_serve_options *opt, char *err, size_t errlen)
 {
     loader Lv, *L = &Lv;
     memset(L, 0, sizeof *L);

@@ -20,7 +20,7 @@ typedef struct {
 
 /* One configuration: the loader in a child process, this process as the
  * consumer; pairs/s over `seconds` after a warm-up of a few batches. */
-static void measure(const amdim_load_options *base, tune_row *row, double seconds)
+static void measure(const amdim_loader_serve_options *base, tune_row *row, double seconds)
 {
     int fds[2];
     row->ok = 0;
@@ -41,7 +41,7 @@ static void measure(const amdim_load_options *base, tune_row *row, double second
         if (devnull >= 0)
             dup2(devnull, 2);
         static volatile sig_atomic_t cancel;
-        amdim_load_options o = *base;
+        amdim_loader_serve_options o = *base;
         o.workers = row->workers;
         o.queue_depth = row->queue_depth;
         o.slots = row->slots;
@@ -50,7 +50,7 @@ static void measure(const amdim_load_options *base, tune_row *row, double second
         o.out_fd = fds[1];
         o.cancel = &cancel;
         char err[512];
-        _exit(amdim_load_run(&o, err, sizeof err) == 0 ? 0 : 1);
+        _exit(amdim_loader_serve(&o, err, sizeof err) == 0 ? 0 : 1);
     }
     close(fds[1]);
     amdim_loader *l = NULL;
@@ -104,7 +104,7 @@ static void print_row(const tune_row *r)
     fflush(stdout);
 }
 
-int amdim_load_tune(const amdim_load_options *opt, int max_workers, double seconds, double target)
+int amdim_loader_tune(const amdim_loader_serve_options *opt, int max_workers, double seconds, double target)
 {
     printf("# amdim-load --tune %s: %d cores, %s, decode %s, batch %d, %.1f s per setting\n", opt->path,
            amdim_cpu_count(), amdim_simd_name(amdim_simd_detect()),

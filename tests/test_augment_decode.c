@@ -13,7 +13,7 @@ static amdim_augmenter *make(const char *preset)
     amdim_augment_config cfg;
     amdim_augment_preset(preset, &cfg);
     amdim_augmenter *a;
-    REQUIRE(amdim_augmenter_create(&a, &cfg) == 0, "create %s", preset);
+    REQUIRE(amdim_augment_create(&a, &cfg) == 0, "create %s", preset);
     return a;
 }
 
@@ -28,7 +28,7 @@ int main(void)
         grey[i] = (uint8_t)(1 + i % 250);
     amdim_record g = {.label = 3, .aux_label = -1, .width = 28, .height = 28, .channels = 1,
                       .encoding = AMDIM_ENCODING_RAW, .payload = grey, .payload_size = sizeof grey};
-    REQUIRE(amdim_augment_decode(cifar, &g, &img) == 0, "decode grey: %s", amdim_augmenter_error(cifar));
+    REQUIRE(amdim_augment_decode(cifar, &g, &img) == 0, "decode grey: %s", amdim_augment_error(cifar));
     CHECK(img->width == 32 && img->height == 32, "padded size %dx%d", img->width, img->height);
     int ok = 1;
     for (int y = 0; y < 32; y++)
@@ -49,8 +49,8 @@ int main(void)
     amdim_record b = {.label = 0, .aux_label = -1, .width = 40, .height = 40, .channels = 3,
                       .encoding = AMDIM_ENCODING_RAW, .payload = big, .payload_size = 40 * 40 * 3};
     CHECK(amdim_augment_pair(cifar, &b, 1, 0, 0, v1, v2, NULL) == AMDIM_E_INVALID &&
-              strstr(amdim_augmenter_error(cifar), "40x40"),
-          "oversized cifar record: %s", amdim_augmenter_error(cifar));
+              strstr(amdim_augment_error(cifar), "40x40"),
+          "oversized cifar record: %s", amdim_augment_error(cifar));
     free(big);
 
     /* An image smaller than the 64 px crop is upsampled. */
@@ -62,19 +62,19 @@ int main(void)
                       .encoding = AMDIM_ENCODING_JPEG, .payload = j, .payload_size = (uint32_t)len};
     uint8_t *w1 = malloc(64 * 64 * 3), *w2 = malloc(64 * 64 * 3);
     amdim_pair_params pp;
-    CHECK(amdim_augment_pair(stl, &s, 3, 0, 5, w1, w2, &pp) == 0, "small image: %s", amdim_augmenter_error(stl));
+    CHECK(amdim_augment_pair(stl, &s, 3, 0, 5, w1, w2, &pp) == 0, "small image: %s", amdim_augment_error(stl));
     CHECK(pp.view[0].w <= 20 && pp.view[0].h <= 12, "crop larger than the image");
     CHECK(amdim_augment_test_view(stl, &s, w1) == 0, "small image test view");
     /* Record size disagreeing with the JPEG. */
     s.width = 21;
     CHECK(amdim_augment_pair(stl, &s, 3, 0, 5, w1, w2, NULL) == AMDIM_E_CORRUPT &&
-              strstr(amdim_augmenter_error(stl), "20x12"),
-          "size mismatch: %s", amdim_augmenter_error(stl));
+              strstr(amdim_augment_error(stl), "20x12"),
+          "size mismatch: %s", amdim_augment_error(stl));
     s.width = 20;
     /* Corrupt JPEG payload. */
     s.payload_size = (uint32_t)len / 2;
     int st = amdim_augment_pair(stl, &s, 3, 0, 5, w1, w2, NULL);
-    CHECK(st == AMDIM_E_TRUNCATED || st == AMDIM_E_CORRUPT, "truncated JPEG record: %d %s", st, amdim_augmenter_error(stl));
+    CHECK(st == AMDIM_E_TRUNCATED || st == AMDIM_E_CORRUPT, "truncated JPEG record: %d %s", st, amdim_augment_error(stl));
 
     /* EXIF orientation 6 ("rotate 90") is not applied: the decode keeps
      * the stored 20x12 geometry and pixels. */
@@ -92,7 +92,7 @@ int main(void)
     e.payload = je;
     e.payload_size = (uint32_t)(len + sizeof exif);
     const amdim_image *a1, *a2;
-    REQUIRE(amdim_augment_decode(stl, &e, &a1) == 0, "EXIF decode: %s", amdim_augmenter_error(stl));
+    REQUIRE(amdim_augment_decode(stl, &e, &a1) == 0, "EXIF decode: %s", amdim_augment_error(stl));
     CHECK(a1->width == 20 && a1->height == 12, "EXIF rotation applied: %dx%d", a1->width, a1->height);
     uint8_t *copy = malloc(20 * 12 * 3);
     memcpy(copy, a1->pixels, 20 * 12 * 3);
@@ -119,7 +119,7 @@ int main(void)
     cfg.hue = 0.7f;
     CHECK(amdim_augment_config_check(&cfg, err, sizeof err) == AMDIM_E_INVALID && strstr(err, "hue"), "hue 0.7");
     CHECK(amdim_augment_preset("mnist", &cfg) == AMDIM_E_INVALID, "unknown preset");
-    amdim_augmenter_destroy(cifar);
-    amdim_augmenter_destroy(stl);
+    amdim_augment_destroy(cifar);
+    amdim_augment_destroy(stl);
     return test_finish("test_augment_decode");
 }

@@ -208,7 +208,7 @@ int main(int argc, char **argv)
     /* The same (seed, epoch, index) makes byte-identical pairs in
      * different augmenters (i.e. in different workers). */
     amdim_augmenter *x1, *x2;
-    REQUIRE(amdim_augmenter_create(&x1, &cfg) == 0 && amdim_augmenter_create(&x2, &cfg) == 0, "create");
+    REQUIRE(amdim_augment_create(&x1, &cfg) == 0 && amdim_augment_create(&x2, &cfg) == 0, "create");
     const ref_tensor *dec = ref_get(&rf, "src0/decoded", REF_U8);
     amdim_record rec = {.label = 0, .aux_label = -1, .height = dec->dims[0], .width = dec->dims[1], .channels = 3,
                         .encoding = AMDIM_ENCODING_RAW, .payload = dec->data, .payload_size = (uint32_t)dec->count};
@@ -226,8 +226,8 @@ int main(int argc, char **argv)
     CHECK(memcmp(v[0], v[1], vb) != 0, "the two views of a pair are identical");
     for (int i = 0; i < 4; i++)
         free(v[i]);
-    amdim_augmenter_destroy(x1);
-    amdim_augmenter_destroy(x2);
+    amdim_augment_destroy(x1);
+    amdim_augment_destroy(x2);
     ref_free(&rf);
     return test_finish("test_augment_draws");
 }

@@ -65,7 +65,7 @@ static amdim_augmenter *make(const char *preset, int size)
     if (cfg.test_resize && cfg.test_resize < size)
         cfg.test_resize = size;
     amdim_augmenter *a;
-    REQUIRE(amdim_augmenter_create(&a, &cfg) == 0, "augmenter");
+    REQUIRE(amdim_augment_create(&a, &cfg) == 0, "augmenter");
     return a;
 }
 
@@ -101,7 +101,7 @@ int main(int argc, char **argv)
                            .channels = 3, .encoding = AMDIM_ENCODING_JPEG, .payload = jpeg->data,
                            .payload_size = (uint32_t)jpeg->count};
         const amdim_image *img;
-        REQUIRE(amdim_augment_decode(by_size[64], &jr, &img) == 0, "decode src%d: %s", k, amdim_augmenter_error(by_size[64]));
+        REQUIRE(amdim_augment_decode(by_size[64], &jr, &img) == 0, "decode src%d: %s", k, amdim_augment_error(by_size[64]));
         snprintf(what, sizeof what, "src%d decode (%d channels in the file)", k, c);
         compare("decode", what, img->pixels, dec, (size_t)img->width * img->height * 3);
 
@@ -122,13 +122,13 @@ int main(int argc, char **argv)
             for (int i = 0; i < 4; i++)
                 vp.order[i] = (uint8_t)i;
             int size = p[5];
-            REQUIRE(amdim_augment_view(by_size[size], &src, p[0], &vp, buf) == 0, "view: %s", amdim_augmenter_error(by_size[size]));
+            REQUIRE(amdim_augment_view(by_size[size], &src, p[0], &vp, buf) == 0, "view: %s", amdim_augment_error(by_size[size]));
             snprintf(name, sizeof name, "src%d/crop%d/out", k, ci);
             snprintf(what, sizeof what, "src%d crop %d (flip %d, %d,%d %dx%d -> %d)", k, ci, p[0], p[1], p[2], p[3], p[4], size);
             compare("flip+crop+resize", what, buf, ref_get(&rf, name, REF_U8), (size_t)size * size * 3);
         }
         for (int size = 64; size <= 128; size *= 2) {
-            REQUIRE(amdim_augment_test_view(by_size[size], &rr, buf) == 0, "test view: %s", amdim_augmenter_error(by_size[size]));
+            REQUIRE(amdim_augment_test_view(by_size[size], &rr, buf) == 0, "test view: %s", amdim_augment_error(by_size[size]));
             snprintf(name, sizeof name, "src%d/test%d", k, size);
             snprintf(what, sizeof what, "src%d test transform %d", k, size);
             compare("test transform", what, buf, ref_get(&rf, name, REF_U8), (size_t)size * size * 3);
@@ -219,10 +219,10 @@ int main(int argc, char **argv)
     printf("%-22s %6s %16s %12s\n", "step", "cases", "worst mean diff", "worst max");
     for (int i = 0; i < nsteps; i++)
         printf("%-22s %6d %16.4f %12d\n", steps[i].name, steps[i].count, steps[i].worst_mean, steps[i].worst_max);
-    amdim_augmenter_destroy(by_size[32]);
-    amdim_augmenter_destroy(cifar);
-    amdim_augmenter_destroy(by_size[64]);
-    amdim_augmenter_destroy(by_size[128]);
+    amdim_augment_destroy(by_size[32]);
+    amdim_augment_destroy(cifar);
+    amdim_augment_destroy(by_size[64]);
+    amdim_augment_destroy(by_size[128]);
     free(buf);
     ref_free(&rf);
     return test_finish("test_augment_parity");

@@ -303,14 +303,14 @@ static void check_fast_pair(const char *preset)
     amdim_augment_config cfg;
     amdim_augment_preset(preset, &cfg);
     amdim_augmenter *oracle, *fast, *scaled;
-    REQUIRE(amdim_augmenter_create(&oracle, &cfg) == 0 && amdim_augmenter_create(&fast, &cfg) == 0 &&
-                amdim_augmenter_create(&scaled, &cfg) == 0,
+    REQUIRE(amdim_augment_create(&oracle, &cfg) == 0 && amdim_augment_create(&fast, &cfg) == 0 &&
+                amdim_augment_create(&scaled, &cfg) == 0,
             "augmenters");
-    amdim_augmenter_set_simd(oracle, AMDIM_SIMD_SCALAR);
+    amdim_augment_set_simd(oracle, AMDIM_SIMD_SCALAR);
     amdim_decode_options region = {.region = 1, .scales = 0};
-    amdim_augmenter_set_decode(fast, &region);
+    amdim_augment_set_decode(fast, &region);
     amdim_decode_options sc = {.region = 1, .scales = AMDIM_DECODE_SCALES_DEFAULT};
-    amdim_augmenter_set_decode(scaled, &sc);
+    amdim_augment_set_decode(scaled, &sc);
     const size_t n = (size_t)cfg.size * cfg.size * 3;
     uint8_t *o1 = malloc(n), *o2 = malloc(n), *f1 = malloc(n), *f2 = malloc(n);
     int worst = 0, pairs = 0;
@@ -322,9 +322,9 @@ static void check_fast_pair(const char *preset)
         amdim_record r = jpeg_record(w, h, k % 5 == 4 ? 1 : 3, (unsigned)(100 + k), &jpg);
         amdim_pair_params po, pf;
         REQUIRE(amdim_augment_pair(oracle, &r, 7, 1, (uint64_t)k, o1, o2, &po) == 0, "oracle: %s",
-                amdim_augmenter_error(oracle));
+                amdim_augment_error(oracle));
         REQUIRE(amdim_augment_pair(fast, &r, 7, 1, (uint64_t)k, f1, f2, &pf) == 0, "fast: %s",
-                amdim_augmenter_error(fast));
+                amdim_augment_error(fast));
         CHECK(memcmp(&po, &pf, sizeof po) == 0, "%s pair %d: different parameters", preset, k);
         size_t nd;
         int m1 = max_diff(o1, f1, n, &nd), m2 = max_diff(o2, f2, n, &nd);
@@ -333,7 +333,7 @@ static void check_fast_pair(const char *preset)
         CHECK(m == 0, "%s pair %d (%dx%d, flip %d): region+SIMD views differ from the oracle by %d", preset, k, w, h,
               po.flip, m);
         REQUIRE(amdim_augment_pair(scaled, &r, 7, 1, (uint64_t)k, f1, f2, NULL) == 0, "scaled: %s",
-                amdim_augmenter_error(scaled));
+                amdim_augment_error(scaled));
         for (size_t i = 0; i < n; i++)
             sum_abs += abs(o1[i] - f1[i]) + abs(o2[i] - f2[i]);
         bytes += 2 * n;
@@ -345,9 +345,9 @@ static void check_fast_pair(const char *preset)
            preset, amdim_simd_name(amdim_simd_detect()), pairs, worst, mean);
     CHECK(mean < 2.0, "%s: the scaled decode is %.3f levels from the oracle on average", preset, mean);
     free(o1), free(o2), free(f1), free(f2);
-    amdim_augmenter_destroy(oracle);
-    amdim_augmenter_destroy(fast);
-    amdim_augmenter_destroy(scaled);
+    amdim_augment_destroy(oracle);
+    amdim_augment_destroy(fast);
+    amdim_augment_destroy(scaled);
 }
 
 int main(void)
@@ -377,9 +377,9 @@ int main(void)
     amdim_augment_config cfg;
     amdim_augment_preset("cifar", &cfg);
     amdim_augmenter *a;
-    REQUIRE(amdim_augmenter_create(&a, &cfg) == 0, "augmenter");
-    CHECK(amdim_augmenter_simd(a) == AMDIM_SIMD_SCALAR, "augmenter ignores AMDIM_SIMD=scalar");
-    amdim_augmenter_destroy(a);
+    REQUIRE(amdim_augment_create(&a, &cfg) == 0, "augmenter");
+    CHECK(amdim_augment_simd(a) == AMDIM_SIMD_SCALAR, "augmenter ignores AMDIM_SIMD=scalar");
+    amdim_augment_destroy(a);
     unsetenv("AMDIM_SIMD");
     return test_finish("test_augment_simd");
 }

@@ -156,14 +156,14 @@ static void test_input(int cout, int ldc)
     }
     uint8_t *du8 = up(u8, n);
     void *dy = deva(no);
-    OK(normalise_u8_cuda(&ctx, du8, px, scale, shift, cout, dy));
+    OK(amdim_normalise_u8_cuda(&ctx, du8, px, scale, shift, cout, dy));
     float *got = downa(dy, no);
     compare("normalise_u8", got, ref, no);
     /* NCHW float -> NHWC activations with ldc channels (zeros past C) */
     size_t m = (size_t)B * C * S * S, mp = (size_t)B * S * S * ldc;
     float *x = hact(m, -1, 1), *dx = up(x, m * 4), *db = dev(m * 4), *pref = calloc(mp, 4);
     void *dp = deva(mp), *dt = deva(m);
-    OK(nchw_to_nhwc_cuda(&ctx, dx, B, C, S * S, ldc, dp));
+    OK(amdim_nchw_to_nhwc_cuda(&ctx, dx, B, C, S * S, ldc, dp));
     float *gp = downa(dp, mp);
     for (int b = 0; b < B; b++)
         for (int c = 0; c < C; c++)
@@ -172,12 +172,12 @@ static void test_input(int cout, int ldc)
     compare("nchw_to_nhwc (channels padded)", gp, pref, mp);
     free(gp), free(pref), cudaFree(dp);
     /* NCHW float <-> NHWC activations */
-    OK(nchw_to_nhwc_cuda(&ctx, dx, B, C, S * S, C, dt));
-    OK(nhwc_to_nchw_cuda(&ctx, dt, B, C, S * S, db));
+    OK(amdim_nchw_to_nhwc_cuda(&ctx, dx, B, C, S * S, C, dt));
+    OK(amdim_nhwc_to_nchw_cuda(&ctx, dt, B, C, S * S, db));
     float *t = downa(dt, m), *back = down(db, m);
     /* activations -> float */
     float *df = dev(m * 4);
-    OK(act_to_f32_cuda(&ctx, dt, m, df));
+    OK(amdim_act_to_f32_cuda(&ctx, dt, m, df));
     float *flat = down(df, m);
     float *tref = malloc(m * 4);
     for (int b = 0; b < B; b++)
@@ -196,10 +196,10 @@ static void test_pad(void)
     int B = 2, H = 7, C = 3, p = 2, Hp = H + 2 * p;
     size_t n = (size_t)B * H * H * C, np = (size_t)B * Hp * Hp * C;
     float *x = hact(n, -1, 1), *xc = to_cnhw(x, B, H * H, C), *yc = malloc(np * 4);
-    cpu_reflect_pad_forward(xc, C, B, H, H, p, yc);
+    amdim_cpu_reflect_pad_forward(xc, C, B, H, H, p, yc);
     float *ref = to_nhwc(yc, B, Hp * Hp, C);
     void *dx = upa(x, n), *dy = deva(np);
-    OK(reflect_pad_forward_cuda(&ctx, dx, B, H, H, C, p, dy));
+    OK(amdim_reflect_pad_forward_cuda(&ctx, dx, B, H, H, C, p, dy));
     float *got = downa(dy, np);
     compare("reflect_pad", got, ref, np);
     free(x), free(xc), free(yc), free(ref), free(got), cudaFree(dx), cudaFree(dy);
@@ -213,19 +213,19 @@ static void test_activation(void)
     float *y = hact(n, -1, 1), *g = hact(n, -1, 1), *bias = hrand((size_t)C, -1, 1), *acc = hact(n, -1, 1);
     float *ry = malloc(n * 4), *rg = malloc(n * 4), *rb = malloc(n * 4), *radd = malloc(n * 4);
     memcpy(ry, y, n * 4);
-    cpu_relu_forward(ry, n);
+    amdim_cpu_relu_forward(ry, n);
     memcpy(rg, g, n * 4);
-    cpu_relu_backward(ry, rg, n);
+    amdim_cpu_relu_backward(ry, rg, n);
     for (size_t i = 0; i < n; i++) {
         rb[i] = amdim_relu(y[i] + bias[i % C]);
         radd[i] = acc[i] + y[i];
     }
     void *dy = upa(y, n), *dg = upa(g, n), *db = upa(y, n), *dacc = upa(acc, n), *dy2 = upa(y, n);
     float *dbias = up(bias, (size_t)C * 4);
-    OK(relu_forward_cuda(&ctx, dy, n));
-    OK(relu_backward_cuda(&ctx, dy, dg, n));
-    OK(bias_relu_forward_cuda(&ctx, db, dbias, rows, C));
-    OK(add_cuda(&ctx, dacc, dy2, n));
+    OK(amdim_relu_forward_cuda(&ctx, dy, n));
+    OK(amdim_relu_backward_cuda(&ctx, dy, dg, n));
+    OK(amdim_bias_relu_forward_cuda(&ctx, db, dbias, rows, C));
+    OK(amdim_add_cuda(&ctx, dacc, dy2, n));
     float *gy = downa(dy, n), *gg = downa(dg, n), *gb = downa(db, n), *ga = downa(dacc, n);
     compare("relu_forward", gy, ry, n);
     compare("relu_backward", gg, rg, n);
@@ -243,16 +243,16 @@ static void test_avgpool(int k, int s)
     float *x = hact(nx, -1, 1), *y0 = hact(ny, -1, 1), *dy = hact(ny, -1, 1), *dx0 = hact(nx, -1, 1);
     /* CPU: y = pool(x) padded; reference = y0 + that */
     float *xc = to_cnhw(x, B, H * H, cin), *yc = malloc(ny * 4);
-    cpu_avgpool_pad_forward(xc, cin, B, H, H, k, s, cout, yc);
+    amdim_cpu_avgpool_pad_forward(xc, cin, B, H, H, k, s, cout, yc);
     float *pooled = to_nhwc(yc, B, Ho * Ho, cout), *ref = malloc(ny * 4);
     for (size_t i = 0; i < ny; i++)
         ref[i] = y0[i] + pooled[i];
     float *dyc = to_cnhw(dy, B, Ho * Ho, cout), *dxc = to_cnhw(dx0, B, H * H, cin);
-    cpu_avgpool_pad_backward(dyc, cin, B, H, H, k, s, dxc);
+    amdim_cpu_avgpool_pad_backward(dyc, cin, B, H, H, k, s, dxc);
     float *dref = to_nhwc(dxc, B, H * H, cin);
     void *d_x = upa(x, nx), *d_y = upa(y0, ny), *d_dy = upa(dy, ny), *d_dx = upa(dx0, nx);
-    OK(avgpool_pad_forward_add_cuda(&ctx, d_x, B, H, H, cin, k, s, cout, d_y));
-    OK(avgpool_pad_backward_add_cuda(&ctx, d_dy, B, H, H, cin, k, s, cout, d_dx));
+    OK(amdim_avgpool_pad_forward_add_cuda(&ctx, d_x, B, H, H, cin, k, s, cout, d_y));
+    OK(amdim_avgpool_pad_backward_add_cuda(&ctx, d_dy, B, H, H, cin, k, s, cout, d_dx));
     float *gy = downa(d_y, ny), *gdx = downa(d_dx, nx);
     compare("avgpool_pad_forward_add", gy, ref, ny);
     compare("avgpool_pad_backward_add", gdx, dref, nx);
@@ -270,22 +270,22 @@ static void test_batchnorm(size_t N, int C)
     /* CPU on copies of the buffers */
     float *crm = malloc(C * 4), *crv = malloc(C * 4), *cdg = malloc(C * 4), *cdb = malloc(C * 4), cnbt = nbt;
     memcpy(crm, rm, C * 4), memcpy(crv, rv, C * 4), memcpy(cdg, dg, C * 4), memcpy(cdb, dbt, C * 4);
-    cpu_bn_params cp = {gamma, beta, crm, crv, &cnbt, cdg, cdb, NULL};
+    amdim_cpu_bn_params cp = {gamma, beta, crm, crv, &cnbt, cdg, cdb, NULL};
     float *ry = malloc(n * 4), *rmean = malloc(C * 4), *ristd = malloc(C * 4), *rdx = malloc(n * 4),
           *rey = malloc(n * 4);
-    cpu_op_scratch scr = {0};
-    REQUIRE(cpu_batchnorm1d_forward_train(x, (int)N, C, &cp, ry, rmean, ristd, &scr) == 0, "cpu bn");
-    REQUIRE(cpu_batchnorm1d_backward(x, (int)N, C, &cp, rmean, ristd, dy, rdx, &scr) == 0, "cpu bn");
-    cpu_batchnorm1d_forward_eval(x, (int)N, C, &cp, rey); /* with the updated running stats */
-    cpu_op_scratch_free(&scr);
+    amdim_cpu_op_scratch scr = {0};
+    REQUIRE(amdim_cpu_batchnorm1d_forward_train(x, (int)N, C, &cp, ry, rmean, ristd, &scr) == 0, "cpu bn");
+    REQUIRE(amdim_cpu_batchnorm1d_backward(x, (int)N, C, &cp, rmean, ristd, dy, rdx, &scr) == 0, "cpu bn");
+    amdim_cpu_batchnorm1d_forward_eval(x, (int)N, C, &cp, rey); /* with the updated running stats */
+    amdim_cpu_op_scratch_free(&scr);
     amdim_cuda_bn gp = {up(gamma, C * 4), up(beta, C * 4), up(rm, C * 4), up(rv, C * 4), up(&nbt, 4),
                         up(dg, C * 4), up(dbt, C * 4)};
     void *d_x = upa(x, n), *d_dy = upa(dy, n), *d_y = deva(n), *d_dx = deva(n), *d_ey = deva(n);
     float *d_m = dev(C * 4), *d_i = dev(C * 4);
-    double *s = dev(batchnorm_scratch_doubles(N, C) * sizeof(double));
-    OK(batchnorm_forward_train_cuda(&ctx, d_x, N, C, &gp, d_y, d_m, d_i, s));
-    OK(batchnorm_backward_cuda(&ctx, d_x, N, C, &gp, d_m, d_i, d_dy, d_dx, s));
-    OK(batchnorm_forward_eval_cuda(&ctx, d_x, N, C, &gp, d_ey));
+    double *s = dev(amdim_batchnorm_scratch_doubles(N, C) * sizeof(double));
+    OK(amdim_batchnorm_forward_train_cuda(&ctx, d_x, N, C, &gp, d_y, d_m, d_i, s));
+    OK(amdim_batchnorm_backward_cuda(&ctx, d_x, N, C, &gp, d_m, d_i, d_dy, d_dx, s));
+    OK(amdim_batchnorm_forward_eval_cuda(&ctx, d_x, N, C, &gp, d_ey));
     float *gy = downa(d_y, n), *gm = down(d_m, C), *gi = down(d_i, C), *gdx = downa(d_dx, n), *gey = downa(d_ey, n),
           *grm = down(gp.rmean, C), *grv = down(gp.rvar, C), *gdg = down(gp.dgamma, C), *gdb = down(gp.dbeta, C),
           *gn = down(gp.nbt, 1);
@@ -307,7 +307,7 @@ static void test_batchnorm(size_t N, int C)
             t += x[r * C + c];
         racc[c] = acc[c] + (float)t;
     }
-    OK(channel_sum_add_cuda(&ctx, d_x, N, C, d_acc, s));
+    OK(amdim_channel_sum_add_cuda(&ctx, d_x, N, C, d_acc, s));
     float *gacc = down(d_acc, C);
     compare("channel_sum_add", gacc, racc, C);
     free(x), free(dy), free(gamma), free(beta), free(rm), free(rv), free(dg), free(dbt), free(crm), free(crv);
@@ -323,10 +323,10 @@ static void test_dropout(void)
     float *x = hact(n, -1, 1), *mask = malloc(n * 4), *ref = malloc(n * 4);
     for (size_t i = 0; i < n; i++)
         mask[i] = amdim_rng_uniform(&rng, 0, 1) >= AMDIM_DROPOUT_P;
-    cpu_dropout_forward(x, mask, AMDIM_DROPOUT_P, n, ref);
+    amdim_cpu_dropout_forward(x, mask, AMDIM_DROPOUT_P, n, ref);
     void *dx = upa(x, n), *dy = deva(n);
     float *dm = up(mask, n * 4);
-    OK(dropout_cuda(&ctx, dx, dm, n, dy));
+    OK(amdim_dropout_cuda(&ctx, dx, dm, n, dy));
     float *got = downa(dy, n);
     compare("dropout", got, ref, n);
     free(x), free(mask), free(ref), free(got);
@@ -344,13 +344,13 @@ static void test_classifier(int n, int K, int ranks)
         valid += labels[i] >= 0;
     }
     double n_all = (double)n * ranks, valid_all = ranks > 1 ? (double)valid * ranks + 1 : valid;
-    double loss = cpu_classifier_loss_part(l, n, K, labels, ref, 0.75f, n_all, valid_all, &corr, &lab);
+    double loss = amdim_cpu_classifier_loss_part(l, n, K, labels, ref, 0.75f, n_all, valid_all, &corr, &lab);
     float *dl = up(l, (size_t)n * K * 4), *dd = dev((size_t)n * K * 4);
     int32_t *dlab = up(labels, n * sizeof *labels);
     double *drows = dev(3 * (size_t)n * sizeof(double)), *rows = malloc(3 * (size_t)n * sizeof(double));
     double inv_valid = valid_all > 0 ? 1.0 / valid_all : 0.0, *dinv = up(&inv_valid, sizeof inv_valid);
     void *dda = act16 ? deva((size_t)n * K) : NULL; /* the bf16 copy for the GEMMs */
-    OK(classifier_loss_cuda(&ctx, dl, n, n * ranks, K, dlab, dinv, 0.75f, dd, dda, drows));
+    OK(amdim_classifier_loss_cuda(&ctx, dl, n, n * ranks, K, dlab, dinv, 0.75f, dd, dda, drows));
     float *got = down(dd, (size_t)n * K);
     if (dda) { /* exactly the float gradient, rounded */
         float *ga = downa(dda, (size_t)n * K);
@@ -374,7 +374,7 @@ static void test_classifier(int n, int K, int ranks)
 
 /* A rank's share of the sources: images [first, first + Bs) of B against
  * all B L targets, every mean over the B images' counts, against
- * cpu_nce_direction_part (the data-parallel step's row work). */
+ * amdim_cpu_nce_direction_part (the data-parallel step's row work). */
 static void test_nce_share(int objective, int B, int Bs, int first, int L, int R)
 {
     size_t BL = (size_t)B * L, ns = (size_t)Bs * BL;
@@ -389,11 +389,11 @@ static void test_nce_share(int objective, int B, int Bs, int first, int L, int R
         for (int c = 0; c < R; c++)
             tgtT[(size_t)c * BL + j] = tgt[j * R + c];
     double loss, reg;
-    cpu_nce_scratch nsc = {0};
-    REQUIRE(cpu_nce_direction_part(srcT, Bs, first, tgtT, R, B, L, tclip, objective, 0.7f, 0.3f, NULL, NULL, &loss,
+    amdim_cpu_nce_scratch nsc = {0};
+    REQUIRE(amdim_cpu_nce_direction_part(srcT, Bs, first, tgtT, R, B, L, tclip, objective, 0.7f, 0.3f, NULL, NULL, &loss,
                                    &reg, dsT, dtT, &nsc) == 0,
             "cpu nce part");
-    cpu_nce_scratch_free(&nsc);
+    amdim_cpu_nce_scratch_free(&nsc);
     float *S = malloc(ns * 4);
     for (int i = 0; i < Bs; i++)
         for (size_t j = 0; j < BL; j++) {
@@ -404,7 +404,7 @@ static void test_nce_share(int objective, int B, int Bs, int first, int L, int R
         }
     float *dS_ = up(S, ns * 4), *ddS = dev(ns * 4);
     double *drows = dev(2 * (size_t)Bs * sizeof(double)), *rows = malloc(2 * (size_t)Bs * sizeof(double));
-    OK(nce_rows_cuda(&ctx, dS_, ddS, NULL, Bs, first, B, L, tclip, objective, 0.7f, 0.3f, drows));
+    OK(amdim_nce_rows_cuda(&ctx, dS_, ddS, NULL, Bs, first, B, L, tclip, objective, 0.7f, 0.3f, drows));
     float *dS = down(ddS, ns);
     REQUIRE(cudaMemcpy(rows, drows, 2 * (size_t)Bs * sizeof(double), cudaMemcpyDeviceToHost) == cudaSuccess, "copy");
     double gl = 0, gs = 0;
@@ -454,10 +454,10 @@ static void test_nce(int objective, int B, int L, int R)
         for (int c = 0; c < R; c++)
             tgtT[(size_t)c * BL + j] = tgt[j * R + c];
     double loss, reg;
-    cpu_nce_scratch ns = {0};
-    REQUIRE(cpu_nce_direction(srcT, tgtT, R, B, L, tclip, objective, 0.7f, 0.3f, NULL, NULL, &loss, &reg, dsT, dtT, &ns) == 0,
+    amdim_cpu_nce_scratch ns = {0};
+    REQUIRE(amdim_cpu_nce_direction(srcT, tgtT, R, B, L, tclip, objective, 0.7f, 0.3f, NULL, NULL, &loss, &reg, dsT, dtT, &ns) == 0,
             "cpu nce");
-    cpu_nce_scratch_free(&ns);
+    amdim_cpu_nce_scratch_free(&ns);
     /* GPU row work on host-made scores, then the two gradient products on the host */
     float *S = malloc(n * 4);
     for (int i = 0; i < B; i++)
@@ -470,7 +470,7 @@ static void test_nce(int objective, int B, int L, int R)
     float *dS_ = up(S, n * 4), *ddS = dev(n * 4);
     void *ddSa = act16 ? deva(n) : NULL; /* the bf16 copy for the GEMMs */
     double *drows = dev(2 * (size_t)B * sizeof(double)), *rows = malloc(2 * (size_t)B * sizeof(double));
-    OK(nce_rows_cuda(&ctx, dS_, ddS, ddSa, B, 0, B, L, tclip, objective, 0.7f, 0.3f, drows));
+    OK(amdim_nce_rows_cuda(&ctx, dS_, ddS, ddSa, B, 0, B, L, tclip, objective, 0.7f, 0.3f, drows));
     float *dS = down(ddS, n);
     if (ddSa) { /* exactly the float gradient, rounded */
         float *ga = downa(ddSa, n);
@@ -522,8 +522,8 @@ static void test_nce(int objective, int B, int L, int R)
         }
     int32_t *didx = up(idx, B * sizeof *idx);
     void *dr5 = upa(r5, (size_t)B * 25 * R), *dg = deva((size_t)B * R), *dsrc = upa(src, (size_t)B * R);
-    OK(gather_rows_cuda(&ctx, dr5, didx, B, R, dg));
-    OK(scatter_rows_add_cuda(&ctx, dsrc, didx, B, R, dr5));
+    OK(amdim_gather_rows_cuda(&ctx, dr5, didx, B, R, dg));
+    OK(amdim_scatter_rows_add_cuda(&ctx, dsrc, didx, B, R, dr5));
     float *gg = downa(dg, (size_t)B * R), *gr5 = downa(dr5, (size_t)B * 25 * R);
     compare("gather_rows", gg, gref, (size_t)B * R);
     compare("scatter_rows_add", gr5, r5ref, (size_t)B * 25 * R);
@@ -545,7 +545,7 @@ static void test_adam_layout(void)
     float *dw = up(w, n * 4), *dg = up(g, n * 4), *dm = up(m, n * 4), *dv = up(v, n * 4);
     uint16_t *db = dev(n * 2), *hb = malloc(n * 2);
     amdim_adam_hparams *dh = up(&h, sizeof h); /* the kernel reads them from the device */
-    OK(adam_cuda(&ctx, dw, dg, dm, dv, n, dh, db));
+    OK(amdim_adam_cuda(&ctx, dw, dg, dm, dv, n, dh, db));
     float *gw = down(dw, n), *gm = down(dm, n), *gv = down(dv, n);
     REQUIRE(cudaMemcpy(hb, db, n * 2, cudaMemcpyDeviceToHost) == cudaSuccess, "copy");
     compare("adam w", gw, rw, n);
@@ -578,8 +578,8 @@ static void test_layout(int O, int I, int K, int Ipad)
                 }
     float *df = up(f, fn * 4), *dacc = up(acc, fn * 4);
     void *dt = deva(fp); /* the OHWI copy in the activation type */
-    OK(oihw_to_ohwi_cuda(&ctx, df, O, I, K, Ipad, dt));
-    OK(ohwi_to_oihw_add_cuda(&ctx, dt, O, I, K, Ipad, dacc));
+    OK(amdim_oihw_to_ohwi_cuda(&ctx, df, O, I, K, Ipad, dt));
+    OK(amdim_ohwi_to_oihw_add_cuda(&ctx, dt, O, I, K, Ipad, dacc));
     float *gt = downa(dt, fp), *gacc = down(dacc, fn);
     compare("oihw_to_ohwi", gt, ohwi, fp);
     compare("ohwi_to_oihw_add", gacc, racc, fn);

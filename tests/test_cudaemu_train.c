@@ -72,7 +72,7 @@ int main(int argc, char **argv)
     REQUIRE(argc == 6, "usage: test_cudaemu_train AMDIM-LOAD AMDIM-TRAIN AMDIM-TRAIN-EMULATED AMDIM-EMBED "
                        "AMDIM-EMBED-EMULATED");
     load_bin = argv[1];
-    const char *cpu_bin = argv[2], *emu_bin = argv[3];
+    const char *amdim_cpu_bin = argv[2], *emu_bin = argv[3];
     snprintf(data, sizeof data, "%s", test_path("data.lmdb"));
     test_make_stripes(data, 160, 40);
     char runC[4200], runG[4200], runH[4200], *e;
@@ -82,7 +82,7 @@ int main(int argc, char **argv)
 
     /* fp32: the same 12 steps on the CPU and on the emulated device */
     const char *tc[] = {"--out", runC, MODEL, "--steps", "12", "--device", "cpu", NULL};
-    int rc = train(cpu_bin, tc, &e);
+    int rc = train(amdim_cpu_bin, tc, &e);
     REQUIRE(rc == 0, "CPU run failed: %s", e);
     free(e);
     const char *tg[] = {"--out", runG, MODEL, "--steps", "12", "--device", "cuda", "--precision", "fp32", NULL};
@@ -118,7 +118,7 @@ int main(int argc, char **argv)
     int nh = losses(runH, lh, 32);
     CHECK(nh == 8 && isfinite(lh[nh - 1]), "bf16: %d loss lines", nh);
     const char *tr[] = {"--resume", runH, "--log-every", "1", "--steps", "12", "--device", "cpu", NULL};
-    rc = train(cpu_bin, tr, &e);
+    rc = train(amdim_cpu_bin, tr, &e);
     CHECK(rc == 0 && strstr(e, "(step 8)"), "the CPU did not resume the bf16 CUDA checkpoint: %d %s", rc, e);
     free(e);
     nh = losses(runH, lh, 32);

@@ -56,17 +56,17 @@ static int run_case(const amdim_record *rec, int mode, double *seconds, char *er
         amdim_augment_config cfg;
         amdim_augment_preset("imagenet", &cfg);
         amdim_augmenter *a;
-        int st = amdim_augmenter_create(&a, &cfg);
+        int st = amdim_augment_create(&a, &cfg);
         if (st == 0) {
             amdim_decode_options d = {.region = mode != PAIR_FULL,
                                       .scales = mode == PAIR_SCALED ? AMDIM_DECODE_SCALES_DEFAULT : 0};
-            amdim_augmenter_set_decode(a, &d);
+            amdim_augment_set_decode(a, &d);
             size_t view = (size_t)cfg.size * cfg.size * 3;
             uint8_t *v1 = malloc(view), *v2 = malloc(view);
             st = mode == TEST_VIEW ? amdim_augment_test_view(a, rec, v1)
                                    : amdim_augment_pair(a, rec, 1, 0, 0, v1, v2, NULL);
         }
-        const char *msg = a ? amdim_augmenter_error(a) : "cannot create the augmenter";
+        const char *msg = a ? amdim_augment_error(a) : "cannot create the augmenter";
         (void)!write(fds[1], &st, sizeof st);
         (void)!write(fds[1], msg, strlen(msg) + 1);
         _exit(0);

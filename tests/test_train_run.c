@@ -292,7 +292,7 @@ int main(int argc, char **argv)
         amdim_augment_config ac;
         amdim_augment_preset("cifar", &ac);
         amdim_augmenter *aug;
-        amdim_augmenter_create(&aug, &ac);
+        amdim_augment_create(&aug, &ac);
         amdim_dataset *ds;
         REQUIRE(amdim_dataset_open(&ds, data, err, sizeof err) == 0, "%s", err);
         uint8_t img[3 * 32 * 32 * 3];
@@ -355,7 +355,7 @@ int main(int argc, char **argv)
             free(pe);
         }
         amdim_dataset_close(ds);
-        amdim_augmenter_destroy(aug);
+        amdim_augment_destroy(aug);
         amdim_model_destroy(m);
         free(fd);
         free(ld);

@@ -64,13 +64,13 @@ static double dot(const float *g, const float *y, size_t n)
 typedef struct {
     int cin, n, h, cout, k, s, ho;
     float *x, *w, *b, *y, *g;
-    cpu_op_scratch scr;
+    amdim_cpu_op_scratch scr;
 } conv_ctx;
 
 static double conv_loss(void *p)
 {
     conv_ctx *c = p;
-    cpu_conv2d_forward(c->x, c->cin, c->n, c->h, c->h, c->w, c->b, c->cout, c->k, c->s, c->y, &c->scr);
+    amdim_cpu_conv2d_forward(c->x, c->cin, c->n, c->h, c->h, c->w, c->b, c->cout, c->k, c->s, c->y, &c->scr);
     return dot(c->g, c->y, (size_t)c->cout * c->n * c->ho * c->ho);
 }
 
@@ -87,7 +87,7 @@ static void test_conv(int cin, int cout, int h, int k, int s, int bias)
         fill(c.b, (size_t)cout, -0.5f, 0.5f);
     fill(c.g, ny, -1, 1);
     conv_loss(&c);
-    cpu_conv2d_backward(c.x, cin, c.n, h, h, c.w, cout, k, s, c.g, dx, dw, bias ? db : NULL, &c.scr);
+    amdim_cpu_conv2d_backward(c.x, cin, c.n, h, h, c.w, cout, k, s, c.g, dx, dw, bias ? db : NULL, &c.scr);
     char op[64];
     snprintf(op, sizeof op, "conv k%d s%d %d->%d", k, s, cin, cout);
     check(op, "x", conv_loss, &c, c.x, dx, nx, 1e-2f);
@@ -95,7 +95,7 @@ static void test_conv(int cin, int cout, int h, int k, int s, int bias)
     if (bias)
         check(op, "b", conv_loss, &c, c.b, db, (size_t)cout, 1e-2f);
     free(c.x), free(c.w), free(c.b), free(c.y), free(c.g), free(dx), free(dw), free(db);
-    cpu_op_scratch_free(&c.scr);
+    amdim_cpu_op_scratch_free(&c.scr);
 }
 
 /* ---- avgpool shortcut, relu ---------------------------------------------- */
@@ -107,7 +107,7 @@ typedef struct {
 static double pool_loss(void *p)
 {
     pool_ctx *c = p;
-    cpu_avgpool_pad_forward(c->x, c->cin, c->n, c->h, c->h, c->k, c->s, c->cout, c->y);
+    amdim_cpu_avgpool_pad_forward(c->x, c->cin, c->n, c->h, c->h, c->k, c->s, c->cout, c->y);
     return dot(c->g, c->y, (size_t)c->cout * c->n * c->ho * c->ho);
 }
 
@@ -120,7 +120,7 @@ static void test_pool(int cin, int cout, int h, int k, int s)
     fill(c.x, nx, -1, 1);
     fill(c.g, ny, -1, 1);
     pool_loss(&c);
-    cpu_avgpool_pad_backward(c.g, cin, 2, h, h, k, s, dx);
+    amdim_cpu_avgpool_pad_backward(c.g, cin, 2, h, h, k, s, dx);
     check("avgpool+channel pad", "x", pool_loss, &c, c.x, dx, nx, 1e-2f);
     free(c.x), free(c.y), free(c.g), free(dx);
 }
@@ -134,7 +134,7 @@ static double relu_loss(void *p)
 {
     relu_ctx *c = p;
     memcpy(c->y, c->x, c->n * 4);
-    cpu_relu_forward(c->y, c->n);
+    amdim_cpu_relu_forward(c->y, c->n);
     return dot(c->g, c->y, c->n);
 }
 
@@ -143,17 +143,17 @@ typedef struct {
     int c, n1d;
     size_t count;
     float *x, *y, *g, *mean, *istd, rm[16], rv[16], nbt;
-    cpu_bn_params p;
-    cpu_op_scratch scr;
+    amdim_cpu_bn_params p;
+    amdim_cpu_op_scratch scr;
 } bn_ctx;
 
 static double bn_loss(void *p)
 {
     bn_ctx *b = p;
     if (b->n1d)
-        cpu_batchnorm1d_forward_train(b->x, (int)b->count, b->c, &b->p, b->y, b->mean, b->istd, &b->scr);
+        amdim_cpu_batchnorm1d_forward_train(b->x, (int)b->count, b->c, &b->p, b->y, b->mean, b->istd, &b->scr);
     else
-        cpu_batchnorm_forward_train(b->x, b->c, b->count, &b->p, b->y, b->mean, b->istd);
+        amdim_cpu_batchnorm_forward_train(b->x, b->c, b->count, &b->p, b->y, b->mean, b->istd);
     return dot(b->g, b->y, (size_t)b->c * b->count);
 }
 
@@ -168,27 +168,27 @@ static void test_bn(int one_d)
     float gamma[5], beta[5], dgamma[5] = {0}, dbeta[5] = {0};
     fill(gamma, 5, 0.5f, 1.5f);
     fill(beta, 5, -0.5f, 0.5f);
-    b.p = (cpu_bn_params){gamma, beta, b.rm, b.rv, &b.nbt, dgamma, dbeta, NULL};
+    b.p = (amdim_cpu_bn_params){gamma, beta, b.rm, b.rv, &b.nbt, dgamma, dbeta, NULL};
     fill(b.x, n, -2, 2);
     fill(b.g, n, -1, 1);
     float *dx = malloc(n * 4);
     bn_loss(&b);
     if (one_d)
-        cpu_batchnorm1d_backward(b.x, (int)b.count, b.c, &b.p, b.mean, b.istd, b.g, dx, &b.scr);
+        amdim_cpu_batchnorm1d_backward(b.x, (int)b.count, b.c, &b.p, b.mean, b.istd, b.g, dx, &b.scr);
     else
-        cpu_batchnorm_backward(b.x, b.c, b.count, &b.p, b.mean, b.istd, b.g, dx);
+        amdim_cpu_batchnorm_backward(b.x, b.c, b.count, &b.p, b.mean, b.istd, b.g, dx);
     const char *op = one_d ? "batchnorm1d" : "batchnorm2d";
     check(op, "x", bn_loss, &b, b.x, dx, n, 1e-2f);
     check(op, "gamma", bn_loss, &b, gamma, dgamma, 5, 1e-2f);
     check(op, "beta", bn_loss, &b, beta, dbeta, 5, 1e-2f);
     /* running statistics: momentum 0.1, unbiased variance */
     float rm[5] = {0}, rv[5] = {1, 1, 1, 1, 1}, nbt = 0, y2[5 * 18];
-    cpu_bn_params q = {gamma, beta, rm, rv, &nbt, dgamma, dbeta, NULL};
+    amdim_cpu_bn_params q = {gamma, beta, rm, rv, &nbt, dgamma, dbeta, NULL};
     float m2[5], s2[5];
     if (one_d)
-        cpu_batchnorm1d_forward_train(b.x, (int)b.count, 5, &q, y2, m2, s2, &b.scr);
+        amdim_cpu_batchnorm1d_forward_train(b.x, (int)b.count, 5, &q, y2, m2, s2, &b.scr);
     else
-        cpu_batchnorm_forward_train(b.x, 5, b.count, &q, y2, m2, s2);
+        amdim_cpu_batchnorm_forward_train(b.x, 5, b.count, &q, y2, m2, s2);
     for (int c = 0; c < 5; c++) {
         double mu = 0, var = 0;
         for (size_t i = 0; i < b.count; i++)
@@ -203,7 +203,7 @@ static void test_bn(int one_d)
     }
     CHECK(nbt == 1, "num_batches_tracked %f", nbt);
     free(b.x), free(b.y), free(b.g), free(b.mean), free(b.istd), free(dx);
-    cpu_op_scratch_free(&b.scr);
+    amdim_cpu_op_scratch_free(&b.scr);
 }
 
 /* ---- linear, dropout, classifier loss ----------------------------------- */
@@ -215,7 +215,7 @@ typedef struct {
 static double lin_loss(void *p)
 {
     lin_ctx *c = p;
-    cpu_linear_forward(c->x, c->n, c->in, c->w, c->b, c->out, c->y);
+    amdim_cpu_linear_forward(c->x, c->n, c->in, c->w, c->b, c->out, c->y);
     return dot(c->g, c->y, (size_t)c->n * c->out);
 }
 
@@ -228,7 +228,7 @@ typedef struct {
 static double cls_loss(void *p)
 {
     cls_ctx *c = p;
-    return cpu_classifier_loss(c->logits, c->n, c->k, c->labels, NULL, 1.0f, NULL, NULL);
+    return amdim_cpu_classifier_loss(c->logits, c->n, c->k, c->labels, NULL, 1.0f, NULL, NULL);
 }
 
 /* ---- the objective -------------------------------------------------------- */
@@ -236,14 +236,14 @@ typedef struct {
     int C, B, L, obj;
     float *src, *tgt;
     const double *w; /* per-positive weights (NCE) or NULL */
-    cpu_nce_scratch s;
+    amdim_cpu_nce_scratch s;
 } nce_ctx;
 
 static double nce_loss(void *p)
 {
     nce_ctx *c = p;
     double reg, l;
-    REQUIRE(cpu_nce_direction(c->src, c->tgt, c->C, c->B, c->L, 2.5f, c->obj, 0.7f, 0.3f, c->w, NULL, &l, &reg, NULL,
+    REQUIRE(amdim_cpu_nce_direction(c->src, c->tgt, c->C, c->B, c->L, 2.5f, c->obj, 0.7f, 0.3f, c->w, NULL, &l, &reg, NULL,
                               NULL, &c->s) == 0,
             "nce scratch");
     return 0.7 * l + 0.3 * reg;
@@ -268,7 +268,7 @@ static void test_nce(int obj, int weighted)
     fill(c.tgt, nt, -2, 2);
     float *ds = calloc(ns, 4), *dt = calloc(nt, 4);
     double reg, loss;
-    REQUIRE(cpu_nce_direction(c.src, c.tgt, c.C, c.B, c.L, 2.5f, obj, 0.7f, 0.3f, c.w, weighted ? lsm : NULL, &loss,
+    REQUIRE(amdim_cpu_nce_direction(c.src, c.tgt, c.C, c.B, c.L, 2.5f, obj, 0.7f, 0.3f, c.w, weighted ? lsm : NULL, &loss,
                               &reg, ds, dt, &c.s) == 0,
             "nce scratch");
     static const char *names[] = {"objective nce", "objective jsd", "objective dv"};
@@ -282,14 +282,14 @@ static void test_nce(int obj, int weighted)
         /* weights of 1 are the plain objective, bit for bit */
         float *ds0 = calloc(ns, 4), *dt0 = calloc(nt, 4), *ds1 = calloc(ns, 4), *dt1 = calloc(nt, 4);
         double l0, r0, l1, r1;
-        cpu_nce_direction(c.src, c.tgt, c.C, c.B, c.L, 2.5f, obj, 0.7f, 0.3f, NULL, NULL, &l0, &r0, ds0, dt0, &c.s);
-        cpu_nce_direction(c.src, c.tgt, c.C, c.B, c.L, 2.5f, obj, 0.7f, 0.3f, ones, lsm, &l1, &r1, ds1, dt1, &c.s);
+        amdim_cpu_nce_direction(c.src, c.tgt, c.C, c.B, c.L, 2.5f, obj, 0.7f, 0.3f, NULL, NULL, &l0, &r0, ds0, dt0, &c.s);
+        amdim_cpu_nce_direction(c.src, c.tgt, c.C, c.B, c.L, 2.5f, obj, 0.7f, 0.3f, ones, lsm, &l1, &r1, ds1, dt1, &c.s);
         CHECK(l0 == l1 && r0 == r1 && memcmp(ds0, ds1, ns * 4) == 0 && memcmp(dt0, dt1, nt * 4) == 0,
               "nce with weights 1 differs from the plain objective");
         free(ds0), free(dt0), free(ds1), free(dt1);
     }
     free(c.src), free(c.tgt), free(ds), free(dt);
-    cpu_nce_scratch_free(&c.s);
+    amdim_cpu_nce_scratch_free(&c.s);
 }
 
 /* ---- the mixture function ------------------------------------------------------ */
@@ -301,7 +301,7 @@ typedef struct {
 static double mix_loss(void *p)
 {
     mix_ctx *c = p;
-    cpu_mixture_forward(c->f, c->R, c->B, c->K, c->w1, c->b1, c->w2, c->b2, c->h, c->mix);
+    amdim_cpu_mixture_forward(c->f, c->R, c->B, c->K, c->w1, c->b1, c->w2, c->b2, c->h, c->mix);
     return dot(c->g, c->mix, (size_t)c->K * c->R * c->B);
 }
 
@@ -315,9 +315,9 @@ static void test_mixture(void)
     fill(c.w2, nw2, -1, 1), fill(c.b2, (size_t)c.K * c.R, -0.5f, 0.5f), fill(c.g, nm, -1, 1);
     float *df = calloc(nf, 4), *dw1 = calloc((size_t)c.R * c.R, 4), *db1 = calloc((size_t)c.R, 4);
     float *dw2 = calloc(nw2, 4), *db2 = calloc((size_t)c.K * c.R, 4);
-    cpu_op_scratch scr = {0};
+    amdim_cpu_op_scratch scr = {0};
     mix_loss(&c);
-    REQUIRE(cpu_mixture_backward(c.f, c.h, c.R, c.B, c.K, c.w1, c.w2, c.g, df, dw1, db1, dw2, db2, &scr) == 0, "scratch");
+    REQUIRE(amdim_cpu_mixture_backward(c.f, c.h, c.R, c.B, c.K, c.w1, c.w2, c.g, df, dw1, db1, dw2, db2, &scr) == 0, "scratch");
     check("mixture", "f", mix_loss, &c, c.f, df, nf, 1e-2f);
     check("mixture", "fc1.weight", mix_loss, &c, c.w1, dw1, (size_t)c.R * c.R, 1e-2f);
     check("mixture", "fc1.bias", mix_loss, &c, c.b1, db1, (size_t)c.R, 1e-2f);
@@ -325,7 +325,7 @@ static void test_mixture(void)
     check("mixture", "fc2.bias", mix_loss, &c, c.b2, db2, (size_t)c.K * c.R, 1e-2f);
     free(c.f), free(c.w1), free(c.b1), free(c.w2), free(c.b2), free(c.h), free(c.mix), free(c.g);
     free(df), free(dw1), free(db1), free(dw2), free(db2);
-    cpu_op_scratch_free(&scr);
+    amdim_cpu_op_scratch_free(&scr);
 }
 
 /* The assignment: a softmax over components at temperature tau, and its entropy. */
@@ -359,7 +359,7 @@ int main(void)
     float dr[40];
     relu_loss(&r);
     memcpy(dr, r.g, sizeof dr);
-    cpu_relu_backward(r.y, dr, 40);
+    amdim_cpu_relu_backward(r.y, dr, 40);
     check("relu", "x", relu_loss, &r, r.x, dr, 40, 1e-2f);
     free(r.x), free(r.y), free(r.g);
     test_bn(0);
@@ -368,15 +368,15 @@ int main(void)
     fill(l.x, 24, -1, 1), fill(l.w, 18, -1, 1), fill(l.b, 3, -1, 1), fill(l.g, 12, -1, 1);
     float ldx[24], ldw[18] = {0}, ldb[3] = {0};
     lin_loss(&l);
-    cpu_linear_backward(l.x, 4, 6, l.w, 3, l.g, ldx, ldw, ldb);
+    amdim_cpu_linear_backward(l.x, 4, 6, l.w, 3, l.g, ldx, ldw, ldb);
     check("linear", "x", lin_loss, &l, l.x, ldx, 24, 1e-2f);
     check("linear", "w", lin_loss, &l, l.w, ldw, 18, 1e-2f);
     check("linear", "b", lin_loss, &l, l.b, ldb, 3, 1e-2f);
     free(l.x), free(l.w), free(l.b), free(l.y), free(l.g);
     /* dropout is linear in x: its backward is the same mask */
     float dx_in[8] = {1, 2, 3, 4, 5, 6, 7, 8}, mask[8] = {1, 0, 1, 1, 0, 1, 1, 1}, dy[8], out[8];
-    cpu_dropout_forward(dx_in, mask, 0.2f, 8, out);
-    cpu_dropout_backward(dx_in, mask, 0.2f, 8, dy);
+    amdim_cpu_dropout_forward(dx_in, mask, 0.2f, 8, out);
+    amdim_cpu_dropout_backward(dx_in, mask, 0.2f, 8, dy);
     int ok = 1;
     for (int i = 0; i < 8; i++)
         ok &= fabsf(out[i] - dx_in[i] * mask[i] / 0.8f) < 1e-6f && fabsf(dy[i] - out[i]) < 1e-6f;
@@ -388,7 +388,7 @@ int main(void)
     float dl[20];
     cls_ctx cc = {logits, labels, 4, 5};
     int corr, lab;
-    cpu_classifier_loss(logits, 4, 5, labels, dl, 1.0f, &corr, &lab);
+    amdim_cpu_classifier_loss(logits, 4, 5, labels, dl, 1.0f, &corr, &lab);
     CHECK(lab == 3, "labelled rows %d", lab);
     check("classifier loss", "logits", cls_loss, &cc, logits, dl, 20, 1e-2f);
     for (int obj = 0; obj < 3; obj++)

@@ -55,7 +55,7 @@ static void run(double *losses, double *acc_last)
     amdim_augment_config ac;
     amdim_augment_preset("cifar", &ac);
     amdim_augmenter *aug;
-    REQUIRE(amdim_augmenter_create(&aug, &ac) == 0, "augmenter");
+    REQUIRE(amdim_augment_create(&aug, &ac) == 0, "augmenter");
     uint8_t *v1 = malloc(BATCH * 32 * 32 * 3), *v2 = malloc(BATCH * 32 * 32 * 3);
     int32_t lab[BATCH];
     int correct = 0, labelled = 0;
@@ -98,7 +98,7 @@ static void run(double *losses, double *acc_last)
     CHECK(p.data[0] == before, "evaluation changed running statistics");
     free(v1);
     free(v2);
-    amdim_augmenter_destroy(aug);
+    amdim_augment_destroy(aug);
     amdim_model_destroy(m);
 }
 

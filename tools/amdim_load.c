@@ -94,7 +94,7 @@ int main(int argc, char **argv)
         {"tune-seconds", required_argument, NULL, OPT_TUNESEC}, {"shard", required_argument, NULL, OPT_SHARD},
         {"help", no_argument, NULL, 'h'},            {NULL, 0, NULL, 0}};
     int cores = amdim_cpu_count();
-    amdim_load_options o = {.split = "train", .workers = cores > 1 ? cores - 1 : 1, .batch = 200, .slots = 3,
+    amdim_loader_serve_options o = {.split = "train", .workers = cores > 1 ? cores - 1 : 1, .batch = 200, .slots = 3,
                             .queue_depth = 16, .epochs = 1, .out_fd = 1};
     long long v;
     int c, tune = 0, max_workers = cores;
@@ -153,7 +153,7 @@ int main(int argc, char **argv)
     }
     o.path = argv[optind];
     if (tune)
-        return amdim_load_tune(&o, max_workers, tune_seconds, target);
+        return amdim_loader_tune(&o, max_workers, tune_seconds, target);
     if (target > 0)
         return usage_error("--target needs --tune%s", "");
     struct stat sb;
@@ -169,7 +169,7 @@ int main(int argc, char **argv)
     signal(SIGPIPE, SIG_IGN);
     o.cancel = &g_cancel;
     char err[2048];
-    int st = amdim_load_run(&o, err, sizeof err);
+    int st = amdim_loader_serve(&o, err, sizeof err);
     if (st) {
         fprintf(stderr, "amdim-load: loading failed: %s (%s)\n", amdim_strerror(st), err);
         return st == AMDIM_E_CANCELLED ? 130 : 1;

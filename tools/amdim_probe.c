@@ -26,7 +26,7 @@ int main(int argc, char **argv)
             break;
         case 'r': seed = strtoull(optarg, NULL, 10); break;
         case 'h':
-            printf("Usage: amdim-probe [--train-split S] [--test-split S] [--epochs N] DATA.lmdb\n\n"
+            printf("Usage: amdim-probe [--train-split S] [--test-split S] [--epochs N] [--seed S] DATA.lmdb\n\n"
                    "Trains a linear softmax classifier on the standardised raw pixels of the train split\n"
                    "(Adam, batches of 256) and prints test_accuracy: on the test split.\n");
             return 0;

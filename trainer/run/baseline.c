@@ -15,7 +15,7 @@
 static void linear_softmax_step(const float *x, const int32_t *y, int nb, int dim, int K, const float *w, const float *b,
                                 float *gw, float *gb, float *logits, float *dl)
 {
-    cpu_linear_forward(x, nb, dim, w, b, K, logits);
+    amdim_cpu_linear_forward(x, nb, dim, w, b, K, logits);
     int valid = 0;
     for (int r = 0; r < nb; r++)
         valid += y[r] >= 0 && y[r] < K;
@@ -35,7 +35,7 @@ static void linear_softmax_step(const float *x, const int32_t *y, int nb, int di
     }
     memset(gw, 0, (size_t)K * dim * 4);
     memset(gb, 0, (size_t)K * 4);
-    cpu_linear_backward(x, nb, dim, w, K, dl, NULL, gw, gb);
+    amdim_cpu_linear_backward(x, nb, dim, w, K, dl, NULL, gw, gb);
 }
 
 static int load_raw(amdim_dataset *ds, const char *split, float **x, int32_t **y, uint64_t *n, int *dim, char *err,

@@ -34,7 +34,7 @@ static void test_batches_close(test_batches *t)
 {
     free(t->images);
     free(t->labels);
-    amdim_augmenter_destroy(t->aug);
+    amdim_augment_destroy(t->aug);
     amdim_dataset_close(t->ds);
     memset(t, 0, sizeof *t);
 }
@@ -64,7 +64,7 @@ static int test_batches_open(test_batches *t, const amdim_model *m, const char *
     t->view = (size_t)ac.size * ac.size * 3;
     t->images = malloc(t->view * (size_t)batch);
     t->labels = malloc((size_t)batch * sizeof *t->labels);
-    if (!t->images || !t->labels || (st = amdim_augmenter_create(&t->aug, &ac))) {
+    if (!t->images || !t->labels || (st = amdim_augment_create(&t->aug, &ac))) {
         test_batches_close(t);
         return amdim_fail(err, n, AMDIM_E_NOMEM, "out of memory for test batches of %d", batch);
     }
@@ -82,7 +82,7 @@ static int test_batches_next(test_batches *t, int *count, char *err, size_t n)
             return amdim_fail(err, n, st, "%s", amdim_dataset_error(t->ds));
         if ((st = amdim_augment_test_view(t->aug, &rec, t->images + (size_t)nb * t->view)))
             return amdim_fail(err, n, st, "%s split %s record %llu: %s", t->path, t->split,
-                              (unsigned long long)t->next, amdim_augmenter_error(t->aug));
+                              (unsigned long long)t->next, amdim_augment_error(t->aug));
         t->labels[nb] = rec.label;
     }
     *count = nb;

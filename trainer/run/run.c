@@ -277,7 +277,7 @@ static uint64_t fnv(uint64_t h, const void *p, size_t n)
     return h;
 }
 
-static int ranks_agree(const amdim_train_options *o, const amdim_loader_info *li, const run_plan *p, amdim_model *m,
+static int ranks_agree(const amdim_train_options *o, const amdim_loader_info *li, const amdim_run_plan *p, amdim_model *m,
                        char *err, size_t n)
 {
     const amdim_comm *g = o->comm;
@@ -329,9 +329,9 @@ static int ranks_agree(const amdim_train_options *o, const amdim_loader_info *li
 
 int amdim_train_run(const amdim_train_options *o, char *err, size_t n)
 {
-    run_plan plan;
+    amdim_run_plan plan;
     amdim_loader_request req;
-    int st = run_plan_begin(o, &plan, &req, err, n);
+    int st = amdim_run_plan_begin(o, &plan, &req, err, n);
     if (st)
         return st;
     const char *dir = plan.dir;
@@ -341,7 +341,7 @@ int amdim_train_run(const amdim_train_options *o, char *err, size_t n)
     amdim_loader *l;
     char why[2048];
     if ((st = amdim_loader_attach(&l, o->in_fd, &req, why, sizeof why))) {
-        run_plan_end(&plan);
+        amdim_run_plan_end(&plan);
         return amdim_fail(err, n, st, "attaching to amdim-load: %s", why);
     }
     const amdim_loader_info *li = amdim_loader_get_info(l);
@@ -350,7 +350,7 @@ int amdim_train_run(const amdim_train_options *o, char *err, size_t n)
     uint32_t global_batch = li->batch * (uint32_t)ranks;
     amdim_output metrics = {.fd = -1}, *mout = NULL; /* rank 0 alone logs */
     uint32_t registered = 0; /* rings registered with the model */
-    if ((st = run_plan_configure(o, li, &plan, err, n)) || (st = run_plan_model(o, li, &plan, &m, err, n)) ||
+    if ((st = amdim_run_plan_configure(o, li, &plan, err, n)) || (st = amdim_run_plan_model(o, li, &plan, &m, err, n)) ||
         (st = ranks_agree(o, li, &plan, m, err, n)))
         goto done;
     /* every rank starts from rank 0's state, whatever each read */
@@ -576,6 +576,6 @@ done:
     }
     amdim_model_destroy(m);
     amdim_loader_close(l);
-    run_plan_end(&plan);
+    amdim_run_plan_end(&plan);
     return st;
 }

@@ -1,4 +1,4 @@
-/* Run configuration (see run_plan.h). */
+/* Run configuration (see run_plan_internal.h). */
 #include "run_plan_internal.h"
 
 #include <errno.h>
@@ -95,7 +95,7 @@ static int lock_dir(const char *dir, int *fd_out, char *err, size_t n)
     return AMDIM_OK;
 }
 
-void run_plan_end(run_plan *p)
+void amdim_run_plan_end(amdim_run_plan *p)
 {
     if (p->lock_fd >= 0)
         close(p->lock_fd);
@@ -113,7 +113,7 @@ static int remove_temporaries(const char *dir, char *err, size_t n)
     return st;
 }
 
-static int begin_dir(const amdim_train_options *o, run_plan *p, char *err, size_t n)
+static int begin_dir(const amdim_train_options *o, amdim_run_plan *p, char *err, size_t n)
 {
     int rank0 = !o->comm || o->comm->rank == 0, st, complete;
     if (!p->resuming && mkdir(p->dir, 0755) != 0 && errno != EEXIST)
@@ -138,7 +138,7 @@ static int begin_dir(const amdim_train_options *o, run_plan *p, char *err, size_
     return rank0 ? remove_temporaries(p->dir, err, n) : AMDIM_OK;
 }
 
-int run_plan_begin(const amdim_train_options *o, run_plan *p, amdim_loader_request *req, char *err, size_t n)
+int amdim_run_plan_begin(const amdim_train_options *o, amdim_run_plan *p, amdim_loader_request *req, char *err, size_t n)
 {
     memset(p, 0, sizeof *p);
     memset(req, 0, sizeof *req);
@@ -188,13 +188,13 @@ int run_plan_begin(const amdim_train_options *o, run_plan *p, amdim_loader_reque
         req->epochs = 1000000; /* step-limited: as many epochs as it takes */
     return AMDIM_OK;
 fail:
-    run_plan_end(p);
+    amdim_run_plan_end(p);
     return st;
 }
 
 /* The evaluation data exists, is labelled and fits the preset: checked now,
  * not after the first epoch. */
-static int check_eval_data(const amdim_train_options *o, const amdim_loader_info *li, const run_plan *p, char *err,
+static int check_eval_data(const amdim_train_options *o, const amdim_loader_info *li, const amdim_run_plan *p, char *err,
                            size_t n)
 {
     if (!o->eval_path)
@@ -223,7 +223,7 @@ static int check_eval_data(const amdim_train_options *o, const amdim_loader_info
     return st;
 }
 
-int run_plan_configure(const amdim_train_options *o, const amdim_loader_info *li, run_plan *p, char *err, size_t n)
+int amdim_run_plan_configure(const amdim_train_options *o, const amdim_loader_info *li, amdim_run_plan *p, char *err, size_t n)
 {
     amdim_model_config *cfg = &p->cfg;
     amdim_checkpoint_info *ci = &p->ci;
@@ -319,7 +319,7 @@ int run_plan_configure(const amdim_train_options *o, const amdim_loader_info *li
     return AMDIM_OK;
 }
 
-int run_plan_model(const amdim_train_options *o, const amdim_loader_info *li, run_plan *p, amdim_model **out,
+int amdim_run_plan_model(const amdim_train_options *o, const amdim_loader_info *li, amdim_run_plan *p, amdim_model **out,
                    char *err, size_t n)
 {
     amdim_model *m;

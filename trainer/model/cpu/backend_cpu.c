@@ -41,9 +41,9 @@ typedef struct {
     double *bn_avg;
     int comm_on;   /* inside a training step: BatchNorm may synchronise */
     int comm_size; /* the group size the buffers were made for (0: no group) */
-    cpu_op_scratch scr, scr2;
-    cpu_nce_scratch nce;
-} cpu_state;
+    amdim_cpu_op_scratch scr, scr2;
+    amdim_cpu_nce_scratch nce;
+} amdim_cpu_state;
 
 #define MFAIL(st, ...) AMDIM_MFAIL(m, (st), __VA_ARGS__)
 #define NOMEM() MFAIL(AMDIM_E_NOMEM, "out of memory (CPU backend scratch)")
@@ -73,13 +73,13 @@ static float *G(amdim_model *m, int i)
 /* The process group while a training step runs (NULL: one process). */
 static const amdim_comm *step_comm(const amdim_model *m)
 {
-    const cpu_state *c = m->bs;
+    const amdim_cpu_state *c = m->bs;
     return c->comm_on ? m->comm : NULL; /* m->comm: size > 1, or forced */
 }
 
-static cpu_bn_params bn_view(amdim_model *m, amdim_bn_ref r)
+static amdim_cpu_bn_params bn_view(amdim_model *m, amdim_bn_ref r)
 {
-    cpu_bn_params b = {W(m, r.t),     W(m, r.t + 1), W(m, r.t + 2), W(m, r.t + 3),
+    amdim_cpu_bn_params b = {W(m, r.t),     W(m, r.t + 1), W(m, r.t + 2), W(m, r.t + 3),
                        W(m, r.t + 4), G(m, r.t),     G(m, r.t + 1), step_comm(m)};
     return b;
 }
@@ -94,11 +94,11 @@ static int bn_forward(amdim_model *m, amdim_bn_ref r, const float *x, int C, siz
         memcpy(y, x, (size_t)C * cnt * sizeof(float));
         return AMDIM_OK;
     }
-    cpu_bn_params bp = bn_view(m, r);
+    amdim_cpu_bn_params bp = bn_view(m, r);
     if (train)
-        TRY(cpu_batchnorm_forward_train(x, C, cnt, &bp, y, mean, istd));
+        TRY(amdim_cpu_batchnorm_forward_train(x, C, cnt, &bp, y, mean, istd));
     else
-        cpu_batchnorm_forward_eval(x, C, cnt, &bp, y);
+        amdim_cpu_batchnorm_forward_eval(x, C, cnt, &bp, y);
     return AMDIM_OK;
 }
 
@@ -111,7 +111,7 @@ static void prof(amdim_model *m, int stage, int backward, double t0, int B)
 
 /* ---- buffers ------------------------------------------------------------ */
 
-static void free_buffers(amdim_model *m, cpu_state *c)
+static void free_buffers(amdim_model *m, amdim_cpu_state *c)
 {
     for (int v = 0; v < 2; v++) {
         free(c->x[v]);
@@ -138,8 +138,8 @@ static void free_buffers(amdim_model *m, cpu_state *c)
         for (int f = 0; f < 2; f++)
             free(c->tg[v][f]), free(c->dtg[v][f]);
     free(c->pack), free(c->unpack), free(c->bn_avg);
-    cpu_op_scratch s1 = c->scr, s2 = c->scr2;
-    cpu_nce_scratch ns = c->nce;
+    amdim_cpu_op_scratch s1 = c->scr, s2 = c->scr2;
+    amdim_cpu_nce_scratch ns = c->nce;
     memset(c, 0, sizeof *c);
     c->scr = s1, c->scr2 = s2, c->nce = ns;
 }
@@ -161,7 +161,7 @@ static void free_buffers(amdim_model *m, cpu_state *c)
 
 /* Buffers for batch B; ranks > 0: also those of a training step in a
  * process group of that size. */
-static int alloc_buffers(const amdim_arch *a, cpu_state *c, int B, int ranks, size_t *bytes)
+static int alloc_buffers(const amdim_arch *a, amdim_cpu_state *c, int B, int ranks, size_t *bytes)
 {
     int S = a->cfg.encoder_size, R = a->cfg.n_rkhs;
     layer_cache counted;
@@ -257,7 +257,7 @@ static int alloc_buffers(const amdim_arch *a, cpu_state *c, int B, int ranks, si
  * buffers, which evaluation and BN refresh never need. */
 static int ensure_buffers_for(amdim_model *m, int B, int group)
 {
-    cpu_state *c = m->bs;
+    amdim_cpu_state *c = m->bs;
     int size = group && m->comm ? m->comm->size : 0;
     if (c->batch == B && (c->comm_size == size || (!group && c->comm_size)))
         return AMDIM_OK;
@@ -273,7 +273,7 @@ static int ensure_buffers(amdim_model *m, int B) { return ensure_buffers_for(m, 
 
 size_t amdim_cpu_step_bytes(const amdim_arch *a, int B, int ranks, int training)
 {
-    cpu_state c;
+    amdim_cpu_state c;
     memset(&c, 0, sizeof c);
     size_t bytes = 0, conv = 0, scr2 = 0, R = (size_t)a->cfg.n_rkhs;
     alloc_buffers(a, &c, B, ranks > 1 ? ranks : 0, &bytes);
@@ -285,7 +285,7 @@ size_t amdim_cpu_step_bytes(const amdim_arch *a, int B, int ranks, int training)
         if (L->kind == AMDIM_LAYER_BN)
             continue;
         int h = L->kind == AMDIM_LAYER_STEM ? L->hin + 2 * L->pad : L->hin;
-        size_t cf = cpu_conv2d_scratch_floats(L->cin, B, h, L->k, L->s);
+        size_t cf = amdim_cpu_conv2d_scratch_floats(L->cin, B, h, L->k, L->s);
         size_t outn = (size_t)L->cout * B * L->hout * L->hout;
         conv = cf > conv ? cf : conv;
         scr2 = outn > scr2 ? outn : scr2;
@@ -305,30 +305,30 @@ size_t amdim_cpu_step_bytes(const amdim_arch *a, int B, int ranks, int training)
 
 static int layer_forward(amdim_model *m, const amdim_layer *L, layer_cache *lc, const float *x, int B, int train)
 {
-    cpu_state *c = m->bs;
+    amdim_cpu_state *c = m->bs;
     size_t outn = (size_t)L->cout * B * L->hout * L->hout, cnt = (size_t)B * L->hout * L->hout;
     switch (L->kind) {
     case AMDIM_LAYER_STEM: {
         const float *in = x;
         int h = L->hin;
         if (L->pad) {
-            cpu_reflect_pad_forward(x, L->cin, B, L->hin, L->hin, L->pad, lc->padded);
+            amdim_cpu_reflect_pad_forward(x, L->cin, B, L->hin, L->hin, L->pad, lc->padded);
             in = lc->padded;
             h += 2 * L->pad;
         }
-        TRY(cpu_conv2d_forward(in, L->cin, B, h, h, W(m, L->w1), W(m, L->b1), L->cout, L->k, L->s, lc->out, &c->scr));
-        cpu_relu_forward(lc->out, outn);
+        TRY(amdim_cpu_conv2d_forward(in, L->cin, B, h, h, W(m, L->w1), W(m, L->b1), L->cout, L->k, L->s, lc->out, &c->scr));
+        amdim_cpu_relu_forward(lc->out, outn);
         break;
     }
     case AMDIM_LAYER_RES: {
-        TRY(cpu_conv2d_forward(x, L->cin, B, L->hin, L->hin, W(m, L->w1), NULL, L->cout, L->k, L->s, lc->h1, &c->scr));
+        TRY(amdim_cpu_conv2d_forward(x, L->cin, B, L->hin, L->hin, W(m, L->w1), NULL, L->cout, L->k, L->s, lc->h1, &c->scr));
         TRY(bn_forward(m, L->bn, lc->h1, L->cout, cnt, train, lc->r, lc->mean, lc->istd));
-        cpu_relu_forward(lc->r, outn);
-        TRY(cpu_conv2d_forward(lc->r, L->cout, B, L->hout, L->hout, W(m, L->w2), NULL, L->cout, 1, 1, lc->out, &c->scr));
-        float *sc = cpu_op_scratch_get(&c->scr2, outn);
+        amdim_cpu_relu_forward(lc->r, outn);
+        TRY(amdim_cpu_conv2d_forward(lc->r, L->cout, B, L->hout, L->hout, W(m, L->w2), NULL, L->cout, 1, 1, lc->out, &c->scr));
+        float *sc = amdim_cpu_op_scratch_get(&c->scr2, outn);
         if (!sc)
             return NOMEM();
-        cpu_avgpool_pad_forward(x, L->cin, B, L->hin, L->hin, L->k, L->s, L->cout, sc);
+        amdim_cpu_avgpool_pad_forward(x, L->cin, B, L->hin, L->hin, L->k, L->s, L->cout, sc);
         for (size_t i = 0; i < outn; i++)
             lc->out[i] += sc[i];
         break;
@@ -344,39 +344,39 @@ static int layer_forward(amdim_model *m, const amdim_layer *L, layer_cache *lc, 
 static int layer_backward(amdim_model *m, const amdim_layer *L, layer_cache *lc, const float *x, int B, float *dy,
                           float *dx)
 {
-    cpu_state *c = m->bs;
+    amdim_cpu_state *c = m->bs;
     size_t outn = (size_t)L->cout * B * L->hout * L->hout, cnt = (size_t)B * L->hout * L->hout;
     switch (L->kind) {
     case AMDIM_LAYER_STEM: {
-        cpu_relu_backward(lc->out, dy, outn);
+        amdim_cpu_relu_backward(lc->out, dy, outn);
         const float *in = L->pad ? lc->padded : x;
         int h = L->hin + 2 * L->pad;
         AMDIM_ASSERT(!(L->pad && dx)); /* only the first layer pads: no input gradient */
-        TRY(cpu_conv2d_backward(in, L->cin, B, h, h, W(m, L->w1), L->cout, L->k, L->s, dy, dx, G(m, L->w1),
+        TRY(amdim_cpu_conv2d_backward(in, L->cin, B, h, h, W(m, L->w1), L->cout, L->k, L->s, dy, dx, G(m, L->w1),
                                 G(m, L->b1), &c->scr));
         break;
     }
     case AMDIM_LAYER_RES: {
-        float *dr = cpu_op_scratch_get(&c->scr2, outn);
+        float *dr = amdim_cpu_op_scratch_get(&c->scr2, outn);
         if (!dr)
             return NOMEM();
-        TRY(cpu_conv2d_backward(lc->r, L->cout, B, L->hout, L->hout, W(m, L->w2), L->cout, 1, 1, dy, dr, G(m, L->w2),
+        TRY(amdim_cpu_conv2d_backward(lc->r, L->cout, B, L->hout, L->hout, W(m, L->w2), L->cout, 1, 1, dy, dr, G(m, L->w2),
                                 NULL, &c->scr));
-        cpu_relu_backward(lc->r, dr, outn);
+        amdim_cpu_relu_backward(lc->r, dr, outn);
         if (L->bn.on) {
-            cpu_bn_params bp = bn_view(m, L->bn);
-            TRY(cpu_batchnorm_backward(lc->h1, L->cout, cnt, &bp, lc->mean, lc->istd, dr, dr));
+            amdim_cpu_bn_params bp = bn_view(m, L->bn);
+            TRY(amdim_cpu_batchnorm_backward(lc->h1, L->cout, cnt, &bp, lc->mean, lc->istd, dr, dr));
         }
-        TRY(cpu_conv2d_backward(x, L->cin, B, L->hin, L->hin, W(m, L->w1), L->cout, L->k, L->s, dr, dx, G(m, L->w1),
+        TRY(amdim_cpu_conv2d_backward(x, L->cin, B, L->hin, L->hin, W(m, L->w1), L->cout, L->k, L->s, dr, dx, G(m, L->w1),
                                 NULL, &c->scr));
         if (dx)
-            cpu_avgpool_pad_backward(dy, L->cin, B, L->hin, L->hin, L->k, L->s, dx);
+            amdim_cpu_avgpool_pad_backward(dy, L->cin, B, L->hin, L->hin, L->k, L->s, dx);
         break;
     }
     default:
         if (L->bn.on) {
-            cpu_bn_params bp = bn_view(m, L->bn);
-            TRY(cpu_batchnorm_backward(x, L->cout, cnt, &bp, lc->mean, lc->istd, dy, dx));
+            amdim_cpu_bn_params bp = bn_view(m, L->bn);
+            TRY(amdim_cpu_batchnorm_backward(x, L->cout, cnt, &bp, lc->mean, lc->istd, dy, dx));
         } else {
             memcpy(dx, dy, outn * sizeof(float));
         }
@@ -386,16 +386,16 @@ static int layer_backward(amdim_model *m, const amdim_layer *L, layer_cache *lc,
 
 static int head_forward(amdim_model *m, const amdim_head *h, head_cache *hc, const float *x, int B, int train)
 {
-    cpu_state *c = m->bs;
+    amdim_cpu_state *c = m->bs;
     size_t n = (size_t)h->cout * B * h->hw * h->hw, cnt = (size_t)B * h->hw * h->hw;
-    TRY(cpu_conv2d_forward(x, h->cin, B, h->hw, h->hw, W(m, h->w1), NULL, h->cout, 1, 1, hc->h1, &c->scr));
+    TRY(amdim_cpu_conv2d_forward(x, h->cin, B, h->hw, h->hw, W(m, h->w1), NULL, h->cout, 1, 1, hc->h1, &c->scr));
     TRY(bn_forward(m, h->bn_hid, hc->h1, h->cout, cnt, train, hc->r, hc->mean1, hc->istd1));
-    cpu_relu_forward(hc->r, n);
-    TRY(cpu_conv2d_forward(hc->r, h->cout, B, h->hw, h->hw, W(m, h->w2), NULL, h->cout, 1, 1, hc->sum, &c->scr));
-    float *sc = cpu_op_scratch_get(&c->scr2, n);
+    amdim_cpu_relu_forward(hc->r, n);
+    TRY(amdim_cpu_conv2d_forward(hc->r, h->cout, B, h->hw, h->hw, W(m, h->w2), NULL, h->cout, 1, 1, hc->sum, &c->scr));
+    float *sc = amdim_cpu_op_scratch_get(&c->scr2, n);
     if (!sc)
         return NOMEM();
-    TRY(cpu_conv2d_forward(x, h->cin, B, h->hw, h->hw, W(m, h->ws), W(m, h->bs), h->cout, 1, 1, sc, &c->scr));
+    TRY(amdim_cpu_conv2d_forward(x, h->cin, B, h->hw, h->hw, W(m, h->ws), W(m, h->bs), h->cout, 1, 1, sc, &c->scr));
     for (size_t i = 0; i < n; i++)
         hc->sum[i] += sc[i];
     return bn_forward(m, h->bn_out, hc->sum, h->cout, cnt, train, hc->out, hc->mean2, hc->istd2);
@@ -406,25 +406,25 @@ static int head_forward(amdim_model *m, const amdim_head *h, head_cache *hc, con
 static int head_backward(amdim_model *m, const amdim_head *h, head_cache *hc, const float *x, int B, float *dy,
                          float *dx)
 {
-    cpu_state *c = m->bs;
+    amdim_cpu_state *c = m->bs;
     size_t n = (size_t)h->cout * B * h->hw * h->hw, cnt = (size_t)B * h->hw * h->hw;
-    cpu_bn_params bo = bn_view(m, h->bn_out);
-    TRY(cpu_batchnorm_backward(hc->sum, h->cout, cnt, &bo, hc->mean2, hc->istd2, dy, dy)); /* dy = d sum */
+    amdim_cpu_bn_params bo = bn_view(m, h->bn_out);
+    TRY(amdim_cpu_batchnorm_backward(hc->sum, h->cout, cnt, &bo, hc->mean2, hc->istd2, dy, dy)); /* dy = d sum */
     size_t nin = (size_t)h->cin * B * h->hw * h->hw;
-    float *dx2 = cpu_op_scratch_get(&c->scr2, nin + n);
+    float *dx2 = amdim_cpu_op_scratch_get(&c->scr2, nin + n);
     if (!dx2)
         return NOMEM();
     float *dr = dx2 + nin;
-    TRY(cpu_conv2d_backward(x, h->cin, B, h->hw, h->hw, W(m, h->ws), h->cout, 1, 1, dy, dx, G(m, h->ws), G(m, h->bs),
+    TRY(amdim_cpu_conv2d_backward(x, h->cin, B, h->hw, h->hw, W(m, h->ws), h->cout, 1, 1, dy, dx, G(m, h->ws), G(m, h->bs),
                             &c->scr));
-    TRY(cpu_conv2d_backward(hc->r, h->cout, B, h->hw, h->hw, W(m, h->w2), h->cout, 1, 1, dy, dr, G(m, h->w2), NULL,
+    TRY(amdim_cpu_conv2d_backward(hc->r, h->cout, B, h->hw, h->hw, W(m, h->w2), h->cout, 1, 1, dy, dr, G(m, h->w2), NULL,
                             &c->scr));
-    cpu_relu_backward(hc->r, dr, n);
+    amdim_cpu_relu_backward(hc->r, dr, n);
     if (h->bn_hid.on) {
-        cpu_bn_params bp = bn_view(m, h->bn_hid);
-        TRY(cpu_batchnorm_backward(hc->h1, h->cout, cnt, &bp, hc->mean1, hc->istd1, dr, dr));
+        amdim_cpu_bn_params bp = bn_view(m, h->bn_hid);
+        TRY(amdim_cpu_batchnorm_backward(hc->h1, h->cout, cnt, &bp, hc->mean1, hc->istd1, dr, dr));
     }
-    TRY(cpu_conv2d_backward(x, h->cin, B, h->hw, h->hw, W(m, h->w1), h->cout, 1, 1, dr, dx2, G(m, h->w1), NULL,
+    TRY(amdim_cpu_conv2d_backward(x, h->cin, B, h->hw, h->hw, W(m, h->w1), h->cout, 1, 1, dr, dx2, G(m, h->w1), NULL,
                             &c->scr));
     for (size_t i = 0; i < nin; i++)
         dx[i] += dx2[i];
@@ -434,7 +434,7 @@ static int head_backward(amdim_model *m, const amdim_head *h, head_cache *hc, co
 /* The encoder alone (heads too when `heads`), view v, from c->x[v]. */
 static int encoder_forward(amdim_model *m, int v, int B, int train, int heads)
 {
-    cpu_state *c = m->bs;
+    amdim_cpu_state *c = m->bs;
     const amdim_arch *a = &m->arch;
     const float *in = c->x[v];
     int rc;
@@ -457,7 +457,7 @@ static int encoder_forward(amdim_model *m, int v, int B, int train, int heads)
 
 static int encoder_backward(amdim_model *m, int v, int B)
 {
-    cpu_state *c = m->bs;
+    amdim_cpu_state *c = m->bs;
     const amdim_arch *a = &m->arch;
     int rc;
     /* heads first: their input gradients join the encoder's at i5 and i7 */
@@ -495,9 +495,9 @@ static int encoder_backward(amdim_model *m, int v, int B)
 /* The K mixture features (K, R, B) of r1 of view v into c->mix[v]. */
 static void mixture_forward(amdim_model *m, int v, int B)
 {
-    cpu_state *c = m->bs;
+    amdim_cpu_state *c = m->bs;
     const amdim_mixture *x = &m->arch.mix;
-    cpu_mixture_forward(c->lc[v][m->arch.nlayers - 1].out, m->cfg.n_rkhs, B, m->cfg.mixtures, W(m, x->w1),
+    amdim_cpu_mixture_forward(c->lc[v][m->arch.nlayers - 1].out, m->cfg.n_rkhs, B, m->cfg.mixtures, W(m, x->w1),
                         W(m, x->b1), W(m, x->w2), W(m, x->b2), c->mix_h[v], c->mix[v]);
 }
 
@@ -520,17 +520,17 @@ static double mixture_assign(const amdim_model *m, const double *lsm, size_t BL,
 static int mixture_direction(amdim_model *m, const float *mixT, float *dmixT, const float *tgt, float *dtgt, int B,
                              int L, double *loss, double *reg, double *entropy)
 {
-    cpu_state *c = m->bs;
+    amdim_cpu_state *c = m->bs;
     int K = m->cfg.mixtures, R = m->cfg.n_rkhs;
     size_t BL = (size_t)B * L, RB = (size_t)R * B;
     double l, r;
     for (int j = 0; j < K; j++)
-        TRY(cpu_nce_direction(mixT + j * RB, tgt, R, B, L, m->cfg.tclip, AMDIM_OBJECTIVE_NCE, 0, 0, NULL,
+        TRY(amdim_cpu_nce_direction(mixT + j * RB, tgt, R, B, L, m->cfg.tclip, AMDIM_OBJECTIVE_NCE, 0, 0, NULL,
                               c->mix_lsm + j * BL, &l, &r, NULL, NULL, &c->nce));
     *entropy = mixture_assign(m, c->mix_lsm, BL, c->mix_q);
     *loss = *reg = 0;
     for (int j = 0; j < K; j++) {
-        TRY(cpu_nce_direction(mixT + j * RB, tgt, R, B, L, m->cfg.tclip, AMDIM_OBJECTIVE_NCE, 0.5f, 0.5f / K,
+        TRY(amdim_cpu_nce_direction(mixT + j * RB, tgt, R, B, L, m->cfg.tclip, AMDIM_OBJECTIVE_NCE, 0.5f, 0.5f / K,
                               c->mix_q + j * BL, NULL, &l, &r, dmixT + j * RB, dtgt, &c->nce));
         *loss += l;
         *reg += r / K;
@@ -542,7 +542,7 @@ static int mixture_direction(amdim_model *m, const float *mixT, float *dmixT, co
  * R): r1 (R, B), or the mean of its K mixture features. */
 static void gather_features(amdim_model *m, int v, int B)
 {
-    cpu_state *c = m->bs;
+    amdim_cpu_state *c = m->bs;
     int R = m->cfg.n_rkhs, K = m->cfg.mixtures;
     const float *r1 = c->lc[v][m->arch.nlayers - 1].out;
     if (m->cfg.probe_features) {
@@ -565,54 +565,54 @@ static void gather_features(amdim_model *m, int v, int B)
 
 static int probes_forward(amdim_model *m, int n, const float *mask_in, const float *mask_hidden, int train)
 {
-    cpu_state *c = m->bs;
+    amdim_cpu_state *c = m->bs;
     const amdim_probes *p = &m->arch.probes;
     int R = m->cfg.n_rkhs, H = m->cfg.mlp_hidden, K = m->cfg.n_classes;
     const float *in = c->feat;
     if (train) {
-        cpu_dropout_forward(c->feat, mask_in, AMDIM_DROPOUT_P, (size_t)n * R, c->mlp_h0);
+        amdim_cpu_dropout_forward(c->feat, mask_in, AMDIM_DROPOUT_P, (size_t)n * R, c->mlp_h0);
         in = c->mlp_h0;
     }
-    cpu_linear_forward(in, n, R, W(m, p->mlp_w1), NULL, H, c->mlp_z1);
-    cpu_bn_params bp = bn_view(m, p->mlp_bn);
+    amdim_cpu_linear_forward(in, n, R, W(m, p->mlp_w1), NULL, H, c->mlp_z1);
+    amdim_cpu_bn_params bp = bn_view(m, p->mlp_bn);
     if (train)
-        TRY(cpu_batchnorm1d_forward_train(c->mlp_z1, n, H, &bp, c->mlp_a1, c->mlp_mean, c->mlp_istd, &c->scr));
+        TRY(amdim_cpu_batchnorm1d_forward_train(c->mlp_z1, n, H, &bp, c->mlp_a1, c->mlp_mean, c->mlp_istd, &c->scr));
     else
-        cpu_batchnorm1d_forward_eval(c->mlp_z1, n, H, &bp, c->mlp_a1);
-    cpu_relu_forward(c->mlp_a1, (size_t)n * H);
+        amdim_cpu_batchnorm1d_forward_eval(c->mlp_z1, n, H, &bp, c->mlp_a1);
+    amdim_cpu_relu_forward(c->mlp_a1, (size_t)n * H);
     const float *h2 = c->mlp_a1;
     if (train) {
-        cpu_dropout_forward(c->mlp_a1, mask_hidden, AMDIM_DROPOUT_P, (size_t)n * H, c->mlp_h2);
+        amdim_cpu_dropout_forward(c->mlp_a1, mask_hidden, AMDIM_DROPOUT_P, (size_t)n * H, c->mlp_h2);
         h2 = c->mlp_h2;
     }
-    cpu_linear_forward(h2, n, H, W(m, p->mlp_w2), W(m, p->mlp_b2), K, c->logits[0]);
-    cpu_linear_forward(c->feat, n, R, W(m, p->lin_w), W(m, p->lin_b), K, c->logits[1]);
+    amdim_cpu_linear_forward(h2, n, H, W(m, p->mlp_w2), W(m, p->mlp_b2), K, c->logits[0]);
+    amdim_cpu_linear_forward(c->feat, n, R, W(m, p->lin_w), W(m, p->lin_b), K, c->logits[1]);
     return AMDIM_OK;
 }
 
 static int probes_backward(amdim_model *m, int n, const int32_t *labels2, const float *mask_hidden,
                            amdim_step_stats *st)
 {
-    cpu_state *c = m->bs;
+    amdim_cpu_state *c = m->bs;
     const amdim_probes *p = &m->arch.probes;
     int R = m->cfg.n_rkhs, H = m->cfg.mlp_hidden, K = m->cfg.n_classes, corr, lab;
     /* the means are over the global batch's rows and labelled rows */
     const amdim_comm *cm = step_comm(m);
-    double n_all = (double)n * (cm ? cm->size : 1), valid_all = cpu_count_labelled(labels2, n, K);
+    double n_all = (double)n * (cm ? cm->size : 1), valid_all = amdim_cpu_count_labelled(labels2, n, K);
     if (cm)
         TRY(cm->allreduce_f64(cm->ctx, &valid_all, 1));
-    st->cls_mlp = cpu_classifier_loss_part(c->logits[0], n, K, labels2, c->dlogits, 1.0f, n_all, valid_all, &corr, &lab);
+    st->cls_mlp = amdim_cpu_classifier_loss_part(c->logits[0], n, K, labels2, c->dlogits, 1.0f, n_all, valid_all, &corr, &lab);
     st->correct_mlp = corr;
     st->labelled = lab;
-    cpu_linear_backward(c->mlp_h2, n, H, W(m, p->mlp_w2), K, c->dlogits, c->dtmp, G(m, p->mlp_w2), G(m, p->mlp_b2));
-    cpu_dropout_backward(c->dtmp, mask_hidden, AMDIM_DROPOUT_P, (size_t)n * H, c->dtmp);
-    cpu_relu_backward(c->mlp_a1, c->dtmp, (size_t)n * H);
-    cpu_bn_params bp = bn_view(m, p->mlp_bn);
-    TRY(cpu_batchnorm1d_backward(c->mlp_z1, n, H, &bp, c->mlp_mean, c->mlp_istd, c->dtmp, c->dtmp2, &c->scr));
-    cpu_linear_backward(c->mlp_h0, n, R, W(m, p->mlp_w1), H, c->dtmp2, NULL, G(m, p->mlp_w1), NULL);
-    st->cls_lin = cpu_classifier_loss_part(c->logits[1], n, K, labels2, c->dlogits, 1.0f, n_all, valid_all, &corr, NULL);
+    amdim_cpu_linear_backward(c->mlp_h2, n, H, W(m, p->mlp_w2), K, c->dlogits, c->dtmp, G(m, p->mlp_w2), G(m, p->mlp_b2));
+    amdim_cpu_dropout_backward(c->dtmp, mask_hidden, AMDIM_DROPOUT_P, (size_t)n * H, c->dtmp);
+    amdim_cpu_relu_backward(c->mlp_a1, c->dtmp, (size_t)n * H);
+    amdim_cpu_bn_params bp = bn_view(m, p->mlp_bn);
+    TRY(amdim_cpu_batchnorm1d_backward(c->mlp_z1, n, H, &bp, c->mlp_mean, c->mlp_istd, c->dtmp, c->dtmp2, &c->scr));
+    amdim_cpu_linear_backward(c->mlp_h0, n, R, W(m, p->mlp_w1), H, c->dtmp2, NULL, G(m, p->mlp_w1), NULL);
+    st->cls_lin = amdim_cpu_classifier_loss_part(c->logits[1], n, K, labels2, c->dlogits, 1.0f, n_all, valid_all, &corr, NULL);
     st->correct_lin = corr;
-    cpu_linear_backward(c->feat, n, R, W(m, p->lin_w), K, c->dlogits, NULL, G(m, p->lin_w), G(m, p->lin_b));
+    amdim_cpu_linear_backward(c->feat, n, R, W(m, p->lin_w), K, c->dlogits, NULL, G(m, p->lin_w), G(m, p->lin_b));
     return AMDIM_OK;
 }
 
@@ -620,7 +620,7 @@ static int probes_backward(amdim_model *m, int n, const int32_t *labels2, const 
 static int probes_train(amdim_model *m, int B, const int32_t *labels, const amdim_step_draws *d,
                         amdim_step_stats *st)
 {
-    cpu_state *c = m->bs;
+    amdim_cpu_state *c = m->bs;
     memcpy(c->labels2, labels, (size_t)B * sizeof *labels);
     memcpy(c->labels2 + B, labels, (size_t)B * sizeof *labels);
     int stage = m->arch.nlayers + AMDIM_STAGE_PROBES_OFFSET, rc;
@@ -645,7 +645,7 @@ static size_t target_block(int B, int R) { return (size_t)R * B * 2 * (25 + 49);
  * r B + i of the global batch is rank r's image i. Zeroes c->dtg. */
 static int gather_targets(amdim_model *m, int B)
 {
-    cpu_state *c = m->bs;
+    amdim_cpu_state *c = m->bs;
     const amdim_comm *cm = step_comm(m);
     int R = m->cfg.n_rkhs, N = cm->size;
     size_t n = target_block(B, R), off = 0;
@@ -675,7 +675,7 @@ static int gather_targets(amdim_model *m, int B)
  * which hold nothing else yet (reduce-scatter). */
 static int scatter_target_grads(amdim_model *m, int B)
 {
-    cpu_state *c = m->bs;
+    amdim_cpu_state *c = m->bs;
     const amdim_comm *cm = step_comm(m);
     int R = m->cfg.n_rkhs, N = cm->size;
     size_t n = target_block(B, R), off = 0;
@@ -705,7 +705,7 @@ static int scatter_target_grads(amdim_model *m, int B)
  * with per-rank BatchNorm, the running statistics averaged over ranks. */
 static int reduce_step(amdim_model *m, amdim_step_stats *st)
 {
-    cpu_state *c = m->bs;
+    amdim_cpu_state *c = m->bs;
     const amdim_comm *cm = step_comm(m);
     if (!cm)
         return AMDIM_OK;
@@ -752,7 +752,7 @@ static int reduce_step(amdim_model *m, amdim_step_stats *st)
 
 static int objectives(amdim_model *m, int B, const int32_t *src5, amdim_step_stats *st)
 {
-    cpu_state *c = m->bs;
+    amdim_cpu_state *c = m->bs;
     const amdim_model_config *cfg = &m->cfg;
     int R = cfg->n_rkhs;
     float *feat[2][8]; /* [view][1, 5, 7] */
@@ -810,7 +810,7 @@ static int objectives(amdim_model *m, int B, const int32_t *src5, amdim_step_sta
             dsrc = c->dsrcT;
         }
         double loss, reg1;
-        TRY(cpu_nce_direction_part(src, B, first, feat[b][d->tgt_feature], R, Bg, d->L, cfg->tclip, cfg->objective,
+        TRY(amdim_cpu_nce_direction_part(src, B, first, feat[b][d->tgt_feature], R, Bg, d->L, cfg->tclip, cfg->objective,
                                    0.5f, 0.5f, NULL, NULL, &loss, &reg1, dsrc, dfeat[b][d->tgt_feature], &c->nce));
         task[d->task] += 0.5 * loss;
         reg += reg1;
@@ -827,7 +827,7 @@ static int objectives(amdim_model *m, int B, const int32_t *src5, amdim_step_sta
     /* the mixture MLP's backward, once both r1 directions of a view are in */
     const amdim_mixture *x = &m->arch.mix;
     for (int v = 0; v < 2 && K > 1; v++)
-        TRY(cpu_mixture_backward(feat[v][1], c->mix_h[v], R, B, K, W(m, x->w1), W(m, x->w2), c->dmix[v], c->dr1[v],
+        TRY(amdim_cpu_mixture_backward(feat[v][1], c->mix_h[v], R, B, K, W(m, x->w1), W(m, x->w2), c->dmix[v], c->dr1[v],
                                  G(m, x->w1), G(m, x->b1), G(m, x->w2), G(m, x->b2), &c->scr));
     st->nce_1t5 = task[0];
     st->nce_1t7 = task[1];
@@ -863,7 +863,7 @@ static void nchw_to_cnhw(const float *in, int B, int C, int HW, float *out)
 
 static void load_input(amdim_model *m, const amdim_step_input *in, int v)
 {
-    cpu_state *c = m->bs;
+    amdim_cpu_state *c = m->bs;
     int S = m->cfg.encoder_size;
     if (in->u8[v])
         normalise_views(m, in->u8[v], in->batch, c->x[v]);
@@ -873,21 +873,21 @@ static void load_input(amdim_model *m, const amdim_step_input *in, int v)
 
 /* ---- the backend functions --------------------------------------------------- */
 
-static int cpu_open(amdim_model *m)
+static int amdim_cpu_open(amdim_model *m)
 {
-    m->bs = calloc(1, sizeof(cpu_state));
+    m->bs = calloc(1, sizeof(amdim_cpu_state));
     return m->bs ? AMDIM_OK : MFAIL(AMDIM_E_NOMEM, "out of memory");
 }
 
-static void cpu_close(amdim_model *m)
+static void amdim_cpu_close(amdim_model *m)
 {
-    cpu_state *c = m->bs;
+    amdim_cpu_state *c = m->bs;
     if (!c)
         return;
     free_buffers(m, c);
-    cpu_op_scratch_free(&c->scr);
-    cpu_op_scratch_free(&c->scr2);
-    cpu_nce_scratch_free(&c->nce);
+    amdim_cpu_op_scratch_free(&c->scr);
+    amdim_cpu_op_scratch_free(&c->scr2);
+    amdim_cpu_nce_scratch_free(&c->nce);
     free(c);
     m->bs = NULL;
 }
@@ -941,10 +941,10 @@ static int probe_step(amdim_model *m, const amdim_step_input *in, const amdim_st
 
 /* A training step (or probe step): the process group takes part from
  * here to its end, and only here. */
-static int cpu_step(amdim_model *m, const amdim_step_input *in, const amdim_step_draws *d, amdim_step_stats *st,
+static int amdim_cpu_step(amdim_model *m, const amdim_step_input *in, const amdim_step_draws *d, amdim_step_stats *st,
                     int probes)
 {
-    cpu_state *c = m->bs;
+    amdim_cpu_state *c = m->bs;
     int rc = ensure_buffers_for(m, in->batch, 1);
     if (rc)
         return rc;
@@ -954,19 +954,19 @@ static int cpu_step(amdim_model *m, const amdim_step_input *in, const amdim_step
     return rc;
 }
 
-static int cpu_forward_backward(amdim_model *m, const amdim_step_input *in, const amdim_step_draws *d,
+static int amdim_cpu_forward_backward(amdim_model *m, const amdim_step_input *in, const amdim_step_draws *d,
                                 amdim_step_stats *st)
 {
-    return cpu_step(m, in, d, st, 0);
+    return amdim_cpu_step(m, in, d, st, 0);
 }
 
-static int cpu_probe_step(amdim_model *m, const amdim_step_input *in, const amdim_step_draws *d,
+static int amdim_cpu_probe_step(amdim_model *m, const amdim_step_input *in, const amdim_step_draws *d,
                           amdim_step_stats *st)
 {
-    return cpu_step(m, in, d, st, 1);
+    return amdim_cpu_step(m, in, d, st, 1);
 }
 
-static int cpu_adam(amdim_model *m, const amdim_adam_hparams *h, int probes_only)
+static int amdim_cpu_adam(amdim_model *m, const amdim_adam_hparams *h, int probes_only)
 {
     for (int i = 0; i < m->arch.ntensors; i++) {
         const amdim_tensor *t = &m->arch.tensors[i];
@@ -980,9 +980,9 @@ static int cpu_adam(amdim_model *m, const amdim_adam_hparams *h, int probes_only
     return AMDIM_OK;
 }
 
-static int cpu_evaluate(amdim_model *m, const uint8_t *images, int B, float *features, float *lm, float *ll)
+static int amdim_cpu_evaluate(amdim_model *m, const uint8_t *images, int B, float *features, float *lm, float *ll)
 {
-    cpu_state *c;
+    amdim_cpu_state *c;
     int rc = ensure_buffers(m, B);
     if (rc)
         return rc;
@@ -1006,12 +1006,12 @@ static int cpu_evaluate(amdim_model *m, const uint8_t *images, int B, float *fea
     return AMDIM_OK;
 }
 
-static int cpu_refresh_bn(amdim_model *m, const uint8_t *images, int B, const amdim_step_draws *d)
+static int amdim_cpu_refresh_bn(amdim_model *m, const uint8_t *images, int B, const amdim_step_draws *d)
 {
     int rc = ensure_buffers(m, B);
     if (rc)
         return rc;
-    cpu_state *c = m->bs;
+    amdim_cpu_state *c = m->bs;
     normalise_views(m, images, B, c->x[0]);
     if ((rc = encoder_forward(m, 0, B, 1, 1)))
         return rc;
@@ -1020,12 +1020,12 @@ static int cpu_refresh_bn(amdim_model *m, const uint8_t *images, int B, const am
     return probes_forward(m, B, d->mask_in, d->mask_hidden, 1);
 }
 
-static int cpu_mixture_assign(amdim_model *m, const uint8_t *images, int B, int32_t *winner)
+static int amdim_cpu_mixture_assign(amdim_model *m, const uint8_t *images, int B, int32_t *winner)
 {
     int rc = ensure_buffers(m, B);
     if (rc)
         return rc;
-    cpu_state *c = m->bs;
+    amdim_cpu_state *c = m->bs;
     int K = m->cfg.mixtures, R = m->cfg.n_rkhs;
     size_t BL = (size_t)B * 49;
     normalise_views(m, images, B, c->x[0]);
@@ -1035,7 +1035,7 @@ static int cpu_mixture_assign(amdim_model *m, const uint8_t *images, int B, int3
     mixture_forward(m, 0, B);
     double l, r;
     for (int j = 0; j < K; j++)
-        TRY(cpu_nce_direction(c->mix[0] + (size_t)j * R * B, c->hc[0][1].out, R, B, 49, m->cfg.tclip,
+        TRY(amdim_cpu_nce_direction(c->mix[0] + (size_t)j * R * B, c->hc[0][1].out, R, B, 49, m->cfg.tclip,
                               AMDIM_OBJECTIVE_NCE, 0, 0, NULL, c->mix_lsm + j * BL, &l, &r, NULL, NULL, &c->nce));
     mixture_assign(m, c->mix_lsm, BL, c->mix_q);
     for (size_t k = 0; k < BL; k++) {
@@ -1047,9 +1047,9 @@ static int cpu_mixture_assign(amdim_model *m, const uint8_t *images, int B, int3
     return AMDIM_OK;
 }
 
-static int cpu_output(const amdim_model *m, int view, int which, float *out)
+static int amdim_cpu_output(const amdim_model *m, int view, int which, float *out)
 {
-    const cpu_state *c = m->bs;
+    const amdim_cpu_state *c = m->bs;
     int B = m->batch, R = m->cfg.n_rkhs, hw = which == 1 ? 1 : which == 5 ? 25 : 49;
     const float *src = which == 1 ? c->lc[view][m->arch.nlayers - 1].out : c->hc[view][which == 5 ? 0 : 1].out;
     for (int b = 0; b < B; b++)
@@ -1058,15 +1058,15 @@ static int cpu_output(const amdim_model *m, int view, int which, float *out)
     return AMDIM_OK;
 }
 
-static int cpu_logits(const amdim_model *m, int head, float *out)
+static int amdim_cpu_logits(const amdim_model *m, int head, float *out)
 {
-    const cpu_state *c = m->bs;
+    const amdim_cpu_state *c = m->bs;
     memcpy(out, c->logits[head], (size_t)2 * m->batch * m->cfg.n_classes * sizeof(float));
     return AMDIM_OK;
 }
 
 /* OpenBLAS's threads: process-wide, as OpenBLAS keeps them. */
-static int cpu_set_threads(amdim_model *m, int threads)
+static int amdim_cpu_set_threads(amdim_model *m, int threads)
 {
     (void)m;
     openblas_set_num_threads(threads);
@@ -1075,17 +1075,17 @@ static int cpu_set_threads(amdim_model *m, int threads)
 
 const amdim_backend amdim_backend_cpu = {
     .name = "cpu",
-    .open = cpu_open,
-    .close = cpu_close,
-    .forward_backward = cpu_forward_backward,
-    .probe_step = cpu_probe_step,
-    .adam = cpu_adam,
-    .evaluate = cpu_evaluate,
-    .refresh_bn = cpu_refresh_bn,
-    .output = cpu_output,
-    .logits = cpu_logits,
-    .mixture_assign = cpu_mixture_assign,
-    .set_threads = cpu_set_threads,
+    .open = amdim_cpu_open,
+    .close = amdim_cpu_close,
+    .forward_backward = amdim_cpu_forward_backward,
+    .probe_step = amdim_cpu_probe_step,
+    .adam = amdim_cpu_adam,
+    .evaluate = amdim_cpu_evaluate,
+    .refresh_bn = amdim_cpu_refresh_bn,
+    .output = amdim_cpu_output,
+    .logits = amdim_cpu_logits,
+    .mixture_assign = amdim_cpu_mixture_assign,
+    .set_threads = amdim_cpu_set_threads,
     .pull = NULL,
     .push = NULL,
 };

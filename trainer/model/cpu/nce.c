@@ -9,24 +9,24 @@
 #include "amdim_trainer.h"
 #include "elementwise_internal.h"
 
-void cpu_nce_scratch_free(cpu_nce_scratch *s)
+void amdim_cpu_nce_scratch_free(amdim_cpu_nce_scratch *s)
 {
     free(s->buf);
     s->buf = NULL;
     s->cap = 0;
 }
 
-int cpu_nce_direction(const float *srcT, const float *tgt, int C, int B, int L, float tclip, int objective, float wloss,
+int amdim_cpu_nce_direction(const float *srcT, const float *tgt, int C, int B, int L, float tclip, int objective, float wloss,
                       float wreg, const double *weights, double *lsm, double *loss_out, double *reg_out, float *dsrcT,
-                      float *dtgt, cpu_nce_scratch *s)
+                      float *dtgt, amdim_cpu_nce_scratch *s)
 {
-    return cpu_nce_direction_part(srcT, B, 0, tgt, C, B, L, tclip, objective, wloss, wreg, weights, lsm, loss_out,
+    return amdim_cpu_nce_direction_part(srcT, B, 0, tgt, C, B, L, tclip, objective, wloss, wreg, weights, lsm, loss_out,
                                   reg_out, dsrcT, dtgt, s);
 }
 
-int cpu_nce_direction_part(const float *srcT, int Bs, int first, const float *tgt, int C, int B, int L, float tclip,
+int amdim_cpu_nce_direction_part(const float *srcT, int Bs, int first, const float *tgt, int C, int B, int L, float tclip,
                            int objective, float wloss, float wreg, const double *weights, double *lsm,
-                           double *loss_out, double *reg_out, float *dsrcT, float *dtgt, cpu_nce_scratch *s)
+                           double *loss_out, double *reg_out, float *dsrcT, float *dtgt, amdim_cpu_nce_scratch *s)
 {
     AMDIM_ASSERT(objective == AMDIM_OBJECTIVE_NCE || (!weights && !lsm));
     AMDIM_ASSERT(Bs >= 1 && first >= 0 && first + Bs <= B);

@@ -7,8 +7,8 @@
 typedef struct {
     float *buf;
     size_t cap;
-} cpu_nce_scratch;
-void cpu_nce_scratch_free(cpu_nce_scratch *s);
+} amdim_cpu_nce_scratch;
+void amdim_cpu_nce_scratch_free(amdim_cpu_nce_scratch *s);
 
 /* Sources srcT (C, B) - column i is image i's source vector - and targets
  * tgt (C, B*L), L locations per image. Scores s[i][j][l] = <src_i, tgt_jl> /
@@ -28,16 +28,16 @@ void cpu_nce_scratch_free(cpu_nce_scratch *s);
  *   lsm (B, L): receives lsm_il = t_iil - log(e^t_iil + sum_neg e^t), the
  *        log-softmax term of positive (i, l); NULL = not wanted.
  * Returns 0 or AMDIM_E_NOMEM (scratch). */
-int cpu_nce_direction(const float *srcT, const float *tgt, int C, int B, int L, float tclip, int objective, float wloss,
+int amdim_cpu_nce_direction(const float *srcT, const float *tgt, int C, int B, int L, float tclip, int objective, float wloss,
                       float wreg, const double *weights, double *lsm, double *loss, double *reg, float *dsrcT,
-                      float *dtgt, cpu_nce_scratch *s);
+                      float *dtgt, amdim_cpu_nce_scratch *s);
 /* The same for a share of the sources: srcT (C, Bs) holds images [first,
  * first + Bs) of the B whose targets tgt holds. Every mean still divides
  * by the global batch's counts, so the shares' losses and reg add up to
  * the global ones and their dsrcT / dtgt to the global gradients; weights
- * and lsm are (Bs, L). Bs = B, first = 0 is cpu_nce_direction. */
-int cpu_nce_direction_part(const float *srcT, int Bs, int first, const float *tgt, int C, int B, int L, float tclip,
+ * and lsm are (Bs, L). Bs = B, first = 0 is amdim_cpu_nce_direction. */
+int amdim_cpu_nce_direction_part(const float *srcT, int Bs, int first, const float *tgt, int C, int B, int L, float tclip,
                            int objective, float wloss, float wreg, const double *weights, double *lsm,
-                           double *loss_out, double *reg_out, float *dsrcT, float *dtgt, cpu_nce_scratch *s);
+                           double *loss_out, double *reg_out, float *dsrcT, float *dtgt, amdim_cpu_nce_scratch *s);
 
 #endif

@@ -13,7 +13,7 @@
 
 #define IM2COL_MAX_FLOATS (16u << 20) /* 64 MB of columns per chunk */
 
-float *cpu_op_scratch_get(cpu_op_scratch *s, size_t floats)
+float *amdim_cpu_op_scratch_get(amdim_cpu_op_scratch *s, size_t floats)
 {
     if (floats > s->cap) {
         free(s->p);
@@ -23,7 +23,7 @@ float *cpu_op_scratch_get(cpu_op_scratch *s, size_t floats)
     return s->p;
 }
 
-void cpu_op_scratch_free(cpu_op_scratch *s)
+void amdim_cpu_op_scratch_free(amdim_cpu_op_scratch *s)
 {
     free(s->p);
     s->p = NULL;
@@ -79,7 +79,7 @@ static int chunk_images(int n, size_t K, size_t hwo)
     return c < 1 ? 1 : c > (size_t)n ? n : (int)c;
 }
 
-size_t cpu_conv2d_scratch_floats(int cin, int n, int h, int k, int s)
+size_t amdim_cpu_conv2d_scratch_floats(int cin, int n, int h, int k, int s)
 {
     if (k == 1 && s == 1)
         return 0; /* one GEMM on the activations */
@@ -87,8 +87,8 @@ size_t cpu_conv2d_scratch_floats(int cin, int n, int h, int k, int s)
     return 2 * K * (size_t)chunk_images(n, K, hwo) * hwo;
 }
 
-int cpu_conv2d_forward(const float *x, int cin, int n, int h, int w, const float *wt, const float *bias, int cout, int k,
-                       int s, float *y, cpu_op_scratch *scr)
+int amdim_cpu_conv2d_forward(const float *x, int cin, int n, int h, int w, const float *wt, const float *bias, int cout, int k,
+                       int s, float *y, amdim_cpu_op_scratch *scr)
 {
     int ho = (h - k) / s + 1, wo = (w - k) / s + 1;
     size_t hwo = (size_t)ho * wo, total = (size_t)n * hwo;
@@ -99,7 +99,7 @@ int cpu_conv2d_forward(const float *x, int cin, int n, int h, int w, const float
     } else {
         size_t K = (size_t)cin * k * k;
         int step = chunk_images(n, K, hwo);
-        float *cols = cpu_op_scratch_get(scr, K * (size_t)step * hwo);
+        float *cols = amdim_cpu_op_scratch_get(scr, K * (size_t)step * hwo);
         if (!cols)
             return AMDIM_E_NOMEM;
         for (int n0 = 0; n0 < n; n0 += step) {
@@ -118,8 +118,8 @@ int cpu_conv2d_forward(const float *x, int cin, int n, int h, int w, const float
     return AMDIM_OK;
 }
 
-int cpu_conv2d_backward(const float *x, int cin, int n, int h, int w, const float *wt, int cout, int k, int s,
-                        const float *dy, float *dx, float *dw, float *dbias, cpu_op_scratch *scr)
+int amdim_cpu_conv2d_backward(const float *x, int cin, int n, int h, int w, const float *wt, int cout, int k, int s,
+                        const float *dy, float *dx, float *dw, float *dbias, amdim_cpu_op_scratch *scr)
 {
     int ho = (h - k) / s + 1, wo = (w - k) / s + 1;
     size_t hwo = (size_t)ho * wo, total = (size_t)n * hwo;
@@ -141,7 +141,7 @@ int cpu_conv2d_backward(const float *x, int cin, int n, int h, int w, const floa
     }
     size_t K = (size_t)cin * k * k;
     int step = chunk_images(n, K, hwo);
-    float *cols = cpu_op_scratch_get(scr, 2 * K * (size_t)step * hwo);
+    float *cols = amdim_cpu_op_scratch_get(scr, 2 * K * (size_t)step * hwo);
     if (!cols)
         return AMDIM_E_NOMEM;
     float *dcols = cols + K * (size_t)step * hwo;
@@ -162,7 +162,7 @@ int cpu_conv2d_backward(const float *x, int cin, int n, int h, int w, const floa
     return AMDIM_OK;
 }
 
-void cpu_reflect_pad_forward(const float *x, int c, int n, int h, int w, int p, float *y)
+void amdim_cpu_reflect_pad_forward(const float *x, int c, int n, int h, int w, int p, float *y)
 {
     int H = h + 2 * p, W = w + 2 * p;
     for (size_t plane = 0; plane < (size_t)c * n; plane++) {
@@ -176,19 +176,19 @@ void cpu_reflect_pad_forward(const float *x, int c, int n, int h, int w, int p, 
     }
 }
 
-void cpu_relu_forward(float *y, size_t count)
+void amdim_cpu_relu_forward(float *y, size_t count)
 {
     for (size_t i = 0; i < count; i++)
         y[i] = amdim_relu(y[i]);
 }
 
-void cpu_relu_backward(const float *y, float *dy, size_t count)
+void amdim_cpu_relu_backward(const float *y, float *dy, size_t count)
 {
     for (size_t i = 0; i < count; i++)
         dy[i] = amdim_relu_grad(y[i], dy[i]);
 }
 
-void cpu_avgpool_pad_forward(const float *x, int cin, int n, int h, int w, int k, int s, int cout, float *y)
+void amdim_cpu_avgpool_pad_forward(const float *x, int cin, int n, int h, int w, int k, int s, int cout, float *y)
 {
     int ho = (h - k) / s + 1, wo = (w - k) / s + 1;
     float inv = 1.0f / (float)(k * k);
@@ -208,7 +208,7 @@ void cpu_avgpool_pad_forward(const float *x, int cin, int n, int h, int w, int k
     memset(y + (size_t)cin * n * ho * wo, 0, (size_t)(cout - cin) * n * ho * wo * sizeof(float));
 }
 
-void cpu_avgpool_pad_backward(const float *dy, int cin, int n, int h, int w, int k, int s, float *dx)
+void amdim_cpu_avgpool_pad_backward(const float *dy, int cin, int n, int h, int w, int k, int s, float *dx)
 {
     int ho = (h - k) / s + 1, wo = (w - k) / s + 1;
     float inv = 1.0f / (float)(k * k);
@@ -227,20 +227,20 @@ void cpu_avgpool_pad_backward(const float *dy, int cin, int n, int h, int w, int
 }
 
 /* Sums per channel, over ranks when p->sync asks for it. */
-static int bn_sum_over_ranks(const cpu_bn_params *p, double *acc, size_t n)
+static int bn_sum_over_ranks(const amdim_cpu_bn_params *p, double *acc, size_t n)
 {
     if (!p->sync || !p->sync->sync_bn) /* a forced one-rank group goes through it too */
         return AMDIM_OK;
     return p->sync->allreduce_f64(p->sync->ctx, acc, n);
 }
 
-static double bn_total(const cpu_bn_params *p, size_t count)
+static double bn_total(const amdim_cpu_bn_params *p, size_t count)
 {
     int ranks = p->sync && p->sync->sync_bn ? p->sync->size : 1;
     return (double)count * ranks;
 }
 
-int cpu_batchnorm_forward_train(const float *x, int c, size_t count, const cpu_bn_params *p, float *y, float *mean,
+int amdim_cpu_batchnorm_forward_train(const float *x, int c, size_t count, const amdim_cpu_bn_params *p, float *y, float *mean,
                                 float *inv_std)
 {
     double *acc = malloc(2 * (size_t)c * sizeof *acc), total = bn_total(p, count);
@@ -286,7 +286,7 @@ out:
     return rc;
 }
 
-void cpu_batchnorm_forward_eval(const float *x, int c, size_t count, const cpu_bn_params *p, float *y)
+void amdim_cpu_batchnorm_forward_eval(const float *x, int c, size_t count, const amdim_cpu_bn_params *p, float *y)
 {
     for (int ch = 0; ch < c; ch++) {
         float is = amdim_bn_inv_std(p->rvar[ch]), g = p->gamma[ch], b = p->beta[ch], m = p->rmean[ch];
@@ -297,7 +297,7 @@ void cpu_batchnorm_forward_eval(const float *x, int c, size_t count, const cpu_b
     }
 }
 
-int cpu_batchnorm_backward(const float *x, int c, size_t count, const cpu_bn_params *p, const float *mean,
+int amdim_cpu_batchnorm_backward(const float *x, int c, size_t count, const amdim_cpu_bn_params *p, const float *mean,
                            const float *inv_std, const float *dy, float *dx)
 {
     double *acc = malloc(2 * (size_t)c * sizeof *acc), total = bn_total(p, count);
@@ -330,7 +330,7 @@ int cpu_batchnorm_backward(const float *x, int c, size_t count, const cpu_bn_par
     return rc;
 }
 
-void cpu_mixture_forward(const float *fT, int R, int B, int K, const float *w1, const float *b1, const float *w2,
+void amdim_cpu_mixture_forward(const float *fT, int R, int B, int K, const float *w1, const float *b1, const float *w2,
                          const float *b2, float *h, float *mixT)
 {
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, R, B, R, 1.0f, w1, R, fT, B, 0.0f, h, B);
@@ -344,11 +344,11 @@ void cpu_mixture_forward(const float *fT, int R, int B, int K, const float *w1, 
                 mixT[((size_t)j * R + c) * B + i] += b2[(size_t)j * R + c] + fT[(size_t)c * B + i];
 }
 
-int cpu_mixture_backward(const float *fT, const float *h, int R, int B, int K, const float *w1, const float *w2,
+int amdim_cpu_mixture_backward(const float *fT, const float *h, int R, int B, int K, const float *w1, const float *w2,
                          const float *dmixT, float *dfT, float *dw1, float *db1, float *dw2, float *db2,
-                         cpu_op_scratch *scr)
+                         amdim_cpu_op_scratch *scr)
 {
-    float *dh = cpu_op_scratch_get(scr, (size_t)R * B);
+    float *dh = amdim_cpu_op_scratch_get(scr, (size_t)R * B);
     if (!dh)
         return AMDIM_E_NOMEM;
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, K * R, R, B, 1.0f, dmixT, B, h, B, 1.0f, dw2, R);
@@ -375,7 +375,7 @@ int cpu_mixture_backward(const float *fT, const float *h, int R, int B, int K, c
     return AMDIM_OK;
 }
 
-void cpu_linear_forward(const float *x, int n, int in, const float *wt, const float *bias, int out, float *y)
+void amdim_cpu_linear_forward(const float *x, int n, int in, const float *wt, const float *bias, int out, float *y)
 {
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, out, in, 1.0f, x, in, wt, in, 0.0f, y, out);
     if (bias)
@@ -384,7 +384,7 @@ void cpu_linear_forward(const float *x, int n, int in, const float *wt, const fl
                 y[(size_t)i * out + o] += bias[o];
 }
 
-void cpu_linear_backward(const float *x, int n, int in, const float *wt, int out, const float *dy, float *dx, float *dw,
+void amdim_cpu_linear_backward(const float *x, int n, int in, const float *wt, int out, const float *dy, float *dx, float *dw,
                      float *dbias)
 {
     cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, out, in, n, 1.0f, dy, out, x, in, 1.0f, dw, in);
@@ -406,19 +406,19 @@ static void transpose(const float *a, int rows, int cols, float *b)
             b[(size_t)c * rows + r] = a[(size_t)r * cols + c];
 }
 
-int cpu_batchnorm1d_forward_train(const float *x, int n, int c, const cpu_bn_params *p, float *y, float *mean,
-                                  float *inv_std, cpu_op_scratch *scr)
+int amdim_cpu_batchnorm1d_forward_train(const float *x, int n, int c, const amdim_cpu_bn_params *p, float *y, float *mean,
+                                  float *inv_std, amdim_cpu_op_scratch *scr)
 {
-    float *t = cpu_op_scratch_get(scr, 2 * (size_t)n * c);
+    float *t = amdim_cpu_op_scratch_get(scr, 2 * (size_t)n * c);
     if (!t)
         return AMDIM_E_NOMEM;
     transpose(x, n, c, t);
-    int rc = cpu_batchnorm_forward_train(t, c, (size_t)n, p, t + (size_t)n * c, mean, inv_std);
+    int rc = amdim_cpu_batchnorm_forward_train(t, c, (size_t)n, p, t + (size_t)n * c, mean, inv_std);
     transpose(t + (size_t)n * c, c, n, y);
     return rc;
 }
 
-void cpu_batchnorm1d_forward_eval(const float *x, int n, int c, const cpu_bn_params *p, float *y)
+void amdim_cpu_batchnorm1d_forward_eval(const float *x, int n, int c, const amdim_cpu_bn_params *p, float *y)
 {
     for (int i = 0; i < n; i++)
         for (int ch = 0; ch < c; ch++)
@@ -426,35 +426,35 @@ void cpu_batchnorm1d_forward_eval(const float *x, int n, int c, const cpu_bn_par
                 amdim_bn_apply(x[(size_t)i * c + ch], p->rmean[ch], amdim_bn_inv_std(p->rvar[ch]), p->gamma[ch], p->beta[ch]);
 }
 
-int cpu_batchnorm1d_backward(const float *x, int n, int c, const cpu_bn_params *p, const float *mean,
-                             const float *inv_std, const float *dy, float *dx, cpu_op_scratch *scr)
+int amdim_cpu_batchnorm1d_backward(const float *x, int n, int c, const amdim_cpu_bn_params *p, const float *mean,
+                             const float *inv_std, const float *dy, float *dx, amdim_cpu_op_scratch *scr)
 {
-    float *t = cpu_op_scratch_get(scr, 3 * (size_t)n * c);
+    float *t = amdim_cpu_op_scratch_get(scr, 3 * (size_t)n * c);
     if (!t)
         return AMDIM_E_NOMEM;
     float *tdy = t + (size_t)n * c, *tdx = tdy + (size_t)n * c;
     transpose(x, n, c, t);
     transpose(dy, n, c, tdy);
-    int rc = cpu_batchnorm_backward(t, c, (size_t)n, p, mean, inv_std, tdy, tdx);
+    int rc = amdim_cpu_batchnorm_backward(t, c, (size_t)n, p, mean, inv_std, tdy, tdx);
     transpose(tdx, c, n, dx);
     return rc;
 }
 
-void cpu_dropout_forward(const float *x, const float *mask, float p, size_t count, float *y)
+void amdim_cpu_dropout_forward(const float *x, const float *mask, float p, size_t count, float *y)
 {
     AMDIM_ASSERT(p == AMDIM_DROPOUT_P);
     for (size_t i = 0; i < count; i++)
         y[i] = amdim_dropout(x[i], mask[i]);
 }
 
-void cpu_dropout_backward(const float *dy, const float *mask, float p, size_t count, float *dx)
+void amdim_cpu_dropout_backward(const float *dy, const float *mask, float p, size_t count, float *dx)
 {
     AMDIM_ASSERT(p == AMDIM_DROPOUT_P);
     for (size_t i = 0; i < count; i++)
         dx[i] = amdim_dropout(dy[i], mask[i]);
 }
 
-int cpu_count_labelled(const int32_t *labels, int n, int classes)
+int amdim_cpu_count_labelled(const int32_t *labels, int n, int classes)
 {
     int valid = 0;
     for (int i = 0; i < n; i++)
@@ -462,17 +462,17 @@ int cpu_count_labelled(const int32_t *labels, int n, int classes)
     return valid;
 }
 
-double cpu_classifier_loss(const float *logits, int n, int classes, const int32_t *labels, float *dlogits, float scale,
+double amdim_cpu_classifier_loss(const float *logits, int n, int classes, const int32_t *labels, float *dlogits, float scale,
                        int *correct, int *labelled)
 {
-    return cpu_classifier_loss_part(logits, n, classes, labels, dlogits, scale, n,
-                                    cpu_count_labelled(labels, n, classes), correct, labelled);
+    return amdim_cpu_classifier_loss_part(logits, n, classes, labels, dlogits, scale, n,
+                                    amdim_cpu_count_labelled(labels, n, classes), correct, labelled);
 }
 
-double cpu_classifier_loss_part(const float *logits, int n, int classes, const int32_t *labels, float *dlogits,
+double amdim_cpu_classifier_loss_part(const float *logits, int n, int classes, const int32_t *labels, float *dlogits,
                                 float scale, double n_all, double valid_all, int *correct, int *labelled)
 {
-    int valid = cpu_count_labelled(labels, n, classes), hits = 0;
+    int valid = amdim_cpu_count_labelled(labels, n, classes), hits = 0;
     double xent = 0, reg = 0;
     double inv_valid = valid_all > 0 ? 1.0 / valid_all : 0.0, inv_all = 1.0 / (n_all * classes);
     for (int i = 0; i < n; i++) {

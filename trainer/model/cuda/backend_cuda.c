@@ -42,7 +42,7 @@
  * communicator per run, made at the first step (rank 0's id broadcast
  * over m->comm). Each step all-gathers r5 and r7 of both views into
  * global target buffers (NHWC, batch outermost: rank blocks contiguous),
- * scores this rank's sources against them (nce_rows_cuda's first / B),
+ * scores this rank's sources against them (amdim_nce_rows_cuda's first / B),
  * reduce-scatters the target gradients into dr5 / dr7, sums each backward
  * unit's gradients (a layer's, a head's, the probes') on a stream of its
  * own as soon as the unit's backward is done, overlapping the backward of
@@ -438,7 +438,7 @@ static int linear_forward(amdim_model *m, const void *x, size_t n, int in, const
     if (!bias)
         return AMDIM_OK;
     amdim_cuda_ctx f = X32(m);
-    return bias_add_cuda(y_f32 ? &f : X(m), y, bias, n, out);
+    return amdim_bias_add_cuda(y_f32 ? &f : X(m), y, bias, n, out);
 }
 
 /* dw (out, in, float) += dy^T x; dbias += column sums of dy; dx (n, in) =
@@ -448,7 +448,7 @@ static int linear_backward(amdim_model *m, const void *x, size_t n, int in, cons
 {
     TRY(gemm(m, 1, 0, out, in, (int)n, 1.0f, dy, out, x, in, 1.0f, dw, in, C_F32));
     if (dbias)
-        TRY(channel_sum_add_cuda(X(m), dy, n, out, dbias, BNS(m)));
+        TRY(amdim_channel_sum_add_cuda(X(m), dy, n, out, dbias, BNS(m)));
     if (dx)
         TRY(gemm(m, 0, 0, (int)n, in, out, 1.0f, dy, out, w, in, beta, dx, in, C_ACT));
     return AMDIM_OK;
@@ -462,8 +462,8 @@ static int bn_forward(amdim_model *m, amdim_bn_ref r, const void *x, size_t n, i
         return copy(m, y, x, n * C * ES(m), cudaMemcpyDeviceToDevice);
     amdim_cuda_bn p = bn_view(m, r);
     if (train)
-        return batchnorm_forward_train_cuda(X(m), x, n, C, &p, y, mean, istd, BNS(m));
-    return batchnorm_forward_eval_cuda(X(m), x, n, C, &p, y);
+        return amdim_batchnorm_forward_train_cuda(X(m), x, n, C, &p, y, mean, istd, BNS(m));
+    return amdim_batchnorm_forward_eval_cuda(X(m), x, n, C, &p, y);
 }
 
 /* ---- CUDA graphs ------------------------------------------------------------- */
@@ -600,7 +600,7 @@ static int refresh_ohwi(amdim_model *m, int i)
     if (CS(m)->pp.ohwi[i] == AMDIM_CUDA_NONE)
         return AMDIM_OK;
     int ipad = i == m->arch.layers[0].w1 ? conv_cin(m, &m->arch.layers[0]) : t->shape[1];
-    return oihw_to_ohwi_cuda(X(m), W(m, i), t->shape[0], t->shape[1], t->shape[2], ipad, WK(m, i));
+    return amdim_oihw_to_ohwi_cuda(X(m), W(m, i), t->shape[0], t->shape[1], t->shape[2], ipad, WK(m, i));
 }
 
 /* Every weight's compute copies from the masters: the OHWI filters and,
@@ -610,7 +610,7 @@ static int refresh_copies(amdim_model *m)
 {
     cuda_state *c = m->bs;
     if (c->bf16)
-        TRY(f32_to_bf16_cuda(X(m), c->params + c->pp.weights, m->arch.weights_size,
+        TRY(amdim_f32_to_bf16_cuda(X(m), c->params + c->pp.weights, m->arch.weights_size,
                              (uint16_t *)(void *)(c->params + c->pp.wbf)));
     for (int i = 0; i < m->arch.ntensors; i++)
         TRY(refresh_ohwi(m, i));
@@ -736,12 +736,12 @@ static int layer_forward(amdim_model *m, const amdim_layer *L, const amdim_cuda_
     case AMDIM_LAYER_STEM: {
         const void *in = x;
         if (L->pad) {
-            TRY(reflect_pad_forward_cuda(X(m), x, B, L->hin, L->hin, conv_cin(m, L), L->pad, A(m, lp->padded)));
+            TRY(amdim_reflect_pad_forward_cuda(X(m), x, B, L->hin, L->hin, conv_cin(m, L), L->pad, A(m, lp->padded)));
             in = A(m, lp->padded);
         }
         amdim_conv_shape sh = conv_shape(m, L, B);
         TRY(amdim_conv_forward(&c->conv, &sh, in, WK(m, L->w1), out));
-        return bias_relu_forward_cuda(X(m), out, W(m, L->b1), rows, L->cout);
+        return amdim_bias_relu_forward_cuda(X(m), out, W(m, L->b1), rows, L->cout);
     }
     case AMDIM_LAYER_RES: {
         void *h1 = A(m, lp->h1), *r = A(m, lp->r);
@@ -752,9 +752,9 @@ static int layer_forward(amdim_model *m, const amdim_layer *L, const amdim_cuda_
             TRY(linear_forward(m, x, rows, L->cin, WG(m, L->w1), NULL, L->cout, 0.0f, h1, C_ACT));
         }
         TRY(bn_forward(m, L->bn, h1, rows, L->cout, train, r, AF(m, lp->mean), AF(m, lp->istd)));
-        TRY(relu_forward_cuda(X(m), r, outn));
+        TRY(amdim_relu_forward_cuda(X(m), r, outn));
         TRY(linear_forward(m, r, rows, L->cout, WG(m, L->w2), NULL, L->cout, 0.0f, out, C_ACT));
-        return avgpool_pad_forward_add_cuda(X(m), x, B, L->hin, L->hin, L->cin, L->k, L->s, L->cout, out);
+        return amdim_avgpool_pad_forward_add_cuda(X(m), x, B, L->hin, L->hin, L->cin, L->k, L->s, L->cout, out);
     }
     default:
         return bn_forward(m, L->bn, x, rows, L->cout, train, out, AF(m, lp->mean), AF(m, lp->istd));
@@ -770,43 +770,43 @@ static int layer_backward(amdim_model *m, const amdim_layer *L, const amdim_cuda
     const void *out = A(m, lp->out);
     switch (L->kind) {
     case AMDIM_LAYER_STEM: {
-        TRY(relu_backward_cuda(X(m), out, dy, outn));
-        TRY(channel_sum_add_cuda(X(m), dy, rows, L->cout, G(m, L->b1), BNS(m)));
+        TRY(amdim_relu_backward_cuda(X(m), out, dy, outn));
+        TRY(amdim_channel_sum_add_cuda(X(m), dy, rows, L->cout, G(m, L->b1), BNS(m)));
         const void *in = L->pad ? A(m, lp->padded) : x;
         AMDIM_ASSERT(!(L->pad && dx)); /* only the first layer pads: no input gradient */
         amdim_conv_shape sh = conv_shape(m, L, B);
         void *dw = c->params + c->pp.dw_ohwi; /* activation type */
         TRY(amdim_conv_backward_filter(&c->conv, &sh, in, dy, dw));
-        TRY(ohwi_to_oihw_add_cuda(X(m), dw, L->cout, L->cin, L->k, sh.cin, G(m, L->w1)));
+        TRY(amdim_ohwi_to_oihw_add_cuda(X(m), dw, L->cout, L->cin, L->k, sh.cin, G(m, L->w1)));
         return dx ? amdim_conv_backward_data(&c->conv, &sh, WK(m, L->w1), dy, dx) : AMDIM_OK;
     }
     case AMDIM_LAYER_RES: {
         const void *h1 = A(m, lp->h1), *r = A(m, lp->r);
         void *dr = A(m, c->plan.scratch);
         TRY(linear_backward(m, r, rows, L->cout, WG(m, L->w2), L->cout, dy, dr, 0.0f, G(m, L->w2), NULL));
-        TRY(relu_backward_cuda(X(m), r, dr, outn));
+        TRY(amdim_relu_backward_cuda(X(m), r, dr, outn));
         if (L->bn.on) {
             amdim_cuda_bn p = bn_view(m, L->bn);
-            TRY(batchnorm_backward_cuda(X(m), h1, rows, L->cout, &p, AF(m, lp->mean), AF(m, lp->istd), dr, dr,
+            TRY(amdim_batchnorm_backward_cuda(X(m), h1, rows, L->cout, &p, AF(m, lp->mean), AF(m, lp->istd), dr, dr,
                                         BNS(m)));
         }
         if (amdim_cuda_conv_uses_cudnn(L)) {
             amdim_conv_shape sh = conv_shape(m, L, B);
             void *dw = c->params + c->pp.dw_ohwi;
             TRY(amdim_conv_backward_filter(&c->conv, &sh, x, dr, dw));
-            TRY(ohwi_to_oihw_add_cuda(X(m), dw, L->cout, L->cin, L->k, sh.cin, G(m, L->w1)));
+            TRY(amdim_ohwi_to_oihw_add_cuda(X(m), dw, L->cout, L->cin, L->k, sh.cin, G(m, L->w1)));
             if (dx)
                 TRY(amdim_conv_backward_data(&c->conv, &sh, WK(m, L->w1), dr, dx));
         } else {
             TRY(linear_backward(m, x, rows, L->cin, WG(m, L->w1), L->cout, dr, dx, 0.0f, G(m, L->w1), NULL));
         }
-        return dx ? avgpool_pad_backward_add_cuda(X(m), dy, B, L->hin, L->hin, L->cin, L->k, L->s, L->cout, dx)
+        return dx ? amdim_avgpool_pad_backward_add_cuda(X(m), dy, B, L->hin, L->hin, L->cin, L->k, L->s, L->cout, dx)
                   : AMDIM_OK;
     }
     default:
         if (L->bn.on) {
             amdim_cuda_bn p = bn_view(m, L->bn);
-            return batchnorm_backward_cuda(X(m), x, rows, L->cout, &p, AF(m, lp->mean), AF(m, lp->istd), dy, dx,
+            return amdim_batchnorm_backward_cuda(X(m), x, rows, L->cout, &p, AF(m, lp->mean), AF(m, lp->istd), dy, dx,
                                            BNS(m));
         }
         return copy(m, dx, dy, outn * ES(m), cudaMemcpyDeviceToDevice);
@@ -821,7 +821,7 @@ static int head_forward(amdim_model *m, const amdim_head *h, const amdim_cuda_he
     void *h1 = A(m, hp->h1), *r = A(m, hp->r), *sum = A(m, hp->sum);
     TRY(linear_forward(m, x, rows, h->cin, WG(m, h->w1), NULL, h->cout, 0.0f, h1, C_ACT));
     TRY(bn_forward(m, h->bn_hid, h1, rows, h->cout, train, r, AF(m, hp->mean1), AF(m, hp->istd1)));
-    TRY(relu_forward_cuda(X(m), r, rows * h->cout));
+    TRY(amdim_relu_forward_cuda(X(m), r, rows * h->cout));
     TRY(linear_forward(m, r, rows, h->cout, WG(m, h->w2), NULL, h->cout, 0.0f, sum, C_ACT));
     TRY(linear_forward(m, x, rows, h->cin, WG(m, h->ws), W(m, h->bs), h->cout, 1.0f, sum, C_ACT)); /* + shortcut */
     return bn_forward(m, h->bn_out, sum, rows, h->cout, train, A(m, hp->out), AF(m, hp->mean2), AF(m, hp->istd2));
@@ -835,13 +835,13 @@ static int head_backward(amdim_model *m, const amdim_head *h, const amdim_cuda_h
     const void *h1 = A(m, hp->h1), *r = A(m, hp->r), *sum = A(m, hp->sum);
     void *dr = A(m, CS(m)->plan.scratch);
     amdim_cuda_bn bo = bn_view(m, h->bn_out);
-    TRY(batchnorm_backward_cuda(X(m), sum, rows, h->cout, &bo, AF(m, hp->mean2), AF(m, hp->istd2), dy, dy, BNS(m)));
+    TRY(amdim_batchnorm_backward_cuda(X(m), sum, rows, h->cout, &bo, AF(m, hp->mean2), AF(m, hp->istd2), dy, dy, BNS(m)));
     TRY(linear_backward(m, x, rows, h->cin, WG(m, h->ws), h->cout, dy, dx, 0.0f, G(m, h->ws), G(m, h->bs)));
     TRY(linear_backward(m, r, rows, h->cout, WG(m, h->w2), h->cout, dy, dr, 0.0f, G(m, h->w2), NULL));
-    TRY(relu_backward_cuda(X(m), r, dr, rows * h->cout));
+    TRY(amdim_relu_backward_cuda(X(m), r, dr, rows * h->cout));
     if (h->bn_hid.on) {
         amdim_cuda_bn p = bn_view(m, h->bn_hid);
-        TRY(batchnorm_backward_cuda(X(m), h1, rows, h->cout, &p, AF(m, hp->mean1), AF(m, hp->istd1), dr, dr,
+        TRY(amdim_batchnorm_backward_cuda(X(m), h1, rows, h->cout, &p, AF(m, hp->mean1), AF(m, hp->istd1), dr, dr,
                                     BNS(m)));
     }
     return linear_backward(m, x, rows, h->cin, WG(m, h->w1), h->cout, dr, dx, 1.0f, G(m, h->w1), NULL);
@@ -891,7 +891,7 @@ static int encoder_backward(amdim_model *m, int v, int B, int launch)
         size_t outn = (size_t)L->cout * B * L->hout * L->hout;
         for (int h = 0; h < 2; h++)
             if (l == a->heads[h].src_layer)
-                TRY(add_cuda(X(m), dy, A(m, p->dhead[h]), outn));
+                TRY(amdim_add_cuda(X(m), dy, A(m, p->dhead[h]), outn));
         const void *x = l ? A(m, p->layers[v][l - 1].out) : A(m, p->x[v]);
         double t0 = now_if(m);
         TRY(layer_backward(m, L, &p->layers[v][l], x, B, dy, l ? dx : NULL));
@@ -923,15 +923,15 @@ static int probes_forward(amdim_model *m, int n, int train)
     int R = m->cfg.n_rkhs, H = m->cfg.mlp_hidden, K = m->cfg.n_classes;
     const void *feat = A(m, P->feat), *in = feat, *h2 = A(m, P->mlp_a1);
     if (train) {
-        TRY(dropout_cuda(X(m), feat, AF(m, P->mask_in), (size_t)n * R, A(m, P->mlp_h0)));
+        TRY(amdim_dropout_cuda(X(m), feat, AF(m, P->mask_in), (size_t)n * R, A(m, P->mlp_h0)));
         in = A(m, P->mlp_h0);
     }
     TRY(linear_forward(m, in, (size_t)n, R, WG(m, p->mlp_w1), NULL, H, 0.0f, A(m, P->mlp_z1), C_ACT));
     TRY(bn_forward(m, p->mlp_bn, A(m, P->mlp_z1), (size_t)n, H, train, A(m, P->mlp_a1), AF(m, P->mlp_mean),
                    AF(m, P->mlp_istd)));
-    TRY(relu_forward_cuda(X(m), A(m, P->mlp_a1), (size_t)n * H));
+    TRY(amdim_relu_forward_cuda(X(m), A(m, P->mlp_a1), (size_t)n * H));
     if (train) {
-        TRY(dropout_cuda(X(m), A(m, P->mlp_a1), AF(m, P->mask_hidden), (size_t)n * H, A(m, P->mlp_h2)));
+        TRY(amdim_dropout_cuda(X(m), A(m, P->mlp_a1), AF(m, P->mask_hidden), (size_t)n * H, A(m, P->mlp_h2)));
         h2 = A(m, P->mlp_h2);
     }
     TRY(linear_forward(m, h2, (size_t)n, H, WG(m, p->mlp_w2), W(m, p->mlp_b2), K, 0.0f, A(m, P->logits[0]), C_F32));
@@ -963,22 +963,22 @@ static int probes_backward(amdim_model *m, int n, const double *inv_valid)
     /* dl: the float gradient of the logits; dla: the same as activations (the GEMMs' operand) */
     float *dl = AF(m, P->dlogits);
     void *dla = A(m, P->dlogits_act), *dtmp = A(m, P->dtmp), *dtmp2 = A(m, P->dtmp2);
-    TRY(classifier_loss_cuda(X(m), AF(m, P->logits[0]), n, n_all, K, labels, inv_valid, 1.0f, dl, dla,
+    TRY(amdim_classifier_loss_cuda(X(m), AF(m, P->logits[0]), n, n_all, K, labels, inv_valid, 1.0f, dl, dla,
                              cls_rows(m, 0)));
     amdim_cuda_ctx f32 = X32(m); /* the probes' bias gradients from the float dl */
-    TRY(channel_sum_add_cuda(&f32, dl, (size_t)n, K, G(m, p->mlp_b2), BNS(m)));
+    TRY(amdim_channel_sum_add_cuda(&f32, dl, (size_t)n, K, G(m, p->mlp_b2), BNS(m)));
     TRY(linear_backward(m, A(m, P->mlp_h2), (size_t)n, H, WG(m, p->mlp_w2), K, dla, dtmp, 0.0f, G(m, p->mlp_w2),
                         NULL));
-    TRY(dropout_cuda(X(m), dtmp, AF(m, P->mask_hidden), (size_t)n * H, dtmp));
-    TRY(relu_backward_cuda(X(m), A(m, P->mlp_a1), dtmp, (size_t)n * H));
+    TRY(amdim_dropout_cuda(X(m), dtmp, AF(m, P->mask_hidden), (size_t)n * H, dtmp));
+    TRY(amdim_relu_backward_cuda(X(m), A(m, P->mlp_a1), dtmp, (size_t)n * H));
     amdim_cuda_bn bp = bn_view(m, p->mlp_bn);
-    TRY(batchnorm_backward_cuda(X(m), A(m, P->mlp_z1), (size_t)n, H, &bp, AF(m, P->mlp_mean), AF(m, P->mlp_istd),
+    TRY(amdim_batchnorm_backward_cuda(X(m), A(m, P->mlp_z1), (size_t)n, H, &bp, AF(m, P->mlp_mean), AF(m, P->mlp_istd),
                                 dtmp, dtmp2, BNS(m)));
     TRY(linear_backward(m, A(m, P->mlp_h0), (size_t)n, R, WG(m, p->mlp_w1), H, dtmp2, NULL, 0.0f, G(m, p->mlp_w1),
                         NULL));
-    TRY(classifier_loss_cuda(X(m), AF(m, P->logits[1]), n, n_all, K, labels, inv_valid, 1.0f, dl, dla,
+    TRY(amdim_classifier_loss_cuda(X(m), AF(m, P->logits[1]), n, n_all, K, labels, inv_valid, 1.0f, dl, dla,
                              cls_rows(m, 1)));
-    TRY(channel_sum_add_cuda(&f32, dl, (size_t)n, K, G(m, p->lin_b), BNS(m)));
+    TRY(amdim_channel_sum_add_cuda(&f32, dl, (size_t)n, K, G(m, p->lin_b), BNS(m)));
     return linear_backward(m, A(m, P->feat), (size_t)n, R, WG(m, p->lin_w), K, dla, NULL, 0.0f, G(m, p->lin_w),
                            NULL);
 }
@@ -1107,14 +1107,14 @@ static int objectives(amdim_model *m, int B)
         const void *src = feat[a][1], *tgt = feat[b][d->tgt_feature];
         void *dsrc = dfeat[a][1], *dtgt = dfeat[b][d->tgt_feature];
         if (d->src_feature == 5) { /* one drawn location of this rank's r5 per image */
-            TRY(gather_rows_cuda(X(m), A(m, P->heads[a][0].out), idx, B, R, A(m, P->src)));
+            TRY(amdim_gather_rows_cuda(X(m), A(m, P->heads[a][0].out), idx, B, R, A(m, P->src)));
             TRY(zero(m, A(m, P->dsrc), (size_t)R * B * ES(m)));
             src = A(m, P->src);
             dsrc = A(m, P->dsrc);
         }
         /* S (B, Bg L) = src (B, R) tgt (Bg L, R)^T / sqrt(R) */
         TRY(nce_gemm(m, 0, 1, B, BL, R, scale, src, R, tgt, R, 0.0f, S, BL, C_F32));
-        TRY(nce_rows_cuda(X(m), S, dS, dSa, B, first, Bg, d->L, cfg->tclip, cfg->objective, 0.5f, 0.5f,
+        TRY(amdim_nce_rows_cuda(X(m), S, dS, dSa, B, first, Bg, d->L, cfg->tclip, cfg->objective, 0.5f, 0.5f,
                           (double *)A(m, P->stats) + (size_t)k * 2 * B));
         TRY(nce_gemm(m, 0, 0, B, R, BL, scale, dSa, BL, tgt, R, 1.0f, dsrc, R, C_ACT));
         TRY(nce_gemm(m, 1, 0, BL, R, B, scale, dSa, BL, src, R, 1.0f, dtgt, R, C_ACT));
@@ -1122,7 +1122,7 @@ static int objectives(amdim_model *m, int B)
          * (with a group: summed by the reduce-scatter in the order one
          * process sums it) */
         if (d->src_feature == 5)
-            TRY(scatter_rows_add_cuda(X(m), A(m, P->dsrc), idx, B, R,
+            TRY(amdim_scatter_rows_add_cuda(X(m), A(m, P->dsrc), idx, B, R,
                                       (char *)dfeat[a][5] + (size_t)first * 25 * R * ES(m)));
     }
     return AMDIM_OK;
@@ -1450,7 +1450,7 @@ static int normalise(amdim_model *m, const uint8_t *u8, int B, void *x)
         scale[c] = 1.0f / (255.0f * m->cfg.std[c]);
         shift[c] = m->cfg.mean[c] / m->cfg.std[c];
     }
-    return normalise_u8_cuda(X(m), u8, (size_t)B * S * S, scale, shift, amdim_cuda_in_channels((int)ES(m)), x);
+    return amdim_normalise_u8_cuda(X(m), u8, (size_t)B * S * S, scale, shift, amdim_cuda_in_channels((int)ES(m)), x);
 }
 
 static int load_u8(amdim_model *m, const uint8_t *u8, int B, void *x)
@@ -1478,7 +1478,7 @@ static int load_input(amdim_model *m, const amdim_step_input *in, int v)
         return load_u8(m, in->u8[v], B, A(m, P->x[v]));
     /* (B, 3, S, S) float via the scratch (float staging, plan.h) */
     TRY(copy(m, A(m, P->scratch), in->f32[v], (size_t)B * 3 * S * S * sizeof(float), cudaMemcpyHostToDevice));
-    return nchw_to_nhwc_cuda(X(m), A(m, P->scratch), B, 3, S * S, P->in_ch, A(m, P->x[v]));
+    return amdim_nchw_to_nhwc_cuda(X(m), A(m, P->scratch), B, 3, S * S, P->in_ch, A(m, P->x[v]));
 }
 
 /* ---- the backend functions ----------------------------------------------------------- */
@@ -1818,7 +1818,7 @@ static int adam_body(amdim_model *m, int probes_only)
             continue;
         float *mm = c->params + c->pp.adam_m + t->goffset, *vv = c->params + c->pp.adam_v + t->goffset;
         uint16_t *wbf = c->bf16 ? (uint16_t *)(void *)(c->params + c->pp.wbf) + t->offset : NULL;
-        TRY(adam_cuda(X(m), W(m, i), G(m, i), mm, vv, t->size, &c->scalars->adam, wbf));
+        TRY(amdim_adam_cuda(X(m), W(m, i), G(m, i), mm, vv, t->size, &c->scalars->adam, wbf));
         TRY(refresh_ohwi(m, i));
     }
     return AMDIM_OK;
@@ -1844,7 +1844,7 @@ static int cuda_evaluate(amdim_model *m, const uint8_t *images, int B, float *fe
     TRY(encoder_forward(m, 0, B, 0, 0));
     TRY(gather_r1(m, 0, B));
     if (features) { /* as float, via the scratch */
-        TRY(act_to_f32_cuda(X(m), A(m, P->feat), (size_t)B * R, AF(m, P->scratch)));
+        TRY(amdim_act_to_f32_cuda(X(m), A(m, P->feat), (size_t)B * R, AF(m, P->scratch)));
         TRY(copy(m, features, A(m, P->scratch), (size_t)B * R * sizeof(float), cudaMemcpyDeviceToHost));
     }
     if (lm || ll) {
@@ -1879,7 +1879,7 @@ static int cuda_output(const amdim_model *cm, int view, int which, float *out)
     const void *src = which == 1 ? A(m, P->layers[view][m->arch.nlayers - 1].out)
                                  : A(m, P->heads[view][which == 5 ? 0 : 1].out);
     float *t = AF(m, P->scratch); /* (B, R, hw) float: the NCHW the interface promises */
-    TRY(nhwc_to_nchw_cuda(X(m), src, B, R, hw, t));
+    TRY(amdim_nhwc_to_nchw_cuda(X(m), src, B, R, hw, t));
     return copy(m, out, t, (size_t)B * R * hw * sizeof(float), cudaMemcpyDeviceToHost);
 }
 

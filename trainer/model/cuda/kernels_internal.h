@@ -48,45 +48,45 @@ typedef struct {
 /* ---- input.cu ---- */
 /* x (B, S, S, 3) uint8 -> y (B, S, S, cout) activations: channel c < 3
  * x * scale[c] - shift[c], channels 3 .. cout-1 zero (cout >= 3). */
-int normalise_u8_cuda(const amdim_cuda_ctx *c, const uint8_t *x, size_t pixels, const float scale[3],
+int amdim_normalise_u8_cuda(const amdim_cuda_ctx *c, const uint8_t *x, size_t pixels, const float scale[3],
                       const float shift[3], int cout, void *y);
 /* x (B, C, HW) float -> y (B, HW, ldc) activations, channels C .. ldc-1
  * zero (the tests' NCHW float views). */
-int nchw_to_nhwc_cuda(const amdim_cuda_ctx *c, const float *x, int B, int C, int HW, int ldc, void *y);
+int amdim_nchw_to_nhwc_cuda(const amdim_cuda_ctx *c, const float *x, int B, int C, int HW, int ldc, void *y);
 /* x (B, HW, C) activations -> y (B, C, HW) float. */
-int nhwc_to_nchw_cuda(const amdim_cuda_ctx *c, const void *x, int B, int C, int HW, float *y);
+int amdim_nhwc_to_nchw_cuda(const amdim_cuda_ctx *c, const void *x, int B, int C, int HW, float *y);
 /* n activations -> float. */
-int act_to_f32_cuda(const amdim_cuda_ctx *c, const void *x, size_t n, float *y);
+int amdim_act_to_f32_cuda(const amdim_cuda_ctx *c, const void *x, size_t n, float *y);
 /* n floats -> bfloat16 bits (either mode: the bf16 weight copies). */
-int f32_to_bf16_cuda(const amdim_cuda_ctx *c, const float *x, size_t n, uint16_t *y);
+int amdim_f32_to_bf16_cuda(const amdim_cuda_ctx *c, const float *x, size_t n, uint16_t *y);
 
 /* ---- pad.cu ---- */
 /* Reflect padding by p: x (B, H, W, C) -> y (B, H+2p, W+2p, C). */
-int reflect_pad_forward_cuda(const amdim_cuda_ctx *c, const void *x, int B, int H, int W, int C, int p, void *y);
+int amdim_reflect_pad_forward_cuda(const amdim_cuda_ctx *c, const void *x, int B, int H, int W, int C, int p, void *y);
 
 /* ---- activation.cu ---- */
-int relu_forward_cuda(const amdim_cuda_ctx *c, void *y, size_t n);             /* in place */
-int relu_backward_cuda(const amdim_cuda_ctx *c, const void *y, void *dy, size_t n); /* dy *= (y > 0), in place */
+int amdim_relu_forward_cuda(const amdim_cuda_ctx *c, void *y, size_t n);             /* in place */
+int amdim_relu_backward_cuda(const amdim_cuda_ctx *c, const void *y, void *dy, size_t n); /* dy *= (y > 0), in place */
 /* y (N, C) = relu(y + bias[c]). */
-int bias_relu_forward_cuda(const amdim_cuda_ctx *c, void *y, const float *bias, size_t rows, int C);
+int amdim_bias_relu_forward_cuda(const amdim_cuda_ctx *c, void *y, const float *bias, size_t rows, int C);
 /* y (N, C) += bias[c]. */
-int bias_add_cuda(const amdim_cuda_ctx *c, void *y, const float *bias, size_t rows, int C);
+int amdim_bias_add_cuda(const amdim_cuda_ctx *c, void *y, const float *bias, size_t rows, int C);
 /* y[i] += x[i]. */
-int add_cuda(const amdim_cuda_ctx *c, void *y, const void *x, size_t n);
+int amdim_add_cuda(const amdim_cuda_ctx *c, void *y, const void *x, size_t n);
 
 /* ---- avgpool.cu ---- */
 /* AMDIM's shortcut: y (B, Ho, Wo, cout) += avgpool_k,s(x (B, H, W, cin)) on
  * channels [0, cin); channels [cin, cout) are left as they are (zero pad). */
-int avgpool_pad_forward_add_cuda(const amdim_cuda_ctx *c, const void *x, int B, int H, int W, int cin, int k, int s,
+int amdim_avgpool_pad_forward_add_cuda(const amdim_cuda_ctx *c, const void *x, int B, int H, int W, int cin, int k, int s,
                                  int cout, void *y);
 /* dx (B, H, W, cin) += the pool's adjoint of dy (B, Ho, Wo, cout). */
-int avgpool_pad_backward_add_cuda(const amdim_cuda_ctx *c, const void *dy, int B, int H, int W, int cin, int k,
+int amdim_avgpool_pad_backward_add_cuda(const amdim_cuda_ctx *c, const void *dy, int B, int H, int W, int cin, int k,
                                   int s, int cout, void *dx);
 
 /* ---- batchnorm.cu ---- */
 /* Deterministic per-channel reductions over x (N, C) use a scratch of
- * batchnorm_scratch_doubles(N, C) doubles. */
-size_t batchnorm_scratch_doubles(size_t N, int C);
+ * amdim_batchnorm_scratch_doubles(N, C) doubles. */
+size_t amdim_batchnorm_scratch_doubles(size_t N, int C);
 typedef struct {
     float *gamma, *beta, *rmean, *rvar, *nbt; /* device pointers; nbt: num_batches_tracked */
     float *dgamma, *dbeta;
@@ -94,19 +94,19 @@ typedef struct {
 /* Training: batch statistics (double, two passes), y, saved mean/inv_std
  * (C), running statistics with the unbiased variance, nbt += 1. y may not
  * alias x. */
-int batchnorm_forward_train_cuda(const amdim_cuda_ctx *c, const void *x, size_t N, int C, const amdim_cuda_bn *p,
+int amdim_batchnorm_forward_train_cuda(const amdim_cuda_ctx *c, const void *x, size_t N, int C, const amdim_cuda_bn *p,
                                  void *y, float *mean, float *inv_std, double *scratch);
-int batchnorm_forward_eval_cuda(const amdim_cuda_ctx *c, const void *x, size_t N, int C, const amdim_cuda_bn *p,
+int amdim_batchnorm_forward_eval_cuda(const amdim_cuda_ctx *c, const void *x, size_t N, int C, const amdim_cuda_bn *p,
                                 void *y);
 /* dx (may alias dy); dgamma/dbeta accumulate. */
-int batchnorm_backward_cuda(const amdim_cuda_ctx *c, const void *x, size_t N, int C, const amdim_cuda_bn *p,
+int amdim_batchnorm_backward_cuda(const amdim_cuda_ctx *c, const void *x, size_t N, int C, const amdim_cuda_bn *p,
                             const float *mean, const float *inv_std, const void *dy, void *dx, double *scratch);
 /* out[c] += sum over rows of x (N, C) activations (bias gradients). */
-int channel_sum_add_cuda(const amdim_cuda_ctx *c, const void *x, size_t N, int C, float *out, double *scratch);
+int amdim_channel_sum_add_cuda(const amdim_cuda_ctx *c, const void *x, size_t N, int C, float *out, double *scratch);
 
 /* ---- dropout.cu ---- */
 /* y = x * mask / (1 - p) with host-drawn 0/1 masks; y may alias x. */
-int dropout_cuda(const amdim_cuda_ctx *c, const void *x, const float *mask, size_t n, void *y);
+int amdim_dropout_cuda(const amdim_cuda_ctx *c, const void *x, const float *mask, size_t n, void *y);
 
 /* ---- classifier.cu ---- */
 /* One block per row of logits (n, classes). Writes per row: rows[3*i] =
@@ -118,7 +118,7 @@ int dropout_cuda(const amdim_cuda_ctx *c, const void *x, const float *mask, size
  * a captured graph takes each step's value). The host sums rows in order.
  * Logits and dlogits are float; with ctx->bf16 and dlogits, dlogits_act
  * also receives dlogits as bf16 activations (the GEMMs' operand). */
-int classifier_loss_cuda(const amdim_cuda_ctx *c, const float *logits, int n, int n_all, int classes,
+int amdim_classifier_loss_cuda(const amdim_cuda_ctx *c, const float *logits, int n, int n_all, int classes,
                          const int32_t *labels, const double *inv_valid, float scale, float *dlogits,
                          void *dlogits_act, double *rows);
 
@@ -128,24 +128,24 @@ int classifier_loss_cuda(const amdim_cuda_ctx *c, const float *logits, int n, in
  * one process). S (Bs, B*L) holds the raw scores s (from the GEMM, scaled
  * by 1/sqrt(C)); dS (Bs, B*L) receives the gradient of (wloss * loss +
  * wreg * reg) with respect to s, every mean over the B images' counts as
- * cpu_nce_direction_part. rows[2*si] = row si's loss contribution (NCE:
+ * amdim_cpu_nce_direction_part. rows[2*si] = row si's loss contribution (NCE:
  * before the 1/(B L) mean), rows[2*si+1] = sum of s^2 of the row. S is
  * left holding the clipped scores. S and dS are float in both modes; with
  * ctx->bf16, dS_act also receives dS as bf16 activations (the backward
  * GEMMs' operand), rounded once from the float gradient. */
-int nce_rows_cuda(const amdim_cuda_ctx *c, float *S, float *dS, void *dS_act, int Bs, int first, int B, int L,
+int amdim_nce_rows_cuda(const amdim_cuda_ctx *c, float *S, float *dS, void *dS_act, int Bs, int first, int B, int L,
                   float tclip, int objective, float wloss, float wreg, double *rows);
 /* src (B, R) = r5 (B*25, R) rows i*25 + idx[i] (activations). */
-int gather_rows_cuda(const amdim_cuda_ctx *c, const void *r5, const int32_t *idx, int B, int R, void *src);
+int amdim_gather_rows_cuda(const amdim_cuda_ctx *c, const void *r5, const int32_t *idx, int B, int R, void *src);
 /* r5 rows i*25 + idx[i] += src rows. */
-int scatter_rows_add_cuda(const amdim_cuda_ctx *c, const void *src, const int32_t *idx, int B, int R, void *r5);
+int amdim_scatter_rows_add_cuda(const amdim_cuda_ctx *c, const void *src, const int32_t *idx, int B, int R, void *r5);
 
 /* ---- adam.cu ---- */
 /* w, m, v updated in place (amdim_adam_element) with the hyper-parameters
  * h, which point to DEVICE memory (read when the kernel runs, so a captured
  * graph takes each update's learning rate and bias corrections); bf16 (may
  * be NULL) receives the new weight rounded to bfloat16 (as uint16_t bits). */
-int adam_cuda(const amdim_cuda_ctx *c, float *w, const float *g, float *m, float *v, size_t n,
+int amdim_adam_cuda(const amdim_cuda_ctx *c, float *w, const float *g, float *m, float *v, size_t n,
               const amdim_adam_hparams *h, uint16_t *bf16);
 
 /* ---- layout.cu ---- */
@@ -154,9 +154,9 @@ int adam_cuda(const amdim_cuda_ctx *c, float *w, const float *g, float *m, float
  * filters and filter gradients have the data's type); see layout.h for
  * the index maps. */
 /* out (O, K, K, Ipad) = w (O, I, K, K), input channels I .. Ipad-1 zero. */
-int oihw_to_ohwi_cuda(const amdim_cuda_ctx *c, const float *w, int O, int I, int K, int Ipad, void *out);
+int amdim_oihw_to_ohwi_cuda(const amdim_cuda_ctx *c, const float *w, int O, int I, int K, int Ipad, void *out);
 /* out (OIHW, float) += w (O, K, K, Ipad; activation type) on its first I input channels. */
-int ohwi_to_oihw_add_cuda(const amdim_cuda_ctx *c, const void *w, int O, int I, int K, int Ipad, float *out);
+int amdim_ohwi_to_oihw_add_cuda(const amdim_cuda_ctx *c, const void *w, int O, int I, int K, int Ipad, float *out);
 
 #ifdef __cplusplus
 }

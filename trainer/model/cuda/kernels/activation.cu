@@ -1,18 +1,18 @@
 /* Element-wise activations: ReLU forward / backward, bias (+ ReLU), add. */
 #include "launch_internal.cuh"
 
-template <typename T> __global__ void relu_kernel(void *y, size_t n)
+template <typename T> static __global__ void relu_kernel(void *y, size_t n)
 {
     GRID_STRIDE(i, n) st<T>(y, i, amdim_relu(ld<T>(y, i)));
 }
 
-template <typename T> __global__ void relu_backward_kernel(const void *y, void *dy, size_t n)
+template <typename T> static __global__ void relu_backward_kernel(const void *y, void *dy, size_t n)
 {
     GRID_STRIDE(i, n) st<T>(dy, i, amdim_relu_grad(ld<T>(y, i), ld<T>(dy, i)));
 }
 
 /* y (N, C) += bias[c], then ReLU when relu */
-template <typename T> __global__ void bias_kernel(void *y, const float *bias, size_t n, int C, int relu)
+template <typename T> static __global__ void bias_kernel(void *y, const float *bias, size_t n, int C, int relu)
 {
     GRID_STRIDE(i, n)
     {
@@ -21,39 +21,39 @@ template <typename T> __global__ void bias_kernel(void *y, const float *bias, si
     }
 }
 
-template <typename T> __global__ void add_kernel(void *y, const void *x, size_t n)
+template <typename T> static __global__ void add_kernel(void *y, const void *x, size_t n)
 {
     GRID_STRIDE(i, n) st<T>(y, i, ld<T>(y, i) + ld<T>(x, i));
 }
 
-extern "C" int relu_forward_cuda(const amdim_cuda_ctx *c, void *y, size_t n)
+extern "C" int amdim_relu_forward_cuda(const amdim_cuda_ctx *c, void *y, size_t n)
 {
     LAUNCH_ACT(c, relu_kernel, grid_for(n), AMDIM_THREADS, y, n);
-    return launch_check(c, "relu_forward_cuda");
+    return launch_check(c, "amdim_relu_forward_cuda");
 }
 
-extern "C" int relu_backward_cuda(const amdim_cuda_ctx *c, const void *y, void *dy, size_t n)
+extern "C" int amdim_relu_backward_cuda(const amdim_cuda_ctx *c, const void *y, void *dy, size_t n)
 {
     LAUNCH_ACT(c, relu_backward_kernel, grid_for(n), AMDIM_THREADS, y, dy, n);
-    return launch_check(c, "relu_backward_cuda");
+    return launch_check(c, "amdim_relu_backward_cuda");
 }
 
-extern "C" int bias_relu_forward_cuda(const amdim_cuda_ctx *c, void *y, const float *bias, size_t rows, int C)
+extern "C" int amdim_bias_relu_forward_cuda(const amdim_cuda_ctx *c, void *y, const float *bias, size_t rows, int C)
 {
     size_t n = rows * C;
     LAUNCH_ACT(c, bias_kernel, grid_for(n), AMDIM_THREADS, y, bias, n, C, 1);
-    return launch_check(c, "bias_relu_forward_cuda");
+    return launch_check(c, "amdim_bias_relu_forward_cuda");
 }
 
-extern "C" int bias_add_cuda(const amdim_cuda_ctx *c, void *y, const float *bias, size_t rows, int C)
+extern "C" int amdim_bias_add_cuda(const amdim_cuda_ctx *c, void *y, const float *bias, size_t rows, int C)
 {
     size_t n = rows * C;
     LAUNCH_ACT(c, bias_kernel, grid_for(n), AMDIM_THREADS, y, bias, n, C, 0);
-    return launch_check(c, "bias_add_cuda");
+    return launch_check(c, "amdim_bias_add_cuda");
 }
 
-extern "C" int add_cuda(const amdim_cuda_ctx *c, void *y, const void *x, size_t n)
+extern "C" int amdim_add_cuda(const amdim_cuda_ctx *c, void *y, const void *x, size_t n)
 {
     LAUNCH_ACT(c, add_kernel, grid_for(n), AMDIM_THREADS, y, x, n);
-    return launch_check(c, "add_cuda");
+    return launch_check(c, "amdim_add_cuda");
 }

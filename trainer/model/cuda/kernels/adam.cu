@@ -3,7 +3,7 @@
 
 #include "launch_internal.cuh"
 
-__global__ void adam_kernel(float *w, const float *g, float *m, float *v, size_t n, const amdim_adam_hparams *hp,
+static __global__ void adam_kernel(float *w, const float *g, float *m, float *v, size_t n, const amdim_adam_hparams *hp,
                             uint16_t *bf16)
 {
     amdim_adam_hparams h = *hp;
@@ -19,9 +19,9 @@ __global__ void adam_kernel(float *w, const float *g, float *m, float *v, size_t
     }
 }
 
-extern "C" int adam_cuda(const amdim_cuda_ctx *c, float *w, const float *g, float *m, float *v, size_t n,
+extern "C" int amdim_adam_cuda(const amdim_cuda_ctx *c, float *w, const float *g, float *m, float *v, size_t n,
                          const amdim_adam_hparams *h, uint16_t *bf16)
 {
     LAUNCH(c, adam_kernel, grid_for(n), AMDIM_THREADS, w, g, m, v, n, h, bf16);
-    return launch_check(c, "adam_cuda");
+    return launch_check(c, "amdim_adam_cuda");
 }

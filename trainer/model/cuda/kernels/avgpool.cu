@@ -5,7 +5,7 @@
 
 /* y (B, Ho, Wo, cout) += pool(x (B, H, W, cin)) on channels < cin */
 template <typename T>
-__global__ void avgpool_forward_kernel(const void *x, int B, int H, int W, int cin, int k, int s, int cout, void *y)
+static __global__ void avgpool_forward_kernel(const void *x, int B, int H, int W, int cin, int k, int s, int cout, void *y)
 {
     int Ho = (H - k) / s + 1, Wo = (W - k) / s + 1;
     size_t n = (size_t)B * Ho * Wo * cin;
@@ -27,7 +27,7 @@ __global__ void avgpool_forward_kernel(const void *x, int B, int H, int W, int c
 
 /* dx (B, H, W, cin) += sum over the outputs that pooled (iy, ix) of dy / k^2 */
 template <typename T>
-__global__ void avgpool_backward_kernel(const void *dy, int B, int H, int W, int cin, int k, int s, int cout, void *dx)
+static __global__ void avgpool_backward_kernel(const void *dy, int B, int H, int W, int cin, int k, int s, int cout, void *dx)
 {
     int Ho = (H - k) / s + 1, Wo = (W - k) / s + 1;
     size_t n = (size_t)B * H * W * cin;
@@ -49,18 +49,18 @@ __global__ void avgpool_backward_kernel(const void *dy, int B, int H, int W, int
     }
 }
 
-extern "C" int avgpool_pad_forward_add_cuda(const amdim_cuda_ctx *c, const void *x, int B, int H, int W, int cin,
+extern "C" int amdim_avgpool_pad_forward_add_cuda(const amdim_cuda_ctx *c, const void *x, int B, int H, int W, int cin,
                                             int k, int s, int cout, void *y)
 {
     size_t n = (size_t)B * ((H - k) / s + 1) * ((W - k) / s + 1) * cin;
     LAUNCH_ACT(c, avgpool_forward_kernel, grid_for(n), AMDIM_THREADS, x, B, H, W, cin, k, s, cout, y);
-    return launch_check(c, "avgpool_pad_forward_add_cuda");
+    return launch_check(c, "amdim_avgpool_pad_forward_add_cuda");
 }
 
-extern "C" int avgpool_pad_backward_add_cuda(const amdim_cuda_ctx *c, const void *dy, int B, int H, int W, int cin,
+extern "C" int amdim_avgpool_pad_backward_add_cuda(const amdim_cuda_ctx *c, const void *dy, int B, int H, int W, int cin,
                                              int k, int s, int cout, void *dx)
 {
     size_t n = (size_t)B * H * W * cin;
     LAUNCH_ACT(c, avgpool_backward_kernel, grid_for(n), AMDIM_THREADS, dy, B, H, W, cin, k, s, cout, dx);
-    return launch_check(c, "avgpool_pad_backward_add_cuda");
+    return launch_check(c, "amdim_avgpool_pad_backward_add_cuda");
 }

@@ -13,12 +13,12 @@ enum { MODE_SUM, MODE_VAR, MODE_BWD };
 
 static size_t chunks(size_t N) { return amdim_bn_chunks(N); }
 
-extern "C" size_t batchnorm_scratch_doubles(size_t N, int C) { return amdim_bn_scratch_doubles(N, C); }
+extern "C" size_t amdim_batchnorm_scratch_doubles(size_t N, int C) { return amdim_bn_scratch_doubles(N, C); }
 
 /* partial[(p, ch)] = sums over chunk p of:
  *   MODE_SUM: x;  MODE_VAR: (x - mean_d)^2;  MODE_BWD: dy and dy * xhat */
 template <typename T>
-__global__ void partials_kernel(const void *x, const void *dy, size_t N, int C, int mode, const double *mean_d,
+static __global__ void partials_kernel(const void *x, const void *dy, size_t N, int C, int mode, const double *mean_d,
                                 const float *mean, const float *inv_std, double *partial)
 {
     __shared__ double sh[2][BN_ROWS][BN_CH];
@@ -53,7 +53,7 @@ __global__ void partials_kernel(const void *x, const void *dy, size_t N, int C, 
 }
 
 /* finals (C, 2) = sums of the P partials in order */
-__global__ void finals_kernel(const double *partial, size_t P, int C, double *fin)
+static __global__ void finals_kernel(const double *partial, size_t P, int C, double *fin)
 {
     int ch = blockIdx.x * blockDim.x + threadIdx.x;
     if (ch >= C)
@@ -81,7 +81,7 @@ static int reduce(const amdim_cuda_ctx *c, const void *x, const void *dy, size_t
 }
 
 /* After MODE_SUM, fin[2ch] = sum x: the double means. */
-__global__ void mean_kernel(const double *fin, size_t N, int C, double *mean_d)
+static __global__ void mean_kernel(const double *fin, size_t N, int C, double *mean_d)
 {
     int ch = blockIdx.x * blockDim.x + threadIdx.x;
     if (ch < C)
@@ -89,7 +89,7 @@ __global__ void mean_kernel(const double *fin, size_t N, int C, double *mean_d)
 }
 
 /* mean_d: the means; fin_var: sums of squared deviations */
-__global__ void train_stats_kernel(const double *mean_d, const double *fin_var, size_t N, int C, amdim_cuda_bn p,
+static __global__ void train_stats_kernel(const double *mean_d, const double *fin_var, size_t N, int C, amdim_cuda_bn p,
                                    float *mean, float *inv_std)
 {
     int ch = blockIdx.x * blockDim.x + threadIdx.x;
@@ -106,7 +106,7 @@ __global__ void train_stats_kernel(const double *mean_d, const double *fin_var, 
 }
 
 template <typename T>
-__global__ void apply_kernel(const void *x, size_t n, int C, const float *mean, const float *inv_std,
+static __global__ void apply_kernel(const void *x, size_t n, int C, const float *mean, const float *inv_std,
                              const float *gamma, const float *beta, void *y)
 {
     GRID_STRIDE(i, n)
@@ -116,7 +116,7 @@ __global__ void apply_kernel(const void *x, size_t n, int C, const float *mean, 
     }
 }
 
-template <typename T> __global__ void eval_kernel(const void *x, size_t n, int C, amdim_cuda_bn p, void *y)
+template <typename T> static __global__ void eval_kernel(const void *x, size_t n, int C, amdim_cuda_bn p, void *y)
 {
     GRID_STRIDE(i, n)
     {
@@ -126,7 +126,7 @@ template <typename T> __global__ void eval_kernel(const void *x, size_t n, int C
 }
 
 /* fin (C, 2) = (sdy, sdyx): parameter gradients */
-__global__ void param_grad_kernel(const double *fin, int C, amdim_cuda_bn p)
+static __global__ void param_grad_kernel(const double *fin, int C, amdim_cuda_bn p)
 {
     int ch = blockIdx.x * blockDim.x + threadIdx.x;
     if (ch >= C)
@@ -136,7 +136,7 @@ __global__ void param_grad_kernel(const double *fin, int C, amdim_cuda_bn p)
 }
 
 template <typename T>
-__global__ void backward_kernel(const void *x, const void *dy, size_t n, size_t N, int C, const float *gamma,
+static __global__ void backward_kernel(const void *x, const void *dy, size_t n, size_t N, int C, const float *gamma,
                                 const float *mean, const float *inv_std, const double *fin, void *dx)
 {
     GRID_STRIDE(i, n)
@@ -149,7 +149,7 @@ __global__ void backward_kernel(const void *x, const void *dy, size_t n, size_t 
     }
 }
 
-__global__ void channel_add_kernel(const double *fin, int C, float *out)
+static __global__ void channel_add_kernel(const double *fin, int C, float *out)
 {
     int ch = blockIdx.x * blockDim.x + threadIdx.x;
     if (ch < C)
@@ -165,11 +165,11 @@ static int sync_fin(const amdim_cuda_ctx *c, double *fin, int C)
 
 static size_t total_count(const amdim_cuda_ctx *c, size_t N) { return c->bn_sync ? N * (size_t)c->ranks : N; }
 
-extern "C" int batchnorm_forward_train_cuda(const amdim_cuda_ctx *c, const void *x, size_t N, int C,
+extern "C" int amdim_batchnorm_forward_train_cuda(const amdim_cuda_ctx *c, const void *x, size_t N, int C,
                                             const amdim_cuda_bn *p, void *y, float *mean, float *inv_std,
                                             double *scratch)
 {
-    const char *op = "batchnorm_forward_train_cuda";
+    const char *op = "amdim_batchnorm_forward_train_cuda";
     size_t P = chunks(N), T = total_count(c, N);
     double *fin = scratch + P * 2 * C, *mean_d = fin + 2 * (size_t)C;
     int rc = reduce(c, x, NULL, N, C, MODE_SUM, NULL, NULL, NULL, scratch, op);
@@ -188,19 +188,19 @@ extern "C" int batchnorm_forward_train_cuda(const amdim_cuda_ctx *c, const void 
     return launch_check(c, op);
 }
 
-extern "C" int batchnorm_forward_eval_cuda(const amdim_cuda_ctx *c, const void *x, size_t N, int C,
+extern "C" int amdim_batchnorm_forward_eval_cuda(const amdim_cuda_ctx *c, const void *x, size_t N, int C,
                                            const amdim_cuda_bn *p, void *y)
 {
     size_t n = N * C;
     LAUNCH_ACT(c, eval_kernel, grid_for(n), AMDIM_THREADS, x, n, C, *p, y);
-    return launch_check(c, "batchnorm_forward_eval_cuda");
+    return launch_check(c, "amdim_batchnorm_forward_eval_cuda");
 }
 
-extern "C" int batchnorm_backward_cuda(const amdim_cuda_ctx *c, const void *x, size_t N, int C,
+extern "C" int amdim_batchnorm_backward_cuda(const amdim_cuda_ctx *c, const void *x, size_t N, int C,
                                        const amdim_cuda_bn *p, const float *mean, const float *inv_std,
                                        const void *dy, void *dx, double *scratch)
 {
-    const char *op = "batchnorm_backward_cuda";
+    const char *op = "amdim_batchnorm_backward_cuda";
     double *fin = scratch + chunks(N) * 2 * C;
     int rc = reduce(c, x, dy, N, C, MODE_BWD, NULL, mean, inv_std, scratch, op);
     if (rc)
@@ -214,10 +214,10 @@ extern "C" int batchnorm_backward_cuda(const amdim_cuda_ctx *c, const void *x, s
     return launch_check(c, op);
 }
 
-extern "C" int channel_sum_add_cuda(const amdim_cuda_ctx *c, const void *x, size_t N, int C, float *out,
+extern "C" int amdim_channel_sum_add_cuda(const amdim_cuda_ctx *c, const void *x, size_t N, int C, float *out,
                                     double *scratch)
 {
-    const char *op = "channel_sum_add_cuda";
+    const char *op = "amdim_channel_sum_add_cuda";
     int rc = reduce(c, x, NULL, N, C, MODE_SUM, NULL, NULL, NULL, scratch, op);
     if (rc)
         return rc;

@@ -5,7 +5,7 @@
 enum { CLS_THREADS = 256 };
 
 template <typename T>
-__global__ void classifier_kernel(const float *logits, int n_all, int classes, const int32_t *labels,
+static __global__ void classifier_kernel(const float *logits, int n_all, int classes, const int32_t *labels,
                                   const double *inv_valid_p, float scale, float *dlogits, void *dlogits_act,
                                   double *rows)
 {
@@ -55,7 +55,7 @@ __global__ void classifier_kernel(const float *logits, int n_all, int classes, c
     }
 }
 
-extern "C" int classifier_loss_cuda(const amdim_cuda_ctx *c, const float *logits, int n, int n_all, int classes,
+extern "C" int amdim_classifier_loss_cuda(const amdim_cuda_ctx *c, const float *logits, int n, int n_all, int classes,
                                     const int32_t *labels, const double *inv_valid, float scale, float *dlogits,
                                     void *dlogits_act, double *rows)
 {
@@ -63,5 +63,5 @@ extern "C" int classifier_loss_cuda(const amdim_cuda_ctx *c, const float *logits
         dlogits_act = NULL; /* the float dlogits are the GEMMs' operand */
     LAUNCH_ACT(c, classifier_kernel, n, CLS_THREADS, logits, n_all, classes, labels, inv_valid, scale, dlogits,
                dlogits_act, rows);
-    return launch_check(c, "classifier_loss_cuda");
+    return launch_check(c, "amdim_classifier_loss_cuda");
 }

@@ -4,7 +4,7 @@
 
 /* one thread per output element (pixel, channel < cout) */
 template <typename T>
-__global__ void normalise_u8_kernel(const uint8_t *x, size_t n, int cout, float s0, float s1, float s2, float h0,
+static __global__ void normalise_u8_kernel(const uint8_t *x, size_t n, int cout, float s0, float s1, float s2, float h0,
                                     float h1, float h2, void *y)
 {
     GRID_STRIDE(i, n)
@@ -18,7 +18,7 @@ __global__ void normalise_u8_kernel(const uint8_t *x, size_t n, int cout, float 
 
 /* one thread per NHWC output element: x (B, C, HW) float -> y (B, HW, ldc)
  * activations, channels >= C zero */
-template <typename T> __global__ void to_nhwc_kernel(const float *x, int B, int C, int HW, int ldc, void *y)
+template <typename T> static __global__ void to_nhwc_kernel(const float *x, int B, int C, int HW, int ldc, void *y)
 {
     size_t n = (size_t)B * HW * ldc;
     GRID_STRIDE(j, n)
@@ -29,7 +29,7 @@ template <typename T> __global__ void to_nhwc_kernel(const float *x, int B, int 
 }
 
 /* x (B, HW, C) activations -> y (B, C, HW) float */
-template <typename T> __global__ void to_nchw_kernel(const void *x, int B, int C, int HW, float *y)
+template <typename T> static __global__ void to_nchw_kernel(const void *x, int B, int C, int HW, float *y)
 {
     size_t n = (size_t)B * C * HW;
     GRID_STRIDE(i, n)
@@ -40,47 +40,47 @@ template <typename T> __global__ void to_nchw_kernel(const void *x, int B, int C
     }
 }
 
-template <typename T> __global__ void to_f32_kernel(const void *x, size_t n, float *y)
+template <typename T> static __global__ void to_f32_kernel(const void *x, size_t n, float *y)
 {
     GRID_STRIDE(i, n) y[i] = ld<T>(x, i);
 }
 
-__global__ void to_bf16_kernel(const float *x, size_t n, uint16_t *y)
+static __global__ void to_bf16_kernel(const float *x, size_t n, uint16_t *y)
 {
     GRID_STRIDE(i, n) y[i] = __bfloat16_as_ushort(__float2bfloat16_rn(x[i]));
 }
 
-extern "C" int normalise_u8_cuda(const amdim_cuda_ctx *c, const uint8_t *x, size_t pixels, const float scale[3],
+extern "C" int amdim_normalise_u8_cuda(const amdim_cuda_ctx *c, const uint8_t *x, size_t pixels, const float scale[3],
                                  const float shift[3], int cout, void *y)
 {
     size_t n = pixels * (size_t)cout;
     LAUNCH_ACT(c, normalise_u8_kernel, grid_for(n), AMDIM_THREADS, x, n, cout, scale[0], scale[1], scale[2],
                shift[0], shift[1], shift[2], y);
-    return launch_check(c, "normalise_u8_cuda");
+    return launch_check(c, "amdim_normalise_u8_cuda");
 }
 
-extern "C" int nchw_to_nhwc_cuda(const amdim_cuda_ctx *c, const float *x, int B, int C, int HW, int ldc, void *y)
+extern "C" int amdim_nchw_to_nhwc_cuda(const amdim_cuda_ctx *c, const float *x, int B, int C, int HW, int ldc, void *y)
 {
     size_t n = (size_t)B * HW * ldc;
     LAUNCH_ACT(c, to_nhwc_kernel, grid_for(n), AMDIM_THREADS, x, B, C, HW, ldc, y);
-    return launch_check(c, "nchw_to_nhwc_cuda");
+    return launch_check(c, "amdim_nchw_to_nhwc_cuda");
 }
 
-extern "C" int nhwc_to_nchw_cuda(const amdim_cuda_ctx *c, const void *x, int B, int C, int HW, float *y)
+extern "C" int amdim_nhwc_to_nchw_cuda(const amdim_cuda_ctx *c, const void *x, int B, int C, int HW, float *y)
 {
     size_t n = (size_t)B * C * HW;
     LAUNCH_ACT(c, to_nchw_kernel, grid_for(n), AMDIM_THREADS, x, B, C, HW, y);
-    return launch_check(c, "nhwc_to_nchw_cuda");
+    return launch_check(c, "amdim_nhwc_to_nchw_cuda");
 }
 
-extern "C" int act_to_f32_cuda(const amdim_cuda_ctx *c, const void *x, size_t n, float *y)
+extern "C" int amdim_act_to_f32_cuda(const amdim_cuda_ctx *c, const void *x, size_t n, float *y)
 {
     LAUNCH_ACT(c, to_f32_kernel, grid_for(n), AMDIM_THREADS, x, n, y);
-    return launch_check(c, "act_to_f32_cuda");
+    return launch_check(c, "amdim_act_to_f32_cuda");
 }
 
-extern "C" int f32_to_bf16_cuda(const amdim_cuda_ctx *c, const float *x, size_t n, uint16_t *y)
+extern "C" int amdim_f32_to_bf16_cuda(const amdim_cuda_ctx *c, const float *x, size_t n, uint16_t *y)
 {
     LAUNCH(c, to_bf16_kernel, grid_for(n), AMDIM_THREADS, x, n, y);
-    return launch_check(c, "f32_to_bf16_cuda");
+    return launch_check(c, "amdim_f32_to_bf16_cuda");
 }

@@ -54,14 +54,14 @@ static inline unsigned grid_for(size_t n)
  * or double. Stores round to nearest even (amdim_bf16_bits on the CPU). */
 typedef __nv_bfloat16 bf16_t;
 
-template <typename T> __device__ inline float ld(const void *p, size_t i);
+template <typename T> static __device__ inline float ld(const void *p, size_t i);
 template <> __device__ inline float ld<float>(const void *p, size_t i) { return ((const float *)p)[i]; }
 template <> __device__ inline float ld<bf16_t>(const void *p, size_t i)
 {
     return __bfloat162float(((const bf16_t *)p)[i]);
 }
 
-template <typename T> __device__ inline void st(void *p, size_t i, float v);
+template <typename T> static __device__ inline void st(void *p, size_t i, float v);
 template <> __device__ inline void st<float>(void *p, size_t i, float v) { ((float *)p)[i] = v; }
 template <> __device__ inline void st<bf16_t>(void *p, size_t i, float v)
 {
@@ -86,7 +86,7 @@ template <> __device__ inline void st<bf16_t>(void *p, size_t i, float v)
 
 /* Sum / max over the block (blockDim.x a power of two <= 1024) by a fixed
  * tree: the same result on every run. All threads get the value. */
-__device__ inline double block_sum(double v, double *sh)
+static __device__ inline double block_sum(double v, double *sh)
 {
     sh[threadIdx.x] = v;
     __syncthreads();
@@ -100,7 +100,7 @@ __device__ inline double block_sum(double v, double *sh)
     return r;
 }
 
-__device__ inline double block_max(double v, double *sh)
+static __device__ inline double block_max(double v, double *sh)
 {
     sh[threadIdx.x] = v;
     __syncthreads();

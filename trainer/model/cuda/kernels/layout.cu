@@ -4,7 +4,7 @@
 #include "layout_internal.h"
 
 /* one thread per element of the (O, K, K, Ipad) copy: w's, or zero for i >= I */
-template <typename T> __global__ void to_ohwi_kernel(const float *w, int O, int I, int K, int Ipad, void *out)
+template <typename T> static __global__ void to_ohwi_kernel(const float *w, int O, int I, int K, int Ipad, void *out)
 {
     size_t n = (size_t)O * Ipad * K * K;
     GRID_STRIDE(j, n)
@@ -16,7 +16,7 @@ template <typename T> __global__ void to_ohwi_kernel(const float *w, int O, int 
 }
 
 /* one thread per OIHW element: out (OIHW) += w (O, K, K, Ipad) */
-template <typename T> __global__ void add_oihw_kernel(const void *w, int O, int I, int K, int Ipad, float *out)
+template <typename T> static __global__ void add_oihw_kernel(const void *w, int O, int I, int K, int Ipad, float *out)
 {
     size_t n = (size_t)O * I * K * K;
     GRID_STRIDE(j, n)
@@ -26,17 +26,17 @@ template <typename T> __global__ void add_oihw_kernel(const void *w, int O, int 
     }
 }
 
-extern "C" int oihw_to_ohwi_cuda(const amdim_cuda_ctx *c, const float *w, int O, int I, int K, int Ipad, void *out)
+extern "C" int amdim_oihw_to_ohwi_cuda(const amdim_cuda_ctx *c, const float *w, int O, int I, int K, int Ipad, void *out)
 {
     size_t n = (size_t)O * Ipad * K * K;
     LAUNCH_ACT(c, to_ohwi_kernel, grid_for(n), AMDIM_THREADS, w, O, I, K, Ipad, out);
-    return launch_check(c, "oihw_to_ohwi_cuda");
+    return launch_check(c, "amdim_oihw_to_ohwi_cuda");
 }
 
-extern "C" int ohwi_to_oihw_add_cuda(const amdim_cuda_ctx *c, const void *w, int O, int I, int K, int Ipad,
+extern "C" int amdim_ohwi_to_oihw_add_cuda(const amdim_cuda_ctx *c, const void *w, int O, int I, int K, int Ipad,
                                      float *out)
 {
     size_t n = (size_t)O * I * K * K;
     LAUNCH_ACT(c, add_oihw_kernel, grid_for(n), AMDIM_THREADS, w, O, I, K, Ipad, out);
-    return launch_check(c, "ohwi_to_oihw_add_cuda");
+    return launch_check(c, "amdim_ohwi_to_oihw_add_cuda");
 }

@@ -8,9 +8,9 @@ enum { NCE_THREADS = 256 };
 
 /* S, dS (Bs, B*L): row si = source si, image first + si of the B, against
  * every target location; the means divide by the B images' counts
- * (cpu_nce_direction_part). */
+ * (amdim_cpu_nce_direction_part). */
 template <typename T>
-__global__ void nce_rows_kernel(float *S, float *dS, void *dS_act, int first, int B, int L, float tclip, int objective,
+static __global__ void nce_rows_kernel(float *S, float *dS, void *dS_act, int first, int B, int L, float tclip, int objective,
                                 float wloss, float wreg, double *rows)
 {
     __shared__ double sh[NCE_THREADS];
@@ -95,7 +95,7 @@ __global__ void nce_rows_kernel(float *S, float *dS, void *dS_act, int first, in
 }
 
 /* one thread per (i, ch) */
-template <typename T> __global__ void rows_kernel(const void *a, const int32_t *idx, int B, int R, int scatter, void *b)
+template <typename T> static __global__ void rows_kernel(const void *a, const int32_t *idx, int B, int R, int scatter, void *b)
 {
     size_t n = (size_t)B * R;
     GRID_STRIDE(j, n)
@@ -108,26 +108,26 @@ template <typename T> __global__ void rows_kernel(const void *a, const int32_t *
     }
 }
 
-extern "C" int nce_rows_cuda(const amdim_cuda_ctx *c, float *S, float *dS, void *dS_act, int Bs, int first, int B,
+extern "C" int amdim_nce_rows_cuda(const amdim_cuda_ctx *c, float *S, float *dS, void *dS_act, int Bs, int first, int B,
                              int L, float tclip, int objective, float wloss, float wreg, double *rows)
 {
     if (!c->bf16)
         dS_act = NULL; /* the float dS is the GEMMs' operand */
     LAUNCH_ACT(c, nce_rows_kernel, Bs, NCE_THREADS, S, dS, dS_act, first, B, L, tclip, objective, wloss, wreg, rows);
-    return launch_check(c, "nce_rows_cuda");
+    return launch_check(c, "amdim_nce_rows_cuda");
 }
 
-extern "C" int gather_rows_cuda(const amdim_cuda_ctx *c, const void *r5, const int32_t *idx, int B, int R, void *src)
+extern "C" int amdim_gather_rows_cuda(const amdim_cuda_ctx *c, const void *r5, const int32_t *idx, int B, int R, void *src)
 {
     size_t n = (size_t)B * R;
     LAUNCH_ACT(c, rows_kernel, grid_for(n), AMDIM_THREADS, r5, idx, B, R, 0, src);
-    return launch_check(c, "gather_rows_cuda");
+    return launch_check(c, "amdim_gather_rows_cuda");
 }
 
-extern "C" int scatter_rows_add_cuda(const amdim_cuda_ctx *c, const void *src, const int32_t *idx, int B, int R,
+extern "C" int amdim_scatter_rows_add_cuda(const amdim_cuda_ctx *c, const void *src, const int32_t *idx, int B, int R,
                                      void *r5)
 {
     size_t n = (size_t)B * R;
     LAUNCH_ACT(c, rows_kernel, grid_for(n), AMDIM_THREADS, src, idx, B, R, 1, r5);
-    return launch_check(c, "scatter_rows_add_cuda");
+    return launch_check(c, "amdim_scatter_rows_add_cuda");
 }

@@ -2,7 +2,7 @@
 #include "launch_internal.cuh"
 
 /* x (B, H, W, C) -> y (B, H+2p, W+2p, C) */
-template <typename T> __global__ void reflect_pad_kernel(const void *x, int B, int H, int W, int C, int p, void *y)
+template <typename T> static __global__ void reflect_pad_kernel(const void *x, int B, int H, int W, int C, int p, void *y)
 {
     int Hp = H + 2 * p, Wp = W + 2 * p;
     size_t n = (size_t)B * Hp * Wp * C;
@@ -17,10 +17,10 @@ template <typename T> __global__ void reflect_pad_kernel(const void *x, int B, i
     }
 }
 
-extern "C" int reflect_pad_forward_cuda(const amdim_cuda_ctx *c, const void *x, int B, int H, int W, int C, int p,
+extern "C" int amdim_reflect_pad_forward_cuda(const amdim_cuda_ctx *c, const void *x, int B, int H, int W, int C, int p,
                                         void *y)
 {
     size_t n = (size_t)B * (H + 2 * p) * (W + 2 * p) * C;
     LAUNCH_ACT(c, reflect_pad_kernel, grid_for(n), AMDIM_THREADS, x, B, H, W, C, p, y);
-    return launch_check(c, "reflect_pad_forward_cuda");
+    return launch_check(c, "amdim_reflect_pad_forward_cuda");
 }
