@@ -46,7 +46,7 @@ typedef struct {
     float mean[3], std[3]; /* normalisation on the 0..1 scale (applied by the trainer) */
 } amdim_augment_config;
 
-/* SPEC defaults for "imagenet" (128), "stl10" (64) or "cifar" (32).
+/* The defaults (docs/spec.md §3.2) for "imagenet" (128), "stl10" (64) or "cifar" (32).
  * Returns 0 or AMDIM_E_INVALID for an unknown name. */
 int amdim_augment_preset(const char *name, amdim_augment_config *cfg);
 /* Checks ranges (probabilities in [0,1], scale in (0,1], ratios > 0, ...).

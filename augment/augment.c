@@ -99,7 +99,6 @@ void amdim_augment_set_max_pixels(amdim_augmenter *a, uint64_t max_pixels)
 
 const amdim_augment_config *amdim_augment_get_config(const amdim_augmenter *a) { return &a->cfg; }
 
-#define AFAIL(st, ...) amdim_fail(a->err, sizeof a->err, (st), __VA_ARGS__)
 
 /* Before anything is allocated for a record: its size against the pixel
  * limit, and a JPEG's own size (its SOF) against the record's header, so
@@ -108,18 +107,18 @@ static int check_record_size(amdim_augmenter *a, const amdim_record *rec)
 {
     uint64_t npix = (uint64_t)rec->width * rec->height;
     if (npix > a->max_pixels)
-        return AFAIL(AMDIM_E_TOO_LARGE, "record of %ux%u has %llu pixels, more than the limit of %llu",
+        return AMDIM_FAIL_IN(a, AMDIM_E_TOO_LARGE, "record of %ux%u has %llu pixels, more than the limit of %llu",
                      rec->width, rec->height, (unsigned long long)npix, (unsigned long long)a->max_pixels);
     if (rec->encoding != AMDIM_ENCODING_JPEG)
         return AMDIM_OK;
     amdim_image_format f;
     int w, h, ch, st = amdim_codec_probe(a->codec, rec->payload, rec->payload_size, &f, &w, &h, &ch);
     if (st)
-        return AFAIL(st, "%s", amdim_codec_error(a->codec));
+        return AMDIM_FAIL_IN(a, st, "%s", amdim_codec_error(a->codec));
     if (f != AMDIM_FORMAT_JPEG)
-        return AFAIL(AMDIM_E_CORRUPT, "record says JPEG but its payload is not a JPEG");
+        return AMDIM_FAIL_IN(a, AMDIM_E_CORRUPT, "record says JPEG but its payload is not a JPEG");
     if ((uint32_t)w != rec->width || (uint32_t)h != rec->height)
-        return AFAIL(AMDIM_E_CORRUPT, "JPEG is %dx%d but its record says %ux%u", w, h, rec->width, rec->height);
+        return AMDIM_FAIL_IN(a, AMDIM_E_CORRUPT, "JPEG is %dx%d but its record says %ux%u", w, h, rec->width, rec->height);
     return AMDIM_OK;
 }
 
@@ -133,16 +132,16 @@ int amdim_augment_decode(amdim_augmenter *a, const amdim_record *rec, const amdi
          * SOF, this also covers a decoder that sees another one. */
         if ((st = amdim_codec_decode_rgb(a->codec, rec->payload, rec->payload_size,
                                          (uint64_t)rec->width * rec->height, &a->decoded, NULL)))
-            return AFAIL(st, "%s", amdim_codec_error(a->codec));
+            return AMDIM_FAIL_IN(a, st, "%s", amdim_codec_error(a->codec));
         if ((uint32_t)a->decoded.width != rec->width || (uint32_t)a->decoded.height != rec->height)
-            return AFAIL(AMDIM_E_CORRUPT, "JPEG is %dx%d but its record says %ux%u", a->decoded.width,
+            return AMDIM_FAIL_IN(a, AMDIM_E_CORRUPT, "JPEG is %dx%d but its record says %ux%u", a->decoded.width,
                          a->decoded.height, rec->width, rec->height);
     } else if (rec->encoding == AMDIM_ENCODING_RAW) {
         if (amdim_image_reserve(&a->decoded, (int)rec->width, (int)rec->height, 3))
-            return AFAIL(AMDIM_E_NOMEM, "out of memory");
+            return AMDIM_FAIL_IN(a, AMDIM_E_NOMEM, "out of memory");
         size_t npix = (size_t)rec->width * rec->height;
         if ((uint64_t)npix * rec->channels != rec->payload_size)
-            return AFAIL(AMDIM_E_CORRUPT, "raw record of %ux%ux%u has %u bytes", rec->width, rec->height,
+            return AMDIM_FAIL_IN(a, AMDIM_E_CORRUPT, "raw record of %ux%ux%u has %u bytes", rec->width, rec->height,
                          rec->channels, rec->payload_size);
         if (rec->channels == 3) {
             memcpy(a->decoded.pixels, rec->payload, npix * 3);
@@ -151,16 +150,16 @@ int amdim_augment_decode(amdim_augmenter *a, const amdim_record *rec, const amdi
                 memset(a->decoded.pixels + 3 * i, rec->payload[i], 3);
         }
     } else {
-        return AFAIL(AMDIM_E_UNSUPPORTED, "record encoding %u", rec->encoding);
+        return AMDIM_FAIL_IN(a, AMDIM_E_UNSUPPORTED, "record encoding %u", rec->encoding);
     }
     const amdim_image *src = &a->decoded;
     if (a->cfg.crop_mode == AMDIM_CROP_TRANSLATE && (src->width != a->cfg.size || src->height != a->cfg.size)) {
         int s = a->cfg.size;
         if (src->width > s || src->height > s)
-            return AFAIL(AMDIM_E_INVALID, "the %s preset makes %dx%d views without resizing, but the image is %dx%d",
+            return AMDIM_FAIL_IN(a, AMDIM_E_INVALID, "the %s preset makes %dx%d views without resizing, but the image is %dx%d",
                          a->cfg.name, s, s, src->width, src->height);
         if (amdim_image_reserve(&a->padded, s, s, 3))
-            return AFAIL(AMDIM_E_NOMEM, "out of memory");
+            return AMDIM_FAIL_IN(a, AMDIM_E_NOMEM, "out of memory");
         memset(a->padded.pixels, 0, (size_t)s * s * 3);
         int ox = (s - src->width) / 2, oy = (s - src->height) / 2;
         for (int y = 0; y < src->height; y++)
@@ -175,7 +174,7 @@ int amdim_augment_decode(amdim_augmenter *a, const amdim_record *rec, const amdi
 static int make_flipped(amdim_augmenter *a, const amdim_image *src, const amdim_image **out)
 {
     if (amdim_image_reserve(&a->flipped, src->width, src->height, 3))
-        return AFAIL(AMDIM_E_NOMEM, "out of memory");
+        return AMDIM_FAIL_IN(a, AMDIM_E_NOMEM, "out of memory");
     memcpy(a->flipped.pixels, src->pixels, (size_t)src->width * src->height * 3);
     amdim_flip_horizontal(a->flipped.pixels, src->width, src->height);
     *out = &a->flipped;
@@ -198,11 +197,11 @@ static int view_of(amdim_augmenter *a, const amdim_image *src, int mirror, const
         int st = amdim_resize_bicubic_box(src->pixels, src->width, src->height, 3, box, clip, mirror, out, s, s,
                                           a->simd, &a->scratch);
         if (st)
-            return AFAIL(st, "crop (%d, %d, %dx%d) does not fit the %dx%d image", vp->x, vp->y, vp->w, vp->h,
+            return AMDIM_FAIL_IN(a, st, "crop (%d, %d, %dx%d) does not fit the %dx%d image", vp->x, vp->y, vp->w, vp->h,
                          src->width, src->height);
     } else {
         if (src->width != s || src->height != s)
-            return AFAIL(AMDIM_E_INVALID, "translate view of a %dx%d image, want %dx%d", src->width, src->height, s, s);
+            return AMDIM_FAIL_IN(a, AMDIM_E_INVALID, "translate view of a %dx%d image, want %dx%d", src->width, src->height, s, s);
         if (vp->dx || vp->dy)
             amdim_translate_reflect(src->pixels, s, s, vp->dx, vp->dy, out);
         else
@@ -236,7 +235,7 @@ static int colour_of(amdim_augmenter *a, const amdim_view_params *vp, uint8_t *o
                     a->ops.hue(out, npix, vp->hue);
                 break;
             default:
-                return AFAIL(AMDIM_E_INVALID, "bad jitter step %u", vp->order[k]);
+                return AMDIM_FAIL_IN(a, AMDIM_E_INVALID, "bad jitter step %u", vp->order[k]);
             }
         }
     }
@@ -306,9 +305,9 @@ static int pair_from_region(amdim_augmenter *a, const amdim_record *rec, const a
     if (st == AMDIM_E_UNSUPPORTED)
         return 1; /* CMYK: the general path converts it */
     if (st)
-        return AFAIL(st, "%s", amdim_codec_error(a->codec));
+        return AMDIM_FAIL_IN(a, st, "%s", amdim_codec_error(a->codec));
     if (reg.full_width != W || reg.full_height != H)
-        return AFAIL(AMDIM_E_CORRUPT, "JPEG is %dx%d but its record says %dx%d", reg.full_width, reg.full_height, W, H);
+        return AMDIM_FAIL_IN(a, AMDIM_E_CORRUPT, "JPEG is %dx%d but its record says %dx%d", reg.full_width, reg.full_height, W, H);
     amdim_image *img = &a->region;
     const int bw = img->width, bh = img->height;
     const double s = m / 8.0;
@@ -329,7 +328,7 @@ static int pair_from_region(amdim_augmenter *a, const amdim_record *rec, const a
         int clip[4] = {(int)floor(box[0]), (int)floor(box[1]), (int)ceil(box[2]), (int)ceil(box[3])};
         if ((st = amdim_resize_bicubic_box(img->pixels, bw, bh, 3, box, clip, p->flip, outs[v], S, S, a->simd,
                                            &a->scratch)))
-            return AFAIL(st, "crop (%d, %d, %dx%d) at scale %d/8 does not fit the decoded %dx%d part", vp->x, vp->y,
+            return AMDIM_FAIL_IN(a, st, "crop (%d, %d, %dx%d) at scale %d/8 does not fit the decoded %dx%d part", vp->x, vp->y,
                          vp->w, vp->h, m, bw, bh);
         if ((st = colour_of(a, vp, outs[v])))
             return st;
@@ -370,7 +369,7 @@ int amdim_augment_test_view(amdim_augmenter *a, const amdim_record *rec, uint8_t
     const int s = a->cfg.size;
     if (a->cfg.crop_mode == AMDIM_CROP_TRANSLATE || a->cfg.test_resize == 0) {
         if (src->width != s || src->height != s)
-            return AFAIL(AMDIM_E_INVALID, "the %s preset has no test resize, but the image is %dx%d, not %dx%d",
+            return AMDIM_FAIL_IN(a, AMDIM_E_INVALID, "the %s preset has no test resize, but the image is %dx%d, not %dx%d",
                          a->cfg.name, src->width, src->height, s, s);
         memcpy(out, src->pixels, (size_t)s * s * 3);
         return AMDIM_OK;
@@ -389,14 +388,14 @@ int amdim_augment_test_view(amdim_augmenter *a, const amdim_record *rec, uint8_t
      * to keep its centre; refuse such strips instead of spending seconds
      * and gigabytes on them. */
     if ((uint64_t)ow > (uint64_t)AMDIM_TEST_VIEW_MAX_ASPECT * r || (uint64_t)oh > (uint64_t)AMDIM_TEST_VIEW_MAX_ASPECT * r)
-        return AFAIL(AMDIM_E_TOO_LARGE, "the test view of a %dx%d image would resize it to %dx%d: aspect ratio over %d:1",
+        return AMDIM_FAIL_IN(a, AMDIM_E_TOO_LARGE, "the test view of a %dx%d image would resize it to %dx%d: aspect ratio over %d:1",
                      w, h, ow, oh, AMDIM_TEST_VIEW_MAX_ASPECT);
     const amdim_image *img = src;
     if (ow != w || oh != h) {
         if (amdim_image_reserve(&a->resized, ow, oh, 3))
-            return AFAIL(AMDIM_E_NOMEM, "out of memory");
+            return AMDIM_FAIL_IN(a, AMDIM_E_NOMEM, "out of memory");
         if ((st = amdim_resize_bicubic(src->pixels, w, h, 3, 0, 0, w, h, a->resized.pixels, ow, oh, &a->scratch)))
-            return AFAIL(st, "resize failed");
+            return AMDIM_FAIL_IN(a, st, "resize failed");
         img = &a->resized;
     }
     int top = (int)nearbyint((oh - s) / 2.0), left = (int)nearbyint((ow - s) / 2.0);

@@ -5,7 +5,7 @@ trainer is checked against). Per step: two random uint8 NHWC views already
 on the device are normalised there (as our trainer receives them), both go
 through the encoder, the three NCE tasks 1t5, 1t7, 5t5 (both directions,
 reg, tclip 20; scores in float32), both online probes on detached r1 of both
-views (SPEC section 5 classifier loss), backward, and Adam (lr 2e-4, betas
+views (docs/spec.md §6.2 classifier loss), backward, and Adam (lr 2e-4, betas
 0.8/0.999, weight decay 1e-5 as L2).
 
     torch_amdim.py [--config cifar-small|stl10|imagenet-small|tiny] [--batch B]
@@ -36,7 +36,7 @@ CONFIGS = {
     "imagenet-small": (128, 192, 1536, 8, 1000),
     "tiny": (32, 8, 32, 1, 10),
 }
-# per input size: mean, std (0..1 scale), SPEC section 2
+# per input size: mean, std (0..1 scale), docs/spec.md §3.7
 NORM = {
     32: ((125.3 / 255, 123.0 / 255, 113.9 / 255), (63.0 / 255, 62.1 / 255, 66.7 / 255)),
     64: ((0.43, 0.42, 0.39), (0.27, 0.26, 0.27)),

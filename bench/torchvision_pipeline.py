@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """The torchvision/PIL AMDIM two-view pipeline on a JPEG tree, the peer that
 bench_fastpath compares against: the AMDIM paper code's ImageNet transform
-(SPEC: shared flip; per view RandomResizedCrop(128, (0.3, 1), (0.7, 1.4)),
+(docs/spec.md §3: shared flip; per view RandomResizedCrop(128, (0.3, 1), (0.7, 1.4)),
 ColorJitter(0.4, 0.4, 0.4, 0.1) with p 0.8, RandomGrayscale(0.25), ToTensor)
 applied to files already in memory, one process per --procs, no DataLoader
 overhead. Prints one line: "torchvision <procs> <pairs/s>".

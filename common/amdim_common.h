@@ -36,6 +36,16 @@ const char *amdim_strerror(int status);
  * returns status, so error paths read `return amdim_fail(buf, n, AMDIM_E_IO, ...)`. */
 int amdim_fail(char *buf, size_t n, int status, const char *fmt, ...)
     __attribute__((format(printf, 4, 5)));
+/* amdim_fail into a handle h whose err member is a char array. */
+#define AMDIM_FAIL_IN(h, status, ...) amdim_fail((h)->err, sizeof (h)->err, (status), __VA_ARGS__)
+/* Returns from the calling function with the status of call when that is
+ * not AMDIM_OK (the message is already where call put it). */
+#define AMDIM_TRY(call)                  \
+    do {                                 \
+        int amdim_try_ = (call);         \
+        if (amdim_try_ != AMDIM_OK)      \
+            return amdim_try_;           \
+    } while (0)
 
 /* Invariants that only a bug can break (never input errors, which are
  * statuses with messages): checked in every build; on failure prints the

@@ -2,7 +2,7 @@
  *
  * A dataset is ONE LMDB file (opened with MDB_NOSUBDIR, no lock file) holding
  * named databases:
- *   "meta"    text values: "format_version", "<split>.records", ... (see README)
+ *   "meta"    text values: "format_version", "<split>.records", ... (docs/dataset-format.md)
  *   "<split>" one record per image; key = record index as 8-byte big-endian
  *             (0 .. records-1, dense, in source order), value = record below.
  * A split exists once its "<split>.records" meta key is present: the packer

@@ -508,7 +508,6 @@ static void pool_destroy(pool *p, int nthreads)
 
 /* ---- output ------------------------------------------------------------- */
 
-#define PKFAIL(st, ...) amdim_fail(pk->err, pk->errlen, (st), __VA_ARGS__)
 
 /* Bytes free for us on the file system holding path; UINT64_MAX if unknown. */
 static uint64_t free_bytes(const char *path)
@@ -525,9 +524,9 @@ static int lmdb_err(packer *pk, const char *what, int rc)
     const char *file = pk->in_place ? pk->opt->out : pk->tmp_path;
     /* LMDB turns a short write into EIO: on a full disk, say so. */
     if (rc == ENOSPC || (rc == EIO && free_bytes(file) < (1u << 20)))
-        return PKFAIL(AMDIM_E_IO, "%s(): %s (writing %s; %llu bytes free there)", what, strerror(ENOSPC), file,
+        return amdim_fail(pk->err, pk->errlen, AMDIM_E_IO, "%s(): %s (writing %s; %llu bytes free there)", what, strerror(ENOSPC), file,
                       (unsigned long long)free_bytes(file));
-    return PKFAIL(rc == EIO ? AMDIM_E_IO : AMDIM_E_LMDB, "%s(): %s (writing %s)", what, mdb_strerror(rc), file);
+    return amdim_fail(pk->err, pk->errlen, rc == EIO ? AMDIM_E_IO : AMDIM_E_LMDB, "%s(): %s (writing %s)", what, mdb_strerror(rc), file);
 }
 
 static int meta_put(packer *pk, MDB_txn *txn, const char *key, const char *fmt, ...)
@@ -541,7 +540,7 @@ static int meta_put(packer *pk, MDB_txn *txn, const char *key, const char *fmt, 
     va_end(ap);
     if (n >= (int)sizeof stack) {
         if (!(val = malloc((size_t)n + 1)))
-            return PKFAIL(AMDIM_E_NOMEM, "out of memory");
+            return amdim_fail(pk->err, pk->errlen, AMDIM_E_NOMEM, "out of memory");
         va_start(ap, fmt);
         vsnprintf(val, (size_t)n + 1, fmt, ap);
         va_end(ap);
@@ -771,7 +770,7 @@ static int write_meta(packer *pk, int new_file)
             char *names = malloc(len + 1), *p = names;
             if (!names) {
                 mdb_txn_abort(txn);
-                return PKFAIL(AMDIM_E_NOMEM, "out of memory");
+                return amdim_fail(pk->err, pk->errlen, AMDIM_E_NOMEM, "out of memory");
             }
             for (int32_t i = 0; i < pk->src.nclasses; i++)
                 p += sprintf(p, "%s%s", i ? "\n" : "", pk->src.class_names[i]);
@@ -881,7 +880,7 @@ static int open_dbs(packer *pk, int exists_complete)
     if (rc == 0 && !exists_complete && mdb_get(txn, pk->meta, &k, &v) == 0) {
         mdb_txn_abort(txn);
         if (!pk->opt->force)
-            return PKFAIL(AMDIM_E_EXISTS,
+            return amdim_fail(pk->err, pk->errlen, AMDIM_E_EXISTS,
                           "%s already holds split %s, completed by another pack while this one started "
                           "(use --force to replace it)", pk->opt->out, sp);
         exists_complete = 1;
@@ -1004,7 +1003,7 @@ int amdim_pack_run(const amdim_pack_options *opt_in, amdim_pack_summary *sum, ch
     snprintf(pk->report_tmp, sizeof pk->report_tmp, "%s.tmp.%d", sum->report_path, (int)getpid());
     remove_stale_temps(pk, opt.out);
     if (!(pk->report = fopen(pk->report_tmp, "w"))) {
-        st = PKFAIL(AMDIM_E_IO, "cannot create %s: %s", pk->report_tmp, strerror(errno));
+        st = amdim_fail(pk->err, pk->errlen, AMDIM_E_IO, "cannot create %s: %s", pk->report_tmp, strerror(errno));
         goto done;
     }
     fprintf(pk->report, "# amdim-pack report: split %s of %s\n# source: %s %s (%llu items)\n"
@@ -1021,7 +1020,7 @@ int amdim_pack_run(const amdim_pack_options *opt_in, amdim_pack_summary *sum, ch
     } else {
         pk->out_fd = open(opt.out, O_RDONLY | O_CLOEXEC);
         if (pk->out_fd < 0 || flock(pk->out_fd, LOCK_EX | LOCK_NB) != 0) {
-            st = PKFAIL(AMDIM_E_IO, "cannot lock %s: %s (is another amdim-pack writing it?)", opt.out,
+            st = amdim_fail(pk->err, pk->errlen, AMDIM_E_IO, "cannot lock %s: %s (is another amdim-pack writing it?)", opt.out,
                         strerror(errno));
             goto done;
         }
@@ -1036,12 +1035,12 @@ int amdim_pack_run(const amdim_pack_options *opt_in, amdim_pack_summary *sum, ch
 
     slots = calloc(2 * (size_t)window, sizeof *slots);
     if (!slots) {
-        st = PKFAIL(AMDIM_E_NOMEM, "out of memory");
+        st = amdim_fail(pk->err, pk->errlen, AMDIM_E_NOMEM, "out of memory");
         goto done;
     }
     pool_made = 1;
     if (pool_create(&pl, pk, nthreads) != AMDIM_OK) {
-        st = PKFAIL(AMDIM_E_NOMEM, "cannot start %d packing threads", nthreads);
+        st = amdim_fail(pk->err, pk->errlen, AMDIM_E_NOMEM, "cannot start %d packing threads", nthreads);
         goto done;
     }
 
@@ -1055,12 +1054,12 @@ int amdim_pack_run(const amdim_pack_options *opt_in, amdim_pack_summary *sum, ch
     while (ncur > 0) {
         pool_wait(&pl);
         if (opt.cancel && *opt.cancel) {
-            st = PKFAIL(AMDIM_E_CANCELLED, "interrupted");
+            st = amdim_fail(pk->err, pk->errlen, AMDIM_E_CANCELLED, "interrupted");
             goto done;
         }
         for (int i = 0; i < ncur; i++)
             if (cur[i].fatal) {
-                st = PKFAIL(pk->src.is_raw ? AMDIM_E_CORRUPT : AMDIM_E_NOMEM, "%s", cur[i].detail);
+                st = amdim_fail(pk->err, pk->errlen, pk->src.is_raw ? AMDIM_E_CORRUPT : AMDIM_E_NOMEM, "%s", cur[i].detail);
                 goto done;
             }
         int nother = 0;
@@ -1083,7 +1082,7 @@ int amdim_pack_run(const amdim_pack_options *opt_in, amdim_pack_summary *sum, ch
         ncur = nother;
     }
     if (sum->records == 0) {
-        st = PKFAIL(AMDIM_E_EMPTY, "none of the %llu items of %s could be packed (see %s)",
+        st = amdim_fail(pk->err, pk->errlen, AMDIM_E_EMPTY, "none of the %llu items of %s could be packed (see %s)",
                     (unsigned long long)n, opt.src, sum->report_path);
         goto done;
     }
@@ -1102,7 +1101,7 @@ int amdim_pack_run(const amdim_pack_options *opt_in, amdim_pack_summary *sum, ch
         int r = opt.force ? rename(pk->tmp_path, opt.out)
                           : renameat2(AT_FDCWD, pk->tmp_path, AT_FDCWD, opt.out, RENAME_NOREPLACE);
         if (r != 0) {
-            st = PKFAIL(errno == EEXIST ? AMDIM_E_EXISTS : AMDIM_E_IO, "cannot rename %s to %s: %s",
+            st = amdim_fail(pk->err, pk->errlen, errno == EEXIST ? AMDIM_E_EXISTS : AMDIM_E_IO, "cannot rename %s to %s: %s",
                         pk->tmp_path, opt.out, strerror(errno));
             goto done;
         }
@@ -1113,12 +1112,12 @@ int amdim_pack_run(const amdim_pack_options *opt_in, amdim_pack_summary *sum, ch
             (unsigned long long)sum->warnings, (unsigned long long)sum->converted);
     if (fflush(pk->report) != 0 || fsync(fileno(pk->report)) != 0 || fclose(pk->report) != 0) {
         pk->report = NULL;
-        st = PKFAIL(AMDIM_E_IO, "cannot write %s: %s", pk->report_tmp, strerror(errno));
+        st = amdim_fail(pk->err, pk->errlen, AMDIM_E_IO, "cannot write %s: %s", pk->report_tmp, strerror(errno));
         goto done;
     }
     pk->report = NULL;
     if (rename(pk->report_tmp, sum->report_path) != 0) {
-        st = PKFAIL(AMDIM_E_IO, "cannot rename %s: %s", pk->report_tmp, strerror(errno));
+        st = amdim_fail(pk->err, pk->errlen, AMDIM_E_IO, "cannot rename %s: %s", pk->report_tmp, strerror(errno));
         goto done;
     }
     pk->report_tmp[0] = 0;

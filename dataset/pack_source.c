@@ -12,7 +12,6 @@
 #include <unistd.h>
 #include <zlib.h>
 
-#define FAIL(st, ...) amdim_fail(src->err, sizeof src->err, (st), __VA_ARGS__)
 
 /* ---- growable arrays ---------------------------------------------------- */
 
@@ -24,7 +23,7 @@ static int arena_add(amdim_pack_source *src, const char *s, size_t len, int32_t 
             cap *= 2;
         char *p = realloc(src->arena, cap);
         if (!p)
-            return FAIL(AMDIM_E_NOMEM, "out of memory for the file list");
+            return AMDIM_FAIL_IN(src, AMDIM_E_NOMEM, "out of memory for the file list");
         src->arena = p;
         src->arena_cap = cap;
     }
@@ -35,7 +34,7 @@ static int arena_add(amdim_pack_source *src, const char *s, size_t len, int32_t 
             src->path_off = po;
         int32_t *pl = po ? realloc(src->labels, cap * sizeof *pl) : NULL;
         if (!pl)
-            return FAIL(AMDIM_E_NOMEM, "out of memory for the file list");
+            return AMDIM_FAIL_IN(src, AMDIM_E_NOMEM, "out of memory for the file list");
         src->labels = pl;
         src->items_cap = cap;
     }
@@ -88,7 +87,7 @@ static int read_lines(amdim_pack_source *src, const char *path, strvec *out)
 {
     FILE *f = fopen(path, "r");
     if (!f)
-        return FAIL(errno == ENOENT ? AMDIM_E_NOT_FOUND : AMDIM_E_IO, "cannot open %s: %s", path,
+        return AMDIM_FAIL_IN(src, errno == ENOENT ? AMDIM_E_NOT_FOUND : AMDIM_E_IO, "cannot open %s: %s", path,
                     strerror(errno));
     char *line = NULL;
     size_t cap = 0;
@@ -100,7 +99,7 @@ static int read_lines(amdim_pack_source *src, const char *path, strvec *out)
         if (len == 0)
             continue;
         if (strvec_push(out, line)) {
-            st = FAIL(AMDIM_E_NOMEM, "out of memory");
+            st = AMDIM_FAIL_IN(src, AMDIM_E_NOMEM, "out of memory");
             break;
         }
     }
@@ -160,13 +159,13 @@ static int has_image_extension(const char *name)
 static int collect_dirs(amdim_pack_source *src, const char *dir, int depth, strvec *dirs)
 {
     if (depth > 40)
-        return FAIL(AMDIM_E_INVALID, "directories nested more than 40 deep under %s (a symlink loop?)", dir);
+        return AMDIM_FAIL_IN(src, AMDIM_E_INVALID, "directories nested more than 40 deep under %s (a symlink loop?)", dir);
     if (strvec_push(dirs, dir))
-        return FAIL(AMDIM_E_NOMEM, "out of memory");
+        return AMDIM_FAIL_IN(src, AMDIM_E_NOMEM, "out of memory");
     struct dirent **ents;
     int n = scandir(dir, &ents, NULL, alphasort);
     if (n < 0)
-        return FAIL(AMDIM_E_IO, "cannot list directory %s: %s", dir, strerror(errno));
+        return AMDIM_FAIL_IN(src, AMDIM_E_IO, "cannot list directory %s: %s", dir, strerror(errno));
     int st = AMDIM_OK;
     char path[4096];
     for (int i = 0; i < n; i++) {
@@ -187,7 +186,7 @@ static int files_in_dir(amdim_pack_source *src, const char *dir, int32_t label)
     struct dirent **ents;
     int n = scandir(dir, &ents, NULL, NULL);
     if (n < 0)
-        return FAIL(AMDIM_E_IO, "cannot list directory %s: %s", dir, strerror(errno));
+        return AMDIM_FAIL_IN(src, AMDIM_E_IO, "cannot list directory %s: %s", dir, strerror(errno));
     strvec names = {0};
     int st = AMDIM_OK;
     char path[4096];
@@ -199,7 +198,7 @@ static int files_in_dir(amdim_pack_source *src, const char *dir, int32_t label)
                 if (!has_image_extension(name))
                     src->ignored++;
                 else if (strvec_push(&names, name))
-                    st = FAIL(AMDIM_E_NOMEM, "out of memory");
+                    st = AMDIM_FAIL_IN(src, AMDIM_E_NOMEM, "out of memory");
             }
         }
         free(ents[i]);
@@ -219,11 +218,11 @@ static int files_in_dir(amdim_pack_source *src, const char *dir, int32_t label)
 static int open_imagefolder(amdim_pack_source *src, const amdim_pack_options *opt)
 {
     if (!is_dir(opt->src))
-        return FAIL(AMDIM_E_NOT_FOUND, "%s is not a directory (imagefolder wants SRC/<class>/<image>)", opt->src);
+        return AMDIM_FAIL_IN(src, AMDIM_E_NOT_FOUND, "%s is not a directory (imagefolder wants SRC/<class>/<image>)", opt->src);
     struct dirent **ents;
     int n = scandir(opt->src, &ents, NULL, NULL);
     if (n < 0)
-        return FAIL(AMDIM_E_IO, "cannot list directory %s: %s", opt->src, strerror(errno));
+        return AMDIM_FAIL_IN(src, AMDIM_E_IO, "cannot list directory %s: %s", opt->src, strerror(errno));
     strvec classes = {0};
     int st = AMDIM_OK;
     char path[4096];
@@ -231,14 +230,14 @@ static int open_imagefolder(amdim_pack_source *src, const amdim_pack_options *op
         const char *name = ents[i]->d_name;
         snprintf(path, sizeof path, "%s/%s", opt->src, name);
         if (st == AMDIM_OK && name[0] != '.' && is_dir(path) && strvec_push(&classes, name))
-            st = FAIL(AMDIM_E_NOMEM, "out of memory");
+            st = AMDIM_FAIL_IN(src, AMDIM_E_NOMEM, "out of memory");
         free(ents[i]);
     }
     free(ents);
     if (classes.n)
         qsort(classes.v, classes.n, sizeof *classes.v, cmp_str);
     if (st == AMDIM_OK && classes.n == 0)
-        st = FAIL(AMDIM_E_EMPTY, "%s has no class sub-directories (imagefolder wants SRC/<class>/<image>)", opt->src);
+        st = AMDIM_FAIL_IN(src, AMDIM_E_EMPTY, "%s has no class sub-directories (imagefolder wants SRC/<class>/<image>)", opt->src);
     for (size_t c = 0; st == AMDIM_OK && c < classes.n; c++) {
         strvec dirs = {0};
         snprintf(path, sizeof path, "%s/%s", opt->src, classes.v[c]);
@@ -283,7 +282,7 @@ static int open_list(amdim_pack_source *src, const amdim_pack_options *opt)
 {
     FILE *f = fopen(opt->src, "r");
     if (!f)
-        return FAIL(errno == ENOENT ? AMDIM_E_NOT_FOUND : AMDIM_E_IO, "cannot open list file %s: %s",
+        return AMDIM_FAIL_IN(src, errno == ENOENT ? AMDIM_E_NOT_FOUND : AMDIM_E_IO, "cannot open list file %s: %s",
                     opt->src, strerror(errno));
     char root[4096];
     if (opt->root) {
@@ -298,7 +297,7 @@ static int open_list(amdim_pack_source *src, const amdim_pack_options *opt)
     }
     if (!is_dir(root)) {
         fclose(f);
-        return FAIL(AMDIM_E_NOT_FOUND, "list root %s is not a directory", root);
+        return AMDIM_FAIL_IN(src, AMDIM_E_NOT_FOUND, "list root %s is not a directory", root);
     }
     char *line = NULL, path[8192];
     size_t cap = 0, lineno = 0;
@@ -308,7 +307,7 @@ static int open_list(amdim_pack_source *src, const amdim_pack_options *opt)
     while (st == AMDIM_OK && (len = getline(&line, &cap, f)) >= 0) {
         lineno++;
         if (memchr(line, 0, (size_t)len)) {
-            st = FAIL(AMDIM_E_INVALID, "%s:%zu: line holds a NUL byte (is this a text file?)", opt->src, lineno);
+            st = AMDIM_FAIL_IN(src, AMDIM_E_INVALID, "%s:%zu: line holds a NUL byte (is this a text file?)", opt->src, lineno);
             break;
         }
         while (len > 0 && isspace((unsigned char)line[len - 1]))
@@ -325,7 +324,7 @@ static int open_list(amdim_pack_source *src, const amdim_pack_options *opt)
         errno = 0;
         long label = sp > s ? strtol(sp, &end, 10) : 0;
         if (sp == s || *end || errno || label < -1 || label > INT32_MAX - 1) {
-            st = FAIL(AMDIM_E_INVALID, "%s:%zu: expected 'relative/path label' with an integer label >= -1, got '%s'",
+            st = AMDIM_FAIL_IN(src, AMDIM_E_INVALID, "%s:%zu: expected 'relative/path label' with an integer label >= -1, got '%s'",
                       opt->src, lineno, s);
             break;
         }
@@ -334,13 +333,13 @@ static int open_list(amdim_pack_source *src, const amdim_pack_options *opt)
             pe--;
         *pe = 0;
         if (!opt->allow_outside_root && !path_inside_root(s)) {
-            st = FAIL(AMDIM_E_INVALID, "%s:%zu: path '%s' is outside the list's root %s (give --allow-outside-root to allow it)",
+            st = AMDIM_FAIL_IN(src, AMDIM_E_INVALID, "%s:%zu: path '%s' is outside the list's root %s (give --allow-outside-root to allow it)",
                       opt->src, lineno, s, root);
             break;
         }
         int n = s[0] == '/' ? snprintf(path, sizeof path, "%s", s) : snprintf(path, sizeof path, "%s/%s", root, s);
         if (n >= (int)sizeof path) {
-            st = FAIL(AMDIM_E_INVALID, "%s:%zu: path too long", opt->src, lineno);
+            st = AMDIM_FAIL_IN(src, AMDIM_E_INVALID, "%s:%zu: path too long", opt->src, lineno);
             break;
         }
         if (label > maxlabel)
@@ -349,7 +348,7 @@ static int open_list(amdim_pack_source *src, const amdim_pack_options *opt)
     }
     free(line);
     if (ferror(f) && st == AMDIM_OK)
-        st = FAIL(AMDIM_E_IO, "error reading %s", opt->src);
+        st = AMDIM_FAIL_IN(src, AMDIM_E_IO, "error reading %s", opt->src);
     fclose(f);
     src->nclasses = maxlabel + 1;
     return st;
@@ -363,22 +362,22 @@ static int add_raw_file(amdim_pack_source *src, const char *path, size_t header,
     if (fd < 0) {
         if (!required && errno == ENOENT)
             return 1;
-        return FAIL(errno == ENOENT ? AMDIM_E_NOT_FOUND : AMDIM_E_IO, "cannot open %s: %s", path, strerror(errno));
+        return AMDIM_FAIL_IN(src, errno == ENOENT ? AMDIM_E_NOT_FOUND : AMDIM_E_IO, "cannot open %s: %s", path, strerror(errno));
     }
     struct stat sb;
     if (fstat(fd, &sb) != 0 || !S_ISREG(sb.st_mode)) {
         close(fd);
-        return FAIL(AMDIM_E_IO, "%s is not a regular file", path);
+        return AMDIM_FAIL_IN(src, AMDIM_E_IO, "%s is not a regular file", path);
     }
     uint64_t size = (uint64_t)sb.st_size;
     if (size < header || (size - header) % record != 0 || size == header) {
         close(fd);
-        return FAIL(AMDIM_E_CORRUPT, "%s is %llu bytes, not a whole number of %zu-byte records (truncated or not this format?)",
+        return AMDIM_FAIL_IN(src, AMDIM_E_CORRUPT, "%s is %llu bytes, not a whole number of %zu-byte records (truncated or not this format?)",
                     path, (unsigned long long)size, record);
     }
     if (src->nfiles == PACK_MAX_FILES) {
         close(fd);
-        return FAIL(AMDIM_E_INVALID, "too many source files");
+        return AMDIM_FAIL_IN(src, AMDIM_E_INVALID, "too many source files");
     }
     int k = src->nfiles++;
     src->fd[k] = fd;
@@ -388,7 +387,7 @@ static int add_raw_file(amdim_pack_source *src, const char *path, size_t header,
     src->first[k + 1] = src->n;
     src->record_bytes = record;
     src->file_header = header;
-    return src->file_name[k] ? AMDIM_OK : FAIL(AMDIM_E_NOMEM, "out of memory");
+    return src->file_name[k] ? AMDIM_OK : AMDIM_FAIL_IN(src, AMDIM_E_NOMEM, "out of memory");
 }
 
 static int open_cifar(amdim_pack_source *src, const amdim_pack_options *opt, int hundred)
@@ -419,7 +418,7 @@ static int open_cifar(amdim_pack_source *src, const amdim_pack_options *opt, int
                 st = add_raw_file(src, path, 0, rec, 1);
             }
         } else {
-            return FAIL(AMDIM_E_INVALID, "cifar10 directory sources have splits train and test, not %s (or give one .bin file)", opt->split);
+            return AMDIM_FAIL_IN(src, AMDIM_E_INVALID, "cifar10 directory sources have splits train and test, not %s (or give one .bin file)", opt->split);
         }
         if (st == AMDIM_OK)
             st = maybe_class_names(src, opt->src, "batches.meta.txt", 10);
@@ -436,21 +435,21 @@ static int open_cifar(amdim_pack_source *src, const amdim_pack_options *opt, int
 static int slurp_gz(amdim_pack_source *src, const char *path, uint64_t max, uint8_t **data, size_t *len)
 {
     if (max >= ((uint64_t)1 << 34))
-        return FAIL(AMDIM_E_TOO_LARGE, "%s: %llu bytes is too large to load (limit 16 GiB)", path,
+        return AMDIM_FAIL_IN(src, AMDIM_E_TOO_LARGE, "%s: %llu bytes is too large to load (limit 16 GiB)", path,
                     (unsigned long long)max);
     size_t limit = (size_t)max + 1;
     gzFile gz = gzopen(path, "rb");
     if (!gz)
-        return FAIL(errno == ENOENT ? AMDIM_E_NOT_FOUND : AMDIM_E_IO, "cannot open %s: %s", path, strerror(errno));
+        return AMDIM_FAIL_IN(src, errno == ENOENT ? AMDIM_E_NOT_FOUND : AMDIM_E_IO, "cannot open %s: %s", path, strerror(errno));
     size_t cap = limit < ((size_t)1 << 20) ? limit : (size_t)1 << 20, n = 0;
     uint8_t *buf = malloc(cap);
-    int st = buf ? AMDIM_OK : FAIL(AMDIM_E_NOMEM, "out of memory");
+    int st = buf ? AMDIM_OK : AMDIM_FAIL_IN(src, AMDIM_E_NOMEM, "out of memory");
     while (st == AMDIM_OK && n < limit) {
         if (n == cap) {
             size_t next = cap * 2 < limit ? cap * 2 : limit;
             uint8_t *p = realloc(buf, next);
             if (!p) {
-                st = FAIL(AMDIM_E_NOMEM, "%s is too large to load", path);
+                st = AMDIM_FAIL_IN(src, AMDIM_E_NOMEM, "%s is too large to load", path);
                 break;
             }
             buf = p;
@@ -461,7 +460,7 @@ static int slurp_gz(amdim_pack_source *src, const char *path, uint64_t max, uint
         if (got < 0) {
             int zerr;
             const char *msg = gzerror(gz, &zerr);
-            st = FAIL(AMDIM_E_CORRUPT, "cannot read %s: %s", path, msg);
+            st = AMDIM_FAIL_IN(src, AMDIM_E_CORRUPT, "cannot read %s: %s", path, msg);
         } else if (got == 0) {
             break;
         }
@@ -487,11 +486,11 @@ static int idx_header(amdim_pack_source *src, const char *path, uint8_t hdr[20],
 {
     gzFile gz = gzopen(path, "rb");
     if (!gz)
-        return FAIL(errno == ENOENT ? AMDIM_E_NOT_FOUND : AMDIM_E_IO, "cannot open %s: %s", path, strerror(errno));
+        return AMDIM_FAIL_IN(src, errno == ENOENT ? AMDIM_E_NOT_FOUND : AMDIM_E_IO, "cannot open %s: %s", path, strerror(errno));
     int n = gzread(gz, hdr, 20);
     gzclose(gz);
     if (n < 0)
-        return FAIL(AMDIM_E_CORRUPT, "cannot read %s: not a readable (gzip) file", path);
+        return AMDIM_FAIL_IN(src, AMDIM_E_CORRUPT, "cannot read %s: not a readable (gzip) file", path);
     *got = (size_t)n;
     return AMDIM_OK;
 }
@@ -505,27 +504,27 @@ static int open_idx(amdim_pack_source *src, const amdim_pack_options *opt)
     if (st)
         return st;
     if (hlen < 4 || m[0] || m[1] || m[2] != 0x08 || (m[3] != 3 && m[3] != 4))
-        return FAIL(AMDIM_E_CORRUPT, "%s is not an IDX file of uint8 images (magic %02x%02x%02x%02x; want 00000803 or 00000804)",
+        return AMDIM_FAIL_IN(src, AMDIM_E_CORRUPT, "%s is not an IDX file of uint8 images (magic %02x%02x%02x%02x; want 00000803 or 00000804)",
                     opt->src, hlen > 0 ? m[0] : 0, hlen > 1 ? m[1] : 0, hlen > 2 ? m[2] : 0, hlen > 3 ? m[3] : 0);
     int nd = m[3];
     size_t header = 4 + 4 * (size_t)nd;
     if (hlen < header)
-        return FAIL(AMDIM_E_TRUNCATED, "%s: IDX header is truncated", opt->src);
+        return AMDIM_FAIL_IN(src, AMDIM_E_TRUNCATED, "%s: IDX header is truncated", opt->src);
     uint32_t count = be32(m + 4), rows = be32(m + 8), cols = be32(m + 12);
     uint32_t ch = nd == 4 ? be32(m + 16) : 1;
     if (!count || !rows || !cols || (ch != 1 && ch != 3) || rows > 65536 || cols > 65536)
-        return FAIL(AMDIM_E_CORRUPT, "%s: IDX dimensions %ux%ux%ux%u are not images (channels must be 1 or 3)",
+        return AMDIM_FAIL_IN(src, AMDIM_E_CORRUPT, "%s: IDX dimensions %ux%ux%ux%u are not images (channels must be 1 or 3)",
                     opt->src, count, rows, cols, ch);
     /* rows*cols*ch fits (<= 3*2^32); count times it need not. */
     uint64_t rec = (uint64_t)rows * cols * ch, data_bytes;
     if (__builtin_mul_overflow((uint64_t)count, rec, &data_bytes) || data_bytes > ((uint64_t)1 << 34) - header)
-        return FAIL(AMDIM_E_TOO_LARGE, "%s: IDX header promises %u images of %ux%ux%u, more than 16 GiB (corrupt header?)",
+        return AMDIM_FAIL_IN(src, AMDIM_E_TOO_LARGE, "%s: IDX header promises %u images of %ux%ux%u, more than 16 GiB (corrupt header?)",
                     opt->src, count, rows, cols, ch);
     size_t len;
     if ((st = slurp_gz(src, opt->src, header + data_bytes, &src->memory, &len)))
         return st;
     if (len != header + data_bytes)
-        return FAIL(len < header + data_bytes ? AMDIM_E_TRUNCATED : AMDIM_E_CORRUPT,
+        return AMDIM_FAIL_IN(src, len < header + data_bytes ? AMDIM_E_TRUNCATED : AMDIM_E_CORRUPT,
                     "%s: IDX header promises %u images of %llu bytes but the data holds %s%zu bytes",
                     opt->src, count, (unsigned long long)rec, len > header + data_bytes ? "more than " : "",
                     len - header - (len > header + data_bytes));
@@ -556,16 +555,16 @@ static int open_idx(amdim_pack_source *src, const amdim_pack_options *opt)
         }
     }
     if (!lpath)
-        return FAIL(AMDIM_E_NOT_FOUND, "%s: no labels file found next to it; give one with --labels", opt->src);
+        return AMDIM_FAIL_IN(src, AMDIM_E_NOT_FOUND, "%s: no labels file found next to it; give one with --labels", opt->src);
     uint8_t *lab;
     size_t llen;
     if ((st = slurp_gz(src, lpath, 8 + (uint64_t)count, &lab, &llen)))
         return st;
     src->raw_labels = lab;
     if (llen < 8 || lab[0] || lab[1] || lab[2] != 0x08 || lab[3] != 1)
-        return FAIL(AMDIM_E_CORRUPT, "%s is not an IDX label file (magic must be 00000801)", lpath);
+        return AMDIM_FAIL_IN(src, AMDIM_E_CORRUPT, "%s is not an IDX label file (magic must be 00000801)", lpath);
     if (be32(lab + 4) != count || llen != 8 + (size_t)count)
-        return FAIL(AMDIM_E_CORRUPT, "%s holds %u labels (%s%zu bytes) but %s holds %u images", lpath,
+        return AMDIM_FAIL_IN(src, AMDIM_E_CORRUPT, "%s holds %u labels (%s%zu bytes) but %s holds %u images", lpath,
                     be32(lab + 4), llen > 8 + (size_t)count ? "more than " : "",
                     llen > 8 + (size_t)count ? 8 + (size_t)count : llen, opt->src, count);
     int maxl = -1;
@@ -607,11 +606,11 @@ static int open_stl10(amdim_pack_source *src, const amdim_pack_options *opt)
             return st;
         src->raw_labels = lab;
         if (llen != src->n)
-            return FAIL(AMDIM_E_CORRUPT, "%s holds %s%zu labels but %s holds %llu images", ypath,
+            return AMDIM_FAIL_IN(src, AMDIM_E_CORRUPT, "%s holds %s%zu labels but %s holds %llu images", ypath,
                         llen > src->n ? "more than " : "", llen > src->n ? (size_t)src->n : llen, xpath, (unsigned long long)src->n);
         for (size_t i = 0; i < llen; i++)
             if (lab[i] < 1 || lab[i] > 10)
-                return FAIL(AMDIM_E_CORRUPT, "%s: label %u of image %zu is outside 1..10", ypath, lab[i], i);
+                return AMDIM_FAIL_IN(src, AMDIM_E_CORRUPT, "%s: label %u of image %zu is outside 1..10", ypath, lab[i], i);
     }
     if (is_dir(opt->src))
         st = maybe_class_names(src, opt->src, "class_names.txt", 10);
@@ -631,13 +630,13 @@ int amdim_pack_source_open(amdim_pack_source *src, const amdim_pack_options *opt
     case AMDIM_PACK_CIFAR100: st = open_cifar(src, opt, 1); break;
     case AMDIM_PACK_STL10: st = open_stl10(src, opt); break;
     case AMDIM_PACK_IDX: st = open_idx(src, opt); break;
-    default: st = FAIL(AMDIM_E_INVALID, "unknown format"); break;
+    default: st = AMDIM_FAIL_IN(src, AMDIM_E_INVALID, "unknown format"); break;
     }
     if (st == AMDIM_OK && opt->class_names) {
         strvec sv = {0};
         st = read_lines(src, opt->class_names, &sv);
         if (st == AMDIM_OK && (int32_t)sv.n < src->nclasses)
-            st = FAIL(AMDIM_E_INVALID, "%s names %zu classes but the labels need %d", opt->class_names,
+            st = AMDIM_FAIL_IN(src, AMDIM_E_INVALID, "%s names %zu classes but the labels need %d", opt->class_names,
                       sv.n, src->nclasses);
         if (st == AMDIM_OK) {
             for (int32_t i = 0; i < src->nclasses && src->class_names; i++)
@@ -648,7 +647,7 @@ int amdim_pack_source_open(amdim_pack_source *src, const amdim_pack_options *opt
         strvec_free(&sv);
     }
     if (st == AMDIM_OK && src->n == 0)
-        st = FAIL(AMDIM_E_EMPTY, "%s holds no images", opt->src);
+        st = AMDIM_FAIL_IN(src, AMDIM_E_EMPTY, "%s holds no images", opt->src);
     return st;
 }
 

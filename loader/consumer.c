@@ -36,7 +36,6 @@ struct amdim_loader {
     char err[1024];
 };
 
-#define CFAIL(st, ...) amdim_fail(l->err, sizeof l->err, (st), __VA_ARGS__)
 
 /* Reads what the pipe has (non-blocking) and handles complete lines. */
 static void read_control(amdim_loader *l, int wait_ms)
@@ -79,7 +78,7 @@ static int read_line(amdim_loader *l, int fd, char *buf, size_t n, double timeou
         if (pr > 0) {
             ssize_t r = read(fd, buf + got, 1); /* byte by byte: nothing after the line is consumed */
             if (r <= 0)
-                return CFAIL(AMDIM_E_PROTOCOL, "%s: the loader closed the connection%s", what,
+                return AMDIM_FAIL_IN(l, AMDIM_E_PROTOCOL, "%s: the loader closed the connection%s", what,
                              got ? "" : " (is the input really amdim-load?)");
             if (buf[got] == '\n') {
                 buf[got] = 0;
@@ -88,9 +87,9 @@ static int read_line(amdim_loader *l, int fd, char *buf, size_t n, double timeou
             got++;
         }
         if (amdim_now() > deadline)
-            return CFAIL(AMDIM_E_PROTOCOL, "%s: nothing within %.0f s", what, timeout);
+            return AMDIM_FAIL_IN(l, AMDIM_E_PROTOCOL, "%s: nothing within %.0f s", what, timeout);
     }
-    return CFAIL(AMDIM_E_PROTOCOL, "%s: line too long", what);
+    return AMDIM_FAIL_IN(l, AMDIM_E_PROTOCOL, "%s: line too long", what);
 }
 
 /* A whole decimal number in [lo, hi] under `key=` of a control line. */
@@ -173,12 +172,12 @@ int amdim_loader_attach(amdim_loader **out, int fd, const amdim_loader_request *
     struct sockaddr_un addr = {.sun_family = AF_UNIX};
     size_t sl = strlen(sockname);
     if (sl + 1 >= sizeof addr.sun_path) {
-        st = CFAIL(AMDIM_E_PROTOCOL, "socket name too long");
+        st = AMDIM_FAIL_IN(l, AMDIM_E_PROTOCOL, "socket name too long");
         goto fail;
     }
     memcpy(addr.sun_path + 1, sockname, sl);
     if (l->sock < 0 || connect(l->sock, (struct sockaddr *)&addr, (socklen_t)(offsetof(struct sockaddr_un, sun_path) + 1 + sl)) != 0) {
-        st = CFAIL(AMDIM_E_PROTOCOL, "cannot connect to amdim-load (pid %d): %s", in->loader_pid, strerror(errno));
+        st = AMDIM_FAIL_IN(l, AMDIM_E_PROTOCOL, "cannot connect to amdim-load (pid %d): %s", in->loader_pid, strerror(errno));
         goto fail;
     }
     char start[256];
@@ -193,7 +192,7 @@ int amdim_loader_attach(amdim_loader **out, int fd, const amdim_loader_request *
         n += snprintf(start + n, sizeof start - (size_t)n, " epochs=%lld", (long long)req->epochs);
     start[n++] = '\n';
     if (write(l->sock, start, (size_t)n) != n) {
-        st = CFAIL(AMDIM_E_PROTOCOL, "cannot send START: %s", strerror(errno));
+        st = AMDIM_FAIL_IN(l, AMDIM_E_PROTOCOL, "cannot send START: %s", strerror(errno));
         goto fail;
     }
     /* The answer comes with the rings' file descriptors. */
@@ -206,12 +205,12 @@ int amdim_loader_attach(amdim_loader **out, int fd, const amdim_loader_request *
     struct msghdr msg = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = u.buf, .msg_controllen = sizeof u.buf};
     struct pollfd pp = {l->sock, POLLIN, 0};
     if (poll(&pp, 1, 30000) <= 0) {
-        st = CFAIL(AMDIM_E_PROTOCOL, "amdim-load did not answer START");
+        st = AMDIM_FAIL_IN(l, AMDIM_E_PROTOCOL, "amdim-load did not answer START");
         goto fail;
     }
     ssize_t r = recvmsg(l->sock, &msg, MSG_CMSG_CLOEXEC);
     if (r <= 0) {
-        st = CFAIL(AMDIM_E_PROTOCOL, "amdim-load closed the connection after START");
+        st = AMDIM_FAIL_IN(l, AMDIM_E_PROTOCOL, "amdim-load closed the connection after START");
         goto fail;
     }
     reply[r] = 0;
@@ -225,13 +224,13 @@ int amdim_loader_attach(amdim_loader **out, int fd, const amdim_loader_request *
         for (int i = 0; i < nfds; i++)
             close(fds[i]);
         reply[strcspn(reply, "\n")] = 0;
-        st = CFAIL(AMDIM_E_PROTOCOL, "amdim-load refused the request: %s", reply);
+        st = AMDIM_FAIL_IN(l, AMDIM_E_PROTOCOL, "amdim-load refused the request: %s", reply);
         goto fail;
     }
     if (nfds != (int)in->workers || (msg.msg_flags & MSG_CTRUNC)) {
         for (int i = 0; i < nfds; i++)
             close(fds[i]);
-        st = CFAIL(AMDIM_E_PROTOCOL, "expected %u ring descriptors, received %d", in->workers, nfds);
+        st = AMDIM_FAIL_IN(l, AMDIM_E_PROTOCOL, "expected %u ring descriptors, received %d", in->workers, nfds);
         goto fail;
     }
     ok = 1;
@@ -247,7 +246,7 @@ int amdim_loader_attach(amdim_loader **out, int fd, const amdim_loader_request *
     if (!ok || !l->rings) {
         for (int i = 0; i < nfds; i++)
             close(fds[i]);
-        st = CFAIL(AMDIM_E_PROTOCOL, "bad OK line: %s", reply);
+        st = AMDIM_FAIL_IN(l, AMDIM_E_PROTOCOL, "bad OK line: %s", reply);
         goto fail;
     }
     for (uint32_t w = 0; w < in->workers; w++)
@@ -257,7 +256,7 @@ int amdim_loader_attach(amdim_loader **out, int fd, const amdim_loader_request *
         if ((st = amdim_ring_attach(&l->rings[w], fds[w], why, sizeof why))) {
             for (uint32_t k = w + 1; k < in->workers; k++)
                 close(fds[k]);
-            CFAIL(st, "ring %u from amdim-load: %s", w, why);
+            AMDIM_FAIL_IN(l, st, "ring %u from amdim-load: %s", w, why);
             goto fail;
         }
         const amdim_ring_layout *h = &l->rings[w].geom;
@@ -265,7 +264,7 @@ int amdim_loader_attach(amdim_loader **out, int fd, const amdim_loader_request *
             h->ring_id != w || h->ring_count != in->workers) {
             for (uint32_t k = w + 1; k < in->workers; k++)
                 close(fds[k]);
-            st = CFAIL(AMDIM_E_CORRUPT, "ring %u does not match the handshake (batch %u, %ux%u, id %u of %u)", w,
+            st = AMDIM_FAIL_IN(l, AMDIM_E_CORRUPT, "ring %u does not match the handshake (batch %u, %ux%u, id %u of %u)", w,
                        h->batch, h->width, h->height, h->ring_id, h->ring_count);
             goto fail;
         }
@@ -274,7 +273,7 @@ int amdim_loader_attach(amdim_loader **out, int fd, const amdim_loader_request *
     l->labels = malloc(in->batch * sizeof *l->labels);
     l->records = malloc(in->batch * sizeof *l->records);
     if (!l->perm || !l->labels || !l->records) {
-        st = CFAIL(AMDIM_E_NOMEM, "out of memory");
+        st = AMDIM_FAIL_IN(l, AMDIM_E_NOMEM, "out of memory");
         goto fail;
     }
     l->epoch = in->start_epoch;
@@ -297,7 +296,7 @@ static int stalled(amdim_loader *l, uint32_t w, double secs)
     int pid = atomic_load(&h->producer_pid);
     const char *state, *doing;
     amdim_loader_describe_worker(pid, atomic_load(&h->phase), &state, &doing);
-    return CFAIL(AMDIM_E_WORKER,
+    return AMDIM_FAIL_IN(l, AMDIM_E_WORKER,
                  "worker %u (pid %d) made no progress for %.0f s while epoch %llu batch %llu was due: it is %s, %s "
                  "(AMDIM_STALL_SECONDS=0 waits forever)",
                  w, pid, secs, (unsigned long long)l->epoch, (unsigned long long)l->index, state, doing);
@@ -317,7 +316,7 @@ static int take_slot(amdim_loader *l, uint32_t w, const amdim_slot *s, amdim_bat
     uint32_t want = loader_batch_count(in->records, in->batch, l->index);
     if (h.magic != AMDIM_SLOT_MAGIC || h.epoch != l->epoch || h.batch_index != l->index || h.count != want ||
         h.ring_id != w)
-        return CFAIL(AMDIM_E_CORRUPT,
+        return AMDIM_FAIL_IN(l, AMDIM_E_CORRUPT,
                      "ring %u (worker pid %d) holds epoch %llu batch %llu (%u samples) where epoch %llu batch %llu (%u) was due",
                      w, pid, (unsigned long long)h.epoch, (unsigned long long)h.batch_index, h.count,
                      (unsigned long long)l->epoch, (unsigned long long)l->index, want);
@@ -326,12 +325,12 @@ static int take_slot(amdim_loader *l, uint32_t w, const amdim_slot *s, amdim_bat
     memcpy(l->records, s->indices, want * sizeof *l->records);
     for (uint32_t k = 0; k < want; k++) {
         if (l->labels[k] < -1 || (in->classes > 0 && l->labels[k] >= in->classes))
-            return CFAIL(AMDIM_E_CORRUPT,
+            return AMDIM_FAIL_IN(l, AMDIM_E_CORRUPT,
                          "ring %u (worker pid %d): epoch %llu batch %llu sample %u has label %d, outside -1..%d",
                          w, pid, (unsigned long long)l->epoch, (unsigned long long)l->index, k, l->labels[k],
                          in->classes - 1);
         if (l->records[k] >= in->records)
-            return CFAIL(AMDIM_E_CORRUPT,
+            return AMDIM_FAIL_IN(l, AMDIM_E_CORRUPT,
                          "ring %u (worker pid %d): epoch %llu batch %llu sample %u is record %llu of a split of %llu",
                          w, pid, (unsigned long long)l->epoch, (unsigned long long)l->index, k,
                          (unsigned long long)l->records[k], (unsigned long long)in->records);
@@ -360,7 +359,7 @@ static int loader_next(amdim_loader *l, amdim_batch *b)
 {
     const amdim_loader_info *in = &l->info;
     if (l->holding)
-        return CFAIL(AMDIM_E_INVALID, "release the previous batch first");
+        return AMDIM_FAIL_IN(l, AMDIM_E_INVALID, "release the previous batch first");
     if (l->epoch >= in->start_epoch + in->epochs)
         return 1;
     uint32_t w = (uint32_t)(l->index % in->workers);
@@ -375,7 +374,7 @@ static int loader_next(amdim_loader *l, amdim_batch *b)
             break;
         if (rc < 0) {
             l->wait_seconds += amdim_now() - t0;
-            return CFAIL(AMDIM_E_CORRUPT,
+            return AMDIM_FAIL_IN(l, AMDIM_E_CORRUPT,
                          "ring %u (worker pid %d) claims %u batches ready after %u, more than its %u slots: the "
                          "ring was overwritten",
                          w, atomic_load(&ring->hdr->producer_pid), atomic_load(&ring->hdr->head) - ring->local,
@@ -396,13 +395,13 @@ static int loader_next(amdim_loader *l, amdim_batch *b)
             char ring_why[AMDIM_RING_ERROR_MAX];
             amdim_ring_get_error(ring, ring_why, sizeof ring_why);
             const char *why = ring_why[0] ? ring_why : l->last_error;
-            return CFAIL(AMDIM_E_WORKER, "epoch %llu batch %llu never arrived: %s", (unsigned long long)l->epoch,
+            return AMDIM_FAIL_IN(l, AMDIM_E_WORKER, "epoch %llu batch %llu never arrived: %s", (unsigned long long)l->epoch,
                          (unsigned long long)l->index, why[0] ? why : "its worker stopped");
         }
         /* Loader gone without a word (SIGKILL): its workers die with it. */
         if (l->pipe_closed && !l->ended && ++quiet_ticks >= 5) {
             l->wait_seconds += amdim_now() - t0;
-            return CFAIL(AMDIM_E_PROTOCOL, "amdim-load (pid %d) exited before epoch %llu batch %llu was made%s%s",
+            return AMDIM_FAIL_IN(l, AMDIM_E_PROTOCOL, "amdim-load (pid %d) exited before epoch %llu batch %llu was made%s%s",
                          in->loader_pid, (unsigned long long)l->epoch, (unsigned long long)l->index,
                          l->last_error[0] ? ": " : "", l->last_error);
         }

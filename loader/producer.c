@@ -60,7 +60,6 @@ typedef struct {
     size_t errlen;
 } loader;
 
-#define LFAIL(st, ...) amdim_fail(L->err, L->errlen, (st), __VA_ARGS__)
 
 static uint64_t now_ns(void)
 {
@@ -294,14 +293,14 @@ static int spawn(loader *L, uint32_t w)
 {
     pid_t pid = fork();
     if (pid < 0)
-        return LFAIL(AMDIM_E_IO, "fork(): %s", strerror(errno));
+        return amdim_fail(L->err, L->errlen, AMDIM_E_IO, "fork(): %s", strerror(errno));
     if (pid == 0)
         worker_main(L, w);
     L->pids[w] = pid;
     L->state[w] = 0;
     L->pidfds[w] = (int)syscall(SYS_pidfd_open, pid, 0);
     if (L->pidfds[w] < 0)
-        return LFAIL(AMDIM_E_IO, "pidfd_open(): %s", strerror(errno));
+        return amdim_fail(L->err, L->errlen, AMDIM_E_IO, "pidfd_open(): %s", strerror(errno));
     fprintf(stderr, "amdim-load: worker %u pid %d\n", w, (int)pid);
     return AMDIM_OK;
 }
@@ -393,15 +392,15 @@ again:
     /* Wait for the consumer, watching for it to vanish instead. */
     for (;;) {
         if (opt->cancel && *opt->cancel)
-            return LFAIL(AMDIM_E_CANCELLED, "interrupted");
+            return amdim_fail(L->err, L->errlen, AMDIM_E_CANCELLED, "interrupted");
         if (L->intruders_unshown && amdim_now() - L->intruders_t >= INTRUDERS_SUMMARY_SECONDS)
             intruder_summary(L, amdim_now());
         struct pollfd p[2] = {{L->listen_fd, POLLIN, 0}, {opt->out_fd, 0, 0}};
         int n = poll(p, 2, 200);
         if (n < 0 && errno != EINTR)
-            return LFAIL(AMDIM_E_IO, "poll(): %s", strerror(errno));
+            return amdim_fail(L->err, L->errlen, AMDIM_E_IO, "poll(): %s", strerror(errno));
         if (n > 0 && (p[1].revents & (POLLERR | POLLHUP)))
-            return LFAIL(AMDIM_E_PROTOCOL, "the consumer closed the pipe before connecting");
+            return amdim_fail(L->err, L->errlen, AMDIM_E_PROTOCOL, "the consumer closed the pipe before connecting");
         if (n > 0 && (p[0].revents & POLLIN))
             break;
     }
@@ -412,7 +411,7 @@ again:
     if (fd < 0) {
         if (errno == EINTR || errno == ECONNABORTED || errno == EAGAIN)
             goto again;
-        return LFAIL(AMDIM_E_IO, "accept(): %s", strerror(errno));
+        return amdim_fail(L->err, L->errlen, AMDIM_E_IO, "accept(): %s", strerror(errno));
     }
     struct ucred cred = {0};
     socklen_t cl = sizeof cred;
@@ -468,7 +467,7 @@ again:
     if (L->b0 >= L->nb || L->epochs == 0) {
         ctl_write(L->conn_fd, "ERR start batch %llu is outside 0..%llu or no epochs requested",
                   (unsigned long long)L->b0, (unsigned long long)L->nb - 1);
-        return LFAIL(AMDIM_E_PROTOCOL, "the consumer asked for batch %llu of %llu, epochs %llu", (unsigned long long)L->b0,
+        return amdim_fail(L->err, L->errlen, AMDIM_E_PROTOCOL, "the consumer asked for batch %llu of %llu, epochs %llu", (unsigned long long)L->b0,
                      (unsigned long long)L->nb, (unsigned long long)L->epochs);
     }
     /* Answer with the agreed values and the rings. */
@@ -481,7 +480,7 @@ again:
         struct cmsghdr align;
     } u;
     if (L->W > 253)
-        return LFAIL(AMDIM_E_INVALID, "at most 253 workers");
+        return amdim_fail(L->err, L->errlen, AMDIM_E_INVALID, "at most 253 workers");
     memset(&u, 0, sizeof u);
     struct iovec iov = {ok, (size_t)n};
     struct msghdr msg = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = u.buf,
@@ -493,7 +492,7 @@ again:
     for (uint32_t w = 0; w < L->W; w++)
         memcpy(CMSG_DATA(cm) + w * sizeof(int), &L->rings[w].fd, sizeof(int));
     if (sendmsg(L->conn_fd, &msg, MSG_NOSIGNAL) != n)
-        return LFAIL(AMDIM_E_PROTOCOL, "sending the rings to the consumer: %s", strerror(errno));
+        return amdim_fail(L->err, L->errlen, AMDIM_E_PROTOCOL, "sending the rings to the consumer: %s", strerror(errno));
     close(L->listen_fd);
     L->listen_fd = -1;
     return AMDIM_OK;
@@ -546,7 +545,7 @@ static int supervise(loader *L)
     double *last_change = calloc(L->W, sizeof *last_change);
     int st = AMDIM_OK, consumer_stopped = 0;
     if (!last_io || !last_slot || !last_prog || !last_change) {
-        st = LFAIL(AMDIM_E_NOMEM, "out of memory");
+        st = amdim_fail(L->err, L->errlen, AMDIM_E_NOMEM, "out of memory");
         goto out;
     }
     for (uint32_t w = 0; w < L->W; w++)
@@ -558,7 +557,7 @@ static int supervise(loader *L)
         if (!running)
             break;
         if (opt->cancel && *opt->cancel) {
-            st = LFAIL(AMDIM_E_CANCELLED, "interrupted");
+            st = amdim_fail(L->err, L->errlen, AMDIM_E_CANCELLED, "interrupted");
             break;
         }
         struct pollfd p[2 + 256];
@@ -569,7 +568,7 @@ static int supervise(loader *L)
             p[np++] = (struct pollfd){L->state[w] == 0 ? L->pidfds[w] : -1, POLLIN, 0};
         int n = poll(p, (nfds_t)np, 200);
         if (n < 0 && errno != EINTR) {
-            st = LFAIL(AMDIM_E_IO, "poll(): %s", strerror(errno));
+            st = amdim_fail(L->err, L->errlen, AMDIM_E_IO, "poll(): %s", strerror(errno));
             break;
         }
         if (n > 0 && (p[0].revents & POLLIN)) /* nothing but STOP is expected after START */
@@ -578,8 +577,8 @@ static int supervise(loader *L)
             /* Consumer gone. If a worker failed first (the consumer may have
              * read its failure from the ring before we reaped it), say so. */
             st = consumer_stopped == 1 ? 1
-                 : consumer_stopped ? LFAIL(AMDIM_E_PROTOCOL, "the consumer gave up on an error (see its message)")
-                                    : LFAIL(AMDIM_E_PROTOCOL, "the consumer went away without stopping (was it killed?)");
+                 : consumer_stopped ? amdim_fail(L->err, L->errlen, AMDIM_E_PROTOCOL, "the consumer gave up on an error (see its message)")
+                                    : amdim_fail(L->err, L->errlen, AMDIM_E_PROTOCOL, "the consumer went away without stopping (was it killed?)");
             int finished = 1;
             for (uint32_t w = 0; w < L->W; w++)
                 finished &= atomic_load(&L->rings[w].hdr->producer_state) == AMDIM_PRODUCER_FINISHED;
@@ -597,7 +596,7 @@ static int supervise(loader *L)
                     char why[AMDIM_RING_ERROR_MAX];
                     amdim_ring_get_error(&L->rings[w], why, sizeof why);
                     fprintf(stderr, "amdim-load: worker %u: %s\n", w, why);
-                    st = LFAIL(AMDIM_E_WORKER, "worker %u: %s", w, why);
+                    st = amdim_fail(L->err, L->errlen, AMDIM_E_WORKER, "worker %u: %s", w, why);
                     break;
                 }
             break;
@@ -644,7 +643,7 @@ static int supervise(loader *L)
             fprintf(stderr, "amdim-load: %s\n", msg);
             ctl_write(opt->out_fd, "ERROR worker=%u epoch=%llu batch=%llu %s", w, (unsigned long long)e,
                       (unsigned long long)b, msg);
-            st = LFAIL(AMDIM_E_WORKER, "%s", msg);
+            st = amdim_fail(L->err, L->errlen, AMDIM_E_WORKER, "%s", msg);
         }
         if (st)
             break;
@@ -732,7 +731,7 @@ static int check_ring_memory(loader *L)
     amdim_format_bytes(t, sizeof t, total);
     amdim_format_bytes(a, sizeof a, avail);
     amdim_format_bytes(sl, sizeof sl, amdim_ring_slot_bytes(L->B, size, size, 3));
-    return LFAIL(AMDIM_E_TOO_LARGE,
+    return amdim_fail(L->err, L->errlen, AMDIM_E_TOO_LARGE,
                  "the rings need %s (--workers %u x --slots %d x %s per batch of --batch %u %ux%u pairs), more than "
                  "half of the %s this process may still use (%s): lower --slots, --batch or --workers",
                  t, L->W, opt->slots, sl, L->B, size, size, a, why);
@@ -751,20 +750,20 @@ int amdim_loader_serve(const amdim_loader_serve_options *opt, char *err, size_t 
     const char *split = opt->split ? opt->split : "train";
     if (opt->workers < 1 || opt->workers > 253 || opt->batch < 1 || opt->slots < 2 || opt->queue_depth < 1 ||
         opt->queue_depth > 256 || opt->epochs < 1)
-        return LFAIL(AMDIM_E_INVALID, "workers 1..253, batch >= 1, slots >= 2, queue depth 1..256 and epochs >= 1");
+        return amdim_fail(L->err, L->errlen, AMDIM_E_INVALID, "workers 1..253, batch >= 1, slots >= 2, queue depth 1..256 and epochs >= 1");
     L->W = (uint32_t)opt->workers;
     L->N = opt->shard_size > 1 ? (uint32_t)opt->shard_size : 1;
     L->R = L->N > 1 ? (uint32_t)opt->shard_rank : 0;
     if (L->N > 1 && (opt->shard_rank < 0 || L->R >= L->N || opt->batch % (int)L->N != 0 || opt->keep_last))
-        return LFAIL(AMDIM_E_INVALID,
+        return amdim_fail(L->err, L->errlen, AMDIM_E_INVALID,
                      "--shard %d/%u: needs 0 <= rank < %u, a global --batch divisible by %u (got %d), and no --keep-last",
                      opt->shard_rank, L->N, L->N, L->N, opt->batch);
     L->B = (uint32_t)opt->batch / L->N;
     char why[1024];
     if ((st = amdim_dataset_open(&L->ds, opt->path, why, sizeof why)))
-        return LFAIL(st, "%s", why);
+        return amdim_fail(L->err, L->errlen, st, "%s", why);
     if ((st = amdim_dataset_split_info(L->ds, split, &L->info))) {
-        LFAIL(st, "%s", amdim_dataset_error(L->ds));
+        amdim_fail(L->err, L->errlen, st, "%s", amdim_dataset_error(L->ds));
         goto done;
     }
     /* Records larger than the packer let in are refused before decoding. */
@@ -775,30 +774,30 @@ int amdim_loader_serve(const amdim_loader_serve_options *opt, char *err, size_t 
         L->max_pixels = strtoull(mp + strlen("max_pixels="), NULL, 10);
     const char *preset = opt->preset ? opt->preset : amdim_loader_preset_for(L->info.encoding, L->info.width, L->info.height);
     if (amdim_augment_preset(preset, &L->aug)) {
-        st = LFAIL(AMDIM_E_INVALID, "unknown preset %s (imagenet, stl10, cifar)", preset);
+        st = amdim_fail(L->err, L->errlen, AMDIM_E_INVALID, "unknown preset %s (imagenet, stl10, cifar)", preset);
         goto done;
     }
     if (L->aug.crop_mode == AMDIM_CROP_TRANSLATE && (L->info.width == 0 || L->info.width > (uint32_t)L->aug.size ||
                                                      L->info.height > (uint32_t)L->aug.size)) {
-        st = LFAIL(AMDIM_E_INVALID, "preset %s makes %dx%d views without resizing, but split %s holds %ux%u images",
+        st = amdim_fail(L->err, L->errlen, AMDIM_E_INVALID, "preset %s makes %dx%d views without resizing, but split %s holds %ux%u images",
                    preset, L->aug.size, L->aug.size, split, L->info.width, L->info.height);
         goto done;
     }
     if ((st = check_ring_memory(L)))
         goto done;
     if ((st = amdim_dataset_index(L->ds, split, &L->offsets, &L->lengths, &L->records))) {
-        LFAIL(st, "%s", amdim_dataset_error(L->ds));
+        amdim_fail(L->err, L->errlen, st, "%s", amdim_dataset_error(L->ds));
         goto done;
     }
     L->nb = loader_batches(L->records, L->B * L->N, opt->keep_last);
     if (L->nb == 0) {
-        st = LFAIL(AMDIM_E_INVALID, "split %s has %llu records, fewer than one batch of %u", split,
+        st = amdim_fail(L->err, L->errlen, AMDIM_E_INVALID, "split %s has %llu records, fewer than one batch of %u", split,
                    (unsigned long long)L->records, L->B * L->N);
         goto done;
     }
     L->data_fd = open(opt->path, O_RDONLY | O_CLOEXEC);
     if (L->data_fd < 0) {
-        st = LFAIL(AMDIM_E_IO, "open %s: %s", opt->path, strerror(errno));
+        st = amdim_fail(L->err, L->errlen, AMDIM_E_IO, "open %s: %s", opt->path, strerror(errno));
         goto done;
     }
     /* io_uring or pread, decided once for every worker. */
@@ -821,7 +820,7 @@ int amdim_loader_serve(const amdim_loader_serve_options *opt, char *err, size_t 
     L->stats = mmap(NULL, L->W * sizeof *L->stats, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
     if (!L->rings || !L->pids || !L->pidfds || !L->state || !L->respawns || L->stats == MAP_FAILED) {
         L->stats = NULL;
-        st = LFAIL(AMDIM_E_NOMEM, "out of memory");
+        st = amdim_fail(L->err, L->errlen, AMDIM_E_NOMEM, "out of memory");
         goto done;
     }
     for (uint32_t w = 0; w < L->W; w++)
@@ -829,7 +828,7 @@ int amdim_loader_serve(const amdim_loader_serve_options *opt, char *err, size_t 
     for (uint32_t w = 0; w < L->W; w++)
         if ((st = amdim_ring_create(&L->rings[w], (uint32_t)opt->slots, L->B, (uint32_t)L->aug.size,
                                     (uint32_t)L->aug.size, 3, w, L->W, why, sizeof why))) {
-            LFAIL(st, "%s", why);
+            amdim_fail(L->err, L->errlen, st, "%s", why);
             goto done;
         }
     /* Abstract Unix socket: no file system entry to leave behind. */
@@ -843,7 +842,7 @@ int amdim_loader_serve(const amdim_loader_serve_options *opt, char *err, size_t 
     memcpy(addr.sun_path + 1, L->sockname, strlen(L->sockname));
     socklen_t alen = (socklen_t)(offsetof(struct sockaddr_un, sun_path) + 1 + strlen(L->sockname));
     if (L->listen_fd < 0 || bind(L->listen_fd, (struct sockaddr *)&addr, alen) != 0 || listen(L->listen_fd, 1) != 0) {
-        st = LFAIL(AMDIM_E_IO, "cannot listen on the control socket: %s", strerror(errno));
+        st = amdim_fail(L->err, L->errlen, AMDIM_E_IO, "cannot listen on the control socket: %s", strerror(errno));
         goto done;
     }
     if (ctl_write(opt->out_fd,
@@ -852,7 +851,7 @@ int amdim_loader_serve(const amdim_loader_serve_options *opt, char *err, size_t 
                   AMDIM_LOAD_PROTOCOL_VERSION, (int)getpid(), L->sockname, preset, L->aug.size, L->B, L->W,
                   (unsigned long long)L->records, L->info.classes, (unsigned long long)L->nb, !opt->keep_last,
                   (unsigned long long)opt->seed, (long long)opt->epochs, split, L->R, L->N) != 0) {
-        st = LFAIL(AMDIM_E_PROTOCOL, "cannot write the handshake: the consumer is gone");
+        st = amdim_fail(L->err, L->errlen, AMDIM_E_PROTOCOL, "cannot write the handshake: the consumer is gone");
         goto done;
     }
     if ((st = handshake(L)))

@@ -14,7 +14,7 @@
 
 static const char *usage_text =
     "Usage: amdim-load [loader options] DATA.lmdb | amdim-train --out RUN [options]\n"
-    "       amdim-load DATA.lmdb | amdim-train --resume RUN [--steps S]\n"
+    "       amdim-load --batch B DATA.lmdb | amdim-train --resume RUN [--steps S]\n"
     "       amdim-load LABELLED.lmdb | amdim-train --classifiers --init CKPT --out RUN\n"
     "\n"
     "Trains AMDIM on the batches amdim-load makes (it tells the loader the seed\n"

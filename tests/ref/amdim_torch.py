@@ -1,5 +1,5 @@
 """The AMDIM model and objective in PyTorch: our independent reading of
-../shared/SPEC.md sections 3-5, with the parameter names of the authors'
+docs/spec.md §4-§7, with the parameter names of the authors'
 release (encoder.module.layer_list.0.conv.weight, ...rkhs_block_5.bn_hid...).
 
 Shared by make_model_ref.py (the float64 reference for the C trainer),
@@ -8,7 +8,7 @@ bench/torch_amdim.py (the PyTorch peer benchmark). Importing it changes no
 global state: the caller picks the default dtype and the device.
 
 The NCE scores and losses are always computed in at least float32, also
-under autocast (SPEC section 5).
+under autocast (docs/spec.md §7.5).
 """
 import math
 
@@ -97,7 +97,7 @@ class Head(nn.Module):
 
 
 class Encoder(nn.Module):
-    """The 32/64/128 px encoders of SPEC section 3; forward gives (r1, r5, r7)."""
+    """The 32/64/128 px encoders of docs/spec.md §4.2; forward gives (r1, r5, r7)."""
 
     def __init__(self, size, ndf, n_rkhs, depth, use_bn):
         super().__init__()
@@ -134,8 +134,8 @@ class Encoder(nn.Module):
 
 
 class Classifier(nn.Module):
-    """An online probe on r1: linear (hidden None) or the MLP of SPEC
-    section 5. forward(x) uses the module's own dropout; forward(x, m_in,
+    """An online probe on r1: linear (hidden None) or the MLP of
+    docs/spec.md §6.1. forward(x) uses the module's own dropout; forward(x, m_in,
     m_hid) applies given 0/1 keep masks instead (so C can replay them)."""
 
     def __init__(self, n_in, n_classes, hidden):
@@ -203,7 +203,7 @@ class Model(nn.Module):
 
 
 def init_weights(model, gen=None):
-    """SPEC section 3 initialisation of the residual units and heads: first
+    """docs/spec.md §4.6 initialisation of the residual units and heads: first
     conv Kaiming-uniform (a = sqrt(5)), second conv zero, head shortcut
     identity on the first cin channels plus U(-0.01, 0.01)."""
     with torch.no_grad():

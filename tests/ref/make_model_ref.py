@@ -2,7 +2,7 @@
 """Writes tests/ref/model_ref_<name>.bin.gz: the PyTorch reference for the C
 trainer (tests/test_trainer_parity.c).
 
-The AMDIM model is amdim_torch.py (../shared/SPEC.md sections 3-5, with
+The AMDIM model is amdim_torch.py (docs/spec.md §4-§7, with
 the parameter names of the authors' release), computed here in float64. For
 a tiny configuration of each encoder size it stores: every parameter and
 buffer, two input batches (normalised, NCHW), labels, the
@@ -30,7 +30,7 @@ torch.set_default_dtype(torch.float64)  # the reference is computed in double
 
 
 def init_model(model, gen):
-    """SPEC section 3 initialisation (draws from torch, stored in the file anyway)."""
+    """docs/spec.md §4.6 initialisation (draws from torch, stored in the file anyway)."""
     init_weights(model, gen)
     # Zero second convolutions (and the mixture's zero fc2) would make many
     # gradients exactly zero and the components equal; for a stronger test

@@ -46,7 +46,7 @@ typedef struct {
     int probe_features;      /* what the probes read: 0 r1, 1 the mean of the K mixture features */
 } amdim_model_config;
 
-/* SPEC defaults for an encoder size: CIFAR-small-like ndf 128, n_rkhs 1024,
+/* The defaults for an encoder size (docs/spec.md §4.7, §7): CIFAR-small-like ndf 128, n_rkhs 1024,
  * depth 10 at 32 px, 192/1536/8 otherwise; lr 2e-4, betas (0.8, 0.999),
  * eps 1e-8, wd 1e-5, warm-up 500, decay 0.2 at [250, 280]; no mixtures
  * (K 1, tau 1, alpha 1, probes on r1). */

@@ -12,7 +12,7 @@
 
 void amdim_model_config_default(amdim_model_config *c, int size)
 {
-    /* SPEC section 2: per-preset normalisation, 0..1 scale */
+    /* per-preset normalisation, 0..1 scale (docs/spec.md §3.7) */
     static const float mean[3][3] = {{125.3f / 255, 123.0f / 255, 113.9f / 255}, {0.43f, 0.42f, 0.39f},
                                      {0.485f, 0.456f, 0.406f}};
     static const float sd[3][3] = {{63.0f / 255, 62.1f / 255, 66.7f / 255}, {0.27f, 0.26f, 0.27f},

@@ -110,7 +110,7 @@ typedef struct {
 int amdim_arch_build(amdim_arch *a, const amdim_model_config *cfg, char *err, size_t n);
 void amdim_arch_free(amdim_arch *a);
 
-/* SPEC section 3 initialisation of every tensor into weights (PyTorch's
+/* The initialisation (docs/spec.md §4.6) of every tensor into weights (PyTorch's
  * U(+-1/sqrt(fan_in)) for weights and biases, zero second convolutions,
  * identity-plus-noise head shortcuts, BN gamma 1, running var 1; the
  * mixture's fc2 weight U(+-0.01) and bias zero), drawn

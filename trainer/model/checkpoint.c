@@ -943,44 +943,40 @@ static int parse_meta(const st_file *f, const char *path, amdim_model_config *c,
     memset(c, 0, sizeof *c);
     memset(in, 0, sizeof *in);
     long long epochs, max_steps;
-    int st;
     /* the loop passes epochs as int; the rest as the CLIs bound them */
-#define TRY(call)                \
-    if ((st = (call)) != AMDIM_OK) \
-        return st
-    TRY(meta_u64(f, path, "step", INT64_MAX, &in->step, err, n));
-    TRY(meta_u64(f, path, "next_epoch", INT_MAX, &in->next_epoch, err, n));
-    TRY(meta_u64(f, path, "next_batch", INT64_MAX, &in->next_batch, err, n));
-    TRY(meta_u64(f, path, "seed", UINT64_MAX, &in->seed, err, n));
-    TRY(meta_i64(f, path, "epochs", -1, INT_MAX, &epochs, err, n));
-    TRY(meta_i64(f, path, "max_steps", -1, INT64_MAX, &max_steps, err, n));
+    AMDIM_TRY(meta_u64(f, path, "step", INT64_MAX, &in->step, err, n));
+    AMDIM_TRY(meta_u64(f, path, "next_epoch", INT_MAX, &in->next_epoch, err, n));
+    AMDIM_TRY(meta_u64(f, path, "next_batch", INT64_MAX, &in->next_batch, err, n));
+    AMDIM_TRY(meta_u64(f, path, "seed", UINT64_MAX, &in->seed, err, n));
+    AMDIM_TRY(meta_i64(f, path, "epochs", -1, INT_MAX, &epochs, err, n));
+    AMDIM_TRY(meta_i64(f, path, "max_steps", -1, INT64_MAX, &max_steps, err, n));
     in->epochs = epochs;
     in->max_steps = max_steps;
     const char *preset = st_meta(f, "preset");
     if (strlen(preset) >= sizeof in->preset)
         return meta_bad(path, "preset", preset, "a preset name", err, n);
     snprintf(in->preset, sizeof in->preset, "%s", preset);
-    TRY(meta_int(f, path, "batch", 0, 1 << 20, &in->batch, err, n));
+    AMDIM_TRY(meta_int(f, path, "batch", 0, 1 << 20, &in->batch, err, n));
     in->probes_only = 0;
     if (st_meta(f, "phase"))
-        TRY(meta_word(f, path, "phase", "infomax", "classifiers", &in->probes_only, err, n));
-    TRY(meta_int(f, path, "encoder_size", 0, INT_MAX, &c->encoder_size, err, n));
-    TRY(meta_int(f, path, "ndf", 0, INT_MAX, &c->ndf, err, n));
-    TRY(meta_int(f, path, "n_rkhs", 0, INT_MAX, &c->n_rkhs, err, n));
-    TRY(meta_int(f, path, "n_depth", 0, INT_MAX, &c->n_depth, err, n));
-    TRY(meta_int(f, path, "use_bn", 0, 1, &c->use_bn, err, n));
-    TRY(meta_int(f, path, "n_classes", 0, INT_MAX, &c->n_classes, err, n));
-    TRY(meta_int(f, path, "mlp_hidden", 0, INT_MAX, &c->mlp_hidden, err, n));
-    TRY(meta_int(f, path, "objective", 0, 2, &c->objective, err, n));
-    TRY(meta_int(f, path, "warmup", 0, INT_MAX, &c->warmup, err, n));
-    TRY(meta_float(f, path, "tclip", 0, FLT_MAX, &c->tclip, err, n));
-    TRY(meta_float(f, path, "lr", 0, FLT_MAX, &c->lr, err, n));
-    TRY(meta_float(f, path, "beta1", 0, 1, &c->beta1, err, n));
-    TRY(meta_float(f, path, "beta2", 0, 1, &c->beta2, err, n));
-    TRY(meta_float(f, path, "eps", 0, FLT_MAX, &c->eps, err, n));
-    TRY(meta_float(f, path, "weight_decay", 0, FLT_MAX, &c->weight_decay, err, n));
-    TRY(meta_float(f, path, "lr_decay", 0, FLT_MAX, &c->lr_decay, err, n));
-    TRY(meta_u64(f, path, "model_seed", UINT64_MAX, &c->seed, err, n));
+        AMDIM_TRY(meta_word(f, path, "phase", "infomax", "classifiers", &in->probes_only, err, n));
+    AMDIM_TRY(meta_int(f, path, "encoder_size", 0, INT_MAX, &c->encoder_size, err, n));
+    AMDIM_TRY(meta_int(f, path, "ndf", 0, INT_MAX, &c->ndf, err, n));
+    AMDIM_TRY(meta_int(f, path, "n_rkhs", 0, INT_MAX, &c->n_rkhs, err, n));
+    AMDIM_TRY(meta_int(f, path, "n_depth", 0, INT_MAX, &c->n_depth, err, n));
+    AMDIM_TRY(meta_int(f, path, "use_bn", 0, 1, &c->use_bn, err, n));
+    AMDIM_TRY(meta_int(f, path, "n_classes", 0, INT_MAX, &c->n_classes, err, n));
+    AMDIM_TRY(meta_int(f, path, "mlp_hidden", 0, INT_MAX, &c->mlp_hidden, err, n));
+    AMDIM_TRY(meta_int(f, path, "objective", 0, 2, &c->objective, err, n));
+    AMDIM_TRY(meta_int(f, path, "warmup", 0, INT_MAX, &c->warmup, err, n));
+    AMDIM_TRY(meta_float(f, path, "tclip", 0, FLT_MAX, &c->tclip, err, n));
+    AMDIM_TRY(meta_float(f, path, "lr", 0, FLT_MAX, &c->lr, err, n));
+    AMDIM_TRY(meta_float(f, path, "beta1", 0, 1, &c->beta1, err, n));
+    AMDIM_TRY(meta_float(f, path, "beta2", 0, 1, &c->beta2, err, n));
+    AMDIM_TRY(meta_float(f, path, "eps", 0, FLT_MAX, &c->eps, err, n));
+    AMDIM_TRY(meta_float(f, path, "weight_decay", 0, FLT_MAX, &c->weight_decay, err, n));
+    AMDIM_TRY(meta_float(f, path, "lr_decay", 0, FLT_MAX, &c->lr_decay, err, n));
+    AMDIM_TRY(meta_u64(f, path, "model_seed", UINT64_MAX, &c->seed, err, n));
     const char *ms = st_meta(f, "milestones");
     for (const char *p = ms; *p;) {
         char *end;
@@ -994,20 +990,19 @@ static int parse_meta(const st_file *f, const char *path, amdim_model_config *c,
     /* the input normalisation, on the 0..1 pixel scale: a mean outside it
      * or a std near 0 (1e-45 turns every image into the same huge values)
      * is no normalisation of images */
-    TRY(meta_rgb(f, path, "mean", 0.0f, 1.0f, c->mean, err, n));
-    TRY(meta_rgb(f, path, "std", 1e-3f, 1.0f, c->std, err, n));
+    AMDIM_TRY(meta_rgb(f, path, "mean", 0.0f, 1.0f, c->mean, err, n));
+    AMDIM_TRY(meta_rgb(f, path, "std", 1e-3f, 1.0f, c->std, err, n));
     c->mixtures = 1;
     c->mix_tau = 1.0f;
     c->mix_entropy = 1.0f;
     if (st_meta(f, "mixtures"))
-        TRY(meta_int(f, path, "mixtures", 1, 16, &c->mixtures, err, n));
+        AMDIM_TRY(meta_int(f, path, "mixtures", 1, 16, &c->mixtures, err, n));
     if (st_meta(f, "mix_tau"))
-        TRY(meta_float(f, path, "mix_tau", 0, FLT_MAX, &c->mix_tau, err, n));
+        AMDIM_TRY(meta_float(f, path, "mix_tau", 0, FLT_MAX, &c->mix_tau, err, n));
     if (st_meta(f, "mix_entropy"))
-        TRY(meta_float(f, path, "mix_entropy", 0, FLT_MAX, &c->mix_entropy, err, n));
+        AMDIM_TRY(meta_float(f, path, "mix_entropy", 0, FLT_MAX, &c->mix_entropy, err, n));
     if (st_meta(f, "probe_features"))
-        TRY(meta_word(f, path, "probe_features", "r1", "mixture-mean", &c->probe_features, err, n));
-#undef TRY
+        AMDIM_TRY(meta_word(f, path, "probe_features", "r1", "mixture-mean", &c->probe_features, err, n));
     return check_claimed_size(f, path, c, err, n);
 }
 

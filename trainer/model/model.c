@@ -7,7 +7,6 @@
 
 #include "backend_internal.h"
 
-#define MFAIL(st, ...) AMDIM_MFAIL(m, (st), __VA_ARGS__)
 
 /* 0 until the CUDA backend has passed its GPU tests (tools/gpu-check.sh). */
 #define AMDIM_CUDA_BACKEND_VERIFIED 0
@@ -222,9 +221,9 @@ void amdim_model_unregister_host(amdim_model *m, void *base)
 int amdim_model_set_precision(amdim_model *m, amdim_precision p)
 {
     if (p != AMDIM_PRECISION_FP32 && p != AMDIM_PRECISION_BF16)
-        return MFAIL(AMDIM_E_INVALID, "precision %d: must be fp32 or bf16", (int)p);
+        return AMDIM_MFAIL(m, AMDIM_E_INVALID, "precision %d: must be fp32 or bf16", (int)p);
     if (p == AMDIM_PRECISION_BF16 && !m->be->set_precision)
-        return MFAIL(AMDIM_E_UNSUPPORTED, "bf16: the %s backend computes in fp32 only", m->be->name);
+        return AMDIM_MFAIL(m, AMDIM_E_UNSUPPORTED, "bf16: the %s backend computes in fp32 only", m->be->name);
     int rc = m->be->set_precision ? m->be->set_precision(m, p == AMDIM_PRECISION_BF16) : AMDIM_OK;
     if (rc == AMDIM_OK)
         m->precision = p;
@@ -236,7 +235,7 @@ amdim_precision amdim_model_precision(const amdim_model *m) { return m->precisio
 int amdim_model_set_threads(amdim_model *m, int threads)
 {
     if (threads < 1 || threads > 4096)
-        return MFAIL(AMDIM_E_INVALID, "threads must be 1..4096, not %d", threads);
+        return AMDIM_MFAIL(m, AMDIM_E_INVALID, "threads must be 1..4096, not %d", threads);
     return m->be->set_threads ? m->be->set_threads(m, threads) : AMDIM_OK;
 }
 int amdim_model_pull(amdim_model *m) { return m->be->pull ? m->be->pull(m) : AMDIM_OK; }
@@ -249,19 +248,19 @@ int amdim_model_set_comm(amdim_model *m, const amdim_comm *c)
     int on = c && (c->size > 1 || c->force);
     if (on) {
         if (c->size < 1 || c->rank < 0 || c->rank >= c->size)
-            return MFAIL(AMDIM_E_INVALID, "process group: rank %d of %d", c->rank, c->size);
+            return AMDIM_MFAIL(m, AMDIM_E_INVALID, "process group: rank %d of %d", c->rank, c->size);
         if (!c->allreduce_f32 || !c->allreduce_f64 || !c->allgather_f32 || !c->reduce_scatter_f32 || !c->bcast_f32)
-            return MFAIL(AMDIM_E_INVALID, "process group: a collective is missing");
+            return AMDIM_MFAIL(m, AMDIM_E_INVALID, "process group: a collective is missing");
         if (m->device == AMDIM_DEVICE_CUDA) {
 #ifndef AMDIM_HAVE_NCCL
-            return MFAIL(AMDIM_E_UNSUPPORTED,
+            return AMDIM_MFAIL(m, AMDIM_E_UNSUPPORTED,
                          "%d ranks on cuda: this build has no NCCL (nccl.h and libnccl next to the CUDA toolkit, or "
                          "AMDIM_NCCL_DIR); data-parallel training runs on the CPU backend only",
                          c->size);
 #endif
         }
         if (m->cfg.mixtures > 1)
-            return MFAIL(AMDIM_E_UNSUPPORTED, "mixtures %d: data-parallel training supports --mixtures 1 only",
+            return AMDIM_MFAIL(m, AMDIM_E_UNSUPPORTED, "mixtures %d: data-parallel training supports --mixtures 1 only",
                          m->cfg.mixtures);
     }
     m->comm = on ? c : NULL;
@@ -270,7 +269,7 @@ int amdim_model_set_comm(amdim_model *m, const amdim_comm *c)
 
 static int comm_fail(amdim_model *m, int rc, const char *what)
 {
-    return MFAIL(rc, "rank %d of %d: %s: %s", m->comm->rank, m->comm->size, what,
+    return AMDIM_MFAIL(m, rc, "rank %d of %d: %s: %s", m->comm->rank, m->comm->size, what,
                  m->comm->error ? m->comm->error(m->comm->ctx) : "collective failed");
 }
 
@@ -304,7 +303,7 @@ int amdim_model_check_replicas(amdim_model *m)
         h = (h ^ b[i]) * 1099511628211ull;
     float mine[4], *all = malloc((size_t)4 * c->size * sizeof(float));
     if (!all)
-        return MFAIL(AMDIM_E_NOMEM, "out of memory");
+        return AMDIM_MFAIL(m, AMDIM_E_NOMEM, "out of memory");
     for (int k = 0; k < 4; k++)
         mine[k] = (float)((h >> (16 * k)) & 0xffff);
     if ((rc = c->allgather_f32(c->ctx, mine, all, 4))) {
@@ -313,7 +312,7 @@ int amdim_model_check_replicas(amdim_model *m)
     }
     for (int r = 1; r < c->size && rc == AMDIM_OK; r++)
         if (memcmp(all, all + 4 * r, 4 * sizeof(float)) != 0)
-            rc = MFAIL(AMDIM_E_INVALID, "rank %d's weights differ from rank 0's after update %llu: the replicas diverged",
+            rc = AMDIM_MFAIL(m, AMDIM_E_INVALID, "rank %d's weights differ from rank 0's after update %llu: the replicas diverged",
                        r, (unsigned long long)m->updates);
     free(all);
     return rc;
@@ -339,7 +338,7 @@ static int local_draws(amdim_model *m, int B, const int32_t *src5, const float *
         m->mask_hidden_local = malloc((size_t)2 * B * H * sizeof(float));
         m->local_rows = m->src5_local && m->mask_in_local && m->mask_hidden_local ? 2 * B : 0;
         if (!m->local_rows)
-            return MFAIL(AMDIM_E_NOMEM, "out of memory for the draws of %d rows", 2 * B);
+            return AMDIM_MFAIL(m, AMDIM_E_NOMEM, "out of memory for the draws of %d rows", 2 * B);
     }
     size_t Bg = (size_t)B * m->comm->size, first = (size_t)B * m->comm->rank;
     for (size_t h = 0; h < 2; h++) {
@@ -403,15 +402,15 @@ static int ensure_draws(amdim_model *m, int n)
     m->mask_in = malloc((size_t)n * m->cfg.n_rkhs * sizeof(float));
     m->mask_hidden = malloc((size_t)n * m->cfg.mlp_hidden * sizeof(float));
     m->draws_rows = m->src5 && m->mask_in && m->mask_hidden ? n : 0;
-    return m->draws_rows ? AMDIM_OK : MFAIL(AMDIM_E_NOMEM, "out of memory for the draws of %d rows", n);
+    return m->draws_rows ? AMDIM_OK : AMDIM_MFAIL(m, AMDIM_E_NOMEM, "out of memory for the draws of %d rows", n);
 }
 
 static int check_batch(amdim_model *m, int B, int min)
 {
     if (B < min)
-        return MFAIL(AMDIM_E_INVALID, "batch %d: need at least %d images (NCE and BatchNorm)", B, min);
+        return AMDIM_MFAIL(m, AMDIM_E_INVALID, "batch %d: need at least %d images (NCE and BatchNorm)", B, min);
     if ((int64_t)B * group_size(m) > (1 << 20))
-        return MFAIL(AMDIM_E_INVALID, "batch %d x %d ranks is too large", B, group_size(m));
+        return AMDIM_MFAIL(m, AMDIM_E_INVALID, "batch %d x %d ranks is too large", B, group_size(m));
     return AMDIM_OK;
 }
 
@@ -424,7 +423,7 @@ int amdim_model_forward_backward(amdim_model *m, const float *x1, const float *x
         return rc;
     for (int i = 0; i < 2 * B * group_size(m); i++)
         if (src5[i] < 0 || src5[i] >= AMDIM_SRC5_LOCATIONS)
-            return MFAIL(AMDIM_E_INVALID, "5x5 source location %d out of range", src5[i]);
+            return AMDIM_MFAIL(m, AMDIM_E_INVALID, "5x5 source location %d out of range", src5[i]);
     amdim_step_input in = {.f32 = {x1, x2}, .labels = labels, .batch = B};
     amdim_step_draws d;
     if ((rc = local_draws(m, B, src5, mask_in, mask_hidden, &d)))
@@ -472,7 +471,7 @@ int amdim_model_stage_input(amdim_model *m, int slot, const uint8_t *view1, cons
     if (rc)
         return rc;
     if (slot < 0 || slot > 1)
-        return MFAIL(AMDIM_E_INVALID, "input slot %d: must be 0 or 1", slot);
+        return AMDIM_MFAIL(m, AMDIM_E_INVALID, "input slot %d: must be 0 or 1", slot);
     amdim_input_slot *s = &m->input[slot];
     size_t S = (size_t)m->cfg.encoder_size, view = (size_t)B * S * S * 3;
     s->batch = 0;
@@ -480,7 +479,7 @@ int amdim_model_stage_input(amdim_model *m, int slot, const uint8_t *view1, cons
         free(s->labels);
         s->labels_cap = 0;
         if (!(s->labels = malloc((size_t)B * sizeof *s->labels)))
-            return MFAIL(AMDIM_E_NOMEM, "out of memory for the labels of %d images", B);
+            return AMDIM_MFAIL(m, AMDIM_E_NOMEM, "out of memory for the labels of %d images", B);
         s->labels_cap = (size_t)B;
     }
     if (labels)
@@ -496,7 +495,7 @@ int amdim_model_stage_input(amdim_model *m, int slot, const uint8_t *view1, cons
             free(s->views);
             s->views_cap = 0;
             if (!(s->views = malloc(2 * view)))
-                return MFAIL(AMDIM_E_NOMEM, "out of memory for the views of %d images", B);
+                return AMDIM_MFAIL(m, AMDIM_E_NOMEM, "out of memory for the views of %d images", B);
             s->views_cap = 2 * view;
         }
         memcpy(s->views, view1, view);
@@ -509,7 +508,7 @@ int amdim_model_stage_input(amdim_model *m, int slot, const uint8_t *view1, cons
 int amdim_model_stage_wait(amdim_model *m, int slot)
 {
     if (slot < 0 || slot > 1 || !m->input[slot].batch)
-        return MFAIL(AMDIM_E_INVALID, "input slot %d holds no staged batch", slot);
+        return AMDIM_MFAIL(m, AMDIM_E_INVALID, "input slot %d holds no staged batch", slot);
     return m->be->stage_wait ? m->be->stage_wait(m, slot) : AMDIM_OK;
 }
 
@@ -517,7 +516,7 @@ int amdim_model_stage_wait(amdim_model *m, int slot)
 static int staged_input(amdim_model *m, int slot, amdim_step_input *in)
 {
     if (slot < 0 || slot > 1 || !m->input[slot].batch)
-        return MFAIL(AMDIM_E_INVALID, "input slot %d holds no staged batch", slot);
+        return AMDIM_MFAIL(m, AMDIM_E_INVALID, "input slot %d holds no staged batch", slot);
     amdim_input_slot *s = &m->input[slot];
     size_t S = (size_t)m->cfg.encoder_size, view = (size_t)s->batch * S * S * 3;
     memset(in, 0, sizeof *in);
@@ -581,7 +580,7 @@ int amdim_model_mixture_assign(amdim_model *m, const uint8_t *images, int B, int
     if (rc)
         return rc;
     if (m->cfg.mixtures < 2 || !m->be->mixture_assign)
-        return MFAIL(AMDIM_E_INVALID, "this model has no mixtures (K = %d) on the %s backend", m->cfg.mixtures,
+        return AMDIM_MFAIL(m, AMDIM_E_INVALID, "this model has no mixtures (K = %d) on the %s backend", m->cfg.mixtures,
                      m->be->name);
     return m->be->mixture_assign(m, images, B, winner);
 }
@@ -689,6 +688,6 @@ int amdim_model_device_memory(amdim_model *m, size_t *used, size_t *total)
     if (m->device == AMDIM_DEVICE_CUDA)
         return amdim_cuda_memory(used, total, m->err, sizeof m->err);
 #endif
-    return MFAIL(AMDIM_E_UNSUPPORTED, "the %s backend has no device memory", m->be->name);
+    return AMDIM_MFAIL(m, AMDIM_E_UNSUPPORTED, "the %s backend has no device memory", m->be->name);
 }
 

@@ -10,7 +10,7 @@
 
 #include "amdim_trainer.h"
 
-/* Hyper-parameters the user set; fields left at -1 take the SPEC defaults
+/* Hyper-parameters the user set; fields left at -1 take the defaults (docs/spec.md §4.7, §7)
  * for the encoder size the data implies. */
 typedef struct {
     int ndf, n_rkhs, n_depth, use_bn, n_classes, objective, warmup;

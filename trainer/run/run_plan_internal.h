@@ -27,7 +27,7 @@ int amdim_run_plan_begin(const amdim_train_options *o, amdim_run_plan *p, amdim_
 void amdim_run_plan_end(amdim_run_plan *p);
 
 /* Once the loader said what it delivers: the model configuration (from the
- * checkpoint, the encoder to probe, or the SPEC defaults for the data's
+ * checkpoint, the encoder to probe, or the defaults (docs/spec.md §4.7, §7) for the data's
  * preset with the user's overrides), checked against the loader, the
  * evaluation data (a new run's or classifier phase's --classes must cover
  * their classes unless allow_fewer_classes) and the memory this process

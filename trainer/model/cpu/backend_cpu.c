@@ -45,21 +45,18 @@ typedef struct {
     amdim_cpu_nce_scratch nce;
 } amdim_cpu_state;
 
-#define MFAIL(st, ...) AMDIM_MFAIL(m, (st), __VA_ARGS__)
-#define NOMEM() MFAIL(AMDIM_E_NOMEM, "out of memory (CPU backend scratch)")
-#define TRY(call)                       \
-    do {                                \
-        int rc_ = (call);               \
-        if (rc_ != AMDIM_OK)            \
-            return op_fail(m, rc_);     \
-    } while (0)
+#define NOMEM() AMDIM_MFAIL(m, AMDIM_E_NOMEM, "out of memory (CPU backend scratch)")
+
+/* An op's status as the backend's: op_fail for a failure (below). */
+static int op_fail(amdim_model *m, int rc);
+static int op(amdim_model *m, int rc) { return rc == AMDIM_OK ? AMDIM_OK : op_fail(m, rc); }
 
 /* An op's failure: out of memory, or the process group's. */
 static int op_fail(amdim_model *m, int rc)
 {
     if (rc == AMDIM_E_NOMEM || !m->comm)
         return NOMEM();
-    return MFAIL(rc, "rank %d of %d: %s", m->comm->rank, m->comm->size,
+    return AMDIM_MFAIL(m, rc, "rank %d of %d: %s", m->comm->rank, m->comm->size,
                  m->comm->error ? m->comm->error(m->comm->ctx) : "collective failed");
 }
 
@@ -96,7 +93,7 @@ static int bn_forward(amdim_model *m, amdim_bn_ref r, const float *x, int C, siz
     }
     amdim_cpu_bn_params bp = bn_view(m, r);
     if (train)
-        TRY(amdim_cpu_batchnorm_forward_train(x, C, cnt, &bp, y, mean, istd));
+        AMDIM_TRY(op(m, amdim_cpu_batchnorm_forward_train(x, C, cnt, &bp, y, mean, istd)));
     else
         amdim_cpu_batchnorm_forward_eval(x, C, cnt, &bp, y);
     return AMDIM_OK;
@@ -264,7 +261,7 @@ static int ensure_buffers_for(amdim_model *m, int B, int group)
     free_buffers(m, c);
     if (alloc_buffers(&m->arch, c, B, size, NULL)) {
         free_buffers(m, c);
-        return MFAIL(AMDIM_E_NOMEM, "out of memory for the activations of batch %d", B);
+        return AMDIM_MFAIL(m, AMDIM_E_NOMEM, "out of memory for the activations of batch %d", B);
     }
     return AMDIM_OK;
 }
@@ -316,15 +313,15 @@ static int layer_forward(amdim_model *m, const amdim_layer *L, layer_cache *lc, 
             in = lc->padded;
             h += 2 * L->pad;
         }
-        TRY(amdim_cpu_conv2d_forward(in, L->cin, B, h, h, W(m, L->w1), W(m, L->b1), L->cout, L->k, L->s, lc->out, &c->scr));
+        AMDIM_TRY(op(m, amdim_cpu_conv2d_forward(in, L->cin, B, h, h, W(m, L->w1), W(m, L->b1), L->cout, L->k, L->s, lc->out, &c->scr)));
         amdim_cpu_relu_forward(lc->out, outn);
         break;
     }
     case AMDIM_LAYER_RES: {
-        TRY(amdim_cpu_conv2d_forward(x, L->cin, B, L->hin, L->hin, W(m, L->w1), NULL, L->cout, L->k, L->s, lc->h1, &c->scr));
-        TRY(bn_forward(m, L->bn, lc->h1, L->cout, cnt, train, lc->r, lc->mean, lc->istd));
+        AMDIM_TRY(op(m, amdim_cpu_conv2d_forward(x, L->cin, B, L->hin, L->hin, W(m, L->w1), NULL, L->cout, L->k, L->s, lc->h1, &c->scr)));
+        AMDIM_TRY(op(m, bn_forward(m, L->bn, lc->h1, L->cout, cnt, train, lc->r, lc->mean, lc->istd)));
         amdim_cpu_relu_forward(lc->r, outn);
-        TRY(amdim_cpu_conv2d_forward(lc->r, L->cout, B, L->hout, L->hout, W(m, L->w2), NULL, L->cout, 1, 1, lc->out, &c->scr));
+        AMDIM_TRY(op(m, amdim_cpu_conv2d_forward(lc->r, L->cout, B, L->hout, L->hout, W(m, L->w2), NULL, L->cout, 1, 1, lc->out, &c->scr)));
         float *sc = amdim_cpu_op_scratch_get(&c->scr2, outn);
         if (!sc)
             return NOMEM();
@@ -334,7 +331,7 @@ static int layer_forward(amdim_model *m, const amdim_layer *L, layer_cache *lc, 
         break;
     }
     default: /* AMDIM_LAYER_BN */
-        TRY(bn_forward(m, L->bn, x, L->cout, cnt, train, lc->out, lc->mean, lc->istd));
+        AMDIM_TRY(op(m, bn_forward(m, L->bn, x, L->cout, cnt, train, lc->out, lc->mean, lc->istd)));
     }
     return AMDIM_OK;
 }
@@ -352,23 +349,23 @@ static int layer_backward(amdim_model *m, const amdim_layer *L, layer_cache *lc,
         const float *in = L->pad ? lc->padded : x;
         int h = L->hin + 2 * L->pad;
         AMDIM_ASSERT(!(L->pad && dx)); /* only the first layer pads: no input gradient */
-        TRY(amdim_cpu_conv2d_backward(in, L->cin, B, h, h, W(m, L->w1), L->cout, L->k, L->s, dy, dx, G(m, L->w1),
-                                G(m, L->b1), &c->scr));
+        AMDIM_TRY(op(m, amdim_cpu_conv2d_backward(in, L->cin, B, h, h, W(m, L->w1), L->cout, L->k, L->s, dy, dx, G(m, L->w1),
+                                G(m, L->b1), &c->scr)));
         break;
     }
     case AMDIM_LAYER_RES: {
         float *dr = amdim_cpu_op_scratch_get(&c->scr2, outn);
         if (!dr)
             return NOMEM();
-        TRY(amdim_cpu_conv2d_backward(lc->r, L->cout, B, L->hout, L->hout, W(m, L->w2), L->cout, 1, 1, dy, dr, G(m, L->w2),
-                                NULL, &c->scr));
+        AMDIM_TRY(op(m, amdim_cpu_conv2d_backward(lc->r, L->cout, B, L->hout, L->hout, W(m, L->w2), L->cout, 1, 1, dy, dr, G(m, L->w2),
+                                NULL, &c->scr)));
         amdim_cpu_relu_backward(lc->r, dr, outn);
         if (L->bn.on) {
             amdim_cpu_bn_params bp = bn_view(m, L->bn);
-            TRY(amdim_cpu_batchnorm_backward(lc->h1, L->cout, cnt, &bp, lc->mean, lc->istd, dr, dr));
+            AMDIM_TRY(op(m, amdim_cpu_batchnorm_backward(lc->h1, L->cout, cnt, &bp, lc->mean, lc->istd, dr, dr)));
         }
-        TRY(amdim_cpu_conv2d_backward(x, L->cin, B, L->hin, L->hin, W(m, L->w1), L->cout, L->k, L->s, dr, dx, G(m, L->w1),
-                                NULL, &c->scr));
+        AMDIM_TRY(op(m, amdim_cpu_conv2d_backward(x, L->cin, B, L->hin, L->hin, W(m, L->w1), L->cout, L->k, L->s, dr, dx, G(m, L->w1),
+                                NULL, &c->scr)));
         if (dx)
             amdim_cpu_avgpool_pad_backward(dy, L->cin, B, L->hin, L->hin, L->k, L->s, dx);
         break;
@@ -376,7 +373,7 @@ static int layer_backward(amdim_model *m, const amdim_layer *L, layer_cache *lc,
     default:
         if (L->bn.on) {
             amdim_cpu_bn_params bp = bn_view(m, L->bn);
-            TRY(amdim_cpu_batchnorm_backward(x, L->cout, cnt, &bp, lc->mean, lc->istd, dy, dx));
+            AMDIM_TRY(op(m, amdim_cpu_batchnorm_backward(x, L->cout, cnt, &bp, lc->mean, lc->istd, dy, dx)));
         } else {
             memcpy(dx, dy, outn * sizeof(float));
         }
@@ -388,14 +385,14 @@ static int head_forward(amdim_model *m, const amdim_head *h, head_cache *hc, con
 {
     amdim_cpu_state *c = m->bs;
     size_t n = (size_t)h->cout * B * h->hw * h->hw, cnt = (size_t)B * h->hw * h->hw;
-    TRY(amdim_cpu_conv2d_forward(x, h->cin, B, h->hw, h->hw, W(m, h->w1), NULL, h->cout, 1, 1, hc->h1, &c->scr));
-    TRY(bn_forward(m, h->bn_hid, hc->h1, h->cout, cnt, train, hc->r, hc->mean1, hc->istd1));
+    AMDIM_TRY(op(m, amdim_cpu_conv2d_forward(x, h->cin, B, h->hw, h->hw, W(m, h->w1), NULL, h->cout, 1, 1, hc->h1, &c->scr)));
+    AMDIM_TRY(op(m, bn_forward(m, h->bn_hid, hc->h1, h->cout, cnt, train, hc->r, hc->mean1, hc->istd1)));
     amdim_cpu_relu_forward(hc->r, n);
-    TRY(amdim_cpu_conv2d_forward(hc->r, h->cout, B, h->hw, h->hw, W(m, h->w2), NULL, h->cout, 1, 1, hc->sum, &c->scr));
+    AMDIM_TRY(op(m, amdim_cpu_conv2d_forward(hc->r, h->cout, B, h->hw, h->hw, W(m, h->w2), NULL, h->cout, 1, 1, hc->sum, &c->scr)));
     float *sc = amdim_cpu_op_scratch_get(&c->scr2, n);
     if (!sc)
         return NOMEM();
-    TRY(amdim_cpu_conv2d_forward(x, h->cin, B, h->hw, h->hw, W(m, h->ws), W(m, h->bs), h->cout, 1, 1, sc, &c->scr));
+    AMDIM_TRY(op(m, amdim_cpu_conv2d_forward(x, h->cin, B, h->hw, h->hw, W(m, h->ws), W(m, h->bs), h->cout, 1, 1, sc, &c->scr)));
     for (size_t i = 0; i < n; i++)
         hc->sum[i] += sc[i];
     return bn_forward(m, h->bn_out, hc->sum, h->cout, cnt, train, hc->out, hc->mean2, hc->istd2);
@@ -409,23 +406,23 @@ static int head_backward(amdim_model *m, const amdim_head *h, head_cache *hc, co
     amdim_cpu_state *c = m->bs;
     size_t n = (size_t)h->cout * B * h->hw * h->hw, cnt = (size_t)B * h->hw * h->hw;
     amdim_cpu_bn_params bo = bn_view(m, h->bn_out);
-    TRY(amdim_cpu_batchnorm_backward(hc->sum, h->cout, cnt, &bo, hc->mean2, hc->istd2, dy, dy)); /* dy = d sum */
+    AMDIM_TRY(op(m, amdim_cpu_batchnorm_backward(hc->sum, h->cout, cnt, &bo, hc->mean2, hc->istd2, dy, dy))); /* dy = d sum */
     size_t nin = (size_t)h->cin * B * h->hw * h->hw;
     float *dx2 = amdim_cpu_op_scratch_get(&c->scr2, nin + n);
     if (!dx2)
         return NOMEM();
     float *dr = dx2 + nin;
-    TRY(amdim_cpu_conv2d_backward(x, h->cin, B, h->hw, h->hw, W(m, h->ws), h->cout, 1, 1, dy, dx, G(m, h->ws), G(m, h->bs),
-                            &c->scr));
-    TRY(amdim_cpu_conv2d_backward(hc->r, h->cout, B, h->hw, h->hw, W(m, h->w2), h->cout, 1, 1, dy, dr, G(m, h->w2), NULL,
-                            &c->scr));
+    AMDIM_TRY(op(m, amdim_cpu_conv2d_backward(x, h->cin, B, h->hw, h->hw, W(m, h->ws), h->cout, 1, 1, dy, dx, G(m, h->ws), G(m, h->bs),
+                            &c->scr)));
+    AMDIM_TRY(op(m, amdim_cpu_conv2d_backward(hc->r, h->cout, B, h->hw, h->hw, W(m, h->w2), h->cout, 1, 1, dy, dr, G(m, h->w2), NULL,
+                            &c->scr)));
     amdim_cpu_relu_backward(hc->r, dr, n);
     if (h->bn_hid.on) {
         amdim_cpu_bn_params bp = bn_view(m, h->bn_hid);
-        TRY(amdim_cpu_batchnorm_backward(hc->h1, h->cout, cnt, &bp, hc->mean1, hc->istd1, dr, dr));
+        AMDIM_TRY(op(m, amdim_cpu_batchnorm_backward(hc->h1, h->cout, cnt, &bp, hc->mean1, hc->istd1, dr, dr)));
     }
-    TRY(amdim_cpu_conv2d_backward(x, h->cin, B, h->hw, h->hw, W(m, h->w1), h->cout, 1, 1, dr, dx2, G(m, h->w1), NULL,
-                            &c->scr));
+    AMDIM_TRY(op(m, amdim_cpu_conv2d_backward(x, h->cin, B, h->hw, h->hw, W(m, h->w1), h->cout, 1, 1, dr, dx2, G(m, h->w1), NULL,
+                            &c->scr)));
     for (size_t i = 0; i < nin; i++)
         dx[i] += dx2[i];
     return AMDIM_OK;
@@ -525,13 +522,13 @@ static int mixture_direction(amdim_model *m, const float *mixT, float *dmixT, co
     size_t BL = (size_t)B * L, RB = (size_t)R * B;
     double l, r;
     for (int j = 0; j < K; j++)
-        TRY(amdim_cpu_nce_direction(mixT + j * RB, tgt, R, B, L, m->cfg.tclip, AMDIM_OBJECTIVE_NCE, 0, 0, NULL,
-                              c->mix_lsm + j * BL, &l, &r, NULL, NULL, &c->nce));
+        AMDIM_TRY(op(m, amdim_cpu_nce_direction(mixT + j * RB, tgt, R, B, L, m->cfg.tclip, AMDIM_OBJECTIVE_NCE, 0, 0, NULL,
+                              c->mix_lsm + j * BL, &l, &r, NULL, NULL, &c->nce)));
     *entropy = mixture_assign(m, c->mix_lsm, BL, c->mix_q);
     *loss = *reg = 0;
     for (int j = 0; j < K; j++) {
-        TRY(amdim_cpu_nce_direction(mixT + j * RB, tgt, R, B, L, m->cfg.tclip, AMDIM_OBJECTIVE_NCE, 0.5f, 0.5f / K,
-                              c->mix_q + j * BL, NULL, &l, &r, dmixT + j * RB, dtgt, &c->nce));
+        AMDIM_TRY(op(m, amdim_cpu_nce_direction(mixT + j * RB, tgt, R, B, L, m->cfg.tclip, AMDIM_OBJECTIVE_NCE, 0.5f, 0.5f / K,
+                              c->mix_q + j * BL, NULL, &l, &r, dmixT + j * RB, dtgt, &c->nce)));
         *loss += l;
         *reg += r / K;
     }
@@ -576,7 +573,7 @@ static int probes_forward(amdim_model *m, int n, const float *mask_in, const flo
     amdim_cpu_linear_forward(in, n, R, W(m, p->mlp_w1), NULL, H, c->mlp_z1);
     amdim_cpu_bn_params bp = bn_view(m, p->mlp_bn);
     if (train)
-        TRY(amdim_cpu_batchnorm1d_forward_train(c->mlp_z1, n, H, &bp, c->mlp_a1, c->mlp_mean, c->mlp_istd, &c->scr));
+        AMDIM_TRY(op(m, amdim_cpu_batchnorm1d_forward_train(c->mlp_z1, n, H, &bp, c->mlp_a1, c->mlp_mean, c->mlp_istd, &c->scr)));
     else
         amdim_cpu_batchnorm1d_forward_eval(c->mlp_z1, n, H, &bp, c->mlp_a1);
     amdim_cpu_relu_forward(c->mlp_a1, (size_t)n * H);
@@ -600,7 +597,7 @@ static int probes_backward(amdim_model *m, int n, const int32_t *labels2, const 
     const amdim_comm *cm = step_comm(m);
     double n_all = (double)n * (cm ? cm->size : 1), valid_all = amdim_cpu_count_labelled(labels2, n, K);
     if (cm)
-        TRY(cm->allreduce_f64(cm->ctx, &valid_all, 1));
+        AMDIM_TRY(op(m, cm->allreduce_f64(cm->ctx, &valid_all, 1)));
     st->cls_mlp = amdim_cpu_classifier_loss_part(c->logits[0], n, K, labels2, c->dlogits, 1.0f, n_all, valid_all, &corr, &lab);
     st->correct_mlp = corr;
     st->labelled = lab;
@@ -608,7 +605,7 @@ static int probes_backward(amdim_model *m, int n, const int32_t *labels2, const 
     amdim_cpu_dropout_backward(c->dtmp, mask_hidden, AMDIM_DROPOUT_P, (size_t)n * H, c->dtmp);
     amdim_cpu_relu_backward(c->mlp_a1, c->dtmp, (size_t)n * H);
     amdim_cpu_bn_params bp = bn_view(m, p->mlp_bn);
-    TRY(amdim_cpu_batchnorm1d_backward(c->mlp_z1, n, H, &bp, c->mlp_mean, c->mlp_istd, c->dtmp, c->dtmp2, &c->scr));
+    AMDIM_TRY(op(m, amdim_cpu_batchnorm1d_backward(c->mlp_z1, n, H, &bp, c->mlp_mean, c->mlp_istd, c->dtmp, c->dtmp2, &c->scr)));
     amdim_cpu_linear_backward(c->mlp_h0, n, R, W(m, p->mlp_w1), H, c->dtmp2, NULL, G(m, p->mlp_w1), NULL);
     st->cls_lin = amdim_cpu_classifier_loss_part(c->logits[1], n, K, labels2, c->dlogits, 1.0f, n_all, valid_all, &corr, NULL);
     st->correct_lin = corr;
@@ -655,7 +652,7 @@ static int gather_targets(amdim_model *m, int B)
             memcpy(c->pack + off, c->hc[v][f].out, k * sizeof(float));
             off += k;
         }
-    TRY(cm->allgather_f32(cm->ctx, c->pack, c->unpack, n));
+    AMDIM_TRY(op(m, cm->allgather_f32(cm->ctx, c->pack, c->unpack, n)));
     off = 0;
     for (int v = 0; v < 2; v++)
         for (int f = 0; f < 2; f++) {
@@ -688,7 +685,7 @@ static int scatter_target_grads(amdim_model *m, int B)
                            run * sizeof(float));
             off += R * run;
         }
-    TRY(cm->reduce_scatter_f32(cm->ctx, c->pack, c->unpack, n));
+    AMDIM_TRY(op(m, cm->reduce_scatter_f32(cm->ctx, c->pack, c->unpack, n)));
     off = 0;
     for (int v = 0; v < 2; v++)
         for (int f = 0; f < 2; f++) {
@@ -719,10 +716,10 @@ static int reduce_step(amdim_model *m, amdim_step_stats *st)
         for (int i = 0; i < m->arch.ntensors; i++) /* they are the block's tail */
             AMDIM_ASSERT(!m->arch.tensors[i].has_grad || m->arch.tensors[i].probe || m->arch.tensors[i].goffset < from);
     }
-    TRY(cm->allreduce_f32(cm->ctx, m->grads + from, m->arch.grads_size - from));
+    AMDIM_TRY(op(m, cm->allreduce_f32(cm->ctx, m->grads + from, m->arch.grads_size - from)));
     double v[9] = {st->nce_1t5, st->nce_1t7, st->nce_5t5, st->reg, st->cls_mlp, st->cls_lin,
                    st->correct_mlp, st->correct_lin, st->labelled};
-    TRY(cm->allreduce_f64(cm->ctx, v, 9));
+    AMDIM_TRY(op(m, cm->allreduce_f64(cm->ctx, v, 9)));
     st->nce_1t5 = v[0], st->nce_1t7 = v[1], st->nce_5t5 = v[2], st->reg = v[3], st->cls_mlp = v[4];
     st->cls_lin = v[5], st->correct_mlp = (int)v[6], st->correct_lin = (int)v[7], st->labelled = (int)v[8];
     if (cm->sync_bn) /* the statistics were the global batch's: equal everywhere */
@@ -741,7 +738,7 @@ static int reduce_step(amdim_model *m, amdim_step_stats *st)
                     w[j] = (float)(c->bn_avg[k] / cm->size);
         }
         if (pass == 0) {
-            TRY(cm->allreduce_f64(cm->ctx, c->bn_avg, k));
+            AMDIM_TRY(op(m, cm->allreduce_f64(cm->ctx, c->bn_avg, k)));
             k = 0;
         }
     }
@@ -810,8 +807,8 @@ static int objectives(amdim_model *m, int B, const int32_t *src5, amdim_step_sta
             dsrc = c->dsrcT;
         }
         double loss, reg1;
-        TRY(amdim_cpu_nce_direction_part(src, B, first, feat[b][d->tgt_feature], R, Bg, d->L, cfg->tclip, cfg->objective,
-                                   0.5f, 0.5f, NULL, NULL, &loss, &reg1, dsrc, dfeat[b][d->tgt_feature], &c->nce));
+        AMDIM_TRY(op(m, amdim_cpu_nce_direction_part(src, B, first, feat[b][d->tgt_feature], R, Bg, d->L, cfg->tclip, cfg->objective,
+                                   0.5f, 0.5f, NULL, NULL, &loss, &reg1, dsrc, dfeat[b][d->tgt_feature], &c->nce)));
         task[d->task] += 0.5 * loss;
         reg += reg1;
         /* the drawn r5 sources' gradient joins the targets' (image first + i
@@ -827,8 +824,8 @@ static int objectives(amdim_model *m, int B, const int32_t *src5, amdim_step_sta
     /* the mixture MLP's backward, once both r1 directions of a view are in */
     const amdim_mixture *x = &m->arch.mix;
     for (int v = 0; v < 2 && K > 1; v++)
-        TRY(amdim_cpu_mixture_backward(feat[v][1], c->mix_h[v], R, B, K, W(m, x->w1), W(m, x->w2), c->dmix[v], c->dr1[v],
-                                 G(m, x->w1), G(m, x->b1), G(m, x->w2), G(m, x->b2), &c->scr));
+        AMDIM_TRY(op(m, amdim_cpu_mixture_backward(feat[v][1], c->mix_h[v], R, B, K, W(m, x->w1), W(m, x->w2), c->dmix[v], c->dr1[v],
+                                 G(m, x->w1), G(m, x->b1), G(m, x->w2), G(m, x->b2), &c->scr)));
     st->nce_1t5 = task[0];
     st->nce_1t7 = task[1];
     st->nce_5t5 = task[2];
@@ -876,7 +873,7 @@ static void load_input(amdim_model *m, const amdim_step_input *in, int v)
 static int amdim_cpu_open(amdim_model *m)
 {
     m->bs = calloc(1, sizeof(amdim_cpu_state));
-    return m->bs ? AMDIM_OK : MFAIL(AMDIM_E_NOMEM, "out of memory");
+    return m->bs ? AMDIM_OK : AMDIM_MFAIL(m, AMDIM_E_NOMEM, "out of memory");
 }
 
 static void amdim_cpu_close(amdim_model *m)
@@ -1035,8 +1032,8 @@ static int amdim_cpu_mixture_assign(amdim_model *m, const uint8_t *images, int B
     mixture_forward(m, 0, B);
     double l, r;
     for (int j = 0; j < K; j++)
-        TRY(amdim_cpu_nce_direction(c->mix[0] + (size_t)j * R * B, c->hc[0][1].out, R, B, 49, m->cfg.tclip,
-                              AMDIM_OBJECTIVE_NCE, 0, 0, NULL, c->mix_lsm + j * BL, &l, &r, NULL, NULL, &c->nce));
+        AMDIM_TRY(op(m, amdim_cpu_nce_direction(c->mix[0] + (size_t)j * R * B, c->hc[0][1].out, R, B, 49, m->cfg.tclip,
+                              AMDIM_OBJECTIVE_NCE, 0, 0, NULL, c->mix_lsm + j * BL, &l, &r, NULL, NULL, &c->nce)));
     mixture_assign(m, c->mix_lsm, BL, c->mix_q);
     for (size_t k = 0; k < BL; k++) {
         int best = 0;

@@ -141,14 +141,15 @@ int amdim_conv_choice_set(amdim_conv *c, int op, const amdim_conv_shape *sh, int
 
 /* ---- handle and descriptors ------------------------------------------------------- */
 
-#define DNN(c, call, name)                                                                                     \
-    do {                                                                                                       \
-        cudnnStatus_t st_ = (call);                                                                            \
-        if (st_ != CUDNN_STATUS_SUCCESS)                                                                       \
-            return amdim_fail((c)->err, (c)->errn,                                                             \
-                              st_ == CUDNN_STATUS_INTERNAL_ERROR_HOST_ALLOCATION_FAILED ? AMDIM_E_NOMEM : AMDIM_E_IO, \
-                              "%s(): %s", name, cudnnGetErrorString(st_));                                     \
-    } while (0)
+/* 0, or the failure of a cuDNN call as a status with its message. */
+static int dnn(amdim_conv *c, cudnnStatus_t st, const char *name)
+{
+    if (st == CUDNN_STATUS_SUCCESS)
+        return AMDIM_OK;
+    return amdim_fail(c->err, c->errn,
+                      st == CUDNN_STATUS_INTERNAL_ERROR_HOST_ALLOCATION_FAILED ? AMDIM_E_NOMEM : AMDIM_E_IO, "%s(): %s",
+                      name, cudnnGetErrorString(st));
+}
 
 int amdim_conv_open(amdim_conv *c, cudaStream_t s, size_t ws_bytes, char *err, size_t errn)
 {
@@ -158,12 +159,12 @@ int amdim_conv_open(amdim_conv *c, cudaStream_t s, size_t ws_bytes, char *err, s
     cudaError_t e = cudaGetDevice(&c->device);
     if (e != cudaSuccess)
         return amdim_fail(err, errn, AMDIM_E_IO, "cudaGetDevice(): %s", cudaGetErrorString(e));
-    DNN(c, cudnnCreate(&c->h), "cudnnCreate");
-    DNN(c, cudnnSetStream(c->h, s), "cudnnSetStream");
-    DNN(c, cudnnCreateTensorDescriptor(&c->xd), "cudnnCreateTensorDescriptor");
-    DNN(c, cudnnCreateTensorDescriptor(&c->yd), "cudnnCreateTensorDescriptor");
-    DNN(c, cudnnCreateFilterDescriptor(&c->wd), "cudnnCreateFilterDescriptor");
-    DNN(c, cudnnCreateConvolutionDescriptor(&c->cd), "cudnnCreateConvolutionDescriptor");
+    AMDIM_TRY(dnn(c, cudnnCreate(&c->h), "cudnnCreate"));
+    AMDIM_TRY(dnn(c, cudnnSetStream(c->h, s), "cudnnSetStream"));
+    AMDIM_TRY(dnn(c, cudnnCreateTensorDescriptor(&c->xd), "cudnnCreateTensorDescriptor"));
+    AMDIM_TRY(dnn(c, cudnnCreateTensorDescriptor(&c->yd), "cudnnCreateTensorDescriptor"));
+    AMDIM_TRY(dnn(c, cudnnCreateFilterDescriptor(&c->wd), "cudnnCreateFilterDescriptor"));
+    AMDIM_TRY(dnn(c, cudnnCreateConvolutionDescriptor(&c->cd), "cudnnCreateConvolutionDescriptor"));
     e = cudaMalloc(&c->ws, ws_bytes);
     if (e != cudaSuccess) {
         c->ws = NULL;
@@ -198,16 +199,16 @@ static int describe(amdim_conv *c, const amdim_conv_shape *sh, cudnnTensorDescri
 {
     int ho = (sh->h - sh->k) / sh->s + 1, wo = (sh->w - sh->k) / sh->s + 1;
     cudnnDataType_t dt = c->bf16 ? CUDNN_DATA_BFLOAT16 : CUDNN_DATA_FLOAT;
-    DNN(c, cudnnSetTensor4dDescriptor(xd, CUDNN_TENSOR_NHWC, dt, sh->n, sh->cin, sh->h, sh->w),
-        "cudnnSetTensor4dDescriptor");
-    DNN(c, cudnnSetTensor4dDescriptor(yd, CUDNN_TENSOR_NHWC, dt, sh->n, sh->cout, ho, wo),
-        "cudnnSetTensor4dDescriptor");
-    DNN(c, cudnnSetFilter4dDescriptor(wd, dt, CUDNN_TENSOR_NHWC, sh->cout, sh->cin, sh->k, sh->k),
-        "cudnnSetFilter4dDescriptor");
-    DNN(c, cudnnSetConvolution2dDescriptor(cd, 0, 0, sh->s, sh->s, 1, 1, CUDNN_CROSS_CORRELATION, CUDNN_DATA_FLOAT),
-        "cudnnSetConvolution2dDescriptor");
-    DNN(c, cudnnSetConvolutionMathType(cd, c->bf16 ? CUDNN_TENSOR_OP_MATH : CUDNN_FMA_MATH),
-        "cudnnSetConvolutionMathType");
+    AMDIM_TRY(dnn(c, cudnnSetTensor4dDescriptor(xd, CUDNN_TENSOR_NHWC, dt, sh->n, sh->cin, sh->h, sh->w),
+        "cudnnSetTensor4dDescriptor"));
+    AMDIM_TRY(dnn(c, cudnnSetTensor4dDescriptor(yd, CUDNN_TENSOR_NHWC, dt, sh->n, sh->cout, ho, wo),
+        "cudnnSetTensor4dDescriptor"));
+    AMDIM_TRY(dnn(c, cudnnSetFilter4dDescriptor(wd, dt, CUDNN_TENSOR_NHWC, sh->cout, sh->cin, sh->k, sh->k),
+        "cudnnSetFilter4dDescriptor"));
+    AMDIM_TRY(dnn(c, cudnnSetConvolution2dDescriptor(cd, 0, 0, sh->s, sh->s, 1, 1, CUDNN_CROSS_CORRELATION, CUDNN_DATA_FLOAT),
+        "cudnnSetConvolution2dDescriptor"));
+    AMDIM_TRY(dnn(c, cudnnSetConvolutionMathType(cd, c->bf16 ? CUDNN_TENSOR_OP_MATH : CUDNN_FMA_MATH),
+        "cudnnSetConvolutionMathType"));
     return AMDIM_OK;
 }
 

@@ -12,15 +12,14 @@
 #include "backend_internal.h"
 #include "elementwise_internal.h" /* amdim_bf16_bits */
 
-#define CUF(call, name)                                                                                       \
-    do {                                                                                                      \
-        cudaError_t e_ = (call);                                                                              \
-        if (e_ != cudaSuccess) {                                                                              \
-            st = amdim_fail(err, n, e_ == cudaErrorMemoryAllocation ? AMDIM_E_NOMEM : AMDIM_E_IO, "%s(): %s", \
-                            name, cudaGetErrorString(e_));                                                    \
-            goto done;                                                                                        \
-        }                                                                                                     \
-    } while (0)
+/* 0, or the failure of a CUDA call as a status with its message. */
+static int cuda_check(cudaError_t e, const char *name, char *err, size_t n)
+{
+    if (e == cudaSuccess)
+        return AMDIM_OK;
+    return amdim_fail(err, n, e == cudaErrorMemoryAllocation ? AMDIM_E_NOMEM : AMDIM_E_IO, "%s(): %s", name,
+                      cudaGetErrorString(e));
+}
 
 /* n uniformly random values in [-1, 1) into the device buffer d, as
  * bfloat16 bits (bf16) or floats: tensor cores draw less power, and clock
@@ -56,13 +55,18 @@ static int gemm_rate(cublasHandle_t h, cudaStream_t s, int N, int bf16, int reps
     size_t in = bf16 ? sizeof(uint16_t) : sizeof(float);
     void *a = NULL, *b = NULL, *c = NULL;
     cudaEvent_t e0 = NULL, e1 = NULL;
-    CUF(cudaMalloc(&a, (size_t)N * N * in), "cudaMalloc");
-    CUF(cudaMalloc(&b, (size_t)N * N * in), "cudaMalloc");
-    CUF(cudaMalloc(&c, (size_t)N * N * sizeof(float)), "cudaMalloc");
+    if ((st = cuda_check(cudaMalloc(&a, (size_t)N * N * in), "cudaMalloc", err, n)))
+        goto done;
+    if ((st = cuda_check(cudaMalloc(&b, (size_t)N * N * in), "cudaMalloc", err, n)))
+        goto done;
+    if ((st = cuda_check(cudaMalloc(&c, (size_t)N * N * sizeof(float)), "cudaMalloc", err, n)))
+        goto done;
     if ((st = random_fill(a, (size_t)N * N, bf16, err, n)) || (st = random_fill(b, (size_t)N * N, bf16, err, n)))
         goto done;
-    CUF(cudaEventCreate(&e0), "cudaEventCreate");
-    CUF(cudaEventCreate(&e1), "cudaEventCreate");
+    if ((st = cuda_check(cudaEventCreate(&e0), "cudaEventCreate", err, n)))
+        goto done;
+    if ((st = cuda_check(cudaEventCreate(&e1), "cudaEventCreate", err, n)))
+        goto done;
     cublasStatus_t mm = cublasSetMathMode(h, bf16 ? CUBLAS_DEFAULT_MATH : CUBLAS_PEDANTIC_MATH);
     if (mm != CUBLAS_STATUS_SUCCESS) {
         st = amdim_fail(err, n, AMDIM_E_IO, "cublasSetMathMode(): %s", cublasGetStatusString(mm));
@@ -72,7 +76,8 @@ static int gemm_rate(cublasHandle_t h, cudaStream_t s, int N, int bf16, int reps
     const float one = 1.0f, zero = 0.0f;
     for (int r = -1; r < reps; r++) {
         if (r == 0)
-            CUF(cudaEventRecord(e0, s), "cudaEventRecord");
+            if ((st = cuda_check(cudaEventRecord(e0, s), "cudaEventRecord", err, n)))
+        goto done;
         cublasStatus_t bs = cublasGemmEx(h, CUBLAS_OP_N, CUBLAS_OP_N, N, N, N, &one, a, t, N, b, t, N, &zero, c,
                                          CUDA_R_32F, N, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT);
         if (bs != CUBLAS_STATUS_SUCCESS) {
@@ -81,10 +86,13 @@ static int gemm_rate(cublasHandle_t h, cudaStream_t s, int N, int bf16, int reps
             goto done;
         }
     }
-    CUF(cudaEventRecord(e1, s), "cudaEventRecord");
-    CUF(cudaEventSynchronize(e1), "cudaEventSynchronize");
+    if ((st = cuda_check(cudaEventRecord(e1, s), "cudaEventRecord", err, n)))
+        goto done;
+    if ((st = cuda_check(cudaEventSynchronize(e1), "cudaEventSynchronize", err, n)))
+        goto done;
     float ms = 0;
-    CUF(cudaEventElapsedTime(&ms, e0, e1), "cudaEventElapsedTime");
+    if ((st = cuda_check(cudaEventElapsedTime(&ms, e0, e1), "cudaEventElapsedTime", err, n)))
+        goto done;
     *tflops = ms > 0 ? 2.0 * N * N * (double)N * reps / (ms * 1e-3) / 1e12 : 0;
 done:
     if (e0)
@@ -104,11 +112,14 @@ int amdim_cuda_probe(int gemm_n, char *name, size_t name_n, size_t *memory, doub
     cudaStream_t s = NULL;
     cublasHandle_t h = NULL;
     struct cudaDeviceProp p;
-    CUF(cudaGetDevice(&dev), "cudaGetDevice");
-    CUF(cudaGetDeviceProperties(&p, dev), "cudaGetDeviceProperties");
+    if ((st = cuda_check(cudaGetDevice(&dev), "cudaGetDevice", err, n)))
+        goto done;
+    if ((st = cuda_check(cudaGetDeviceProperties(&p, dev), "cudaGetDeviceProperties", err, n)))
+        goto done;
     snprintf(name, name_n, "%s (sm_%d%d, %d SMs)", p.name, p.major, p.minor, p.multiProcessorCount);
     *memory = p.totalGlobalMem;
-    CUF(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking), "cudaStreamCreateWithFlags");
+    if ((st = cuda_check(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking), "cudaStreamCreateWithFlags", err, n)))
+        goto done;
     cublasStatus_t bs = cublasCreate(&h);
     if (bs == CUBLAS_STATUS_SUCCESS)
         bs = cublasSetStream(h, s);
