@@ -8,7 +8,7 @@ reg, tclip 20; scores in float32), both online probes on detached r1 of both
 views (docs/spec.md §6.2 classifier loss), backward, and Adam (lr 2e-4, betas
 0.8/0.999, weight decay 1e-5 as L2).
 
-    torch_amdim.py [--config cifar-small|stl10|imagenet-small|tiny] [--batch B]
+    torch_amdim.py [--config NAME[,NAME...]] [--batch B]
                    [--device cpu|cuda] [--mode eager|compile|both]
                    [--precision bf16|fp32] [--warmup N] [--steps N]
                    [--ours PAIRS_PER_S] [--csv]
@@ -24,7 +24,11 @@ import os
 import sys
 import time
 
-import torch
+try:
+    import torch
+except ImportError as e:  # the peer needs PyTorch; without it there is nothing to measure (77: skipped)
+    print("torch_amdim: cannot import torch (%s)" % e)
+    sys.exit(77)
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests", "ref"))
 import amdim_torch as at  # noqa: E402
@@ -101,7 +105,8 @@ def run_mode(mode, cfg, a, dev):
 
 def main():
     ap = argparse.ArgumentParser(description="PyTorch AMDIM training-step benchmark (our trainer's peer)")
-    ap.add_argument("--config", choices=sorted(CONFIGS), default="imagenet-small")
+    ap.add_argument("--config", default="imagenet-small",
+                    help="one or more of %s, comma-separated (one process: torch starts once)" % ", ".join(sorted(CONFIGS)))
     ap.add_argument("--batch", type=int, help="pairs per step (default 480, tiny: 16)")
     ap.add_argument("--device", choices=["cpu", "cuda"], help="default cuda when available")
     ap.add_argument("--mode", choices=["eager", "compile", "both"], default="eager")
@@ -111,13 +116,26 @@ def main():
     ap.add_argument("--ours", type=float, help="our trainer's pairs/s: print ours/torch")
     ap.add_argument("--csv", action="store_true")
     a = ap.parse_args()
+    names = a.config.split(",")
+    for n in names:
+        if n not in CONFIGS:
+            sys.exit("torch_amdim: unknown config %s (known: %s)" % (n, ", ".join(sorted(CONFIGS))))
     a.device = a.device or ("cuda" if torch.cuda.is_available() else "cpu")
     if a.device == "cuda" and not torch.cuda.is_available():
-        sys.exit("torch_amdim: CUDA is not available")
+        print("torch_amdim: CUDA is not available")
+        sys.exit(77)
     a.precision = a.precision or ("bf16" if a.device == "cuda" else "fp32")
-    a.batch = a.batch or (16 if a.config == "tiny" else 480)
-    if a.batch < 2 or a.steps < 1 or a.warmup < 0:
+    if (a.batch is not None and a.batch < 2) or a.steps < 1 or a.warmup < 0:
         sys.exit("torch_amdim: batch >= 2, steps >= 1, warmup >= 0")
+    batch_given = a.batch
+    for n in names:
+        a.config = n
+        a.batch = batch_given or (16 if n == "tiny" else 480)
+        run_config(a)
+        sys.stdout.flush()
+
+
+def run_config(a):
     dev = torch.device(a.device)
     if dev.type == "cuda":
         torch.backends.cudnn.benchmark = True
