@@ -61,7 +61,7 @@ int main(int argc, char **argv)
     const struct {
         const char *name;
         double tflops;
-    } cards[] = {{"NVIDIA H100 80GB HBM3", 989.4}, {"NVIDIA H100 PCIe", 756.0}, {"NVIDIA H200", 989.4},
+    } cards[] = {{"NVIDIA H100 80GB HBM3", 989.4}, {"NVIDIA H100 PCIe", 756.0}, {"NVIDIA H200", 989.4}, {"NVIDIA H200 NVL", 835.5},
                  {"NVIDIA A100-SXM4-80GB", 312.0}, {"NVIDIA GH200 480GB", 989.4}, {"Tesla T4", 0}};
     for (size_t i = 0; i < sizeof cards / sizeof *cards; i++)
         CHECK(amdim_cuda_peak_bf16_tflops(cards[i].name) == cards[i].tflops, "%s: peak %g", cards[i].name,

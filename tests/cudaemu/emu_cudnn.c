@@ -39,7 +39,10 @@
  *    (and WINOGRAD_NONFUSED, not emulated), only when the input and output
  *    feature maps (C and K) are multiples of 8, and with NHWC filters only
  *    on 128-bit aligned data pointers). bf16 data runs on those alone: any
- *    other bf16 case is CUDNN_STATUS_NOT_SUPPORTED. fp32 data with a
+ *    other bf16 case is CUDNN_STATUS_NOT_SUPPORTED. The default math type
+ *    permits them too (sm_80 and later), and Find*Ex under a tensor-op
+ *    math type reports each algorithm twice, under that math type and the
+ *    default, each with its own time. fp32 data with a
  *    tensor-op or default math type on those algorithms rounds x, w and dy
  *    to TF32 (10 mantissa bits) first, as cuDNN's default TF32 on sm_80+
  *    does; CUDNN_FMA_MATH keeps full fp32. */
@@ -320,7 +323,8 @@ static cudnnStatus_t algo_supports(const algo_info *a, const conv_geom *g)
         return CUDNN_STATUS_NOT_SUPPORTED;
     if (g->type != CUDNN_DATA_BFLOAT16)
         return CUDNN_STATUS_SUCCESS;
-    if (!a->tensor_core || !tensor_op_math(g->math) || g->c % 8 || g->k % 8)
+    /* on sm_80+ the default math type permits tensor cores too (Find lists both) */
+    if (!a->tensor_core || !(tensor_op_math(g->math) || g->math == CUDNN_DEFAULT_MATH) || g->c % 8 || g->k % 8)
         return CUDNN_STATUS_NOT_SUPPORTED;
     return CUDNN_STATUS_SUCCESS;
 }
@@ -826,7 +830,8 @@ typedef struct {
  * up to +-12 % of noise that depends on the handle and the call. */
 static float find_time(cudnnHandle_t h, int op, const algo_info *a, const conv_geom *g)
 {
-    uint64_t z = ((uint64_t)h->serial << 40) ^ ((uint64_t)h->finds << 8) ^ (uint64_t)(op * 16 + a->algo);
+    uint64_t z = ((uint64_t)h->serial << 40) ^ ((uint64_t)h->finds << 8) ^ (uint64_t)(op * 16 + a->algo) ^
+                 ((uint64_t)g->math << 36);
     z ^= (uint64_t)g->n * 1000003u ^ (uint64_t)g->c * 7919u ^ (uint64_t)g->k * 104729u ^ (uint64_t)g->h * 31u;
     z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
     z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
@@ -845,13 +850,16 @@ static int by_time(const void *pa, const void *pb)
     return a->time < b->time ? -1 : a->time > b->time;
 }
 
-/* The common part of the Find*Ex calls: checks, the stream's pending work
+/* The common part of the Find*Ex calls: checks (every buffer, the
+ * workspace too, inside one device allocation), the stream's pending work
  * (Find is synchronous), every algorithm of op reported (sorted by time,
- * failures last), the output overwritten. Returns the status and *count. */
+ * failures last; for bf16 data under a tensor-op math type each one twice,
+ * under that math and the default, as cuDNN times both), the output
+ * overwritten. Returns the status and *count. */
 static cudnnStatus_t find(cudnnHandle_t handle, int op, const struct cudnnTensorStruct *x,
                           const struct cudnnFilterStruct *w, const struct cudnnConvolutionStruct *cd,
                           const struct cudnnTensorStruct *y, const void *in1, const void *in2, void *out,
-                          int requested, int *returned, size_t ws_bytes, perf *res, int *count)
+                          int requested, int *returned, const void *ws, size_t ws_bytes, perf *res, int *count)
 {
     conv_geom g;
     if (!handle || !in1 || !in2 || !out || !returned || requested < 1)
@@ -860,27 +868,35 @@ static cudnnStatus_t find(cudnnHandle_t handle, int op, const struct cudnnTensor
     if (st != CUDNN_STATUS_SUCCESS)
         return st;
     size_t out_count = op == OP_FWD ? g.y_count : op == OP_DATA ? g.x_count : g.w_count;
+    size_t in1_count = op == OP_DATA ? g.w_count : g.x_count; /* fwd, filter: x; data: w */
+    size_t in2_count = op == OP_FWD ? g.w_count : g.y_count;  /* fwd: w; data, filter: dy */
     size_t es = g.type == CUDNN_DATA_FLOAT ? 4 : 2;
-    if (!emu_device_range(out, out_count * es))
+    if (!emu_device_range(out, out_count * es) || !emu_device_range(in1, in1_count * es) ||
+        !emu_device_range(in2, in2_count * es) || (ws_bytes && !emu_device_range(ws, ws_bytes)))
         return CUDNN_STATUS_BAD_PARAM;
     if (emu_stream_drain(handle->stream) != cudaSuccess) /* refused in a capture, or a failed device */
         return CUDNN_STATUS_EXECUTION_FAILED_CUDART;
-    int n;
-    const algo_info *t = algo_table(op, &n);
+    int nt, n = 0;
+    const algo_info *t = algo_table(op, &nt);
+    int twice = g.type == CUDNN_DATA_BFLOAT16 && tensor_op_math(g.math);
     emu_lock();
     handle->finds++;
-    for (int i = 0; i < n; i++) {
-        perf *r = &res[i];
-        memset(r, 0, sizeof *r);
-        r->algo = t[i].algo;
-        r->status = algo_supports(&t[i], &g);
-        r->memory = algo_workspace(&t[i], &g);
-        if (r->status == CUDNN_STATUS_SUCCESS && r->memory > ws_bytes)
-            r->status = CUDNN_STATUS_INTERNAL_ERROR_DEVICE_ALLOCATION_FAILED; /* could not run it to time it */
-        r->determinism = t[i].sum == SUM_RANDOM ? CUDNN_NON_DETERMINISTIC : CUDNN_DETERMINISTIC;
-        r->math = g.math;
-        r->time = r->status == CUDNN_STATUS_SUCCESS ? find_time(handle, op, &t[i], &g) : -1.0f;
-    }
+    for (int i = 0; i < nt; i++)
+        for (int v = 0; v < (twice ? 2 : 1); v++) {
+            conv_geom gm = g;
+            if (v)
+                gm.math = CUDNN_DEFAULT_MATH;
+            perf *r = &res[n++];
+            memset(r, 0, sizeof *r);
+            r->algo = t[i].algo;
+            r->status = algo_supports(&t[i], &gm);
+            r->memory = algo_workspace(&t[i], &gm);
+            if (r->status == CUDNN_STATUS_SUCCESS && r->memory > ws_bytes)
+                r->status = CUDNN_STATUS_INTERNAL_ERROR_DEVICE_ALLOCATION_FAILED; /* could not run it to time it */
+            r->determinism = t[i].sum == SUM_RANDOM ? CUDNN_NON_DETERMINISTIC : CUDNN_DETERMINISTIC;
+            r->math = gm.math;
+            r->time = r->status == CUDNN_STATUS_SUCCESS ? find_time(handle, op, &t[i], &gm) : -1.0f;
+        }
     emu_unlock();
     qsort(res, (size_t)n, sizeof *res, by_time);
     *count = n < requested ? n : requested;
@@ -903,7 +919,7 @@ static cudnnStatus_t find(cudnnHandle_t handle, int op, const struct cudnnTensor
         *(returned) = (count);                                                          \
     } while (0)
 
-enum { MAX_ALGOS = 8 };
+enum { MAX_ALGOS = 16 }; /* every algorithm of a family, twice */
 
 /* Every forward algorithm, fastest first; y is overwritten. */
 cudnnStatus_t cudnnFindConvolutionForwardAlgorithmEx(cudnnHandle_t handle, const cudnnTensorDescriptor_t xDesc,
@@ -919,7 +935,7 @@ cudnnStatus_t cudnnFindConvolutionForwardAlgorithmEx(cudnnHandle_t handle, const
     if (!perfResults || (workSpaceSizeInBytes && !workSpace))
         return CUDNN_STATUS_BAD_PARAM;
     cudnnStatus_t st = find(handle, OP_FWD, xDesc, wDesc, convDesc, yDesc, x, w, y, requestedAlgoCount,
-                            returnedAlgoCount, workSpaceSizeInBytes, res, &count);
+                            returnedAlgoCount, workSpace, workSpaceSizeInBytes, res, &count);
     if (st == CUDNN_STATUS_SUCCESS)
         FIND_RESULTS(res, count, perfResults, returnedAlgoCount, cudnnConvolutionFwdAlgo_t);
     return st;
@@ -939,7 +955,7 @@ cudnnStatus_t cudnnFindConvolutionBackwardDataAlgorithmEx(cudnnHandle_t handle, 
     if (!perfResults || (workSpaceSizeInBytes && !workSpace))
         return CUDNN_STATUS_BAD_PARAM;
     cudnnStatus_t st = find(handle, OP_DATA, dxDesc, wDesc, convDesc, dyDesc, w, dy, dx, requestedAlgoCount,
-                            returnedAlgoCount, workSpaceSizeInBytes, res, &count);
+                            returnedAlgoCount, workSpace, workSpaceSizeInBytes, res, &count);
     if (st == CUDNN_STATUS_SUCCESS)
         FIND_RESULTS(res, count, perfResults, returnedAlgoCount, cudnnConvolutionBwdDataAlgo_t);
     return st;
@@ -959,7 +975,7 @@ cudnnStatus_t cudnnFindConvolutionBackwardFilterAlgorithmEx(cudnnHandle_t handle
     if (!perfResults || (workSpaceSizeInBytes && !workSpace))
         return CUDNN_STATUS_BAD_PARAM;
     cudnnStatus_t st = find(handle, OP_FILTER, xDesc, dwDesc, convDesc, dyDesc, x, y, dw, requestedAlgoCount,
-                            returnedAlgoCount, workSpaceSizeInBytes, res, &count);
+                            returnedAlgoCount, workSpace, workSpaceSizeInBytes, res, &count);
     if (st == CUDNN_STATUS_SUCCESS)
         FIND_RESULTS(res, count, perfResults, returnedAlgoCount, cudnnConvolutionBwdFilterAlgo_t);
     return st;

@@ -101,7 +101,8 @@ typedef struct {
     unsigned linear; /* thread index in the block */
 #ifdef EMU_TSAN
     void *tsan;
-    char sync_out; /* what it did before it switched out, for the scheduler */
+    char sync_out;     /* what it did before it switched out, for the scheduler */
+    unsigned barriers; /* how many barriers this thread of the block has passed */
 #endif
 } fiber;
 
@@ -119,7 +120,12 @@ typedef struct {
     void *closure;
 #ifdef EMU_TSAN
     void *sched_tsan;
-    char sync_launch, sync_barrier; /* addresses TSan synchronises on */
+    /* addresses TSan synchronises on; barrier k uses sync_barrier[k & 1], so
+     * that a thread leaving barrier k (in round k + 1, after its lower-numbered
+     * threads have gone on to barrier k + 1) acquires none of their releases
+     * at k + 1 - what they did after barrier k stays unordered with what it
+     * does, as on the device */
+    char sync_launch, sync_barrier[2];
 #endif
 } executor;
 
@@ -227,13 +233,30 @@ NO_TSAN void amdim_emu_syncthreads(void)
     if (f == &ex->direct) /* thread 0 of this block returned without a barrier */
         longjmp(ex->escape, 1);
 #ifdef EMU_TSAN
-    __tsan_release(&ex->sync_barrier);
+    char *sync = &ex->sync_barrier[f->barriers++ & 1];
+    __tsan_release(sync);
 #endif
     f->state = AT_BARRIER;
     to_scheduler(f);
 #ifdef EMU_TSAN
-    __tsan_acquire(&ex->sync_barrier);
+    __tsan_acquire(sync);
 #endif
+}
+
+/* AMDIM_SHARED (emu_kernel.h): thread 0 of a block, the first of its
+ * threads to run and so the first to reach the declaration, fills the
+ * block's shared array with 0xff bytes. Byte by byte through a volatile
+ * pointer in uninstrumented code: TSan sees no write (it would race with
+ * the other threads' first writes, which no barrier orders after it -
+ * none needs to: the block starts with it). */
+NO_TSAN void amdim_emu_shared_fresh(void *p, size_t bytes)
+{
+    fiber *f = ex ? ex->current : NULL;
+    if (!f || f->linear != 0)
+        return;
+    volatile unsigned char *b = p;
+    for (size_t i = 0; i < bytes; i++)
+        b[i] = 0xff;
 }
 
 /* threadIdx, blockIdx, blockDim, gridDim of the running thread. */
@@ -312,6 +335,9 @@ NO_TSAN static cudaError_t run_block(const char *name, unsigned threads)
     for (unsigned i = first; i < threads; i++) {
         set_tid(ex->f[i], i, d);
         ex->f[i]->state = READY;
+#ifdef EMU_TSAN
+        ex->f[i]->barriers = 0;
+#endif
     }
     for (unsigned round = 0;; round++) {
         unsigned waiting = 0, done = 0;

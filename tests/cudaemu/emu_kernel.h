@@ -29,6 +29,7 @@
 
 extern "C" {
 void amdim_emu_syncthreads(void);
+void amdim_emu_shared_fresh(void *p, size_t bytes);
 uint3 amdim_emu_thread_idx(void);
 uint3 amdim_emu_block_idx(void);
 uint3 amdim_emu_block_dim(void);
@@ -47,6 +48,12 @@ uint3 amdim_emu_grid_dim(void);
 /* One block runs at a time on a host thread: a static per host thread is
  * the block's shared memory. */
 #define __shared__ static thread_local
+/* ... which the block's first thread (thread 0 runs first) fills with 0xff
+ * bytes, a NaN in every float and double: a read before the block's own
+ * write cannot see the previous block's values (launch_internal.cuh) */
+#define AMDIM_SHARED(type, name, dims) \
+    static thread_local type name dims; \
+    amdim_emu_shared_fresh(name, sizeof name)
 #define __syncthreads() amdim_emu_syncthreads()
 #define threadIdx (amdim_emu_thread_idx())
 #define blockIdx (amdim_emu_block_idx())

@@ -9,8 +9,11 @@
  *    synchronises with blocking streams, not with cudaStreamNonBlocking
  *    ones.
  *  - Copies as documented: from pageable host memory the source is read
- *    when the call is made; into pageable host memory the call waits for
- *    the stream and copies before it returns; page-locked memory
+ *    when the call is made (a synchronous cudaMemcpy of it to the device
+ *    then returns with the copy still queued on the legacy stream: CUDA's
+ *    DMA "may not have completed", so only events or synchronisation
+ *    order it before a non-blocking stream's work); into pageable host
+ *    memory the call waits for the stream and copies before it returns; page-locked memory
  *    (cudaHostRegister) is read and written when the copy runs. A copy or
  *    clear of device memory must lie inside one allocation.
  *  - Allocations are 256-byte aligned and end at a page the process cannot
@@ -1050,8 +1053,19 @@ static cudaError_t copy_async(void *dst, const void *src, size_t bytes, enum cud
     }
     it->kind = ITEM_WORK;
     it->w = w;
+    /* cudaMemcpy from pageable memory to the device: "a stream sync is performed before the copy is
+     * initiated", and it returns once the source is staged, "but the DMA to final destination may not
+     * have completed" - so the copy itself stays queued on the legacy stream, which orders it before
+     * later work on blocking streams only */
+    int staged_only = sync && pageable_src && dev_dst;
+    if (staged_only && (r = run_until(t, t->enqueued)) != cudaSuccess) {
+        free(it), work_unref(w);
+        return r;
+    }
     if ((r = push(t, it)) != cudaSuccess)
         return r;
+    if (staged_only)
+        return cudaSuccess;
     if (sync || pageable_dst) /* into pageable memory: done before the call returns */
         return run_until(t, t->enqueued);
     return cudaSuccess;

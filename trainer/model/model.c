@@ -655,6 +655,7 @@ double amdim_cuda_peak_bf16_tflops(const char *name)
         {"H100 PCIe", 756.0}, /* H100 PCIe */
         {"H100 NVL", 835.5},  /* H100 NVL, per GPU */
         {"H100", 989.4},      /* H100 SXM5 ("H100 80GB HBM3") */
+        {"H200 NVL", 835.5},  /* H200 NVL (PCIe card), per GPU */
         {"H200", 989.4},      /* H200 SXM: the H100 SXM's compute, more and faster memory */
         {"H800", 989.4},
         {"A100", 312.0},      /* A100 SXM4 and PCIe */

@@ -15,8 +15,8 @@ _Static_assert((int)AMDIM_CUDA_E_DEVICE == (int)AMDIM_E_IO, "kernels_internal.h 
 
 int amdim_cuda_fail(amdim_model *m, cudaError_t e, const char *call)
 {
-    return AMDIM_MFAIL(m, e == cudaErrorMemoryAllocation ? AMDIM_E_NOMEM : AMDIM_E_IO, "%s(): %s (%s)", call,
-                       cudaGetErrorString(e), cudaGetErrorName(e));
+    return AMDIM_MFAIL(m, e == cudaErrorMemoryAllocation ? AMDIM_E_NOMEM : AMDIM_E_IO, "%s(): %s (%s)%s", call,
+                       cudaGetErrorString(e), cudaGetErrorName(e), amdim_cuda_async_hint(e));
 }
 
 /* Waits for the stream: asynchronous failures become a status here. */
@@ -254,8 +254,7 @@ static int cuda_forward_backward(amdim_model *m, const amdim_step_input *in, con
     int B = in->batch, valid;
     double valid_all;
     AMDIM_TRY(amdim_cuda_ensure_buffers_for(m, B, 1));
-    AMDIM_TRY(amdim_cuda_prepare_convs(m, B, 1));
-    AMDIM_TRY(amdim_cuda_sync_convs(m, B, 1));
+    AMDIM_TRY(amdim_cuda_choose_convs(m, B, 1));
     if (m->comm)
         AMDIM_TRY(amdim_cuda_nccl_open(m));
     AMDIM_TRY(amdim_cuda_upload_step(m, B, 2 * B, in->labels, d, &valid, &valid_all));
@@ -284,8 +283,7 @@ static int cuda_probe_step(amdim_model *m, const amdim_step_input *in, const amd
     int B = in->batch, valid;
     double valid_all;
     AMDIM_TRY(amdim_cuda_ensure_buffers(m, B));
-    AMDIM_TRY(amdim_cuda_prepare_convs(m, B, 0));
-    AMDIM_TRY(amdim_cuda_sync_convs(m, B, 0));
+    AMDIM_TRY(amdim_cuda_choose_convs(m, B, 0));
     if (m->comm)
         AMDIM_TRY(amdim_cuda_nccl_open(m));
     AMDIM_TRY(amdim_cuda_zero(m, cuda_of(m)->params + cuda_of(m)->pp.grads, m->arch.grads_size * sizeof(float)));

@@ -262,12 +262,20 @@ typedef struct {
 
 /* Whether result r may be chosen: ran, deterministic, fits, and keeps the
  * mode's math (fp32: FMA only - a TF32 tensor-op result would leave the
- * parity path). */
+ * parity path; bf16: tensor-op or default, never a down-conversion). */
 static int eligible(const amdim_conv *c, const result *r)
 {
     if (r->status != CUDNN_STATUS_SUCCESS || r->determinism != CUDNN_DETERMINISTIC || r->memory > c->ws_size)
         return 0;
-    return c->bf16 ? r->math != CUDNN_FMA_MATH : r->math == CUDNN_FMA_MATH;
+    return c->bf16 ? r->math == CUDNN_TENSOR_OP_MATH || r->math == CUDNN_DEFAULT_MATH : r->math == CUDNN_FMA_MATH;
+}
+
+/* The tie order: a before b when its algorithm is lower-numbered, or for
+ * one algorithm (cuDNN may list it under two math types) when a's math is
+ * the documented tensor-core one and b's the default. */
+static int lower(const result *a, const result *b)
+{
+    return a->algo < b->algo || (a->algo == b->algo && a->math == CUDNN_TENSOR_OP_MATH && b->math != a->math);
 }
 
 /* The choice among n results (conv.h), or an error naming the call, the
@@ -296,8 +304,8 @@ static int choose(amdim_conv *c, int op, const amdim_conv_shape *sh, const resul
                           c->bf16 ? "tensor-core" : "FMA", c->ws_size >> 20, n ? why : "none returned");
     }
     int pick = best;
-    for (int i = 0; i < n; i++) /* ties: the lowest-numbered algorithm */
-        if (eligible(c, &r[i]) && r[i].time <= r[best].time * (1 + AMDIM_CONV_TIE) && r[i].algo < r[pick].algo)
+    for (int i = 0; i < n; i++) /* ties: the lowest (algorithm, math type) */
+        if (eligible(c, &r[i]) && r[i].time <= r[best].time * (1 + AMDIM_CONV_TIE) && lower(&r[i], &r[pick]))
             pick = i;
     choice e = {c->device, op, c->bf16, *sh, c->ws_size, r[pick].algo, (int)r[pick].math, r[pick].time, n};
     pthread_mutex_lock(&table_lock);

@@ -12,10 +12,12 @@
  * every model in a process convolves a shape the same way and rounds the
  * same. A shape's choice is measured once, with cudnnFind*Ex: the
  * deterministic algorithms that fit the workspace and keep the mode's math
- * (CUDNN_FMA_MATH for fp32), and of those within AMDIM_CONV_TIE of the
- * fastest the lowest-numbered one - so that timing noise between two
- * near-equal algorithms cannot flip the choice from run to run. The ranks
- * of a group take rank 0's choices (amdim_conv_choice_set). */
+ * (CUDNN_FMA_MATH for fp32; tensor-op or default for bf16), and of those
+ * within AMDIM_CONV_TIE of the fastest the lowest-numbered algorithm
+ * (tensor-op math before default for one algorithm listed twice) -
+ * so that timing noise between two near-equal algorithms cannot flip the
+ * choice from run to run. The ranks of a group take rank 0's choices
+ * (amdim_conv_choice_set); only rank 0 measures. */
 #ifndef AMDIM_CUDA_CONV_H
 #define AMDIM_CUDA_CONV_H
 

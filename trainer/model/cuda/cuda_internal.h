@@ -224,9 +224,11 @@ int amdim_cuda_ensure_buffers(amdim_model *m, int B);
 int amdim_cuda_refresh_ohwi(amdim_model *m, int i);
 int amdim_cuda_refresh_copies(amdim_model *m);
 /* Every cuDNN convolution of a step at B gets its algorithm before the
- * step; a group's ranks take rank 0's. */
+ * step: prepare measures what the process's table lacks; choose, with a
+ * group, has rank 0 measure and the other ranks adopt its choices (one
+ * broadcast, with rank 0's status, per batch size). */
 int amdim_cuda_prepare_convs(amdim_model *m, int B, int backward);
-int amdim_cuda_sync_convs(amdim_model *m, int B, int backward);
+int amdim_cuda_choose_convs(amdim_model *m, int B, int backward);
 int amdim_cuda_encoder_forward(amdim_model *m, int v, int B, int train, int heads);
 int amdim_cuda_encoder_backward(amdim_model *m, int v, int B, int launch);
 int amdim_cuda_gather_r1(amdim_model *m, int v, int B);

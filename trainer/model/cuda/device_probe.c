@@ -24,7 +24,7 @@ static int cuda_check(cudaError_t e, const char *name, char *err, size_t n)
 /* n uniformly random values in [-1, 1) into the device buffer d, as
  * bfloat16 bits (bf16) or floats: tensor cores draw less power, and clock
  * higher, on constant or zero operands, which would flatter the rate. */
-static int random_fill(void *d, size_t n, int bf16, char *err, size_t en)
+static int random_fill(cudaStream_t s, void *d, size_t n, int bf16, char *err, size_t en)
 {
     size_t es = bf16 ? sizeof(uint16_t) : sizeof(float);
     void *h = malloc(n * es);
@@ -39,10 +39,16 @@ static int random_fill(void *d, size_t n, int bf16, char *err, size_t en)
         else
             ((float *)h)[i] = v;
     }
-    cudaError_t e = cudaMemcpy(d, h, n * es, cudaMemcpyHostToDevice);
+    /* on the GEMM's stream, finished before h goes: a pageable cudaMemcpy may return
+     * before its DMA ends, and orders nothing against a non-blocking stream */
+    cudaError_t e = cudaMemcpyAsync(d, h, n * es, cudaMemcpyHostToDevice, s);
+    cudaError_t e2 = cudaStreamSynchronize(s);
     free(h);
+    if (e == cudaSuccess)
+        e = e2;
     return e == cudaSuccess ? AMDIM_OK
-                            : amdim_fail(err, en, AMDIM_E_IO, "cudaMemcpy(): %s", cudaGetErrorString(e));
+                            : amdim_fail(err, en, AMDIM_E_IO, "cudaMemcpyAsync(random GEMM operands): %s",
+                                         cudaGetErrorString(e));
 }
 
 /* Square C (N, N) fp32 = A (N, N) B (N, N) on random operands: bf16 inputs
@@ -61,7 +67,7 @@ static int gemm_rate(cublasHandle_t h, cudaStream_t s, int N, int bf16, int reps
         goto done;
     if ((st = cuda_check(cudaMalloc(&c, (size_t)N * N * sizeof(float)), "cudaMalloc", err, n)))
         goto done;
-    if ((st = random_fill(a, (size_t)N * N, bf16, err, n)) || (st = random_fill(b, (size_t)N * N, bf16, err, n)))
+    if ((st = random_fill(s, a, (size_t)N * N, bf16, err, n)) || (st = random_fill(s, b, (size_t)N * N, bf16, err, n)))
         goto done;
     if ((st = cuda_check(cudaEventCreate(&e0), "cudaEventCreate", err, n)))
         goto done;
@@ -75,9 +81,8 @@ static int gemm_rate(cublasHandle_t h, cudaStream_t s, int N, int bf16, int reps
     cudaDataType_t t = bf16 ? CUDA_R_16BF : CUDA_R_32F;
     const float one = 1.0f, zero = 0.0f;
     for (int r = -1; r < reps; r++) {
-        if (r == 0)
-            if ((st = cuda_check(cudaEventRecord(e0, s), "cudaEventRecord", err, n)))
-        goto done;
+        if (r == 0 && (st = cuda_check(cudaEventRecord(e0, s), "cudaEventRecord", err, n)))
+            goto done;
         cublasStatus_t bs = cublasGemmEx(h, CUBLAS_OP_N, CUBLAS_OP_N, N, N, N, &one, a, t, N, b, t, N, &zero, c,
                                          CUDA_R_32F, N, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT);
         if (bs != CUBLAS_STATUS_SUCCESS) {

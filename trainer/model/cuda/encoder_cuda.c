@@ -20,7 +20,7 @@ int amdim_cuda_ensure_buffers_for(amdim_model *m, int B, int group)
         return AMDIM_OK;
     m->batch = 0;                                     /* the outputs of the last training step go with the old arena */
     amdim_cuda_graph_drop(&c->fb_graph, &c->fb_warm); /* so does the step's graph */
-    c->prepared_batch = c->synced_batch = 0;
+    c->prepared_batch = 0; /* the new arena's buffers; synced_* stays: the table keeps rank 0's choices */
     cudaFree(c->act);
     c->act = NULL;
     amdim_cuda_plan_free(&c->plan);
@@ -140,15 +140,13 @@ int amdim_cuda_prepare_convs(amdim_model *m, int B, int backward)
     return amdim_cuda_finish(m);
 }
 
-/* A group's ranks convolve with rank 0's algorithms (its choices for this
- * step's convolutions, broadcast as (algo, math) pairs in layer order), so
- * that they sum in the same order everywhere; once per batch size. */
-int amdim_cuda_sync_convs(amdim_model *m, int B, int backward)
+/* Broadcasts rank 0's choices for this step's convolutions as (algo,
+ * math) pairs in layer order, then rank 0's status (its prepare's rc0),
+ * and adopts them on the other ranks. */
+static int sync_convs(amdim_model *m, int B, int backward, int rc0)
 {
     amdim_cuda_state *c = m->bs;
-    if (!m->comm || (c->synced_batch == B && c->synced_bwd >= backward && c->synced_group == m->comm))
-        return AMDIM_OK;
-    int n = 0, cap = 3 * m->arch.nlayers;
+    int n = 0, cap = 3 * m->arch.nlayers, root = m->comm->rank == 0;
     float *buf = calloc((size_t)(2 * cap + 1), sizeof *buf);
     amdim_conv_shape *sh = calloc((size_t)cap + 1, sizeof *sh);
     int *op = calloc((size_t)cap + 1, sizeof *op), rc = AMDIM_OK;
@@ -164,16 +162,23 @@ int amdim_cuda_sync_convs(amdim_model *m, int B, int backward)
             sh[n] = conv_shape(m, L, B);
             op[n] = o == 0 ? AMDIM_CONV_FWD : o == 1 ? AMDIM_CONV_FILTER : AMDIM_CONV_DATA;
             int algo = -1, math = -1;
-            amdim_conv_choice_get(&c->conv, op[n], &sh[n], &algo, &math);
+            if (root && !rc0)
+                amdim_conv_choice_get(&c->conv, op[n], &sh[n], &algo, &math);
             buf[2 * n] = (float)algo; /* small integers: exact as floats */
             buf[2 * n + 1] = (float)math;
             n++;
         }
     }
-    int e = m->comm->bcast_f32(m->comm->ctx, buf, (size_t)(2 * n), 0);
+    buf[2 * n] = root && rc0 ? 1.0f : 0.0f;
+    int e = m->comm->bcast_f32(m->comm->ctx, buf, (size_t)(2 * n + 1), 0);
     if (e)
         rc = amdim_cuda_comm_fail(m, e, "broadcasting rank 0's cuDNN algorithms");
-    for (int i = 0; !rc && i < n; i++) {
+    else if (root && rc0)
+        rc = rc0; /* its own error stays in m->err */
+    else if (buf[2 * n] != 0.0f)
+        rc = AMDIM_MFAIL(m, AMDIM_E_IO, "rank 0 could not choose its cuDNN algorithms for batch %d (its log says why)",
+                         B);
+    for (int i = 0; !rc && !root && i < n; i++) {
         if (buf[2 * i] < 0) {
             rc = AMDIM_MFAIL(m, AMDIM_E_IO, "rank 0 has no cuDNN algorithm for convolution %d of the step", i);
             break;
@@ -181,12 +186,28 @@ int amdim_cuda_sync_convs(amdim_model *m, int B, int backward)
         rc = amdim_conv_choice_set(&c->conv, op[i], &sh[i], (int)buf[2 * i], (int)buf[2 * i + 1]);
     }
     free(buf), free(sh), free(op);
-    if (!rc) {
-        c->synced_batch = B;
-        c->synced_bwd = backward;
-        c->synced_group = m->comm;
-    }
     return rc;
+}
+
+/* A group's ranks convolve with rank 0's algorithms, so that they sum in
+ * the same order everywhere: rank 0 measures (prepare), the others adopt
+ * its choices and then prepare without measuring; once per batch size.
+ * Rank 0's failure reaches every rank through the broadcast, so none is
+ * left waiting in a collective. Without a group: prepare. */
+int amdim_cuda_choose_convs(amdim_model *m, int B, int backward)
+{
+    amdim_cuda_state *c = m->bs;
+    if (!m->comm || (c->synced_batch == B && c->synced_bwd >= backward && c->synced_group == m->comm))
+        return amdim_cuda_prepare_convs(m, B, backward);
+    int root = m->comm->rank == 0;
+    int rc0 = root ? amdim_cuda_prepare_convs(m, B, backward) : AMDIM_OK;
+    AMDIM_TRY(sync_convs(m, B, backward, rc0));
+    if (!root)
+        AMDIM_TRY(amdim_cuda_prepare_convs(m, B, backward));
+    c->synced_batch = B;
+    c->synced_bwd = backward;
+    c->synced_group = m->comm;
+    return AMDIM_OK;
 }
 
 /* x (B, hin, hin, cin) -> lp->out (B, hout, hout, cout) */

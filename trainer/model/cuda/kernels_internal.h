@@ -31,6 +31,27 @@ extern "C" {
  * AMDIM_OBJECTIVE_* and AMDIM_E_IO in backend_cuda.c. */
 enum { AMDIM_CUDA_NCE = 0, AMDIM_CUDA_JSD = 1, AMDIM_CUDA_DV = 2, AMDIM_CUDA_E_DEVICE = -3 };
 
+/* For the errors a kernel raises while it runs (they surface at a later
+ * launch or synchronisation, so the call that reports one need not be the
+ * kernel that caused it): a hint naming how to find it; "" otherwise. */
+static inline const char *amdim_cuda_async_hint(cudaError_t e)
+{
+    switch (e) {
+    case cudaErrorIllegalAddress:
+    case cudaErrorLaunchFailure:
+    case cudaErrorMisalignedAddress:
+    case cudaErrorAssert:
+    case cudaErrorIllegalInstruction:
+    case cudaErrorInvalidPc:
+    case cudaErrorHardwareStackError:
+    case cudaErrorLaunchTimeout:
+        return "; a kernel failed while running, perhaps an earlier one than this call: rerun with "
+               "CUDA_LAUNCH_BLOCKING=1 (or under compute-sanitizer) to name it";
+    default:
+        return "";
+    }
+}
+
 typedef struct {
     cudaStream_t stream;
     char *err;

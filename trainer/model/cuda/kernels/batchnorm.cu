@@ -21,7 +21,7 @@ template <typename T>
 static __global__ void partials_kernel(const void *x, const void *dy, size_t N, int C, int mode, const double *mean_d,
                                 const float *mean, const float *inv_std, double *partial)
 {
-    __shared__ double sh[2][BN_ROWS][BN_CH];
+    AMDIM_SHARED(double, sh, [2][BN_ROWS][BN_CH]);
     int ch = blockIdx.x * BN_CH + threadIdx.x;
     size_t P = gridDim.y, per = (N + P - 1) / P, r0 = blockIdx.y * per, r1 = r0 + per < N ? r0 + per : N;
     double a = 0, b = 0;

@@ -9,7 +9,7 @@ static __global__ void classifier_kernel(const float *logits, int n_all, int cla
                                   const double *inv_valid_p, float scale, float *dlogits, void *dlogits_act,
                                   double *rows)
 {
-    __shared__ double sh[CLS_THREADS];
+    AMDIM_SHARED(double, sh, [CLS_THREADS]);
     double inv_valid = *inv_valid_p;
     int i = blockIdx.x;
     const float *l = logits + (size_t)i * classes;

@@ -18,6 +18,11 @@
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
 #define AMDIM_LAUNCH(kernel, grid, block, stream, ...) kernel<<<(grid), (block), 0, (stream)>>>(__VA_ARGS__)
+/* A block's shared array: AMDIM_SHARED(double, sh, [2][8][32]) at the top
+ * of a kernel (before any barrier). On the emulated device each block
+ * finds it filled with NaN bytes, as a block on the GPU finds whatever an
+ * earlier block left: a read before the block's own write shows. */
+#define AMDIM_SHARED(type, name, dims) __shared__ type name dims
 #endif
 
 #include "kernels_internal.h"
@@ -32,7 +37,8 @@ static inline int launch_check(const amdim_cuda_ctx *c, const char *op)
     if (e == cudaSuccess)
         return 0;
     if (c->err && c->errn)
-        snprintf(c->err, c->errn, "%s(): %s (%s)", op, cudaGetErrorString(e), cudaGetErrorName(e));
+        snprintf(c->err, c->errn, "%s(): %s (%s)%s", op, cudaGetErrorString(e), cudaGetErrorName(e),
+                 amdim_cuda_async_hint(e));
     return AMDIM_CUDA_E_DEVICE;
 }
 

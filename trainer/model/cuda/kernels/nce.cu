@@ -13,7 +13,7 @@ template <typename T>
 static __global__ void nce_rows_kernel(float *S, float *dS, void *dS_act, int first, int B, int L, float tclip, int objective,
                                 float wloss, float wreg, double *rows)
 {
-    __shared__ double sh[NCE_THREADS];
+    AMDIM_SHARED(double, sh, [NCE_THREADS]);
     int si = blockIdx.x, i = first + si;
     size_t BL = (size_t)B * L, n = (size_t)B * BL, lo = (size_t)i * L, hi = lo + L; /* positives [lo, hi) */
     float *t = S + (size_t)si * BL, *g = dS + (size_t)si * BL;
