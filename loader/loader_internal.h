@@ -1,12 +1,17 @@
 /* Private to the loader: batch dealing and control-line helpers shared by
- * the producer and the consumer. */
+ * the producer and the consumer, and the producer's state shared by its
+ * files (producer.c, handshake.c, supervise.c, worker.c). */
 #ifndef AMDIM_LOADER_INTERNAL_H
 #define AMDIM_LOADER_INTERNAL_H
 
 #include <stddef.h>
 #include <stdint.h>
+#include <sys/types.h>
+#include <time.h>
 
+#include "amdim_dataset.h"
 #include "amdim_loader.h"
+#include "amdim_ring.h"
 
 /* Batches per epoch for `records` samples in batches of `batch`. */
 static inline uint64_t loader_batches(uint64_t records, uint32_t batch, int keep_last)
@@ -53,5 +58,92 @@ int amdim_loader_kv(const char *line, const char *key, char *buf, size_t n);
  * socket name. Returns 0, AMDIM_E_PROTOCOL or AMDIM_E_VERSION with the
  * reason in err. */
 int amdim_loader_parse_hello(const char *line, amdim_loader_info *in, char *sockname, size_t sn, char *err, size_t n);
+
+/* ---- the producer (amdim_loader_serve) ----------------------------------- */
+
+/* Per-worker counters in anonymous shared memory (inherited by fork). */
+typedef struct {
+    _Atomic uint64_t pairs, io_wait_ns, slot_wait_ns;
+    uint8_t pad[64 - 24];
+} amdim_producer_stats;
+
+/* One amdim_loader_serve run: set up by producer.c, agreed with the
+ * consumer by handshake.c, its workers run by supervise.c (the parent) and
+ * worker.c (each forked child, which inherits a copy). */
+typedef struct {
+    const amdim_loader_serve_options *opt;
+    const char *split, *preset; /* resolved names (never NULL once set up) */
+    amdim_dataset *ds;
+    uint64_t *offsets;
+    uint32_t *lengths;
+    uint64_t records;
+    int data_fd;
+    amdim_augment_config aug;
+    amdim_split_info info;
+    uint64_t max_pixels; /* the packer's --max-pixels for this split; 0: default */
+    uint32_t W, B;       /* B: this rank's share of a global batch of B x N */
+    uint32_t R, N;       /* shard rank and size (0, 1 without sharding) */
+    uint64_t nb;
+    int use_uring;
+    /* agreed with the consumer */
+    uint64_t seed, e0, b0, epochs;
+    amdim_ring *rings;
+    amdim_producer_stats *stats;
+    pid_t *pids;
+    int *pidfds, *state, *respawns; /* state: 0 running, 1 finished, 2 failed */
+    int listen_fd, conn_fd;
+    pid_t parent;
+    uint64_t oom_kills0;                   /* /proc/vmstat oom_kill when the workers started */
+    uint64_t intruders, intruders_unshown; /* connections that were not the consumer */
+    double intruders_t;                    /* when the last summary of them was printed */
+    char sockname[64];
+    char *err;
+    size_t errlen;
+} amdim_producer;
+
+static inline uint64_t loader_now_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
+
+/* handshake.c: the control pipe (opt->out_fd) and the consumer's socket. */
+
+/* Writes one control line (fmt plus a newline, cut to 1023 bytes) to fd,
+ * whole or not at all; returns 0, or -1 if the pipe or socket is gone. */
+int amdim_loader_ctl_write(int fd, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+/* Listens on a fresh abstract Unix socket (L->sockname, L->listen_fd).
+ * Returns 0 or AMDIM_E_IO. */
+int amdim_loader_listen(amdim_producer *L);
+/* Writes the AMDIM-LOAD line to the control pipe. Returns 0, or
+ * AMDIM_E_PROTOCOL when the consumer is gone. */
+int amdim_loader_announce(amdim_producer *L);
+/* Waits for the consumer's connection and START (refusing and logging, at
+ * a bounded rate, any other connection), sets the agreed seed, e0, b0 and
+ * epochs, sends OK with the rings' fds and closes the listening socket.
+ * L->conn_fd is the consumer's connection from then on. Returns 0,
+ * AMDIM_E_CANCELLED, AMDIM_E_IO, AMDIM_E_PROTOCOL or AMDIM_E_INVALID. */
+int amdim_loader_handshake(amdim_producer *L);
+
+/* supervise.c: the worker processes, seen from the parent. */
+
+/* Forks the W workers (noting the OOM killer's count first). Returns 0 or
+ * AMDIM_E_IO. */
+int amdim_loader_start_workers(amdim_producer *L);
+/* Watches the workers and the consumer until every worker has finished:
+ * reaps, respawns (up to opt->respawn times each, when killed by a signal)
+ * or reports the dead, and prints epoch marks, stalls and progress.
+ * Returns 0, 1 when the consumer stopped deliberately (STOP) before the
+ * end, or AMDIM_E_WORKER, AMDIM_E_PROTOCOL, AMDIM_E_CANCELLED, AMDIM_E_IO,
+ * AMDIM_E_NOMEM. */
+int amdim_loader_supervise(amdim_producer *L);
+/* SIGKILLs and reaps every worker still running. */
+void amdim_loader_kill_workers(amdim_producer *L);
+
+/* worker.c: the body of worker process w (runs in the forked child; exits
+ * 0 when its batches are made, 1 when the parent is gone, 3 on an error it
+ * wrote into its ring). */
+void amdim_loader_worker_main(amdim_producer *L, uint32_t w) __attribute__((noreturn));
 
 #endif
