@@ -12,6 +12,7 @@
 
 #include "amdim_checkpoint.h"
 #include "amdim_loader.h"
+#include "metrics_internal.h"
 #include "output_internal.h"
 #include "run_plan_internal.h"
 
@@ -31,145 +32,6 @@ void amdim_train_options_default(amdim_train_options *o)
 }
 
 /* ---- the run ---------------------------------------------------------------- */
-
-typedef struct {
-    double nce_1t5, nce_1t7, nce_5t5, reg, cls_mlp, cls_lin, total, mix_entropy;
-    uint64_t correct_mlp, correct_lin, labelled, pairs, steps;
-    double t0, wait0;
-} interval;
-
-/* Logs an interval to stderr and a line to metrics (NULL on ranks other
- * than 0, which log nothing). 0 or AMDIM_E_IO naming metrics.jsonl. */
-static int log_interval(amdim_output *metrics, interval *iv, amdim_model *m, uint64_t epoch, double wait_now,
-                        int probes_only, char *err, size_t n)
-{
-    int quiet = metrics == NULL;
-    double now = amdim_now(), dt = now - iv->t0;
-    if (quiet) { /* ranks other than 0: rank 0 logs the group's figures */
-        memset(iv, 0, sizeof *iv);
-        iv->t0 = now;
-        iv->wait0 = wait_now;
-        return AMDIM_OK;
-    }
-    double k = iv->steps ? 1.0 / iv->steps : 0;
-    double acc_m = iv->labelled ? (double)iv->correct_mlp / iv->labelled : NAN;
-    double acc_l = iv->labelled ? (double)iv->correct_lin / iv->labelled : NAN;
-    double wait = dt > 0 ? (wait_now - iv->wait0) / dt : 0;
-    float lr = amdim_model_learning_rate(m, (int)epoch);
-    uint64_t step = amdim_model_updates(m);
-    if (probes_only)
-        fprintf(stderr, "amdim-train: step %llu epoch %llu: probes mlp %.4f lin %.4f, train acc %.3f/%.3f, lr %.3g, %.1f pairs/s, data wait %.0f%%\n",
-                (unsigned long long)step, (unsigned long long)epoch, iv->cls_mlp * k, iv->cls_lin * k, acc_m, acc_l, lr,
-                dt > 0 ? iv->pairs / dt : 0, 100 * wait);
-    else if (amdim_model_get_config(m)->mixtures > 1)
-        fprintf(stderr, "amdim-train: step %llu epoch %llu: loss %.4f (1t5 %.4f 1t7 %.4f 5t5 %.4f reg %.4f mixture entropy %.4f) probes %.4f/%.4f acc %.3f/%.3f, lr %.3g, %.1f pairs/s, data wait %.0f%%\n",
-                (unsigned long long)step, (unsigned long long)epoch, iv->total * k, iv->nce_1t5 * k, iv->nce_1t7 * k,
-                iv->nce_5t5 * k, iv->reg * k, iv->mix_entropy * k, iv->cls_mlp * k, iv->cls_lin * k, acc_m, acc_l, lr,
-                dt > 0 ? iv->pairs / dt : 0, 100 * wait);
-    else
-        fprintf(stderr, "amdim-train: step %llu epoch %llu: loss %.4f (1t5 %.4f 1t7 %.4f 5t5 %.4f reg %.4f) probes %.4f/%.4f acc %.3f/%.3f, lr %.3g, %.1f pairs/s, data wait %.0f%%\n",
-                (unsigned long long)step, (unsigned long long)epoch, iv->total * k, iv->nce_1t5 * k, iv->nce_1t7 * k,
-                iv->nce_5t5 * k, iv->reg * k, iv->cls_mlp * k, iv->cls_lin * k, acc_m, acc_l, lr,
-                dt > 0 ? iv->pairs / dt : 0, 100 * wait);
-    /* %.17g: losses round-trip exactly, so runs can be compared bit for bit */
-    char line[1024];
-    int len = snprintf(line, sizeof line,
-            "{\"kind\":\"train\",\"step\":%llu,\"epoch\":%llu,\"loss\":%.17g,\"nce_1t5\":%.17g,\"nce_1t7\":%.17g,"
-            "\"nce_5t5\":%.17g,\"reg\":%.17g,\"cls_mlp\":%.17g,\"cls_lin\":%.17g,\"train_acc_mlp\":%.6g,"
-            "\"train_acc_lin\":%.6g,\"lr\":%.9g,\"pairs_per_s\":%.3f,\"data_wait\":%.4f,\"steps\":%llu",
-            (unsigned long long)step, (unsigned long long)epoch, iv->total * k, iv->nce_1t5 * k, iv->nce_1t7 * k,
-            iv->nce_5t5 * k, iv->reg * k, iv->cls_mlp * k, iv->cls_lin * k, isnan(acc_m) ? -1.0 : acc_m,
-            isnan(acc_l) ? -1.0 : acc_l, lr, dt > 0 ? iv->pairs / dt : 0, wait, (unsigned long long)iv->steps);
-    if (amdim_model_get_config(m)->mixtures > 1 && !probes_only)
-        len += snprintf(line + len, sizeof line - (size_t)len, ",\"mix_entropy\":%.17g", iv->mix_entropy * k);
-    len += snprintf(line + len, sizeof line - (size_t)len, "}\n");
-    memset(iv, 0, sizeof *iv);
-    iv->t0 = now;
-    iv->wait0 = wait_now;
-    AMDIM_ASSERT(len < (int)sizeof line);
-    return amdim_output_write(metrics, line, (size_t)len, err, n);
-}
-
-/* Resuming from the checkpoint of `step`: metrics.jsonl keeps its complete
- * lines up to that step. Lines after it were logged by a run killed before
- * its next checkpoint (the resumed run logs those steps again), and a line
- * cut mid-way would have the next line glued on. A metrics file that is
- * not a regular file (a device, a FIFO) is left alone. */
-static int trim_metrics(const char *path, uint64_t step, char *err, size_t n)
-{
-    int fd = open(path, O_RDWR | O_NONBLOCK | O_CLOEXEC);
-    if (fd < 0)
-        return errno == ENOENT ? AMDIM_OK : amdim_fail(err, n, AMDIM_E_IO, "cannot open %s: %s", path, strerror(errno));
-    struct stat sb;
-    if (fstat(fd, &sb) != 0 || !S_ISREG(sb.st_mode) || sb.st_size == 0) {
-        close(fd);
-        return AMDIM_OK;
-    }
-    size_t size = (size_t)sb.st_size, keep = 0, dropped = 0;
-    char *text = malloc(size + 1);
-    ssize_t got = text ? pread(fd, text, size, 0) : -1;
-    if (got != (ssize_t)size) {
-        int e = errno;
-        free(text);
-        close(fd);
-        return amdim_fail(err, n, AMDIM_E_IO, "cannot read %s: %s", path, got < 0 ? strerror(e) : "short read");
-    }
-    text[size] = 0;
-    for (size_t at = 0; at < size;) {
-        char *nl = memchr(text + at, '\n', size - at);
-        if (!nl)
-            break; /* cut mid-line */
-        *nl = 0;
-        const char *sp = strstr(text + at, "\"step\":");
-        if (sp && strtoull(sp + 7, NULL, 10) > step)
-            break;
-        at = keep = (size_t)(nl - text) + 1;
-    }
-    for (size_t i = keep; i < size; i++)
-        dropped += text[i] == '\n' || text[i] == 0 || i + 1 == size;
-    free(text);
-    int st = AMDIM_OK;
-    if (keep < size) {
-        if (ftruncate(fd, (off_t)keep) != 0)
-            st = amdim_fail(err, n, AMDIM_E_IO, "cannot truncate %s: %s", path, strerror(errno));
-        else
-            fprintf(stderr, "amdim-train: %s: dropped %zu line%s after step %llu (logged after that checkpoint, or cut "
-                            "mid-line); the resumed run logs those steps again\n",
-                    path, dropped, dropped == 1 ? "" : "s", (unsigned long long)step);
-    }
-    close(fd);
-    return st;
-}
-
-/* After the first step: the backend's algorithm choices (cuDNN's on CUDA)
- * to stderr and, as one JSON string, to metrics.jsonl: a run records how
- * it convolved, so a rerun on the same GPU model can be compared bit for
- * bit. Nothing on the CPU. */
-static int log_algorithms(amdim_output *metrics, const amdim_model *m, char *err, size_t n)
-{
-    size_t len = amdim_model_algorithms(m, NULL, 0);
-    if (!len || !metrics)
-        return AMDIM_OK;
-    char *text = malloc(len + 1), *line = malloc(2 * len + 128);
-    if (!text || !line) {
-        free(text), free(line);
-        return amdim_fail(err, n, AMDIM_E_NOMEM, "out of memory");
-    }
-    amdim_model_algorithms(m, text, len + 1);
-    fprintf(stderr, "amdim-train: cuDNN algorithms:\n%s", text);
-    size_t k = (size_t)sprintf(line, "{\"kind\":\"algorithms\",\"step\":%llu,\"cudnn\":\"",
-                               (unsigned long long)amdim_model_updates(m));
-    for (size_t i = 0; i < len; i++) { /* the table's text holds no quote or backslash */
-        if (text[i] == '\n')
-            line[k++] = '\\', line[k++] = 'n';
-        else if ((unsigned char)text[i] >= 32 && text[i] != '"' && text[i] != '\\')
-            line[k++] = text[i];
-    }
-    k += (size_t)sprintf(line + k, "\"}\n");
-    int st = amdim_output_write(metrics, line, k, err, n);
-    free(text), free(line);
-    return st;
-}
 
 static int evaluate(const amdim_train_options *o, amdim_model *m, const char *preset, amdim_output *metrics,
                     uint64_t epoch, char *err, size_t n)
@@ -327,255 +189,348 @@ static int ranks_agree(const amdim_train_options *o, const amdim_loader_info *li
     return rc;
 }
 
-int amdim_train_run(const amdim_train_options *o, char *err, size_t n)
-{
-    amdim_run_plan plan;
-    amdim_loader_request req;
-    int st = amdim_run_plan_begin(o, &plan, &req, err, n);
-    if (st)
-        return st;
-    const char *dir = plan.dir;
-    int resuming = plan.resuming, probes = plan.probes;
-    const amdim_model_config *cfg = &plan.cfg;
-    amdim_checkpoint_info *ci = &plan.ci;
-    amdim_loader *l;
-    char why[2048];
-    if ((st = amdim_loader_attach(&l, o->in_fd, &req, why, sizeof why))) {
-        amdim_run_plan_end(&plan);
-        return amdim_fail(err, n, st, "attaching to amdim-load: %s", why);
-    }
-    const amdim_loader_info *li = amdim_loader_get_info(l);
-    amdim_model *m = NULL;
-    int rank0 = !o->comm || o->comm->rank == 0, ranks = o->comm ? o->comm->size : 1;
-    uint32_t global_batch = li->batch * (uint32_t)ranks;
-    amdim_output metrics = {.fd = -1}, *mout = NULL; /* rank 0 alone logs */
-    uint32_t registered = 0; /* rings registered with the model */
-    if ((st = amdim_run_plan_configure(o, li, &plan, err, n)) || (st = amdim_run_plan_model(o, li, &plan, &m, err, n)) ||
-        (st = ranks_agree(o, li, &plan, m, err, n)))
-        goto done;
-    /* every rank starts from rank 0's state, whatever each read */
-    if ((st = amdim_model_bcast_state(m, 0))) {
-        amdim_fail(err, n, st, "%s", amdim_model_error(m));
-        goto done;
-    }
-    /* compute threads: the cores the loader's workers leave, at least one */
-    int threads = o->threads > 0 ? o->threads : amdim_cpu_count() - (int)li->workers;
-    threads = threads < 1 ? 1 : threads;
-    if ((st = amdim_model_set_threads(m, threads))) {
-        amdim_fail(err, n, st, "%s", amdim_model_error(m));
-        goto done;
-    }
-    /* the views travel from the loader's rings: page-locked once (DMA on a GPU) */
-    for (; registered < li->workers; registered++) {
-        void *base;
-        size_t bytes;
-        amdim_loader_ring_memory(l, registered, &base, &bytes);
-        if (amdim_model_register_host(m, base, bytes)) {
-            fprintf(stderr, "amdim-train: warning: ring %u stays pageable (%s); copies to the device are slower\n",
-                    registered, amdim_model_error(m));
-            break;
-        }
-    }
-    char mpath[4300];
-    snprintf(mpath, sizeof mpath, "%s/metrics.jsonl", dir);
-    if (rank0) {
-        /* a new run starts the file afresh; a resumed one continues it from its checkpoint's step */
-        struct stat sb;
-        if (!resuming && stat(mpath, &sb) == 0 && S_ISREG(sb.st_mode) && truncate(mpath, 0) != 0) {
-            st = amdim_fail(err, n, AMDIM_E_IO, "cannot truncate %s: %s", mpath, strerror(errno));
-            goto done;
-        }
-        if ((resuming && (st = trim_metrics(mpath, ci->step, err, n))) ||
-            (st = amdim_output_open(&metrics, mpath, AMDIM_OUTPUT_APPEND, err, n)))
-            goto done;
-        mout = &metrics;
-    }
-    static const char *objn[] = {"nce", "jsd", "dv"};
-    if (rank0 && ranks > 1)
-        fprintf(stderr, "amdim-train: %d ranks, %u pairs each of every global batch of %u; BatchNorm statistics %s\n", ranks,
-                li->batch, global_batch, o->comm->sync_bn ? "over the global batch (--sync-bn)" : "per rank");
-    if (rank0)
-    fprintf(stderr, "amdim-train: %s %s: device %s %s (%d compute thread%s beside %u loader worker%s), %d px encoder ndf %d n_rkhs %d depth %d use_bn %d, objective %s, tclip %g, "
-                    "%d classes, batch %u, lr %g (warm-up %d, x%g at epochs",
-            resuming ? "resuming" : probes ? "classifier phase" : "run", dir, amdim_device_name(amdim_model_device(m)),
-            amdim_precision_name(amdim_model_precision(m)),
-            threads, threads == 1 ? "" : "s", li->workers, li->workers == 1 ? "" : "s",
-            cfg->encoder_size, cfg->ndf, cfg->n_rkhs,
-            cfg->n_depth, cfg->use_bn, objn[cfg->objective], cfg->tclip, cfg->n_classes, global_batch, cfg->lr, cfg->warmup,
-            cfg->lr_decay);
-    for (int i = 0; rank0 && i < cfg->n_milestones; i++)
-        fprintf(stderr, " %d", cfg->milestones[i]);
-    if (rank0)
-        fprintf(stderr, ")");
-    if (rank0 && cfg->mixtures > 1)
-        fprintf(stderr, ", mixtures %d (tau %g, entropy weight %g), probes on %s", cfg->mixtures, cfg->mix_tau,
-                cfg->mix_entropy, cfg->probe_features ? "the mixture mean" : "r1");
-    if (rank0)
-    fprintf(stderr, ", seed %llu, from epoch %llu batch %llu (step %llu)%s\n", (unsigned long long)li->seed,
-            (unsigned long long)li->start_epoch, (unsigned long long)li->start_batch,
-            (unsigned long long)amdim_model_updates(m), ci->max_steps > 0 ? ", step-limited" : "");
+/* ---- the run, phase by phase ------------------------------------------------------- */
 
-    /* a live line with steps/s and time left, only on a terminal */
-    amdim_progress live;
-    amdim_progress_init(&live, stderr, "amdim-train", "steps", 0);
-    live.is_tty = live.is_tty && rank0;
-    uint64_t first_step = amdim_model_updates(m), total_steps = 0;
-    if (ci->max_steps >= 0)
-        total_steps = (uint64_t)ci->max_steps - first_step;
-    else if (li->epochs > 0)
-        total_steps = li->epochs * li->batches_per_epoch - li->start_batch;
-    interval iv;
-    memset(&iv, 0, sizeof iv);
-    iv.t0 = amdim_now();
-    uint64_t epoch = li->start_epoch, last_ckpt = UINT64_MAX;
-    ci->next_epoch = li->start_epoch;
-    ci->next_batch = li->start_batch;
+/* Everything one run holds: its plan, the loader it reads, the model it
+ * trains, rank 0's metrics file, the interval being logged and the
+ * double-buffered input. */
+typedef struct {
+    const amdim_train_options *o;
+    amdim_run_plan plan;
+    amdim_loader *l;
+    const amdim_loader_info *li;
+    amdim_model *m;
+    int rank0, ranks, threads;
+    uint32_t registered; /* rings registered with the model */
+    amdim_output metrics, *mout; /* rank 0 alone logs */
+    amdim_progress live;         /* a live line with steps/s and time left, only on a terminal */
+    amdim_metrics_interval iv;
+    uint64_t first_step, total_steps, epoch, last_ckpt;
     /* Double-buffered input: batch k+1 is taken from the loader and its
      * copy started into the other input slot before step k runs, so the
      * copy overlaps the step; its loader slot is released once the copy is
      * complete (the loader lends one batch at a time). */
     amdim_batch held; /* borrowed from the loader while its copy runs */
-    batch_meta cur = {0}, nxt = {0};
-    int slot = 0, have_cur = 0, ended = 0;
-    for (;;) {
-        int stop = cancelled(o, err, n);
-        if (stop < 0) {
-            st = stop;
-            break;
-        }
-        if (stop) {
-            st = amdim_fail(err, n, AMDIM_E_CANCELLED, "interrupted");
-            break;
-        }
-        if (ci->max_steps >= 0 && amdim_model_updates(m) >= (uint64_t)ci->max_steps)
-            break;
-        int rc;
-        if (!have_cur) { /* the first batch: nothing to overlap with */
-            if (ended || (rc = take_batch(l, m, slot, &held, 1, err, n)) == 1)
-                break;
-            if (rc) {
-                st = rc;
-                break;
-            }
-            cur = meta_of(&held);
-        }
-        /* the next batch, unless this step is the last one allowed */
-        int ahead = 0;
-        if (!ended && !(ci->max_steps >= 0 && amdim_model_updates(m) + 1 >= (uint64_t)ci->max_steps)) {
-            rc = take_batch(l, m, 1 - slot, &held, 0, err, n);
-            if (rc < 0) {
-                st = rc;
-                break;
-            }
-            ended = rc == 1;
-            ahead = rc == 0;
-            if (ahead)
-                nxt = meta_of(&held);
-        }
-        epoch = cur.epoch;
-        amdim_step_stats s;
-        watch(o, AMDIM_WATCH_STEP, 1);
-        rc = probes ? amdim_model_train_probes_step_staged(m, slot, (int)cur.epoch, &s)
-                    : amdim_model_train_step_staged(m, slot, (int)cur.epoch, &s);
-        watch(o, AMDIM_WATCH_STEP, 0);
-        if (ahead) { /* its copy ran beside the step: the loader may have the slot back */
-            int rw = amdim_model_stage_wait(m, 1 - slot);
-            amdim_loader_release(l, &held);
-            if (rw && !rc)
-                rc = rw;
-        }
-        int last = cur.last;
-        ci->next_epoch = last ? cur.epoch + 1 : cur.epoch;
-        ci->next_batch = last ? 0 : cur.index + 1;
-        uint32_t pairs = cur.count;
-        cur = nxt;
-        have_cur = ahead;
-        slot = 1 - slot;
-        if (rc) {
-            st = amdim_fail(err, n, rc, "%s", amdim_model_error(m));
-            break;
-        }
-        if (!isfinite(s.total)) {
-            st = amdim_fail(err, n, AMDIM_E_INVALID, "the loss became %g at step %llu (epoch %llu); stopping", s.total,
-                            (unsigned long long)amdim_model_updates(m), (unsigned long long)epoch);
-            break;
-        }
-        iv.nce_1t5 += s.nce_1t5, iv.nce_1t7 += s.nce_1t7, iv.nce_5t5 += s.nce_5t5, iv.reg += s.reg;
-        iv.cls_mlp += s.cls_mlp, iv.cls_lin += s.cls_lin, iv.total += s.total, iv.mix_entropy += s.mix_entropy;
-        iv.correct_mlp += (uint64_t)s.correct_mlp, iv.correct_lin += (uint64_t)s.correct_lin;
-        iv.labelled += (uint64_t)s.labelled, iv.pairs += (uint64_t)pairs * (uint64_t)ranks, iv.steps++;
-        uint64_t step = amdim_model_updates(m);
-        if (step == first_step + 1 && (st = log_algorithms(mout, m, err, n)))
-            break;
-        int log_now = o->log_every > 0 && step % (uint64_t)o->log_every == 0;
-        int ckpt_now = !last && o->ckpt_every > 0 && step % (uint64_t)o->ckpt_every == 0;
-        if (log_now || last || ckpt_now)
-            amdim_progress_clear(&live); /* lines print under the live line */
-        else if (live.is_tty)
-            amdim_progress_update(&live, step - first_step, total_steps);
-        if (log_now && (st = log_interval(mout, &iv, m, epoch, amdim_loader_wait_seconds(l), probes, err, n)))
-            break;
-        if ((last || ckpt_now) && (st = amdim_model_check_replicas(m))) {
-            amdim_fail(err, n, st, "%s", amdim_model_error(m));
-            break;
-        }
-        if (last) {
-            if (iv.steps && (st = log_interval(mout, &iv, m, epoch, amdim_loader_wait_seconds(l), probes, err, n)))
-                break;
-            /* rank 0 evaluates; its refreshed BatchNorm statistics go to every
-             * rank, which wait for them without the watchdog counting */
-            watch(o, AMDIM_WATCH_HOLD, 1);
-            if (rank0 && (st = evaluate(o, m, li->preset, mout, epoch, err, n)))
-                break;
-            st = amdim_model_bcast_state(m, 0);
-            watch(o, AMDIM_WATCH_HOLD, 0);
-            if (st) {
-                amdim_fail(err, n, st, "%s", amdim_model_error(m));
-                break;
-            }
-        }
-        if (last || ckpt_now) {
-            /* a failed save (disk full) is reported and training goes on; a diverged model stops */
-            int s2 = rank0 ? save(dir, m, ci, o->keep, why, sizeof why) : AMDIM_OK;
-            if (s2 == AMDIM_OK)
-                last_ckpt = step;
-            else if (s2 == AMDIM_E_INVALID) {
-                st = amdim_fail(err, n, s2, "%s", why);
-                break;
-            }
-        }
-    }
-    amdim_progress_clear(&live);
-    if (iv.steps && st != AMDIM_E_IO) {
-        int s2 = log_interval(mout, &iv, m, epoch, amdim_loader_wait_seconds(l), probes, why, sizeof why);
-        if (s2 && st == AMDIM_OK)
-            st = amdim_fail(err, n, s2, "%s", why);
-    }
-    /* Checkpoint before the final evaluation, so a run stopped here and
-     * resumed continues from exactly the state an unbroken run has. */
-    if (rank0 && (st == AMDIM_OK || st == AMDIM_E_CANCELLED) && last_ckpt != amdim_model_updates(m)) {
-        int s2 = save(dir, m, ci, o->keep, why, sizeof why);
-        if (s2 && st == AMDIM_OK)
-            st = amdim_fail(err, n, s2, "final checkpoint: %s", why);
-        else if (s2 == AMDIM_OK)
-            fprintf(stderr, "amdim-train: checkpoint at step %llu in %s\n", (unsigned long long)amdim_model_updates(m), dir);
-    }
-    if (rank0 && st == AMDIM_OK && last_ckpt != amdim_model_updates(m))
-        st = evaluate(o, m, li->preset, mout, epoch, err, n);
-done:
-    for (uint32_t i = 0; m && i < registered; i++) {
+    batch_meta cur, nxt;
+    int slot, have_cur, ended;
+    char why[2048];
+} train_run;
+
+/* The views travel from the loader's rings: page-locked once (DMA on a GPU). */
+static void register_rings(train_run *r)
+{
+    for (; r->registered < r->li->workers; r->registered++) {
         void *base;
         size_t bytes;
-        amdim_loader_ring_memory(l, i, &base, &bytes);
-        amdim_model_unregister_host(m, base);
+        amdim_loader_ring_memory(r->l, r->registered, &base, &bytes);
+        if (amdim_model_register_host(r->m, base, bytes)) {
+            fprintf(stderr, "amdim-train: warning: ring %u stays pageable (%s); copies to the device are slower\n",
+                    r->registered, amdim_model_error(r->m));
+            break;
+        }
     }
-    if (mout) {
-        int s2 = amdim_output_close(mout, why, sizeof why);
+}
+
+/* The model, agreed by every rank and started from rank 0's state, its
+ * compute threads and the rings it reads. */
+static int run_prepare(train_run *r, char *err, size_t n)
+{
+    const amdim_train_options *o = r->o;
+    int st;
+    if ((st = amdim_run_plan_configure(o, r->li, &r->plan, err, n)) ||
+        (st = amdim_run_plan_model(o, r->li, &r->plan, &r->m, err, n)) ||
+        (st = ranks_agree(o, r->li, &r->plan, r->m, err, n)))
+        return st;
+    /* every rank starts from rank 0's state, whatever each read */
+    if ((st = amdim_model_bcast_state(r->m, 0)))
+        return amdim_fail(err, n, st, "%s", amdim_model_error(r->m));
+    /* compute threads: the cores the loader's workers leave, at least one */
+    int threads = o->threads > 0 ? o->threads : amdim_cpu_count() - (int)r->li->workers;
+    r->threads = threads < 1 ? 1 : threads;
+    if ((st = amdim_model_set_threads(r->m, r->threads)))
+        return amdim_fail(err, n, st, "%s", amdim_model_error(r->m));
+    register_rings(r);
+    return AMDIM_OK;
+}
+
+/* Rank 0's metrics.jsonl: a new run starts it afresh; a resumed one
+ * continues it from its checkpoint's step. */
+static int open_metrics(train_run *r, char *err, size_t n)
+{
+    if (!r->rank0)
+        return AMDIM_OK;
+    char mpath[4300];
+    snprintf(mpath, sizeof mpath, "%s/metrics.jsonl", r->plan.dir);
+    struct stat sb;
+    if (!r->plan.resuming && stat(mpath, &sb) == 0 && S_ISREG(sb.st_mode) && truncate(mpath, 0) != 0)
+        return amdim_fail(err, n, AMDIM_E_IO, "cannot truncate %s: %s", mpath, strerror(errno));
+    int st;
+    if ((r->plan.resuming && (st = amdim_metrics_trim(mpath, r->plan.ci.step, err, n))) ||
+        (st = amdim_output_open(&r->metrics, mpath, AMDIM_OUTPUT_APPEND, err, n)))
+        return st;
+    r->mout = &r->metrics;
+    return AMDIM_OK;
+}
+
+/* Rank 0's opening lines: the group, then the run's configuration. */
+static void print_banner(const train_run *r)
+{
+    const amdim_model_config *cfg = &r->plan.cfg;
+    const amdim_loader_info *li = r->li;
+    uint32_t global_batch = li->batch * (uint32_t)r->ranks;
+    static const char *objn[] = {"nce", "jsd", "dv"};
+    if (!r->rank0)
+        return;
+    if (r->ranks > 1)
+        fprintf(stderr, "amdim-train: %d ranks, %u pairs each of every global batch of %u; BatchNorm statistics %s\n",
+                r->ranks, li->batch, global_batch,
+                r->o->comm->sync_bn ? "over the global batch (--sync-bn)" : "per rank");
+    fprintf(stderr,
+            "amdim-train: %s %s: device %s %s (%d compute thread%s beside %u loader worker%s), %d px encoder ndf %d "
+            "n_rkhs %d depth %d use_bn %d, objective %s, tclip %g, %d classes, batch %u, lr %g (warm-up %d, x%g at "
+            "epochs",
+            r->plan.resuming ? "resuming" : r->plan.probes ? "classifier phase" : "run", r->plan.dir,
+            amdim_device_name(amdim_model_device(r->m)), amdim_precision_name(amdim_model_precision(r->m)), r->threads,
+            r->threads == 1 ? "" : "s", li->workers, li->workers == 1 ? "" : "s", cfg->encoder_size, cfg->ndf,
+            cfg->n_rkhs, cfg->n_depth, cfg->use_bn, objn[cfg->objective], cfg->tclip, cfg->n_classes, global_batch,
+            cfg->lr, cfg->warmup, cfg->lr_decay);
+    for (int i = 0; i < cfg->n_milestones; i++)
+        fprintf(stderr, " %d", cfg->milestones[i]);
+    fprintf(stderr, ")");
+    if (cfg->mixtures > 1)
+        fprintf(stderr, ", mixtures %d (tau %g, entropy weight %g), probes on %s", cfg->mixtures, cfg->mix_tau,
+                cfg->mix_entropy, cfg->probe_features ? "the mixture mean" : "r1");
+    fprintf(stderr, ", seed %llu, from epoch %llu batch %llu (step %llu)%s\n", (unsigned long long)li->seed,
+            (unsigned long long)li->start_epoch, (unsigned long long)li->start_batch,
+            (unsigned long long)amdim_model_updates(r->m), r->plan.ci.max_steps > 0 ? ", step-limited" : "");
+}
+
+/* The loop's starting point: the step count, the live line, the interval. */
+static void loop_begin(train_run *r)
+{
+    amdim_checkpoint_info *ci = &r->plan.ci;
+    amdim_progress_init(&r->live, stderr, "amdim-train", "steps", 0);
+    r->live.is_tty = r->live.is_tty && r->rank0;
+    r->first_step = amdim_model_updates(r->m);
+    r->total_steps = 0;
+    if (ci->max_steps >= 0)
+        r->total_steps = (uint64_t)ci->max_steps - r->first_step;
+    else if (r->li->epochs > 0)
+        r->total_steps = r->li->epochs * r->li->batches_per_epoch - r->li->start_batch;
+    memset(&r->iv, 0, sizeof r->iv);
+    r->iv.t0 = amdim_now();
+    r->epoch = r->li->start_epoch;
+    r->last_ckpt = UINT64_MAX;
+    ci->next_epoch = r->li->start_epoch;
+    ci->next_batch = r->li->start_batch;
+}
+
+static int step_limit_reached(const train_run *r, uint64_t ahead)
+{
+    return r->plan.ci.max_steps >= 0 && amdim_model_updates(r->m) + ahead >= (uint64_t)r->plan.ci.max_steps;
+}
+
+/* One training step on the current batch, the next one's copy beside it:
+ * 0, 1 when the loader has delivered every epoch, or a status. *last and
+ * *pairs describe the batch the step trained on. */
+static int step_once(train_run *r, amdim_step_stats *s, int *last, uint32_t *pairs, char *err, size_t n)
+{
+    amdim_checkpoint_info *ci = &r->plan.ci;
+    int rc;
+    if (!r->have_cur) { /* the first batch: nothing to overlap with */
+        if (r->ended || (rc = take_batch(r->l, r->m, r->slot, &r->held, 1, err, n)) == 1)
+            return 1;
+        if (rc)
+            return rc;
+        r->cur = meta_of(&r->held);
+    }
+    /* the next batch, unless this step is the last one allowed */
+    int ahead = 0;
+    if (!r->ended && !step_limit_reached(r, 1)) {
+        rc = take_batch(r->l, r->m, 1 - r->slot, &r->held, 0, err, n);
+        if (rc < 0)
+            return rc;
+        r->ended = rc == 1;
+        ahead = rc == 0;
+        if (ahead)
+            r->nxt = meta_of(&r->held);
+    }
+    r->epoch = r->cur.epoch;
+    watch(r->o, AMDIM_WATCH_STEP, 1);
+    rc = r->plan.probes ? amdim_model_train_probes_step_staged(r->m, r->slot, (int)r->cur.epoch, s)
+                        : amdim_model_train_step_staged(r->m, r->slot, (int)r->cur.epoch, s);
+    watch(r->o, AMDIM_WATCH_STEP, 0);
+    if (ahead) { /* its copy ran beside the step: the loader may have the slot back */
+        int rw = amdim_model_stage_wait(r->m, 1 - r->slot);
+        amdim_loader_release(r->l, &r->held);
+        if (rw && !rc)
+            rc = rw;
+    }
+    *last = r->cur.last;
+    ci->next_epoch = *last ? r->cur.epoch + 1 : r->cur.epoch;
+    ci->next_batch = *last ? 0 : r->cur.index + 1;
+    *pairs = r->cur.count;
+    r->cur = r->nxt;
+    r->have_cur = ahead;
+    r->slot = 1 - r->slot;
+    if (rc)
+        return amdim_fail(err, n, rc, "%s", amdim_model_error(r->m));
+    if (!isfinite(s->total))
+        return amdim_fail(err, n, AMDIM_E_INVALID, "the loss became %g at step %llu (epoch %llu); stopping", s->total,
+                          (unsigned long long)amdim_model_updates(r->m), (unsigned long long)r->epoch);
+    return AMDIM_OK;
+}
+
+static int log_now(train_run *r, char *err, size_t n)
+{
+    return amdim_metrics_log_interval(r->mout, &r->iv, r->m, r->epoch, amdim_loader_wait_seconds(r->l), r->plan.probes, err, n);
+}
+
+/* An epoch's end: its last interval, rank 0's evaluation, whose refreshed
+ * BatchNorm statistics go to every rank - which wait for them without the
+ * watchdog counting. */
+static int epoch_end(train_run *r, char *err, size_t n)
+{
+    int st;
+    if (r->iv.steps && (st = log_now(r, err, n)))
+        return st;
+    watch(r->o, AMDIM_WATCH_HOLD, 1);
+    st = r->rank0 ? evaluate(r->o, r->m, r->li->preset, r->mout, r->epoch, err, n) : AMDIM_OK;
+    if (st == AMDIM_OK && (st = amdim_model_bcast_state(r->m, 0)))
+        amdim_fail(err, n, st, "%s", amdim_model_error(r->m));
+    watch(r->o, AMDIM_WATCH_HOLD, 0);
+    return st;
+}
+
+/* What follows a step: its figures into the interval, the logs, and at
+ * an epoch's end or every --checkpoint-every steps the replicas' check,
+ * the evaluation and a checkpoint. */
+static int after_step(train_run *r, const amdim_step_stats *s, int last, uint32_t pairs, char *err, size_t n)
+{
+    const amdim_train_options *o = r->o;
+    int st;
+    amdim_metrics_interval_add(&r->iv, s, pairs, r->ranks);
+    uint64_t step = amdim_model_updates(r->m);
+    if (step == r->first_step + 1 && (st = amdim_metrics_log_algorithms(r->mout, r->m, err, n)))
+        return st;
+    int log_due = o->log_every > 0 && step % (uint64_t)o->log_every == 0;
+    int ckpt_due = !last && o->ckpt_every > 0 && step % (uint64_t)o->ckpt_every == 0;
+    if (log_due || last || ckpt_due)
+        amdim_progress_clear(&r->live); /* lines print under the live line */
+    else if (r->live.is_tty)
+        amdim_progress_update(&r->live, step - r->first_step, r->total_steps);
+    if (log_due && (st = log_now(r, err, n)))
+        return st;
+    if ((last || ckpt_due) && (st = amdim_model_check_replicas(r->m)))
+        return amdim_fail(err, n, st, "%s", amdim_model_error(r->m));
+    if (last && (st = epoch_end(r, err, n)))
+        return st;
+    if (last || ckpt_due) {
+        /* a failed save (disk full) is reported and training goes on; a diverged model stops */
+        int s2 = r->rank0 ? save(r->plan.dir, r->m, &r->plan.ci, o->keep, r->why, sizeof r->why) : AMDIM_OK;
+        if (s2 == AMDIM_OK)
+            r->last_ckpt = step;
+        else if (s2 == AMDIM_E_INVALID)
+            return amdim_fail(err, n, s2, "%s", r->why);
+    }
+    return AMDIM_OK;
+}
+
+/* Steps until the loader ends, the step limit, a stop request or a failure. */
+static int train_loop(train_run *r, char *err, size_t n)
+{
+    for (;;) {
+        int stop = cancelled(r->o, err, n);
+        if (stop < 0)
+            return stop;
+        if (stop)
+            return amdim_fail(err, n, AMDIM_E_CANCELLED, "interrupted");
+        if (step_limit_reached(r, 0))
+            return AMDIM_OK;
+        amdim_step_stats s;
+        int last;
+        uint32_t pairs;
+        int rc = step_once(r, &s, &last, &pairs, err, n);
+        if (rc == 1)
+            return AMDIM_OK;
+        if (rc || (rc = after_step(r, &s, last, pairs, err, n)))
+            return rc;
+    }
+}
+
+/* After the loop (st its outcome): the last interval, a checkpoint - before
+ * the final evaluation, so a run stopped here and resumed continues from
+ * exactly the state an unbroken run has - and the evaluation. */
+static int run_finish(train_run *r, int st, char *err, size_t n)
+{
+    amdim_progress_clear(&r->live);
+    if (r->iv.steps && st != AMDIM_E_IO) {
+        int s2 = log_now(r, r->why, sizeof r->why);
         if (s2 && st == AMDIM_OK)
-            st = amdim_fail(err, n, s2, "%s", why);
+            st = amdim_fail(err, n, s2, "%s", r->why);
     }
-    amdim_model_destroy(m);
-    amdim_loader_close(l);
-    amdim_run_plan_end(&plan);
+    uint64_t step = amdim_model_updates(r->m);
+    if (r->rank0 && (st == AMDIM_OK || st == AMDIM_E_CANCELLED) && r->last_ckpt != step) {
+        int s2 = save(r->plan.dir, r->m, &r->plan.ci, r->o->keep, r->why, sizeof r->why);
+        if (s2 && st == AMDIM_OK)
+            st = amdim_fail(err, n, s2, "final checkpoint: %s", r->why);
+        else if (s2 == AMDIM_OK)
+            fprintf(stderr, "amdim-train: checkpoint at step %llu in %s\n", (unsigned long long)step, r->plan.dir);
+    }
+    if (r->rank0 && st == AMDIM_OK && r->last_ckpt != step)
+        st = evaluate(r->o, r->m, r->li->preset, r->mout, r->epoch, err, n);
+    return st;
+}
+
+/* Gives back what the run holds; st stays unless it was OK and closing
+ * the metrics file failed. */
+static int run_close(train_run *r, int st, char *err, size_t n)
+{
+    for (uint32_t i = 0; r->m && i < r->registered; i++) {
+        void *base;
+        size_t bytes;
+        amdim_loader_ring_memory(r->l, i, &base, &bytes);
+        amdim_model_unregister_host(r->m, base);
+    }
+    if (r->mout) {
+        int s2 = amdim_output_close(r->mout, r->why, sizeof r->why);
+        if (s2 && st == AMDIM_OK)
+            st = amdim_fail(err, n, s2, "%s", r->why);
+    }
+    amdim_model_destroy(r->m);
+    amdim_loader_close(r->l);
+    amdim_run_plan_end(&r->plan);
+    return st;
+}
+
+int amdim_train_run(const amdim_train_options *o, char *err, size_t n)
+{
+    train_run *r = calloc(1, sizeof *r);
+    if (!r)
+        return amdim_fail(err, n, AMDIM_E_NOMEM, "out of memory");
+    r->o = o;
+    r->metrics.fd = -1;
+    amdim_loader_request req;
+    int st = amdim_run_plan_begin(o, &r->plan, &req, err, n);
+    if (st) {
+        free(r);
+        return st;
+    }
+    if ((st = amdim_loader_attach(&r->l, o->in_fd, &req, r->why, sizeof r->why))) {
+        amdim_run_plan_end(&r->plan);
+        st = amdim_fail(err, n, st, "attaching to amdim-load: %s", r->why);
+        free(r);
+        return st;
+    }
+    r->li = amdim_loader_get_info(r->l);
+    r->rank0 = !o->comm || o->comm->rank == 0;
+    r->ranks = o->comm ? o->comm->size : 1;
+    if ((st = run_prepare(r, err, n)) == AMDIM_OK && (st = open_metrics(r, err, n)) == AMDIM_OK) {
+        print_banner(r);
+        loop_begin(r);
+        st = run_finish(r, train_loop(r, err, n), err, n);
+    }
+    st = run_close(r, st, err, n);
+    free(r);
     return st;
 }

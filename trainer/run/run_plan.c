@@ -223,11 +223,10 @@ static int check_eval_data(const amdim_train_options *o, const amdim_loader_info
     return st;
 }
 
-int amdim_run_plan_configure(const amdim_train_options *o, const amdim_loader_info *li, amdim_run_plan *p, char *err, size_t n)
+/* What amdim-load delivers fits this rank and the flags: its shard, batch and view size. */
+static int check_loader(const amdim_train_options *o, const amdim_loader_info *li, char *err, size_t n)
 {
-    amdim_model_config *cfg = &p->cfg;
-    amdim_checkpoint_info *ci = &p->ci;
-    int st, size = o->comm ? o->comm->size : 1, rank = o->comm ? o->comm->rank : 0;
+    int size = o->comm ? o->comm->size : 1, rank = o->comm ? o->comm->rank : 0;
     uint32_t batch = li->batch * li->shard_size; /* the global batch */
     if ((int)li->shard_size != size || (int)li->shard_rank != rank)
         return amdim_fail(err, n, AMDIM_E_INVALID,
@@ -241,6 +240,79 @@ int amdim_run_plan_configure(const amdim_train_options *o, const amdim_loader_in
     if (li->size != 32 && li->size != 64 && li->size != 128)
         return amdim_fail(err, n, AMDIM_E_INVALID, "amdim-load makes %ux%u views; the encoders take 32, 64 or 128 px",
                           li->size, li->size);
+    return AMDIM_OK;
+}
+
+/* The classifier phase: the encoder's configuration from --init, the
+ * probes' own options from the flags. */
+static int configure_probes(const amdim_train_options *o, const amdim_loader_info *li, amdim_run_plan *p, char *err,
+                            size_t n)
+{
+    amdim_model_config *cfg = &p->cfg;
+    amdim_checkpoint_info pi, *ci = &p->ci;
+    char why[2048];
+    int st = amdim_checkpoint_read_meta(o->init_path, cfg, &pi, why, sizeof why);
+    if (st)
+        return amdim_fail(err, n, st, "%s", why);
+    if (cfg->encoder_size != (int)li->size)
+        return amdim_fail(err, n, AMDIM_E_INVALID,
+                          "the encoder in %s takes %d px images, amdim-load delivers %u px (preset %s)", o->init_path,
+                          cfg->encoder_size, li->size, li->preset);
+    if (o->model.n_classes > 0 || li->classes > 0)
+        cfg->n_classes = o->model.n_classes > 0 ? o->model.n_classes : (int)li->classes;
+    if (o->model.lr > 0)
+        cfg->lr = o->model.lr;
+    if (o->model.warmup >= 0)
+        cfg->warmup = o->model.warmup;
+    if (o->model.probe_features >= 0) /* the probes start afresh: they may read other features */
+        cfg->probe_features = o->model.probe_features;
+    ci->seed = li->seed;
+    ci->epochs = o->epochs > 0 ? o->epochs : (int64_t)li->epochs;
+    ci->max_steps = o->steps;
+    return AMDIM_OK;
+}
+
+/* A new run: the defaults for the view size, the flags over them, the preset's schedule and normalisation. */
+static void configure_new(const amdim_train_options *o, const amdim_loader_info *li, amdim_run_plan *p)
+{
+    amdim_model_config *cfg = &p->cfg;
+    amdim_model_config_default(cfg, (int)li->size);
+    const amdim_model_overrides *v = &o->model;
+    if (v->ndf > 0) cfg->ndf = v->ndf;
+    if (v->n_rkhs > 0) cfg->n_rkhs = v->n_rkhs;
+    if (v->n_depth > 0) cfg->n_depth = v->n_depth;
+    if (v->use_bn >= 0) cfg->use_bn = v->use_bn;
+    if (v->objective >= 0) cfg->objective = v->objective;
+    if (v->tclip > 0) cfg->tclip = v->tclip;
+    if (v->lr > 0) cfg->lr = v->lr;
+    if (v->warmup >= 0) cfg->warmup = v->warmup;
+    if (v->mixtures > 0) cfg->mixtures = v->mixtures;
+    if (v->mix_tau > 0) cfg->mix_tau = v->mix_tau;
+    if (v->mix_entropy >= 0) cfg->mix_entropy = v->mix_entropy;
+    if (v->probe_features >= 0) cfg->probe_features = v->probe_features;
+    cfg->n_classes = v->n_classes > 0 ? v->n_classes : li->classes > 0 ? (int)li->classes : 1;
+    if (strcmp(li->preset, "imagenet") == 0) { /* [30, 45] of 50 epochs */
+        cfg->milestones[0] = 30;
+        cfg->milestones[1] = 45;
+    }
+    amdim_augment_config ac;
+    amdim_augment_preset(li->preset, &ac);
+    memcpy(cfg->mean, ac.mean, sizeof cfg->mean);
+    memcpy(cfg->std, ac.std, sizeof cfg->std);
+    cfg->seed = li->seed;
+    p->ci.seed = li->seed;
+    p->ci.epochs = o->epochs > 0 ? o->epochs : (o->steps >= 0 ? -1 : (int64_t)li->epochs);
+    p->ci.max_steps = o->steps;
+}
+
+int amdim_run_plan_configure(const amdim_train_options *o, const amdim_loader_info *li, amdim_run_plan *p, char *err, size_t n)
+{
+    amdim_model_config *cfg = &p->cfg;
+    amdim_checkpoint_info *ci = &p->ci;
+    int st, size = o->comm ? o->comm->size : 1;
+    uint32_t batch = li->batch * li->shard_size; /* the global batch */
+    if ((st = check_loader(o, li, err, n)))
+        return st;
     if (p->resuming) {
         if (cfg->encoder_size != (int)li->size || (ci->batch && (uint32_t)ci->batch != batch) ||
             strcmp(ci->preset, li->preset) != 0)
@@ -248,54 +320,10 @@ int amdim_run_plan_configure(const amdim_train_options *o, const amdim_loader_in
                               "the checkpoint %s was trained on %s preset %d px views in batches of %d, but amdim-load now delivers %s %u px in batches of %u",
                               p->ckpt, ci->preset, cfg->encoder_size, ci->batch, li->preset, li->size, batch);
     } else if (p->probes) {
-        amdim_checkpoint_info pi;
-        char why[2048];
-        if ((st = amdim_checkpoint_read_meta(o->init_path, cfg, &pi, why, sizeof why)))
-            return amdim_fail(err, n, st, "%s", why);
-        if (cfg->encoder_size != (int)li->size)
-            return amdim_fail(err, n, AMDIM_E_INVALID,
-                              "the encoder in %s takes %d px images, amdim-load delivers %u px (preset %s)",
-                              o->init_path, cfg->encoder_size, li->size, li->preset);
-        if (o->model.n_classes > 0 || li->classes > 0)
-            cfg->n_classes = o->model.n_classes > 0 ? o->model.n_classes : (int)li->classes;
-        if (o->model.lr > 0)
-            cfg->lr = o->model.lr;
-        if (o->model.warmup >= 0)
-            cfg->warmup = o->model.warmup;
-        if (o->model.probe_features >= 0) /* the probes start afresh: they may read other features */
-            cfg->probe_features = o->model.probe_features;
-        ci->seed = li->seed;
-        ci->epochs = o->epochs > 0 ? o->epochs : (int64_t)li->epochs;
-        ci->max_steps = o->steps;
-    } else {
-        amdim_model_config_default(cfg, (int)li->size);
-        const amdim_model_overrides *v = &o->model;
-        if (v->ndf > 0) cfg->ndf = v->ndf;
-        if (v->n_rkhs > 0) cfg->n_rkhs = v->n_rkhs;
-        if (v->n_depth > 0) cfg->n_depth = v->n_depth;
-        if (v->use_bn >= 0) cfg->use_bn = v->use_bn;
-        if (v->objective >= 0) cfg->objective = v->objective;
-        if (v->tclip > 0) cfg->tclip = v->tclip;
-        if (v->lr > 0) cfg->lr = v->lr;
-        if (v->warmup >= 0) cfg->warmup = v->warmup;
-        if (v->mixtures > 0) cfg->mixtures = v->mixtures;
-        if (v->mix_tau > 0) cfg->mix_tau = v->mix_tau;
-        if (v->mix_entropy >= 0) cfg->mix_entropy = v->mix_entropy;
-        if (v->probe_features >= 0) cfg->probe_features = v->probe_features;
-        cfg->n_classes = v->n_classes > 0 ? v->n_classes : li->classes > 0 ? (int)li->classes : 1;
-        if (strcmp(li->preset, "imagenet") == 0) { /* [30, 45] of 50 epochs */
-            cfg->milestones[0] = 30;
-            cfg->milestones[1] = 45;
-        }
-        amdim_augment_config ac;
-        amdim_augment_preset(li->preset, &ac);
-        memcpy(cfg->mean, ac.mean, sizeof cfg->mean);
-        memcpy(cfg->std, ac.std, sizeof cfg->std);
-        cfg->seed = li->seed;
-        ci->seed = li->seed;
-        ci->epochs = o->epochs > 0 ? o->epochs : (o->steps >= 0 ? -1 : (int64_t)li->epochs);
-        ci->max_steps = o->steps;
-    }
+        if ((st = configure_probes(o, li, p, err, n)))
+            return st;
+    } else
+        configure_new(o, li, p);
     /* --classes below the data's classes: labels from there on would train as unlabelled */
     if (!p->resuming && o->model.n_classes > 0 && li->classes > o->model.n_classes && !o->allow_fewer_classes)
         return amdim_fail(err, n, AMDIM_E_INVALID,
