@@ -136,4 +136,29 @@ int amdim_resize_bicubic_box(const uint8_t *src, int sw, int sh, int channels, c
                              const int clip[4], int mirror, uint8_t *dst, int dw, int dh, amdim_simd simd,
                              amdim_scratch *scratch);
 
+
+/* Drawing (draw.c) ------------------------------------------------------------ */
+
+/* Text in a 3x5 bitmap font (A-Z, a-z as A-Z, 0-9, '.', '/', '-', '%';
+ * anything else blank), each pixel scale x scale, 4 * scale apart, into an
+ * RGB image (width x height, clipped to it) at (x, y), the top left. */
+void amdim_draw_text(uint8_t *rgb, int width, int height, int x, int y, const char *s, const uint8_t color[3],
+                     int scale);
+/* An RGB image as a PNG file: 0 or AMDIM_E_IO ("writing PATH: why"). */
+int amdim_png_write_rgb(const char *path, const uint8_t *rgb, int width, int height, char *err, size_t n);
+
+/* A contact sheet of view pairs: 4 cells a row, each view 1 beside view 2
+ * (size x size RGB) with the label in white below. */
+typedef struct {
+    uint8_t *img;
+    int w, h, cell_w, cell_h, size, n, max;
+} amdim_sheet;
+/* Room for max pairs; 0 or AMDIM_E_NOMEM. */
+int amdim_sheet_init(amdim_sheet *s, int size, int max);
+/* Adds a pair: 1, or 0 when the sheet is full. */
+int amdim_sheet_add(amdim_sheet *s, const uint8_t *view1, const uint8_t *view2, int label);
+/* The rows drawn so far as a PNG: 0, AMDIM_E_EMPTY (no pair) or AMDIM_E_IO. */
+int amdim_sheet_write(const amdim_sheet *s, const char *path, char *err, size_t n);
+void amdim_sheet_free(amdim_sheet *s);
+
 #endif

@@ -1,16 +1,13 @@
-/* PIL-compatible bicubic resampling (the reference behaviour of
- * torchvision's PIL transforms). Written from the description of Pillow's
- * two-pass convolution resampler: per output pixel a window of source pixels
- * whose width grows with the downscale factor, float weights normalised to sum
- * to one and then rounded to 22-bit fixed point. */
+/* PIL-compatible bicubic resizing (the reference behaviour of
+ * torchvision's PIL transforms): the scratch it works in and the dispatch
+ * of its two passes to the plain C code (resample_scalar.c) or the SIMD
+ * versions (resample_avx2.c, resample_avx512.c). */
 #include "amdim_image.h"
 #include "resample_internal.h"
 
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
-
-#define BICUBIC_SUPPORT 2.0
 
 void amdim_scratch_free(amdim_scratch *s)
 {
@@ -33,117 +30,14 @@ static void *scratch_get(amdim_scratch *s, size_t n)
     return s->mem;
 }
 
-/* Pillow's bicubic kernel, a = -0.5 (the AVX2 version in
- * amdim_resample_weights_avx2 evaluates the same expressions). */
-static double bicubic(double x)
-{
-    const double a = -0.5;
-    if (x < 0)
-        x = -x;
-    if (x < 1)
-        return ((a + 2) * x - (a + 3)) * x * x + 1;
-    if (x < 2)
-        return (((x - 5) * x + 8) * x - 4) * a;
-    return 0;
-}
-
-/* Window size for resampling a span of in_size source pixels onto out_size. */
-static int window_size(double in_size, int out_size)
-{
-    double scale = in_size / out_size;
-    double filterscale = scale < 1.0 ? 1.0 : scale;
-    return (int)ceil(BICUBIC_SUPPORT * filterscale) * 2 + 1;
-}
-
-void amdim_resample_weights(double in0, double in_size, int limit, int out_size, int ksize, int *bounds,
-                            int32_t *kk, double *tmp)
-{
-    double scale = in_size / out_size;
-    double filterscale = scale < 1.0 ? 1.0 : scale;
-    double support = BICUBIC_SUPPORT * filterscale;
-    double ss = 1.0 / filterscale;
-    for (int xx = 0; xx < out_size; xx++) {
-        double center = in0 + (xx + 0.5) * scale;
-        int xmin = (int)(center - support + 0.5);
-        if (xmin < 0)
-            xmin = 0;
-        int xmax = (int)(center + support + 0.5);
-        if (xmax > limit)
-            xmax = limit;
-        xmax -= xmin;
-        double ww = 0.0;
-        for (int x = 0; x < xmax; x++) {
-            tmp[x] = bicubic((x + xmin - center + 0.5) * ss);
-            ww += tmp[x];
-        }
-        int32_t *k = kk + (size_t)xx * ksize;
-        for (int x = 0; x < ksize; x++) {
-            double w = x < xmax ? (ww != 0.0 ? tmp[x] / ww : tmp[x]) : 0.0;
-            k[x] = w < 0 ? (int32_t)(-0.5 + w * (1 << PRECISION_BITS))
-                         : (int32_t)(0.5 + w * (1 << PRECISION_BITS));
-        }
-        bounds[2 * xx] = xmin;
-        bounds[2 * xx + 1] = xmax;
-    }
-}
-
-static inline uint8_t clip8(int32_t v)
-{
-    v >>= PRECISION_BITS;
-    return v < 0 ? 0 : v > 255 ? 255 : (uint8_t)v;
-}
-
-/* ---- the passes: plain C (the oracle); AVX2 versions in resample_avx2.c -- */
-
-static void resample_rows_h(const amdim_resample_pass *p)
-{
-    const int C = p->channels;
-    const ptrdiff_t step = p->mirror ? -C : C;
-    for (int y = 0; y < p->rows; y++) {
-        const uint8_t *in = p->src + (size_t)y * p->src_stride;
-        uint8_t *out = p->dst + (size_t)y * p->dst_stride;
-        for (int xx = 0; xx < p->out_size; xx++) {
-            int xmin = p->bounds[2 * xx], xn = p->bounds[2 * xx + 1];
-            const int32_t *k = p->kk + (size_t)xx * p->ksize;
-            for (int c = 0; c < C; c++) {
-                int32_t ss = 1 << (PRECISION_BITS - 1);
-                for (int x = 0; x < xn; x++)
-                    ss += in[(xmin + x) * step + c] * k[x];
-                out[(size_t)xx * C + c] = clip8(ss);
-            }
-        }
-    }
-}
-
-void amdim_resample_v_row_scalar(const amdim_resample_pass *p, int yy)
-{
-    const int yn = p->bounds[2 * yy + 1];
-    const int32_t *k = p->kk + (size_t)yy * p->ksize;
-    const uint8_t *in = p->src + (size_t)p->bounds[2 * yy] * p->src_stride;
-    uint8_t *out = p->dst + (size_t)yy * p->dst_stride;
-    for (int xx = 0; xx < p->row_bytes; xx++) {
-        int32_t ss = 1 << (PRECISION_BITS - 1);
-        for (int y = 0; y < yn; y++)
-            ss += in[(size_t)y * p->src_stride + xx] * k[y];
-        out[xx] = clip8(ss);
-    }
-}
-
-static void resample_rows_v(const amdim_resample_pass *p)
-{
-    for (int yy = 0; yy < p->out_size; yy++)
-        amdim_resample_v_row_scalar(p, yy);
-}
-
-int amdim_resize_bicubic(const uint8_t *src, int sw, int sh, int channels, int x0, int y0, int cw,
-                         int ch, uint8_t *dst, int dw, int dh, amdim_scratch *scratch)
+int amdim_resize_bicubic(const uint8_t *src, int sw, int sh, int channels, int x0, int y0, int cw, int ch, uint8_t *dst,
+                         int dw, int dh, amdim_scratch *scratch)
 {
     if (cw <= 0 || ch <= 0)
         return AMDIM_E_INVALID;
     const double box[4] = {x0, y0, x0 + cw, y0 + ch};
     const int clip[4] = {x0, y0, x0 + cw, y0 + ch};
-    return amdim_resize_bicubic_box(src, sw, sh, channels, box, clip, 0, dst, dw, dh, AMDIM_SIMD_SCALAR,
-                                    scratch);
+    return amdim_resize_bicubic_box(src, sw, sh, channels, box, clip, 0, dst, dw, dh, AMDIM_SIMD_SCALAR, scratch);
 }
 
 /* n pixels of a source row from column x of the image, mirrored or not. */
@@ -157,123 +51,181 @@ static void copy_pixels(const uint8_t *row, int sw, int C, int x, int n, int mir
         memcpy(out + (size_t)i * C, row + (size_t)(sw - 1 - x - i) * C, (size_t)C);
 }
 
-int amdim_resize_bicubic_box(const uint8_t *src, int sw, int sh, int channels, const double box[4],
-                             const int clip[4], int mirror, uint8_t *dst, int dw, int dh, amdim_simd simd,
-                             amdim_scratch *scratch)
+/* The scratch of one resize: weights and bounds of both passes, 4 rows of
+ * doubles for the weight computation, the intermediate image (only the
+ * rows the vertical pass reads; padded rows for the AVX2 horizontal pass's
+ * transposition) and that pass's own scratch. */
+typedef struct {
+    int32_t *kk_h, *kk_v;
+    int *b_h, *b_v;
+    double *tmp;
+    uint8_t *mid;
+    size_t mid_stride;
+    void *aux;
+} resize_scratch;
+
+static int scratch_layout(amdim_scratch *scratch, int dw, int dh, int kh, int kv, int C, int lw, int lh, int avx2,
+                          resize_scratch *r)
 {
-    if (!src || !dst || channels < 1 || channels > 4 || dw <= 0 || dh <= 0 || clip[0] < 0 ||
-        clip[1] < 0 || clip[2] > sw || clip[3] > sh || clip[0] >= clip[2] || clip[1] >= clip[3] ||
-        !(box[0] >= clip[0] && box[1] >= clip[1] && box[2] <= clip[2] && box[3] <= clip[3] &&
-          box[0] < box[2] && box[1] < box[3]))
-        return AMDIM_E_INVALID;
-    const int C = channels;
-    const size_t src_stride = (size_t)sw * C;
-    const int cx = clip[0], cy = clip[1], lw = clip[2] - clip[0], lh = clip[3] - clip[1];
-    const double bx = box[0] - cx, by = box[1] - cy, bw = box[2] - box[0], bh = box[3] - box[1];
-    /* Pillow copies instead of filtering when a box edge is whole and the
-     * span equals the output size. */
-    int need_h = !(bw == dw && bx == floor(bx)), need_v = !(bh == dh && by == floor(by));
-    if (!need_h && !need_v) {
-        for (int y = 0; y < dh; y++)
-            copy_pixels(src + (size_t)(cy + (int)by + y) * src_stride, sw, C, cx + (int)bx, dw, mirror,
-                        dst + (size_t)y * dw * C);
-        return AMDIM_OK;
-    }
-    int kh = window_size(bw, dw), kv = window_size(bh, dh);
     int kmax = kh > kv ? kh : kv;
-    /* Scratch layout: weights and bounds of both passes, 4 rows of doubles
-     * for the weight computation, then the intermediate image. The horizontal
-     * pass produces only the rows the vertical pass reads. */
 #define ALIGN64(x) (((x) + 63) & ~(size_t)63)
     size_t off_kv = ALIGN64((size_t)dw * kh * sizeof(int32_t));
     size_t off_bh = off_kv + ALIGN64((size_t)dh * kv * sizeof(int32_t));
     size_t off_bv = off_bh + ALIGN64((size_t)dw * 2 * sizeof(int));
     size_t off_tmp = off_bv + ALIGN64((size_t)dh * 2 * sizeof(int));
-    int avx2 = simd >= AMDIM_SIMD_AVX2 && C == 3;
-    void (*weights)(double, double, int, int, int, int *, int32_t *, double *) =
-        simd >= AMDIM_SIMD_AVX2 ? amdim_resample_weights_avx2 : amdim_resample_weights;
-    /* the AVX2 horizontal pass writes rows padded for its transposition */
-    size_t mid_stride = avx2 ? amdim_resample_mid_stride(dw) : (size_t)dw * C;
+    r->mid_stride = avx2 ? amdim_resample_mid_stride(dw) : (size_t)dw * C;
     size_t off_img = off_tmp + ALIGN64((size_t)(4 * kmax + 8) * sizeof(double));
-    size_t off_aux = off_img + ALIGN64(mid_stride * lh + 64);
+    size_t off_aux = off_img + ALIGN64(r->mid_stride * lh + 64);
 #undef ALIGN64
     size_t aux_bytes = avx2 ? amdim_resample_h_aux_bytes(dw, lh, lw) : 0;
     uint8_t *mem = scratch_get(scratch, off_aux + aux_bytes);
     if (!mem)
         return AMDIM_E_NOMEM;
-    int32_t *kk_h = (int32_t *)mem, *kk_v = (int32_t *)(mem + off_kv);
-    int *b_h = (int *)(mem + off_bh), *b_v = (int *)(mem + off_bv);
-    double *tmp = (double *)(mem + off_tmp);
-    uint8_t *mid = mem + off_img;
-    void *aux = mem + off_aux;
+    r->kk_h = (int32_t *)mem;
+    r->kk_v = (int32_t *)(mem + off_kv);
+    r->b_h = (int *)(mem + off_bh);
+    r->b_v = (int *)(mem + off_bv);
+    r->tmp = (double *)(mem + off_tmp);
+    r->mid = mem + off_img;
+    r->aux = mem + off_aux;
+    return AMDIM_OK;
+}
 
+/* What one resize reads and writes, in clip coordinates. */
+typedef struct {
+    const uint8_t *src;
+    int sw, sh, C, cx, cy, lw, lh, mirror, dw, dh;
+    size_t src_stride;
+    double bx, by, bw, bh;
+    amdim_simd simd;
+    void (*weights)(double, double, int, int, int, int *, int32_t *, double *);
+} resize_job;
+
+/* The horizontal pass over clip rows [row_first, row_last) into the
+ * intermediate image, or the rows as they are (mirrored when asked):
+ * *vin, *vin_stride become the vertical pass's input. */
+static void horizontal(const resize_job *j, resize_scratch *r, int need_h, int kh, int row_first, int row_last,
+                       const uint8_t **vin, size_t *vin_stride)
+{
+    const int C = j->C;
+    if (need_h) {
+        j->weights(j->bx, j->bw, j->lw, j->dw, kh, r->b_h, r->kk_h, r->tmp);
+        /* src: clip column 0 of the first row, in the mirrored image if asked */
+        size_t col0 = j->mirror ? (size_t)(j->sw - 1 - j->cx) * C : (size_t)j->cx * C;
+        amdim_resample_pass p = {.src = j->src + (size_t)(j->cy + row_first) * j->src_stride + col0,
+                                 .mirror = j->mirror,
+                                 .src_stride = j->src_stride,
+                                 .src_end = j->src + (size_t)j->sh * j->src_stride,
+                                 .dst = r->mid,
+                                 .dst_stride = r->mid_stride,
+                                 .rows = row_last - row_first,
+                                 .out_size = j->dw,
+                                 .channels = C,
+                                 .row_bytes = j->dw * C,
+                                 .ksize = kh,
+                                 .bounds = r->b_h,
+                                 .kk = r->kk_h,
+                                 .aux = r->aux};
+        if (j->simd >= AMDIM_SIMD_AVX2 && C == 3)
+            amdim_resample_h_avx2(&p, j->simd == AMDIM_SIMD_AVX512);
+        else
+            amdim_resample_h_scalar(&p);
+        *vin = r->mid;
+        *vin_stride = r->mid_stride;
+    } else if (j->mirror) {
+        for (int y = 0; y < row_last - row_first; y++)
+            copy_pixels(j->src + (size_t)(j->cy + row_first + y) * j->src_stride, j->sw, C, j->cx + (int)j->bx, j->dw,
+                        1, r->mid + (size_t)y * r->mid_stride);
+        *vin = r->mid;
+        *vin_stride = r->mid_stride;
+    } else {
+        *vin = j->src + (size_t)(j->cy + row_first) * j->src_stride + (size_t)(j->cx + (int)j->bx) * C;
+        *vin_stride = j->src_stride;
+    }
+}
+
+/* The vertical pass from vin (its row 0 = clip row row_first) into dst. */
+static void vertical(const resize_job *j, resize_scratch *r, int kv, int row_first, const uint8_t *vin,
+                     size_t vin_stride, uint8_t *dst)
+{
+    for (int yy = 0; yy < j->dh; yy++)
+        r->b_v[2 * yy] -= row_first;
+    amdim_resample_pass p = {.src = vin,
+                             .src_stride = vin_stride,
+                             .dst = dst,
+                             .dst_stride = (size_t)j->dw * j->C,
+                             .out_size = j->dh,
+                             .channels = j->C,
+                             .row_bytes = j->dw * j->C,
+                             .ksize = kv,
+                             .bounds = r->b_v,
+                             .kk = r->kk_v};
+    if (j->simd == AMDIM_SIMD_AVX512)
+        amdim_resample_v_avx512(&p);
+    else if (j->simd == AMDIM_SIMD_AVX2)
+        amdim_resample_v_avx2(&p);
+    else
+        amdim_resample_v_scalar(&p);
+}
+
+int amdim_resize_bicubic_box(const uint8_t *src, int sw, int sh, int channels, const double box[4], const int clip[4],
+                             int mirror, uint8_t *dst, int dw, int dh, amdim_simd simd, amdim_scratch *scratch)
+{
+    if (!src || !dst || channels < 1 || channels > 4 || dw <= 0 || dh <= 0 || clip[0] < 0 || clip[1] < 0 ||
+        clip[2] > sw || clip[3] > sh || clip[0] >= clip[2] || clip[1] >= clip[3] ||
+        !(box[0] >= clip[0] && box[1] >= clip[1] && box[2] <= clip[2] && box[3] <= clip[3] && box[0] < box[2] &&
+          box[1] < box[3]))
+        return AMDIM_E_INVALID;
+    const int C = channels;
+    resize_job j = {.src = src,
+                    .sw = sw,
+                    .sh = sh,
+                    .C = C,
+                    .cx = clip[0],
+                    .cy = clip[1],
+                    .lw = clip[2] - clip[0],
+                    .lh = clip[3] - clip[1],
+                    .mirror = mirror,
+                    .dw = dw,
+                    .dh = dh,
+                    .src_stride = (size_t)sw * C,
+                    .bx = box[0] - clip[0],
+                    .by = box[1] - clip[1],
+                    .bw = box[2] - box[0],
+                    .bh = box[3] - box[1],
+                    .simd = simd,
+                    .weights = simd >= AMDIM_SIMD_AVX2 ? amdim_resample_weights_avx2 : amdim_resample_weights};
+    /* Pillow copies instead of filtering when a box edge is whole and the
+     * span equals the output size. */
+    int need_h = !(j.bw == dw && j.bx == floor(j.bx)), need_v = !(j.bh == dh && j.by == floor(j.by));
+    if (!need_h && !need_v) {
+        for (int y = 0; y < dh; y++)
+            copy_pixels(src + (size_t)(j.cy + (int)j.by + y) * j.src_stride, sw, C, j.cx + (int)j.bx, dw, mirror,
+                        dst + (size_t)y * dw * C);
+        return AMDIM_OK;
+    }
+    int kh = amdim_resample_window(j.bw, dw), kv = amdim_resample_window(j.bh, dh);
+    resize_scratch r;
+    if (scratch_layout(scratch, dw, dh, kh, kv, C, j.lw, j.lh, simd >= AMDIM_SIMD_AVX2 && C == 3, &r))
+        return AMDIM_E_NOMEM;
+    /* the horizontal pass produces only the rows the vertical pass reads */
     int row_first, row_last;
     if (need_v) {
-        weights(by, bh, lh, dh, kv, b_v, kk_v, tmp);
-        row_first = b_v[0];
-        row_last = b_v[2 * (dh - 1)] + b_v[2 * (dh - 1) + 1];
+        j.weights(j.by, j.bh, j.lh, dh, kv, r.b_v, r.kk_v, r.tmp);
+        row_first = r.b_v[0];
+        row_last = r.b_v[2 * (dh - 1)] + r.b_v[2 * (dh - 1) + 1];
     } else {
-        row_first = (int)by;
+        row_first = (int)j.by;
         row_last = row_first + dh;
     }
-    const uint8_t *vin; /* input of the vertical pass, its row 0 = clip row row_first */
+    const uint8_t *vin;
     size_t vin_stride;
-    if (need_h) {
-        weights(bx, bw, lw, dw, kh, b_h, kk_h, tmp);
-        /* src: clip column 0 of the first row, in the mirrored image if asked */
-        size_t col0 = mirror ? (size_t)(sw - 1 - cx) * C : (size_t)cx * C;
-        amdim_resample_pass p = {.src = src + (size_t)(cy + row_first) * src_stride + col0,
-                                 .mirror = mirror,
-                                 .src_stride = src_stride,
-                                 .src_end = src + (size_t)sh * src_stride,
-                                 .dst = mid,
-                                 .dst_stride = mid_stride,
-                                 .rows = row_last - row_first,
-                                 .out_size = dw,
-                                 .channels = C,
-                                 .row_bytes = dw * C,
-                                 .ksize = kh,
-                                 .bounds = b_h,
-                                 .kk = kk_h,
-                                 .aux = aux};
-        if (avx2)
-            amdim_resample_h_avx2(&p, simd == AMDIM_SIMD_AVX512);
-        else
-            resample_rows_h(&p);
-        vin = mid;
-        vin_stride = mid_stride;
-    } else if (mirror) {
-        for (int y = 0; y < row_last - row_first; y++)
-            copy_pixels(src + (size_t)(cy + row_first + y) * src_stride, sw, C, cx + (int)bx, dw, 1,
-                        mid + (size_t)y * mid_stride);
-        vin = mid;
-        vin_stride = mid_stride;
-    } else {
-        vin = src + (size_t)(cy + row_first) * src_stride + (size_t)(cx + (int)bx) * C;
-        vin_stride = src_stride;
-    }
+    horizontal(&j, &r, need_h, kh, row_first, row_last, &vin, &vin_stride);
     if (!need_v) {
         for (int y = 0; y < dh; y++)
             memcpy(dst + (size_t)y * dw * C, vin + (size_t)y * vin_stride, (size_t)dw * C);
         return AMDIM_OK;
     }
-    for (int yy = 0; yy < dh; yy++)
-        b_v[2 * yy] -= row_first;
-    amdim_resample_pass p = {.src = vin,
-                             .src_stride = vin_stride,
-                             .dst = dst,
-                             .dst_stride = (size_t)dw * C,
-                             .out_size = dh,
-                             .channels = C,
-                             .row_bytes = dw * C,
-                             .ksize = kv,
-                             .bounds = b_v,
-                             .kk = kk_v};
-    if (simd == AMDIM_SIMD_AVX512)
-        amdim_resample_v_avx512(&p);
-    else if (simd == AMDIM_SIMD_AVX2)
-        amdim_resample_v_avx2(&p);
-    else
-        resample_rows_v(&p);
+    vertical(&j, &r, kv, row_first, vin, vin_stride, dst);
     return AMDIM_OK;
 }

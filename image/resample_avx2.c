@@ -8,7 +8,7 @@
 
 #include "resample_internal.h"
 
-/* bicubic(x) of resample.c for 4 lanes: both polynomial pieces, selected. */
+/* bicubic(x) of resample_scalar.c for 4 lanes: both polynomial pieces, selected. */
 static inline __m256d bicubic4(__m256d x)
 {
     const __m256d ax = _mm256_andnot_pd(_mm256_set1_pd(-0.0), x);
@@ -203,27 +203,6 @@ static inline __m256i filter32(const uint8_t *const *rows, const int32_t *w_hi, 
     }
     __m256i s0 = finish(h0, l0), s1 = finish(h1, l1), s2 = finish(h2, l2), s3 = finish(h3, l3);
     return _mm256_packus_epi16(_mm256_packs_epi32(s0, s1), _mm256_packs_epi32(s2, s3));
-}
-
-int amdim_resample_v_taps(const amdim_resample_pass *p, int yy, const uint8_t **rows, int32_t *w_hi, int32_t *w_lo)
-{
-    const int yn = p->bounds[2 * yy + 1];
-    const int32_t *k = p->kk + (size_t)yy * p->ksize;
-    const uint8_t *in = p->src + (size_t)p->bounds[2 * yy] * p->src_stride;
-    const int npairs = (yn + 1) / 2;
-    if (npairs > AMDIM_RESAMPLE_MAX_PAIRS)
-        return -1;
-    for (int t = 0; t < npairs; t++) {
-        int y0 = 2 * t, y1 = 2 * t + 1 < yn ? 2 * t + 1 : 2 * t; /* an odd last tap pairs with weight 0 */
-        int32_t k0 = k[y0], k1 = y1 != y0 ? k[y1] : 0;
-        rows[2 * t] = in + (size_t)y0 * p->src_stride;
-        rows[2 * t + 1] = in + (size_t)y1 * p->src_stride;
-        int32_t h0 = k0 >> AMDIM_RESAMPLE_SPLIT_BITS, h1 = k1 >> AMDIM_RESAMPLE_SPLIT_BITS;
-        int32_t l0 = k0 & ((1 << AMDIM_RESAMPLE_SPLIT_BITS) - 1), l1 = k1 & ((1 << AMDIM_RESAMPLE_SPLIT_BITS) - 1);
-        w_hi[t] = (int32_t)(((uint32_t)h1 << 16) | ((uint32_t)h0 & 0xFFFFu));
-        w_lo[t] = (int32_t)(((uint32_t)l1 << 16) | (uint32_t)l0);
-    }
-    return npairs;
 }
 
 /* Any channel count: rows are filtered as flat byte arrays, 32 bytes a step

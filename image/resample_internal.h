@@ -1,5 +1,7 @@
-/* Private to the image module: one resampling pass, shared by the plain C
- * oracle (resample.c) and its AVX2 version (resample_avx2.c). */
+/* Private to the image module: one resampling pass and its versions - the
+ * plain C oracle (resample_scalar.c), AVX2 (resample_avx2.c) and AVX-512
+ * (resample_avx512.c) - which resample.c dispatches to. The SIMD files
+ * call down into the plain C file only (for the rows they leave to it). */
 #ifndef AMDIM_RESAMPLE_INTERNAL_H
 #define AMDIM_RESAMPLE_INTERNAL_H
 
@@ -32,10 +34,16 @@ typedef struct {
  * relative to the clip origin. tmp holds 4 * ksize doubles. The AVX2
  * version does 4 outputs at a time with the same double operations in the
  * same order, so its weights are the same. */
+/* Pillow's window size for a span of in_size source pixels onto out_size. */
+int amdim_resample_window(double in_size, int out_size);
 void amdim_resample_weights(double in0, double in_size, int limit, int out_size, int ksize, int *bounds,
                             int32_t *kk, double *tmp);
 void amdim_resample_weights_avx2(double in0, double in_size, int limit, int out_size, int ksize, int *bounds,
                                  int32_t *kk, double *tmp);
+
+/* The plain C passes: horizontal (rows x out_size pixels), vertical. */
+void amdim_resample_h_scalar(const amdim_resample_pass *p);
+void amdim_resample_v_scalar(const amdim_resample_pass *p);
 
 /* Scratch bytes the AVX2 horizontal pass needs for rows x cols source pixels. */
 size_t amdim_resample_h_aux_bytes(int out_size, int rows, int cols);
@@ -52,8 +60,8 @@ void amdim_resample_v_avx2(const amdim_resample_pass *p);
  * fills the taps' source rows in pairs (an odd last tap pairs with weight
  * 0) and each pair's hi and lo halves as int16 pairs; it returns the number
  * of pairs, or -1 past AMDIM_RESAMPLE_MAX_PAIRS, where
- * amdim_resample_v_row_scalar (the oracle's vertical pass for one row,
- * resample.c) does the row. */
+ * amdim_resample_v_row_scalar (the oracle's vertical pass for one row)
+ * does the row; both in resample_scalar.c. */
 #define AMDIM_RESAMPLE_SPLIT_BITS 11
 #define AMDIM_RESAMPLE_MAX_PAIRS 64
 int amdim_resample_v_taps(const amdim_resample_pass *p, int yy, const uint8_t **rows, int32_t *w_hi, int32_t *w_lo);

@@ -156,6 +156,28 @@ int amdim_loader_parse_shard(const char *s, int *rank, int *size, char *err, siz
  * seed; out has room for `batch` entries; returns the count. */
 uint32_t amdim_loader_expected_records(amdim_loader *l, uint64_t epoch, uint64_t index, uint64_t *out);
 const char *amdim_loader_error(const amdim_loader *l);
+
+/* The delivery check (delivery.c; amdim-peek's): each batch received is
+ * compared with what the seed dictates (amdim_loader_expected_records),
+ * each record counted once per epoch, and everything delivered - epoch,
+ * index, labels, records, both views - folded into an FNV-1a digest, so
+ * two runs that delivered the same bytes have the same digest. */
+typedef struct {
+    uint64_t pairs, batches, epochs;
+    uint64_t duplicates; /* records received twice in one epoch */
+    uint64_t missing;    /* records of the epochs' received batches that never came */
+    uint64_t mismatched; /* batches not as the seed dictates (and records out of range) */
+    uint64_t digest;
+} amdim_delivery_counts;
+typedef struct amdim_delivery amdim_delivery;
+/* NULL when out of memory. */
+amdim_delivery *amdim_delivery_new(amdim_loader *l);
+/* Counts batch b (before amdim_loader_release); returns the batch's own digest. */
+uint64_t amdim_delivery_add(amdim_delivery *d, const amdim_batch *b);
+/* Ends the epoch being received and returns the counts. */
+amdim_delivery_counts amdim_delivery_finish(amdim_delivery *d);
+void amdim_delivery_free(amdim_delivery *d);
+
 /* Unmaps the rings and tells amdim-load the consumer is done: STOP (it
  * exits 0), or ABORT after amdim_loader_next failed (it exits 1).
  * Accepts NULL. */

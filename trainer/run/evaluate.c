@@ -4,7 +4,6 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
-#include <png.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -13,6 +12,7 @@
 
 #include "amdim_augment.h"
 #include "amdim_dataset.h"
+#include "amdim_image.h"
 #include "amdim_run.h"
 #include "output_internal.h"
 
@@ -241,16 +241,8 @@ int amdim_mixture_pictures(amdim_model *m, const char *path, const char *split, 
     test_batches_close(&t);
     if (st == AMDIM_OK && drawn == 0)
         st = amdim_fail(err, n, AMDIM_E_EMPTY, "split %s of %s has fewer than 2 images", split, path);
-    if (st == AMDIM_OK) {
-        png_image pi;
-        memset(&pi, 0, sizeof pi);
-        pi.version = PNG_IMAGE_VERSION;
-        pi.width = (png_uint_32)width;
-        pi.height = (png_uint_32)(drawn * (side + gap) + gap);
-        pi.format = PNG_FORMAT_RGB;
-        if (!png_image_write_to_file(&pi, png_path, 0, px, 0, NULL))
-            st = amdim_fail(err, n, AMDIM_E_IO, "writing %s: %s", png_path, pi.message);
-    }
+    if (st == AMDIM_OK)
+        st = amdim_png_write_rgb(png_path, px, width, drawn * (side + gap) + gap, err, n);
     free(px);
     free(win);
     return st;

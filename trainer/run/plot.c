@@ -1,29 +1,15 @@
 /* Renders a run's metrics.jsonl as a PNG: training losses (top) and probe
- * accuracies (bottom) over updates, with a tiny built-in 3x5 font. */
+ * accuracies (bottom) over updates, labelled in the image module's 3x5 font. */
 #include <math.h>
-#include <png.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "amdim_image.h"
 #include "amdim_run.h"
 
 #define W 960
 #define H 720
-
-/* 3x5 glyphs, rows top to bottom, 3 bits each (MSB = left). */
-static int glyph(char ch)
-{
-    static const char *chars = "ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789./-%";
-    static const unsigned short bits[] = {
-        0x2BED, 0x6BAE, 0x3923, 0x6B6E, 0x79A7, 0x79A4, 0x396B, 0x5BED, 0x7497, 0x126A, 0x5BAD, 0x4927, 0x5FED,
-        0x6B6D, 0x2B6A, 0x6BA4, 0x2B73, 0x6BAD, 0x388E, 0x7492, 0x5B6F, 0x5B6A, 0x5BFD, 0x5AAD, 0x5AA4, 0x72A7,
-        0x7B6F, 0x2C97, 0x73E7, 0x73CF, 0x5BC9, 0x79CF, 0x79EF, 0x7249, 0x7BEF, 0x7BCF, 0x0002, 0x12A4, 0x01C0, 0x4AA5};
-    if (ch >= 'a' && ch <= 'z')
-        ch = (char)(ch - 'a' + 'A');
-    const char *p = strchr(chars, ch);
-    return p && ch ? bits[p - chars] : 0;
-}
 
 typedef struct {
     uint8_t *px;
@@ -37,15 +23,7 @@ static void dot(canvas *c, int x, int y, const uint8_t *col)
 
 static void text(canvas *c, int x, int y, const char *s, const uint8_t *col, int scale)
 {
-    for (; *s; s++, x += 4 * scale) {
-        int g = glyph(*s);
-        for (int r = 0; r < 5; r++)
-            for (int k = 0; k < 3; k++)
-                if (g >> (14 - (r * 3 + k)) & 1)
-                    for (int dy = 0; dy < scale; dy++)
-                        for (int dx = 0; dx < scale; dx++)
-                            dot(c, x + k * scale + dx, y + r * scale + dy, col);
-    }
+    amdim_draw_text(c->px, W, H, x, y, s, col, scale);
 }
 
 static void line(canvas *c, int x0, int y0, int x1, int y1, const uint8_t *col)
@@ -194,17 +172,11 @@ int amdim_plot_metrics(const char *jsonl, const char *png_path, char *err, size_
     memset(c.px, 255, (size_t)W * H * 3);
     panel(&c, 50, 330, loss, 5, xmin, xmax, "LOSSES / UPDATES", 0);
     panel(&c, 410, 680, acc, 4, xmin, xmax, "PROBE ACCURACY / UPDATES", 1);
-    png_image pi;
-    memset(&pi, 0, sizeof pi);
-    pi.version = PNG_IMAGE_VERSION;
-    pi.width = W;
-    pi.height = H;
-    pi.format = PNG_FORMAT_RGB;
-    int ok = png_image_write_to_file(&pi, png_path, 0, c.px, 0, NULL);
+    int st = amdim_png_write_rgb(png_path, c.px, W, H, err, n);
     free(c.px);
     for (int i = 0; i < 5; i++)
         free(loss[i].x), free(loss[i].y);
     for (int i = 0; i < 4; i++)
         free(acc[i].x), free(acc[i].y);
-    return ok ? AMDIM_OK : amdim_fail(err, n, AMDIM_E_IO, "writing %s: %s", png_path, pi.message);
+    return st;
 }
