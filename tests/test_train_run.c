@@ -398,7 +398,7 @@ int main(int argc, char **argv)
         amdim_model_destroy(m2);
     }
 
-    /* Mixtures (K = 4, trainer/MIXTURES.md): 16 steps in one go equal 7 +
+    /* Mixtures (K = 4, docs/mixtures.md): 16 steps in one go equal 7 +
      * resume to 16 bit for bit (losses and checkpoint bytes); the
      * checkpoint holds the mixture tensors and settings; a classifier phase
      * on the mixture mean keeps them frozen; amdim-viz draws the components. */

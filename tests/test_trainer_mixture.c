@@ -1,4 +1,4 @@
-/* Mixture-based representations (trainer/MIXTURES.md) at the model level,
+/* Mixture-based representations (docs/mixtures.md) at the model level,
  * for a tiny configuration of each encoder size:
  *   - K = 1 is the plain model: the same tensors, and with the mixture
  *     knobs (tau, alpha) changed the same losses and gradients bit for bit

@@ -5,7 +5,7 @@
  * Adam steps (warm-up lr) with matching losses, weights and BatchNorm
  * running statistics. The output prints each worst error. A reference
  * with "mix" (K, tau, alpha, probe features) is a model with mixtures
- * (trainer/MIXTURES.md); its mixture entropy is compared as a loss term.
+ * (docs/mixtures.md); its mixture entropy is compared as a loss term.
  * Argument: a model_ref_*.bin.gz file. */
 #include <math.h>
 #include <stdlib.h>

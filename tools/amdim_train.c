@@ -50,7 +50,7 @@ static const char *usage_text =
     "      --objective nce|jsd|dv --lr X --warmup N --classes N\n"
     "      --allow-fewer-classes  accept --classes below the data's class count (labels from\n"
     "                          N up then train as unlabelled; refused otherwise)\n"
-    "Mixture-based representations (trainer/MIXTURES.md; CPU only for now):\n"
+    "Mixture-based representations (docs/mixtures.md; CPU only for now):\n"
     "      --mixtures K        K mixture features of r1 for the 1t5/1t7 directions, 1..16 (default 1: off)\n"
     "      --mix-tau X         assignment temperature, q = softmax(X * s) (default 1)\n"
     "      --mix-entropy X     weight of the assignment entropy in the reported objective, >= 0 (default 1)\n"

@@ -11,7 +11,7 @@ cd "$(dirname "$0")/.."
 steps=${AMDIM_DEMO_STEPS:-1200}        # AMDIM updates (batches of 100 pairs)
 probe_steps=${AMDIM_DEMO_PROBE_STEPS:-600}
 echo "demo: installs packages, builds, packs Fashion-MNIST, trains AMDIM for $steps steps on the CPU and"
-echo "demo: compares probes on it with a random encoder and raw pixels; under 15 minutes on a 2-core machine"
+echo "demo: compares probes on it with a random encoder and raw pixels: about 8 minutes on 2 cores once built"
 bash tools/install-deps.sh
 cmake -S . -B build -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
 cmake --build build -j "$(nproc)" >/dev/null

@@ -176,7 +176,7 @@ class EncoderHolder(nn.Module):
 
 
 class Mixture(nn.Module):
-    """The mixture function of trainer/MIXTURES.md (ours; the authors released
+    """The mixture function of docs/mixtures.md (ours; the authors released
     none): f (B, C) -> (K, B, C), component j = f + (fc2(ReLU(fc1(f))))_j,
     fc2's rows j C .. j C + C - 1 making component j."""
 
@@ -303,7 +303,7 @@ def step_losses(model, x1, x2, labels, idx1, idx2, masks=None, tclip=20.0, objec
     idx1/idx2: the 5x5 source location per image; masks: (mask_in,
     mask_hidden) for the MLP probe's dropout, or None for random dropout.
     A model with mixtures gives the 1t5 / 1t7 directions K mixture sources
-    (trainer/MIXTURES.md): terms gain mix_entropy (the sum over those
+    (docs/mixtures.md): terms gain mix_entropy (the sum over those
     directions of 0.5 mean H(q)), and total = the terms - mix_entropy * alpha
     (no gradient). probe_features "mixture-mean": the probes read the mean of
     the mixture features instead of r1.

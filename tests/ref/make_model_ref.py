@@ -10,7 +10,7 @@ random 5x5 source locations and the dropout masks, r1/r5/r7 of both views,
 each loss term and the total, every parameter gradient, and the losses and
 running statistics over 3 Adam steps. The 32 px configuration is also stored
 with the Jensen-Shannon and Donsker-Varadhan objectives, and with K = 4
-mixture-based representations (trainer/MIXTURES.md: tau 1.5, alpha 0.5, the
+mixture-based representations (docs/mixtures.md: tau 1.5, alpha 0.5, the
 probes on the mixture mean; "mix" holds K, tau, alpha, probe features).
 
 Run from the repository root:  /usr/bin/python3 tests/ref/make_model_ref.py

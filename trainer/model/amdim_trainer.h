@@ -37,7 +37,7 @@ typedef struct {
     int milestones[8], n_milestones;
     float mean[3], std[3];   /* input normalisation, 0..1 scale */
     uint64_t seed;           /* initialisation and per-step draws */
-    /* Mixture-based representations (trainer/MIXTURES.md): K mixture
+    /* Mixture-based representations (docs/mixtures.md): K mixture
      * features of each r1 source of the 1t5 / 1t7 directions; 1 = off (the
      * plain model: no mixture tensors, the plain losses bit for bit). */
     int mixtures;            /* K, 1..16 (default 1) */
@@ -194,7 +194,7 @@ int amdim_model_bcast_state(amdim_model *m, int root);
 int amdim_model_check_replicas(amdim_model *m);
 
 /* total = the loss terms - mix_entropy * alpha (the entropy bonus is
- * reported only: it carries no gradient, see trainer/MIXTURES.md). */
+ * reported only: it carries no gradient, see docs/mixtures.md). */
 typedef struct {
     double nce_1t5, nce_1t7, nce_5t5, reg, cls_mlp, cls_lin, total;
     double mix_entropy; /* sum over the mixture directions of 0.5 mean H(q); 0 when K = 1 */

@@ -22,7 +22,7 @@
 
 #define AMDIM_TENSOR_ALIGN 16
 
-/* SMALL: U(-0.01, 0.01) (the mixture's fc2 weight, see trainer/MIXTURES.md) */
+/* SMALL: U(-0.01, 0.01) (the mixture's fc2 weight, see docs/mixtures.md) */
 typedef enum { AMDIM_INIT_NONE, AMDIM_INIT_FAN_IN, AMDIM_INIT_ZERO, AMDIM_INIT_ONE, AMDIM_INIT_SHORTCUT,
                AMDIM_INIT_SMALL } amdim_init_kind;
 
@@ -74,7 +74,7 @@ typedef struct {
     amdim_bn_ref mlp_bn;
 } amdim_probes;
 
-/* The mixture function on r1 (mixtures > 1, trainer/MIXTURES.md):
+/* The mixture function on r1 (mixtures > 1, docs/mixtures.md):
  * h = ReLU(fc1 f + b1) (n_rkhs), out = fc2 h + b2 (K x n_rkhs), and
  * component j's feature f + out_j. Tensor indices, -1 when K = 1. */
 typedef struct {

@@ -22,7 +22,7 @@ void amdim_cpu_nce_scratch_free(amdim_cpu_nce_scratch *s);
  *   DV:  mean over i of logsumexp_neg(t) - log(#neg) - mean_l t_iil.
  * Writes *loss and *reg; adds the gradient of (wloss * loss + wreg * reg)
  * to dsrcT and dtgt (either NULL: not wanted; both NULL: forward only).
- * NCE only (NULL for the others), for the mixtures (trainer/MIXTURES.md):
+ * NCE only (NULL for the others), for the mixtures (docs/mixtures.md):
  *   weights (B, L): weight w_il of positive (i, l) in the loss, which
  *        becomes -(1 / BL) sum w_il lsm_il; NULL = 1 (bit for bit the plain loss);
  *   lsm (B, L): receives lsm_il = t_iil - log(e^t_iil + sum_neg e^t), the

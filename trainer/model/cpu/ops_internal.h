@@ -76,7 +76,7 @@ void amdim_cpu_batchnorm1d_forward_eval(const float *x, int n, int c, const amdi
 int amdim_cpu_batchnorm1d_backward(const float *x, int n, int c, const amdim_cpu_bn_params *p, const float *mean, const float *inv_std,
                           const float *dy, float *dx, amdim_cpu_op_scratch *scr);
 
-/* The mixture function (trainer/MIXTURES.md) on sources in the NCE layout
+/* The mixture function (docs/mixtures.md) on sources in the NCE layout
  * fT (R, B), column i = image i: h (R, B) = ReLU(W1 fT + b1), W1 (R, R);
  * mixT (K, R, B), component j = fT + (W2 h + b2)_j with W2 (K R, R), b2
  * (K R): rows j R .. j R + R - 1 of W2 h make component j. */
