@@ -4,7 +4,7 @@
 #
 #   tools/gpu-check.sh --package [DIR]   (here, where the Debian -dev packages are installed)
 #       copies the headers and shared libraries the build needs (libjpeg-turbo,
-#       LMDB, liburing, OpenBLAS, libpng, zlib, and pkg-config itself) into DIR
+#       LMDB, liburing, OpenBLAS, libpng, zlib, jansson, and pkg-config itself) into DIR
 #       (default gpu-deps/, git-ignored, at most 64 MiB) with .pc files of its
 #       own, so that it can travel with the tree (the device tool's `carry`).
 #   tools/gpu-check.sh OUTDIR            (on the GPU machine)
@@ -61,7 +61,7 @@ package() {
     # headers
     local h
     for h in turbojpeg.h jpeglib.h jerror.h jmorecfg.h jpegint.h lmdb.h liburing.h liburing png.h pngconf.h \
-             pnglibconf.h zlib.h zconf.h; do
+             pnglibconf.h zlib.h zconf.h jansson.h jansson_config.h; do
         [ -e "/usr/include/$h" ] || die "/usr/include/$h missing: run tools/install-deps.sh first"
         cp -rL "/usr/include/$h" "$dir/include/"
     done
@@ -88,7 +88,7 @@ package() {
         done
     }
     local libdir=/usr/lib/$arch name
-    for name in turbojpeg jpeg lmdb uring png16 z; do
+    for name in turbojpeg jpeg lmdb uring png16 z jansson; do
         [ -e "$libdir/lib$name.so" ] || die "$libdir/lib$name.so missing: run tools/install-deps.sh first"
         copy_lib "$libdir/lib$name.so"
     done
@@ -117,6 +117,7 @@ EOF
     pc openblas openblas
     pc libpng16 png16
     pc zlib z
+    pc jansson jansson
     local size
     size=$(du -sbL "$dir" | awk '{print $1}')
     echo "gpu-check: packaged $(find "$dir" -type f | wc -l) files, $((size >> 20)) MiB, into $dir"

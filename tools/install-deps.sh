@@ -10,6 +10,7 @@ packages=(
   liblmdb-dev lmdb-utils                  # the dataset file
   liburing-dev                            # loader reads
   libopenblas-dev                         # CPU trainer GEMMs
+  libjansson-dev                          # checkpoints' safetensors header (JSON)
   libopenmpi-dev openmpi-bin              # data-parallel training (MPI) and its tests
   libpng-dev zlib1g-dev                   # PNG inputs/outputs, gzipped IDX
   dataset-fashion-mnist                   # the demo's real dataset

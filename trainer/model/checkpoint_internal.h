@@ -1,5 +1,6 @@
 /* Private to the trainer and its tests and fuzzers: the checkpoint reader
- * on a buffer instead of a file. */
+ * on a buffer instead of a file, and a checkpoint's metadata
+ * (checkpoint_meta.c) for checkpoint.c. */
 #ifndef AMDIM_CHECKPOINT_INTERNAL_H
 #define AMDIM_CHECKPOINT_INTERNAL_H
 
@@ -7,6 +8,7 @@
 #include <stdint.h>
 
 #include "amdim_checkpoint.h"
+#include "safetensors_internal.h"
 
 /* Parses `size` bytes of a checkpoint's safetensors file (header, tensor
  * table, metadata: every value, the model it describes and that model's
@@ -16,5 +18,27 @@
  * or AMDIM_E_NOMEM with the reason in err. */
 int amdim_checkpoint_parse_buffer(const uint8_t *data, size_t size, const char *name, amdim_model_config *cfg,
                                   amdim_checkpoint_info *info, char *err, size_t n);
+
+/* A checkpoint's __metadata__ entries, in the order they are written
+ * (docs/spec.md 8.3); kv[i].value points into text[i]. */
+enum { AMDIM_CKPT_META_MAX = 40, AMDIM_CKPT_META_LEN = 128 };
+typedef struct {
+    amdim_safetensors_kv kv[AMDIM_CKPT_META_MAX];
+    char text[AMDIM_CKPT_META_MAX][AMDIM_CKPT_META_LEN];
+    int n;
+} amdim_checkpoint_meta;
+
+/* The metadata of a file of `kind` ("weights" or "optimizer") of the model
+ * c at the point `in` of its run; with weights_digest (the optimiser file)
+ * also weights_fnv1a64. */
+void amdim_checkpoint_meta_build(amdim_checkpoint_meta *m, const amdim_model_config *c, const amdim_checkpoint_info *in,
+                                 const char *kind, const uint64_t *weights_digest);
+/* Reads f's metadata back into c and in: the format and its version, every
+ * key a checkpoint has, each value parsed whole and range checked, and the
+ * model they describe, which this build must make and whose tensor data f
+ * must hold. Returns 0, AMDIM_E_CORRUPT or AMDIM_E_VERSION naming path and
+ * the key, or AMDIM_E_NOMEM. */
+int amdim_checkpoint_meta_parse(const amdim_safetensors_file *f, const char *path, amdim_model_config *c,
+                                amdim_checkpoint_info *in, char *err, size_t n);
 
 #endif
