@@ -1,17 +1,18 @@
-/* Enumerating the items of each source format, and reading raw items. */
+/* The packer's sources, common part: amdim_pack_source_open's dispatch to
+ * each format's opener, closing, item names, class-name files, and the
+ * sources whose items are image files: imagefolder (a tree of class
+ * directories) and list (Places205-style 'relative/path label' lines).
+ * The raw binary formats (CIFAR, STL-10, IDX) are in pack_source_raw.c. */
 #include "pack_source_internal.h"
 
 #include <ctype.h>
 #include <dirent.h>
 #include <errno.h>
-#include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
 #include <unistd.h>
-#include <zlib.h>
-
 
 /* ---- growable arrays ---------------------------------------------------- */
 
@@ -76,10 +77,7 @@ static void strvec_free(strvec *sv)
     memset(sv, 0, sizeof *sv);
 }
 
-static int cmp_str(const void *a, const void *b)
-{
-    return strcmp(*(char *const *)a, *(char *const *)b);
-}
+static int cmp_str(const void *a, const void *b) { return strcmp(*(char *const *)a, *(char *const *)b); }
 
 /* ---- class names -------------------------------------------------------- */
 
@@ -88,7 +86,7 @@ static int read_lines(amdim_pack_source *src, const char *path, strvec *out)
     FILE *f = fopen(path, "r");
     if (!f)
         return AMDIM_FAIL_IN(src, errno == ENOENT ? AMDIM_E_NOT_FOUND : AMDIM_E_IO, "cannot open %s: %s", path,
-                    strerror(errno));
+                             strerror(errno));
     char *line = NULL;
     size_t cap = 0;
     ssize_t len;
@@ -116,12 +114,20 @@ static int set_class_names(amdim_pack_source *src, strvec *names)
     return AMDIM_OK;
 }
 
-/* Loads the dataset's own class-name file from its directory if it is there
- * and names exactly `expected` classes; keeps none otherwise. */
-static int maybe_class_names(amdim_pack_source *src, const char *dir, const char *file, int32_t expected)
+/* path = dir/name, or AMDIM_E_INVALID when that does not fit (no path
+ * that long opens; a cut one could name another file). */
+static int join_path(amdim_pack_source *src, char *path, size_t n, const char *dir, const char *name)
+{
+    int len = snprintf(path, n, "%s/%s", dir, name);
+    if (len < 0 || (size_t)len >= n)
+        return AMDIM_FAIL_IN(src, AMDIM_E_INVALID, "path too long (%d bytes): %s/%s", len, dir, name);
+    return AMDIM_OK;
+}
+
+int amdim_pack_source_maybe_class_names(amdim_pack_source *src, const char *dir, const char *file, int32_t expected)
 {
     char path[4096];
-    snprintf(path, sizeof path, "%s/%s", dir, file);
+    AMDIM_TRY(join_path(src, path, sizeof path, dir, file));
     src->nclasses = expected;
     if (access(path, R_OK) != 0)
         return AMDIM_OK;
@@ -133,13 +139,13 @@ static int maybe_class_names(amdim_pack_source *src, const char *dir, const char
     return st;
 }
 
-/* ---- imagefolder -------------------------------------------------------- */
-
-static int is_dir(const char *path)
+int amdim_pack_source_is_dir(const char *path)
 {
     struct stat sb;
     return stat(path, &sb) == 0 && S_ISDIR(sb.st_mode);
 }
+
+/* ---- imagefolder -------------------------------------------------------- */
 
 /* torchvision's IMG_EXTENSIONS, compared case-insensitively. */
 static int has_image_extension(const char *name)
@@ -159,7 +165,8 @@ static int has_image_extension(const char *name)
 static int collect_dirs(amdim_pack_source *src, const char *dir, int depth, strvec *dirs)
 {
     if (depth > 40)
-        return AMDIM_FAIL_IN(src, AMDIM_E_INVALID, "directories nested more than 40 deep under %s (a symlink loop?)", dir);
+        return AMDIM_FAIL_IN(src, AMDIM_E_INVALID, "directories nested more than 40 deep under %s (a symlink loop?)",
+                             dir);
     if (strvec_push(dirs, dir))
         return AMDIM_FAIL_IN(src, AMDIM_E_NOMEM, "out of memory");
     struct dirent **ents;
@@ -170,11 +177,9 @@ static int collect_dirs(amdim_pack_source *src, const char *dir, int depth, strv
     char path[4096];
     for (int i = 0; i < n; i++) {
         const char *name = ents[i]->d_name;
-        if (st == AMDIM_OK && strcmp(name, ".") && strcmp(name, "..")) {
-            snprintf(path, sizeof path, "%s/%s", dir, name);
-            if (is_dir(path))
-                st = collect_dirs(src, path, depth + 1, dirs);
-        }
+        if (st == AMDIM_OK && strcmp(name, ".") && strcmp(name, "..") &&
+            (st = join_path(src, path, sizeof path, dir, name)) == AMDIM_OK && amdim_pack_source_is_dir(path))
+            st = collect_dirs(src, path, depth + 1, dirs);
         free(ents[i]);
     }
     free(ents);
@@ -192,9 +197,9 @@ static int files_in_dir(amdim_pack_source *src, const char *dir, int32_t label)
     char path[4096];
     for (int i = 0; i < n; i++) {
         const char *name = ents[i]->d_name;
-        if (st == AMDIM_OK && strcmp(name, ".") && strcmp(name, "..")) {
-            snprintf(path, sizeof path, "%s/%s", dir, name);
-            if (!is_dir(path)) {
+        if (st == AMDIM_OK && strcmp(name, ".") && strcmp(name, "..") &&
+            (st = join_path(src, path, sizeof path, dir, name)) == AMDIM_OK) {
+            if (!amdim_pack_source_is_dir(path)) {
                 if (!has_image_extension(name))
                     src->ignored++;
                 else if (strvec_push(&names, name))
@@ -207,18 +212,18 @@ static int files_in_dir(amdim_pack_source *src, const char *dir, int32_t label)
     /* Python sorts str by code point, which is byte order for UTF-8. */
     if (names.n)
         qsort(names.v, names.n, sizeof *names.v, cmp_str);
-    for (size_t i = 0; st == AMDIM_OK && i < names.n; i++) {
-        int len = snprintf(path, sizeof path, "%s/%s", dir, names.v[i]);
-        st = arena_add(src, path, (size_t)len, label);
-    }
+    for (size_t i = 0; st == AMDIM_OK && i < names.n; i++)
+        if ((st = join_path(src, path, sizeof path, dir, names.v[i])) == AMDIM_OK)
+            st = arena_add(src, path, strlen(path), label);
     strvec_free(&names);
     return st;
 }
 
 static int open_imagefolder(amdim_pack_source *src, const amdim_pack_options *opt)
 {
-    if (!is_dir(opt->src))
-        return AMDIM_FAIL_IN(src, AMDIM_E_NOT_FOUND, "%s is not a directory (imagefolder wants SRC/<class>/<image>)", opt->src);
+    if (!amdim_pack_source_is_dir(opt->src))
+        return AMDIM_FAIL_IN(src, AMDIM_E_NOT_FOUND, "%s is not a directory (imagefolder wants SRC/<class>/<image>)",
+                             opt->src);
     struct dirent **ents;
     int n = scandir(opt->src, &ents, NULL, NULL);
     if (n < 0)
@@ -228,8 +233,8 @@ static int open_imagefolder(amdim_pack_source *src, const amdim_pack_options *op
     char path[4096];
     for (int i = 0; i < n; i++) {
         const char *name = ents[i]->d_name;
-        snprintf(path, sizeof path, "%s/%s", opt->src, name);
-        if (st == AMDIM_OK && name[0] != '.' && is_dir(path) && strvec_push(&classes, name))
+        if (st == AMDIM_OK && name[0] != '.' && (st = join_path(src, path, sizeof path, opt->src, name)) == AMDIM_OK &&
+            amdim_pack_source_is_dir(path) && strvec_push(&classes, name))
             st = AMDIM_FAIL_IN(src, AMDIM_E_NOMEM, "out of memory");
         free(ents[i]);
     }
@@ -237,12 +242,14 @@ static int open_imagefolder(amdim_pack_source *src, const amdim_pack_options *op
     if (classes.n)
         qsort(classes.v, classes.n, sizeof *classes.v, cmp_str);
     if (st == AMDIM_OK && classes.n == 0)
-        st = AMDIM_FAIL_IN(src, AMDIM_E_EMPTY, "%s has no class sub-directories (imagefolder wants SRC/<class>/<image>)", opt->src);
+        st = AMDIM_FAIL_IN(src, AMDIM_E_EMPTY,
+                           "%s has no class sub-directories (imagefolder wants SRC/<class>/<image>)", opt->src);
     for (size_t c = 0; st == AMDIM_OK && c < classes.n; c++) {
         strvec dirs = {0};
-        snprintf(path, sizeof path, "%s/%s", opt->src, classes.v[c]);
-        st = collect_dirs(src, path, 0, &dirs);
-        qsort(dirs.v, dirs.n, sizeof *dirs.v, cmp_str); /* sorted(os.walk(...)) */
+        if ((st = join_path(src, path, sizeof path, opt->src, classes.v[c])) == AMDIM_OK)
+            st = collect_dirs(src, path, 0, &dirs);
+        if (dirs.n)
+            qsort(dirs.v, dirs.n, sizeof *dirs.v, cmp_str); /* sorted(os.walk(...)) */
         for (size_t d = 0; st == AMDIM_OK && d < dirs.n; d++)
             st = files_in_dir(src, dirs.v[d], (int32_t)c);
         strvec_free(&dirs);
@@ -278,27 +285,86 @@ static int path_inside_root(const char *p)
     return 1;
 }
 
-static int open_list(amdim_pack_source *src, const amdim_pack_options *opt)
+/* The directory a list's paths are relative to, into root (n bytes): --root,
+ * else the list file's own directory. */
+static int list_root(amdim_pack_source *src, const amdim_pack_options *opt, char *root, size_t n)
 {
-    FILE *f = fopen(opt->src, "r");
-    if (!f)
-        return AMDIM_FAIL_IN(src, errno == ENOENT ? AMDIM_E_NOT_FOUND : AMDIM_E_IO, "cannot open list file %s: %s",
-                    opt->src, strerror(errno));
-    char root[4096];
+    const char *from = opt->root ? opt->root : opt->src;
+    if (strlen(from) >= n)
+        return AMDIM_FAIL_IN(src, AMDIM_E_INVALID, "path too long (%zu bytes): %s", strlen(from), from);
     if (opt->root) {
-        snprintf(root, sizeof root, "%s", opt->root);
+        snprintf(root, n, "%s", opt->root);
     } else {
-        snprintf(root, sizeof root, "%s", opt->src);
+        snprintf(root, n, "%s", opt->src);
         char *slash = strrchr(root, '/');
-        if (slash)
+        if (slash == root)
+            root[1] = 0; /* a list file directly in / */
+        else if (slash)
             *slash = 0;
         else
-            snprintf(root, sizeof root, ".");
+            snprintf(root, n, ".");
     }
-    if (!is_dir(root)) {
-        fclose(f);
+    if (!amdim_pack_source_is_dir(root))
         return AMDIM_FAIL_IN(src, AMDIM_E_NOT_FOUND, "list root %s is not a directory", root);
-    }
+    return AMDIM_OK;
+}
+
+/* Splits line `lineno` (len bytes, as getline read it) in place into its
+ * path and label: white space around the line goes, the label is its last
+ * word and the path the rest. *path is NULL for a blank or '#' line. */
+static int list_parse_line(amdim_pack_source *src, const char *list, size_t lineno, char *line, ssize_t len,
+                           char **path, long *label)
+{
+    *path = NULL;
+    if (memchr(line, 0, (size_t)len))
+        return AMDIM_FAIL_IN(src, AMDIM_E_INVALID, "%s:%zu: line holds a NUL byte (is this a text file?)", list,
+                             lineno);
+    while (len > 0 && isspace((unsigned char)line[len - 1]))
+        line[--len] = 0;
+    char *s = line;
+    while (*s && isspace((unsigned char)*s))
+        s++;
+    if (*s == 0 || *s == '#')
+        return AMDIM_OK;
+    char *sp = s + strlen(s);
+    while (sp > s && !isspace((unsigned char)sp[-1]))
+        sp--;
+    char *end;
+    errno = 0;
+    long l = sp > s ? strtol(sp, &end, 10) : 0;
+    if (sp == s || *end || errno || l < -1 || l > INT32_MAX - 1)
+        return AMDIM_FAIL_IN(src, AMDIM_E_INVALID,
+                             "%s:%zu: expected 'relative/path label' with an integer label >= -1, got '%s'", list,
+                             lineno, s);
+    char *pe = sp;
+    while (pe > s && isspace((unsigned char)pe[-1]))
+        pe--;
+    *pe = 0;
+    *path = s;
+    *label = l;
+    return AMDIM_OK;
+}
+
+/* The file an entry's path s names, into path (n bytes, its length in *len):
+ * s itself when absolute, else s under root. Paths that leave the root are
+ * refused unless --allow-outside-root. */
+static int list_item_path(amdim_pack_source *src, const amdim_pack_options *opt, size_t lineno, const char *s,
+                          const char *root, char *path, size_t n, int *len)
+{
+    if (!opt->allow_outside_root && !path_inside_root(s))
+        return AMDIM_FAIL_IN(src, AMDIM_E_INVALID,
+                             "%s:%zu: path '%s' is outside the list's root %s (give --allow-outside-root to allow it)",
+                             opt->src, lineno, s, root);
+    int k = s[0] == '/' ? snprintf(path, n, "%s", s) : snprintf(path, n, "%s/%s", root, s);
+    if (k >= (int)n)
+        return AMDIM_FAIL_IN(src, AMDIM_E_INVALID, "%s:%zu: path too long", opt->src, lineno);
+    *len = k;
+    return AMDIM_OK;
+}
+
+/* Adds an item per entry line of f; the classes are 0..the largest label. */
+static int list_read(amdim_pack_source *src, const amdim_pack_options *opt, FILE *f, const char *root)
+{
     char *line = NULL, path[8192];
     size_t cap = 0, lineno = 0;
     ssize_t len;
@@ -306,314 +372,57 @@ static int open_list(amdim_pack_source *src, const amdim_pack_options *opt)
     int32_t maxlabel = -1;
     while (st == AMDIM_OK && (len = getline(&line, &cap, f)) >= 0) {
         lineno++;
-        if (memchr(line, 0, (size_t)len)) {
-            st = AMDIM_FAIL_IN(src, AMDIM_E_INVALID, "%s:%zu: line holds a NUL byte (is this a text file?)", opt->src, lineno);
-            break;
+        char *s;
+        long label = 0;
+        int n = 0;
+        st = list_parse_line(src, opt->src, lineno, line, len, &s, &label);
+        if (st == AMDIM_OK && s)
+            st = list_item_path(src, opt, lineno, s, root, path, sizeof path, &n);
+        if (st == AMDIM_OK && s) {
+            if (label > maxlabel)
+                maxlabel = (int32_t)label;
+            st = arena_add(src, path, (size_t)n, (int32_t)label);
         }
-        while (len > 0 && isspace((unsigned char)line[len - 1]))
-            line[--len] = 0;
-        char *s = line;
-        while (*s && isspace((unsigned char)*s))
-            s++;
-        if (*s == 0 || *s == '#')
-            continue;
-        char *sp = s + strlen(s);
-        while (sp > s && !isspace((unsigned char)sp[-1]))
-            sp--;
-        char *end;
-        errno = 0;
-        long label = sp > s ? strtol(sp, &end, 10) : 0;
-        if (sp == s || *end || errno || label < -1 || label > INT32_MAX - 1) {
-            st = AMDIM_FAIL_IN(src, AMDIM_E_INVALID, "%s:%zu: expected 'relative/path label' with an integer label >= -1, got '%s'",
-                      opt->src, lineno, s);
-            break;
-        }
-        char *pe = sp;
-        while (pe > s && isspace((unsigned char)pe[-1]))
-            pe--;
-        *pe = 0;
-        if (!opt->allow_outside_root && !path_inside_root(s)) {
-            st = AMDIM_FAIL_IN(src, AMDIM_E_INVALID, "%s:%zu: path '%s' is outside the list's root %s (give --allow-outside-root to allow it)",
-                      opt->src, lineno, s, root);
-            break;
-        }
-        int n = s[0] == '/' ? snprintf(path, sizeof path, "%s", s) : snprintf(path, sizeof path, "%s/%s", root, s);
-        if (n >= (int)sizeof path) {
-            st = AMDIM_FAIL_IN(src, AMDIM_E_INVALID, "%s:%zu: path too long", opt->src, lineno);
-            break;
-        }
-        if (label > maxlabel)
-            maxlabel = (int32_t)label;
-        st = arena_add(src, path, (size_t)n, (int32_t)label);
     }
     free(line);
     if (ferror(f) && st == AMDIM_OK)
         st = AMDIM_FAIL_IN(src, AMDIM_E_IO, "error reading %s", opt->src);
-    fclose(f);
     src->nclasses = maxlabel + 1;
     return st;
 }
 
-/* ---- raw sources -------------------------------------------------------- */
-
-static int add_raw_file(amdim_pack_source *src, const char *path, size_t header, size_t record, int required)
+static int open_list(amdim_pack_source *src, const amdim_pack_options *opt)
 {
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (fd < 0) {
-        if (!required && errno == ENOENT)
-            return 1;
-        return AMDIM_FAIL_IN(src, errno == ENOENT ? AMDIM_E_NOT_FOUND : AMDIM_E_IO, "cannot open %s: %s", path, strerror(errno));
-    }
-    struct stat sb;
-    if (fstat(fd, &sb) != 0 || !S_ISREG(sb.st_mode)) {
-        close(fd);
-        return AMDIM_FAIL_IN(src, AMDIM_E_IO, "%s is not a regular file", path);
-    }
-    uint64_t size = (uint64_t)sb.st_size;
-    if (size < header || (size - header) % record != 0 || size == header) {
-        close(fd);
-        return AMDIM_FAIL_IN(src, AMDIM_E_CORRUPT, "%s is %llu bytes, not a whole number of %zu-byte records (truncated or not this format?)",
-                    path, (unsigned long long)size, record);
-    }
-    if (src->nfiles == PACK_MAX_FILES) {
-        close(fd);
-        return AMDIM_FAIL_IN(src, AMDIM_E_INVALID, "too many source files");
-    }
-    int k = src->nfiles++;
-    src->fd[k] = fd;
-    src->file_name[k] = strdup(path);
-    src->first[k] = src->n;
-    src->n += (size - header) / record;
-    src->first[k + 1] = src->n;
-    src->record_bytes = record;
-    src->file_header = header;
-    return src->file_name[k] ? AMDIM_OK : AMDIM_FAIL_IN(src, AMDIM_E_NOMEM, "out of memory");
-}
-
-static int open_cifar(amdim_pack_source *src, const amdim_pack_options *opt, int hundred)
-{
-    size_t rec = (hundred ? 2 : 1) + 3072;
-    src->is_raw = 1;
-    src->width = src->height = 32;
-    src->channels = 3;
-    int st;
-    if (!is_dir(opt->src)) {
-        st = add_raw_file(src, opt->src, 0, rec, 1);
-    } else if (hundred) {
-        char path[4096];
-        snprintf(path, sizeof path, "%s/%s.bin", opt->src, opt->split);
-        st = add_raw_file(src, path, 0, rec, 1);
-        if (st == AMDIM_OK)
-            st = maybe_class_names(src, opt->src, opt->cifar100_coarse ? "coarse_label_names.txt" : "fine_label_names.txt",
-                                   opt->cifar100_coarse ? 20 : 100);
-    } else {
-        char path[4096];
-        if (strcmp(opt->split, "test") == 0) {
-            snprintf(path, sizeof path, "%s/test_batch.bin", opt->src);
-            st = add_raw_file(src, path, 0, rec, 1);
-        } else if (strcmp(opt->split, "train") == 0) {
-            st = AMDIM_OK;
-            for (int b = 1; b <= 5 && st == AMDIM_OK; b++) {
-                snprintf(path, sizeof path, "%s/data_batch_%d.bin", opt->src, b);
-                st = add_raw_file(src, path, 0, rec, 1);
-            }
-        } else {
-            return AMDIM_FAIL_IN(src, AMDIM_E_INVALID, "cifar10 directory sources have splits train and test, not %s (or give one .bin file)", opt->split);
-        }
-        if (st == AMDIM_OK)
-            st = maybe_class_names(src, opt->src, "batches.meta.txt", 10);
-    }
-    if (st == AMDIM_OK && src->nclasses == 0)
-        src->nclasses = hundred ? (opt->cifar100_coarse ? 20 : 100) : 10;
+    FILE *f = fopen(opt->src, "r");
+    if (!f)
+        return AMDIM_FAIL_IN(src, errno == ENOENT ? AMDIM_E_NOT_FOUND : AMDIM_E_IO, "cannot open list file %s: %s",
+                             opt->src, strerror(errno));
+    char root[4096];
+    int st = list_root(src, opt, root, sizeof root);
+    if (st == AMDIM_OK)
+        st = list_read(src, opt, f, root);
+    fclose(f);
     return st;
 }
 
-/* Reads a whole (optionally gzipped) file into memory, but never more than
- * max + 1 bytes: the callers know from a header how long the file must be,
- * and a file that inflates beyond that (a gzip bomb) must not take memory
- * in proportion to what it would inflate to. *len > max means "too long". */
-static int slurp_gz(amdim_pack_source *src, const char *path, uint64_t max, uint8_t **data, size_t *len)
-{
-    if (max >= ((uint64_t)1 << 34))
-        return AMDIM_FAIL_IN(src, AMDIM_E_TOO_LARGE, "%s: %llu bytes is too large to load (limit 16 GiB)", path,
-                    (unsigned long long)max);
-    size_t limit = (size_t)max + 1;
-    gzFile gz = gzopen(path, "rb");
-    if (!gz)
-        return AMDIM_FAIL_IN(src, errno == ENOENT ? AMDIM_E_NOT_FOUND : AMDIM_E_IO, "cannot open %s: %s", path, strerror(errno));
-    size_t cap = limit < ((size_t)1 << 20) ? limit : (size_t)1 << 20, n = 0;
-    uint8_t *buf = malloc(cap);
-    int st = buf ? AMDIM_OK : AMDIM_FAIL_IN(src, AMDIM_E_NOMEM, "out of memory");
-    while (st == AMDIM_OK && n < limit) {
-        if (n == cap) {
-            size_t next = cap * 2 < limit ? cap * 2 : limit;
-            uint8_t *p = realloc(buf, next);
-            if (!p) {
-                st = AMDIM_FAIL_IN(src, AMDIM_E_NOMEM, "%s is too large to load", path);
-                break;
-            }
-            buf = p;
-            cap = next;
-        }
-        size_t want = cap - n > (1u << 30) ? (1u << 30) : cap - n;
-        int got = gzread(gz, buf + n, (unsigned)want);
-        if (got < 0) {
-            int zerr;
-            const char *msg = gzerror(gz, &zerr);
-            st = AMDIM_FAIL_IN(src, AMDIM_E_CORRUPT, "cannot read %s: %s", path, msg);
-        } else if (got == 0) {
-            break;
-        }
-        n += (size_t)(got > 0 ? got : 0);
-    }
-    gzclose(gz);
-    if (st) {
-        free(buf);
-        return st;
-    }
-    *data = buf;
-    *len = n;
-    return AMDIM_OK;
-}
+/* ---- the interface ------------------------------------------------------ */
 
-static uint32_t be32(const uint8_t *p)
+/* --class-names: the file's names replace the source's own, and must cover
+ * every label. */
+static int use_class_names_file(amdim_pack_source *src, const char *path)
 {
-    return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | p[3];
-}
-
-/* IDX header: magic, then nd big-endian uint32 dimensions. */
-static int idx_header(amdim_pack_source *src, const char *path, uint8_t hdr[20], size_t *got)
-{
-    gzFile gz = gzopen(path, "rb");
-    if (!gz)
-        return AMDIM_FAIL_IN(src, errno == ENOENT ? AMDIM_E_NOT_FOUND : AMDIM_E_IO, "cannot open %s: %s", path, strerror(errno));
-    int n = gzread(gz, hdr, 20);
-    gzclose(gz);
-    if (n < 0)
-        return AMDIM_FAIL_IN(src, AMDIM_E_CORRUPT, "cannot read %s: not a readable (gzip) file", path);
-    *got = (size_t)n;
-    return AMDIM_OK;
-}
-
-static int open_idx(amdim_pack_source *src, const amdim_pack_options *opt)
-{
-    src->is_raw = 1;
-    uint8_t m[20];
-    size_t hlen = 0;
-    int st = idx_header(src, opt->src, m, &hlen);
-    if (st)
-        return st;
-    if (hlen < 4 || m[0] || m[1] || m[2] != 0x08 || (m[3] != 3 && m[3] != 4))
-        return AMDIM_FAIL_IN(src, AMDIM_E_CORRUPT, "%s is not an IDX file of uint8 images (magic %02x%02x%02x%02x; want 00000803 or 00000804)",
-                    opt->src, hlen > 0 ? m[0] : 0, hlen > 1 ? m[1] : 0, hlen > 2 ? m[2] : 0, hlen > 3 ? m[3] : 0);
-    int nd = m[3];
-    size_t header = 4 + 4 * (size_t)nd;
-    if (hlen < header)
-        return AMDIM_FAIL_IN(src, AMDIM_E_TRUNCATED, "%s: IDX header is truncated", opt->src);
-    uint32_t count = be32(m + 4), rows = be32(m + 8), cols = be32(m + 12);
-    uint32_t ch = nd == 4 ? be32(m + 16) : 1;
-    if (!count || !rows || !cols || (ch != 1 && ch != 3) || rows > 65536 || cols > 65536)
-        return AMDIM_FAIL_IN(src, AMDIM_E_CORRUPT, "%s: IDX dimensions %ux%ux%ux%u are not images (channels must be 1 or 3)",
-                    opt->src, count, rows, cols, ch);
-    /* rows*cols*ch fits (<= 3*2^32); count times it need not. */
-    uint64_t rec = (uint64_t)rows * cols * ch, data_bytes;
-    if (__builtin_mul_overflow((uint64_t)count, rec, &data_bytes) || data_bytes > ((uint64_t)1 << 34) - header)
-        return AMDIM_FAIL_IN(src, AMDIM_E_TOO_LARGE, "%s: IDX header promises %u images of %ux%ux%u, more than 16 GiB (corrupt header?)",
-                    opt->src, count, rows, cols, ch);
-    size_t len;
-    if ((st = slurp_gz(src, opt->src, header + data_bytes, &src->memory, &len)))
-        return st;
-    if (len != header + data_bytes)
-        return AMDIM_FAIL_IN(src, len < header + data_bytes ? AMDIM_E_TRUNCATED : AMDIM_E_CORRUPT,
-                    "%s: IDX header promises %u images of %llu bytes but the data holds %s%zu bytes",
-                    opt->src, count, (unsigned long long)rec, len > header + data_bytes ? "more than " : "",
-                    len - header - (len > header + data_bytes));
-    src->n = count;
-    src->record_bytes = rec;
-    src->file_header = header;
-    src->width = cols;
-    src->height = rows;
-    src->channels = ch;
-    src->nfiles = 1;
-    src->fd[0] = -1;
-    src->file_name[0] = strdup(opt->src);
-    src->first[0] = 0;
-    src->first[1] = count;
-    /* Labels: given, or found by the usual naming. */
-    char guess[4096];
-    const char *lpath = opt->labels;
-    if (!lpath) {
-        snprintf(guess, sizeof guess, "%s", opt->src);
-        char *p = strstr(guess, "images-idx3");
-        if (!p)
-            p = strstr(guess, "images.idx3");
-        if (p) {
-            memcpy(p, "labels", 6);
-            memcpy(p + 7, "idx1", 4);
-            if (access(guess, R_OK) == 0)
-                lpath = guess;
-        }
+    strvec sv = {0};
+    int st = read_lines(src, path, &sv);
+    if (st == AMDIM_OK && (int32_t)sv.n < src->nclasses)
+        st = AMDIM_FAIL_IN(src, AMDIM_E_INVALID, "%s names %zu classes but the labels need %d", path, sv.n,
+                           src->nclasses);
+    if (st == AMDIM_OK) {
+        for (int32_t i = 0; i < src->nclasses && src->class_names; i++)
+            free(src->class_names[i]);
+        free(src->class_names);
+        set_class_names(src, &sv);
     }
-    if (!lpath)
-        return AMDIM_FAIL_IN(src, AMDIM_E_NOT_FOUND, "%s: no labels file found next to it; give one with --labels", opt->src);
-    uint8_t *lab;
-    size_t llen;
-    if ((st = slurp_gz(src, lpath, 8 + (uint64_t)count, &lab, &llen)))
-        return st;
-    src->raw_labels = lab;
-    if (llen < 8 || lab[0] || lab[1] || lab[2] != 0x08 || lab[3] != 1)
-        return AMDIM_FAIL_IN(src, AMDIM_E_CORRUPT, "%s is not an IDX label file (magic must be 00000801)", lpath);
-    if (be32(lab + 4) != count || llen != 8 + (size_t)count)
-        return AMDIM_FAIL_IN(src, AMDIM_E_CORRUPT, "%s holds %u labels (%s%zu bytes) but %s holds %u images", lpath,
-                    be32(lab + 4), llen > 8 + (size_t)count ? "more than " : "",
-                    llen > 8 + (size_t)count ? 8 + (size_t)count : llen, opt->src, count);
-    int maxl = -1;
-    for (uint32_t i = 0; i < count; i++)
-        if (lab[8 + i] > maxl)
-            maxl = lab[8 + i];
-    src->nclasses = maxl + 1;
-    return AMDIM_OK;
-}
-
-static int open_stl10(amdim_pack_source *src, const amdim_pack_options *opt)
-{
-    src->is_raw = 1;
-    src->width = src->height = 96;
-    src->channels = 3;
-    size_t rec = 96 * 96 * 3;
-    char xpath[4096], ypath[4096] = "";
-    if (is_dir(opt->src)) {
-        snprintf(xpath, sizeof xpath, "%s/%s_X.bin", opt->src, opt->split);
-        if (strcmp(opt->split, "unlabeled") != 0)
-            snprintf(ypath, sizeof ypath, "%s/%s_y.bin", opt->src, opt->split);
-    } else {
-        snprintf(xpath, sizeof xpath, "%s", opt->src);
-        char *p = strstr(xpath, "_X.bin");
-        if (p && !strstr(xpath, "unlabeled")) {
-            snprintf(ypath, sizeof ypath, "%.*s_y.bin", (int)(p - xpath), xpath);
-        }
-    }
-    if (opt->labels)
-        snprintf(ypath, sizeof ypath, "%s", opt->labels);
-    int st = add_raw_file(src, xpath, 0, rec, 1);
-    if (st)
-        return st;
-    src->nclasses = 10;
-    if (ypath[0]) {
-        uint8_t *lab;
-        size_t llen;
-        if ((st = slurp_gz(src, ypath, src->n, &lab, &llen)))
-            return st;
-        src->raw_labels = lab;
-        if (llen != src->n)
-            return AMDIM_FAIL_IN(src, AMDIM_E_CORRUPT, "%s holds %s%zu labels but %s holds %llu images", ypath,
-                        llen > src->n ? "more than " : "", llen > src->n ? (size_t)src->n : llen, xpath, (unsigned long long)src->n);
-        for (size_t i = 0; i < llen; i++)
-            if (lab[i] < 1 || lab[i] > 10)
-                return AMDIM_FAIL_IN(src, AMDIM_E_CORRUPT, "%s: label %u of image %zu is outside 1..10", ypath, lab[i], i);
-    }
-    if (is_dir(opt->src))
-        st = maybe_class_names(src, opt->src, "class_names.txt", 10);
+    strvec_free(&sv);
     return st;
 }
 
@@ -626,26 +435,14 @@ int amdim_pack_source_open(amdim_pack_source *src, const amdim_pack_options *opt
     switch (opt->format) {
     case AMDIM_PACK_IMAGEFOLDER: st = open_imagefolder(src, opt); break;
     case AMDIM_PACK_LIST: st = open_list(src, opt); break;
-    case AMDIM_PACK_CIFAR10: st = open_cifar(src, opt, 0); break;
-    case AMDIM_PACK_CIFAR100: st = open_cifar(src, opt, 1); break;
-    case AMDIM_PACK_STL10: st = open_stl10(src, opt); break;
-    case AMDIM_PACK_IDX: st = open_idx(src, opt); break;
+    case AMDIM_PACK_CIFAR10: st = amdim_pack_source_open_cifar(src, opt, 0); break;
+    case AMDIM_PACK_CIFAR100: st = amdim_pack_source_open_cifar(src, opt, 1); break;
+    case AMDIM_PACK_STL10: st = amdim_pack_source_open_stl10(src, opt); break;
+    case AMDIM_PACK_IDX: st = amdim_pack_source_open_idx(src, opt); break;
     default: st = AMDIM_FAIL_IN(src, AMDIM_E_INVALID, "unknown format"); break;
     }
-    if (st == AMDIM_OK && opt->class_names) {
-        strvec sv = {0};
-        st = read_lines(src, opt->class_names, &sv);
-        if (st == AMDIM_OK && (int32_t)sv.n < src->nclasses)
-            st = AMDIM_FAIL_IN(src, AMDIM_E_INVALID, "%s names %zu classes but the labels need %d", opt->class_names,
-                      sv.n, src->nclasses);
-        if (st == AMDIM_OK) {
-            for (int32_t i = 0; i < src->nclasses && src->class_names; i++)
-                free(src->class_names[i]);
-            free(src->class_names);
-            set_class_names(src, &sv);
-        }
-        strvec_free(&sv);
-    }
+    if (st == AMDIM_OK && opt->class_names)
+        st = use_class_names_file(src, opt->class_names);
     if (st == AMDIM_OK && src->n == 0)
         st = AMDIM_FAIL_IN(src, AMDIM_E_EMPTY, "%s holds no images", opt->src);
     return st;
@@ -670,79 +467,12 @@ void amdim_pack_source_close(amdim_pack_source *src)
     memset(src, 0, sizeof *src);
 }
 
-static int file_of(const amdim_pack_source *src, uint64_t i)
-{
-    int k = 0;
-    while (k + 1 < src->nfiles && i >= src->first[k + 1])
-        k++;
-    return k;
-}
-
 void amdim_pack_source_item_name(const amdim_pack_source *src, uint64_t i, char *buf, size_t n)
 {
     if (!src->is_raw) {
         snprintf(buf, n, "%s", src->arena + src->path_off[i]);
         return;
     }
-    int k = file_of(src, i);
+    int k = amdim_pack_source_file_of(src, i);
     snprintf(buf, n, "%s record %llu", src->file_name[k], (unsigned long long)(i - src->first[k]));
-}
-
-int amdim_pack_source_read_raw(const amdim_pack_source *src, amdim_pack_format format, int coarse, uint64_t i,
-                         uint8_t *buf, uint8_t *px, int32_t *label, int32_t *aux, char *err, size_t errlen)
-{
-    int k = file_of(src, i);
-    uint64_t local = i - src->first[k];
-    const uint8_t *rec;
-    if (src->memory) {
-        rec = src->memory + src->file_header + local * src->record_bytes;
-    } else {
-        off_t off = (off_t)(src->file_header + local * src->record_bytes);
-        size_t got = 0;
-        while (got < src->record_bytes) {
-            ssize_t r = pread(src->fd[k], buf + got, src->record_bytes - got, off + (off_t)got);
-            if (r < 0 && errno == EINTR)
-                continue;
-            if (r <= 0)
-                return amdim_fail(err, errlen, AMDIM_E_IO, "%s: reading record %llu failed: %s",
-                                  src->file_name[k], (unsigned long long)local,
-                                  r < 0 ? strerror(errno) : "unexpected end of file");
-            got += (size_t)r;
-        }
-        rec = buf;
-    }
-    *aux = -1;
-    switch (format) {
-    case AMDIM_PACK_CIFAR10:
-    case AMDIM_PACK_CIFAR100: {
-        int hundred = format == AMDIM_PACK_CIFAR100;
-        int fine = hundred ? rec[1] : rec[0], coarse_l = hundred ? rec[0] : -1;
-        if (fine >= (hundred ? 100 : 10) || coarse_l >= 20)
-            return amdim_fail(err, errlen, AMDIM_E_CORRUPT,
-                              "%s record %llu has label %d, outside CIFAR-%d's classes (is this the right format?)",
-                              src->file_name[k], (unsigned long long)local, fine, hundred ? 100 : 10);
-        *label = hundred && coarse ? coarse_l : fine;
-        *aux = hundred ? (coarse ? fine : coarse_l) : -1;
-        const uint8_t *planes = rec + (hundred ? 2 : 1);
-        for (int p = 0; p < 1024; p++)
-            for (int c = 0; c < 3; c++)
-                px[3 * p + c] = planes[1024 * c + p];
-        break;
-    }
-    case AMDIM_PACK_STL10:
-        /* Column-major per channel: value (y, x, c) is at c*96*96 + x*96 + y. */
-        *label = src->raw_labels ? (int32_t)src->raw_labels[i] - 1 : -1;
-        for (int y = 0; y < 96; y++)
-            for (int x = 0; x < 96; x++)
-                for (int c = 0; c < 3; c++)
-                    px[(y * 96 + x) * 3 + c] = rec[c * 9216 + x * 96 + y];
-        break;
-    case AMDIM_PACK_IDX:
-        *label = src->raw_labels ? src->raw_labels[8 + i] : -1;
-        memcpy(px, rec, src->record_bytes);
-        break;
-    default:
-        return amdim_fail(err, errlen, AMDIM_E_INVALID, "not a raw format");
-    }
-    return AMDIM_OK;
 }

@@ -256,6 +256,39 @@ int main(void)
           "statistics must be absent without full decodes");
     amdim_dataset_close(ds);
 
+    /* A path past 4096 bytes (16 directories of 240 characters and a
+     * 244-character file name) is refused by name, not cut short (a cut
+     * path could name another file; it once read past the buffer). */
+    char deep[8192];
+    int len = snprintf(deep, sizeof deep, "%s", test_path("deep/class"));
+    for (int d = 0; d < 16; d++) {
+        deep[len++] = '/';
+        memset(deep + len, 'd', 240);
+        len += 240;
+        deep[len] = 0;
+    }
+    test_mkdirs(deep);
+    char name[256], cwd[4096];
+    memset(name, 'f', 240);
+    snprintf(name + 240, sizeof name - 240, ".jpg");
+    /* the file is made from inside its directory: its full path is past PATH_MAX */
+    REQUIRE(getcwd(cwd, sizeof cwd) && chdir(deep) == 0, "chdir into the deep tree");
+    FILE *probe = fopen(name, "wb");
+    REQUIRE(chdir(cwd) == 0, "chdir back");
+    if (probe) {
+        fclose(probe);
+        char deep_src[4096];
+        snprintf(deep_src, sizeof deep_src, "%s", test_path("deep"));
+        ev = (events){0};
+        o.src = deep_src;
+        o.out = keep(test_path("deep.lmdb"));
+        o.no_verify = 0;
+        int st = amdim_pack_run(&o, &sum, err, sizeof err);
+        CHECK(st == AMDIM_E_INVALID && strstr(err, "path too long"), "a 4,100-byte path: status %d (%s)", st, err);
+    } else {
+        printf("note: cannot create a file of 244 bytes' name here; the 4,100-byte path check is skipped\n");
+    }
+
     amdim_image_free(&img);
     amdim_codec_destroy(codec);
     return test_finish("test_pack_imagefolder");
