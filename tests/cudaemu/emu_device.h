@@ -1,5 +1,6 @@
 /* The emulated device's internals, shared by the emulated CUDA runtime
- * (emu_runtime.c), cuBLAS / cuBLASLt (emu_cublas.c), cuDNN (emu_cudnn.c),
+ * (emu_runtime.c, emu_stream.c, emu_graph.c, emu_memory.c), cuBLAS / cuBLASLt
+ * (emu_cublas.c), cuDNN (emu_cudnn.c, emu_conv.c),
  * NCCL (emu_nccl.c) and the kernels' grid executor (emu_grid.c, reached
  * from emu_kernel.h). The emulated-device tests only.
  *
