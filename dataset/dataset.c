@@ -223,6 +223,82 @@ static int split_cmp(const void *a, const void *b)
     return strcmp(((const split_entry *)a)->name, ((const split_entry *)b)->name);
 }
 
+/* A regular file whose size an LMDB environment can have; the
+ * environment opened read-only, its read transaction begun. */
+static int open_env(amdim_dataset *ds, const char *path)
+{
+    struct stat sb;
+    if (stat(path, &sb) != 0)
+        return amdim_fail(ds->err, sizeof ds->err, errno == ENOENT ? AMDIM_E_NOT_FOUND : AMDIM_E_IO,
+                          "cannot open %s: %s", path, strerror(errno));
+    if (!S_ISREG(sb.st_mode))
+        return amdim_fail(ds->err, sizeof ds->err, AMDIM_E_CORRUPT,
+                          "%s is not a regular file (a packed dataset is one LMDB file)", path);
+    AMDIM_TRY(lmdb_check_size(path, (uint64_t)sb.st_size, ds->err, sizeof ds->err));
+    int rc;
+    if ((rc = mdb_env_create(&ds->env)) || (rc = mdb_env_set_maxdbs(ds->env, 256)))
+        return lmdb_fail(ds, "mdb_env_create", rc);
+    rc = mdb_env_open(ds->env, path, MDB_RDONLY | MDB_NOSUBDIR | MDB_NOLOCK | MDB_NORDAHEAD, 0644);
+    if (rc)
+        return amdim_fail(ds->err, sizeof ds->err,
+                          rc == MDB_INVALID || rc == MDB_VERSION_MISMATCH ? AMDIM_E_CORRUPT : AMDIM_E_LMDB,
+                          "%s is not a readable LMDB file: mdb_env_open(): %s", path, mdb_strerror(rc));
+    ds->map_base = find_map_base(&sb);
+    if ((rc = mdb_txn_begin(ds->env, NULL, MDB_RDONLY, &ds->txn)))
+        return lmdb_fail(ds, "mdb_txn_begin", rc);
+    return AMDIM_OK;
+}
+
+/* The meta database, and the format version this build reads. */
+static int open_meta(amdim_dataset *ds, const char *path)
+{
+    int rc = mdb_dbi_open(ds->txn, "meta", 0, &ds->meta);
+    if (rc)
+        return amdim_fail(ds->err, sizeof ds->err, AMDIM_E_CORRUPT,
+                          "%s is an LMDB file but not an amdim dataset (no meta database: %s)", path,
+                          mdb_strerror(rc));
+    char version[32];
+    if (amdim_dataset_meta(ds, "format_version", version, sizeof version))
+        return amdim_fail(ds->err, sizeof ds->err, AMDIM_E_CORRUPT, "%s has no format_version in its meta database",
+                          path);
+    if (atoi(version) != AMDIM_DATASET_FORMAT_VERSION)
+        return amdim_fail(ds->err, sizeof ds->err, AMDIM_E_VERSION,
+                          "%s has dataset format version %s; this build reads version %d", path, version,
+                          AMDIM_DATASET_FORMAT_VERSION);
+    return AMDIM_OK;
+}
+
+/* The splits: every "<name>.records" key of the meta database, sorted. */
+static int list_splits(amdim_dataset *ds)
+{
+    MDB_cursor *cur;
+    int rc = mdb_cursor_open(ds->txn, ds->meta, &cur);
+    if (rc)
+        return lmdb_fail(ds, "mdb_cursor_open", rc);
+    MDB_val k, v;
+    int st = AMDIM_OK;
+    for (rc = mdb_cursor_get(cur, &k, &v, MDB_FIRST); rc == 0 && st == AMDIM_OK;
+         rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT)) {
+        const char *key = k.mv_data;
+        size_t kl = k.mv_size;
+        if (!(kl > 8 && memcmp(key + kl - 8, ".records", 8) == 0 && kl - 8 <= AMDIM_SPLIT_NAME_MAX))
+            continue;
+        split_entry *p = realloc(ds->splits, (size_t)(ds->nsplits + 1) * sizeof *p);
+        if (!p) {
+            st = amdim_fail(ds->err, sizeof ds->err, AMDIM_E_NOMEM, "out of memory");
+            break;
+        }
+        ds->splits = p;
+        memset(&p[ds->nsplits], 0, sizeof *p);
+        memcpy(p[ds->nsplits].name, key, kl - 8);
+        ds->nsplits++;
+    }
+    mdb_cursor_close(cur);
+    if (st == AMDIM_OK && ds->nsplits)
+        qsort(ds->splits, (size_t)ds->nsplits, sizeof *ds->splits, split_cmp);
+    return st;
+}
+
 int amdim_dataset_open(amdim_dataset **out, const char *path, char *err, size_t errlen)
 {
     *out = NULL;
@@ -230,86 +306,19 @@ int amdim_dataset_open(amdim_dataset **out, const char *path, char *err, size_t 
     if (!ds)
         return amdim_fail(err, errlen, AMDIM_E_NOMEM, "out of memory");
     snprintf(ds->path, sizeof ds->path, "%s", path);
-    int st = AMDIM_OK, rc;
-    struct stat sb;
-    if (stat(path, &sb) != 0) {
-        st = amdim_fail(ds->err, sizeof ds->err, errno == ENOENT ? AMDIM_E_NOT_FOUND : AMDIM_E_IO,
-                        "cannot open %s: %s", path, strerror(errno));
-        goto fail;
+    int st = open_env(ds, path);
+    if (st == AMDIM_OK)
+        st = open_meta(ds, path);
+    if (st == AMDIM_OK)
+        st = list_splits(ds);
+    if (st) {
+        if (err)
+            snprintf(err, errlen, "%s", ds->err);
+        amdim_dataset_close(ds);
+        return st;
     }
-    if (!S_ISREG(sb.st_mode)) {
-        st = amdim_fail(ds->err, sizeof ds->err, AMDIM_E_CORRUPT,
-                        "%s is not a regular file (a packed dataset is one LMDB file)", path);
-        goto fail;
-    }
-    if ((st = lmdb_check_size(path, (uint64_t)sb.st_size, ds->err, sizeof ds->err)))
-        goto fail;
-    if ((rc = mdb_env_create(&ds->env)) || (rc = mdb_env_set_maxdbs(ds->env, 256))) {
-        st = lmdb_fail(ds, "mdb_env_create", rc);
-        goto fail;
-    }
-    rc = mdb_env_open(ds->env, path, MDB_RDONLY | MDB_NOSUBDIR | MDB_NOLOCK | MDB_NORDAHEAD, 0644);
-    if (rc) {
-        st = amdim_fail(ds->err, sizeof ds->err, rc == MDB_INVALID || rc == MDB_VERSION_MISMATCH ? AMDIM_E_CORRUPT : AMDIM_E_LMDB,
-                        "%s is not a readable LMDB file: mdb_env_open(): %s", path, mdb_strerror(rc));
-        goto fail;
-    }
-    ds->map_base = find_map_base(&sb);
-    if ((rc = mdb_txn_begin(ds->env, NULL, MDB_RDONLY, &ds->txn))) {
-        st = lmdb_fail(ds, "mdb_txn_begin", rc);
-        goto fail;
-    }
-    if ((rc = mdb_dbi_open(ds->txn, "meta", 0, &ds->meta))) {
-        st = amdim_fail(ds->err, sizeof ds->err, AMDIM_E_CORRUPT,
-                        "%s is an LMDB file but not an amdim dataset (no meta database: %s)", path,
-                        mdb_strerror(rc));
-        goto fail;
-    }
-    char version[32];
-    if (amdim_dataset_meta(ds, "format_version", version, sizeof version)) {
-        st = amdim_fail(ds->err, sizeof ds->err, AMDIM_E_CORRUPT,
-                        "%s has no format_version in its meta database", path);
-        goto fail;
-    }
-    if (atoi(version) != AMDIM_DATASET_FORMAT_VERSION) {
-        st = amdim_fail(ds->err, sizeof ds->err, AMDIM_E_VERSION,
-                        "%s has dataset format version %s; this build reads version %d", path,
-                        version, AMDIM_DATASET_FORMAT_VERSION);
-        goto fail;
-    }
-    /* Splits: every "<name>.records" key. */
-    MDB_cursor *cur;
-    if ((rc = mdb_cursor_open(ds->txn, ds->meta, &cur))) {
-        st = lmdb_fail(ds, "mdb_cursor_open", rc);
-        goto fail;
-    }
-    MDB_val k, v;
-    for (rc = mdb_cursor_get(cur, &k, &v, MDB_FIRST); rc == 0; rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT)) {
-        const char *key = k.mv_data;
-        size_t kl = k.mv_size;
-        if (kl > 8 && memcmp(key + kl - 8, ".records", 8) == 0 && kl - 8 <= AMDIM_SPLIT_NAME_MAX) {
-            split_entry *p = realloc(ds->splits, (size_t)(ds->nsplits + 1) * sizeof *p);
-            if (!p) {
-                mdb_cursor_close(cur);
-                st = amdim_fail(ds->err, sizeof ds->err, AMDIM_E_NOMEM, "out of memory");
-                goto fail;
-            }
-            ds->splits = p;
-            memset(&p[ds->nsplits], 0, sizeof *p);
-            memcpy(p[ds->nsplits].name, key, kl - 8);
-            ds->nsplits++;
-        }
-    }
-    mdb_cursor_close(cur);
-    if (ds->nsplits)
-        qsort(ds->splits, (size_t)ds->nsplits, sizeof *ds->splits, split_cmp);
     *out = ds;
     return AMDIM_OK;
-fail:
-    if (err)
-        snprintf(err, errlen, "%s", ds->err);
-    amdim_dataset_close(ds);
-    return st;
 }
 
 void amdim_dataset_close(amdim_dataset *ds)

@@ -149,37 +149,25 @@ int amdim_loader_parse_hello(const char *line, amdim_loader_info *in, char *sock
     return AMDIM_OK;
 }
 
-int amdim_loader_attach(amdim_loader **out, int fd, const amdim_loader_request *req, char *err, size_t errlen)
+/* Connects to the loader's abstract socket (named in the handshake). */
+static int connect_loader(amdim_loader *l, const char *sockname)
 {
-    *out = NULL;
-    amdim_loader *l = calloc(1, sizeof *l);
-    if (!l)
-        return amdim_fail(err, errlen, AMDIM_E_NOMEM, "out of memory");
-    l->ctl_fd = fd;
-    l->sock = -1;
-    l->stall_seconds = amdim_loader_stall_seconds("AMDIM_STALL_SECONDS");
-    l->perm_epoch = UINT64_MAX;
-    int st, ok;
-    char line[1024], v[128], sockname[108] = "";
-    /* The loader may still be opening a large dataset: wait a while. */
-    if ((st = read_line(l, fd, line, sizeof line, 600, "reading the handshake")))
-        goto fail;
-    if ((st = amdim_loader_parse_hello(line, &l->info, sockname, sizeof sockname, l->err, sizeof l->err)))
-        goto fail;
-    amdim_loader_info *in = &l->info;
-    /* Connect and ask. */
     l->sock = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
     struct sockaddr_un addr = {.sun_family = AF_UNIX};
     size_t sl = strlen(sockname);
-    if (sl + 1 >= sizeof addr.sun_path) {
-        st = AMDIM_FAIL_IN(l, AMDIM_E_PROTOCOL, "socket name too long");
-        goto fail;
-    }
+    if (sl + 1 >= sizeof addr.sun_path)
+        return AMDIM_FAIL_IN(l, AMDIM_E_PROTOCOL, "socket name too long");
     memcpy(addr.sun_path + 1, sockname, sl);
-    if (l->sock < 0 || connect(l->sock, (struct sockaddr *)&addr, (socklen_t)(offsetof(struct sockaddr_un, sun_path) + 1 + sl)) != 0) {
-        st = AMDIM_FAIL_IN(l, AMDIM_E_PROTOCOL, "cannot connect to amdim-load (pid %d): %s", in->loader_pid, strerror(errno));
-        goto fail;
-    }
+    if (l->sock < 0 ||
+        connect(l->sock, (struct sockaddr *)&addr, (socklen_t)(offsetof(struct sockaddr_un, sun_path) + 1 + sl)) != 0)
+        return AMDIM_FAIL_IN(l, AMDIM_E_PROTOCOL, "cannot connect to amdim-load (pid %d): %s", l->info.loader_pid,
+                             strerror(errno));
+    return AMDIM_OK;
+}
+
+/* START with what the consumer asks for (seed, where to begin, epochs). */
+static int send_start(amdim_loader *l, const amdim_loader_request *req)
+{
     char start[256];
     int n = snprintf(start, sizeof start, "START");
     if (req && req->has_seed)
@@ -191,49 +179,59 @@ int amdim_loader_attach(amdim_loader **out, int fd, const amdim_loader_request *
     if (req && req->epochs > 0)
         n += snprintf(start + n, sizeof start - (size_t)n, " epochs=%lld", (long long)req->epochs);
     start[n++] = '\n';
-    if (write(l->sock, start, (size_t)n) != n) {
-        st = AMDIM_FAIL_IN(l, AMDIM_E_PROTOCOL, "cannot send START: %s", strerror(errno));
-        goto fail;
-    }
-    /* The answer comes with the rings' file descriptors. */
-    char reply[512];
+    if (write(l->sock, start, (size_t)n) != n)
+        return AMDIM_FAIL_IN(l, AMDIM_E_PROTOCOL, "cannot send START: %s", strerror(errno));
+    return AMDIM_OK;
+}
+
+static void close_fds(const int *fds, int from, int to)
+{
+    for (int i = from; i < to; i++)
+        close(fds[i]);
+}
+
+/* The answer to START (n bytes of reply) and the rings' file descriptors
+ * that come with it: one per worker, else every received one is closed. */
+static int receive_reply(amdim_loader *l, char *reply, size_t n, int *fds)
+{
     union {
         char buf[CMSG_SPACE(sizeof(int) * 253)];
         struct cmsghdr align;
     } u;
-    struct iovec iov = {reply, sizeof reply - 1};
+    struct iovec iov = {reply, n - 1};
     struct msghdr msg = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = u.buf, .msg_controllen = sizeof u.buf};
     struct pollfd pp = {l->sock, POLLIN, 0};
-    if (poll(&pp, 1, 30000) <= 0) {
-        st = AMDIM_FAIL_IN(l, AMDIM_E_PROTOCOL, "amdim-load did not answer START");
-        goto fail;
-    }
+    if (poll(&pp, 1, 30000) <= 0)
+        return AMDIM_FAIL_IN(l, AMDIM_E_PROTOCOL, "amdim-load did not answer START");
     ssize_t r = recvmsg(l->sock, &msg, MSG_CMSG_CLOEXEC);
-    if (r <= 0) {
-        st = AMDIM_FAIL_IN(l, AMDIM_E_PROTOCOL, "amdim-load closed the connection after START");
-        goto fail;
-    }
+    if (r <= 0)
+        return AMDIM_FAIL_IN(l, AMDIM_E_PROTOCOL, "amdim-load closed the connection after START");
     reply[r] = 0;
-    int fds[253], nfds = 0;
+    int nfds = 0;
     for (struct cmsghdr *cm = CMSG_FIRSTHDR(&msg); cm; cm = CMSG_NXTHDR(&msg, cm))
         if (cm->cmsg_level == SOL_SOCKET && cm->cmsg_type == SCM_RIGHTS) {
             nfds = (int)((cm->cmsg_len - CMSG_LEN(0)) / sizeof(int));
             memcpy(fds, CMSG_DATA(cm), (size_t)nfds * sizeof(int));
         }
     if (strncmp(reply, "OK ", 3) != 0) {
-        for (int i = 0; i < nfds; i++)
-            close(fds[i]);
+        close_fds(fds, 0, nfds);
         reply[strcspn(reply, "\n")] = 0;
-        st = AMDIM_FAIL_IN(l, AMDIM_E_PROTOCOL, "amdim-load refused the request: %s", reply);
-        goto fail;
+        return AMDIM_FAIL_IN(l, AMDIM_E_PROTOCOL, "amdim-load refused the request: %s", reply);
     }
-    if (nfds != (int)in->workers || (msg.msg_flags & MSG_CTRUNC)) {
-        for (int i = 0; i < nfds; i++)
-            close(fds[i]);
-        st = AMDIM_FAIL_IN(l, AMDIM_E_PROTOCOL, "expected %u ring descriptors, received %d", in->workers, nfds);
-        goto fail;
+    if (nfds != (int)l->info.workers || (msg.msg_flags & MSG_CTRUNC)) {
+        close_fds(fds, 0, nfds);
+        return AMDIM_FAIL_IN(l, AMDIM_E_PROTOCOL, "expected %u ring descriptors, received %d", l->info.workers,
+                             nfds);
     }
-    ok = 1;
+    return AMDIM_OK;
+}
+
+/* The OK line's seed, start and epochs into the info. */
+static int parse_ok(amdim_loader *l, const char *reply)
+{
+    amdim_loader_info *in = &l->info;
+    char v[128];
+    int ok = 1;
     ok &= amdim_loader_kv(reply, "seed", v, sizeof v);
     in->seed = strtoull(v, NULL, 10);
     ok &= amdim_loader_kv(reply, "epoch", v, sizeof v);
@@ -242,49 +240,87 @@ int amdim_loader_attach(amdim_loader **out, int fd, const amdim_loader_request *
     in->start_batch = strtoull(v, NULL, 10);
     ok &= amdim_loader_kv(reply, "epochs", v, sizeof v);
     in->epochs = strtoull(v, NULL, 10);
+    return ok ? AMDIM_OK : AMDIM_FAIL_IN(l, AMDIM_E_PROTOCOL, "bad OK line: %s", reply);
+}
+
+/* Maps ring w from fds[w] for every worker and checks it against the
+ * handshake; the descriptors not yet taken are closed on failure. */
+static int attach_rings(amdim_loader *l, const int *fds)
+{
+    const amdim_loader_info *in = &l->info;
     l->rings = calloc(in->workers, sizeof *l->rings);
-    if (!ok || !l->rings) {
-        for (int i = 0; i < nfds; i++)
-            close(fds[i]);
-        st = AMDIM_FAIL_IN(l, AMDIM_E_PROTOCOL, "bad OK line: %s", reply);
-        goto fail;
+    if (!l->rings) {
+        close_fds(fds, 0, (int)in->workers);
+        return AMDIM_FAIL_IN(l, AMDIM_E_NOMEM, "out of memory");
     }
     for (uint32_t w = 0; w < in->workers; w++)
         l->rings[w].fd = -1;
     for (uint32_t w = 0; w < in->workers; w++) {
         char why[512];
-        if ((st = amdim_ring_attach(&l->rings[w], fds[w], why, sizeof why))) {
-            for (uint32_t k = w + 1; k < in->workers; k++)
-                close(fds[k]);
-            AMDIM_FAIL_IN(l, st, "ring %u from amdim-load: %s", w, why);
-            goto fail;
+        int st = amdim_ring_attach(&l->rings[w], fds[w], why, sizeof why);
+        if (st) {
+            close_fds(fds, (int)w + 1, (int)in->workers);
+            return AMDIM_FAIL_IN(l, st, "ring %u from amdim-load: %s", w, why);
         }
         const amdim_ring_layout *h = &l->rings[w].geom;
         if (h->batch != in->batch || h->height != in->size || h->width != in->size || h->channels != 3 ||
             h->ring_id != w || h->ring_count != in->workers) {
-            for (uint32_t k = w + 1; k < in->workers; k++)
-                close(fds[k]);
-            st = AMDIM_FAIL_IN(l, AMDIM_E_CORRUPT, "ring %u does not match the handshake (batch %u, %ux%u, id %u of %u)", w,
-                       h->batch, h->width, h->height, h->ring_id, h->ring_count);
-            goto fail;
+            close_fds(fds, (int)w + 1, (int)in->workers);
+            return AMDIM_FAIL_IN(l, AMDIM_E_CORRUPT,
+                                 "ring %u does not match the handshake (batch %u, %ux%u, id %u of %u)", w, h->batch,
+                                 h->width, h->height, h->ring_id, h->ring_count);
         }
     }
+    return AMDIM_OK;
+}
+
+/* The handshake, the request and its answer, the rings. */
+static int attach_steps(amdim_loader *l, int fd, const amdim_loader_request *req)
+{
+    char line[1024], sockname[108] = "", reply[512];
+    int fds[253];
+    /* The loader may still be opening a large dataset: wait a while. */
+    AMDIM_TRY(read_line(l, fd, line, sizeof line, 600, "reading the handshake"));
+    AMDIM_TRY(amdim_loader_parse_hello(line, &l->info, sockname, sizeof sockname, l->err, sizeof l->err));
+    AMDIM_TRY(connect_loader(l, sockname));
+    AMDIM_TRY(send_start(l, req));
+    AMDIM_TRY(receive_reply(l, reply, sizeof reply, fds));
+    int st = parse_ok(l, reply);
+    if (st) {
+        close_fds(fds, 0, (int)l->info.workers);
+        return st;
+    }
+    AMDIM_TRY(attach_rings(l, fds));
+    const amdim_loader_info *in = &l->info;
     l->perm = malloc((in->records ? in->records : 1) * sizeof *l->perm);
     l->labels = malloc(in->batch * sizeof *l->labels);
     l->records = malloc(in->batch * sizeof *l->records);
-    if (!l->perm || !l->labels || !l->records) {
-        st = AMDIM_FAIL_IN(l, AMDIM_E_NOMEM, "out of memory");
-        goto fail;
-    }
+    if (!l->perm || !l->labels || !l->records)
+        return AMDIM_FAIL_IN(l, AMDIM_E_NOMEM, "out of memory");
     l->epoch = in->start_epoch;
     l->index = in->start_batch;
+    return AMDIM_OK;
+}
+
+int amdim_loader_attach(amdim_loader **out, int fd, const amdim_loader_request *req, char *err, size_t errlen)
+{
+    *out = NULL;
+    amdim_loader *l = calloc(1, sizeof *l);
+    if (!l)
+        return amdim_fail(err, errlen, AMDIM_E_NOMEM, "out of memory");
+    l->ctl_fd = fd;
+    l->sock = -1;
+    l->stall_seconds = amdim_loader_stall_seconds("AMDIM_STALL_SECONDS");
+    l->perm_epoch = UINT64_MAX;
+    int st = attach_steps(l, fd, req);
+    if (st) {
+        snprintf(err, errlen, "%s", l->err);
+        amdim_loader_close(l);
+        return st;
+    }
     fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK);
     *out = l;
     return AMDIM_OK;
-fail:
-    snprintf(err, errlen, "%s", l->err);
-    amdim_loader_close(l);
-    return st;
 }
 
 const amdim_loader_info *amdim_loader_get_info(const amdim_loader *l) { return &l->info; }

@@ -123,80 +123,81 @@ int amdim_ring_create(amdim_ring *r, uint32_t slot_count, uint32_t batch, uint32
     return AMDIM_OK;
 }
 
-int amdim_ring_attach(amdim_ring *r, int fd, char *err, size_t n)
+/* The segment behind fd: sealed against resizing, at least a page long.
+ * Its size into *size. */
+static int check_segment(int fd, off_t *size, char *err, size_t n)
 {
-    memset(r, 0, sizeof *r);
-    r->fd = -1;
     int seals = fcntl(fd, F_GET_SEALS);
-    if (seals < 0 || (seals & RING_SEALS) != RING_SEALS) {
-        int e = errno;
-        close(fd);
+    if (seals < 0 || (seals & RING_SEALS) != RING_SEALS)
         return amdim_fail(err, n, AMDIM_E_UNSUPPORTED,
                           "ring segment is not sealed against shrinking and growing (%s); refusing to map it",
-                          seals < 0 ? strerror(e) : "seals are missing");
-    }
+                          seals < 0 ? strerror(errno) : "seals are missing");
     struct stat sb;
-    if (fstat(fd, &sb) != 0) {
-        int e = errno;
-        close(fd);
-        return amdim_fail(err, n, AMDIM_E_IO, "fstat() of the ring: %s", strerror(e));
-    }
-    if (sb.st_size < (off_t)PAGE) {
-        close(fd);
+    if (fstat(fd, &sb) != 0)
+        return amdim_fail(err, n, AMDIM_E_IO, "fstat() of the ring: %s", strerror(errno));
+    if (sb.st_size < (off_t)PAGE)
         return amdim_fail(err, n, AMDIM_E_TRUNCATED, "ring segment is %lld bytes, smaller than its header page",
                           (long long)sb.st_size);
-    }
+    *size = sb.st_size;
+    return AMDIM_OK;
+}
+
+/* Checks the copy c of a ring header against the geometry it claims and
+ * the segment's size; *want gets the layout computed from the geometry. */
+static int check_header(const amdim_ring_header *c, off_t size, amdim_ring_layout *want, char *err, size_t n)
+{
+    *want = (amdim_ring_layout){.slot_count = c->slot_count, .batch = c->batch, .height = c->height,
+                                .width = c->width, .channels = c->channels, .ring_id = c->ring_id,
+                                .ring_count = c->ring_count};
+    int sane = c->batch && c->height && c->width && c->channels && c->batch < (1u << 20) && c->height < 65536 &&
+               c->width < 65536 && c->channels <= 4;
+    if (sane)
+        layout(want);
+    size_t slot = sane ? want->slot_bytes : 0;
+    if (c->magic != AMDIM_RING_MAGIC)
+        return amdim_fail(err, n, AMDIM_E_CORRUPT, "not an amdim ring (magic 0x%08x)", c->magic);
+    if (c->version != AMDIM_RING_VERSION)
+        return amdim_fail(err, n, AMDIM_E_VERSION, "ring version %u, this build reads %u", c->version,
+                          AMDIM_RING_VERSION);
+    if (c->header_bytes != sizeof(amdim_ring_header))
+        return amdim_fail(err, n, AMDIM_E_CORRUPT, "ring header is %u bytes, expected %zu", c->header_bytes,
+                          sizeof(amdim_ring_header));
+    if (!slot || c->slot_count == 0 || c->slot_count > 1024)
+        return amdim_fail(err, n, AMDIM_E_CORRUPT, "ring geometry %u slots of %u x %ux%ux%u is invalid",
+                          c->slot_count, c->batch, c->height, c->width, c->channels);
+    if (c->slot_bytes != slot || c->off_labels != want->off_labels || c->off_indices != want->off_indices ||
+        c->off_view1 != want->off_view1 || c->off_view2 != want->off_view2)
+        return amdim_fail(err, n, AMDIM_E_CORRUPT, "ring slot layout does not match its geometry");
+    if (c->total_bytes != PAGE + (uint64_t)c->slot_count * slot)
+        return amdim_fail(err, n, AMDIM_E_CORRUPT, "ring total size %llu does not match %u slots of %zu bytes",
+                          (unsigned long long)c->total_bytes, c->slot_count, slot);
+    if ((uint64_t)size < c->total_bytes)
+        return amdim_fail(err, n, AMDIM_E_TRUNCATED, "ring segment is %lld bytes but its header says %llu",
+                          (long long)size, (unsigned long long)c->total_bytes);
+    if (c->ring_count == 0 || c->ring_id >= c->ring_count)
+        return amdim_fail(err, n, AMDIM_E_CORRUPT, "ring id %u of %u", c->ring_id, c->ring_count);
+    return AMDIM_OK;
+}
+
+/* Maps and checks the ring (fd is consumed: closed on failure). */
+static int attach_fd(amdim_ring *r, int fd, char *err, size_t n)
+{
+    off_t size = 0;
+    AMDIM_TRY(check_segment(fd, &size, err, n));
     amdim_ring_header *h = mmap(NULL, PAGE, PROT_READ, MAP_SHARED, fd, 0);
-    if (h == MAP_FAILED) {
-        int e = errno;
-        close(fd);
-        return amdim_fail(err, n, AMDIM_E_IO, "mmap() of the ring header: %s", strerror(e));
-    }
+    if (h == MAP_FAILED)
+        return amdim_fail(err, n, AMDIM_E_IO, "mmap() of the ring header: %s", strerror(errno));
     /* Copy the layout, check the copy and keep it (r->geom): nothing after
      * this reads geometry from shared memory, which the other side can rewrite. */
     amdim_ring_header c;
     memcpy(&c, h, offsetof(amdim_ring_header, head));
     munmap(h, PAGE);
-    int st = AMDIM_OK;
-    amdim_ring_layout want = {.slot_count = c.slot_count, .batch = c.batch, .height = c.height, .width = c.width,
-                              .channels = c.channels, .ring_id = c.ring_id, .ring_count = c.ring_count};
-    int sane = c.batch && c.height && c.width && c.channels && c.batch < (1u << 20) && c.height < 65536 &&
-               c.width < 65536 && c.channels <= 4;
-    if (sane)
-        layout(&want);
-    size_t slot = sane ? want.slot_bytes : 0;
-    if (c.magic != AMDIM_RING_MAGIC)
-        st = amdim_fail(err, n, AMDIM_E_CORRUPT, "not an amdim ring (magic 0x%08x)", c.magic);
-    else if (c.version != AMDIM_RING_VERSION)
-        st = amdim_fail(err, n, AMDIM_E_VERSION, "ring version %u, this build reads %u", c.version, AMDIM_RING_VERSION);
-    else if (c.header_bytes != sizeof(amdim_ring_header))
-        st = amdim_fail(err, n, AMDIM_E_CORRUPT, "ring header is %u bytes, expected %zu", c.header_bytes,
-                        sizeof(amdim_ring_header));
-    else if (!slot || c.slot_count == 0 || c.slot_count > 1024)
-        st = amdim_fail(err, n, AMDIM_E_CORRUPT, "ring geometry %u slots of %u x %ux%ux%u is invalid", c.slot_count,
-                        c.batch, c.height, c.width, c.channels);
-    else if (c.slot_bytes != slot || c.off_labels != want.off_labels || c.off_indices != want.off_indices ||
-             c.off_view1 != want.off_view1 || c.off_view2 != want.off_view2)
-        st = amdim_fail(err, n, AMDIM_E_CORRUPT, "ring slot layout does not match its geometry");
-    else if (c.total_bytes != PAGE + (uint64_t)c.slot_count * slot)
-        st = amdim_fail(err, n, AMDIM_E_CORRUPT, "ring total size %llu does not match %u slots of %zu bytes",
-                        (unsigned long long)c.total_bytes, c.slot_count, slot);
-    else if ((uint64_t)sb.st_size < c.total_bytes)
-        st = amdim_fail(err, n, AMDIM_E_TRUNCATED, "ring segment is %lld bytes but its header says %llu",
-                        (long long)sb.st_size, (unsigned long long)c.total_bytes);
-    else if (c.ring_count == 0 || c.ring_id >= c.ring_count)
-        st = amdim_fail(err, n, AMDIM_E_CORRUPT, "ring id %u of %u", c.ring_id, c.ring_count);
-    if (st) {
-        close(fd);
-        return st;
-    }
+    amdim_ring_layout want;
+    AMDIM_TRY(check_header(&c, size, &want, err, n));
     void *p = mmap(NULL, c.total_bytes, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
-    if (p == MAP_FAILED) {
-        int e = errno;
-        close(fd);
+    if (p == MAP_FAILED)
         return amdim_fail(err, n, AMDIM_E_NOMEM, "mmap() of the %llu-byte ring: %s", (unsigned long long)c.total_bytes,
-                          strerror(e));
-    }
+                          strerror(errno));
     r->fd = fd;
     r->hdr = p;
     r->base = p;
@@ -204,6 +205,16 @@ int amdim_ring_attach(amdim_ring *r, int fd, char *err, size_t n)
     r->geom = want;
     r->local = atomic_load_explicit(&r->hdr->tail, memory_order_acquire);
     return AMDIM_OK;
+}
+
+int amdim_ring_attach(amdim_ring *r, int fd, char *err, size_t n)
+{
+    memset(r, 0, sizeof *r);
+    r->fd = -1;
+    int st = attach_fd(r, fd, err, n);
+    if (st)
+        close(fd);
+    return st;
 }
 
 void amdim_ring_close(amdim_ring *r)

@@ -277,85 +277,104 @@ int amdim_cpu_reduce_step(amdim_model *m, amdim_step_stats *st)
 
 /* ---- objective ------------------------------------------------------------ */
 
-int amdim_cpu_objectives(amdim_model *m, int B, const int32_t *src5, amdim_step_stats *st)
+/* The features the directions read and the gradients they write:
+ * [view][1, 5, 7] for r1 (R, B), r5 (R, B*25), r7 (R, B*49) - with a
+ * group, r5 and r7 of the global batch (Bg images, this rank's first). */
+typedef struct {
+    float *feat[2][8], *dfeat[2][8];
+    int Bg, first;
+} objective_features;
+
+static int features(amdim_model *m, int B, objective_features *f)
 {
     amdim_cpu_state *c = m->bs;
-    const amdim_model_config *cfg = &m->cfg;
-    int R = cfg->n_rkhs;
-    float *feat[2][8]; /* [view][1, 5, 7] */
-    float *dfeat[2][8];
+    int R = m->cfg.n_rkhs, K = m->cfg.mixtures;
     for (int v = 0; v < 2; v++) {
-        feat[v][1] = c->lc[v][m->arch.nlayers - 1].out; /* (R, B) */
-        feat[v][5] = c->hc[v][0].out;                   /* (R, B*25) */
-        feat[v][7] = c->hc[v][1].out;                   /* (R, B*49) */
-        dfeat[v][1] = c->dr1[v], dfeat[v][5] = c->dr5[v], dfeat[v][7] = c->dr7[v];
+        f->feat[v][1] = c->lc[v][m->arch.nlayers - 1].out;
+        f->feat[v][5] = c->hc[v][0].out;
+        f->feat[v][7] = c->hc[v][1].out;
+        f->dfeat[v][1] = c->dr1[v], f->dfeat[v][5] = c->dr5[v], f->dfeat[v][7] = c->dr7[v];
         memset(c->dr1[v], 0, (size_t)R * B * sizeof(float));
         memset(c->dr5[v], 0, (size_t)R * B * 25 * sizeof(float));
         memset(c->dr7[v], 0, (size_t)R * B * 49 * sizeof(float));
     }
-    int K = cfg->mixtures;
     for (int v = 0; v < 2 && K > 1; v++) {
         amdim_cpu_mix_forward(m, v, B);
         memset(c->dmix[v], 0, (size_t)K * R * B * sizeof(float));
     }
     /* across ranks: this rank's sources against the global batch's targets */
     const amdim_comm *cm = step_comm(m);
-    int Bg = B, first = 0, rc;
-    if (cm) {
-        AMDIM_ASSERT(K == 1);
-        if ((rc = amdim_cpu_gather_targets(m, B)))
-            return rc;
-        for (int v = 0; v < 2; v++) {
-            feat[v][5] = c->tg[v][0], feat[v][7] = c->tg[v][1];
-            dfeat[v][5] = c->dtg[v][0], dfeat[v][7] = c->dtg[v][1];
-        }
-        Bg = B * cm->size, first = B * cm->rank;
+    f->Bg = B, f->first = 0;
+    if (!cm)
+        return AMDIM_OK;
+    AMDIM_ASSERT(K == 1);
+    AMDIM_TRY(amdim_cpu_gather_targets(m, B));
+    for (int v = 0; v < 2; v++) {
+        f->feat[v][5] = c->tg[v][0], f->feat[v][7] = c->tg[v][1];
+        f->dfeat[v][5] = c->dtg[v][0], f->dfeat[v][7] = c->dtg[v][1];
     }
+    f->Bg = B * cm->size, f->first = B * cm->rank;
+    return AMDIM_OK;
+}
+
+/* One NCE direction without mixtures: its loss and regulariser into
+ * *loss, *reg1, its gradients added to the features'. */
+static int direction(amdim_model *m, const amdim_nce_direction *d, int B, const int32_t *src5,
+                     const objective_features *f, double *loss, double *reg1)
+{
+    amdim_cpu_state *c = m->bs;
+    const amdim_model_config *cfg = &m->cfg;
+    int R = cfg->n_rkhs, a = d->src_view, b = 1 - a;
+    const float *src = c->lc[a][m->arch.nlayers - 1].out; /* r1 (R, B) */
+    float *dsrc = c->dr1[a];
+    const int32_t *idx = src5 + (size_t)a * B;
+    if (d->src_feature == 5) { /* one drawn location of r5 per image */
+        for (int ch = 0; ch < R; ch++)
+            for (int i = 0; i < B; i++)
+                c->srcT[(size_t)ch * B + i] = c->hc[a][0].out[((size_t)ch * B + i) * 25 + idx[i]];
+        memset(c->dsrcT, 0, (size_t)R * B * sizeof(float));
+        src = c->srcT;
+        dsrc = c->dsrcT;
+    }
+    AMDIM_TRY(amdim_cpu_op(m, amdim_cpu_nce_direction_part(src, B, f->first, f->feat[b][d->tgt_feature], R, f->Bg,
+                                                           d->L, cfg->tclip, cfg->objective, 0.5f, 0.5f, NULL, NULL,
+                                                           loss, reg1, dsrc, f->dfeat[b][d->tgt_feature], &c->nce)));
+    /* the drawn r5 sources' gradient joins the targets' (image first + i
+     * of the global batch): the reduce-scatter then brings this rank's
+     * whole r5 gradient, summed in the order one process sums it */
+    if (d->src_feature == 5)
+        for (int ch = 0; ch < R; ch++)
+            for (int i = 0; i < B; i++)
+                f->dfeat[a][5][((size_t)ch * f->Bg + f->first + i) * 25 + idx[i]] += c->dsrcT[(size_t)ch * B + i];
+    return AMDIM_OK;
+}
+
+int amdim_cpu_objectives(amdim_model *m, int B, const int32_t *src5, amdim_step_stats *st)
+{
+    amdim_cpu_state *c = m->bs;
+    int R = m->cfg.n_rkhs, K = m->cfg.mixtures;
+    objective_features f;
+    AMDIM_TRY(features(m, B, &f));
     double reg = 0, task[3] = {0, 0, 0}, entropy = 0;
     for (int k = 0; k < AMDIM_NCE_DIRECTIONS; k++) {
         const amdim_nce_direction *d = &m->arch.dirs[k];
         int a = d->src_view, b = 1 - a;
-        if (d->mixtures > 1) {
-            double loss = 0, reg1 = 0, h = 0;
-            if ((rc = amdim_cpu_mix_direction(m, c->mix[a], c->dmix[a], feat[b][d->tgt_feature],
-                                              dfeat[b][d->tgt_feature], B, d->L, &loss, &reg1, &h)))
-                return rc;
-            task[d->task] += 0.5 * loss;
-            reg += reg1;
-            entropy += 0.5 * h;
-            continue;
-        }
-        const float *src = c->lc[a][m->arch.nlayers - 1].out; /* r1 (R, B) */
-        float *dsrc = c->dr1[a];
-        const int32_t *idx = src5 + (size_t)a * B;
-        if (d->src_feature == 5) { /* one drawn location of r5 per image */
-            for (int ch = 0; ch < R; ch++)
-                for (int i = 0; i < B; i++)
-                    c->srcT[(size_t)ch * B + i] = c->hc[a][0].out[((size_t)ch * B + i) * 25 + idx[i]];
-            memset(c->dsrcT, 0, (size_t)R * B * sizeof(float));
-            src = c->srcT;
-            dsrc = c->dsrcT;
-        }
-        double loss, reg1;
-        AMDIM_TRY(amdim_cpu_op(m, amdim_cpu_nce_direction_part(src, B, first, feat[b][d->tgt_feature], R, Bg, d->L,
-                                                               cfg->tclip, cfg->objective, 0.5f, 0.5f, NULL, NULL,
-                                                               &loss, &reg1, dsrc, dfeat[b][d->tgt_feature], &c->nce)));
+        double loss = 0, reg1 = 0, h = 0;
+        if (d->mixtures > 1)
+            AMDIM_TRY(amdim_cpu_mix_direction(m, c->mix[a], c->dmix[a], f.feat[b][d->tgt_feature],
+                                              f.dfeat[b][d->tgt_feature], B, d->L, &loss, &reg1, &h));
+        else
+            AMDIM_TRY(direction(m, d, B, src5, &f, &loss, &reg1));
         task[d->task] += 0.5 * loss;
         reg += reg1;
-        /* the drawn r5 sources' gradient joins the targets' (image first + i
-         * of the global batch): the reduce-scatter then brings this rank's
-         * whole r5 gradient, summed in the order one process sums it */
-        if (d->src_feature == 5)
-            for (int ch = 0; ch < R; ch++)
-                for (int i = 0; i < B; i++)
-                    dfeat[a][5][((size_t)ch * Bg + first + i) * 25 + idx[i]] += c->dsrcT[(size_t)ch * B + i];
+        entropy += 0.5 * h;
     }
-    if (cm && (rc = amdim_cpu_scatter_target_grads(m, B)))
-        return rc;
+    if (step_comm(m))
+        AMDIM_TRY(amdim_cpu_scatter_target_grads(m, B));
     /* the mixture MLP's backward, once both r1 directions of a view are in */
     const amdim_mixture *x = &m->arch.mix;
     for (int v = 0; v < 2 && K > 1; v++)
-        AMDIM_TRY(amdim_cpu_op(m, amdim_cpu_mixture_backward(feat[v][1], c->mix_h[v], R, B, K, weight(m, x->w1),
+        AMDIM_TRY(amdim_cpu_op(m, amdim_cpu_mixture_backward(f.feat[v][1], c->mix_h[v], R, B, K, weight(m, x->w1),
                                                              weight(m, x->w2), c->dmix[v], c->dr1[v], grad(m, x->w1),
                                                              grad(m, x->b1), grad(m, x->w2), grad(m, x->b2), &c->scr)));
     st->nce_1t5 = task[0];

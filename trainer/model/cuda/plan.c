@@ -68,122 +68,149 @@ void amdim_cuda_param_plan_free(amdim_cuda_param_plan *p)
     memset(p, 0, sizeof *p);
 }
 
+/* The activation plan being laid out: the next free byte, the element
+ * size, this rank's and the global batch, and the largest activation
+ * gradient and BatchNorm scratch seen so far. */
+typedef struct {
+    amdim_cuda_plan *p;
+    size_t top, es, b, bg, maxact, bn;
+} plan_builder;
+
+static size_t act_buf(plan_builder *pb, size_t n) { return take_rec(pb->p, &pb->top, n, pb->es); } /* activations */
+static size_t f32_buf(plan_builder *pb, size_t n) { return take_rec(pb->p, &pb->top, n, 4); } /* float, int32 */
+static size_t f64_buf(plan_builder *pb, size_t n) { return take_rec(pb->p, &pb->top, n, 8); } /* doubles */
+
+/* View v's input, every layer's buffers and both heads'. */
+static int plan_view(plan_builder *pb, const amdim_arch *a, int v)
+{
+    amdim_cuda_plan *p = pb->p;
+    size_t b = pb->b, xc = (size_t)p->in_ch, S = (size_t)a->cfg.encoder_size, R = (size_t)a->cfg.n_rkhs;
+    p->layers[v] = calloc((size_t)(a->nlayers > 0 ? a->nlayers : 1), sizeof *p->layers[v]);
+    if (!p->layers[v])
+        return AMDIM_E_NOMEM;
+    p->x[v] = act_buf(pb, xc * b * S * S);
+    for (int l = 0; l < a->nlayers; l++) {
+        const amdim_layer *L = &a->layers[l];
+        amdim_cuda_layer_plan *lp = &p->layers[v][l];
+        size_t cin = l ? (size_t)L->cin : xc; /* the first layer reads the stored views */
+        size_t rows = b * L->hout * L->hout, in = b * L->hin * L->hin * cin, outn = rows * L->cout;
+        pb->maxact = max2(pb->maxact, max2(l ? in : 0, outn));
+        lp->out = act_buf(pb, outn);
+        lp->mean = f32_buf(pb, (size_t)L->cout);
+        lp->istd = f32_buf(pb, (size_t)L->cout);
+        lp->padded = lp->h1 = lp->r = AMDIM_CUDA_NONE;
+        if (L->kind == AMDIM_LAYER_STEM && L->pad) {
+            size_t hp = (size_t)L->hin + 2 * L->pad;
+            lp->padded = act_buf(pb, b * hp * hp * cin);
+        }
+        if (L->kind == AMDIM_LAYER_RES) {
+            lp->h1 = act_buf(pb, outn);
+            lp->r = act_buf(pb, outn);
+        }
+        pb->bn = max2(pb->bn, amdim_bn_scratch_doubles(rows, L->cout)); /* BN or the stem's bias gradient */
+    }
+    for (int h = 0; h < 2; h++) {
+        amdim_cuda_head_plan *hp = &p->heads[v][h];
+        size_t rows = b * a->heads[h].hw * a->heads[h].hw, n = rows * R;
+        hp->h1 = act_buf(pb, n);
+        hp->r = act_buf(pb, n);
+        hp->sum = act_buf(pb, n);
+        hp->out = act_buf(pb, n);
+        hp->mean1 = f32_buf(pb, R);
+        hp->istd1 = f32_buf(pb, R);
+        hp->mean2 = f32_buf(pb, R);
+        hp->istd2 = f32_buf(pb, R);
+        pb->maxact = max2(pb->maxact, n);
+        pb->bn = max2(pb->bn, amdim_bn_scratch_doubles(rows, R));
+    }
+    p->dr1[v] = act_buf(pb, b * R);
+    p->dr5[v] = act_buf(pb, b * 25 * R);
+    p->dr7[v] = act_buf(pb, b * 49 * R);
+    return AMDIM_OK;
+}
+
+/* The backward pass's gradient buffers and the online probes'. */
+static void plan_backward_and_probes(plan_builder *pb, const amdim_arch *a)
+{
+    amdim_cuda_plan *p = pb->p;
+    size_t b = pb->b, R = (size_t)a->cfg.n_rkhs, H = (size_t)a->cfg.mlp_hidden, K = (size_t)a->cfg.n_classes;
+    p->maxact = pb->maxact;
+    p->grad_a = act_buf(pb, pb->maxact);
+    p->grad_b = act_buf(pb, pb->maxact);
+    /* the inner gradient of a layer or head; also float staging of up to
+     * maxact values (2 maxact es >= 4 maxact bytes) */
+    p->scratch = act_buf(pb, 2 * pb->maxact);
+    for (int h = 0; h < 2; h++)
+        p->dhead[h] = act_buf(pb, b * a->heads[h].hw * a->heads[h].hw * a->heads[h].cin);
+    size_t HR = H > R ? H : R;
+    p->feat = act_buf(pb, 2 * b * R);
+    p->mlp_h0 = act_buf(pb, 2 * b * R);
+    p->mlp_z1 = act_buf(pb, 2 * b * H);
+    p->mlp_a1 = act_buf(pb, 2 * b * H);
+    p->mlp_h2 = act_buf(pb, 2 * b * H);
+    p->mlp_mean = f32_buf(pb, H);
+    p->mlp_istd = f32_buf(pb, H);
+    p->logits[0] = f32_buf(pb, 2 * b * K);
+    p->logits[1] = f32_buf(pb, 2 * b * K);
+    p->dlogits = f32_buf(pb, 2 * b * K);
+    p->dlogits_act = pb->es == 4 ? p->dlogits : act_buf(pb, 2 * b * K);
+    p->dtmp = act_buf(pb, 2 * b * HR);
+    p->dtmp2 = act_buf(pb, 2 * b * HR);
+    pb->bn = max2(pb->bn, max2(amdim_bn_scratch_doubles(2 * b, (int)H), amdim_bn_scratch_doubles(2 * b, (int)K)));
+}
+
+/* The objective's: sources, the group's targets, scores, masks, statistics. */
+static void plan_objective(plan_builder *pb, const amdim_arch *a)
+{
+    amdim_cuda_plan *p = pb->p;
+    size_t b = pb->b, bg = pb->bg, R = (size_t)a->cfg.n_rkhs, H = (size_t)a->cfg.mlp_hidden;
+    p->src = act_buf(pb, b * R);
+    p->dsrc = act_buf(pb, b * R);
+    for (int v = 0; v < 2; v++)
+        for (int f = 0; f < 2; f++) {
+            size_t hw = f ? 49 : 25;
+            p->tg[v][f] = p->ranks ? act_buf(pb, bg * hw * R) : AMDIM_CUDA_NONE;
+            p->dtg[v][f] = p->ranks ? act_buf(pb, bg * hw * R) : AMDIM_CUDA_NONE;
+        }
+    p->scores = f32_buf(pb, b * bg * 49);
+    p->dscores = f32_buf(pb, b * bg * 49);
+    p->dscores_act = pb->es == 4 ? p->dscores : act_buf(pb, b * bg * 49);
+    p->mask_in = f32_buf(pb, 2 * b * R);
+    p->mask_hidden = f32_buf(pb, 2 * b * H);
+    p->labels2 = f32_buf(pb, 2 * b);
+    p->src5 = f32_buf(pb, 2 * b);
+    p->stats = f64_buf(pb, AMDIM_CUDA_STATS_CLS * b + 12 * b);
+}
+
 int amdim_cuda_plan_build(amdim_cuda_plan *p, const amdim_arch *a, int B, int ranks, int act_bytes)
 {
     memset(p, 0, sizeof *p);
-    const amdim_model_config *c = &a->cfg;
-    int S = c->encoder_size, R = c->n_rkhs, H = c->mlp_hidden, K = c->n_classes;
-    int xc = amdim_cuda_in_channels(act_bytes);
+    AMDIM_ASSERT(ranks >= 0 && (act_bytes == 2 || act_bytes == 4));
+    size_t b = (size_t)B, S = (size_t)a->cfg.encoder_size;
     /* maxact: the largest activation gradient (the first layer's input
      * never gets one) and at least the 3 B S S floats of an NCHW test view
      * staged in the scratch */
-    size_t top = 0, b = (size_t)B, maxact = 3 * b * S * S, bn = 0;
-    AMDIM_ASSERT(ranks >= 0 && (act_bytes == 2 || act_bytes == 4));
-    size_t es = (size_t)act_bytes;
-#define ACT(n) take_rec(p, &top, (n), es)        /* activations and their gradients */
-#define F32(n) take_rec(p, &top, (n), 4)         /* float in both modes (also int32) */
-#define F64(n) take_rec(p, &top, (n), 8)         /* doubles */
-    size_t bg = b * (size_t)(ranks > 0 ? ranks : 1); /* the global batch */
+    plan_builder pb = {p, 0, (size_t)act_bytes, b, b * (size_t)(ranks > 0 ? ranks : 1), 3 * b * S * S, 0};
     p->batch = B;
     p->ranks = ranks;
     p->act_bytes = act_bytes;
-    p->in_ch = xc;
+    p->in_ch = amdim_cuda_in_channels(act_bytes);
     p->nlayers = a->nlayers;
     p->capextents = 128 + 12 * (size_t)a->nlayers;
     p->extents = malloc(p->capextents * sizeof *p->extents);
     if (!p->extents)
         return AMDIM_E_NOMEM;
-    p->u8 = take_rec(p, &top, 3 * b * S * S, 1);
-    for (int v = 0; v < 2; v++) {
-        p->layers[v] = calloc((size_t)(a->nlayers > 0 ? a->nlayers : 1), sizeof *p->layers[v]);
-        if (!p->layers[v]) {
+    p->u8 = take_rec(p, &pb.top, 3 * b * S * S, 1);
+    for (int v = 0; v < 2; v++)
+        if (plan_view(&pb, a, v)) {
             amdim_cuda_plan_free(p);
             return AMDIM_E_NOMEM;
         }
-        p->x[v] = ACT((size_t)xc * b * S * S);
-        for (int l = 0; l < a->nlayers; l++) {
-            const amdim_layer *L = &a->layers[l];
-            amdim_cuda_layer_plan *lp = &p->layers[v][l];
-            size_t cin = l ? (size_t)L->cin : (size_t)xc; /* the first layer reads the stored views */
-            size_t rows = b * L->hout * L->hout, in = b * L->hin * L->hin * cin, outn = rows * L->cout;
-            maxact = max2(maxact, max2(l ? in : 0, outn));
-            lp->out = ACT(outn);
-            lp->mean = F32((size_t)L->cout);
-            lp->istd = F32((size_t)L->cout);
-            lp->padded = lp->h1 = lp->r = AMDIM_CUDA_NONE;
-            if (L->kind == AMDIM_LAYER_STEM && L->pad) {
-                size_t hp = (size_t)L->hin + 2 * L->pad;
-                lp->padded = ACT(b * hp * hp * cin);
-            }
-            if (L->kind == AMDIM_LAYER_RES) {
-                lp->h1 = ACT(outn);
-                lp->r = ACT(outn);
-            }
-            bn = max2(bn, amdim_bn_scratch_doubles(rows, L->cout)); /* BN or the stem's bias gradient */
-        }
-        for (int h = 0; h < 2; h++) {
-            amdim_cuda_head_plan *hp = &p->heads[v][h];
-            size_t rows = b * a->heads[h].hw * a->heads[h].hw, n = rows * R;
-            hp->h1 = ACT(n);
-            hp->r = ACT(n);
-            hp->sum = ACT(n);
-            hp->out = ACT(n);
-            hp->mean1 = F32((size_t)R);
-            hp->istd1 = F32((size_t)R);
-            hp->mean2 = F32((size_t)R);
-            hp->istd2 = F32((size_t)R);
-            maxact = max2(maxact, n);
-            bn = max2(bn, amdim_bn_scratch_doubles(rows, R));
-        }
-        p->dr1[v] = ACT(b * R);
-        p->dr5[v] = ACT(b * 25 * R);
-        p->dr7[v] = ACT(b * 49 * R);
-    }
-    p->maxact = maxact;
-    p->grad_a = ACT(maxact);
-    p->grad_b = ACT(maxact);
-    /* the inner gradient of a layer or head; also float staging of up to
-     * maxact values (2 maxact es >= 4 maxact bytes) */
-    p->scratch = ACT(2 * maxact);
-    for (int h = 0; h < 2; h++)
-        p->dhead[h] = ACT(b * a->heads[h].hw * a->heads[h].hw * a->heads[h].cin);
-    size_t HR = (size_t)(H > R ? H : R);
-    p->feat = ACT(2 * b * R);
-    p->mlp_h0 = ACT(2 * b * R);
-    p->mlp_z1 = ACT(2 * b * H);
-    p->mlp_a1 = ACT(2 * b * H);
-    p->mlp_h2 = ACT(2 * b * H);
-    p->mlp_mean = F32((size_t)H);
-    p->mlp_istd = F32((size_t)H);
-    p->logits[0] = F32(2 * b * K);
-    p->logits[1] = F32(2 * b * K);
-    p->dlogits = F32(2 * b * K);
-    p->dlogits_act = es == 4 ? p->dlogits : ACT(2 * b * K);
-    p->dtmp = ACT(2 * b * HR);
-    p->dtmp2 = ACT(2 * b * HR);
-    p->src = ACT(b * R);
-    p->dsrc = ACT(b * R);
-    for (int v = 0; v < 2; v++)
-        for (int f = 0; f < 2; f++) {
-            size_t hw = f ? 49 : 25;
-            p->tg[v][f] = ranks ? ACT(bg * hw * R) : AMDIM_CUDA_NONE;
-            p->dtg[v][f] = ranks ? ACT(bg * hw * R) : AMDIM_CUDA_NONE;
-        }
-    p->scores = F32(b * bg * 49);
-    p->dscores = F32(b * bg * 49);
-    p->dscores_act = es == 4 ? p->dscores : ACT(b * bg * 49);
-    p->mask_in = F32(2 * b * R);
-    p->mask_hidden = F32(2 * b * H);
-    p->labels2 = F32(2 * b);
-    p->src5 = F32(2 * b);
-    p->stats = F64(AMDIM_CUDA_STATS_CLS * b + 12 * b);
-    bn = max2(bn, max2(amdim_bn_scratch_doubles(2 * b, H), amdim_bn_scratch_doubles(2 * b, K)));
-    p->bn_scratch = F64(bn);
-    p->total = take_aligned(&top, 0, 256);
+    plan_backward_and_probes(&pb, a);
+    plan_objective(&pb, a);
+    p->bn_scratch = f64_buf(&pb, pb.bn);
+    p->total = take_aligned(&pb.top, 0, 256);
     return AMDIM_OK;
-#undef ACT
-#undef F32
-#undef F64
 }
 
 void amdim_cuda_plan_free(amdim_cuda_plan *p)
