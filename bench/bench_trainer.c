@@ -35,6 +35,7 @@
 
 #include "amdim_trainer.h"
 #include "bench_common.h"
+#include "roofline.h"
 
 typedef struct {
     const char *name;
@@ -222,7 +223,15 @@ static int run(amdim_device dev, amdim_precision prec, const bench_config *bc, i
     int cuda = dev == AMDIM_DEVICE_CUDA;
     if (cuda && warmup < 2)
         warmup = 2; /* algorithms measured, then graphs captured: neither inside the timed steps */
-    if ((rc = steps_run(m, &v, batch, warmup)))
+    /* the first (eager) step's launch list: the roofline printed beside the timing */
+    roofline rl = {0};
+    if (cuda && (rc = amdim_model_set_trace(m, roofline_add, &rl))) {
+        fprintf(stderr, "bench_trainer: %s\n", amdim_model_error(m));
+        goto done;
+    }
+    int traced = cuda ? 1 : 0; /* CUDA: the first warm-up step is the traced one */
+    if ((rc = steps_run(m, &v, batch, traced)) || (cuda && (rc = amdim_model_set_trace(m, NULL, NULL))) ||
+        (rc = steps_run(m, &v, batch, warmup - traced)))
         goto done;
     if (!cuda)
         amdim_model_profile(m, 1);
@@ -255,6 +264,8 @@ static int run(amdim_device dev, amdim_precision prec, const bench_config *bc, i
                    bc->name, 1e3 * dt, batch / dt, flops / 1e9, tflops, of_peak, 100 * tflops / info->bf16_tflops,
                    100 * tflops / info->fp32_tflops, used / 1073741824.0, total / 1073741824.0);
         }
+        if (!csv)
+            roofline_print(stdout, &rl, &roofline_default_efficiency, flops, dt, info->name, peak);
         amdim_model_profile(m, 1);
         if ((rc = steps_run(m, &v, batch, 1)))
             goto done;

@@ -55,6 +55,15 @@ int emu_device_range(const void *p, size_t bytes);
 /* The device's sticky error (cudaSuccess while the context is usable). */
 cudaError_t emu_sticky(void);
 
+/* A dry run (AMDIM_EMU_DRY=1 in the environment, read once): every call
+ * is checked and queued as usual, but no device work runs - no kernel,
+ * library arithmetic, clear, or copy into device memory - and device
+ * memory is never touched, so a step at full size (tens of GB of
+ * arenas, never backed) can be walked through on any machine for its
+ * launch list (bench_roofline). Copies to the host still run (device
+ * memory reads as zeros). */
+int emu_dry(void);
+
 /* The emulated device's lock (recursive): every API entry point holds it,
  * so host threads may share the device as with a real one. */
 void emu_lock(void);

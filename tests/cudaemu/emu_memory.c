@@ -93,7 +93,7 @@ cudaError_t cudaMalloc(void **p, size_t bytes)
         else {
             mprotect(map + pages, page, PROT_NONE);
             char *q = map + pages - body;  /* ends at the guard page; 256-byte aligned */
-            if (bytes <= (size_t)64 << 20) /* the arenas; not the libraries' large workspaces */
+            if (bytes <= (size_t)64 << 20 && !emu_dry()) /* the arenas; not the libraries' large workspaces */
                 memset(q, 0xff, body);
             allocs[nallocs++] = (allocation){map, pages + page, q, bytes};
             *p = q;
@@ -207,6 +207,8 @@ typedef struct {
 static cudaError_t copy_run(void *arg)
 {
     copy_work *c = arg;
+    if (emu_dry() && on_device(c->dst))
+        return cudaSuccess;
     if (c->src)
         memmove(c->dst, c->src, c->bytes);
     else
@@ -274,7 +276,7 @@ static work *copy_work_new(void *dst, const void *src, size_t bytes, int staged)
         free(c);
         return NULL;
     }
-    *w = (work){copy_run, c, free, "cudaMemcpyAsync", 1};
+    *w = (work){copy_run, c, free, "cudaMemcpyAsync", 1, 1};
     return w;
 }
 
@@ -361,7 +363,7 @@ static cudaError_t set_async(void *p, int value, size_t bytes, struct CUstream_s
         return cudaErrorMemoryAllocation;
     }
     *c = (copy_work){p, NULL, bytes, value};
-    *w = (work){copy_run, c, free, "cudaMemsetAsync", 1};
+    *w = (work){copy_run, c, free, "cudaMemsetAsync", 1, 1};
     if (t->capturing) {
         cudaError_t r = emu_graph_add(t->g, w) ? cudaSuccess : cudaErrorMemoryAllocation;
         emu_work_unref(w);

@@ -75,6 +75,16 @@ cudaError_t cudaPeekAtLastError(void)
     return e;
 }
 
+int emu_dry(void)
+{
+    static int dry = -1;
+    if (dry < 0) {
+        const char *v = getenv("AMDIM_EMU_DRY");
+        dry = v && strcmp(v, "1") == 0;
+    }
+    return dry;
+}
+
 /* ---- kernel launches ---- */
 
 typedef struct {

@@ -20,6 +20,7 @@ typedef struct {
     emu_drop_fn drop;
     const char *what;
     int refs;
+    int in_dry_run; /* runs in a dry run too (emu_dry): copies, which skip device destinations */
 } work;
 
 enum { ITEM_WORK, ITEM_WAIT, ITEM_RECORD };

@@ -81,7 +81,7 @@ static cudaError_t run_item(struct CUstream_st *s, item *it)
             it->ev->t = now();
             it->ev->timed = 1;
         }
-    } else if (emu_sticky() == cudaSuccess) {
+    } else if (emu_sticky() == cudaSuccess && (!emu_dry() || it->w->in_dry_run)) {
         e = it->w->run(it->w->arg);
         if (e != cudaSuccess) {
             fprintf(stderr, "emulated device: %s failed: %s\n", it->w->what, cudaGetErrorName(e));
@@ -208,7 +208,7 @@ cudaError_t emu_enqueue(cudaStream_t s, const char *what, emu_work_fn run, void 
         emu_unlock();
         return emu_err(e);
     }
-    *w = (work){run, arg, drop, what, 1};
+    *w = (work){run, arg, drop, what, 1, 0};
     if (st->capturing) {
         if (!emu_graph_add(st->g, w))
             e = cudaErrorMemoryAllocation;

@@ -135,6 +135,17 @@ const char *amdim_model_error(const amdim_model *m);
  * buf; "" on the CPU. Returns the length it needed (as snprintf). */
 size_t amdim_model_algorithms(const amdim_model *m, char *buf, size_t n);
 
+/* The launch list (a roofline's input): with fn set, every kernel launch
+ * and library call the backend makes is reported as it is made - a name
+ * ("relu", "BN apply", "convolution", "GEMM", ...), the number of
+ * launches (1), the bytes it moves to and from device memory (each array
+ * it reads or writes counted once) and its FLOPs (0 for memory-bound
+ * kernels). A step replayed from a CUDA graph makes no host calls: trace
+ * an eager step (the first one, or with graphs off). NULL stops it. CUDA
+ * only: AMDIM_E_UNSUPPORTED on the CPU. */
+typedef void (*amdim_trace_fn)(void *arg, const char *op, int launches, double bytes, double flops);
+int amdim_model_set_trace(amdim_model *m, amdim_trace_fn fn, void *arg);
+
 /* Data parallelism: the process group a model's training steps
  * communicate over (parallel/amdim_parallel.h makes one on MPI). Every rank holds
  * the same model; a step's batch is this rank's share - positions

@@ -86,6 +86,8 @@ typedef struct amdim_backend {
     /* The library algorithms chosen so far, as text (amdim_model_algorithms;
      * NULL: none to report). */
     size_t (*algorithms)(const amdim_model *m, char *buf, size_t n);
+    /* The launch list (amdim_model_set_trace; NULL: not kept). */
+    int (*set_trace)(amdim_model *m, amdim_trace_fn fn, void *arg);
 } amdim_backend;
 
 extern const amdim_backend amdim_backend_cpu;

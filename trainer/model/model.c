@@ -206,6 +206,14 @@ size_t amdim_model_algorithms(const amdim_model *m, char *buf, size_t n)
         buf[0] = 0;
     return 0;
 }
+int amdim_model_set_trace(amdim_model *m, amdim_trace_fn fn, void *arg)
+{
+    if (!m->be->set_trace)
+        return AMDIM_MFAIL(m, AMDIM_E_UNSUPPORTED, "the %s backend keeps no launch list",
+                           amdim_device_name(m->device));
+    return m->be->set_trace(m, fn, arg);
+}
+
 amdim_device amdim_model_device(const amdim_model *m) { return m->device; }
 int amdim_model_register_host(amdim_model *m, void *base, size_t bytes)
 {

@@ -43,11 +43,29 @@ static void check_range(const amdim_model *m, const void *p, size_t bytes)
     AMDIM_ASSERT(!"a copy or clear crosses the end of a planned activation buffer");
 }
 
+/* The launch list: kept in the kernels' context, which every launcher and
+ * amdim_cuda_note read. */
+static int cuda_set_trace(amdim_model *m, amdim_trace_fn fn, void *arg)
+{
+    cuda_of(m)->ctx.trace = fn;
+    cuda_of(m)->ctx.trace_arg = arg;
+    return AMDIM_OK;
+}
+
+void amdim_cuda_note(const amdim_model *m, const char *op, double bytes, double flops)
+{
+    const amdim_cuda_ctx *k = kctx(m);
+    if (k->trace)
+        k->trace(k->trace_arg, op, 1, bytes, flops);
+}
+
 int amdim_cuda_copy(amdim_model *m, void *dst, const void *src, size_t bytes, enum cudaMemcpyKind kind)
 {
     check_range(m, dst, bytes);
     check_range(m, src, bytes);
     AMDIM_CU(cudaMemcpyAsync(dst, src, bytes, kind, cuda_of(m)->stream), "cudaMemcpyAsync");
+    amdim_cuda_note(m, kind == cudaMemcpyDeviceToDevice ? "copy" : "host copy",
+                    kind == cudaMemcpyDeviceToDevice ? 2.0 * bytes : (double)bytes, 0);
     if (kind == cudaMemcpyDeviceToHost)
         return amdim_cuda_finish(m);
     return AMDIM_OK;
@@ -57,6 +75,7 @@ int amdim_cuda_zero(amdim_model *m, void *p, size_t bytes)
 {
     check_range(m, p, bytes);
     AMDIM_CU(cudaMemsetAsync(p, 0, bytes, cuda_of(m)->stream), "cudaMemsetAsync");
+    amdim_cuda_note(m, "zero", (double)bytes, 0);
     return AMDIM_OK;
 }
 
@@ -441,4 +460,5 @@ const amdim_backend amdim_backend_cuda = {
     .pull = cuda_pull,
     .push = cuda_push,
     .algorithms = cuda_algorithms,
+    .set_trace = cuda_set_trace,
 };

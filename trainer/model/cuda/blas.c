@@ -8,6 +8,15 @@
 
 /* ---- GEMMs ------------------------------------------------------------------ */
 
+/* A GEMM into the launch list: 2 M N K FLOPs; A and B read, C written
+ * (and read when beta is not 0), in the mode's types. */
+static void note_gemm(const amdim_model *m, const char *op, int M, int N, int K, float beta, int c_f32)
+{
+    double es = cuda_of(m)->bf16 ? 2 : 4, ces = c_f32 || !cuda_of(m)->bf16 ? 4 : 2;
+    double bytes = ((double)M * K + (double)K * N) * es + (double)M * N * ces * (beta != 0.0f ? 2 : 1);
+    amdim_cuda_note(m, op, bytes, 2.0 * M * N * K);
+}
+
 /* Row-major C (M, N) = alpha op(A) op(B) + beta C, as cblas_sgemm(CblasRowMajor,
  * ...): the column-major product C^T = op(B)^T op(A)^T. fp32 mode: float
  * operands, pedantic fp32. bf16 mode: A and B bfloat16 (activations, the
@@ -31,6 +40,7 @@ int amdim_cuda_gemm(amdim_model *m, int ta, int tb, int M, int N, int K, float a
     if (st != CUBLAS_STATUS_SUCCESS)
         return AMDIM_MFAIL(m, st == CUBLAS_STATUS_ALLOC_FAILED ? AMDIM_E_NOMEM : AMDIM_E_IO, "%s(%d x %d x %d): %s",
                            cuda_of(m)->bf16 ? "cublasGemmEx" : "cublasSgemm", M, N, K, cublasGetStatusString(st));
+    note_gemm(m, "GEMM", M, N, K, beta, c_f32);
     return AMDIM_OK;
 }
 
@@ -151,6 +161,7 @@ int amdim_cuda_nce_gemm(amdim_model *m, int ta, int tb, int M, int N, int K, flo
                                        cs->blas_ws, BLAS_WORKSPACE_BYTES, cs->stream);
     if (st != CUBLAS_STATUS_SUCCESS)
         return lt_fail(m, st, "cublasLtMatmul", &l);
+    note_gemm(m, "GEMM (NCE scores)", M, N, K, beta, c_f32);
     return AMDIM_OK;
 }
 

@@ -228,6 +228,9 @@ int amdim_cuda_refresh_copies(amdim_model *m);
  * group, has rank 0 measure and the other ranks adopt its choices (one
  * broadcast, with rank 0's status, per batch size). */
 int amdim_cuda_prepare_convs(amdim_model *m, int B, int backward);
+/* A library call into the launch list (amdim_cuda_ctx.trace): its bytes
+ * moved to and from device memory and its FLOPs. */
+void amdim_cuda_note(const amdim_model *m, const char *op, double bytes, double flops);
 int amdim_cuda_choose_convs(amdim_model *m, int B, int backward);
 int amdim_cuda_encoder_forward(amdim_model *m, int v, int B, int train, int heads);
 int amdim_cuda_encoder_backward(amdim_model *m, int v, int B, int launch);

@@ -210,11 +210,42 @@ int amdim_cuda_choose_convs(amdim_model *m, int B, int backward)
     return AMDIM_OK;
 }
 
+/* ---- cuDNN calls, into the launch list -------------------------------------------- */
+
+/* 2 n ho wo cout k k cin FLOPs; the bytes of x, w and y (or their gradients). */
+static void note_conv(const amdim_model *m, const char *op, const amdim_conv_shape *sh)
+{
+    double ho = (sh->h - sh->k) / sh->s + 1, wo = (sh->w - sh->k) / sh->s + 1, es = (double)cuda_of(m)->es;
+    double x = (double)sh->n * sh->h * sh->w * sh->cin, w = (double)sh->cout * sh->k * sh->k * sh->cin;
+    double y = (double)sh->n * ho * wo * sh->cout;
+    amdim_cuda_note(m, op, (x + w + y) * es, 2.0 * y * sh->k * sh->k * sh->cin);
+}
+
+static int conv_forward(amdim_model *m, const amdim_conv_shape *sh, const void *x, const void *w, void *y)
+{
+    AMDIM_TRY(amdim_conv_forward(&cuda_of(m)->conv, sh, x, w, y));
+    note_conv(m, "convolution", sh);
+    return AMDIM_OK;
+}
+
+static int conv_backward_filter(amdim_model *m, const amdim_conv_shape *sh, const void *x, const void *dy, void *dw)
+{
+    AMDIM_TRY(amdim_conv_backward_filter(&cuda_of(m)->conv, sh, x, dy, dw));
+    note_conv(m, "convolution (filter gradient)", sh);
+    return AMDIM_OK;
+}
+
+static int conv_backward_data(amdim_model *m, const amdim_conv_shape *sh, const void *w, const void *dy, void *dx)
+{
+    AMDIM_TRY(amdim_conv_backward_data(&cuda_of(m)->conv, sh, w, dy, dx));
+    note_conv(m, "convolution (data gradient)", sh);
+    return AMDIM_OK;
+}
+
 /* x (B, hin, hin, cin) -> lp->out (B, hout, hout, cout) */
 static int layer_forward(amdim_model *m, const amdim_layer *L, const amdim_cuda_layer_plan *lp, const void *x, int B,
                          int train)
 {
-    amdim_cuda_state *c = m->bs;
     size_t rows = (size_t)B * L->hout * L->hout, outn = rows * L->cout;
     void *out = act(m, lp->out);
     switch (L->kind) {
@@ -226,14 +257,14 @@ static int layer_forward(amdim_model *m, const amdim_layer *L, const amdim_cuda_
             in = act(m, lp->padded);
         }
         amdim_conv_shape sh = conv_shape(m, L, B);
-        AMDIM_TRY(amdim_conv_forward(&c->conv, &sh, in, filter_ohwi(m, L->w1), out));
+        AMDIM_TRY(conv_forward(m, &sh, in, filter_ohwi(m, L->w1), out));
         return amdim_bias_relu_forward_cuda(kctx(m), out, weight(m, L->b1), rows, L->cout);
     }
     case AMDIM_LAYER_RES: {
         void *h1 = act(m, lp->h1), *r = act(m, lp->r);
         if (amdim_cuda_conv_uses_cudnn(L)) {
             amdim_conv_shape sh = conv_shape(m, L, B);
-            AMDIM_TRY(amdim_conv_forward(&c->conv, &sh, x, filter_ohwi(m, L->w1), h1));
+            AMDIM_TRY(conv_forward(m, &sh, x, filter_ohwi(m, L->w1), h1));
         } else {
             AMDIM_TRY(
                 amdim_cuda_linear_forward(m, x, rows, L->cin, gemm_weight(m, L->w1), NULL, L->cout, 0.0f, h1, C_ACT));
@@ -266,9 +297,9 @@ static int layer_backward(amdim_model *m, const amdim_layer *L, const amdim_cuda
         AMDIM_ASSERT(!(L->pad && dx)); /* only the first layer pads: no input gradient */
         amdim_conv_shape sh = conv_shape(m, L, B);
         void *dw = c->params + c->pp.dw_ohwi; /* activation type */
-        AMDIM_TRY(amdim_conv_backward_filter(&c->conv, &sh, in, dy, dw));
+        AMDIM_TRY(conv_backward_filter(m, &sh, in, dy, dw));
         AMDIM_TRY(amdim_ohwi_to_oihw_add_cuda(kctx(m), dw, L->cout, L->cin, L->k, sh.cin, grad(m, L->w1)));
-        return dx ? amdim_conv_backward_data(&c->conv, &sh, filter_ohwi(m, L->w1), dy, dx) : AMDIM_OK;
+        return dx ? conv_backward_data(m, &sh, filter_ohwi(m, L->w1), dy, dx) : AMDIM_OK;
     }
     case AMDIM_LAYER_RES: {
         const void *h1 = act(m, lp->h1), *r = act(m, lp->r);
@@ -284,10 +315,10 @@ static int layer_backward(amdim_model *m, const amdim_layer *L, const amdim_cuda
         if (amdim_cuda_conv_uses_cudnn(L)) {
             amdim_conv_shape sh = conv_shape(m, L, B);
             void *dw = c->params + c->pp.dw_ohwi;
-            AMDIM_TRY(amdim_conv_backward_filter(&c->conv, &sh, x, dr, dw));
+            AMDIM_TRY(conv_backward_filter(m, &sh, x, dr, dw));
             AMDIM_TRY(amdim_ohwi_to_oihw_add_cuda(kctx(m), dw, L->cout, L->cin, L->k, sh.cin, grad(m, L->w1)));
             if (dx)
-                AMDIM_TRY(amdim_conv_backward_data(&c->conv, &sh, filter_ohwi(m, L->w1), dr, dx));
+                AMDIM_TRY(conv_backward_data(m, &sh, filter_ohwi(m, L->w1), dr, dx));
         } else {
             AMDIM_TRY(amdim_cuda_linear_backward(m, x, rows, L->cin, gemm_weight(m, L->w1), L->cout, dr, dx, 0.0f,
                                                  grad(m, L->w1), NULL));

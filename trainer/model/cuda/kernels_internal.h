@@ -64,6 +64,12 @@ typedef struct {
     void *bn_sync_arg;
     int ranks;
     int bf16; /* activations (void * arguments) are bfloat16 (uint16_t bits), else float */
+    /* The launch list (NULL: none kept; amdim_model_set_trace): every
+     * launcher reports each kernel it launched - its name, the bytes the
+     * kernel moves to and from device memory (every array it reads and
+     * writes, once) and its FLOPs (0 for ours, which are memory-bound). */
+    void (*trace)(void *arg, const char *op, int launches, double bytes, double flops);
+    void *trace_arg;
 } amdim_cuda_ctx;
 
 /* ---- input.cu ---- */

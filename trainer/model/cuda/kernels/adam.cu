@@ -23,5 +23,6 @@ extern "C" int amdim_adam_cuda(const amdim_cuda_ctx *c, float *w, const float *g
                          const amdim_adam_hparams *h, uint16_t *bf16)
 {
     LAUNCH(c, adam_kernel, grid_for(n), AMDIM_THREADS, w, g, m, v, n, h, bf16);
+    note(c, "Adam", 28.0 * n + (bf16 ? 2.0 * n : 0.0));
     return launch_check(c, "amdim_adam_cuda");
 }

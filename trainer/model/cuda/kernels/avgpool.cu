@@ -54,6 +54,7 @@ extern "C" int amdim_avgpool_pad_forward_add_cuda(const amdim_cuda_ctx *c, const
 {
     size_t n = (size_t)B * ((H - k) / s + 1) * ((W - k) / s + 1) * cin;
     LAUNCH_ACT(c, avgpool_forward_kernel, grid_for(n), AMDIM_THREADS, x, B, H, W, cin, k, s, cout, y);
+    note(c, "shortcut (pool + add)", ((double)B * H * W * cin + 2.0 * n) * act_es(c));
     return launch_check(c, "amdim_avgpool_pad_forward_add_cuda");
 }
 
@@ -62,5 +63,6 @@ extern "C" int amdim_avgpool_pad_backward_add_cuda(const amdim_cuda_ctx *c, cons
 {
     size_t n = (size_t)B * H * W * cin;
     LAUNCH_ACT(c, avgpool_backward_kernel, grid_for(n), AMDIM_THREADS, dy, B, H, W, cin, k, s, cout, dx);
+    note(c, "shortcut backward", (2.0 * n + (double)B * ((H - k) / s + 1) * ((W - k) / s + 1) * cin) * act_es(c));
     return launch_check(c, "amdim_avgpool_pad_backward_add_cuda");
 }

@@ -67,16 +67,20 @@ static __global__ void finals_kernel(const double *partial, size_t P, int C, dou
     fin[2 * ch + 1] = b;
 }
 
+/* what: the launch list's name of the two kernels. */
 static int reduce(const amdim_cuda_ctx *c, const void *x, const void *dy, size_t N, int C, int mode,
-                  const double *mean_d, const float *mean, const float *inv_std, double *scratch, const char *op)
+                  const double *mean_d, const float *mean, const float *inv_std, double *scratch, const char *op,
+                  const char *what)
 {
     size_t P = chunks(N);
     dim3 grid((unsigned)((C + BN_CH - 1) / BN_CH), (unsigned)P), block(BN_CH, BN_ROWS);
     LAUNCH_ACT(c, partials_kernel, grid, block, x, dy, N, C, mode, mean_d, mean, inv_std, scratch);
+    note(c, what, (mode == MODE_BWD ? 2.0 : 1.0) * N * C * act_es(c) + 16.0 * P * C);
     int rc = launch_check(c, op);
     if (rc)
         return rc;
     LAUNCH(c, finals_kernel, (C + 127) / 128, 128, scratch, P, C, scratch + P * 2 * C);
+    note(c, what, 16.0 * (P + 1) * C);
     return launch_check(c, op);
 }
 
@@ -172,19 +176,23 @@ extern "C" int amdim_batchnorm_forward_train_cuda(const amdim_cuda_ctx *c, const
     const char *op = "amdim_batchnorm_forward_train_cuda";
     size_t P = chunks(N), T = total_count(c, N);
     double *fin = scratch + P * 2 * C, *mean_d = fin + 2 * (size_t)C;
-    int rc = reduce(c, x, NULL, N, C, MODE_SUM, NULL, NULL, NULL, scratch, op);
+    int rc = reduce(c, x, NULL, N, C, MODE_SUM, NULL, NULL, NULL, scratch, op, "BN statistics");
     if (rc || (rc = sync_fin(c, fin, C)))
         return rc;
     LAUNCH(c, mean_kernel, (C + 127) / 128, 128, fin, T, C, mean_d);
+    note(c, "BN statistics", 24.0 * C);
     if ((rc = launch_check(c, op)))
         return rc;
-    if ((rc = reduce(c, x, NULL, N, C, MODE_VAR, mean_d, NULL, NULL, scratch, op)) || (rc = sync_fin(c, fin, C)))
+    if ((rc = reduce(c, x, NULL, N, C, MODE_VAR, mean_d, NULL, NULL, scratch, op, "BN statistics")) ||
+        (rc = sync_fin(c, fin, C)))
         return rc;
     LAUNCH(c, train_stats_kernel, (C + 127) / 128, 128, mean_d, fin, T, C, *p, mean, inv_std);
+    note(c, "BN statistics", 40.0 * C);
     if ((rc = launch_check(c, op)))
         return rc;
     size_t n = N * C;
     LAUNCH_ACT(c, apply_kernel, grid_for(n), AMDIM_THREADS, x, n, C, mean, inv_std, p->gamma, p->beta, y);
+    note(c, "BN apply", 2.0 * n * act_es(c) + 16.0 * C);
     return launch_check(c, op);
 }
 
@@ -193,6 +201,7 @@ extern "C" int amdim_batchnorm_forward_eval_cuda(const amdim_cuda_ctx *c, const 
 {
     size_t n = N * C;
     LAUNCH_ACT(c, eval_kernel, grid_for(n), AMDIM_THREADS, x, n, C, *p, y);
+    note(c, "BN apply", 2.0 * n * act_es(c) + 16.0 * C);
     return launch_check(c, "amdim_batchnorm_forward_eval_cuda");
 }
 
@@ -202,15 +211,17 @@ extern "C" int amdim_batchnorm_backward_cuda(const amdim_cuda_ctx *c, const void
 {
     const char *op = "amdim_batchnorm_backward_cuda";
     double *fin = scratch + chunks(N) * 2 * C;
-    int rc = reduce(c, x, dy, N, C, MODE_BWD, NULL, mean, inv_std, scratch, op);
+    int rc = reduce(c, x, dy, N, C, MODE_BWD, NULL, mean, inv_std, scratch, op, "BN backward sums");
     if (rc)
         return rc;
     LAUNCH(c, param_grad_kernel, (C + 127) / 128, 128, fin, C, *p); /* this rank's share */
+    note(c, "BN backward sums", 32.0 * C);
     if ((rc = launch_check(c, op)) || (rc = sync_fin(c, fin, C)))
         return rc;
     size_t n = N * C;
     LAUNCH_ACT(c, backward_kernel, grid_for(n), AMDIM_THREADS, x, dy, n, total_count(c, N), C, p->gamma, mean,
                inv_std, fin, dx);
+    note(c, "BN backward", 3.0 * n * act_es(c) + 28.0 * C);
     return launch_check(c, op);
 }
 
@@ -218,9 +229,10 @@ extern "C" int amdim_channel_sum_add_cuda(const amdim_cuda_ctx *c, const void *x
                                     double *scratch)
 {
     const char *op = "amdim_channel_sum_add_cuda";
-    int rc = reduce(c, x, NULL, N, C, MODE_SUM, NULL, NULL, NULL, scratch, op);
+    int rc = reduce(c, x, NULL, N, C, MODE_SUM, NULL, NULL, NULL, scratch, op, "bias gradient sums");
     if (rc)
         return rc;
     LAUNCH(c, channel_add_kernel, (C + 127) / 128, 128, scratch + chunks(N) * 2 * C, C, out);
+    note(c, "bias gradient sums", 24.0 * C);
     return launch_check(c, op);
 }

@@ -63,5 +63,7 @@ extern "C" int amdim_classifier_loss_cuda(const amdim_cuda_ctx *c, const float *
         dlogits_act = NULL; /* the float dlogits are the GEMMs' operand */
     LAUNCH_ACT(c, classifier_kernel, n, CLS_THREADS, logits, n_all, classes, labels, inv_valid, scale, dlogits,
                dlogits_act, rows);
+    note(c, "classifier loss",
+         (double)n * classes * (4.0 + (dlogits ? 4.0 : 0.0) + (dlogits_act ? act_es(c) : 0.0)) + 28.0 * n);
     return launch_check(c, "amdim_classifier_loss_cuda");
 }

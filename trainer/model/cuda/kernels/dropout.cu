@@ -9,5 +9,6 @@ template <typename T> static __global__ void dropout_kernel(const void *x, const
 extern "C" int amdim_dropout_cuda(const amdim_cuda_ctx *c, const void *x, const float *mask, size_t n, void *y)
 {
     LAUNCH_ACT(c, dropout_kernel, grid_for(n), AMDIM_THREADS, x, mask, n, y);
+    note(c, "dropout", 2.0 * n * act_es(c) + 4.0 * n);
     return launch_check(c, "amdim_dropout_cuda");
 }

@@ -56,6 +56,7 @@ extern "C" int amdim_normalise_u8_cuda(const amdim_cuda_ctx *c, const uint8_t *x
     size_t n = pixels * (size_t)cout;
     LAUNCH_ACT(c, normalise_u8_kernel, grid_for(n), AMDIM_THREADS, x, n, cout, scale[0], scale[1], scale[2],
                shift[0], shift[1], shift[2], y);
+    note(c, "input normalise", 3.0 * pixels + n * act_es(c));
     return launch_check(c, "amdim_normalise_u8_cuda");
 }
 
@@ -63,6 +64,7 @@ extern "C" int amdim_nchw_to_nhwc_cuda(const amdim_cuda_ctx *c, const float *x, 
 {
     size_t n = (size_t)B * HW * ldc;
     LAUNCH_ACT(c, to_nhwc_kernel, grid_for(n), AMDIM_THREADS, x, B, C, HW, ldc, y);
+    note(c, "layout conversion", 4.0 * B * C * HW + n * act_es(c));
     return launch_check(c, "amdim_nchw_to_nhwc_cuda");
 }
 
@@ -70,17 +72,20 @@ extern "C" int amdim_nhwc_to_nchw_cuda(const amdim_cuda_ctx *c, const void *x, i
 {
     size_t n = (size_t)B * C * HW;
     LAUNCH_ACT(c, to_nchw_kernel, grid_for(n), AMDIM_THREADS, x, B, C, HW, y);
+    note(c, "layout conversion", n * (4.0 + act_es(c)));
     return launch_check(c, "amdim_nhwc_to_nchw_cuda");
 }
 
 extern "C" int amdim_act_to_f32_cuda(const amdim_cuda_ctx *c, const void *x, size_t n, float *y)
 {
     LAUNCH_ACT(c, to_f32_kernel, grid_for(n), AMDIM_THREADS, x, n, y);
+    note(c, "type conversion", n * (4.0 + act_es(c)));
     return launch_check(c, "amdim_act_to_f32_cuda");
 }
 
 extern "C" int amdim_f32_to_bf16_cuda(const amdim_cuda_ctx *c, const float *x, size_t n, uint16_t *y)
 {
     LAUNCH(c, to_bf16_kernel, grid_for(n), AMDIM_THREADS, x, n, y);
+    note(c, "type conversion", 6.0 * n);
     return launch_check(c, "amdim_f32_to_bf16_cuda");
 }

@@ -42,6 +42,17 @@ static inline int launch_check(const amdim_cuda_ctx *c, const char *op)
     return AMDIM_CUDA_E_DEVICE;
 }
 
+/* One kernel of op, moving `bytes` to and from device memory, into the
+ * launch list (kernels_internal.h: amdim_cuda_ctx.trace). */
+static inline void note(const amdim_cuda_ctx *c, const char *op, double bytes)
+{
+    if (c->trace)
+        c->trace(c->trace_arg, op, 1, bytes, 0.0);
+}
+
+/* The activation type's size. */
+static inline double act_es(const amdim_cuda_ctx *c) { return c->bf16 ? 2.0 : 4.0; }
+
 enum { AMDIM_THREADS = 256 };
 
 /* Blocks for n elements with a grid-stride loop (at most 65535 * 16). */

@@ -30,6 +30,7 @@ extern "C" int amdim_oihw_to_ohwi_cuda(const amdim_cuda_ctx *c, const float *w, 
 {
     size_t n = (size_t)O * Ipad * K * K;
     LAUNCH_ACT(c, to_ohwi_kernel, grid_for(n), AMDIM_THREADS, w, O, I, K, Ipad, out);
+    note(c, "filter layout", 4.0 * O * I * K * K + n * act_es(c));
     return launch_check(c, "amdim_oihw_to_ohwi_cuda");
 }
 
@@ -38,5 +39,6 @@ extern "C" int amdim_ohwi_to_oihw_add_cuda(const amdim_cuda_ctx *c, const void *
 {
     size_t n = (size_t)O * I * K * K;
     LAUNCH_ACT(c, add_oihw_kernel, grid_for(n), AMDIM_THREADS, w, O, I, K, Ipad, out);
+    note(c, "filter layout", 8.0 * n + (double)O * Ipad * K * K * act_es(c));
     return launch_check(c, "amdim_ohwi_to_oihw_add_cuda");
 }

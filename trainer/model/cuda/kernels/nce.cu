@@ -114,6 +114,7 @@ extern "C" int amdim_nce_rows_cuda(const amdim_cuda_ctx *c, float *S, float *dS,
     if (!c->bf16)
         dS_act = NULL; /* the float dS is the GEMMs' operand */
     LAUNCH_ACT(c, nce_rows_kernel, Bs, NCE_THREADS, S, dS, dS_act, first, B, L, tclip, objective, wloss, wreg, rows);
+    note(c, "NCE rows", (double)Bs * B * L * (12.0 + (dS_act ? act_es(c) : 0.0)) + 16.0 * Bs);
     return launch_check(c, "amdim_nce_rows_cuda");
 }
 
@@ -121,6 +122,7 @@ extern "C" int amdim_gather_rows_cuda(const amdim_cuda_ctx *c, const void *r5, c
 {
     size_t n = (size_t)B * R;
     LAUNCH_ACT(c, rows_kernel, grid_for(n), AMDIM_THREADS, r5, idx, B, R, 0, src);
+    note(c, "r5 source rows", 2.0 * n * act_es(c) + 4.0 * B);
     return launch_check(c, "amdim_gather_rows_cuda");
 }
 
@@ -129,5 +131,6 @@ extern "C" int amdim_scatter_rows_add_cuda(const amdim_cuda_ctx *c, const void *
 {
     size_t n = (size_t)B * R;
     LAUNCH_ACT(c, rows_kernel, grid_for(n), AMDIM_THREADS, src, idx, B, R, 1, r5);
+    note(c, "r5 source rows", 3.0 * n * act_es(c) + 4.0 * B);
     return launch_check(c, "amdim_scatter_rows_add_cuda");
 }

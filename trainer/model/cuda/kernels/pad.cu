@@ -22,5 +22,6 @@ extern "C" int amdim_reflect_pad_forward_cuda(const amdim_cuda_ctx *c, const voi
 {
     size_t n = (size_t)B * (H + 2 * p) * (W + 2 * p) * C;
     LAUNCH_ACT(c, reflect_pad_kernel, grid_for(n), AMDIM_THREADS, x, B, H, W, C, p, y);
+    note(c, "reflect pad", ((double)B * H * W * C + n) * act_es(c));
     return launch_check(c, "amdim_reflect_pad_forward_cuda");
 }
