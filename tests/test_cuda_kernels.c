@@ -205,10 +205,9 @@ static void test_pad(void)
     free(x), free(xc), free(yc), free(ref), free(got), cudaFree(dx), cudaFree(dy);
 }
 
-static void test_activation(void)
+/* C = 19: single elements (and the packs' tails); C = 24: 16-byte packs in both types */
+static void test_activation(size_t rows, int C)
 {
-    size_t rows = 37;
-    int C = 19;
     size_t n = rows * C;
     float *y = hact(n, -1, 1), *g = hact(n, -1, 1), *bias = hrand((size_t)C, -1, 1), *acc = hact(n, -1, 1);
     float *ry = malloc(n * 4), *rg = malloc(n * 4), *rb = malloc(n * 4), *radd = malloc(n * 4);
@@ -236,9 +235,10 @@ static void test_activation(void)
     cudaFree(dy), cudaFree(dg), cudaFree(db), cudaFree(dacc), cudaFree(dy2), cudaFree(dbias);
 }
 
-static void test_avgpool(int k, int s)
+/* cin 4, cout 7: one channel per thread; 16 and 24: 16-byte packs in both types */
+static void test_avgpool(int k, int s, int cin, int cout)
 {
-    int B = 3, H = 9, cin = 4, cout = 7, Ho = (H - k) / s + 1;
+    int B = 3, H = 9, Ho = (H - k) / s + 1;
     size_t nx = (size_t)B * H * H * cin, ny = (size_t)B * Ho * Ho * cout;
     float *x = hact(nx, -1, 1), *y0 = hact(ny, -1, 1), *dy = hact(ny, -1, 1), *dx0 = hact(nx, -1, 1);
     /* CPU: y = pool(x) padded; reference = y0 + that */
@@ -533,25 +533,37 @@ static void test_nce(int objective, int B, int L, int R)
 
 static void test_layout(int O, int I, int K, int Ipad);
 
+/* Adam in one launch over two tensors whose weights and gradients lie at
+ * different offsets (a gap in the weights block, as a BatchNorm's running
+ * statistics leave), the second over several chunks and a partial one. */
 static void test_adam_layout(void)
 {
-    size_t n = 777;
-    float *w = hrand(n, -1, 1), *g = hrand(n, -1, 1), *m = hrand(n, -0.1f, 0.1f), *v = hrand(n, 0, 0.01f);
-    float *rw = malloc(n * 4), *rm = malloc(n * 4), *rv = malloc(n * 4);
+    size_t n1 = 300, gap = 5, n2 = 2 * AMDIM_ADAM_CHUNK + 777, n = n1 + n2, nw = n + gap;
+    float *w = hrand(nw, -1, 1), *g = hrand(n, -1, 1), *m = hrand(n, -0.1f, 0.1f), *v = hrand(n, 0, 0.01f);
+    float *rw = malloc(nw * 4), *rm = malloc(n * 4), *rv = malloc(n * 4);
     amdim_adam_hparams h = {2e-4f, 2e-4f / (1 - 0.8f * 0.8f), sqrtf(1 - 0.999f * 0.999f), 0.8f, 0.999f, 1e-8f, 1e-5f};
-    memcpy(rm, m, n * 4), memcpy(rv, v, n * 4);
-    for (size_t i = 0; i < n; i++)
-        rw[i] = amdim_adam_element(w[i], g[i], &rm[i], &rv[i], &h);
-    float *dw = up(w, n * 4), *dg = up(g, n * 4), *dm = up(m, n * 4), *dv = up(v, n * 4);
-    uint16_t *db = dev(n * 2), *hb = malloc(n * 2);
+    memcpy(rw, w, nw * 4), memcpy(rm, m, n * 4), memcpy(rv, v, n * 4);
+    for (size_t i = 0; i < n; i++) {
+        size_t wi = i < n1 ? i : i + gap;
+        rw[wi] = amdim_adam_element(w[wi], g[i], &rm[i], &rv[i], &h);
+    }
+    amdim_adam_chunk ch[4] = {{0, 0, (uint32_t)n1, 0},
+                              {n1 + gap, n1, AMDIM_ADAM_CHUNK, 0},
+                              {n1 + gap + AMDIM_ADAM_CHUNK, n1 + AMDIM_ADAM_CHUNK, AMDIM_ADAM_CHUNK, 0},
+                              {n1 + gap + 2 * AMDIM_ADAM_CHUNK, n1 + 2 * AMDIM_ADAM_CHUNK, 777, 0}};
+    float *dw = up(w, nw * 4), *dg = up(g, n * 4), *dm = up(m, n * 4), *dv = up(v, n * 4);
+    uint16_t *db = dev(nw * 2), *hb = malloc(nw * 2);
     amdim_adam_hparams *dh = up(&h, sizeof h); /* the kernel reads them from the device */
-    OK(amdim_adam_cuda(&ctx, dw, dg, dm, dv, n, dh, db));
-    float *gw = down(dw, n), *gm = down(dm, n), *gv = down(dv, n);
-    REQUIRE(cudaMemcpy(hb, db, n * 2, cudaMemcpyDeviceToHost) == cudaSuccess, "copy");
-    compare("adam w", gw, rw, n);
+    amdim_adam_chunk *dch = up(ch, sizeof ch);
+    OK(amdim_adam_cuda(&ctx, dw, dg, dm, dv, db, dch, 4, n, dh));
+    float *gw = down(dw, nw), *gm = down(dm, n), *gv = down(dv, n);
+    REQUIRE(cudaMemcpy(hb, db, nw * 2, cudaMemcpyDeviceToHost) == cudaSuccess, "copy");
+    compare("adam w", gw, rw, nw);
     compare("adam m", gm, rm, n);
     compare("adam v", gv, rv, n);
-    for (size_t i = 0; i < n; i++) {
+    for (size_t i = 0; i < nw; i++) {
+        if (i >= n1 && i < n1 + gap) /* not a chunk's: untouched */
+            continue;
         uint32_t bits = (uint32_t)hb[i] << 16;
         float b;
         memcpy(&b, &bits, 4);
@@ -610,14 +622,18 @@ static void run_families(void)
     test_input(3, 5);
     test_input(8, 8);
     test_pad();
-    test_activation();
-    test_avgpool(4, 2);
-    test_avgpool(2, 2);
-    test_avgpool(3, 1);
-    test_avgpool(1, 1);
+    test_activation(37, 19);
+    test_activation(37, 24);
+    for (int wide = 0; wide < 2; wide++) {
+        test_avgpool(4, 2, wide ? 16 : 4, wide ? 24 : 7);
+        test_avgpool(2, 2, wide ? 16 : 4, wide ? 24 : 7);
+        test_avgpool(3, 1, wide ? 16 : 4, wide ? 24 : 7);
+        test_avgpool(1, 1, wide ? 16 : 4, wide ? 24 : 7);
+    }
     test_batchnorm(3, 5);
     test_batchnorm(1000, 37);
     test_batchnorm(70000, 70);
+    test_batchnorm(513, 64); /* 16-byte packs of channels in both types */
     test_dropout();
     test_classifier(9, 10, 1);
     test_classifier(5, 1000, 1);

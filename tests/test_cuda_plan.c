@@ -54,9 +54,18 @@ static double check_plan(const char *name, const amdim_model_config *cfg, int B,
             size_t outn = (size_t)B * L->hout * L->hout * L->cout * es;
             CHECK(extent_at(&p, p.layers[v][l].mean) == (size_t)L->cout * 4, "%s: layer %d statistics", name, l);
             CHECK(extent_at(&p, p.layers[v][l].out) == outn, "%s: layer %d output", name, l);
-            if (L->kind == AMDIM_LAYER_RES)
-                CHECK(extent_at(&p, p.layers[v][l].h1) == outn && extent_at(&p, p.layers[v][l].r) == outn,
-                      "%s: layer %d", name, l);
+            if (L->kind == AMDIM_LAYER_RES) {
+                /* h1 only before a BatchNorm; a ReLU bit-mask (a bit per element, rows of 128-bit
+                 * multiples) only where a GEMM without BatchNorm writes r */
+                const amdim_cuda_layer_plan *lp = &p.layers[v][l];
+                size_t rows = (size_t)B * L->hout * L->hout, mask = rows * ((size_t)(L->cout + 127) / 128 * 16);
+                CHECK(extent_at(&p, lp->r) == outn, "%s: layer %d r", name, l);
+                CHECK(L->bn.on ? extent_at(&p, lp->h1) == outn : lp->h1 == AMDIM_CUDA_NONE, "%s: layer %d h1", name,
+                      l);
+                CHECK(!L->bn.on && !amdim_cuda_conv_uses_cudnn(L) ? extent_at(&p, lp->mask) == mask
+                                                                   : lp->mask == AMDIM_CUDA_NONE,
+                      "%s: layer %d ReLU mask", name, l);
+            }
             if (l > 0)
                 CHECK(L->hin == a.layers[l - 1].hout && L->cin == a.layers[l - 1].cout, "%s: layer %d chain", name, l);
         }

@@ -54,11 +54,26 @@ struct cublasLtContext {
 /* The cuBLASLt descriptors are pointers to the headers' fixed-size opaque
  * structs; each is the first member of the emulation's own struct, so the
  * handle converts back to the struct (C11 6.7.2.1p15). */
+/* A GEMM's epilogue (cuBLASLt's; cublasGemmEx has none): bias added per
+ * row of D (D's type, or float), then ReLU; RELU_AUX also writes the
+ * ReLU bit-mask - bit i + j * aux_ld set where D(i, j) > 0 - which DRELU
+ * reads to zero D(i, j) where its bit is clear. The bit order inside a
+ * byte (least significant first) is this emulation's: only cuBLASLt
+ * itself reads its masks. */
+typedef struct {
+    uint32_t kind; /* cublasLtEpilogue_t */
+    const void *bias;
+    cudaDataType_t bias_type; /* -1: D's type */
+    void *aux;
+    int64_t aux_ld; /* in bits */
+} epilogue;
+
 typedef struct {
     cublasLtMatmulDescOpaque_t opaque;
     cublasComputeType_t compute;
     cudaDataType_t scale;
     cublasOperation_t transa, transb;
+    epilogue ep;
 } lt_desc;
 
 typedef struct {
@@ -71,6 +86,7 @@ typedef struct {
 typedef struct {
     cublasLtMatmulPreferenceOpaque_t opaque;
     uint64_t max_workspace;
+    uint32_t min_align[4]; /* A, B, C, D: the alignment (bytes) the caller promises; 256 unless set */
 } lt_pref;
 
 static lt_desc *desc_of(cublasLtMatmulDesc_t d) { return (lt_desc *)(void *)d; }
@@ -158,9 +174,35 @@ static float *pack(const operand *x, int64_t outer, int64_t depth, int left)
 /* D(i, j) = alpha sum_l op(A)(i, l) op(B)(l, j) + beta C(i, j) for i < m, j < n, summed in double, rounded to
  * float and stored as D's type. C is read (element by element, just before D(i, j) is written) only when beta != 0, so
  * C may be D when both have the same layout. */
+static int ep_bias(uint32_t e) { return (e & CUBLASLT_EPILOGUE_BIAS) && e != CUBLASLT_EPILOGUE_DRELU; }
+static int ep_relu(uint32_t e) { return (e & CUBLASLT_EPILOGUE_RELU) != 0; }
+static int ep_aux(uint32_t e) { return (e & 128u) != 0; } /* RELU_AUX, RELU_AUX_BIAS, DRELU */
+static int ep_drelu(uint32_t e) { return e == CUBLASLT_EPILOGUE_DRELU; }
+
+/* v (D(i, j) before its conversion) through the epilogue. */
+static double apply_epilogue(const epilogue *ep, double v, int64_t i, int64_t j, cudaDataType_t dt)
+{
+    if (ep_bias(ep->kind))
+        v += load(ep->bias, (int)ep->bias_type < 0 ? dt : ep->bias_type, (size_t)i);
+    size_t bit = (size_t)(i + j * ep->aux_ld);
+    uint8_t *mask = ep->aux;
+    if (ep_drelu(ep->kind))
+        return mask[bit >> 3] >> (bit & 7) & 1 ? v : 0.0;
+    if (ep_relu(ep->kind)) {
+        if (ep_aux(ep->kind)) {
+            if (v > 0)
+                mask[bit >> 3] |= (uint8_t)(1u << (bit & 7));
+            else
+                mask[bit >> 3] &= (uint8_t)~(1u << (bit & 7));
+        }
+        return v > 0 ? v : 0.0;
+    }
+    return v;
+}
+
 static cublasStatus_t gemm_now(int64_t m, int64_t n, int64_t k, float alpha, const operand *a, const operand *b,
                                float beta, const void *c, cudaDataType_t ct, int64_t ldc, void *d, cudaDataType_t dt,
-                               int64_t ldd)
+                               int64_t ldd, const epilogue *ep)
 {
     if (m == 0 || n == 0)
         return CUBLAS_STATUS_SUCCESS;
@@ -186,6 +228,7 @@ static cublasStatus_t gemm_now(int64_t m, int64_t n, int64_t k, float alpha, con
             double v = (double)alpha * acc;
             if (beta != 0.0f)
                 v += (double)beta * load(c, ct, (size_t)(i + j * ldc));
+            v = apply_epilogue(ep, v, i, j, dt);
             size_t di = (size_t)(i + j * ldd);
             if (dt == CUDA_R_32F)
                 ((float *)d)[di] = (float)v;
@@ -205,13 +248,14 @@ typedef struct {
     const void *c;
     void *d;
     cudaDataType_t ct, dt;
+    epilogue ep;
 } gemm_work;
 
 static cudaError_t gemm_run(void *arg)
 {
     gemm_work *g = arg;
-    return gemm_now(g->m, g->n, g->k, g->alpha, &g->a, &g->b, g->beta, g->c, g->ct, g->ldc, g->d, g->dt, g->ldd) ==
-                   CUBLAS_STATUS_SUCCESS
+    return gemm_now(g->m, g->n, g->k, g->alpha, &g->a, &g->b, g->beta, g->c, g->ct, g->ldc, g->d, g->dt, g->ldd,
+                    &g->ep) == CUBLAS_STATUS_SUCCESS
                ? cudaSuccess
                : cudaErrorMemoryAllocation;
 }
@@ -228,7 +272,7 @@ static size_t span(cudaDataType_t t, int64_t rows, int64_t cols, int64_t ld)
  * then enqueues it on stream s. */
 static cublasStatus_t gemm(cudaStream_t s, const char *what, int64_t m, int64_t n, int64_t k, float alpha,
                            const operand *a, const operand *b, float beta, const void *c, cudaDataType_t ct,
-                           int64_t ldc, void *d, cudaDataType_t dt, int64_t ldd)
+                           int64_t ldc, void *d, cudaDataType_t dt, int64_t ldd, const epilogue *ep)
 {
     if (m == 0 || n == 0)
         return CUBLAS_STATUS_SUCCESS;
@@ -238,10 +282,14 @@ static cublasStatus_t gemm(cudaStream_t s, const char *what, int64_t m, int64_t 
         return CUBLAS_STATUS_INVALID_VALUE; /* not device memory (CUDA would fault) */
     if ((beta != 0.0f && !emu_device_range(c, span(ct, m, n, ldc))) || !emu_device_range(d, span(dt, m, n, ldd)))
         return CUBLAS_STATUS_INVALID_VALUE;
+    if (ep_bias(ep->kind) && !emu_device_range(ep->bias, (size_t)m * ((int)ep->bias_type == CUDA_R_32F ? 4 : 2)))
+        return CUBLAS_STATUS_INVALID_VALUE;
+    if (ep_aux(ep->kind) && !emu_device_range(ep->aux, (size_t)(((n - 1) * ep->aux_ld + m + 7) / 8)))
+        return CUBLAS_STATUS_INVALID_VALUE;
     gemm_work *g = malloc(sizeof *g);
     if (!g)
         return CUBLAS_STATUS_ALLOC_FAILED;
-    *g = (gemm_work){m, n, k, ldc, ldd, alpha, beta, *a, *b, c, d, ct, dt};
+    *g = (gemm_work){m, n, k, ldc, ldd, alpha, beta, *a, *b, c, d, ct, dt, *ep};
     cudaError_t e = emu_enqueue(s, what, gemm_run, g, free);
     return e == cudaSuccess ? CUBLAS_STATUS_SUCCESS
            : e == cudaErrorMemoryAllocation ? CUBLAS_STATUS_ALLOC_FAILED
@@ -335,7 +383,9 @@ cublasStatus_t cublasSgemm(cublasHandle_t handle, cublasOperation_t transa, cubl
         return st;
     int tf32 = (handle->math & ~CUBLAS_MATH_DISALLOW_REDUCED_PRECISION_REDUCTION) == CUBLAS_TF32_TENSOR_OP_MATH;
     operand a = {A, CUDA_R_32F, lda, transa != CUBLAS_OP_N, tf32}, b = {B, CUDA_R_32F, ldb, transb != CUBLAS_OP_N, tf32};
-    return gemm(handle->stream, "cublasSgemm", m, n, k, *alpha, &a, &b, *beta, C, CUDA_R_32F, ldc, C, CUDA_R_32F, ldc);
+    static const epilogue none = {CUBLASLT_EPILOGUE_DEFAULT, NULL, (cudaDataType_t)-1, NULL, 0};
+    return gemm(handle->stream, "cublasSgemm", m, n, k, *alpha, &a, &b, *beta, C, CUDA_R_32F, ldc, C, CUDA_R_32F, ldc,
+                &none);
 }
 
 /* C = alpha op(A) op(B) + beta C with typed A, B, C (column-major); float compute and float alpha, beta. */
@@ -362,8 +412,9 @@ cublasStatus_t cublasGemmEx(cublasHandle_t handle, cublasOperation_t transa, cub
                 ((handle->math & ~CUBLAS_MATH_DISALLOW_REDUCED_PRECISION_REDUCTION) == CUBLAS_TF32_TENSOR_OP_MATH &&
                  computeType == CUBLAS_COMPUTE_32F));
     operand oa = {A, Atype, lda, transa != CUBLAS_OP_N, tf32}, ob = {B, Btype, ldb, transb != CUBLAS_OP_N, tf32};
+    static const epilogue none = {CUBLASLT_EPILOGUE_DEFAULT, NULL, (cudaDataType_t)-1, NULL, 0};
     return gemm(handle->stream, "cublasGemmEx", m, n, k, *(const float *)alpha, &oa, &ob, *(const float *)beta, C,
-                Ctype, ldc, C, Ctype, ldc);
+                Ctype, ldc, C, Ctype, ldc, &none);
 }
 
 /* A description of a status code, led by its name. */
@@ -429,6 +480,8 @@ cublasStatus_t cublasLtMatmulDescCreate(cublasLtMatmulDesc_t *matmulDesc, cublas
     d->compute = computeType;
     d->scale = scaleType;
     d->transa = d->transb = CUBLAS_OP_N;
+    d->ep.kind = CUBLASLT_EPILOGUE_DEFAULT;
+    d->ep.bias_type = (cudaDataType_t)-1;
     *matmulDesc = &d->opaque;
     return CUBLAS_STATUS_SUCCESS;
 }
@@ -449,10 +502,11 @@ static int get_i32(const void *buf, size_t size, int32_t *v)
     return 1;
 }
 
-/* Sets one matmul descriptor attribute. TRANSA, TRANSB, COMPUTE_TYPE and SCALE_TYPE are used; POINTER_MODE
- * host or device, TRANSC N, FILL_MODE full, EPILOGUE default, SM_COUNT_TARGET and FAST_ACCUM change nothing here
- * and are accepted; other values of those are CUBLAS_STATUS_NOT_SUPPORTED, other attributes
- * CUBLAS_STATUS_INVALID_VALUE. A buffer of the wrong size is CUBLAS_STATUS_INVALID_VALUE. */
+/* Sets one matmul descriptor attribute. TRANSA, TRANSB, COMPUTE_TYPE, SCALE_TYPE, EPILOGUE (DEFAULT, RELU,
+ * RELU_AUX, BIAS, RELU_BIAS, RELU_AUX_BIAS, DRELU), BIAS_POINTER, BIAS_DATA_TYPE, EPILOGUE_AUX_POINTER and
+ * EPILOGUE_AUX_LD are used; POINTER_MODE host or device, TRANSC N, FILL_MODE full, SM_COUNT_TARGET and
+ * FAST_ACCUM change nothing here and are accepted; other values of those are CUBLAS_STATUS_NOT_SUPPORTED, other
+ * attributes CUBLAS_STATUS_INVALID_VALUE. A buffer of the wrong size is CUBLAS_STATUS_INVALID_VALUE. */
 cublasStatus_t cublasLtMatmulDescSetAttribute(cublasLtMatmulDesc_t matmulDesc, cublasLtMatmulDescAttributes_t attr,
                                               const void *buf, size_t sizeInBytes)
 {
@@ -498,8 +552,38 @@ cublasStatus_t cublasLtMatmulDescSetAttribute(cublasLtMatmulDesc_t matmulDesc, c
         if (sizeInBytes != sizeof e)
             return CUBLAS_STATUS_INVALID_VALUE;
         memcpy(&e, buf, sizeof e);
-        return e == CUBLASLT_EPILOGUE_DEFAULT ? CUBLAS_STATUS_SUCCESS : CUBLAS_STATUS_NOT_SUPPORTED;
+        if (e != CUBLASLT_EPILOGUE_DEFAULT && e != CUBLASLT_EPILOGUE_RELU && e != CUBLASLT_EPILOGUE_RELU_AUX &&
+            e != CUBLASLT_EPILOGUE_BIAS && e != CUBLASLT_EPILOGUE_RELU_BIAS && e != CUBLASLT_EPILOGUE_RELU_AUX_BIAS &&
+            e != CUBLASLT_EPILOGUE_DRELU)
+            return CUBLAS_STATUS_NOT_SUPPORTED;
+        d->ep.kind = e;
+        return CUBLAS_STATUS_SUCCESS;
     }
+    case CUBLASLT_MATMUL_DESC_BIAS_POINTER:
+    case CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_POINTER: {
+        void *ptr;
+        if (sizeInBytes != sizeof ptr)
+            return CUBLAS_STATUS_INVALID_VALUE;
+        memcpy(&ptr, buf, sizeof ptr);
+        if (attr == CUBLASLT_MATMUL_DESC_BIAS_POINTER)
+            d->ep.bias = ptr;
+        else
+            d->ep.aux = ptr;
+        return CUBLAS_STATUS_SUCCESS;
+    }
+    case CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_LD: {
+        int64_t ld;
+        if (sizeInBytes != sizeof ld)
+            return CUBLAS_STATUS_INVALID_VALUE;
+        memcpy(&ld, buf, sizeof ld);
+        d->ep.aux_ld = ld;
+        return CUBLAS_STATUS_SUCCESS;
+    }
+    case CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE:
+        if (!get_i32(buf, sizeInBytes, &v))
+            return CUBLAS_STATUS_INVALID_VALUE;
+        d->ep.bias_type = (cudaDataType_t)v;
+        return CUBLAS_STATUS_SUCCESS;
     case CUBLASLT_MATMUL_DESC_SM_COUNT_TARGET:
         return get_i32(buf, sizeInBytes, &v) ? CUBLAS_STATUS_SUCCESS : CUBLAS_STATUS_INVALID_VALUE;
     case CUBLASLT_MATMUL_DESC_FAST_ACCUM:
@@ -541,6 +625,8 @@ cublasStatus_t cublasLtMatmulPreferenceCreate(cublasLtMatmulPreference_t *pref)
     lt_pref *p = calloc(1, sizeof *p);
     if (!p)
         return CUBLAS_STATUS_ALLOC_FAILED;
+    for (int i = 0; i < 4; i++)
+        p->min_align[i] = 256;
     *pref = &p->opaque;
     return CUBLAS_STATUS_SUCCESS;
 }
@@ -585,6 +671,18 @@ cublasStatus_t cublasLtMatmulPreferenceSetAttribute(cublasLtMatmulPreference_t p
         return CUBLAS_STATUS_INVALID_VALUE;
     if (attr == CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES)
         memcpy(&pref_of(pref)->max_workspace, buf, sizeof(uint64_t));
+    int ai = attr == CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES   ? 0
+             : attr == CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES ? 1
+             : attr == CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES ? 2
+             : attr == CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES ? 3
+                                                                  : -1;
+    if (ai >= 0) {
+        uint32_t v;
+        memcpy(&v, buf, sizeof v);
+        if (v == 0 || (v & (v - 1)))
+            return CUBLAS_STATUS_INVALID_VALUE;
+        pref_of(pref)->min_align[ai] = v;
+    }
     return CUBLAS_STATUS_SUCCESS;
 }
 
@@ -614,10 +712,21 @@ static cublasStatus_t lt_problem(const lt_desc *d, const lt_layout *a, const lt_
         return CUBLAS_STATUS_INVALID_VALUE;
     if (d->scale != CUDA_R_32F || a->type != b->type || c->type != dd->type)
         return CUBLAS_STATUS_NOT_SUPPORTED;
+    /* the epilogue's inputs: a bias of D's type or float; a bit-mask whose leading
+     * dimension (bits) is divisible by 128 and no less than D's rows (cublasLt.h) */
+    const epilogue *ep = &d->ep;
+    if (ep_bias(ep->kind) && (int)ep->bias_type >= 0 && ep->bias_type != dd->type && ep->bias_type != CUDA_R_32F)
+        return CUBLAS_STATUS_NOT_SUPPORTED;
+    if (ep_aux(ep->kind) && (ep->aux_ld % 128 != 0 || ep->aux_ld < (int64_t)dd->rows))
+        return CUBLAS_STATUS_INVALID_VALUE;
     return check_types(a->type, c->type, d->compute);
 }
 
-/* One algorithm for a valid problem: state CUBLAS_STATUS_SUCCESS, no workspace; nothing stored in the algo. */
+/* One algorithm for a valid problem: state CUBLAS_STATUS_SUCCESS, no workspace; the algo holds the
+ * alignments the preference promised (cublasLtMatmul refuses pointers aligned less with
+ * CUBLAS_STATUS_INVALID_VALUE, as an algorithm that relies on them would fault). With AMDIM_EMU_LT_HEURISTIC=none in the environment it finds none
+ * (CUBLAS_STATUS_NOT_SUPPORTED, as cuBLASLt for an epilogue or shape it has no kernel for): the callers'
+ * unfused paths run. */
 cublasStatus_t cublasLtMatmulAlgoGetHeuristic(cublasLtHandle_t lightHandle, cublasLtMatmulDesc_t operationDesc,
                                               cublasLtMatrixLayout_t Adesc, cublasLtMatrixLayout_t Bdesc,
                                               cublasLtMatrixLayout_t Cdesc, cublasLtMatrixLayout_t Ddesc,
@@ -635,7 +744,14 @@ cublasStatus_t cublasLtMatmulAlgoGetHeuristic(cublasLtHandle_t lightHandle, cubl
                                    layout_of(Ddesc), &m, &n, &k);
     if (st != CUBLAS_STATUS_SUCCESS)
         return st;
+    const char *h = getenv("AMDIM_EMU_LT_HEURISTIC");
+    if (h && strcmp(h, "none") == 0) {
+        *returnAlgoCount = 0;
+        return CUBLAS_STATUS_NOT_SUPPORTED;
+    }
     memset(&heuristicResultsArray[0], 0, sizeof heuristicResultsArray[0]);
+    _Static_assert(sizeof heuristicResultsArray[0].algo.data >= 4 * sizeof(uint32_t), "room for the alignments");
+    memcpy(heuristicResultsArray[0].algo.data, pref_of(preference)->min_align, 4 * sizeof(uint32_t));
     heuristicResultsArray[0].workspaceSize = 0;
     heuristicResultsArray[0].state = CUBLAS_STATUS_SUCCESS;
     heuristicResultsArray[0].wavesCount = 1.0f;
@@ -667,8 +783,16 @@ cublasStatus_t cublasLtMatmul(cublasLtHandle_t lightHandle, cublasLtMatmulDesc_t
         return CUBLAS_STATUS_INVALID_VALUE;
     if (C == D && C && (lc->ld != lo->ld || lc->type != lo->type))
         return CUBLAS_STATUS_INVALID_VALUE;
+    if (algo) { /* the pointers as aligned as the heuristic was told */
+        uint32_t al[4];
+        const void *ptr[4] = {A, B, C, D};
+        memcpy(al, algo->data, sizeof al);
+        for (int i = 0; i < 4; i++)
+            if (ptr[i] && al[i] && (uintptr_t)ptr[i] % al[i])
+                return CUBLAS_STATUS_INVALID_VALUE; /* loud: the caller's bug, not a missing kernel */
+    }
     int tf32 = la->type == CUDA_R_32F && d->compute == CUBLAS_COMPUTE_32F_FAST_TF32;
     operand oa = {A, la->type, la->ld, d->transa != CUBLAS_OP_N, tf32},
             ob = {B, lb->type, lb->ld, d->transb != CUBLAS_OP_N, tf32};
-    return gemm(stream, "cublasLtMatmul", m, n, k, fa, &oa, &ob, fb, C, lc->type, lc->ld, D, lo->type, lo->ld);
+    return gemm(stream, "cublasLtMatmul", m, n, k, fa, &oa, &ob, fb, C, lc->type, lc->ld, D, lo->type, lo->ld, &d->ep);
 }

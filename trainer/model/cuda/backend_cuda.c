@@ -138,6 +138,8 @@ static int cuda_set_precision(amdim_model *m, int bf16)
     return amdim_cuda_finish(m);
 }
 
+static int adam_chunks_build(amdim_model *m, int probes_only);
+
 static void cuda_close(amdim_model *m)
 {
     amdim_cuda_state *c = m->bs;
@@ -162,6 +164,8 @@ static void cuda_close(amdim_model *m)
     }
     cudaFree(c->act);
     cudaFree(c->params);
+    cudaFree(c->adam_chunks[0]);
+    cudaFree(c->adam_chunks[1]);
     amdim_conv_close(&c->conv);
     if (c->blas)
         cublasDestroy(c->blas);
@@ -233,6 +237,8 @@ static int cuda_open(amdim_model *m)
         return AMDIM_MFAIL(m, AMDIM_E_NOMEM, "cudaMalloc(%zu MiB of parameters): %s", c->pp.total * sizeof(float) >> 20,
                            cudaGetErrorString(e));
     }
+    AMDIM_TRY(adam_chunks_build(m, 0));
+    AMDIM_TRY(adam_chunks_build(m, 1));
     return cuda_push(m);
 }
 
@@ -328,18 +334,63 @@ static int cuda_probe_step(amdim_model *m, const amdim_step_input *in, const amd
     return AMDIM_OK;
 }
 
-/* Adam over the trainable tensors with the hyper-parameters in the device scalars. */
+/* The chunks of one Adam launch (adam.cu) over the trainable tensors (the
+ * probes' alone with probes_only), in device memory. */
+static int adam_chunks_build(amdim_model *m, int probes_only)
+{
+    amdim_cuda_state *c = m->bs;
+    size_t n = 0, elems = 0;
+    for (int pass = 0; pass < 2; pass++) {
+        amdim_adam_chunk *h = NULL;
+        if (pass == 1 && !(h = malloc((n ? n : 1) * sizeof *h)))
+            return AMDIM_MFAIL(m, AMDIM_E_NOMEM, "out of memory (Adam chunks)");
+        n = elems = 0;
+        for (int i = 0; i < m->arch.ntensors; i++) {
+            const amdim_tensor *t = &m->arch.tensors[i];
+            if (!t->trainable || (probes_only && !t->probe))
+                continue;
+            for (size_t at = 0; at < t->size; at += AMDIM_ADAM_CHUNK, n++) {
+                size_t len = t->size - at < AMDIM_ADAM_CHUNK ? t->size - at : AMDIM_ADAM_CHUNK;
+                if (h)
+                    h[n] = (amdim_adam_chunk){t->offset + at, t->goffset + at, (uint32_t)len, 0};
+                elems += len;
+            }
+        }
+        if (!h)
+            continue;
+        cudaError_t e = n ? cudaMalloc((void **)&c->adam_chunks[probes_only], n * sizeof *h) : cudaSuccess;
+        if (e != cudaSuccess) {
+            free(h);
+            c->adam_chunks[probes_only] = NULL;
+            return amdim_cuda_fail(m, e, "cudaMalloc (Adam chunks)");
+        }
+        /* on the compute stream, and finished before h goes: a pageable copy's DMA may still be
+         * pending when cudaMemcpy returns, unordered with a non-blocking stream */
+        int rc = n ? amdim_cuda_copy(m, c->adam_chunks[probes_only], h, n * sizeof *h, cudaMemcpyHostToDevice) : 0;
+        if (!rc)
+            rc = amdim_cuda_finish(m);
+        free(h);
+        if (rc)
+            return rc;
+    }
+    c->n_adam_chunks[probes_only] = (uint32_t)n;
+    c->adam_elems[probes_only] = elems;
+    return AMDIM_OK;
+}
+
+/* Adam over the trainable tensors with the hyper-parameters in the device
+ * scalars (one launch), then the cuDNN filters' OHWI copies. */
 static int adam_body(amdim_model *m, int probes_only)
 {
     amdim_cuda_state *c = m->bs;
+    uint16_t *wbf = c->bf16 ? (uint16_t *)(void *)(c->params + c->pp.wbf) : NULL;
+    AMDIM_TRY(amdim_adam_cuda(kctx(m), c->params + c->pp.weights, c->params + c->pp.grads, c->params + c->pp.adam_m,
+                              c->params + c->pp.adam_v, wbf, c->adam_chunks[probes_only], c->n_adam_chunks[probes_only],
+                              c->adam_elems[probes_only], &c->scalars->adam));
     for (int i = 0; i < m->arch.ntensors; i++) {
         const amdim_tensor *t = &m->arch.tensors[i];
-        if (!t->trainable || (probes_only && !t->probe))
-            continue;
-        float *mm = c->params + c->pp.adam_m + t->goffset, *vv = c->params + c->pp.adam_v + t->goffset;
-        uint16_t *wbf = c->bf16 ? (uint16_t *)(void *)(c->params + c->pp.wbf) + t->offset : NULL;
-        AMDIM_TRY(amdim_adam_cuda(kctx(m), weight(m, i), grad(m, i), mm, vv, t->size, &c->scalars->adam, wbf));
-        AMDIM_TRY(amdim_cuda_refresh_ohwi(m, i));
+        if (t->trainable && (!probes_only || t->probe))
+            AMDIM_TRY(amdim_cuda_refresh_ohwi(m, i));
     }
     return AMDIM_OK;
 }

@@ -41,13 +41,39 @@ typedef struct {
     amdim_adam_hparams adam; /* this update's learning rate and bias corrections */
 } amdim_cuda_scalars;
 
-/* A GEMM shape planned on cuBLASLt (nce_gemm): its descriptors and the
- * heuristic's algorithm, or none (have_algo 0: amdim_cuda_gemm() computes it). */
+/* A cuBLASLt GEMM's epilogue (amdim_cuda_lt_gemm), fused into the GEMM's
+ * store of D: none (D = alpha op(A) op(B) + beta C, C may differ from D:
+ * the residual units' shortcuts), ReLU with its bit-mask written
+ * (RELU_AUX), the ReLU gradient from that mask (DRELU: D zero where the
+ * forward value was not positive), or a float bias per output column
+ * (BIAS). The masks are cuBLASLt's own format, amdim_cuda_relu_mask_bytes
+ * (plan_internal.h) each; only cuBLASLt reads them. */
+enum { AMDIM_CUDA_EP_NONE = 0, AMDIM_CUDA_EP_RELU_AUX, AMDIM_CUDA_EP_DRELU, AMDIM_CUDA_EP_BIAS };
+typedef struct {
+    int kind;
+    const float *bias; /* BIAS: (N) */
+    void *mask;        /* RELU_AUX (written), DRELU (read) */
+} amdim_cuda_epilogue;
+
+/* What a cuBLASLt plan is made for: the layout, C's type, the epilogue
+ * and every pointer's alignment (the algorithm the heuristic returns may
+ * rely on it: cublasLt.h). Zeroed before it is filled: plans are found by
+ * memcmp. */
 typedef struct {
     amdim_cuda_gemm_layout l;
-    int bf16, c_f32; /* the precision mode; C float in the bf16 mode */
+    int c_f32, epilogue;
+    uint32_t align[5]; /* first and second column-major operand, C, D, the bias or the mask */
+} amdim_cuda_lt_key;
+
+/* A GEMM planned on cuBLASLt (the NCE scores, the fused linear layers):
+ * its descriptors and the heuristic's algorithm, or none (have_algo 0:
+ * the caller computes it unfused). */
+typedef struct {
+    amdim_cuda_lt_key key;
+    amdim_cuda_gemm_layout l;
+    int bf16; /* the precision mode */
     cublasLtMatmulDesc_t op;
-    cublasLtMatrixLayout_t a, b, c;
+    cublasLtMatrixLayout_t a, b, c; /* c: C and D */
     cublasLtMatmulAlgo_t algo;
     int have_algo;
 } amdim_cuda_lt_plan;
@@ -76,7 +102,11 @@ typedef struct {
     double *stats; /* host copy of the plan's stats */
     int32_t *labels2;
     amdim_cuda_scalars *scalars; /* device */
-    void *blas_ws;               /* cuBLAS and cuBLASLt workspace (one stream uses it), BLAS_WORKSPACE_BYTES */
+    /* Adam's chunks over the trainable tensors [0] and the probes' [1] (device; adam.cu) */
+    amdim_adam_chunk *adam_chunks[2];
+    uint32_t n_adam_chunks[2];
+    size_t adam_elems[2];
+    void *blas_ws; /* cuBLAS and cuBLASLt workspace (one stream uses it), BLAS_WORKSPACE_BYTES */
     /* CUDA graphs (graph_run): the device work of forward_backward after
      * its inputs (valid for plan.batch and the arena act), and of adam for
      * probes_only 0 / 1. warm: that work ran eagerly since the buffers or
@@ -198,6 +228,17 @@ enum { C_ACT = 0, C_F32 = 1 }; /* a GEMM's C: activations, or float */
 /* Row-major C (M, N) = alpha op(A) op(B) + beta C, as cblas_sgemm(CblasRowMajor, ...). */
 int amdim_cuda_gemm(amdim_model *m, int ta, int tb, int M, int N, int K, float alpha, const void *a, int lda,
                     const void *b, int ldb, float beta, void *c, int ldc, int c_f32);
+/* Row-major D (M, N) = alpha op(A) op(B) + beta C through epilogue ep on
+ * cuBLASLt (C and D the same shape and ldc; C == D when beta is 0).
+ * AMDIM_E_UNSUPPORTED, with nothing enqueued and nothing in m->err, when
+ * the heuristic has no algorithm for it: the caller computes it unfused. */
+int amdim_cuda_lt_gemm(amdim_model *m, int ta, int tb, int M, int N, int K, float alpha, const void *a, int lda,
+                       const void *b, int ldb, float beta, const void *c, void *d, int ldc, int c_f32,
+                       const amdim_cuda_epilogue *ep);
+/* *supported: whether amdim_cuda_lt_gemm would run these operands (planned now if new). */
+int amdim_cuda_lt_supported(amdim_model *m, int ta, int tb, int M, int N, int K, const void *a, int lda, const void *b,
+                            int ldb, const void *c, const void *d, int ldc, int c_f32, const amdim_cuda_epilogue *ep,
+                            int *supported);
 /* The same on cuBLASLt for the NCE score GEMMs (amdim_cuda_gemm where its heuristic has no algorithm). */
 int amdim_cuda_nce_gemm(amdim_model *m, int ta, int tb, int M, int N, int K, float alpha, const void *a, int lda,
                         const void *b, int ldb, float beta, void *c, int ldc, int c_f32);

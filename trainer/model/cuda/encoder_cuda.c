@@ -126,7 +126,7 @@ int amdim_cuda_prepare_convs(amdim_model *m, int B, int backward)
             continue;
         amdim_conv_shape sh = conv_shape(m, L, B);
         const void *x = L->pad ? act(m, lp->padded) : l ? act(m, P->layers[0][l - 1].out) : act(m, P->x[0]);
-        void *y = L->kind == AMDIM_LAYER_STEM ? act(m, lp->out) : act(m, lp->h1);
+        void *y = L->kind == AMDIM_LAYER_STEM ? act(m, lp->out) : act(m, L->bn.on ? lp->h1 : lp->r);
         int rc = amdim_conv_prepare(&c->conv, AMDIM_CONV_FWD, &sh, x, filter_ohwi(m, L->w1), y);
         if (!rc && backward)
             rc = amdim_conv_prepare(&c->conv, AMDIM_CONV_FILTER, &sh, x, y, dw);
@@ -242,11 +242,137 @@ static int conv_backward_data(amdim_model *m, const amdim_conv_shape *sh, const 
     return AMDIM_OK;
 }
 
+/* ---- fused linear layers ------------------------------------------------------ */
+
+static const amdim_cuda_epilogue ep_none = {AMDIM_CUDA_EP_NONE, NULL, NULL};
+
+/* r (rows, out) = relu(x (rows, in) W^T) with the ReLU's bit-mask, in the
+ * GEMM's epilogue; *fused 0 (and nothing done) where cuBLASLt has no
+ * algorithm for it. */
+static int linear_relu_mask(amdim_model *m, const void *x, size_t rows, int in, const void *w, int out, void *r,
+                            void *mask, int *fused)
+{
+    amdim_cuda_epilogue ep = {AMDIM_CUDA_EP_RELU_AUX, NULL, mask};
+    int rc = amdim_cuda_lt_gemm(m, 0, 1, (int)rows, out, in, 1.0f, x, in, w, in, 0.0f, r, r, out, C_ACT, &ep);
+    *fused = rc == AMDIM_OK;
+    return rc == AMDIM_E_UNSUPPORTED ? AMDIM_OK : rc;
+}
+
+/* Whether linear_relu_mask fused (and wrote the mask) for these operands. */
+static int relu_mask_written(amdim_model *m, const void *x, size_t rows, int in, const void *w, int out, void *r,
+                             void *mask, int *written)
+{
+    amdim_cuda_epilogue ep = {AMDIM_CUDA_EP_RELU_AUX, NULL, mask};
+    return amdim_cuda_lt_supported(m, 0, 1, (int)rows, out, in, x, in, w, in, r, r, out, C_ACT, &ep, written);
+}
+
+/* dr (rows, in) = dy (rows, out) W, zeroed where the forward ReLU's output
+ * r was not positive: with the forward's mask in the GEMM's epilogue
+ * (mask_written), else a GEMM and the ReLU's backward kernel. */
+static int linear_relu_backward_data(amdim_model *m, const void *dy, size_t rows, int out, const void *w, int in,
+                                     const void *r, void *mask, int mask_written, void *dr)
+{
+    if (mask_written) {
+        amdim_cuda_epilogue ep = {AMDIM_CUDA_EP_DRELU, NULL, mask};
+        int rc = amdim_cuda_lt_gemm(m, 0, 0, (int)rows, in, out, 1.0f, dy, out, w, in, 0.0f, dr, dr, in, C_ACT, &ep);
+        if (rc != AMDIM_E_UNSUPPORTED)
+            return rc;
+    }
+    AMDIM_TRY(amdim_cuda_gemm(m, 0, 0, (int)rows, in, out, 1.0f, dy, out, w, in, 0.0f, dr, in, C_ACT));
+    return amdim_relu_backward_cuda(kctx(m), r, dr, rows * (size_t)in);
+}
+
+/* ---- the residual unit ---------------------------------------------------------- */
+
+/* 1 when unit L's shortcut is the identity (a 1x1 stride-1 unit that
+ * keeps its channels): added as the GEMM's C. */
+static int res_identity(const amdim_layer *L) { return !amdim_cuda_conv_uses_cudnn(L) && L->cin == L->cout; }
+
+/* ConvResNxN: r = relu([BN](conv1 x)), out = conv2 r + shortcut(x).
+ * Without BatchNorm conv1 writes r itself, and on a GEMM the ReLU (and
+ * its mask for the backward) is the GEMM's epilogue; an identity
+ * shortcut is conv2's C. */
+static int res_forward(amdim_model *m, const amdim_layer *L, const amdim_cuda_layer_plan *lp, const void *x, int B,
+                       int train)
+{
+    size_t rows = (size_t)B * L->hout * L->hout, outn = rows * L->cout;
+    void *r = act(m, lp->r), *out = act(m, lp->out), *h1 = L->bn.on ? act(m, lp->h1) : r;
+    int relu_done = 0;
+    if (amdim_cuda_conv_uses_cudnn(L)) {
+        amdim_conv_shape sh = conv_shape(m, L, B);
+        AMDIM_TRY(conv_forward(m, &sh, x, filter_ohwi(m, L->w1), h1));
+    } else if (!L->bn.on) {
+        AMDIM_TRY(
+            linear_relu_mask(m, x, rows, L->cin, gemm_weight(m, L->w1), L->cout, r, act(m, lp->mask), &relu_done));
+    }
+    if (!amdim_cuda_conv_uses_cudnn(L) && !relu_done)
+        AMDIM_TRY(amdim_cuda_linear_forward(m, x, rows, L->cin, gemm_weight(m, L->w1), NULL, L->cout, 0.0f, h1, C_ACT));
+    if (L->bn.on)
+        AMDIM_TRY(
+            amdim_cuda_bn_forward(m, L->bn, h1, rows, L->cout, train, r, act_f32(m, lp->mean), act_f32(m, lp->istd)));
+    if (!relu_done)
+        AMDIM_TRY(amdim_relu_forward_cuda(kctx(m), r, outn));
+    if (res_identity(L)) {
+        int rc = amdim_cuda_lt_gemm(m, 0, 1, (int)rows, L->cout, L->cout, 1.0f, r, L->cout, gemm_weight(m, L->w2),
+                                    L->cout, 1.0f, x, out, L->cout, C_ACT, &ep_none);
+        if (rc != AMDIM_E_UNSUPPORTED)
+            return rc;
+    }
+    AMDIM_TRY(amdim_cuda_linear_forward(m, r, rows, L->cout, gemm_weight(m, L->w2), NULL, L->cout, 0.0f, out, C_ACT));
+    return amdim_avgpool_pad_forward_add_cuda(kctx(m), x, B, L->hin, L->hin, L->cin, L->k, L->s, L->cout, out);
+}
+
+/* res_forward's backward: dy the output's gradient, dx the input's (NULL:
+ * not needed); an identity shortcut's gradient is the data GEMM's C. */
+static int res_backward(amdim_model *m, const amdim_layer *L, const amdim_cuda_layer_plan *lp, const void *x, int B,
+                        void *dy, void *dx)
+{
+    amdim_cuda_state *c = m->bs;
+    size_t rows = (size_t)B * L->hout * L->hout;
+    void *r = act(m, lp->r), *dr = act(m, c->plan.scratch);
+    int masked = 0, shortcut_done = 0;
+    if (lp->mask != AMDIM_CUDA_NONE)
+        AMDIM_TRY(relu_mask_written(m, x, rows, L->cin, gemm_weight(m, L->w1), L->cout, r, act(m, lp->mask), &masked));
+    AMDIM_TRY(amdim_cuda_gemm(m, 1, 0, L->cout, L->cout, (int)rows, 1.0f, dy, L->cout, r, L->cout, 1.0f, grad(m, L->w2),
+                              L->cout, C_F32));
+    AMDIM_TRY(linear_relu_backward_data(m, dy, rows, L->cout, gemm_weight(m, L->w2), L->cout, r,
+                                        masked ? act(m, lp->mask) : NULL, masked, dr));
+    if (L->bn.on) {
+        amdim_cuda_bn p = bn_view(m, L->bn);
+        AMDIM_TRY(amdim_batchnorm_backward_cuda(kctx(m), act(m, lp->h1), rows, L->cout, &p, act_f32(m, lp->mean),
+                                                act_f32(m, lp->istd), dr, dr, bn_scratch(m)));
+    }
+    if (amdim_cuda_conv_uses_cudnn(L)) {
+        amdim_conv_shape sh = conv_shape(m, L, B);
+        void *dw = c->params + c->pp.dw_ohwi;
+        AMDIM_TRY(conv_backward_filter(m, &sh, x, dr, dw));
+        AMDIM_TRY(amdim_ohwi_to_oihw_add_cuda(kctx(m), dw, L->cout, L->cin, L->k, sh.cin, grad(m, L->w1)));
+        if (dx)
+            AMDIM_TRY(conv_backward_data(m, &sh, filter_ohwi(m, L->w1), dr, dx));
+    } else {
+        AMDIM_TRY(amdim_cuda_gemm(m, 1, 0, L->cout, L->cin, (int)rows, 1.0f, dr, L->cout, x, L->cin, 1.0f,
+                                  grad(m, L->w1), L->cin, C_F32));
+        if (dx && res_identity(L)) { /* dx = dr W1 + dy */
+            int rc = amdim_cuda_lt_gemm(m, 0, 0, (int)rows, L->cin, L->cout, 1.0f, dr, L->cout, gemm_weight(m, L->w1),
+                                        L->cin, 1.0f, dy, dx, L->cin, C_ACT, &ep_none);
+            if (rc != AMDIM_E_UNSUPPORTED)
+                AMDIM_TRY(rc);
+            shortcut_done = rc == AMDIM_OK;
+        }
+        if (dx && !shortcut_done)
+            AMDIM_TRY(amdim_cuda_gemm(m, 0, 0, (int)rows, L->cin, L->cout, 1.0f, dr, L->cout, gemm_weight(m, L->w1),
+                                      L->cin, 0.0f, dx, L->cin, C_ACT));
+    }
+    if (!dx || shortcut_done)
+        return AMDIM_OK;
+    return amdim_avgpool_pad_backward_add_cuda(kctx(m), dy, B, L->hin, L->hin, L->cin, L->k, L->s, L->cout, dx);
+}
+
 /* x (B, hin, hin, cin) -> lp->out (B, hout, hout, cout) */
 static int layer_forward(amdim_model *m, const amdim_layer *L, const amdim_cuda_layer_plan *lp, const void *x, int B,
                          int train)
 {
-    size_t rows = (size_t)B * L->hout * L->hout, outn = rows * L->cout;
+    size_t rows = (size_t)B * L->hout * L->hout;
     void *out = act(m, lp->out);
     switch (L->kind) {
     case AMDIM_LAYER_STEM: {
@@ -260,22 +386,7 @@ static int layer_forward(amdim_model *m, const amdim_layer *L, const amdim_cuda_
         AMDIM_TRY(conv_forward(m, &sh, in, filter_ohwi(m, L->w1), out));
         return amdim_bias_relu_forward_cuda(kctx(m), out, weight(m, L->b1), rows, L->cout);
     }
-    case AMDIM_LAYER_RES: {
-        void *h1 = act(m, lp->h1), *r = act(m, lp->r);
-        if (amdim_cuda_conv_uses_cudnn(L)) {
-            amdim_conv_shape sh = conv_shape(m, L, B);
-            AMDIM_TRY(conv_forward(m, &sh, x, filter_ohwi(m, L->w1), h1));
-        } else {
-            AMDIM_TRY(
-                amdim_cuda_linear_forward(m, x, rows, L->cin, gemm_weight(m, L->w1), NULL, L->cout, 0.0f, h1, C_ACT));
-        }
-        AMDIM_TRY(
-            amdim_cuda_bn_forward(m, L->bn, h1, rows, L->cout, train, r, act_f32(m, lp->mean), act_f32(m, lp->istd)));
-        AMDIM_TRY(amdim_relu_forward_cuda(kctx(m), r, outn));
-        AMDIM_TRY(
-            amdim_cuda_linear_forward(m, r, rows, L->cout, gemm_weight(m, L->w2), NULL, L->cout, 0.0f, out, C_ACT));
-        return amdim_avgpool_pad_forward_add_cuda(kctx(m), x, B, L->hin, L->hin, L->cin, L->k, L->s, L->cout, out);
-    }
+    case AMDIM_LAYER_RES: return res_forward(m, L, lp, x, B, train);
     default:
         return amdim_cuda_bn_forward(m, L->bn, x, rows, L->cout, train, out, act_f32(m, lp->mean),
                                      act_f32(m, lp->istd));
@@ -301,31 +412,7 @@ static int layer_backward(amdim_model *m, const amdim_layer *L, const amdim_cuda
         AMDIM_TRY(amdim_ohwi_to_oihw_add_cuda(kctx(m), dw, L->cout, L->cin, L->k, sh.cin, grad(m, L->w1)));
         return dx ? conv_backward_data(m, &sh, filter_ohwi(m, L->w1), dy, dx) : AMDIM_OK;
     }
-    case AMDIM_LAYER_RES: {
-        const void *h1 = act(m, lp->h1), *r = act(m, lp->r);
-        void *dr = act(m, c->plan.scratch);
-        AMDIM_TRY(amdim_cuda_linear_backward(m, r, rows, L->cout, gemm_weight(m, L->w2), L->cout, dy, dr, 0.0f,
-                                             grad(m, L->w2), NULL));
-        AMDIM_TRY(amdim_relu_backward_cuda(kctx(m), r, dr, outn));
-        if (L->bn.on) {
-            amdim_cuda_bn p = bn_view(m, L->bn);
-            AMDIM_TRY(amdim_batchnorm_backward_cuda(kctx(m), h1, rows, L->cout, &p, act_f32(m, lp->mean),
-                                                    act_f32(m, lp->istd), dr, dr, bn_scratch(m)));
-        }
-        if (amdim_cuda_conv_uses_cudnn(L)) {
-            amdim_conv_shape sh = conv_shape(m, L, B);
-            void *dw = c->params + c->pp.dw_ohwi;
-            AMDIM_TRY(conv_backward_filter(m, &sh, x, dr, dw));
-            AMDIM_TRY(amdim_ohwi_to_oihw_add_cuda(kctx(m), dw, L->cout, L->cin, L->k, sh.cin, grad(m, L->w1)));
-            if (dx)
-                AMDIM_TRY(conv_backward_data(m, &sh, filter_ohwi(m, L->w1), dr, dx));
-        } else {
-            AMDIM_TRY(amdim_cuda_linear_backward(m, x, rows, L->cin, gemm_weight(m, L->w1), L->cout, dr, dx, 0.0f,
-                                                 grad(m, L->w1), NULL));
-        }
-        return dx ? amdim_avgpool_pad_backward_add_cuda(kctx(m), dy, B, L->hin, L->hin, L->cin, L->k, L->s, L->cout, dx)
-                  : AMDIM_OK;
-    }
+    case AMDIM_LAYER_RES: return res_backward(m, L, lp, x, B, dy, dx);
     default:
         if (L->bn.on) {
             amdim_cuda_bn p = bn_view(m, L->bn);
@@ -336,19 +423,34 @@ static int layer_backward(amdim_model *m, const amdim_layer *L, const amdim_cuda
     }
 }
 
-/* x (B, hw, hw, cin) -> hp->out (B, hw, hw, R) */
+/* FakeRKHSConvNet: r = relu([BN](x W1^T)), out = BN(r W2^T + x Ws^T + bs).
+ * Without the hidden BatchNorm the first GEMM writes r with the ReLU (and
+ * its mask) in its epilogue; the shortcut's bias is its GEMM's. x (B, hw,
+ * hw, cin) -> hp->out (B, hw, hw, R). */
 static int head_forward(amdim_model *m, const amdim_head *h, const amdim_cuda_head_plan *hp, const void *x, int B,
                         int train)
 {
     size_t rows = (size_t)B * h->hw * h->hw;
-    void *h1 = act(m, hp->h1), *r = act(m, hp->r), *sum = act(m, hp->sum);
-    AMDIM_TRY(amdim_cuda_linear_forward(m, x, rows, h->cin, gemm_weight(m, h->w1), NULL, h->cout, 0.0f, h1, C_ACT));
-    AMDIM_TRY(
-        amdim_cuda_bn_forward(m, h->bn_hid, h1, rows, h->cout, train, r, act_f32(m, hp->mean1), act_f32(m, hp->istd1)));
-    AMDIM_TRY(amdim_relu_forward_cuda(kctx(m), r, rows * h->cout));
+    void *r = act(m, hp->r), *sum = act(m, hp->sum), *h1 = h->bn_hid.on ? act(m, hp->h1) : r;
+    int relu_done = 0;
+    if (!h->bn_hid.on)
+        AMDIM_TRY(
+            linear_relu_mask(m, x, rows, h->cin, gemm_weight(m, h->w1), h->cout, r, act(m, hp->mask), &relu_done));
+    if (!relu_done) {
+        AMDIM_TRY(amdim_cuda_linear_forward(m, x, rows, h->cin, gemm_weight(m, h->w1), NULL, h->cout, 0.0f, h1, C_ACT));
+        if (h->bn_hid.on)
+            AMDIM_TRY(amdim_cuda_bn_forward(m, h->bn_hid, h1, rows, h->cout, train, r, act_f32(m, hp->mean1),
+                                            act_f32(m, hp->istd1)));
+        AMDIM_TRY(amdim_relu_forward_cuda(kctx(m), r, rows * h->cout));
+    }
     AMDIM_TRY(amdim_cuda_linear_forward(m, r, rows, h->cout, gemm_weight(m, h->w2), NULL, h->cout, 0.0f, sum, C_ACT));
-    AMDIM_TRY(amdim_cuda_linear_forward(m, x, rows, h->cin, gemm_weight(m, h->ws), weight(m, h->bs), h->cout, 1.0f, sum,
-                                        C_ACT)); /* + shortcut */
+    amdim_cuda_epilogue bias = {AMDIM_CUDA_EP_BIAS, weight(m, h->bs), NULL}; /* + shortcut */
+    int rc = amdim_cuda_lt_gemm(m, 0, 1, (int)rows, h->cout, h->cin, 1.0f, x, h->cin, gemm_weight(m, h->ws), h->cin,
+                                1.0f, sum, sum, h->cout, C_ACT, &bias);
+    if (rc == AMDIM_E_UNSUPPORTED)
+        rc = amdim_cuda_linear_forward(m, x, rows, h->cin, gemm_weight(m, h->ws), weight(m, h->bs), h->cout, 1.0f, sum,
+                                       C_ACT);
+    AMDIM_TRY(rc);
     return amdim_cuda_bn_forward(m, h->bn_out, sum, rows, h->cout, train, act(m, hp->out), act_f32(m, hp->mean2),
                                  act_f32(m, hp->istd2));
 }
@@ -358,19 +460,22 @@ static int head_backward(amdim_model *m, const amdim_head *h, const amdim_cuda_h
                          void *dy, void *dx)
 {
     size_t rows = (size_t)B * h->hw * h->hw;
-    const void *h1 = act(m, hp->h1), *r = act(m, hp->r), *sum = act(m, hp->sum);
-    void *dr = act(m, cuda_of(m)->plan.scratch);
+    void *r = act(m, hp->r), *sum = act(m, hp->sum), *dr = act(m, cuda_of(m)->plan.scratch);
+    int masked = 0;
+    if (!h->bn_hid.on)
+        AMDIM_TRY(relu_mask_written(m, x, rows, h->cin, gemm_weight(m, h->w1), h->cout, r, act(m, hp->mask), &masked));
     amdim_cuda_bn bo = bn_view(m, h->bn_out);
     AMDIM_TRY(amdim_batchnorm_backward_cuda(kctx(m), sum, rows, h->cout, &bo, act_f32(m, hp->mean2),
                                             act_f32(m, hp->istd2), dy, dy, bn_scratch(m)));
     AMDIM_TRY(amdim_cuda_linear_backward(m, x, rows, h->cin, gemm_weight(m, h->ws), h->cout, dy, dx, 0.0f,
                                          grad(m, h->ws), grad(m, h->bs)));
-    AMDIM_TRY(amdim_cuda_linear_backward(m, r, rows, h->cout, gemm_weight(m, h->w2), h->cout, dy, dr, 0.0f,
-                                         grad(m, h->w2), NULL));
-    AMDIM_TRY(amdim_relu_backward_cuda(kctx(m), r, dr, rows * h->cout));
+    AMDIM_TRY(amdim_cuda_gemm(m, 1, 0, h->cout, h->cout, (int)rows, 1.0f, dy, h->cout, r, h->cout, 1.0f, grad(m, h->w2),
+                              h->cout, C_F32));
+    AMDIM_TRY(linear_relu_backward_data(m, dy, rows, h->cout, gemm_weight(m, h->w2), h->cout, r,
+                                        masked ? act(m, hp->mask) : NULL, masked, dr));
     if (h->bn_hid.on) {
         amdim_cuda_bn p = bn_view(m, h->bn_hid);
-        AMDIM_TRY(amdim_batchnorm_backward_cuda(kctx(m), h1, rows, h->cout, &p, act_f32(m, hp->mean1),
+        AMDIM_TRY(amdim_batchnorm_backward_cuda(kctx(m), act(m, hp->h1), rows, h->cout, &p, act_f32(m, hp->mean1),
                                                 act_f32(m, hp->istd1), dr, dr, bn_scratch(m)));
     }
     return amdim_cuda_linear_backward(m, x, rows, h->cin, gemm_weight(m, h->w1), h->cout, dr, dx, 1.0f, grad(m, h->w1),

@@ -168,12 +168,20 @@ int amdim_gather_rows_cuda(const amdim_cuda_ctx *c, const void *r5, const int32_
 int amdim_scatter_rows_add_cuda(const amdim_cuda_ctx *c, const void *src, const int32_t *idx, int B, int R, void *r5);
 
 /* ---- adam.cu ---- */
-/* w, m, v updated in place (amdim_adam_element) with the hyper-parameters
- * h, which point to DEVICE memory (read when the kernel runs, so a captured
- * graph takes each update's learning rate and bias corrections); bf16 (may
- * be NULL) receives the new weight rounded to bfloat16 (as uint16_t bits). */
-int amdim_adam_cuda(const amdim_cuda_ctx *c, float *w, const float *g, float *m, float *v, size_t n,
-              const amdim_adam_hparams *h, uint16_t *bf16);
+/* Adam over many tensors in one launch: chunk i (device memory) updates
+ * n <= AMDIM_ADAM_CHUNK elements, w[w .. w + n) from g, m, v[g .. g + n)
+ * (amdim_adam_element; offsets in floats), and bf16[w ..] (may be NULL)
+ * receives the new weights rounded to bfloat16 (uint16_t bits). h points
+ * to DEVICE memory (read when the kernel runs, so a captured graph takes
+ * each update's learning rate and bias corrections); elems: the chunks'
+ * total, for the launch list. */
+#define AMDIM_ADAM_CHUNK 4096u
+typedef struct {
+    uint64_t w, g;
+    uint32_t n, pad;
+} amdim_adam_chunk;
+int amdim_adam_cuda(const amdim_cuda_ctx *c, float *w, const float *g, float *m, float *v, uint16_t *bf16,
+                    const amdim_adam_chunk *chunks, uint32_t nchunks, size_t elems, const amdim_adam_hparams *h);
 
 /* ---- layout.cu ---- */
 /* Filters: OIHW (PyTorch, the host mirror; float masters) <-> OHWI

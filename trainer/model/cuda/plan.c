@@ -98,22 +98,26 @@ static int plan_view(plan_builder *pb, const amdim_arch *a, int v)
         lp->out = act_buf(pb, outn);
         lp->mean = f32_buf(pb, (size_t)L->cout);
         lp->istd = f32_buf(pb, (size_t)L->cout);
-        lp->padded = lp->h1 = lp->r = AMDIM_CUDA_NONE;
+        lp->padded = lp->h1 = lp->r = lp->mask = AMDIM_CUDA_NONE;
         if (L->kind == AMDIM_LAYER_STEM && L->pad) {
             size_t hp = (size_t)L->hin + 2 * L->pad;
             lp->padded = act_buf(pb, b * hp * hp * cin);
         }
         if (L->kind == AMDIM_LAYER_RES) {
-            lp->h1 = act_buf(pb, outn);
+            lp->h1 = L->bn.on ? act_buf(pb, outn) : AMDIM_CUDA_NONE;
             lp->r = act_buf(pb, outn);
+            if (!L->bn.on && !amdim_cuda_conv_uses_cudnn(L))
+                lp->mask = take_rec(p, &pb->top, amdim_cuda_relu_mask_bytes(rows, L->cout), 1);
         }
         pb->bn = max2(pb->bn, amdim_bn_scratch_doubles(rows, L->cout)); /* BN or the stem's bias gradient */
     }
     for (int h = 0; h < 2; h++) {
         amdim_cuda_head_plan *hp = &p->heads[v][h];
         size_t rows = b * a->heads[h].hw * a->heads[h].hw, n = rows * R;
-        hp->h1 = act_buf(pb, n);
+        hp->h1 = a->heads[h].bn_hid.on ? act_buf(pb, n) : AMDIM_CUDA_NONE;
         hp->r = act_buf(pb, n);
+        hp->mask = a->heads[h].bn_hid.on ? AMDIM_CUDA_NONE
+                                         : take_rec(p, &pb->top, amdim_cuda_relu_mask_bytes(rows, (int)R), 1);
         hp->sum = act_buf(pb, n);
         hp->out = act_buf(pb, n);
         hp->mean1 = f32_buf(pb, R);

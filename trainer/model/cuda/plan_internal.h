@@ -41,6 +41,12 @@ typedef struct {
     size_t total;                          /* floats */
 } amdim_cuda_param_plan;
 
+/* cuBLASLt's ReLU bit-mask of a row-major (rows, n) GEMM output: a bit
+ * per element, the column-major leading dimension (bits) n rounded up to
+ * 128 (cublasLt.h: CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_LD). */
+static inline size_t amdim_cuda_relu_mask_ld(int n) { return ((size_t)n + 127) / 128 * 128; }
+static inline size_t amdim_cuda_relu_mask_bytes(size_t rows, int n) { return rows * amdim_cuda_relu_mask_ld(n) / 8; }
+
 /* 1 when layer L's first convolution runs on cuDNN (k > 1, stride > 1 or padded); the
  * rest (1x1, stride 1) are GEMMs on the OIHW = (out, in) matrix. */
 int amdim_cuda_conv_uses_cudnn(const amdim_layer *L);
@@ -48,12 +54,15 @@ int amdim_cuda_conv_uses_cudnn(const amdim_layer *L);
 typedef struct {
     size_t out;    /* (B, hout, hout, cout) */
     size_t padded; /* STEM with pad: (B, hin+2p, hin+2p, cin; in_ch for the first layer) */
-    size_t h1, r;  /* RES: conv1 output, after [BN] ReLU: (B, hout, hout, cout) */
+    size_t h1, r;  /* RES: conv1 output (only with BatchNorm: without, conv1 writes r), after [BN] ReLU:
+                      (B, hout, hout, cout) */
+    size_t mask;   /* RES on a GEMM without BatchNorm: the ReLU's bit-mask (amdim_cuda_relu_mask_bytes) */
     size_t mean, istd; /* (cout) */
 } amdim_cuda_layer_plan;
 
 typedef struct {
-    size_t h1, r, sum, out; /* (B, hw, hw, R) */
+    size_t h1, r, sum, out; /* (B, hw, hw, R); h1 only with the hidden BatchNorm (else the GEMM writes r) */
+    size_t mask;            /* without the hidden BatchNorm: the ReLU's bit-mask (amdim_cuda_relu_mask_bytes) */
     size_t mean1, istd1, mean2, istd2; /* (R) */
 } amdim_cuda_head_plan;
 

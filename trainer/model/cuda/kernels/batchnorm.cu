@@ -15,6 +15,23 @@ static size_t chunks(size_t N) { return amdim_bn_chunks(N); }
 
 extern "C" size_t amdim_batchnorm_scratch_doubles(size_t N, int C) { return amdim_bn_scratch_doubles(N, C); }
 
+/* A (BN_CH channels x BN_ROWS lanes) block's per-lane sums (a, b) added
+ * in lane order into lane 0's; returns 1 on the threads that hold a
+ * channel's totals (lane 0, ch < C). Every thread of the block calls it. */
+static __device__ inline int lanes_sum(double *a, double *b, double (*sh)[BN_ROWS][BN_CH], int ch, int C)
+{
+    sh[0][threadIdx.y][threadIdx.x] = *a;
+    sh[1][threadIdx.y][threadIdx.x] = *b;
+    __syncthreads();
+    if (threadIdx.y != 0 || ch >= C)
+        return 0;
+    for (int k = 1; k < BN_ROWS; k++) {
+        *a += sh[0][k][threadIdx.x];
+        *b += sh[1][k][threadIdx.x];
+    }
+    return 1;
+}
+
 /* partial[(p, ch)] = sums over chunk p of:
  *   MODE_SUM: x;  MODE_VAR: (x - mean_d)^2;  MODE_BWD: dy and dy * xhat */
 template <typename T>
@@ -39,32 +56,30 @@ static __global__ void partials_kernel(const void *x, const void *dy, size_t N, 
                 b += g * xh;
             }
         }
-    sh[0][threadIdx.y][threadIdx.x] = a;
-    sh[1][threadIdx.y][threadIdx.x] = b;
-    __syncthreads();
-    if (threadIdx.y == 0 && ch < C) {
-        for (int k = 1; k < BN_ROWS; k++) {
-            a += sh[0][k][threadIdx.x];
-            b += sh[1][k][threadIdx.x];
-        }
+    if (lanes_sum(&a, &b, sh, ch, C)) {
         partial[(blockIdx.y * (size_t)C + ch) * 2] = a;
         partial[(blockIdx.y * (size_t)C + ch) * 2 + 1] = b;
     }
 }
 
-/* finals (C, 2) = sums of the P partials in order */
+/* finals (C, 2) = sums of the P partials: a (32 channels x 8 lanes)
+ * block per 32 channels, lane l adding partials l, l + 8, ... in order,
+ * then the 8 lane sums in lane order - a fixed order, the same on every
+ * run. */
 static __global__ void finals_kernel(const double *partial, size_t P, int C, double *fin)
 {
-    int ch = blockIdx.x * blockDim.x + threadIdx.x;
-    if (ch >= C)
-        return;
+    AMDIM_SHARED(double, sh, [2][BN_ROWS][BN_CH]);
+    int ch = blockIdx.x * BN_CH + threadIdx.x;
     double a = 0, b = 0;
-    for (size_t p = 0; p < P; p++) {
-        a += partial[(p * C + ch) * 2];
-        b += partial[(p * C + ch) * 2 + 1];
+    if (ch < C)
+        for (size_t p = threadIdx.y; p < P; p += BN_ROWS) {
+            a += partial[(p * C + ch) * 2];
+            b += partial[(p * C + ch) * 2 + 1];
+        }
+    if (lanes_sum(&a, &b, sh, ch, C)) {
+        fin[2 * ch] = a;
+        fin[2 * ch + 1] = b;
     }
-    fin[2 * ch] = a;
-    fin[2 * ch + 1] = b;
 }
 
 /* what: the launch list's name of the two kernels. */
@@ -79,7 +94,7 @@ static int reduce(const amdim_cuda_ctx *c, const void *x, const void *dy, size_t
     int rc = launch_check(c, op);
     if (rc)
         return rc;
-    LAUNCH(c, finals_kernel, (C + 127) / 128, 128, scratch, P, C, scratch + P * 2 * C);
+    LAUNCH(c, finals_kernel, grid.x, block, scratch, P, C, scratch + P * 2 * C);
     note(c, what, 16.0 * (P + 1) * C);
     return launch_check(c, op);
 }
@@ -109,24 +124,95 @@ static __global__ void train_stats_kernel(const double *mean_d, const double *fi
         p.nbt[0] += 1;
 }
 
-template <typename T>
-static __global__ void apply_kernel(const void *x, size_t n, int C, const float *mean, const float *inv_std,
-                             const float *gamma, const float *beta, void *y)
+/* The per-element kernels below run on a (rows, channel packs) grid:
+ * thread t owns the V channels of pack t % (C / V) (V a 16-byte pack of
+ * the activation type where C is a multiple of it and the buffers are
+ * aligned, else 1) and the rows t / (C / V), + groups, ...: its channels'
+ * coefficients are computed once, in registers, and no index is divided
+ * per element. Launched with at least C / V threads. */
+struct bn_rows {
+    int cp;          /* this thread's channel pack */
+    size_t r0, step; /* its first row, the row stride */
+};
+static __device__ inline int bn_rows_of(int C, int V, bn_rows *w)
 {
-    GRID_STRIDE(i, n)
-    {
-        int ch = (int)(i % C);
-        st<T>(y, i, amdim_bn_apply(ld<T>(x, i), mean[ch], inv_std[ch], gamma[ch], beta[ch]));
+    size_t npk = (size_t)(C / V), t = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+    size_t groups = (size_t)gridDim.x * blockDim.x / npk;
+    if (t >= groups * npk)
+        return 0;
+    w->cp = (int)(t % npk);
+    w->r0 = t / npk;
+    w->step = groups;
+    return 1;
+}
+
+/* y = (x - mu) s + b per channel, over rows of C (V channels at a time). */
+template <typename T, int V>
+static __device__ void affine_rows(const void *x, size_t N, int C, const float *mu, const float *s, const float *b,
+                                   void *y)
+{
+    bn_rows w;
+    if (!bn_rows_of(C, V, &w))
+        return;
+    for (size_t r = w.r0; r < N; r += w.step) {
+        size_t at = r * C + (size_t)w.cp * V;
+        if (V == 1) {
+            st<T>(y, at, (ld<T>(x, at) - mu[0]) * s[0] + b[0]);
+        } else {
+            pack16<T> a = ldv<T>(x, at / V);
+            for (int k = 0; k < V; k++)
+                set_lane(a, k, (lane(a, k) - mu[k]) * s[k] + b[k]);
+            stv(y, at / V, a);
+        }
     }
 }
 
-template <typename T> static __global__ void eval_kernel(const void *x, size_t n, int C, amdim_cuda_bn p, void *y)
+/* Training-mode apply with the batch statistics: s = inv_std gamma. */
+template <typename T, int V>
+static __device__ void apply_rows(const void *x, size_t N, int C, const float *mean, const float *inv_std,
+                                  const float *gamma, const float *beta, void *y)
 {
-    GRID_STRIDE(i, n)
-    {
-        int ch = (int)(i % C);
-        st<T>(y, i, amdim_bn_apply(ld<T>(x, i), p.rmean[ch], amdim_bn_inv_std(p.rvar[ch]), p.gamma[ch], p.beta[ch]));
+    bn_rows w;
+    if (!bn_rows_of(C, V, &w))
+        return;
+    float mu[V], s[V], b[V];
+    for (int k = 0; k < V; k++) {
+        int ch = w.cp * V + k;
+        mu[k] = mean[ch], s[k] = inv_std[ch] * gamma[ch], b[k] = beta[ch];
     }
+    affine_rows<T, V>(x, N, C, mu, s, b, y);
+}
+
+template <typename T>
+static __global__ void apply_kernel(const void *x, size_t N, int C, const float *mean, const float *inv_std,
+                                    const float *gamma, const float *beta, void *y, int vec)
+{
+    if (vec)
+        apply_rows<T, AMDIM_PACK(T)>(x, N, C, mean, inv_std, gamma, beta, y);
+    else
+        apply_rows<T, 1>(x, N, C, mean, inv_std, gamma, beta, y);
+}
+
+/* Eval mode with the running statistics: s = gamma / sqrt(running var + eps). */
+template <typename T, int V> static __device__ void eval_rows(const void *x, size_t N, int C, amdim_cuda_bn p, void *y)
+{
+    bn_rows w;
+    if (!bn_rows_of(C, V, &w))
+        return;
+    float mu[V], s[V], b[V];
+    for (int k = 0; k < V; k++) {
+        int ch = w.cp * V + k;
+        mu[k] = p.rmean[ch], s[k] = amdim_bn_inv_std(p.rvar[ch]) * p.gamma[ch], b[k] = p.beta[ch];
+    }
+    affine_rows<T, V>(x, N, C, mu, s, b, y);
+}
+
+template <typename T> static __global__ void eval_kernel(const void *x, size_t N, int C, amdim_cuda_bn p, void *y, int vec)
+{
+    if (vec)
+        eval_rows<T, AMDIM_PACK(T)>(x, N, C, p, y);
+    else
+        eval_rows<T, 1>(x, N, C, p, y);
 }
 
 /* fin (C, 2) = (sdy, sdyx): parameter gradients */
@@ -139,18 +225,63 @@ static __global__ void param_grad_kernel(const double *fin, int C, amdim_cuda_bn
     p.dbeta[ch] += (float)fin[2 * ch];
 }
 
-template <typename T>
-static __global__ void backward_kernel(const void *x, const void *dy, size_t n, size_t N, int C, const float *gamma,
-                                const float *mean, const float *inv_std, const double *fin, void *dx)
+/* dx = scale (count dy - sdy - xhat sdyx) (amdim_bn_backward_element) as
+ * dx = A dy + Bk (x - mean) + Ck with the channel's A = gamma inv_std,
+ * Bk = -scale sdyx inv_std and Ck = -scale sdy computed once per thread
+ * (in double, kept as float: two float FMAs per element, and few enough
+ * registers for eight channels a thread). */
+template <typename T, int V>
+static __device__ void backward_rows(const void *x, const void *dy, size_t N, size_t count, int C, const float *gamma,
+                                     const float *mean, const float *inv_std, const double *fin, void *dx)
 {
-    GRID_STRIDE(i, n)
-    {
-        int ch = (int)(i % C);
-        st<T>(dx, i,
-              amdim_bn_backward_element(ld<T>(x, i), ld<T>(dy, i), mean[ch], inv_std[ch],
-                                        amdim_bn_backward_scale(gamma[ch], inv_std[ch], (double)N), (double)N,
-                                        fin[2 * ch], fin[2 * ch + 1]));
+    bn_rows w;
+    if (!bn_rows_of(C, V, &w))
+        return;
+    float mu[V], A[V], Bk[V], Ck[V];
+    for (int k = 0; k < V; k++) {
+        int ch = w.cp * V + k;
+        double scale = amdim_bn_backward_scale(gamma[ch], inv_std[ch], (double)count);
+        mu[k] = mean[ch];
+        A[k] = (float)(scale * (double)count);
+        Bk[k] = (float)(-scale * fin[2 * ch + 1] * inv_std[ch]);
+        Ck[k] = (float)(-scale * fin[2 * ch]);
     }
+    for (size_t r = w.r0; r < N; r += w.step) {
+        size_t at = r * C + (size_t)w.cp * V;
+        if (V == 1) {
+            st<T>(dx, at, fmaf(A[0], ld<T>(dy, at), fmaf(Bk[0], ld<T>(x, at) - mu[0], Ck[0])));
+        } else {
+            pack16<T> a = ldv<T>(x, at / V), g = ldv<T>(dy, at / V);
+            for (int k = 0; k < V; k++)
+                set_lane(g, k, fmaf(A[k], lane(g, k), fmaf(Bk[k], lane(a, k) - mu[k], Ck[k])));
+            stv(dx, at / V, g);
+        }
+    }
+}
+
+template <typename T>
+static __global__ void backward_kernel(const void *x, const void *dy, size_t N, size_t count, int C, const float *gamma,
+                                       const float *mean, const float *inv_std, const double *fin, void *dx, int vec)
+{
+    if (vec)
+        backward_rows<T, AMDIM_PACK(T)>(x, dy, N, count, C, gamma, mean, inv_std, fin, dx);
+    else
+        backward_rows<T, 1>(x, dy, N, count, C, gamma, mean, inv_std, fin, dx);
+}
+
+/* Packs apply (see bn_rows): C a multiple of the pack, the buffers aligned. */
+static int rows_vec(const amdim_cuda_ctx *c, int C, const void *p, const void *q, const void *r = NULL)
+{
+    return C % (c->bf16 ? 8 : 4) == 0 && aligned16(p, q, r);
+}
+
+/* Blocks for the (rows, channel packs) grid: every pack of every row a
+ * thread where the grid allows, and never fewer threads than packs. */
+static unsigned rows_grid(int C, size_t N, int vec, const amdim_cuda_ctx *c)
+{
+    size_t npk = (size_t)C / (vec ? (c->bf16 ? 8 : 4) : 1);
+    unsigned g = grid_for(N * npk), least = (unsigned)((npk + AMDIM_THREADS - 1) / AMDIM_THREADS);
+    return g > least ? g : least;
 }
 
 static __global__ void channel_add_kernel(const double *fin, int C, float *out)
@@ -191,7 +322,9 @@ extern "C" int amdim_batchnorm_forward_train_cuda(const amdim_cuda_ctx *c, const
     if ((rc = launch_check(c, op)))
         return rc;
     size_t n = N * C;
-    LAUNCH_ACT(c, apply_kernel, grid_for(n), AMDIM_THREADS, x, n, C, mean, inv_std, p->gamma, p->beta, y);
+    int vec = rows_vec(c, C, x, y);
+    LAUNCH_ACT(c, apply_kernel, rows_grid(C, N, vec, c), AMDIM_THREADS, x, N, C, mean, inv_std, p->gamma, p->beta, y,
+               vec);
     note(c, "BN apply", 2.0 * n * act_es(c) + 16.0 * C);
     return launch_check(c, op);
 }
@@ -200,7 +333,8 @@ extern "C" int amdim_batchnorm_forward_eval_cuda(const amdim_cuda_ctx *c, const 
                                            const amdim_cuda_bn *p, void *y)
 {
     size_t n = N * C;
-    LAUNCH_ACT(c, eval_kernel, grid_for(n), AMDIM_THREADS, x, n, C, *p, y);
+    int vec = rows_vec(c, C, x, y);
+    LAUNCH_ACT(c, eval_kernel, rows_grid(C, N, vec, c), AMDIM_THREADS, x, N, C, *p, y, vec);
     note(c, "BN apply", 2.0 * n * act_es(c) + 16.0 * C);
     return launch_check(c, "amdim_batchnorm_forward_eval_cuda");
 }
@@ -219,8 +353,9 @@ extern "C" int amdim_batchnorm_backward_cuda(const amdim_cuda_ctx *c, const void
     if ((rc = launch_check(c, op)) || (rc = sync_fin(c, fin, C)))
         return rc;
     size_t n = N * C;
-    LAUNCH_ACT(c, backward_kernel, grid_for(n), AMDIM_THREADS, x, dy, n, total_count(c, N), C, p->gamma, mean,
-               inv_std, fin, dx);
+    int vec = rows_vec(c, C, x, dy, dx);
+    LAUNCH_ACT(c, backward_kernel, rows_grid(C, N, vec, c), AMDIM_THREADS, x, dy, N, total_count(c, N), C, p->gamma,
+               mean, inv_std, fin, dx, vec);
     note(c, "BN backward", 3.0 * n * act_es(c) + 28.0 * C);
     return launch_check(c, op);
 }

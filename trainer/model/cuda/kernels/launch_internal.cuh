@@ -85,6 +85,37 @@ template <> __device__ inline void st<bf16_t>(void *p, size_t i, float v)
     ((bf16_t *)p)[i] = __float2bfloat16_rn(v);
 }
 
+/* 16 bytes of activations, 4 floats or 8 bf16: what the element-wise
+ * kernels load and store at once (one 128-bit access) where their buffers
+ * start on 16 bytes and the channel counts they index by are multiples of
+ * AMDIM_PACK(T) (vec_ok); lane k read and written as float. */
+template <typename T> struct alignas(16) pack16 {
+    T v[16 / sizeof(T)];
+};
+#define AMDIM_PACK(T) ((int)(16 / sizeof(T)))
+template <typename T> static __device__ inline pack16<T> ldv(const void *p, size_t i)
+{
+    return ((const pack16<T> *)p)[i];
+}
+template <typename T> static __device__ inline void stv(void *p, size_t i, const pack16<T> &x)
+{
+    ((pack16<T> *)p)[i] = x;
+}
+template <typename T> static __device__ inline float lane(const pack16<T> &x, int k) { return ld<T>(x.v, (size_t)k); }
+template <typename T> static __device__ inline void set_lane(pack16<T> &x, int k, float f) { st<T>(x.v, (size_t)k, f); }
+
+/* 1 when every pointer given starts on 16 bytes (NULL ends the list). */
+static inline int aligned16(const void *p, const void *q = NULL, const void *r = NULL)
+{
+    return !((uintptr_t)p & 15) && !((uintptr_t)q & 15) && !((uintptr_t)r & 15);
+}
+
+/* A grid-stride loop over n items of which this launch's threads take
+ * item i; `first` offsets the items (the scalar tail after the packs). */
+#define GRID_STRIDE_FROM(i, first, n)                                                        \
+    for (size_t i = (first) + (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < (n);          \
+         i += (size_t)gridDim.x * blockDim.x)
+
 /* kernel<<<grid, block, 0, c->stream>>>(args), the last error cleared first. */
 #define LAUNCH(c, kernel, grid, block, ...)                                  \
     do {                                                                     \
