@@ -15,6 +15,10 @@ packages=(
   libpng-dev zlib1g-dev                   # PNG inputs/outputs, gzipped IDX
   dataset-fashion-mnist                   # the demo's real dataset
   python3-torch python3-numpy             # reference data, checkpoint check, PyTorch peer bench
+  python3-venv python3-pip                # the Python package: pip install ./python in a venv (docs/python.md)
+  python3-setuptools python3-wheel        # ... its build backend, offline (--no-build-isolation)
+  python3-tqdm                            # ... its progress bar (tested when installed)
+  python3-torchvision                     # ... bench/bench_python.py's DataLoader peer (with python3-pil)
 )
 
 missing=()
