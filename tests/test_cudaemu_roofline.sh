@@ -19,4 +19,10 @@ echo "$out" | awk '/^# launch-list FLOPs \/ the model.s count:/ { r = $NF; found
           if (r < 0.97 || r > 1.03) { print "test_cudaemu_roofline: launch-list FLOPs are " r " of the model count"; exit 1 } }' || exit 1
 echo "$out" | grep -q "^Adam  *1 " || { echo "test_cudaemu_roofline: Adam is not one launch"; exit 1; }
 echo "$out" | grep -q "^# projected on H100 SXM: [0-9.]* ms per step" || { echo "test_cudaemu_roofline: no projection"; exit 1; }
+# with the fusions off (AMDIM_CUDA_FUSE=0) the same step runs unfused: no fused GEMM, more element-wise bytes
+off=$(AMDIM_CUDA_FUSE=0 "$1" --config cifar-small --batch 16) || { echo "$off"; echo "test_cudaemu_roofline: bench_roofline (unfused) failed"; exit 1; }
+if echo "$off" | grep -q "^GEMM (+ "; then echo "test_cudaemu_roofline: AMDIM_CUDA_FUSE=0 still fused"; exit 1; fi
+ew() { echo "$1" | awk '/^# element-wise \(our kernels\):/ { print $5 }'; }
+awk -v a="$(ew "$out")" -v b="$(ew "$off")" 'BEGIN { if (!(a > 0 && b > a)) { print "test_cudaemu_roofline: element-wise GB fused " a ", unfused " b; exit 1 }
+    printf "element-wise GB per step: fused %s, unfused %s\n", a, b }' || exit 1
 echo "test_cudaemu_roofline: ok"

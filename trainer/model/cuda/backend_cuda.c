@@ -197,6 +197,11 @@ static int cuda_open(amdim_model *m)
     c->ctx.err = m->err;
     c->ctx.errn = sizeof m->err;
     c->es = sizeof(float); /* fp32 until set_precision */
+    const char *fuse = getenv("AMDIM_CUDA_FUSE");
+    if (fuse && strcmp(fuse, "0") != 0 && strcmp(fuse, "1") != 0)
+        return AMDIM_MFAIL(m, AMDIM_E_INVALID, "AMDIM_CUDA_FUSE=%s: expected 0 (no fused GEMMs) or 1 (the default)",
+                           fuse);
+    c->fuse = !(fuse && strcmp(fuse, "0") == 0);
     AMDIM_CU(cudaStreamCreateWithFlags(&c->stream, cudaStreamNonBlocking), "cudaStreamCreateWithFlags");
     c->ctx.stream = c->stream;
     AMDIM_CU(cudaStreamCreateWithFlags(&c->copy, cudaStreamNonBlocking), "cudaStreamCreateWithFlags (copy)");

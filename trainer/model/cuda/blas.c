@@ -246,6 +246,8 @@ int amdim_cuda_lt_gemm(amdim_model *m, int ta, int tb, int M, int N, int K, floa
     amdim_cuda_state *cs = m->bs;
     amdim_cuda_lt_plan *p = NULL;
     AMDIM_ASSERT(beta != 0.0f || c == d);
+    if (!cs->fuse && (ep->kind != AMDIM_CUDA_EP_NONE || c != d))
+        return AMDIM_E_UNSUPPORTED;
     AMDIM_TRY(lt_plan_for(m, ta, tb, M, N, K, a, lda, b, ldb, c, d, ldc, c_f32, ep, &p));
     if (!p->have_algo)
         return AMDIM_E_UNSUPPORTED;
@@ -270,6 +272,10 @@ int amdim_cuda_lt_supported(amdim_model *m, int ta, int tb, int M, int N, int K,
                             int *supported)
 {
     amdim_cuda_lt_plan *p = NULL;
+    if (!cuda_of(m)->fuse && (ep->kind != AMDIM_CUDA_EP_NONE || c != d)) {
+        *supported = 0;
+        return AMDIM_OK;
+    }
     AMDIM_TRY(lt_plan_for(m, ta, tb, M, N, K, a, lda, b, ldb, c, d, ldc, c_f32, ep, &p));
     *supported = p->have_algo;
     return AMDIM_OK;

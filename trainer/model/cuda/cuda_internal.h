@@ -92,6 +92,7 @@ typedef struct {
     amdim_cuda_lt_plan *lt_plans; /* one per shape and precision mode, made on first use */
     int n_lt, cap_lt;
     int bf16;  /* precision mode: bfloat16 activations and GEMM / convolution operands (fp32 accumulation) */
+    int fuse;  /* the fused GEMMs (amdim_cuda_lt_gemm's epilogues and C != D); AMDIM_CUDA_FUSE=0 at open: none */
     size_t es; /* bytes per activation: 4, or 2 in the bf16 mode */
     amdim_conv conv;
     amdim_cuda_ctx ctx;
@@ -231,7 +232,9 @@ int amdim_cuda_gemm(amdim_model *m, int ta, int tb, int M, int N, int K, float a
 /* Row-major D (M, N) = alpha op(A) op(B) + beta C through epilogue ep on
  * cuBLASLt (C and D the same shape and ldc; C == D when beta is 0).
  * AMDIM_E_UNSUPPORTED, with nothing enqueued and nothing in m->err, when
- * the heuristic has no algorithm for it: the caller computes it unfused. */
+ * the heuristic has no algorithm for it, or it is a fusion (an epilogue,
+ * or C != D) and the model was opened with AMDIM_CUDA_FUSE=0: the caller
+ * computes it unfused. */
 int amdim_cuda_lt_gemm(amdim_model *m, int ta, int tb, int M, int N, int K, float alpha, const void *a, int lda,
                        const void *b, int ldb, float beta, const void *c, void *d, int ldc, int c_f32,
                        const amdim_cuda_epilogue *ep);
