@@ -1,6 +1,7 @@
 /* Presets and the random draws of AMDIM's transforms (torchvision rules). */
 #include <math.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "amdim_augment.h"
@@ -41,6 +42,17 @@ int amdim_augment_preset(const char *name, amdim_augment_config *c)
         const float s[3] = {63.0f / 255, 62.1f / 255, 66.7f / 255};
         memcpy(c->mean, m, sizeof m);
         memcpy(c->std, s, sizeof s);
+    } else if (strcmp(name, "dim28") == 0 || strcmp(name, "dim32") == 0 || strcmp(name, "dim64") == 0) {
+        /* Deep InfoMax's data (docs/dim.md §8): the image itself at its native size (smaller ones
+         * zero-padded, centred), no flip, jitter or grey, normalised to [-1, 1] */
+        c->size = atoi(name + 3);
+        c->crop_mode = AMDIM_CROP_TRANSLATE;
+        c->translate = 0;
+        c->p_translate = c->p_flip = c->p_jitter = c->p_grey = 0.0f;
+        c->brightness = c->contrast = c->saturation = c->hue = 0.0f;
+        c->test_resize = 0;
+        for (int i = 0; i < 3; i++)
+            c->mean[i] = c->std[i] = 0.5f;
     } else {
         return AMDIM_E_INVALID;
     }

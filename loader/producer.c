@@ -65,7 +65,7 @@ static int choose_preset(amdim_producer *L)
     L->preset =
         L->opt->preset ? L->opt->preset : amdim_loader_preset_for(L->info.encoding, L->info.width, L->info.height);
     if (amdim_augment_preset(L->preset, &L->aug))
-        return amdim_fail(L->err, L->errlen, AMDIM_E_INVALID, "unknown preset %s (imagenet, stl10, cifar)", L->preset);
+        return amdim_fail(L->err, L->errlen, AMDIM_E_INVALID, "unknown preset %s (" AMDIM_AUGMENT_PRESETS ")", L->preset);
     if (L->aug.crop_mode == AMDIM_CROP_TRANSLATE &&
         (L->info.width == 0 || L->info.width > (uint32_t)L->aug.size || L->info.height > (uint32_t)L->aug.size))
         return amdim_fail(L->err, L->errlen, AMDIM_E_INVALID,

@@ -2,6 +2,7 @@
  * RGB, MNIST-size images padded to the 32 px preset, EXIF orientation left
  * alone (as torchvision does), images smaller than the crop, and clear
  * errors for records that cannot be used. */
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -15,6 +16,55 @@ static amdim_augmenter *make(const char *preset)
     amdim_augmenter *a;
     REQUIRE(amdim_augment_create(&a, &cfg) == 0, "create %s", preset);
     return a;
+}
+
+/* The dim presets (Deep InfoMax's data): both views are the image itself
+ * (grey replicated; smaller images zero-padded, centred) for every seed,
+ * epoch and record, and so is the test view; mean and std 0.5. */
+static void test_dim_presets(void)
+{
+    const int sizes[3] = {28, 32, 64};
+    for (int k = 0; k < 3; k++) {
+        char name[16];
+        snprintf(name, sizeof name, "dim%d", sizes[k]);
+        amdim_augment_config cfg;
+        REQUIRE(amdim_augment_preset(name, &cfg) == 0 && cfg.size == sizes[k], "preset %s", name);
+        CHECK(cfg.mean[0] == 0.5f && cfg.std[2] == 0.5f && cfg.p_flip == 0 && cfg.p_jitter == 0 && cfg.p_grey == 0,
+              "%s: no augmentation, normalised to [-1, 1]", name);
+        amdim_augmenter *a = make(name);
+        int S = sizes[k];
+        size_t n = (size_t)S * S * 3;
+        uint8_t *v1 = malloc(n), *v2 = malloc(n), *t = malloc(n), *want = malloc(n);
+        /* an RGB image of the preset's size, and a grey one 4 px smaller on each side pair */
+        for (int grey = 0; grey < 2; grey++) {
+            int w = grey ? S - 4 : S, ch = grey ? 1 : 3, off = grey ? 2 : 0;
+            uint8_t *px = malloc((size_t)w * w * ch);
+            for (int i = 0; i < w * w * ch; i++)
+                px[i] = (uint8_t)(7 + (i * 37) % 241);
+            memset(want, 0, n);
+            for (int y = 0; y < w; y++)
+                for (int x = 0; x < w; x++)
+                    for (int c = 0; c < 3; c++)
+                        want[((size_t)(y + off) * S + x + off) * 3 + c] = px[((size_t)y * w + x) * ch + (grey ? 0 : c)];
+            amdim_record r = {.label = 1, .aux_label = -1, .width = (uint32_t)w, .height = (uint32_t)w,
+                              .channels = (uint32_t)ch, .encoding = AMDIM_ENCODING_RAW, .payload = px,
+                              .payload_size = (size_t)w * w * ch};
+            int same = 1;
+            for (uint64_t e = 0; e < 3; e++)
+                for (uint64_t i = 0; i < 20; i++) {
+                    REQUIRE(amdim_augment_pair(a, &r, 11 + e, e, i, v1, v2, NULL) == 0, "%s pair: %s", name,
+                            amdim_augment_error(a));
+                    same &= memcmp(v1, want, n) == 0 && memcmp(v2, want, n) == 0;
+                }
+            CHECK(same, "%s, %s %dx%d: the views are not the image itself", name, grey ? "grey" : "RGB", w, w);
+            CHECK(amdim_augment_test_view(a, &r, t) == 0 && memcmp(t, want, n) == 0, "%s: the test view", name);
+            free(px);
+        }
+        free(v1), free(v2), free(t), free(want);
+        amdim_augment_destroy(a);
+    }
+    amdim_augment_config cfg;
+    CHECK(amdim_augment_preset("dim30", &cfg) == AMDIM_E_INVALID, "dim30 is not a preset");
 }
 
 int main(void)
@@ -121,5 +171,6 @@ int main(void)
     CHECK(amdim_augment_preset("mnist", &cfg) == AMDIM_E_INVALID, "unknown preset");
     amdim_augment_destroy(cifar);
     amdim_augment_destroy(stl);
+    test_dim_presets();
     return test_finish("test_augment_decode");
 }

@@ -10,6 +10,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "amdim_augment.h"
 #include "amdim_loader.h"
 
 static const char *usage_text =
@@ -27,7 +28,8 @@ static const char *usage_text =
     "  -e, --epochs E          epochs (default: 1; the consumer may ask otherwise)\n"
     "      --seed S            seed of the order and the augmentations (default: 0)\n"
     "  -p, --preset NAME       imagenet (128 px), stl10 (64 px) or cifar (32 px);\n"
-    "                          default: implied by the data\n"
+    "                          dim28, dim32, dim64: the image itself, no augmentation\n"
+    "                          (Deep InfoMax's data); default: implied by the data\n"
     "      --slots N           batches each worker may have ready (default: 3); all\n"
     "                          workers' slots must fit in half the memory available\n"
     "      --queue-depth Q     reads in flight per worker (default: 16)\n"
@@ -98,6 +100,7 @@ int main(int argc, char **argv)
                             .queue_depth = 16, .epochs = 1, .out_fd = 1};
     long long v;
     int c, tune = 0, max_workers = cores;
+    amdim_augment_config preset_cfg;
     double target = 0, tune_seconds = 3;
     while ((c = getopt_long(argc, argv, "s:w:b:e:p:h", longopts, NULL)) != -1) {
         switch (c) {
@@ -107,8 +110,8 @@ int main(int argc, char **argv)
         case 'e': if (amdim_cli_int("amdim-load", "--epochs", optarg, 1, 1000000, &v)) return 2; o.epochs = v; break;
         case OPT_SEED: if (amdim_cli_int("amdim-load", "--seed", optarg, 0, LLONG_MAX, &v)) return 2; o.seed = (uint64_t)v; break;
         case 'p':
-            if (strcmp(optarg, "imagenet") && strcmp(optarg, "stl10") && strcmp(optarg, "cifar"))
-                return usage_error("unknown preset '%s' (imagenet, stl10, cifar)", optarg);
+            if (amdim_augment_preset(optarg, &preset_cfg))
+                return usage_error("unknown preset '%s' (" AMDIM_AUGMENT_PRESETS ")", optarg);
             o.preset = optarg;
             break;
         case OPT_SLOTS: if (amdim_cli_int("amdim-load", "--slots", optarg, 2, 1024, &v)) return 2; o.slots = (int)v; break;

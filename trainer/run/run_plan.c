@@ -202,15 +202,17 @@ static int check_eval_data(const amdim_train_options *o, const amdim_loader_info
     amdim_dataset *eds;
     amdim_split_info einfo;
     char why[2048];
+    amdim_augment_config ac; /* the presets that do not resize (cifar, dim*) take images up to their size */
+    int translate = amdim_augment_preset(li->preset, &ac) == 0 && ac.crop_mode == AMDIM_CROP_TRANSLATE;
     int st = amdim_dataset_open(&eds, o->eval_path, why, sizeof why);
     if (st)
         return amdim_fail(err, n, st, "--eval: %s", why);
     st = amdim_dataset_split_info(eds, o->eval_split, &einfo);
     if (st)
         amdim_fail(err, n, st, "--eval: %s", amdim_dataset_error(eds));
-    else if (strcmp(li->preset, "cifar") == 0 && (einfo.width > li->size || einfo.height > li->size || !einfo.width))
-        st = amdim_fail(err, n, AMDIM_E_INVALID, "--eval split %s holds %ux%u images; the cifar preset takes up to %ux%u",
-                        o->eval_split, einfo.width, einfo.height, li->size, li->size);
+    else if (translate && (einfo.width > li->size || einfo.height > li->size || !einfo.width))
+        st = amdim_fail(err, n, AMDIM_E_INVALID, "--eval split %s holds %ux%u images; the %s preset takes up to %ux%u",
+                        o->eval_split, einfo.width, einfo.height, li->preset, li->size, li->size);
     else if (einfo.classes == 0)
         st = amdim_fail(err, n, AMDIM_E_INVALID, "--eval split %s of %s is unlabelled", o->eval_split, o->eval_path);
     else if (!p->resuming && einfo.classes > p->cfg.n_classes && !o->allow_fewer_classes)
