@@ -43,14 +43,16 @@ typedef struct {
     float brightness, contrast, saturation, hue; /* jitter strengths */
     float p_grey;
     int test_resize;    /* test transform: short side (0: none) */
+    int filter;         /* resizes: amdim_filter (0: PIL bicubic, AMDIM's; 1: bilinear, torchvision Resize's) */
     float mean[3], std[3]; /* normalisation on the 0..1 scale (applied by the trainer) */
 } amdim_augment_config;
 
 /* The defaults (docs/spec.md §3.2) for "imagenet" (128), "stl10" (64) or "cifar" (32);
  * "dim28", "dim32", "dim64": Deep InfoMax's data (docs/dim.md §8), the image itself at that size
- * (smaller images zero-padded, centred; no flip, jitter or grey), mean and std 0.5.
- * Returns 0 or AMDIM_E_INVALID for an unknown name. */
-#define AMDIM_AUGMENT_PRESETS "imagenet, stl10, cifar, dim28, dim32, dim64"
+ * (smaller images zero-padded, centred; no flip, jitter or grey), mean and std 0.5; "dim-stl10":
+ * its STL-10 transform, the whole image resized to 64 (bilinear) and a flip with p 0.5, the test
+ * view the same resize. Returns 0 or AMDIM_E_INVALID for an unknown name. */
+#define AMDIM_AUGMENT_PRESETS "imagenet, stl10, cifar, dim28, dim32, dim64, dim-stl10"
 int amdim_augment_preset(const char *name, amdim_augment_config *cfg);
 /* Checks ranges (probabilities in [0,1], scale in (0,1], ratios > 0, ...).
  * Returns 0 or AMDIM_E_INVALID with the reason in err. */

@@ -194,8 +194,8 @@ static int view_of(amdim_augmenter *a, const amdim_image *src, int mirror, const
     if (c->crop_mode == AMDIM_CROP_RESIZED) {
         const double box[4] = {vp->x, vp->y, vp->x + vp->w, vp->y + vp->h};
         const int clip[4] = {vp->x, vp->y, vp->x + vp->w, vp->y + vp->h};
-        int st = amdim_resize_bicubic_box(src->pixels, src->width, src->height, 3, box, clip, mirror, out, s, s,
-                                          a->simd, &a->scratch);
+        int st = amdim_resize_box(src->pixels, src->width, src->height, 3, box, clip, mirror, (amdim_filter)c->filter,
+                                  out, s, s, a->simd, &a->scratch);
         if (st)
             return AMDIM_FAIL_IN(a, st, "crop (%d, %d, %dx%d) does not fit the %dx%d image", vp->x, vp->y, vp->w, vp->h,
                          src->width, src->height);
@@ -326,8 +326,8 @@ static int pair_from_region(amdim_augmenter *a, const amdim_record *rec, const a
         box[2] = box[2] > bw ? bw : box[2];
         box[3] = box[3] > bh ? bh : box[3];
         int clip[4] = {(int)floor(box[0]), (int)floor(box[1]), (int)ceil(box[2]), (int)ceil(box[3])};
-        if ((st = amdim_resize_bicubic_box(img->pixels, bw, bh, 3, box, clip, p->flip, outs[v], S, S, a->simd,
-                                           &a->scratch)))
+        if ((st = amdim_resize_box(img->pixels, bw, bh, 3, box, clip, p->flip, (amdim_filter)a->cfg.filter, outs[v],
+                                   S, S, a->simd, &a->scratch)))
             return AMDIM_FAIL_IN(a, st, "crop (%d, %d, %dx%d) at scale %d/8 does not fit the decoded %dx%d part", vp->x, vp->y,
                          vp->w, vp->h, m, bw, bh);
         if ((st = colour_of(a, vp, outs[v])))
@@ -394,7 +394,10 @@ int amdim_augment_test_view(amdim_augmenter *a, const amdim_record *rec, uint8_t
     if (ow != w || oh != h) {
         if (amdim_image_reserve(&a->resized, ow, oh, 3))
             return AMDIM_FAIL_IN(a, AMDIM_E_NOMEM, "out of memory");
-        if ((st = amdim_resize_bicubic(src->pixels, w, h, 3, 0, 0, w, h, a->resized.pixels, ow, oh, &a->scratch)))
+        const double box[4] = {0, 0, w, h};
+        const int clip[4] = {0, 0, w, h};
+        if ((st = amdim_resize_box(src->pixels, w, h, 3, box, clip, 0, (amdim_filter)a->cfg.filter, a->resized.pixels,
+                                   ow, oh, AMDIM_SIMD_SCALAR, &a->scratch)))
             return AMDIM_FAIL_IN(a, st, "resize failed");
         img = &a->resized;
     }

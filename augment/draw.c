@@ -53,6 +53,19 @@ int amdim_augment_preset(const char *name, amdim_augment_config *c)
         c->test_resize = 0;
         for (int i = 0; i < 3; i++)
             c->mean[i] = c->std[i] = 0.5f;
+    } else if (strcmp(name, "dim-stl10") == 0) {
+        /* Deep InfoMax's STL-10 (docs/dim.md §8): Resize(64) and a flip, as a resized crop of the whole
+         * image (scale and ratio 1: torchvision's rule then takes all of a square image) */
+        c->size = 64;
+        c->crop_mode = AMDIM_CROP_RESIZED;
+        c->scale[0] = c->scale[1] = 1.0f;
+        c->ratio[0] = c->ratio[1] = 1.0f;
+        c->filter = AMDIM_FILTER_BILINEAR;
+        c->p_jitter = c->p_grey = 0.0f;
+        c->brightness = c->contrast = c->saturation = c->hue = 0.0f;
+        c->test_resize = 64;
+        for (int i = 0; i < 3; i++)
+            c->mean[i] = c->std[i] = 0.5f;
     } else {
         return AMDIM_E_INVALID;
     }
@@ -71,6 +84,8 @@ int amdim_augment_config_check(const amdim_augment_config *c, char *err, size_t 
     if (!(c->scale[0] > 0 && c->scale[0] <= c->scale[1] && c->scale[1] <= 1))
         return amdim_fail(err, n, AMDIM_E_INVALID, "crop scale range (%g, %g) must satisfy 0 < lo <= hi <= 1",
                           c->scale[0], c->scale[1]);
+    if (c->filter != AMDIM_FILTER_BICUBIC && c->filter != AMDIM_FILTER_BILINEAR)
+        return amdim_fail(err, n, AMDIM_E_INVALID, "unknown resize filter %d", c->filter);
     if (!(c->ratio[0] > 0 && c->ratio[0] <= c->ratio[1]))
         return amdim_fail(err, n, AMDIM_E_INVALID, "crop ratio range (%g, %g) must satisfy 0 < lo <= hi",
                           c->ratio[0], c->ratio[1]);

@@ -135,6 +135,13 @@ int amdim_resize_bicubic(const uint8_t *src, int sw, int sh, int channels,
 int amdim_resize_bicubic_box(const uint8_t *src, int sw, int sh, int channels, const double box[4],
                              const int clip[4], int mirror, uint8_t *dst, int dw, int dh, amdim_simd simd,
                              amdim_scratch *scratch);
+/* The same with the filter given: Pillow's BICUBIC, or BILINEAR (the
+ * triangle kernel, support 1; torchvision's Resize default), whose
+ * weights are computed in plain C at every simd level. */
+typedef enum { AMDIM_FILTER_BICUBIC = 0, AMDIM_FILTER_BILINEAR = 1 } amdim_filter;
+int amdim_resize_box(const uint8_t *src, int sw, int sh, int channels, const double box[4], const int clip[4],
+                     int mirror, amdim_filter filter, uint8_t *dst, int dw, int dh, amdim_simd simd,
+                     amdim_scratch *scratch);
 
 
 /* Drawing (draw.c) ------------------------------------------------------------ */

@@ -1,5 +1,5 @@
-/* PIL-compatible bicubic resizing (the reference behaviour of
- * torchvision's PIL transforms): the scratch it works in and the dispatch
+/* PIL-compatible bicubic (and bilinear) resizing (the reference behaviour
+ * of torchvision's PIL transforms): the scratch it works in and the dispatch
  * of its two passes to the plain C code (resample_scalar.c) or the SIMD
  * versions (resample_avx2.c, resample_avx512.c). */
 #include "amdim_image.h"
@@ -171,6 +171,16 @@ static void vertical(const resize_job *j, resize_scratch *r, int kv, int row_fir
 int amdim_resize_bicubic_box(const uint8_t *src, int sw, int sh, int channels, const double box[4], const int clip[4],
                              int mirror, uint8_t *dst, int dw, int dh, amdim_simd simd, amdim_scratch *scratch)
 {
+    return amdim_resize_box(src, sw, sh, channels, box, clip, mirror, AMDIM_FILTER_BICUBIC, dst, dw, dh, simd, scratch);
+}
+
+int amdim_resize_box(const uint8_t *src, int sw, int sh, int channels, const double box[4], const int clip[4],
+                     int mirror, amdim_filter filter, uint8_t *dst, int dw, int dh, amdim_simd simd,
+                     amdim_scratch *scratch)
+{
+    if (filter != AMDIM_FILTER_BICUBIC && filter != AMDIM_FILTER_BILINEAR)
+        return AMDIM_E_INVALID;
+    int bl = filter == AMDIM_FILTER_BILINEAR;
     if (!src || !dst || channels < 1 || channels > 4 || dw <= 0 || dh <= 0 || clip[0] < 0 || clip[1] < 0 ||
         clip[2] > sw || clip[3] > sh || clip[0] >= clip[2] || clip[1] >= clip[3] ||
         !(box[0] >= clip[0] && box[1] >= clip[1] && box[2] <= clip[2] && box[3] <= clip[3] && box[0] < box[2] &&
@@ -194,7 +204,9 @@ int amdim_resize_bicubic_box(const uint8_t *src, int sw, int sh, int channels, c
                     .bw = box[2] - box[0],
                     .bh = box[3] - box[1],
                     .simd = simd,
-                    .weights = simd >= AMDIM_SIMD_AVX2 ? amdim_resample_weights_avx2 : amdim_resample_weights};
+                    .weights = bl                        ? amdim_resample_weights_bilinear
+                               : simd >= AMDIM_SIMD_AVX2 ? amdim_resample_weights_avx2
+                                                         : amdim_resample_weights};
     /* Pillow copies instead of filtering when a box edge is whole and the
      * span equals the output size. */
     int need_h = !(j.bw == dw && j.bx == floor(j.bx)), need_v = !(j.bh == dh && j.by == floor(j.by));
@@ -204,7 +216,7 @@ int amdim_resize_bicubic_box(const uint8_t *src, int sw, int sh, int channels, c
                         dst + (size_t)y * dw * C);
         return AMDIM_OK;
     }
-    int kh = amdim_resample_window(j.bw, dw), kv = amdim_resample_window(j.bh, dh);
+    int kh = amdim_resample_window_for(j.bw, dw, bl), kv = amdim_resample_window_for(j.bh, dh, bl);
     resize_scratch r;
     if (scratch_layout(scratch, dw, dh, kh, kv, C, j.lw, j.lh, simd >= AMDIM_SIMD_AVX2 && C == 3, &r))
         return AMDIM_E_NOMEM;

@@ -34,8 +34,13 @@ typedef struct {
  * relative to the clip origin. tmp holds 4 * ksize doubles. The AVX2
  * version does 4 outputs at a time with the same double operations in the
  * same order, so its weights are the same. */
-/* Pillow's window size for a span of in_size source pixels onto out_size. */
+/* Pillow's window size for a span of in_size source pixels onto out_size
+ * (bicubic; _for: bilinear when bilinear_filter). */
 int amdim_resample_window(double in_size, int out_size);
+int amdim_resample_window_for(double in_size, int out_size, int bilinear_filter);
+/* The same weights with Pillow's bilinear (triangle) kernel; plain C only. */
+void amdim_resample_weights_bilinear(double in0, double in_size, int limit, int out_size, int ksize, int *bounds,
+                                     int32_t *kk, double *tmp);
 void amdim_resample_weights(double in0, double in_size, int limit, int out_size, int ksize, int *bounds,
                             int32_t *kk, double *tmp);
 void amdim_resample_weights_avx2(double in0, double in_size, int limit, int out_size, int ksize, int *bounds,

@@ -1,4 +1,4 @@
-/* The plain C resampler: Pillow's bicubic weights and the two passes - the
+/* The plain C resampler: Pillow's bicubic (and bilinear) weights and the two passes - the
  * oracle every SIMD version (resample_avx2.c, resample_avx512.c) is tested
  * against, and the tails they leave to it (resample_internal.h). Written
  * from the description of Pillow's two-pass convolution resampler: per
@@ -26,19 +26,31 @@ static double bicubic(double x)
     return 0;
 }
 
-int amdim_resample_window(double in_size, int out_size)
+/* Pillow's bilinear (triangle) kernel, support 1. */
+#define BILINEAR_SUPPORT 1.0
+static double bilinear(double x)
 {
-    double scale = in_size / out_size;
-    double filterscale = scale < 1.0 ? 1.0 : scale;
-    return (int)ceil(BICUBIC_SUPPORT * filterscale) * 2 + 1;
+    if (x < 0)
+        x = -x;
+    return x < 1 ? 1 - x : 0;
 }
 
-void amdim_resample_weights(double in0, double in_size, int limit, int out_size, int ksize, int *bounds, int32_t *kk,
-                            double *tmp)
+int amdim_resample_window_for(double in_size, int out_size, int bilinear_filter)
 {
     double scale = in_size / out_size;
     double filterscale = scale < 1.0 ? 1.0 : scale;
-    double support = BICUBIC_SUPPORT * filterscale;
+    return (int)ceil((bilinear_filter ? BILINEAR_SUPPORT : BICUBIC_SUPPORT) * filterscale) * 2 + 1;
+}
+
+int amdim_resample_window(double in_size, int out_size) { return amdim_resample_window_for(in_size, out_size, 0); }
+
+/* Pillow's precompute_coeffs for the kernel of the given support. */
+static void weights_of(double (*kernel)(double), double kernel_support, double in0, double in_size, int limit,
+                       int out_size, int ksize, int *bounds, int32_t *kk, double *tmp)
+{
+    double scale = in_size / out_size;
+    double filterscale = scale < 1.0 ? 1.0 : scale;
+    double support = kernel_support * filterscale;
     double ss = 1.0 / filterscale;
     for (int xx = 0; xx < out_size; xx++) {
         double center = in0 + (xx + 0.5) * scale;
@@ -51,7 +63,7 @@ void amdim_resample_weights(double in0, double in_size, int limit, int out_size,
         xmax -= xmin;
         double ww = 0.0;
         for (int x = 0; x < xmax; x++) {
-            tmp[x] = bicubic((x + xmin - center + 0.5) * ss);
+            tmp[x] = kernel((x + xmin - center + 0.5) * ss);
             ww += tmp[x];
         }
         int32_t *k = kk + (size_t)xx * ksize;
@@ -62,6 +74,18 @@ void amdim_resample_weights(double in0, double in_size, int limit, int out_size,
         bounds[2 * xx] = xmin;
         bounds[2 * xx + 1] = xmax;
     }
+}
+
+void amdim_resample_weights(double in0, double in_size, int limit, int out_size, int ksize, int *bounds, int32_t *kk,
+                            double *tmp)
+{
+    weights_of(bicubic, BICUBIC_SUPPORT, in0, in_size, limit, out_size, ksize, bounds, kk, tmp);
+}
+
+void amdim_resample_weights_bilinear(double in0, double in_size, int limit, int out_size, int ksize, int *bounds,
+                                     int32_t *kk, double *tmp)
+{
+    weights_of(bilinear, BILINEAR_SUPPORT, in0, in_size, limit, out_size, ksize, bounds, kk, tmp);
 }
 
 static inline uint8_t clip8(int32_t v)

@@ -65,6 +65,39 @@ static void test_dim_presets(void)
     }
     amdim_augment_config cfg;
     CHECK(amdim_augment_preset("dim30", &cfg) == AMDIM_E_INVALID, "dim30 is not a preset");
+
+    /* dim-stl10: the whole 96 px image resized to 64 with Pillow's bilinear filter (byte-exact:
+     * test_resize_bilinear), mirrored when the pair's flip says so, the same for both views; the
+     * test view is the unflipped resize */
+    amdim_augmenter *a = make("dim-stl10");
+    uint8_t *px = malloc(96 * 96 * 3), *plain = malloc(64 * 64 * 3), *mirrored = malloc(64 * 64 * 3);
+    uint8_t *v1 = malloc(64 * 64 * 3), *v2 = malloc(64 * 64 * 3);
+    test_pattern(px, 96, 96, 3, 9);
+    const double box[4] = {0, 0, 96, 96};
+    const int clip[4] = {0, 0, 96, 96};
+    amdim_scratch s = {0};
+    REQUIRE(amdim_resize_box(px, 96, 96, 3, box, clip, 0, AMDIM_FILTER_BILINEAR, plain, 64, 64, AMDIM_SIMD_SCALAR, &s) ==
+                    0 &&
+                amdim_resize_box(px, 96, 96, 3, box, clip, 1, AMDIM_FILTER_BILINEAR, mirrored, 64, 64,
+                                 AMDIM_SIMD_SCALAR, &s) == 0,
+            "bilinear resizes");
+    amdim_record r = {.label = 2, .aux_label = -1, .width = 96, .height = 96, .channels = 3,
+                      .encoding = AMDIM_ENCODING_RAW, .payload = px, .payload_size = 96 * 96 * 3};
+    int flips = 0, right = 1, n = 200;
+    for (int i = 0; i < n; i++) {
+        amdim_pair_params pp;
+        REQUIRE(amdim_augment_pair(a, &r, 5, (uint64_t)i / 50, (uint64_t)i, v1, v2, &pp) == 0, "dim-stl10 pair: %s",
+                amdim_augment_error(a));
+        const uint8_t *want = pp.flip ? mirrored : plain;
+        right &= memcmp(v1, want, 64 * 64 * 3) == 0 && memcmp(v2, want, 64 * 64 * 3) == 0;
+        flips += pp.flip;
+    }
+    CHECK(right, "dim-stl10: a view is not the bilinear resize of the whole image (flipped as drawn)");
+    CHECK(flips > n / 2 - 30 && flips < n / 2 + 30, "dim-stl10: %d flips in %d pairs", flips, n);
+    CHECK(amdim_augment_test_view(a, &r, v1) == 0 && memcmp(v1, plain, 64 * 64 * 3) == 0, "dim-stl10: the test view");
+    amdim_scratch_free(&s);
+    free(px), free(plain), free(mirrored), free(v1), free(v2);
+    amdim_augment_destroy(a);
 }
 
 int main(void)
