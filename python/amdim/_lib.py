@@ -181,5 +181,6 @@ def preset_norm(name):
     size = ctypes.c_int(0)
     mean, std = (ctypes.c_float * 3)(), (ctypes.c_float * 3)()
     if lib.amdim_python_preset_norm(name.encode(), ctypes.byref(size), mean, std):
-        raise ValueError("amdim: unknown preset %r (imagenet, stl10, cifar)" % name)
+        raise ValueError("amdim: unknown preset %r (see amdim-load --help: imagenet, stl10, cifar, dim28, dim32, "
+                         "dim64, dim-stl10)" % name)
     return size.value, tuple(mean), tuple(std)

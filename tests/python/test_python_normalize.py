@@ -23,6 +23,11 @@ for preset, size in (("cifar", 32), ("stl10", 64), ("imagenet", 128)):
 check(max(abs(a - b) for a, b in zip(amdim.mean_std("imagenet")[0] + amdim.mean_std("imagenet")[1],
                                        (0.485, 0.456, 0.406, 0.229, 0.224, 0.225))) < 1e-7,
       "imagenet's mean and std are the authors' (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)")
+# Deep InfoMax's presets map 0..255 onto [-1, 1] (mean and std 0.5)
+for preset in ("dim28", "dim32", "dim64", "dim-stl10"):
+    x = torch.tensor([0, 255], dtype=torch.uint8).view(1, 1, 2, 1).expand(1, 1, 2, 3).contiguous()
+    y = amdim.normalize(x, preset=preset)
+    check(abs(y.min().item() + 1) < 1e-6 and abs(y.max().item() - 1) < 1e-6, "%s: 0 -> -1, 255 -> 1" % preset)
 for bad in (torch.zeros(2, 32, 32, 3), torch.zeros(2, 3, 32, 32, dtype=torch.uint8)):
     try:
         amdim.normalize(bad)
