@@ -7,7 +7,7 @@
 set -euo pipefail
 build=${1:?usage: check-symbols.sh BUILD_DIR}
 libs=()
-for name in common image dataset shm augment loader model run parallel cuda_kernels cuda_plan; do
+for name in common image dataset shm augment loader model dim run parallel cuda_kernels cuda_plan; do
     f=$build/libamdim_$name.a
     [ -e "$f" ] && libs+=("$f")
 done
