@@ -9,6 +9,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "amdim_dim.h"
 #include "amdim_parallel.h"
 #include "amdim_run.h"
 
@@ -16,14 +17,16 @@ static const char *usage_text =
     "Usage: amdim-load [loader options] DATA.lmdb | amdim-train --out RUN [options]\n"
     "       amdim-load --batch B DATA.lmdb | amdim-train --resume RUN [--steps S]\n"
     "       amdim-load LABELLED.lmdb | amdim-train --classifiers --init CKPT --out RUN\n"
+    "       amdim-load --preset dim32 DATA.lmdb | amdim-train --model dim --out RUN [options]\n"
     "\n"
-    "Trains AMDIM on the batches amdim-load makes (it tells the loader the seed\n"
-    "and where to start), logs to stderr and RUN/metrics.jsonl, evaluates the\n"
-    "online probes every epoch, and writes safetensors checkpoints to RUN.\n"
+    "Trains AMDIM (or, with --model dim, Deep InfoMax) on the batches amdim-load\n"
+    "makes (it tells the loader the seed and where to start), logs to stderr and\n"
+    "RUN/metrics.jsonl, evaluates the online probes every epoch (AMDIM), and writes\n"
+    "safetensors checkpoints to RUN.\n"
     "One process at a time uses RUN (a lock on RUN/run.lock, released when it\n"
     "ends however it ends): a second --out or --resume RUN is refused, naming the\n"
-    "holder's pid. A model and batch that would not fit in the memory this process\n"
-    "may use (MemAvailable, the cgroup's limit) are refused before they are\n"
+    "holder's pid. An AMDIM model and batch that would not fit in the memory this\n"
+    "process may use (MemAvailable, the cgroup's limit) are refused before they are\n"
     "allocated, with both figures. Files are created with mode 0644 and RUN with\n"
     "0755, less the umask: run under 'umask 077' to keep a run private.\n"
     "\n"
@@ -59,6 +62,14 @@ static const char *usage_text =
     "      --dist D            auto, none or mpi (default auto: MPI when an MPI launcher started\n"
     "                          this process as one of several ranks)\n"
     "      --sync-bn           BatchNorm statistics over the global batch (default: per rank)\n"
+    "Deep InfoMax (docs/dim.md; the CPU only so far; the Run options above except the evaluation's,\n"
+    "--device cuda and --precision; --objective and --lr below):\n"
+    "      --model M           amdim or dim (default amdim); dim trains on the batches of amdim-load's\n"
+    "                          presets dim28, dim32, dim64 or dim-stl10 (view1 only)\n"
+    "      --dim-preset P      local: DIM(L), alpha 0, beta 1, gamma 0.1 (the default); global: DIM(G),\n"
+    "                          alpha 1, beta 0, gamma 1 - the paper's presets, unverified (docs/dim.md §7.2)\n"
+    "      --dim-alpha A --dim-beta B --dim-gamma G  the global, local and prior-matching weights (>= 0;\n"
+    "                          override the preset's); --objective jsd (default), nce or dv; --lr 1e-4 (default)\n"
     "Classifier phase:\n"
     "      --classifiers --init CKPT  freeze the encoder in CKPT, re-initialise and train the probes\n"
     "  -h, --help              show this help\n";
@@ -76,6 +87,90 @@ static int bad(const char *name, const char *v)
     return 2;
 }
 
+/* A loss weight: finite and >= 0. */
+static int weight(const char *name, const char *s, float *out)
+{
+    char *end;
+    float v = strtof(s, &end);
+    if (*end || end == s || !(v >= 0) || !isfinite(v)) {
+        fprintf(stderr,
+                "amdim-train: bad value '%s' for %s (a weight: a finite number >= 0)\nTry 'amdim-train --help'.\n", s,
+                name);
+        return -1;
+    }
+    *out = v;
+    return 0;
+}
+
+/* The options of an AMDIM model or its evaluation: refused with --model dim. */
+static const char *const amdim_only_options[] = {"eval", "eval-split", "eval-refresh", "precision", "ndf",
+                                                 "n-rkhs", "n-depth", "use-bn", "tclip", "warmup", "classes",
+                                                 "classifiers", "init", "mixtures", "mix-tau", "mix-entropy",
+                                                 "probe-features", "sync-bn", "allow-fewer-classes", NULL};
+static int amdim_only(const char *name)
+{
+    for (int i = 0; amdim_only_options[i]; i++)
+        if (strcmp(name, amdim_only_options[i]) == 0)
+            return 1;
+    return 0;
+}
+
+/* --dim-preset, then the explicit weights over it. */
+static int dim_preset(const char *name, amdim_dim_overrides *d, const amdim_dim_overrides *explicit_w)
+{
+    if (name && strcmp(name, "local") == 0)
+        d->alpha = 0, d->beta = 1, d->gamma = 0.1f;
+    else if (name && strcmp(name, "global") == 0)
+        d->alpha = 1, d->beta = 0, d->gamma = 1;
+    else if (name)
+        return bad("--dim-preset (local, global)", name);
+    if (explicit_w->alpha >= 0) d->alpha = explicit_w->alpha;
+    if (explicit_w->beta >= 0) d->beta = explicit_w->beta;
+    if (explicit_w->gamma >= 0) d->gamma = explicit_w->gamma;
+    return 0;
+}
+
+/* The Deep InfoMax run's checks of the options, then the run. */
+static int run_dim(amdim_train_options *o, const char *device, const char *dist, const char *amdim_opt,
+                   const char *preset, amdim_dim_overrides *dw)
+{
+    if (amdim_opt) {
+        fprintf(stderr,
+                "amdim-train: --%s is an AMDIM option; --model dim does not take it\nTry 'amdim-train --help'.\n",
+                amdim_opt);
+        return 2;
+    }
+    if (strcmp(device, "cuda") == 0) {
+        fprintf(stderr, "amdim-train: --device cuda: Deep InfoMax runs on the CPU only so far (give --device cpu)\n"
+                        "Try 'amdim-train --help'.\n");
+        return 2;
+    }
+    if (strcmp(device, "auto") && strcmp(device, "cpu"))
+        return bad("--device (auto, cpu, cuda)", device);
+    if (strcmp(dist, "mpi") == 0 || (strcmp(dist, "auto") == 0 && amdim_parallel_launched_size() > 1)) {
+        fprintf(stderr, "amdim-train: Deep InfoMax trains in one process so far (no --dist mpi, no mpirun)\n");
+        return 2;
+    }
+    amdim_dim_overrides d;
+    amdim_dim_overrides_default(&d);
+    d.estimator = o->model.objective < 0 ? -1 : o->model.objective == 0 ? AMDIM_DIM_NCE
+                                              : o->model.objective == 1 ? AMDIM_DIM_JSD : AMDIM_DIM_DV;
+    if (dim_preset(preset, &d, dw))
+        return 2;
+    struct sigaction sa = {0};
+    sa.sa_handler = on_signal;
+    sigaction(SIGINT, &sa, NULL);
+    sigaction(SIGTERM, &sa, NULL);
+    o->cancel = &g_cancel;
+    char err[2048];
+    int st = amdim_dim_train_run(o, &d, err, sizeof err);
+    if (st) {
+        fprintf(stderr, "amdim-train: training failed: %s (%s)\n", amdim_strerror(st), err);
+        return st == AMDIM_E_CANCELLED ? 130 : 1;
+    }
+    return 0;
+}
+
 static int real(const char *s, float *out)
 {
     char *end;
@@ -90,7 +185,8 @@ int main(int argc, char **argv)
 {
     enum { O_EVAL = 256, O_ESPLIT, O_EREF, O_DEVICE, O_STEPS, O_SEED, O_LOG, O_CKPT, O_KEEP, O_NDF, O_RKHS, O_DEPTH,
            O_BN, O_TCLIP, O_OBJ, O_LR, O_CLASSES, O_CLS, O_INIT, O_WARMUP, O_THREADS,
-           O_MIX, O_MIX_TAU, O_MIX_ENT, O_PROBE_FEAT, O_PRECISION, O_DIST, O_SYNC_BN, O_FEWER };
+           O_MIX, O_MIX_TAU, O_MIX_ENT, O_PROBE_FEAT, O_PRECISION, O_DIST, O_SYNC_BN, O_FEWER,
+           O_MODEL, O_DIM_PRESET, O_DIM_ALPHA, O_DIM_BETA, O_DIM_GAMMA };
     static const struct option longopts[] = {
         {"out", required_argument, NULL, 'o'},        {"resume", required_argument, NULL, 'r'},
         {"eval", required_argument, NULL, O_EVAL},    {"eval-split", required_argument, NULL, O_ESPLIT},
@@ -110,6 +206,9 @@ int main(int argc, char **argv)
         {"precision", required_argument, NULL, O_PRECISION},
         {"dist", required_argument, NULL, O_DIST},    {"sync-bn", no_argument, NULL, O_SYNC_BN},
         {"allow-fewer-classes", no_argument, NULL, O_FEWER},
+        {"model", required_argument, NULL, O_MODEL}, {"dim-preset", required_argument, NULL, O_DIM_PRESET},
+        {"dim-alpha", required_argument, NULL, O_DIM_ALPHA}, {"dim-beta", required_argument, NULL, O_DIM_BETA},
+        {"dim-gamma", required_argument, NULL, O_DIM_GAMMA},
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0}};
     amdim_train_options o;
@@ -117,8 +216,25 @@ int main(int argc, char **argv)
     int classifiers = 0, c, sync_bn = 0;
     const char *device = "auto", *dist = "auto";
     long long v;
-    while ((c = getopt_long(argc, argv, "o:r:e:b:h", longopts, NULL)) != -1) {
+    int dim = 0, opt_index;
+    const char *amdim_opt = NULL, *dim_opt = NULL, *preset = NULL;
+    amdim_dim_overrides dw;
+    amdim_dim_overrides_default(&dw);
+    while ((opt_index = -1, c = getopt_long(argc, argv, "o:r:e:b:h", longopts, &opt_index)) != -1) {
+        if (opt_index >= 0 && amdim_only(longopts[opt_index].name))
+            amdim_opt = longopts[opt_index].name;
+        if (opt_index >= 0 && strncmp(longopts[opt_index].name, "dim-", 4) == 0)
+            dim_opt = longopts[opt_index].name;
         switch (c) {
+        case O_MODEL:
+            if (strcmp(optarg, "amdim") && strcmp(optarg, "dim"))
+                return bad("--model (amdim, dim)", optarg);
+            dim = strcmp(optarg, "dim") == 0;
+            break;
+        case O_DIM_PRESET: preset = optarg; break;
+        case O_DIM_ALPHA: if (weight("--dim-alpha", optarg, &dw.alpha)) return 2; break;
+        case O_DIM_BETA: if (weight("--dim-beta", optarg, &dw.beta)) return 2; break;
+        case O_DIM_GAMMA: if (weight("--dim-gamma", optarg, &dw.gamma)) return 2; break;
         case 'o': o.out_dir = optarg; break;
         case 'r': o.resume_dir = optarg; break;
         case O_EVAL: o.eval_path = optarg; break;
@@ -185,6 +301,13 @@ int main(int argc, char **argv)
         return bad("an argument", argv[optind]);
     if (!!o.out_dir == !!o.resume_dir) {
         fprintf(stderr, "amdim-train: give exactly one of --out RUN and --resume RUN\nTry 'amdim-train --help'.\n");
+        return 2;
+    }
+    if (dim)
+        return run_dim(&o, device, dist, amdim_opt, preset, &dw);
+    if (dim_opt) {
+        fprintf(stderr, "amdim-train: --%s is a Deep InfoMax option: give --model dim\nTry 'amdim-train --help'.\n",
+                dim_opt);
         return 2;
     }
     if (classifiers != (o.init_path != NULL) || (classifiers && o.resume_dir)) {

@@ -50,7 +50,7 @@ typedef struct {
 } amdim_dim_tensor;
 
 typedef struct {
-    double encoder; /* alpha * global + beta * local: what the step minimises */
+    double encoder; /* alpha * global + beta * local + gamma * prior: what the encoder side minimises */
     double global;  /* the DIM(G) estimator's loss (0 when alpha = 0) */
     double local;   /* the DIM(L) estimator's loss (0 when beta = 0) */
     double prior;   /* the generator term mean softplus(-D(sigmoid z)) (0 when gamma = 0) */

@@ -62,6 +62,26 @@ void amdim_train_options_default(amdim_train_options *o);
  * it holds non-finite values end the run with the reason. */
 int amdim_train_run(const amdim_train_options *o, char *err, size_t n);
 
+/* Deep InfoMax (docs/dim.md, docs/training.md "Deep InfoMax"): the loss
+ * weights and the estimator the user set; -1 takes the defaults (the
+ * authors' DIM(L) weights alpha 0, beta 1, gamma 0.1 and JSD). */
+typedef struct {
+    float alpha, beta, gamma;
+    int estimator; /* amdim_dim_estimator */
+} amdim_dim_overrides;
+
+void amdim_dim_overrides_default(amdim_dim_overrides *d);
+
+/* A Deep InfoMax run on the CPU, fed by amdim-load (one process; view1 of
+ * each batch), as amdim_train_run: the run directory and its lock,
+ * metrics.jsonl, checkpoints every o->ckpt_every updates, at each epoch's
+ * end and at the end, and --resume. Of o it reads out_dir / resume_dir,
+ * epochs, steps, batch, has_seed / seed, log_every, ckpt_every, keep,
+ * threads, model.lr, in_fd and cancel (d's estimator: the tool maps
+ * --objective). Returns 0 or a negative status with the
+ * reason in err. */
+int amdim_dim_train_run(const amdim_train_options *o, const amdim_dim_overrides *d, char *err, size_t n);
+
 typedef struct {
     double acc_mlp, acc_lin;
     uint64_t images;

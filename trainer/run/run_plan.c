@@ -12,6 +12,7 @@
 
 #include "amdim_augment.h"
 #include "amdim_dataset.h"
+#include "dim_run_internal.h"
 
 /* A model option given with --resume must be the run's own: refused,
  * naming both values, rather than silently ignored. */
@@ -113,7 +114,7 @@ static int remove_temporaries(const char *dir, char *err, size_t n)
     return st;
 }
 
-static int begin_dir(const amdim_train_options *o, amdim_run_plan *p, char *err, size_t n)
+int amdim_run_plan_dir(const amdim_train_options *o, amdim_run_plan *p, char *err, size_t n)
 {
     int rank0 = !o->comm || o->comm->rank == 0, st, complete;
     if (!p->resuming && mkdir(p->dir, 0755) != 0 && errno != EEXIST)
@@ -138,6 +139,55 @@ static int begin_dir(const amdim_train_options *o, amdim_run_plan *p, char *err,
     return rank0 ? remove_temporaries(p->dir, err, n) : AMDIM_OK;
 }
 
+/* A resumed run's checkpoint, of the kind this run trains: a Deep
+ * InfoMax checkpoint is named as one (amdim-train --model dim resumes it). */
+static int read_resume_meta(const amdim_train_options *o, amdim_run_plan *p, char *err, size_t n)
+{
+    int st;
+    if (amdim_dim_checkpoint_is(p->ckpt))
+        return amdim_fail(err, n, AMDIM_E_INVALID,
+                          "%s is a Deep InfoMax checkpoint: resume the run in %s with amdim-train --model dim --resume "
+                          "%s", p->ckpt, p->dir, p->dir);
+    if ((st = amdim_checkpoint_read_meta(p->ckpt, &p->cfg, &p->ci, err, n)) ||
+        (st = check_resume_options(&o->model, &p->cfg, p->dir, err, n)))
+        return st;
+    p->probes = p->ci.probes_only;
+    return AMDIM_OK;
+}
+
+int amdim_run_plan_request(const amdim_train_options *o, amdim_run_plan *p, amdim_loader_request *req, char *err,
+                           size_t n)
+{
+    amdim_checkpoint_info *ci = &p->ci;
+    req->start_epoch = -1;
+    req->start_batch = -1;
+    req->epochs = o->epochs > 0 ? o->epochs : -1;
+    if (p->resuming) {
+        if (ci->epochs > 0 && (int64_t)ci->next_epoch >= ci->epochs)
+            return amdim_fail(err, n, AMDIM_E_INVALID, "the run in %s is complete (%lld epochs)", p->dir,
+                              (long long)ci->epochs);
+        req->has_seed = 1;
+        req->seed = ci->seed;
+        req->start_epoch = (int64_t)ci->next_epoch;
+        req->start_batch = (int64_t)ci->next_batch;
+        req->epochs = ci->epochs > 0 ? ci->epochs - (int64_t)ci->next_epoch : 1000000;
+        if (o->steps > 0)
+            ci->max_steps = o->steps;
+        if (ci->max_steps >= 0 && ci->step >= (uint64_t)ci->max_steps)
+            return amdim_fail(err, n, AMDIM_E_INVALID,
+                              "the run in %s already made its %lld steps (give a larger --steps)", p->dir,
+                              (long long)ci->max_steps);
+        return AMDIM_OK;
+    }
+    if (o->has_seed) {
+        req->has_seed = 1;
+        req->seed = o->seed;
+    }
+    if (o->epochs < 0 && o->steps >= 0)
+        req->epochs = 1000000; /* step-limited: as many epochs as it takes */
+    return AMDIM_OK;
+}
+
 int amdim_run_plan_begin(const amdim_train_options *o, amdim_run_plan *p, amdim_loader_request *req, char *err, size_t n)
 {
     memset(p, 0, sizeof *p);
@@ -148,47 +198,13 @@ int amdim_run_plan_begin(const amdim_train_options *o, amdim_run_plan *p, amdim_
         return amdim_fail(err, n, AMDIM_E_INVALID, "give --out RUN for a new run or --resume RUN");
     p->resuming = o->resume_dir != NULL;
     p->probes = o->init_path != NULL;
-    req->start_epoch = -1;
-    req->start_batch = -1;
-    req->epochs = o->epochs > 0 ? o->epochs : -1;
-    amdim_checkpoint_info *ci = &p->ci;
-    int st = begin_dir(o, p, err, n);
+    int st = amdim_run_plan_dir(o, p, err, n);
+    if (st == AMDIM_OK && p->resuming)
+        st = read_resume_meta(o, p, err, n);
+    if (st == AMDIM_OK)
+        st = amdim_run_plan_request(o, p, req, err, n);
     if (st)
-        goto fail;
-    if (p->resuming) {
-        if ((st = amdim_checkpoint_read_meta(p->ckpt, &p->cfg, ci, err, n)) ||
-            (st = check_resume_options(&o->model, &p->cfg, p->dir, err, n)))
-            goto fail;
-        p->probes = ci->probes_only;
-        if (ci->epochs > 0 && (int64_t)ci->next_epoch >= ci->epochs) {
-            st = amdim_fail(err, n, AMDIM_E_INVALID, "the run in %s is complete (%lld epochs)", p->dir,
-                            (long long)ci->epochs);
-            goto fail;
-        }
-        req->has_seed = 1;
-        req->seed = ci->seed;
-        req->start_epoch = (int64_t)ci->next_epoch;
-        req->start_batch = (int64_t)ci->next_batch;
-        req->epochs = ci->epochs > 0 ? ci->epochs - (int64_t)ci->next_epoch : 1000000;
-        if (o->steps > 0)
-            ci->max_steps = o->steps;
-        if (ci->max_steps >= 0 && ci->step >= (uint64_t)ci->max_steps) {
-            st = amdim_fail(err, n, AMDIM_E_INVALID,
-                            "the run in %s already made its %lld steps (give a larger --steps)", p->dir,
-                            (long long)ci->max_steps);
-            goto fail;
-        }
-        return AMDIM_OK;
-    }
-    if (o->has_seed) {
-        req->has_seed = 1;
-        req->seed = o->seed;
-    }
-    if (o->epochs < 0 && o->steps >= 0)
-        req->epochs = 1000000; /* step-limited: as many epochs as it takes */
-    return AMDIM_OK;
-fail:
-    amdim_run_plan_end(p);
+        amdim_run_plan_end(p);
     return st;
 }
 
@@ -253,6 +269,10 @@ static int configure_probes(const amdim_train_options *o, const amdim_loader_inf
     amdim_model_config *cfg = &p->cfg;
     amdim_checkpoint_info pi, *ci = &p->ci;
     char why[2048];
+    if (amdim_dim_checkpoint_is(o->init_path))
+        return amdim_fail(err, n, AMDIM_E_INVALID,
+                          "%s is a Deep InfoMax checkpoint: --classifiers trains probes on AMDIM encoders only so far",
+                          o->init_path);
     int st = amdim_checkpoint_read_meta(o->init_path, cfg, &pi, why, sizeof why);
     if (st)
         return amdim_fail(err, n, st, "%s", why);

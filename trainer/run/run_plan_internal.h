@@ -23,6 +23,19 @@ typedef struct {
  * checks that a new run's directory holds no run, reads the checkpoint to
  * resume and fills the loader request. On failure nothing is held. */
 int amdim_run_plan_begin(const amdim_train_options *o, amdim_run_plan *p, amdim_loader_request *req, char *err, size_t n);
+/* The run directory alone (p->dir, p->resuming set): creates a new run's
+ * directory, takes its lock into p->lock_fd (rank 0), refuses a new run's
+ * directory that holds a checkpoint and a resumed one that holds no
+ * complete one (p->ckpt: the newest), and removes a killed run's temporary
+ * checkpoint files. Shared by the AMDIM and the Deep InfoMax runs; the
+ * caller releases the lock on failure (amdim_run_plan_end). */
+int amdim_run_plan_dir(const amdim_train_options *o, amdim_run_plan *p, char *err, size_t n);
+/* The loader request of a new run (the options' seed and span) or of a
+ * resumed one (p->ci as read from its checkpoint: its seed and cursor;
+ * --steps raises its step limit); a complete run, or one that made its
+ * steps, is refused. */
+int amdim_run_plan_request(const amdim_train_options *o, amdim_run_plan *p, amdim_loader_request *req, char *err,
+                           size_t n);
 /* Releases the lock (after the last write to the directory). */
 void amdim_run_plan_end(amdim_run_plan *p);
 
