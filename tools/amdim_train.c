@@ -72,6 +72,8 @@ static const char *usage_text =
     "                          override the preset's); --objective jsd (default), nce or dv; --lr 1e-4 (default)\n"
     "Classifier phase:\n"
     "      --classifiers --init CKPT  freeze the encoder in CKPT, re-initialise and train the probes\n"
+    "      --features F        with --model dim --classifiers --init RUN: the heads read the frozen DIM\n"
+    "                          encoder's conv, fc or z (docs/dim.md §9.1; required; --eval DATA tests them)\n"
     "  -h, --help              show this help\n";
 
 static volatile sig_atomic_t g_cancel;
@@ -171,6 +173,50 @@ static int run_dim(amdim_train_options *o, const char *device, const char *dist,
     return 0;
 }
 
+/* --model dim --classifiers --init RUN --features F: the heads on a frozen DIM encoder. */
+static int run_dim_classifiers(amdim_train_options *o, const char *device, const char *features,
+                               const char *amdim_opt)
+{
+    static const char *const allowed[] = {"classifiers", "init", "eval", "eval-split", NULL};
+    int ok = !amdim_opt;
+    for (int i = 0; !ok && allowed[i]; i++)
+        ok = strcmp(amdim_opt, allowed[i]) == 0;
+    if (!ok) {
+        fprintf(stderr, "amdim-train: --%s is an AMDIM option; the DIM classifiers do not take it\nTry 'amdim-train "
+                        "--help'.\n", amdim_opt);
+        return 2;
+    }
+    if (!o->init_path || !o->out_dir || o->resume_dir) {
+        fprintf(stderr, "amdim-train: --model dim --classifiers needs --init RUN and --out RUN (no --resume)\nTry "
+                        "'amdim-train --help'.\n");
+        return 2;
+    }
+    int tap = amdim_dim_tap_parse(features);
+    if (tap < 0 && features)
+        return bad("--features (conv, fc, z)", features);
+    if (tap < 0) {
+        fprintf(stderr, "amdim-train: --model dim --classifiers needs --features conv, fc or z\nTry 'amdim-train "
+                        "--help'.\n");
+        return 2;
+    }
+    if (strcmp(device, "auto") && strcmp(device, "cpu")) {
+        fprintf(stderr, "amdim-train: --device %s: the DIM classifiers run on the CPU only\n", device);
+        return 2;
+    }
+    struct sigaction sa = {0};
+    sa.sa_handler = on_signal;
+    sigaction(SIGINT, &sa, NULL);
+    sigaction(SIGTERM, &sa, NULL);
+    o->cancel = &g_cancel;
+    char err[2048];
+    int st = amdim_dim_classifier_run(o, tap, err, sizeof err);
+    if (st) {
+        fprintf(stderr, "amdim-train: classifiers failed: %s (%s)\n", amdim_strerror(st), err);
+        return st == AMDIM_E_CANCELLED ? 130 : 1;
+    }
+    return 0;
+}
+
 static int real(const char *s, float *out)
 {
     char *end;
@@ -186,7 +232,7 @@ int main(int argc, char **argv)
     enum { O_EVAL = 256, O_ESPLIT, O_EREF, O_DEVICE, O_STEPS, O_SEED, O_LOG, O_CKPT, O_KEEP, O_NDF, O_RKHS, O_DEPTH,
            O_BN, O_TCLIP, O_OBJ, O_LR, O_CLASSES, O_CLS, O_INIT, O_WARMUP, O_THREADS,
            O_MIX, O_MIX_TAU, O_MIX_ENT, O_PROBE_FEAT, O_PRECISION, O_DIST, O_SYNC_BN, O_FEWER,
-           O_MODEL, O_DIM_PRESET, O_DIM_ALPHA, O_DIM_BETA, O_DIM_GAMMA };
+           O_MODEL, O_DIM_PRESET, O_DIM_ALPHA, O_DIM_BETA, O_DIM_GAMMA, O_FEATURES };
     static const struct option longopts[] = {
         {"out", required_argument, NULL, 'o'},        {"resume", required_argument, NULL, 'r'},
         {"eval", required_argument, NULL, O_EVAL},    {"eval-split", required_argument, NULL, O_ESPLIT},
@@ -208,7 +254,7 @@ int main(int argc, char **argv)
         {"allow-fewer-classes", no_argument, NULL, O_FEWER},
         {"model", required_argument, NULL, O_MODEL}, {"dim-preset", required_argument, NULL, O_DIM_PRESET},
         {"dim-alpha", required_argument, NULL, O_DIM_ALPHA}, {"dim-beta", required_argument, NULL, O_DIM_BETA},
-        {"dim-gamma", required_argument, NULL, O_DIM_GAMMA},
+        {"dim-gamma", required_argument, NULL, O_DIM_GAMMA}, {"features", required_argument, NULL, O_FEATURES},
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0}};
     amdim_train_options o;
@@ -217,7 +263,7 @@ int main(int argc, char **argv)
     const char *device = "auto", *dist = "auto";
     long long v;
     int dim = 0, opt_index;
-    const char *amdim_opt = NULL, *dim_opt = NULL, *preset = NULL;
+    const char *amdim_opt = NULL, *dim_opt = NULL, *preset = NULL, *features = NULL;
     amdim_dim_overrides dw;
     amdim_dim_overrides_default(&dw);
     while ((opt_index = -1, c = getopt_long(argc, argv, "o:r:e:b:h", longopts, &opt_index)) != -1) {
@@ -232,6 +278,7 @@ int main(int argc, char **argv)
             dim = strcmp(optarg, "dim") == 0;
             break;
         case O_DIM_PRESET: preset = optarg; break;
+        case O_FEATURES: features = optarg; break;
         case O_DIM_ALPHA: if (weight("--dim-alpha", optarg, &dw.alpha)) return 2; break;
         case O_DIM_BETA: if (weight("--dim-beta", optarg, &dw.beta)) return 2; break;
         case O_DIM_GAMMA: if (weight("--dim-gamma", optarg, &dw.gamma)) return 2; break;
@@ -303,6 +350,13 @@ int main(int argc, char **argv)
         fprintf(stderr, "amdim-train: give exactly one of --out RUN and --resume RUN\nTry 'amdim-train --help'.\n");
         return 2;
     }
+    if (features && (!classifiers || !dim)) {
+        fprintf(stderr, "amdim-train: --features picks what the DIM classifiers read: give it with --model dim "
+                        "--classifiers --init RUN\nTry 'amdim-train --help'.\n");
+        return 2;
+    }
+    if (dim && classifiers)
+        return run_dim_classifiers(&o, device, features, amdim_opt);
     if (dim)
         return run_dim(&o, device, dist, amdim_opt, preset, &dw);
     if (dim_opt) {

@@ -16,7 +16,10 @@ matching) except in the _prior files. The files (CONFIGS below):
            penalty on the last row (D4)
   enc28_prior  both terms with prior matching (gamma 1), jsd, the penalty
            over all rows
-with a reduced discriminator (hidden 48, 24) where gamma > 0. A file holds:
+with a reduced discriminator (hidden 48, 24) where gamma > 0, and
+  eval32   the encoder alone in evaluation mode (EVAL_CONFIGS): the
+           classifier taps of docs/dim.md §2.3 (tests/test_dim_classifiers.c)
+A step file holds:
 
   cfg                 int32 [batch, in_ch, size, fc, z, mi_units, w0, w1, w2, w3,
                       disc h1, disc h2, gp_all] (w3 = 0 below 64 px, w2 = 0 at
@@ -41,8 +44,14 @@ with a reduced discriminator (hidden 48, 24) where gamma > 0. A file holds:
                       with both terms and prior matching (mi_units 2048,
                       hidden 1000, 200) at 28, 32 and 64 px
 
-Run from the repository root:  /usr/bin/python3 tests/ref/make_dim_ref.py
-(Debian's python3-torch.)
+eval32 holds cfg, ab, x and w/<name> as above (the running statistics
+moved off 0 / 1, num_batches_tracked 5) and
+  eval/conv, eval/fc, eval/z  float64 (N, features): the taps of the
+                      encoder in evaluation mode (BN on the running
+                      statistics), conv flattened in C, H, W order
+
+Run from the repository root:  /usr/bin/python3 tests/ref/make_dim_ref.py [NAME...]
+(Debian's python3-torch; no NAME: every file.)
 """
 import contextlib
 import copy
@@ -69,6 +78,8 @@ CONFIGS = {"enc32": (32, 6, 30, (8, 16, 32), ("jsd", "nce", "dv"), 0.0, 1.0, 0.0
            "enc64": (64, 4, 64, (4, 8, 16, 32), ("nce",), 0.5, 1.0, 0.0, None),
            "enc32_prior": (32, 6, 32, (8, 16, 32), ("nce",), 0.0, 1.0, 0.1, "last"),
            "enc28_prior": (28, 6, 29, (8, 16), ("jsd",), 0.5, 1.0, 1.0, "all")}
+# name: size, batch, seed, conv widths; DIM(L) only (the taps need no MI network, the table has one)
+EVAL_CONFIGS = {"eval32": (32, 4, 33, (8, 16, 32))}
 
 
 @contextlib.contextmanager
@@ -177,9 +188,52 @@ def make(cname):
     print("wrote", path, os.path.getsize(path), "bytes")
 
 
+def make_eval(cname):
+    """The encoder's taps in evaluation mode, with running statistics away
+    from their initial 0 / 1 so that evaluation mode is what is tested."""
+    size, batch, seed, widths = EVAL_CONFIGS[cname]
+    gen = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)
+    with reduced(size, widths):
+        model = dim_ref.DIM(size, alpha=0.0, beta=1.0, gamma=0.0, units=MI_UNITS)
+    in_ch = model.encoder.in_ch
+    with torch.no_grad():
+        for name, t in model.state_dict().items():
+            if name.endswith("running_mean") or (name.endswith("bias") and ".bn." in name):
+                t.uniform_(-0.5, 0.5, generator=gen)
+            elif name.endswith("running_var") or (name.endswith("weight") and ".bn." in name):
+                t.uniform_(0.5, 2.0, generator=gen)
+            elif name.endswith("num_batches_tracked"):
+                t.fill_(5)
+            if t.is_floating_point():
+                t.copy_(t.to(torch.float32).to(torch.float64))
+    x = torch.randn(batch, in_ch, size, size, generator=gen).to(torch.float32).to(torch.float64)
+    w = RefWriter()
+    w.add("cfg", np.array([batch, in_ch, size, FC, dim_ref.Z_UNITS, MI_UNITS, *widths] + [0] * (4 - len(widths)) +
+                          [0, 0, 0], dtype=np.int32))
+    w.add("ab", np.array([0.0, 1.0, 0.0]))
+    w.add("x", f32(x))
+    for name, t in model.state_dict().items():
+        w.add("w/" + name, f32(t.to(torch.float64)))
+    model.eval()
+    with torch.no_grad():
+        taps, _ = model.encoder(x)
+    for tap in ("conv", "fc", "z"):
+        w.add("eval/" + tap, taps[tap].reshape(batch, -1).numpy())
+    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "dim_ref_{}.bin.gz".format(cname))
+    w.save(path)
+    print("wrote", path, os.path.getsize(path), "bytes")
+
+
 def main():
-    for cname in CONFIGS:
-        make(cname)
+    names = sys.argv[1:] or list(CONFIGS) + list(EVAL_CONFIGS)
+    for cname in names:
+        if cname in EVAL_CONFIGS:
+            make_eval(cname)
+        elif cname in CONFIGS:
+            make(cname)
+        else:
+            sys.exit("make_dim_ref.py: no file {} (have {})".format(cname, ", ".join(list(CONFIGS) + list(EVAL_CONFIGS))))
 
 
 if __name__ == "__main__":

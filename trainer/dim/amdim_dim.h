@@ -120,4 +120,72 @@ void amdim_dim_adam_step(const amdim_dim *d, float *weights, const float *grads,
 /* The last failure's message ("" if none). */
 const char *amdim_dim_error(const amdim_dim *d);
 
+/* ---- the classifier evaluation (docs/dim.md §2.3, §9.1, D13, D17) ---- */
+
+/* The taps of §2.3, each after its block's ReLU: conv = the last conv
+ * block's map flattened in C, H, W order; fc = the fc layer after BN and
+ * ReLU; z = the representation. */
+typedef enum { AMDIM_DIM_TAP_CONV = 0, AMDIM_DIM_TAP_FC = 1, AMDIM_DIM_TAP_Z = 2 } amdim_dim_tap;
+
+/* Features per image of a tap (0 for an unknown tap). */
+int amdim_dim_tap_units(const amdim_dim *d, int tap);
+
+/* The frozen encoder (D17): a forward of n images x (n, in_ch, size, size),
+ * 1 <= n <= batch, in evaluation mode (BatchNorm on the running statistics,
+ * which stay as they are; no gradient), writing tap `tap` to out
+ * (n, amdim_dim_tap_units). Overwrites the step's encoder buffers, so it
+ * must not run between a step and its use of them (no caller does).
+ * Returns 0, AMDIM_E_INVALID or AMDIM_E_NOMEM; amdim_dim_error says why. */
+int amdim_dim_features(amdim_dim *d, const float *weights, const float *x, int n, int tap, float *out);
+
+/* The heads on one tap: the authors' MLP, linear(in -> hidden, bias) ->
+ * Dropout(p) -> BN1d(hidden) -> ReLU -> linear(hidden -> classes, bias),
+ * and the linear head linear(in -> classes, bias) (ours, D13). Tensors
+ * "mlp.net.layers.layer0.fc.weight" ... "linear.fc.bias" in one block as
+ * amdim_dim's (BN buffers included). */
+typedef struct {
+    int in, hidden, classes; /* hidden: the authors' 200 */
+    float dropout;           /* the authors' 0.1 */
+    uint64_t seed;           /* init: Philox (seed, AMDIM_STREAM_PROBE_INIT, tensor index) */
+} amdim_dim_heads_config;
+
+typedef struct {
+    double mlp, linear;                    /* mean cross-entropy over the labelled rows (0 if none) */
+    int mlp_correct, linear_correct, labelled; /* argmax hits among the labelled rows */
+} amdim_dim_head_stats;
+
+typedef struct amdim_dim_heads amdim_dim_heads;
+
+/* Up to `batch` rows a step. Returns 0, AMDIM_E_INVALID or AMDIM_E_NOMEM (message in err). */
+int amdim_dim_heads_create(const amdim_dim_heads_config *cfg, int batch, amdim_dim_heads **out, char *err, size_t n);
+void amdim_dim_heads_destroy(amdim_dim_heads *h); /* accepts NULL */
+int amdim_dim_heads_tensor_count(const amdim_dim_heads *h);
+const amdim_dim_tensor *amdim_dim_heads_tensor_at(const amdim_dim_heads *h, int i);
+size_t amdim_dim_heads_floats(const amdim_dim_heads *h);
+/* PyTorch's Linear rule, U(+-1/sqrt(fan_in)) for weights and biases; BN 1 / 0, running 0 / 1. */
+void amdim_dim_heads_init(const amdim_dim_heads *h, float *w);
+/* The dropout mask (n, hidden) of update `update`: element k keeps (1)
+ * when Philox word k of (seed, AMDIM_STREAM_PROBE_STEP, update), as
+ * U[0, 1), is >= p. */
+void amdim_dim_heads_draw_mask(const amdim_dim_heads *h, uint64_t update, int n, float *mask);
+/* One training step of both heads on features x (n, in), 2 <= n <= batch,
+ * labels (n; outside [0, classes) = unlabelled) and mask: forward in
+ * training mode (BN batch statistics, running statistics updated), the
+ * losses and accuracies in s, the gradients in grads (overwritten; all 0
+ * when no row is labelled). Returns 0, AMDIM_E_INVALID or AMDIM_E_NOMEM. */
+int amdim_dim_heads_step(amdim_dim_heads *h, float *w, const float *x, int n, const int32_t *labels,
+                         const float *mask, float *grads, amdim_dim_head_stats *s);
+/* Evaluation mode (no dropout, BN running statistics): the argmax class
+ * of each of n <= batch rows for each head. */
+void amdim_dim_heads_predict(amdim_dim_heads *h, const float *w, const float *x, int n, int32_t *mlp,
+                             int32_t *linear);
+/* Adam on the heads' trainable tensors, as amdim_dim_adam_step. */
+void amdim_dim_heads_adam_step(const amdim_dim_heads *h, float *w, const float *g, float *m, float *v, long t,
+                               const amdim_dim_adam *hp);
+/* The cross-entropy of §9.1: the mean over rows with a label in [0, k) of
+ * -log softmax, no clip, no regulariser; dlogits (may be NULL) its
+ * gradient; hits and labelled rows counted (either may be NULL). */
+double amdim_dim_cross_entropy(const float *logits, int n, int k, const int32_t *labels, float *dlogits, int *correct,
+                               int *labelled);
+
 #endif

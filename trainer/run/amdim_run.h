@@ -82,6 +82,21 @@ void amdim_dim_overrides_default(amdim_dim_overrides *d);
  * reason in err. */
 int amdim_dim_train_run(const amdim_train_options *o, const amdim_dim_overrides *d, char *err, size_t n);
 
+/* The classifier evaluation of a Deep InfoMax encoder (docs/dim.md §9.1;
+ * docs/training.md "Deep InfoMax"): o->init_path (a --model dim run
+ * directory, its newest checkpoint, or a DIM weights file) frozen in
+ * evaluation mode; the MLP and linear heads on tap `tap` (amdim_dim_tap:
+ * conv, fc, z) trained with Adam (o->model.lr, default 1e-4; the DIM run's
+ * betas) on amdim-load's labelled batches (view1); a "classifier" line of
+ * metrics.jsonl every o->log_every updates and at each epoch's end, the
+ * test accuracy of both heads on o->eval_path at each epoch's end and at
+ * the end, and the heads in RUN/classifiers-<step>.safetensors. Reads
+ * out_dir, init_path, eval_path, eval_split, epochs, steps, batch,
+ * has_seed / seed, log_every, threads, model.lr, in_fd and cancel. */
+int amdim_dim_classifier_run(const amdim_train_options *o, int tap, char *err, size_t n);
+/* "conv", "fc", "z" -> amdim_dim_tap; -1 for anything else. */
+int amdim_dim_tap_parse(const char *s);
+
 typedef struct {
     double acc_mlp, acc_lin;
     uint64_t images;

@@ -271,7 +271,8 @@ static int configure_probes(const amdim_train_options *o, const amdim_loader_inf
     char why[2048];
     if (amdim_dim_checkpoint_is(o->init_path))
         return amdim_fail(err, n, AMDIM_E_INVALID,
-                          "%s is a Deep InfoMax checkpoint: --classifiers trains probes on AMDIM encoders only so far",
+                          "%s is a Deep InfoMax checkpoint: train its classifiers with --model dim --classifiers "
+                          "--features conv|fc|z",
                           o->init_path);
     int st = amdim_checkpoint_read_meta(o->init_path, cfg, &pi, why, sizeof why);
     if (st)
