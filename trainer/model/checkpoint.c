@@ -64,8 +64,7 @@ static int check_param(const char *where, const amdim_param *p, int with_moments
 /* FNV-1a (64 bit) of the weights file's tensor data, in file order: the
  * optimiser file records it (weights_fnv1a64), so it loads only beside
  * the weights it was written with. */
-#define FNV_BASIS 1469598103934665603ull
-static uint64_t fnv1a(uint64_t h, const void *p, size_t n)
+uint64_t amdim_checkpoint_fnv1a(uint64_t h, const void *p, size_t n)
 {
     const unsigned char *b = p;
     for (size_t i = 0; i < n; i++)
@@ -75,7 +74,7 @@ static uint64_t fnv1a(uint64_t h, const void *p, size_t n)
 
 /* ---- writing ---------------------------------------------------------------- */
 
-static void ckpt_paths(const char *dir, uint64_t step, char *w, char *o, size_t n)
+void amdim_checkpoint_paths(const char *dir, uint64_t step, char *w, char *o, size_t n)
 {
     snprintf(w, n, "%s/ckpt-%08llu.safetensors", dir, (unsigned long long)step);
     snprintf(o, n, "%s/ckpt-%08llu.optim.safetensors", dir, (unsigned long long)step);
@@ -151,12 +150,12 @@ static int check_model(const amdim_model *m, const char *dir, uint64_t step, cha
 
 /* Both files, the optimiser file first (a weights file marks a complete
  * checkpoint), then the directory entries. */
-static int write_pair(const char *dir, uint64_t step, const amdim_checkpoint_meta *meta, const amdim_safetensors_out *t,
-                      int nt, const amdim_checkpoint_meta *ometa, const amdim_safetensors_out *o, int no, char *err,
-                      size_t n)
+int amdim_checkpoint_write_pair(const char *dir, uint64_t step, const amdim_checkpoint_meta *meta,
+                                const amdim_safetensors_out *t, int nt, const amdim_checkpoint_meta *ometa,
+                                const amdim_safetensors_out *o, int no, char *err, size_t n)
 {
     char wpath[4200], opath[4200];
-    ckpt_paths(dir, step, wpath, opath, sizeof wpath);
+    amdim_checkpoint_paths(dir, step, wpath, opath, sizeof wpath);
     AMDIM_TRY(amdim_safetensors_write(opath, ometa->kv, ometa->n, o, no, err, n));
     int st = amdim_safetensors_write(wpath, meta->kv, meta->n, t, nt, err, n);
     if (st) {
@@ -191,12 +190,12 @@ int amdim_checkpoint_save(amdim_model *m, const char *dir, const amdim_checkpoin
         masks[i * 25 + i] = 1;
     int nt = weight_tensors(m, t, counts, masks), no = moment_tensors(m, o, names);
     /* the optimiser file names the weights' tensor data it belongs to */
-    uint64_t digest = FNV_BASIS;
+    uint64_t digest = AMDIM_CKPT_FNV_BASIS;
     for (int i = 0; i < nt; i++)
-        digest = fnv1a(digest, t[i].data, t[i].bytes);
+        digest = amdim_checkpoint_fnv1a(digest, t[i].data, t[i].bytes);
     amdim_checkpoint_meta_build(&meta[0], amdim_model_get_config(m), info, "weights", NULL);
     amdim_checkpoint_meta_build(&meta[1], amdim_model_get_config(m), info, "optimizer", &digest);
-    st = write_pair(dir, info->step, &meta[0], t, nt, &meta[1], o, no, err, n);
+    st = amdim_checkpoint_write_pair(dir, info->step, &meta[0], t, nt, &meta[1], o, no, err, n);
 done:
     free(meta);
     free(counts);
@@ -224,7 +223,7 @@ static int list_steps(const char *dir, uint64_t **steps, int complete_only)
         if (sscanf(e->d_name, "ckpt-%llu.%63s", &s, tail) != 2 || strcmp(tail, "safetensors") != 0)
             continue;
         char w[4200], o[4200];
-        ckpt_paths(dir, s, w, o, sizeof w);
+        amdim_checkpoint_paths(dir, s, w, o, sizeof w);
         if (complete_only && access(o, F_OK) != 0)
             continue; /* incomplete */
         if (n == cap) {
@@ -252,7 +251,7 @@ void amdim_checkpoint_prune(const char *dir, int keep)
     int n = list_steps(dir, &steps, 1);
     for (int i = 0; i < n - keep; i++) {
         char w[4200], o[4200];
-        ckpt_paths(dir, steps[i], w, o, sizeof w);
+        amdim_checkpoint_paths(dir, steps[i], w, o, sizeof w);
         unlink(w); /* weights first: an orphan optimiser file is never taken for a checkpoint */
         unlink(o);
     }
@@ -268,7 +267,7 @@ int amdim_checkpoint_latest(const char *dir, char *path, size_t n)
         return AMDIM_E_NOT_FOUND;
     }
     char o[4200];
-    ckpt_paths(dir, steps[k - 1], path, o, n);
+    amdim_checkpoint_paths(dir, steps[k - 1], path, o, n);
     free(steps);
     return AMDIM_OK;
 }
@@ -282,7 +281,7 @@ int amdim_checkpoint_newest(const char *dir, char *path, size_t n, int *complete
         return AMDIM_E_NOT_FOUND;
     }
     char o[4200];
-    ckpt_paths(dir, steps[k - 1], path, o, n);
+    amdim_checkpoint_paths(dir, steps[k - 1], path, o, n);
     *complete = access(o, F_OK) == 0;
     free(steps);
     return AMDIM_OK;
@@ -454,12 +453,12 @@ static int weights_digest(const st_file *f, const char *path, uint64_t *digest, 
     uint8_t *buf = malloc(CHUNK);
     if (!buf)
         return amdim_fail(err, n, AMDIM_E_NOMEM, "out of memory");
-    uint64_t h = FNV_BASIS, size = amdim_safetensors_data_size(f);
+    uint64_t h = AMDIM_CKPT_FNV_BASIS, size = amdim_safetensors_data_size(f);
     int st = AMDIM_OK;
     for (uint64_t at = 0; at < size && st == AMDIM_OK; at += CHUNK) {
         size_t len = size - at < CHUNK ? (size_t)(size - at) : CHUNK;
         if ((st = amdim_safetensors_read_data(f, at, buf, len, path, err, n)) == AMDIM_OK)
-            h = fnv1a(h, buf, len);
+            h = amdim_checkpoint_fnv1a(h, buf, len);
     }
     free(buf);
     *digest = h;

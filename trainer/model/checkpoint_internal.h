@@ -28,6 +28,25 @@ typedef struct {
     int n;
 } amdim_checkpoint_meta;
 
+/* Appends key = printf(fmt, ...) (at most AMDIM_CKPT_META_LEN - 1 bytes). */
+void amdim_checkpoint_meta_add(amdim_checkpoint_meta *m, const char *key, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+/* What every model's checkpoints share (the AMDIM model's here, Deep
+ * InfoMax's in trainer/run/dim_checkpoint.c): the two file names of step
+ * `step` in dir (ckpt-<S>.safetensors, ckpt-<S>.optim.safetensors); the
+ * FNV-1a digest of the weights' tensor data that binds the optimiser file
+ * to them (start from AMDIM_CKPT_FNV_BASIS); and the pair written
+ * atomically, the optimiser file first (a weights file marks a complete
+ * checkpoint; it is removed again if the weights file fails), then the
+ * directory synced. */
+#define AMDIM_CKPT_FNV_BASIS 1469598103934665603ull
+void amdim_checkpoint_paths(const char *dir, uint64_t step, char *w, char *o, size_t n);
+uint64_t amdim_checkpoint_fnv1a(uint64_t h, const void *p, size_t n);
+int amdim_checkpoint_write_pair(const char *dir, uint64_t step, const amdim_checkpoint_meta *meta,
+                                const amdim_safetensors_out *t, int nt, const amdim_checkpoint_meta *ometa,
+                                const amdim_safetensors_out *o, int no, char *err, size_t n);
+
 /* The metadata of a file of `kind` ("weights" or "optimizer") of the model
  * c at the point `in` of its run; with weights_digest (the optimiser file)
  * also weights_fnv1a64. */

@@ -20,9 +20,7 @@ typedef amdim_safetensors_file st_file; /* a short name for this file */
 
 /* ---- writing ------------------------------------------------------------- */
 
-static void meta_add(amdim_checkpoint_meta *m, const char *key, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
-static void meta_add(amdim_checkpoint_meta *m, const char *key, const char *fmt, ...)
+void amdim_checkpoint_meta_add(amdim_checkpoint_meta *m, const char *key, const char *fmt, ...)
 {
     AMDIM_ASSERT(m->n < AMDIM_CKPT_META_MAX);
     va_list ap;
@@ -37,55 +35,55 @@ static void meta_add(amdim_checkpoint_meta *m, const char *key, const char *fmt,
 /* The run: the format, the file's kind, the loader cursor and the schedule's extent. */
 static void meta_run(amdim_checkpoint_meta *m, const amdim_checkpoint_info *in, const char *kind)
 {
-    meta_add(m, "format", "%s", AMDIM_CHECKPOINT_FORMAT);
-    meta_add(m, "format_version", "%d", AMDIM_CHECKPOINT_VERSION);
-    meta_add(m, "kind", "%s", kind);
-    meta_add(m, "step", "%llu", (unsigned long long)in->step);
-    meta_add(m, "next_epoch", "%llu", (unsigned long long)in->next_epoch);
-    meta_add(m, "next_batch", "%llu", (unsigned long long)in->next_batch);
-    meta_add(m, "seed", "%llu", (unsigned long long)in->seed);
-    meta_add(m, "epochs", "%lld", (long long)in->epochs);
-    meta_add(m, "max_steps", "%lld", (long long)in->max_steps);
-    meta_add(m, "preset", "%s", in->preset);
-    meta_add(m, "batch", "%d", in->batch);
-    meta_add(m, "phase", "%s", in->probes_only ? "classifiers" : "infomax");
+    amdim_checkpoint_meta_add(m, "format", "%s", AMDIM_CHECKPOINT_FORMAT);
+    amdim_checkpoint_meta_add(m, "format_version", "%d", AMDIM_CHECKPOINT_VERSION);
+    amdim_checkpoint_meta_add(m, "kind", "%s", kind);
+    amdim_checkpoint_meta_add(m, "step", "%llu", (unsigned long long)in->step);
+    amdim_checkpoint_meta_add(m, "next_epoch", "%llu", (unsigned long long)in->next_epoch);
+    amdim_checkpoint_meta_add(m, "next_batch", "%llu", (unsigned long long)in->next_batch);
+    amdim_checkpoint_meta_add(m, "seed", "%llu", (unsigned long long)in->seed);
+    amdim_checkpoint_meta_add(m, "epochs", "%lld", (long long)in->epochs);
+    amdim_checkpoint_meta_add(m, "max_steps", "%lld", (long long)in->max_steps);
+    amdim_checkpoint_meta_add(m, "preset", "%s", in->preset);
+    amdim_checkpoint_meta_add(m, "batch", "%d", in->batch);
+    amdim_checkpoint_meta_add(m, "phase", "%s", in->probes_only ? "classifiers" : "infomax");
 }
 
 /* The model's hyper-parameters, the optimiser's and the normalisation. */
 static void meta_model(amdim_checkpoint_meta *m, const amdim_model_config *c)
 {
-    meta_add(m, "encoder_size", "%d", c->encoder_size);
-    meta_add(m, "ndf", "%d", c->ndf);
-    meta_add(m, "n_rkhs", "%d", c->n_rkhs);
-    meta_add(m, "n_depth", "%d", c->n_depth);
-    meta_add(m, "use_bn", "%d", c->use_bn);
-    meta_add(m, "n_classes", "%d", c->n_classes);
-    meta_add(m, "mlp_hidden", "%d", c->mlp_hidden);
-    meta_add(m, "tclip", "%.9g", c->tclip);
-    meta_add(m, "objective", "%d", c->objective);
-    meta_add(m, "lr", "%.9g", c->lr);
-    meta_add(m, "beta1", "%.9g", c->beta1);
-    meta_add(m, "beta2", "%.9g", c->beta2);
-    meta_add(m, "eps", "%.9g", c->eps);
-    meta_add(m, "weight_decay", "%.9g", c->weight_decay);
-    meta_add(m, "warmup", "%d", c->warmup);
-    meta_add(m, "lr_decay", "%.9g", c->lr_decay);
-    meta_add(m, "model_seed", "%llu", (unsigned long long)c->seed);
+    amdim_checkpoint_meta_add(m, "encoder_size", "%d", c->encoder_size);
+    amdim_checkpoint_meta_add(m, "ndf", "%d", c->ndf);
+    amdim_checkpoint_meta_add(m, "n_rkhs", "%d", c->n_rkhs);
+    amdim_checkpoint_meta_add(m, "n_depth", "%d", c->n_depth);
+    amdim_checkpoint_meta_add(m, "use_bn", "%d", c->use_bn);
+    amdim_checkpoint_meta_add(m, "n_classes", "%d", c->n_classes);
+    amdim_checkpoint_meta_add(m, "mlp_hidden", "%d", c->mlp_hidden);
+    amdim_checkpoint_meta_add(m, "tclip", "%.9g", c->tclip);
+    amdim_checkpoint_meta_add(m, "objective", "%d", c->objective);
+    amdim_checkpoint_meta_add(m, "lr", "%.9g", c->lr);
+    amdim_checkpoint_meta_add(m, "beta1", "%.9g", c->beta1);
+    amdim_checkpoint_meta_add(m, "beta2", "%.9g", c->beta2);
+    amdim_checkpoint_meta_add(m, "eps", "%.9g", c->eps);
+    amdim_checkpoint_meta_add(m, "weight_decay", "%.9g", c->weight_decay);
+    amdim_checkpoint_meta_add(m, "warmup", "%d", c->warmup);
+    amdim_checkpoint_meta_add(m, "lr_decay", "%.9g", c->lr_decay);
+    amdim_checkpoint_meta_add(m, "model_seed", "%llu", (unsigned long long)c->seed);
     /* only with mixtures, so that K = 1 checkpoints are those of the plain
      * model byte for byte; a checkpoint without them has K = 1 */
     if (c->mixtures > 1) {
-        meta_add(m, "mixtures", "%d", c->mixtures);
-        meta_add(m, "mix_tau", "%.9g", c->mix_tau);
-        meta_add(m, "mix_entropy", "%.9g", c->mix_entropy);
-        meta_add(m, "probe_features", "%s", c->probe_features ? "mixture-mean" : "r1");
+        amdim_checkpoint_meta_add(m, "mixtures", "%d", c->mixtures);
+        amdim_checkpoint_meta_add(m, "mix_tau", "%.9g", c->mix_tau);
+        amdim_checkpoint_meta_add(m, "mix_entropy", "%.9g", c->mix_entropy);
+        amdim_checkpoint_meta_add(m, "probe_features", "%s", c->probe_features ? "mixture-mean" : "r1");
     }
     char ms[AMDIM_CKPT_META_LEN] = "";
     AMDIM_ASSERT(c->n_milestones >= 0 && c->n_milestones <= 8);
     for (int i = 0, len = 0; i < c->n_milestones; i++)
         len += snprintf(ms + len, sizeof ms - (size_t)len, "%s%d", i ? "," : "", c->milestones[i]);
-    meta_add(m, "milestones", "%s", ms);
-    meta_add(m, "mean", "%.9g,%.9g,%.9g", c->mean[0], c->mean[1], c->mean[2]);
-    meta_add(m, "std", "%.9g,%.9g,%.9g", c->std[0], c->std[1], c->std[2]);
+    amdim_checkpoint_meta_add(m, "milestones", "%s", ms);
+    amdim_checkpoint_meta_add(m, "mean", "%.9g,%.9g,%.9g", c->mean[0], c->mean[1], c->mean[2]);
+    amdim_checkpoint_meta_add(m, "std", "%.9g,%.9g,%.9g", c->std[0], c->std[1], c->std[2]);
 }
 
 void amdim_checkpoint_meta_build(amdim_checkpoint_meta *m, const amdim_model_config *c, const amdim_checkpoint_info *in,
@@ -95,7 +93,7 @@ void amdim_checkpoint_meta_build(amdim_checkpoint_meta *m, const amdim_model_con
     meta_run(m, in, kind);
     meta_model(m, c);
     if (weights_digest)
-        meta_add(m, "weights_fnv1a64", "%016llx", (unsigned long long)*weights_digest);
+        amdim_checkpoint_meta_add(m, "weights_fnv1a64", "%016llx", (unsigned long long)*weights_digest);
 }
 
 /* ---- reading ---------------------------------------------------------------- */

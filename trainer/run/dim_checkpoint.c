@@ -12,24 +12,10 @@
 #include <unistd.h>
 
 #include "amdim_common.h"
-#include "safetensors_internal.h"
+#include "checkpoint_internal.h"
 
 static const char *estimator_names[] = {"jsd", "nce", "dv"};
 
-#define FNV_BASIS 1469598103934665603ull
-static uint64_t fnv1a(uint64_t h, const void *p, size_t n)
-{
-    const unsigned char *b = p;
-    for (size_t i = 0; i < n; i++)
-        h = (h ^ b[i]) * 1099511628211ull;
-    return h;
-}
-
-static void ckpt_paths(const char *dir, uint64_t step, char *w, char *o, size_t n)
-{
-    snprintf(w, n, "%s/ckpt-%08llu.safetensors", dir, (unsigned long long)step);
-    snprintf(o, n, "%s/ckpt-%08llu.optim.safetensors", dir, (unsigned long long)step);
-}
 
 int amdim_dim_checkpoint_is(const char *path)
 {
@@ -45,56 +31,38 @@ int amdim_dim_checkpoint_is(const char *path)
 
 /* ---- metadata ----------------------------------------------------------------- */
 
-enum { META_MAX = 32 };
-typedef struct {
-    amdim_safetensors_kv kv[META_MAX];
-    char text[META_MAX][80];
-    int n;
-} dim_meta;
 
-static void meta_add(dim_meta *m, const char *key, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
-static void meta_add(dim_meta *m, const char *key, const char *fmt, ...)
-{
-    AMDIM_ASSERT(m->n < META_MAX);
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(m->text[m->n], sizeof m->text[0], fmt, ap);
-    va_end(ap);
-    m->kv[m->n] = (amdim_safetensors_kv){key, m->text[m->n]};
-    m->n++;
-}
-
-static void meta_build(dim_meta *m, const amdim_dim_state *st, const char *kind, const uint64_t *digest)
+static void meta_build(amdim_checkpoint_meta *m, const amdim_dim_state *st, const char *kind, const uint64_t *digest)
 {
     const amdim_checkpoint_info *ci = &st->ci;
     const amdim_dim_config *c = &st->cfg;
     m->n = 0;
-    meta_add(m, "format", "%s", AMDIM_DIM_CHECKPOINT_FORMAT);
-    meta_add(m, "format_version", "%d", AMDIM_DIM_CHECKPOINT_VERSION);
-    meta_add(m, "kind", "%s", kind);
-    meta_add(m, "model", "dim");
-    meta_add(m, "step", "%llu", (unsigned long long)ci->step);
-    meta_add(m, "next_epoch", "%llu", (unsigned long long)ci->next_epoch);
-    meta_add(m, "next_batch", "%llu", (unsigned long long)ci->next_batch);
-    meta_add(m, "seed", "%llu", (unsigned long long)ci->seed);
-    meta_add(m, "epochs", "%lld", (long long)ci->epochs);
-    meta_add(m, "max_steps", "%lld", (long long)ci->max_steps);
-    meta_add(m, "preset", "%s", ci->preset);
-    meta_add(m, "batch", "%d", ci->batch);
-    meta_add(m, "size", "%d", c->size);
-    meta_add(m, "in_ch", "%d", c->in_ch);
-    meta_add(m, "alpha", "%.9g", c->alpha);
-    meta_add(m, "beta", "%.9g", c->beta);
-    meta_add(m, "gamma", "%.9g", c->gamma);
-    meta_add(m, "estimator", "%s", estimator_names[c->estimator]);
-    meta_add(m, "gp_all", "%d", c->gp_all);
-    meta_add(m, "model_seed", "%llu", (unsigned long long)c->seed);
-    meta_add(m, "lr", "%.9g", st->adam.lr);
-    meta_add(m, "beta1", "%.9g", st->adam.beta1);
-    meta_add(m, "beta2", "%.9g", st->adam.beta2);
-    meta_add(m, "eps", "%.9g", st->adam.eps);
+    amdim_checkpoint_meta_add(m, "format", "%s", AMDIM_DIM_CHECKPOINT_FORMAT);
+    amdim_checkpoint_meta_add(m, "format_version", "%d", AMDIM_DIM_CHECKPOINT_VERSION);
+    amdim_checkpoint_meta_add(m, "kind", "%s", kind);
+    amdim_checkpoint_meta_add(m, "model", "dim");
+    amdim_checkpoint_meta_add(m, "step", "%llu", (unsigned long long)ci->step);
+    amdim_checkpoint_meta_add(m, "next_epoch", "%llu", (unsigned long long)ci->next_epoch);
+    amdim_checkpoint_meta_add(m, "next_batch", "%llu", (unsigned long long)ci->next_batch);
+    amdim_checkpoint_meta_add(m, "seed", "%llu", (unsigned long long)ci->seed);
+    amdim_checkpoint_meta_add(m, "epochs", "%lld", (long long)ci->epochs);
+    amdim_checkpoint_meta_add(m, "max_steps", "%lld", (long long)ci->max_steps);
+    amdim_checkpoint_meta_add(m, "preset", "%s", ci->preset);
+    amdim_checkpoint_meta_add(m, "batch", "%d", ci->batch);
+    amdim_checkpoint_meta_add(m, "size", "%d", c->size);
+    amdim_checkpoint_meta_add(m, "in_ch", "%d", c->in_ch);
+    amdim_checkpoint_meta_add(m, "alpha", "%.9g", c->alpha);
+    amdim_checkpoint_meta_add(m, "beta", "%.9g", c->beta);
+    amdim_checkpoint_meta_add(m, "gamma", "%.9g", c->gamma);
+    amdim_checkpoint_meta_add(m, "estimator", "%s", estimator_names[c->estimator]);
+    amdim_checkpoint_meta_add(m, "gp_all", "%d", c->gp_all);
+    amdim_checkpoint_meta_add(m, "model_seed", "%llu", (unsigned long long)c->seed);
+    amdim_checkpoint_meta_add(m, "lr", "%.9g", st->adam.lr);
+    amdim_checkpoint_meta_add(m, "beta1", "%.9g", st->adam.beta1);
+    amdim_checkpoint_meta_add(m, "beta2", "%.9g", st->adam.beta2);
+    amdim_checkpoint_meta_add(m, "eps", "%.9g", st->adam.eps);
     if (digest)
-        meta_add(m, "weights_fnv1a64", "%016llx", (unsigned long long)*digest);
+        amdim_checkpoint_meta_add(m, "weights_fnv1a64", "%016llx", (unsigned long long)*digest);
 }
 
 static int meta_str(const amdim_safetensors_file *f, const char *path, const char *key, const char **out, char *err,
@@ -300,24 +268,6 @@ static void build_tensors(const amdim_dim *d, const float *w, const float *m, co
     }
 }
 
-static int write_pair(const char *dir, uint64_t step, const dim_meta *meta, const amdim_safetensors_out *t, int nt,
-                      const dim_meta *ometa, const amdim_safetensors_out *o, int no, char *err, size_t n)
-{
-    char wpath[4200], opath[4200];
-    ckpt_paths(dir, step, wpath, opath, sizeof wpath);
-    AMDIM_TRY(amdim_safetensors_write(opath, ometa->kv, ometa->n, o, no, err, n));
-    int st = amdim_safetensors_write(wpath, meta->kv, meta->n, t, nt, err, n);
-    if (st) {
-        unlink(opath);
-        return st;
-    }
-    int dfd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-    if (dfd >= 0) {
-        fsync(dfd);
-        close(dfd);
-    }
-    return AMDIM_OK;
-}
 
 int amdim_dim_checkpoint_save(const amdim_dim *d, const amdim_dim_state *st, const float *w, const float *m,
                               const float *v, const char *dir, char *err, size_t n)
@@ -327,18 +277,18 @@ int amdim_dim_checkpoint_save(const amdim_dim *d, const amdim_dim_state *st, con
     amdim_safetensors_out *t = calloc((size_t)nt, sizeof *t), *o = calloc((size_t)2 * nt, sizeof *o);
     char(*names)[112] = calloc((size_t)2 * nt, sizeof *names);
     int64_t *counts = calloc((size_t)nt, sizeof *counts);
-    dim_meta *meta = calloc(2, sizeof *meta);
+    amdim_checkpoint_meta *meta = calloc(2, sizeof *meta);
     if (!t || !o || !names || !counts || !meta) {
         s = amdim_fail(err, n, AMDIM_E_NOMEM, "out of memory");
         goto done;
     }
     build_tensors(d, w, m, v, t, counts, o, names, &no);
-    uint64_t digest = FNV_BASIS;
+    uint64_t digest = AMDIM_CKPT_FNV_BASIS;
     for (int i = 0; i < nt; i++)
-        digest = fnv1a(digest, t[i].data, t[i].bytes);
+        digest = amdim_checkpoint_fnv1a(digest, t[i].data, t[i].bytes);
     meta_build(&meta[0], st, "weights", NULL);
     meta_build(&meta[1], st, "optimizer", &digest);
-    s = write_pair(dir, st->ci.step, &meta[0], t, nt, &meta[1], o, no, err, n);
+    s = amdim_checkpoint_write_pair(dir, st->ci.step, &meta[0], t, nt, &meta[1], o, no, err, n);
 done:
     free(meta);
     free(counts);
@@ -371,14 +321,14 @@ static int read_one(const amdim_safetensors_file *f, const char *path, const cha
     if (x->ndim) {
         AMDIM_TRY(amdim_safetensors_read_tensor(f, t, dst, bytes, path, err, n));
         if (digest)
-            *digest = fnv1a(*digest, dst, bytes);
+            *digest = amdim_checkpoint_fnv1a(*digest, dst, bytes);
     } else {
         int64_t c;
         AMDIM_TRY(amdim_safetensors_read_tensor(f, t, &c, 8, path, err, n));
         if (c < 0 || c > (1ll << 40))
             return amdim_fail(err, n, AMDIM_E_CORRUPT, "%s: %s = %lld", path, name, (long long)c);
         if (digest)
-            *digest = fnv1a(*digest, &c, 8);
+            *digest = amdim_checkpoint_fnv1a(*digest, &c, 8);
         dst[0] = (float)c;
     }
     for (size_t i = 0; i < x->size; i++)
@@ -435,7 +385,7 @@ static int load_moments(const amdim_dim *d, const char *opath, uint64_t digest, 
 
 int amdim_dim_checkpoint_load(const amdim_dim *d, const char *path, float *w, float *m, float *v, char *err, size_t n)
 {
-    uint64_t digest = FNV_BASIS;
+    uint64_t digest = AMDIM_CKPT_FNV_BASIS;
     AMDIM_TRY(load_weights(d, path, w, &digest, err, n));
     char opath[4300];
     size_t len = strlen(path);

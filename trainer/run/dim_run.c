@@ -466,9 +466,7 @@ int amdim_dim_train_run(const amdim_train_options *o, const amdim_dim_overrides 
         free(r);
         return st;
     }
-    if ((st = amdim_loader_attach(&r->l, o->in_fd, &req, r->why, sizeof r->why))) {
-        amdim_run_plan_end(&r->plan);
-        st = amdim_fail(err, n, st, "attaching to amdim-load: %s", r->why);
+    if ((st = amdim_run_plan_attach(&r->plan, o->in_fd, &req, &r->l, err, n))) {
         free(r);
         return st;
     }

@@ -413,3 +413,15 @@ int amdim_run_plan_model(const amdim_train_options *o, const amdim_loader_info *
     *out = m;
     return AMDIM_OK;
 }
+
+int amdim_run_plan_attach(amdim_run_plan *p, int fd, const amdim_loader_request *req, amdim_loader **l, char *err,
+                          size_t n)
+{
+    char why[2048];
+    int st = amdim_loader_attach(l, fd, req, why, sizeof why);
+    if (st) {
+        amdim_run_plan_end(p);
+        return amdim_fail(err, n, st, "attaching to amdim-load: %s", why);
+    }
+    return AMDIM_OK;
+}

@@ -38,6 +38,11 @@ int amdim_run_plan_request(const amdim_train_options *o, amdim_run_plan *p, amdi
                            size_t n);
 /* Releases the lock (after the last write to the directory). */
 void amdim_run_plan_end(amdim_run_plan *p);
+/* The run's loader: attaches to amdim-load on fd with req (amdim_loader_attach).
+ * On failure the plan is ended (amdim_run_plan_end) and the status returned
+ * with "attaching to amdim-load: <why>" in err. */
+int amdim_run_plan_attach(amdim_run_plan *p, int fd, const amdim_loader_request *req, amdim_loader **l, char *err,
+                          size_t n);
 
 /* Once the loader said what it delivers: the model configuration (from the
  * checkpoint, the encoder to probe, or the defaults (docs/spec.md §4.7, §7) for the data's
